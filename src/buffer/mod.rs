@@ -1,0 +1,402 @@
+//! The durable buffer: one append-only log per pipeline, the source of truth
+//! between triggers and sinks.
+//!
+//! # On disk
+//! `<data_dir>/<pipeline>/log/{base:020}.log` segments (format in [`segment`])
+//! and `<data_dir>/<pipeline>/sinks/<sink>.json` progress files ([`ledger`]).
+//!
+//! # Invariants
+//! * **Durable before acknowledged.** [`Appender::append`] returns offsets only
+//!   after the records are written and `fdatasync`ed. Concurrent appends share
+//!   one fsync (group commit): a single writer thread takes every request that
+//!   queued while the previous fsync ran, writes them in one `write`, syncs
+//!   once, then answers them all.
+//! * **Readers never see what is not durable.** The log's *end* (the next offset
+//!   to assign) is published only after the fsync; readers stop there.
+//! * **Offsets are never reused.** A segment is named by its first offset; the
+//!   active (last) segment is never deleted, so its name keeps the next offset
+//!   across restarts even when every record has been consumed. A new log never
+//!   starts below an offset a sink already committed.
+//! * **Recovery truncates a torn tail only.** Only the last segment can end in a
+//!   partial record (a crash mid-write); it is cut back to its last valid record,
+//!   which cannot have been acknowledged because its fsync did not return.
+//! * **Segments go once every sink passed them.** A segment is deleted when the
+//!   lowest committed offset over all sinks reaches the next segment's base.
+
+pub mod ledger;
+pub mod segment;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::error::{Classify, ErrorKind};
+use crate::event::Event;
+use ledger::{sync_dir, Ledger, SinkState};
+use segment::SegmentReader;
+
+/// Append requests waiting for the writer thread. Bounded so that a stalled
+/// disk pushes back on the HTTP handlers (they await a slot) instead of
+/// queueing without limit; 1024 requests cover any burst a group commit takes.
+const APPEND_QUEUE: usize = 1024;
+/// Most requests one group commit takes, so a flood of tiny requests still
+/// gets answered in bounded batches.
+const MAX_GROUP: usize = 1024;
+
+/// Why an append was not made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The writer has stopped (shutdown, or an earlier unrecoverable error).
+    #[error("the buffer is closed")]
+    Closed,
+    /// Writing or syncing the log failed; nothing of this append is acknowledged.
+    #[error("failed to write the log")]
+    Write(#[source] Arc<io::Error>),
+}
+
+impl Classify for AppendError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AppendError::Closed => ErrorKind::Internal,
+            AppendError::Write(_) => ErrorKind::Transient,
+        }
+    }
+}
+
+/// Options of one pipeline's log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The pipeline's directory (`<data_dir>/<pipeline>`).
+    pub dir: PathBuf,
+    /// A segment is closed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Names of the sinks whose progress decides what can be deleted.
+    pub sinks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Next offset to assign; everything below is durable.
+    end: u64,
+    /// No more appends will come.
+    closed: bool,
+}
+
+struct Shared {
+    log_dir: PathBuf,
+    /// Base offsets of the segments, ascending; the last is the active one.
+    /// A std mutex: held only for list edits and look-ups, never across I/O.
+    segments: Mutex<Vec<u64>>,
+    /// Bytes of all segment files; drives the buffer-full answer.
+    disk_bytes: AtomicU64,
+    ledger: Ledger,
+}
+
+/// The write side of a log, held by sources. When every `Appender` is dropped,
+/// the writer thread finishes and readers see the log as closed.
+#[derive(Clone)]
+pub struct Appender {
+    shared: Arc<Shared>,
+    /// To the writer thread; bounded (see [`APPEND_QUEUE`]); closed when the last
+    /// `Appender` drops.
+    tx: mpsc::Sender<Append>,
+}
+
+/// The read side of a log, held by sink runners.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    /// Published by the writer after each fsync.
+    progress: watch::Receiver<Progress>,
+}
+
+struct Append {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Range<u64>, AppendError>>,
+}
+
+/// Opens (recovering if needed) the log in `options.dir` and starts its writer thread.
+pub fn open(options: Options) -> io::Result<(Appender, Log)> {
+    let log_dir = options.dir.join("log");
+    fs::create_dir_all(&log_dir)?;
+    let mut bases: Vec<u64> = fs::read_dir(&log_dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| segment::parse_file_name(&e.file_name().to_string_lossy()))
+        .collect();
+    bases.sort_unstable();
+    let ledger = Ledger::open(&options.dir.join("sinks"), &options.sinks, bases.first().copied().unwrap_or(0))?;
+
+    let mut end = 0;
+    if let Some(&last) = bases.last() {
+        let path = segment::path(&log_dir, last);
+        let scan = segment::scan(&path)?;
+        if let Some(why) = scan.torn {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            warn!(segment = %path.display(), cut_bytes = len - scan.valid_len, reason = why, "Truncating a torn log tail left by a crash.");
+            file.set_len(scan.valid_len)?;
+            file.sync_all()?;
+        }
+        end = last + scan.records;
+    }
+    // Never assign an offset a sink has already passed (e.g. a log directory
+    // deleted by hand): start a fresh segment at the highest committed offset.
+    let floor = ledger.max_committed();
+    if bases.is_empty() || end < floor {
+        if end < floor && !bases.is_empty() {
+            warn!(log = %log_dir.display(), end, committed = floor, "The log ends below a sink's committed offset; continuing at the committed offset.");
+        }
+        end = end.max(floor);
+        create_segment(&log_dir, end)?;
+        bases.push(end);
+    }
+    let disk_bytes = bases
+        .iter()
+        .map(|b| fs::metadata(segment::path(&log_dir, *b)).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let active_base = *bases.last().expect("a segment exists");
+    let file = OpenOptions::new().append(true).open(segment::path(&log_dir, active_base))?;
+    let size = file.metadata()?.len();
+    info!(log = %log_dir.display(), segments = bases.len(), end, "Opened log.");
+
+    let shared = Arc::new(Shared { log_dir, segments: Mutex::new(bases), disk_bytes: AtomicU64::new(disk_bytes), ledger });
+    let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
+    let (tx, rx) = mpsc::channel(APPEND_QUEUE);
+    let writer = Writer { shared: shared.clone(), progress: progress_tx, file, size, next: end, segment_bytes: options.segment_bytes };
+    std::thread::Builder::new()
+        .name("tributary-log".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((Appender { shared: shared.clone(), tx }, Log { shared, progress }))
+}
+
+fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
+    let path = segment::path(log_dir, base);
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    file.write_all(&segment::MAGIC)?;
+    file.sync_all()?;
+    sync_dir(log_dir)?;
+    Ok(file)
+}
+
+impl Appender {
+    /// Appends `events` durably; returns their offsets once they survive a power cut.
+    pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Append { events, reply }).await.map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Bytes the log occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The single writer: owns the active segment.
+struct Writer {
+    shared: Arc<Shared>,
+    progress: watch::Sender<Progress>,
+    file: File,
+    /// Bytes of the active segment known to be durable.
+    size: u64,
+    /// Next offset to assign.
+    next: u64,
+    segment_bytes: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(more) => group.push(more),
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            let mut ranges = Vec::with_capacity(group.len());
+            let mut next = self.next;
+            for append in &group {
+                let start = next;
+                for event in &append.events {
+                    segment::encode(event, &mut buf);
+                    next += 1;
+                }
+                ranges.push(start..next);
+            }
+            match self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+                Ok(()) => {
+                    self.size += buf.len() as u64;
+                    self.next = next;
+                    self.shared.disk_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    self.progress.send_modify(|p| p.end = next);
+                    for (append, range) in group.drain(..).zip(ranges) {
+                        let _ = append.reply.send(Ok(range));
+                    }
+                }
+                Err(e) => {
+                    error!(log = %self.shared.log_dir.display(), error = %e, "Failed to write the log; the requests are answered with an error.");
+                    let e = Arc::new(e);
+                    for append in group.drain(..) {
+                        let _ = append.reply.send(Err(AppendError::Write(e.clone())));
+                    }
+                    // Cut back to the last durable record so a later append
+                    // does not follow a half-written one.
+                    if let Err(e) = self.file.set_len(self.size).and_then(|()| self.file.sync_all()) {
+                        error!(error = %e, "Cannot restore the log after a failed write; the pipeline stops accepting events.");
+                        break;
+                    }
+                }
+            }
+            if self.size >= self.segment_bytes {
+                if let Err(e) = self.roll() {
+                    error!(error = %e, "Cannot start a new log segment; the pipeline stops accepting events.");
+                    break;
+                }
+            }
+        }
+        self.progress.send_modify(|p| p.closed = true);
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        self.file = create_segment(&self.shared.log_dir, self.next)?;
+        self.size = segment::HEADER_LEN;
+        self.shared.disk_bytes.fetch_add(segment::HEADER_LEN, Ordering::Relaxed);
+        self.shared.segments.lock().expect("segment list lock").push(self.next);
+        Ok(())
+    }
+}
+
+impl Log {
+    /// A reader starting at `from`.
+    pub fn reader(&self, from: u64) -> Reader {
+        Reader { log: self.clone(), next: from, segment: None }
+    }
+
+    /// The next offset to be assigned; everything below is durable.
+    pub fn end(&self) -> u64 {
+        self.progress.borrow().end
+    }
+
+    /// The persisted progress of `sink`.
+    pub fn sink_state(&self, sink: &str) -> SinkState {
+        self.shared.ledger.get(sink)
+    }
+
+    /// Records that `sink` is about to flush `range` (see [`ledger`]).
+    pub fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()> {
+        self.shared.ledger.begin(sink, range)
+    }
+
+    /// Records that `sink` has everything below `offset` durable in storage,
+    /// then deletes the segments every sink has passed.
+    pub fn commit(&self, sink: &str, offset: u64) -> io::Result<()> {
+        self.shared.ledger.commit(sink, offset)?;
+        self.delete_consumed()
+    }
+
+    /// Bytes the log occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    fn delete_consumed(&self) -> io::Result<()> {
+        let Some(min) = self.shared.ledger.min_committed() else { return Ok(()) };
+        let doomed: Vec<u64> = {
+            let mut segments = self.shared.segments.lock().expect("segment list lock");
+            // Segment i may go when segment i+1 starts at or below `min`; the last never goes.
+            let keep_from = segments.windows(2).take_while(|w| w[1] <= min).count();
+            segments.drain(..keep_from).collect()
+        };
+        for base in &doomed {
+            let path = segment::path(&self.shared.log_dir, *base);
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path)?;
+            self.shared.disk_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.shared.log_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a log in order from an offset.
+pub struct Reader {
+    log: Log,
+    next: u64,
+    segment: Option<SegmentReader>,
+}
+
+impl Reader {
+    /// Waits until at least one durable event is past the reader; returns
+    /// false once the log is closed and fully read. Cancel-safe.
+    pub async fn wait(&mut self) -> bool {
+        let next = self.next;
+        match self.log.progress.wait_for(|p| p.end > next || p.closed).await {
+            Ok(p) => p.end > next,
+            Err(_) => false,
+        }
+    }
+
+    /// Offset of the next event this reader returns.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Reads up to `max` durable events (none if there are none yet).
+    pub async fn read(&mut self, max: usize) -> io::Result<Vec<Event>> {
+        let end = self.log.end();
+        let want = (end.saturating_sub(self.next)).min(max as u64) as usize;
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let shared = self.log.shared.clone();
+        let mut segment = self.segment.take();
+        let mut next = self.next;
+        let (segment, events) = tokio::task::spawn_blocking(move || {
+            let mut events = Vec::with_capacity(want);
+            while events.len() < want {
+                let current = match segment.take() {
+                    Some(s) if !starts_later_segment(&shared, &s, next) => s,
+                    _ => SegmentReader::open(&shared.log_dir, locate(&shared, next)?, next)?,
+                };
+                let s = segment.insert(current);
+                events.push(s.read()?);
+                next += 1;
+            }
+            Ok::<_, io::Error>((segment, events))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.segment = segment;
+        self.next += events.len() as u64;
+        Ok(events)
+    }
+}
+
+/// Whether offset `next` lies in a segment after the one `reader` reads.
+fn starts_later_segment(shared: &Shared, reader: &SegmentReader, next: u64) -> bool {
+    let segments = shared.segments.lock().expect("segment list lock");
+    segments.iter().any(|&b| b > reader.base && b <= next)
+}
+
+/// Base of the segment holding `offset`.
+fn locate(shared: &Shared, offset: u64) -> io::Result<u64> {
+    let segments = shared.segments.lock().expect("segment list lock");
+    segments.iter().rev().find(|&&b| b <= offset).copied().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("offset {offset} was already deleted from the log"))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Configuration: `tributary.toml`, `pipelines/*.toml` and the JSON Schema
+//! files they name. Two phases: `raw` (what serde reads) → `validate` (pure,
+//! collects every error) → `spec` (typed, defaulted). This file does the I/O.
+
+pub mod raw;
+pub mod spec;
+pub mod units;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use spec::{Config, GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
+
+use raw::{RawGlobal, RawPipeline};
+
+/// File name of the global settings, looked up in the current directory.
+pub const GLOBAL_FILE: &str = "tributary.toml";
+
+/// One problem in the configuration: file, key, what is wrong and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file that holds the problem.
+    pub file: PathBuf,
+    /// Dotted key (`sink[0].uri`), a schema location, or `line L, column C`.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+    /// How to fix it (may be empty when the problem says it all).
+    pub fix: String,
+}
+
+impl ConfigError {
+    /// Builds an error.
+    pub fn new(file: &Path, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { file: file.to_path_buf(), key: key.into(), problem: problem.into(), fix: fix.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{}", self.problem)?;
+        if !self.fix.is_empty() {
+            write!(f, "; {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where to look for the files.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
+    /// `--config`: the global file; `None` uses `./tributary.toml` if present.
+    pub config: Option<PathBuf>,
+    /// `--pipelines`: the pipeline directory; `None` uses `pipelines/` beside the config.
+    pub pipelines: Option<PathBuf>,
+}
+
+/// Reads and validates everything; returns all errors found, in file order.
+pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let config_file = match &paths.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(GLOBAL_FILE)).filter(|p| p.is_file()),
+    };
+    // Relative paths in every file resolve against the directory of tributary.toml.
+    let root = config_file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let raw_global = match &config_file {
+        None => RawGlobal::default(),
+        Some(file) => match std::fs::read_to_string(file) {
+            Ok(text) => validate::parse_toml(file, &text).unwrap_or_else(|e| {
+                errors.push(e);
+                RawGlobal::default()
+            }),
+            Err(e) => {
+                errors.push(ConfigError::new(file, "", format!("cannot read: {e}"), "pass an existing file to --config"));
+                RawGlobal::default()
+            }
+        },
+    };
+    let global_file = config_file.clone().unwrap_or_else(|| PathBuf::from(GLOBAL_FILE));
+    let global = validate::global(&global_file, &raw_global, &root, &mut errors);
+
+    let dir = paths.pipelines.clone().unwrap_or_else(|| root.join("pipelines"));
+    let mut files = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "toml") {
+                    files.push(path);
+                }
+            }
+        }
+        Err(e) => errors.push(ConfigError::new(&dir, "", format!("cannot read the pipeline directory: {e}"), "create it, or pass --pipelines DIR")),
+    }
+    files.sort();
+    if files.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::new(&dir, "", "holds no *.toml pipeline file", "add one; see pipelines/ in the tributary repository for examples"));
+    }
+
+    let mut raws = Vec::new();
+    for file in files {
+        let parsed = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::new(&file, "", format!("cannot read: {e}"), "check the file's permissions"))
+            .and_then(|text| validate::parse_toml::<RawPipeline>(&file, &text));
+        match parsed {
+            Ok(raw) => raws.push((file, raw)),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut schemas = validate::SchemaDocs::new();
+    for (_, raw) in &raws {
+        let Some(name) = raw.schema.as_deref().filter(|s| *s != "infer") else { continue };
+        let path = root.join(name);
+        if schemas.contains_key(&path) {
+            continue;
+        }
+        let doc = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}")));
+        schemas.insert(path, doc);
+    }
+
+    let Some(global) = global else { return Err(errors) };
+    let pipelines = validate::pipelines(&global, &raws, &schemas, &root, &mut errors);
+    if errors.is_empty() {
+        Ok(Config { global, pipelines })
+    } else {
+        Err(errors)
+    }
+}

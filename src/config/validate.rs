@@ -1,0 +1,465 @@
+//! Pure validation: raw TOML mirrors and schema documents → typed specs, or
+//! every problem found, each naming file, key, what is wrong and the fix.
+//! No I/O happens here; `config::load` reads the files.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::{DataType, Schema};
+
+use super::raw::{RawGlobal, RawParquetSink, RawPipeline, RawSink, RawSize, RawSource};
+use super::spec::{GlobalSpec, Location, ParquetSinkSpec, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec};
+use super::units::{parse_duration, parse_size};
+use super::ConfigError;
+use crate::schema::{self, METADATA_COLUMNS};
+use crate::sink::batch::BatchPolicy;
+
+/// Default `listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `source.max_body`: 10 MiB, enough for Shopify's and GitHub's largest payloads.
+pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
+/// Default `batch.max_events`.
+pub const DEFAULT_MAX_EVENTS: u64 = 10_000;
+/// Default `batch.max_bytes`.
+pub const DEFAULT_BATCH_BYTES: u64 = 64 << 20;
+/// Default `batch.max_age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
+/// Default `buffer.max_bytes`: disk the log may hold before webhooks get 503.
+pub const DEFAULT_BUFFER_BYTES: u64 = 1 << 30;
+/// Smallest `buffer.max_bytes`: a few segments must fit.
+pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
+/// Paths the HTTP server keeps for itself.
+const RESERVED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api"];
+/// Object-store keys a `storage` table may set; credentials only through `*_env`.
+const STORAGE_KEYS: [&str; 7] = [
+    "endpoint", "region", "allow_http", "virtual_hosted_style_request",
+    "access_key_id_env", "secret_access_key_env", "session_token_env",
+];
+
+/// A parsed schema document, by the path the pipeline named.
+pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, String>>;
+
+/// Collects errors for one file.
+struct Errors<'a> {
+    file: &'a Path,
+    list: &'a mut Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(ConfigError::new(self.file, key, problem, fix));
+    }
+}
+
+/// Validates the global file (`None` when absent).
+pub fn global(file: &Path, raw: &RawGlobal, root: &Path, errors: &mut Vec<ConfigError>) -> Option<GlobalSpec> {
+    let mut e = Errors { file, list: errors };
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            e.push("listen", format!("\"{listen_text}\" is not an address"), "write an IP address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"");
+            None
+        }
+    };
+    let data_dir = root.join(raw.data_dir.as_deref().unwrap_or("data"));
+    let lake = match parse_location(raw.lake.as_deref().unwrap_or("lake"), root) {
+        Ok(l) => Some(l),
+        Err((problem, fix)) => {
+            e.push("lake", problem, fix);
+            None
+        }
+    };
+    Some(GlobalSpec { listen: listen?, data_dir, lake: lake? })
+}
+
+/// Validates every pipeline, including checks across files (unique names and paths).
+pub fn pipelines(
+    global: &GlobalSpec,
+    raws: &[(PathBuf, RawPipeline)],
+    schemas: &SchemaDocs,
+    root: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<PipelineSpec> {
+    let mut specs = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let mut paths: HashMap<String, PathBuf> = HashMap::new();
+    for (file, raw) in raws {
+        let mut e = Errors { file, list: errors };
+        let Some(spec) = pipeline(global, file, raw, schemas, root, &mut e) else { continue };
+        if let Some(other) = names.insert(spec.name.clone(), file.clone()) {
+            e.push("name", format!("pipeline \"{}\" is also defined in {}", spec.name, other.display()), "give each pipeline a unique name");
+            continue;
+        }
+        let SourceSpec::Webhook(w) = &spec.source;
+        if let Some(other) = paths.insert(w.path.clone(), file.clone()) {
+            e.push("source.path", format!("\"{}\" is also used by {}", w.path, other.display()), "give each webhook source its own path");
+            continue;
+        }
+        specs.push(spec);
+    }
+    specs
+}
+
+fn pipeline(
+    global: &GlobalSpec,
+    file: &Path,
+    raw: &RawPipeline,
+    schemas: &SchemaDocs,
+    root: &Path,
+    e: &mut Errors<'_>,
+) -> Option<PipelineSpec> {
+    let start = e.list.len();
+    let name = match raw.name.as_deref() {
+        None => {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            e.push("name", "missing", format!("add name = \"{stem}\""));
+            None
+        }
+        Some(n) if valid_name(n) => Some(n.to_string()),
+        Some(n) => {
+            e.push("name", format!("\"{n}\" is not a valid name"), "use 1-64 lower-case letters, digits, '_' or '-', starting with a letter or digit");
+            None
+        }
+    };
+    let schema = record_schema(raw, schemas, root, e);
+    let record_path = raw.record_path.clone().unwrap_or_default();
+    if !(record_path.is_empty() || record_path.starts_with('/')) {
+        e.push("record_path", format!("\"{record_path}\" is not a JSON pointer"), "start it with '/', e.g. \"/customers\", or use \"\" for the whole event");
+    }
+    let primary_key = raw.primary_key.clone().unwrap_or_default();
+    if let Some(schema) = &schema {
+        for (i, column) in primary_key.iter().enumerate() {
+            if schema.field_with_name(column).is_err() {
+                e.push(format!("primary_key[{i}]"), format!("column \"{column}\" is not a top-level property of the schema"), "name a property listed in the schema's \"properties\"");
+            }
+        }
+    }
+    let source = source(raw.source.as_ref(), e);
+    let batch = batch(raw, e);
+    let buffer_max_bytes = match raw.buffer.as_ref().and_then(|b| b.max_bytes.as_ref()) {
+        None => DEFAULT_BUFFER_BYTES,
+        Some(s) => size(s, "buffer.max_bytes", e).unwrap_or(DEFAULT_BUFFER_BYTES),
+    };
+    if buffer_max_bytes < MIN_BUFFER_BYTES {
+        e.push("buffer.max_bytes", "is below 64KiB", "set it to at least \"64KiB\" (the default is \"1GiB\")");
+    }
+    let mut sinks = Vec::new();
+    if raw.sink.is_empty() {
+        e.push("sink", "no sink is configured", "add a [[sink]] table with type = \"parquet\"");
+    }
+    let mut sink_names = HashSet::new();
+    for (i, raw_sink) in raw.sink.iter().enumerate() {
+        let key = format!("sink[{i}]");
+        let spec = match raw_sink {
+            RawSink::Parquet(p) => name.as_deref().and_then(|n| parquet_sink(global, n, &key, p, schema.as_deref(), root, e)).map(SinkSpec::Parquet),
+            RawSink::Delta(_) | RawSink::Https(_) => {
+                let ty = if matches!(raw_sink, RawSink::Delta(_)) { "delta" } else { "https" };
+                e.push(format!("{key}.type"), format!("sink type \"{ty}\" is not available in this build yet"), "use type = \"parquet\" for now");
+                None
+            }
+        };
+        if let Some(spec) = spec {
+            if !sink_names.insert(spec.name().to_string()) {
+                e.push(format!("{key}.name"), format!("another sink is already named \"{}\"", spec.name()), "give each sink of a pipeline a unique name = \"…\"");
+            }
+            sinks.push(spec);
+        }
+    }
+    if e.list.len() > start {
+        return None;
+    }
+    Some(PipelineSpec {
+        name: name?,
+        file: file.to_path_buf(),
+        schema: schema?,
+        record_path,
+        primary_key,
+        source: source?,
+        batch: batch?,
+        buffer_max_bytes,
+        sinks,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+/// Resolves `schema` and converts the document it names.
+fn record_schema(raw: &RawPipeline, schemas: &SchemaDocs, root: &Path, e: &mut Errors<'_>) -> Option<Arc<Schema>> {
+    let Some(path) = raw.schema.as_deref() else {
+        e.push("schema", "missing", "add schema = \"schemas/<stream>.json\" pointing at a JSON Schema file");
+        return None;
+    };
+    if path == "infer" {
+        e.push("schema", "schema = \"infer\" is not available in this build yet", "write a JSON Schema file and name it here");
+        return None;
+    }
+    let resolved = root.join(path);
+    match schemas.get(&resolved) {
+        None => {
+            e.push("schema", format!("{} was not read", resolved.display()), "check the path");
+            None
+        }
+        Some(Err(problem)) => {
+            e.push("schema", format!("cannot use {}: {problem}", resolved.display()), "fix the path (relative paths start at the directory of tributary.toml) or the file's JSON");
+            None
+        }
+        Some(Ok(doc)) => match schema::from_json_schema(doc) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(problems) => {
+                for p in problems {
+                    e.list.push(ConfigError::new(&resolved, p.key, p.message, ""));
+                }
+                None
+            }
+        },
+    }
+}
+
+fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
+    let raw = match raw {
+        None => {
+            e.push("source", "missing", "add a [source] table with type = \"webhook\" and path = \"/hooks/…\"");
+            return None;
+        }
+        Some(RawSource::Poll(_)) => {
+            e.push("source.type", "source type \"poll\" is not available in this build yet", "use type = \"webhook\" for now");
+            return None;
+        }
+        Some(RawSource::Webhook(w)) => w,
+    };
+    if raw.verify.is_some() {
+        e.push("source.verify", "signature verification is not available in this build yet", "remove verify; until it lands, keep the webhook path secret and listen on a private address");
+    }
+    let path = match raw.path.as_deref() {
+        None => {
+            e.push("source.path", "missing", "add path = \"/hooks/<app>/<topic>\"");
+            None
+        }
+        Some(p) if !p.starts_with('/') || p.contains(['?', '#', ' ']) => {
+            e.push("source.path", format!("\"{p}\" is not a URL path"), "start it with '/' and leave out query strings, e.g. \"/hooks/shopify/customers\"");
+            None
+        }
+        Some(p) if RESERVED_PATHS.iter().any(|r| p == *r || p.starts_with(&format!("{r}/"))) => {
+            e.push("source.path", format!("\"{p}\" is reserved for tributary's own endpoints"), "choose a path under /hooks/");
+            None
+        }
+        Some(p) => Some(p.to_string()),
+    };
+    let max_body = match &raw.max_body {
+        None => DEFAULT_MAX_BODY,
+        Some(s) => size(s, "source.max_body", e).unwrap_or(DEFAULT_MAX_BODY),
+    };
+    if max_body == 0 {
+        e.push("source.max_body", "must be above zero", "set e.g. \"10MiB\"");
+    }
+    Some(SourceSpec::Webhook(WebhookSpec { path: path?, max_body }))
+}
+
+fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
+    let default = Default::default();
+    let b = raw.batch.as_ref().unwrap_or(&default);
+    let max_events = b.max_events.unwrap_or(DEFAULT_MAX_EVENTS);
+    if max_events == 0 || max_events > 10_000_000 {
+        e.push("batch.max_events", format!("{max_events} is out of range"), "use a number from 1 to 10000000");
+    }
+    let max_bytes = match &b.max_bytes {
+        None => DEFAULT_BATCH_BYTES,
+        Some(s) => size(s, "batch.max_bytes", e)?,
+    };
+    if max_bytes == 0 {
+        e.push("batch.max_bytes", "must be above zero", "set e.g. \"64MiB\"");
+    }
+    let max_age = match &b.max_age {
+        None => DEFAULT_MAX_AGE,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                e.push("batch.max_age", "must be above zero", "set e.g. \"30s\"");
+                return None;
+            }
+            Err(problem) => {
+                e.push("batch.max_age", problem, "");
+                return None;
+            }
+        },
+    };
+    Some(BatchPolicy { max_events: max_events as usize, max_bytes, max_age })
+}
+
+fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
+    match raw {
+        RawSize::Bytes(n) => Some(*n),
+        RawSize::Text(t) => match parse_size(t) {
+            Ok(n) => Some(n),
+            Err(problem) => {
+                e.push(key, problem, "");
+                None
+            }
+        },
+    }
+}
+
+fn parquet_sink(
+    global: &GlobalSpec,
+    pipeline: &str,
+    key: &str,
+    raw: &RawParquetSink,
+    schema: Option<&Schema>,
+    root: &Path,
+    e: &mut Errors<'_>,
+) -> Option<ParquetSinkSpec> {
+    let start = e.list.len();
+    let name = raw.name.clone().unwrap_or_else(|| "parquet".to_string());
+    if !valid_name(&name) {
+        e.push(format!("{key}.name"), format!("\"{name}\" is not a valid name"), "use lower-case letters, digits, '_' or '-'");
+    }
+    let location = match raw.uri.as_deref() {
+        None => Some(global.lake.join(pipeline)),
+        Some(uri) => match parse_location(uri, root) {
+            Ok(l) => Some(l),
+            Err((problem, fix)) => {
+                e.push(format!("{key}.uri"), problem, fix);
+                None
+            }
+        },
+    };
+    let partition_by = raw.partition_by.clone().unwrap_or_else(|| vec!["_received_date".to_string()]);
+    for (i, column) in partition_by.iter().enumerate() {
+        let at = format!("{key}.partition_by[{i}]");
+        if column == "_received_date" || column == "_source" {
+            continue;
+        }
+        if METADATA_COLUMNS.contains(&column.as_str()) {
+            e.push(at, format!("\"{column}\" has one value per event"), "partition by _received_date instead");
+            continue;
+        }
+        match schema.map(|s| s.field_with_name(column)) {
+            Some(Ok(f)) if partitionable(f.data_type()) => {}
+            Some(Ok(f)) => e.push(at, format!("column \"{column}\" is a {}", f.data_type()), "partition by a string, integer, boolean or date column"),
+            Some(Err(_)) => e.push(at, format!("column \"{column}\" is not a top-level property of the schema"), "name a property of the schema or _received_date"),
+            None => {}
+        }
+    }
+    let mut storage = BTreeMap::new();
+    for (k, v) in raw.storage.iter().flatten() {
+        let at = format!("{key}.storage.{k}");
+        if !STORAGE_KEYS.contains(&k.as_str()) {
+            let fix = if k.contains("secret") || k.contains("key") || k.contains("token") {
+                format!("never write credentials in TOML: set the AWS_* environment variables, or {k}_env = \"NAME_OF_ENV_VAR\"")
+            } else {
+                format!("use one of {}", STORAGE_KEYS.join(", "))
+            };
+            e.push(at, format!("unknown storage key \"{k}\""), fix);
+            continue;
+        }
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                e.push(at, "must be a string or a boolean", "");
+                continue;
+            }
+        };
+        storage.insert(k.clone(), value);
+    }
+    if !storage.is_empty() && matches!(location, Some(Location::Local(_))) {
+        e.push(format!("{key}.storage"), "storage settings apply to s3:// locations only", "remove the storage table or use an s3:// uri");
+    }
+    if e.list.len() > start {
+        return None;
+    }
+    Some(ParquetSinkSpec { name, location: location?, partition_by, storage })
+}
+
+fn partitionable(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32)
+}
+
+/// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
+/// (relative to `root`). Errors carry (problem, fix).
+pub fn parse_location(text: &str, root: &Path) -> Result<Location, (String, String)> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        return match scheme {
+            "s3" | "s3a" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err((format!("\"{text}\" names no bucket"), "write s3://bucket/prefix".into()));
+                }
+                Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
+            }
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err((format!("\"{text}\" is not an absolute file URL"), "write file:///absolute/path or a plain path".into()));
+                }
+                Ok(Location::Local(PathBuf::from(rest)))
+            }
+            other => Err((
+                format!("unknown scheme \"{other}\""),
+                "expected s3://, file:// or a path".into(),
+            )),
+        };
+    }
+    if text.is_empty() {
+        return Err(("is empty".into(), "write a path, file:// or s3:// location".into()));
+    }
+    Ok(Location::Local(root.join(text)))
+}
+
+/// Parses one TOML file into its raw mirror.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|err| {
+        let at = err.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        });
+        let message = err.message().trim().to_string();
+        let fix = if message.contains("unknown field") {
+            "remove the key or correct its spelling"
+        } else if message.contains("unknown variant") {
+            "set type to one of the values listed"
+        } else {
+            "see README.md for the keys and their forms"
+        };
+        ConfigError::new(file, at.unwrap_or_default(), message, fix)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let root = Path::new("/srv/t");
+        assert_eq!(parse_location("lake", root).unwrap(), Location::Local("/srv/t/lake".into()));
+        assert_eq!(parse_location("file:///x/y", root).unwrap(), Location::Local("/x/y".into()));
+        assert_eq!(
+            parse_location("s3://b/p/q/", root).unwrap(),
+            Location::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        let (problem, fix) = parse_location("s4://b", root).unwrap_err();
+        assert_eq!(problem, "unknown scheme \"s4\"");
+        assert!(fix.contains("s3://"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("shopify_customers"));
+        assert!(valid_name("a-1"));
+        assert!(!valid_name("Shop"));
+        assert!(!valid_name("_x"));
+        assert!(!valid_name(""));
+    }
+}

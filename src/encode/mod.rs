@@ -1,0 +1,133 @@
+//! Events → one Arrow record batch per flush, plus the dead letters.
+//!
+//! Each event's record (the JSON value at `record_path`) is decoded by
+//! arrow-json against the declared schema; the metadata columns `_event_id`,
+//! `_received_at`, `_received_date` and `_source` are added. The fast path
+//! decodes the whole flush at once; if that fails, every record is decoded on
+//! its own so one bad event becomes a dead letter with its reason and never
+//! holds back the rest of its batch. Nothing here panics on input.
+
+pub mod dead_letter;
+mod pointer;
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_json::ReaderBuilder;
+use arrow_schema::{ArrowError, SchemaRef};
+
+use crate::event::Event;
+use crate::schema;
+pub use dead_letter::DeadLetter;
+
+/// Microseconds in a day, for `_received_date`.
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// Converts events of one pipeline into rows of its table.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    record_schema: SchemaRef,
+    table_schema: SchemaRef,
+    record_path: Vec<String>,
+    source: String,
+}
+
+/// What one flush produced.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The rows that fit the schema (possibly none), table schema.
+    pub batch: RecordBatch,
+    /// The events that did not, each with its reason.
+    pub dead: Vec<DeadLetter>,
+}
+
+impl Encoder {
+    /// An encoder for records of `record_schema`, found at the JSON pointer
+    /// `record_path` in each event, labelled `source` in `_source`.
+    pub fn new(record_schema: SchemaRef, record_path: &str, source: &str) -> Self {
+        Self {
+            table_schema: Arc::new(schema::table_schema(&record_schema)),
+            record_schema,
+            record_path: pointer::tokens(record_path),
+            source: source.to_string(),
+        }
+    }
+
+    /// The schema of the batches this encoder returns.
+    pub fn table_schema(&self) -> &SchemaRef {
+        &self.table_schema
+    }
+
+    /// Encodes `events`; every event ends either as a row or as a dead letter.
+    pub fn encode(&self, events: &[Event]) -> Encoded {
+        let mut dead = Vec::new();
+        let mut good: Vec<&Event> = Vec::with_capacity(events.len());
+        let mut records: Vec<&[u8]> = Vec::with_capacity(events.len());
+        for event in events {
+            match pointer::record(&event.payload, &self.record_path) {
+                Ok(record) => {
+                    good.push(event);
+                    records.push(record);
+                }
+                Err(reason) => dead.push(DeadLetter::new(event, reason)),
+            }
+        }
+        let columns = match self.decode(&records) {
+            Ok(batch) => batch,
+            Err(_) => {
+                // Find the culprits one by one; the others still become rows.
+                let mut rows = Vec::with_capacity(records.len());
+                let mut kept = Vec::with_capacity(records.len());
+                for (event, record) in good.iter().zip(&records) {
+                    match self.decode(std::slice::from_ref(record)) {
+                        Ok(row) => {
+                            rows.push(row);
+                            kept.push(*event);
+                        }
+                        Err(e) => dead.push(DeadLetter::new(event, describe(&e))),
+                    }
+                }
+                good = kept;
+                arrow_select::concat::concat_batches(&self.record_schema, &rows)
+                    .expect("rows decoded with one schema concatenate")
+            }
+        };
+        Encoded { batch: self.with_metadata(&good, columns), dead }
+    }
+
+    /// Decodes records that are all expected to fit.
+    fn decode(&self, records: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
+        let mut decoder = ReaderBuilder::new(self.record_schema.clone())
+            .with_batch_size(records.len().max(1))
+            .build_decoder()?;
+        for record in records {
+            let read = decoder.decode(record)?;
+            if read != record.len() || decoder.has_partial_record() {
+                return Err(ArrowError::JsonError("the record is not one complete JSON object".into()));
+            }
+        }
+        Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.record_schema.clone())))
+    }
+
+    fn with_metadata(&self, events: &[&Event], columns: RecordBatch) -> RecordBatch {
+        let ids: StringArray = events.iter().map(|e| Some(e.id.hyphenated().to_string())).collect();
+        let at = TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.received_at_us))
+            .with_timezone("UTC");
+        let date = Date32Array::from_iter_values(events.iter().map(|e| e.received_at_us.div_euclid(US_PER_DAY) as i32));
+        let source = StringArray::from_iter_values(std::iter::repeat_n(self.source.as_str(), events.len()));
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(at), Arc::new(date), Arc::new(source)];
+        arrays.extend(columns.columns().iter().cloned());
+        RecordBatch::try_new(self.table_schema.clone(), arrays)
+            .expect("metadata and decoded columns match the table schema")
+    }
+}
+
+/// A dead-letter reason from an arrow-json error, without the crate's prefix.
+fn describe(e: &ArrowError) -> String {
+    let text = e.to_string();
+    let text = text.strip_prefix("Json error: ").unwrap_or(&text);
+    format!("does not fit the schema: {text}")
+}
+
+#[cfg(test)]
+mod tests;

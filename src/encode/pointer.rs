@@ -1,0 +1,70 @@
+//! JSON pointers (RFC 6901) over raw bytes: finds the record inside an event
+//! without re-serialising it, so the encoder reads the original bytes.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+
+/// Splits a pointer into unescaped tokens (`""` → none).
+pub fn tokens(pointer: &str) -> Vec<String> {
+    if pointer.is_empty() {
+        return Vec::new();
+    }
+    pointer.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect()
+}
+
+/// The bytes of the record at `tokens` in `payload`; it must be a JSON object.
+pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], String> {
+    let mut current: &'a [u8] = payload;
+    for (depth, token) in tokens.iter().enumerate() {
+        let at = || format!("/{}", tokens[..=depth].join("/"));
+        current = match first_byte(current) {
+            Some(b'{') => {
+                let map: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_slice(current)
+                    .map_err(|e| format!("the event is not valid JSON: {e}"))?;
+                map.get(token.as_str())
+                    .ok_or_else(|| format!("record_path {} not found in the event", at()))?
+                    .get()
+                    .as_bytes()
+            }
+            Some(b'[') => {
+                let list: Vec<&'a RawValue> = serde_json::from_slice(current)
+                    .map_err(|e| format!("the event is not valid JSON: {e}"))?;
+                token
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| list.get(i))
+                    .ok_or_else(|| format!("record_path {} not found in the event", at()))?
+                    .get()
+                    .as_bytes()
+            }
+            _ => return Err(format!("record_path {}: the event has no object or array there", at())),
+        };
+    }
+    match first_byte(current) {
+        Some(b'{') => Ok(current),
+        Some(b'[') => Err("the record is a JSON array, not an object; point record_path at one record".into()),
+        _ => Err("the record is not a JSON object".into()),
+    }
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_records_by_their_original_bytes() {
+        let event = br#"{"topic": "x", "customers": {"id": 1, "a~b": {"c/d": [{"z": 2}]}}}"#;
+        assert_eq!(record(event, &tokens("")).unwrap(), event);
+        assert_eq!(record(event, &tokens("/customers/a~0b/c~1d/0")).unwrap(), br#"{"z": 2}"#);
+        assert!(record(event, &tokens("/orders")).unwrap_err().contains("/orders not found"));
+        assert!(record(event, &tokens("/topic/x")).unwrap_err().contains("no object or array"));
+        assert!(record(event, &tokens("/customers/a~0b/c~1d")).unwrap_err().contains("array"));
+        assert!(record(b"42", &[]).unwrap_err().contains("not a JSON object"));
+    }
+}

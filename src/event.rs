@@ -1,0 +1,30 @@
+//! The event: one JSON value as a source received it, with the identity and
+//! arrival time that every sink carries into its rows. The buffer stores events;
+//! the encoder turns them into rows.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// One received event. `payload` holds the original JSON bytes exactly as they
+/// arrived (the bytes a signed forward would sign), never a re-serialisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Time-ordered id (UUIDv7); `_event_id` in every table row.
+    pub id: Uuid,
+    /// Arrival time, microseconds since the Unix epoch, UTC.
+    pub received_at_us: i64,
+    /// The event's JSON bytes.
+    pub payload: Bytes,
+}
+
+impl Event {
+    /// A new event received now.
+    pub fn new(payload: Bytes) -> Self {
+        Self { id: Uuid::now_v7(), received_at_us: now_us(), payload }
+    }
+}
+
+/// Microseconds since the Unix epoch, UTC.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

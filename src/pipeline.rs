@@ -1,0 +1,149 @@
+//! Wires pipelines: one durable log each, fed by its source, read by one runner
+//! per sink; and `run`, which starts them all with the HTTP server and stops
+//! them in order on a signal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::buffer;
+use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
+use crate::encode::Encoder;
+use crate::server;
+use crate::shutdown::{Shutdown, GRACE};
+use crate::sink::runner::Runner;
+use crate::sink::{Storage, StorageError};
+use crate::source::webhook::Route;
+
+/// Segment size bounds: small enough that a small `buffer.max_bytes` still
+/// spans several segments (so consumed ones can be freed), large enough that
+/// rolling is rare.
+const MIN_SEGMENT: u64 = 64 << 10;
+const MAX_SEGMENT: u64 = 64 << 20;
+
+/// Why `run` could not start or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The pipeline's log could not be opened.
+    #[error("failed to open the buffer of pipeline {pipeline} in {dir}")]
+    Buffer {
+        /// Pipeline name.
+        pipeline: String,
+        /// Its data directory.
+        dir: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sink's storage could not be set up.
+    #[error("failed to set up sink {sink} of pipeline {pipeline}")]
+    Storage {
+        /// Pipeline name.
+        pipeline: String,
+        /// Sink name.
+        sink: String,
+        /// What went wrong.
+        #[source]
+        source: StorageError,
+    },
+    /// The HTTP server could not bind or failed.
+    #[error("HTTP server on {listen} failed")]
+    Server {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A pipeline ready to start.
+pub struct Built {
+    /// Its webhook path, if its source is a webhook.
+    pub route: Option<(String, Route)>,
+    /// One runner per sink.
+    pub runners: Vec<Runner>,
+}
+
+/// Opens the pipeline's log and builds its sinks; starts nothing.
+pub fn build(spec: &PipelineSpec, global: &GlobalSpec, shutdown: &Shutdown) -> Result<Built, RunError> {
+    let dir = global.data_dir.join(&spec.name);
+    let options = buffer::Options {
+        dir: dir.clone(),
+        segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
+        sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
+    };
+    let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
+        pipeline: spec.name.clone(),
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let encoder = Arc::new(Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label()));
+    let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
+    let mut runners = Vec::new();
+    for sink in &spec.sinks {
+        let storage_error = |source| RunError::Storage { pipeline: spec.name.clone(), sink: sink.name().to_string(), source };
+        let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
+        match sink {
+            SinkSpec::Parquet(p) => runners.push(Runner {
+                pipeline: spec.name.clone(),
+                sink: p.name.clone(),
+                log: log.clone(),
+                encoder: encoder.clone(),
+                policy: spec.batch,
+                storage: Storage::new(&p.location, &p.storage).map_err(storage_error)?,
+                partition_by: p.partition_by.clone(),
+                dead_letters,
+                abandon: shutdown.abandon.clone(),
+            }),
+        }
+    }
+    let route = match &spec.source {
+        SourceSpec::Webhook(w) => Some((
+            w.path.clone(),
+            Route { pipeline: spec.name.clone(), max_body: w.max_body, max_buffer: spec.buffer_max_bytes, appender },
+        )),
+    };
+    Ok(Built { route, runners })
+}
+
+/// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
+/// accepting, lets the sinks flush what the logs hold, and returns.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    let listener = server::bind(config.global.listen)
+        .await
+        .map_err(|source| RunError::Server { listen: config.global.listen, source })?;
+    let listen = listener.local_addr().unwrap_or(config.global.listen);
+
+    let mut routes = HashMap::new();
+    for spec in &config.pipelines {
+        let built = build(spec, &config.global, &shutdown)?;
+        if let Some((path, route)) = built.route {
+            routes.insert(path, route);
+        }
+        for runner in built.runners {
+            let (pipeline, sink) = (runner.pipeline.clone(), runner.sink.clone());
+            shutdown.tasks.spawn(async move {
+                if let Err(e) = runner.run().await {
+                    error!(pipeline = %pipeline, sink = %sink, error = %format!("{:#}", anyhow::Error::from(e)), "Sink stopped; its events stay in the log until the next start.");
+                }
+            });
+        }
+    }
+    info!(listen = %listen, pipelines = config.pipelines.len(), "Listening.");
+
+    let stop = shutdown.stop.clone();
+    tokio::spawn(async move {
+        Shutdown::signal().await;
+        info!("Shutting down: no new requests; flushing sinks.");
+        stop.cancel();
+    });
+    // The routes (and with them every Appender) drop when the server returns,
+    // which closes the logs; the runners then flush and end.
+    let served = server::serve(listener, Arc::new(routes), shutdown.stop.clone()).await;
+    if !shutdown.drain(GRACE).await {
+        warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");
+    }
+    served.map_err(|source| RunError::Server { listen, source })
+}

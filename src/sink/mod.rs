@@ -1,0 +1,43 @@
+//! Sinks: where a pipeline's events end up. A runner per sink reads the
+//! pipeline's log from the sink's own committed offset, gathers a batch
+//! ([`batch`]), encodes it, writes it through [`storage`] and only then
+//! commits the offset.
+
+pub mod batch;
+pub mod parquet;
+pub mod runner;
+pub mod storage;
+
+use std::io;
+
+use crate::error::{Classify, ErrorKind};
+pub use storage::{Storage, StorageError};
+
+/// Why a sink runner stopped or a flush failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing to the sink's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Serialising Parquet failed.
+    #[error("failed to write Parquet")]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    /// Reading the pipeline's log failed.
+    #[error("failed to read the log")]
+    Log(#[source] io::Error),
+    /// Recording the sink's progress failed.
+    #[error("failed to record the sink's progress")]
+    Ledger(#[source] io::Error),
+    /// Shutdown's grace period ended while a flush was still retrying.
+    #[error("gave up retrying at shutdown; the events stay in the log for the next start")]
+    Abandoned,
+}
+
+impl Classify for SinkError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SinkError::Storage(e) => e.kind(),
+            SinkError::Parquet(_) | SinkError::Log(_) | SinkError::Ledger(_) | SinkError::Abandoned => ErrorKind::Internal,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The runner of one columnar sink: log → batch → encode → files → storage →
+//! committed offset. It ends when the log closes (after a last flush) and
+//! retries transient storage errors with backoff until shutdown's grace period
+//! runs out.
+//!
+//! Exactly once: before a flush uploads anything, its offset range is recorded
+//! as *pending*. After a crash the runner first replays exactly that range, so
+//! the same object names are rewritten with the same rows; only then does it
+//! read on. The committed offset moves only after every object is durable.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ::parquet::file::properties::WriterProperties;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::batch::{Batch, BatchPolicy};
+use super::{parquet, SinkError, Storage};
+use crate::buffer::Log;
+use crate::encode::{dead_letter, Encoder};
+use crate::error::{Classify, ErrorKind};
+use crate::event::Event;
+
+/// Largest chunk read from the log at once, to bound memory between flushes.
+const READ_CHUNK: usize = 4096;
+/// First and longest wait between retries of a failed upload.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Everything a columnar sink runner needs.
+pub struct Runner {
+    /// Pipeline name, for logs and dead letters.
+    pub pipeline: String,
+    /// Sink name, unique in the pipeline; keys its progress.
+    pub sink: String,
+    /// The pipeline's log.
+    pub log: Log,
+    /// Converts events to rows.
+    pub encoder: Arc<Encoder>,
+    /// When to flush.
+    pub policy: BatchPolicy,
+    /// Where the table files go.
+    pub storage: Storage,
+    /// Hive partition columns.
+    pub partition_by: Vec<String>,
+    /// Where dead letters go (`<lake>/_dead_letters/<pipeline>`).
+    pub dead_letters: Storage,
+    /// Cancelled when shutdown's grace period is over; retries stop on it.
+    pub abandon: CancellationToken,
+}
+
+impl Runner {
+    /// Runs until the log closes; flushes what it holds on the way out.
+    pub async fn run(self) -> Result<(), SinkError> {
+        let props = parquet::writer_properties();
+        let state = self.log.sink_state(&self.sink);
+        let mut next = state.committed;
+        if let Some((first, end)) = state.pending {
+            if first == next && end <= self.log.end() {
+                info!(pipeline = %self.pipeline, sink = %self.sink, first, end, "Replaying the flush a crash interrupted.");
+                let mut reader = self.log.reader(first);
+                let mut events = Vec::with_capacity((end - first) as usize);
+                while reader.position() < end {
+                    let want = (end - reader.position()) as usize;
+                    events.extend(reader.read(want.min(READ_CHUNK)).await.map_err(SinkError::Log)?);
+                }
+                self.flush(first..end, events, &props).await?;
+                next = end;
+            }
+        }
+        let mut reader = self.log.reader(next);
+        let mut batch = Batch::new(self.policy, next);
+        loop {
+            let deadline = batch.deadline();
+            tokio::select! {
+                more = reader.wait() => {
+                    if !more {
+                        if !batch.is_empty() {
+                            let (range, events) = batch.take();
+                            self.flush(range, events, &props).await?;
+                        }
+                        debug!(pipeline = %self.pipeline, sink = %self.sink, "Log closed; sink runner done.");
+                        return Ok(());
+                    }
+                    let events = reader.read(batch.room().clamp(1, READ_CHUNK)).await.map_err(SinkError::Log)?;
+                    for event in events {
+                        batch.push(event);
+                        if batch.is_full() {
+                            let (range, events) = batch.take();
+                            self.flush(range, events, &props).await?;
+                        }
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    let (range, events) = batch.take();
+                    self.flush(range, events, &props).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes one batch and commits its offsets.
+    async fn flush(&self, range: Range<u64>, events: Vec<Event>, props: &WriterProperties) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
+        let log = self.log.clone();
+        let (sink, pending) = (self.sink.clone(), range.clone());
+        tokio::task::spawn_blocking(move || log.begin(&sink, pending))
+            .await
+            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
+            .map_err(SinkError::Ledger)?;
+
+        let encoder = self.encoder.clone();
+        let (partition_by, props, file_range) = (self.partition_by.clone(), props.clone(), range.clone());
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let (files, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
+            let encoded = encoder.encode(&events);
+            let rows = encoded.batch.num_rows();
+            let files = if rows > 0 { parquet::files(&encoded.batch, &partition_by, &file_range, &props)? } else { Vec::new() };
+            let dead_file = if encoded.dead.is_empty() {
+                None
+            } else {
+                let batch = dead_letter::batch(&pipeline, &sink, &encoded.dead);
+                Some((parquet::file_name(&format!("{sink}-"), &file_range), parquet::serialise(&batch, &props)?))
+            };
+            Ok::<_, SinkError>((files, dead_file, rows, encoded.dead.len()))
+        })
+        .await
+        .map_err(|e| SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e))))??;
+
+        let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+        if let Some((name, body)) = dead_file {
+            warn!(pipeline = %self.pipeline, sink = %self.sink, dead_letters = dead, location = %format!("{}/{name}", self.dead_letters), "Events did not fit the schema; kept as dead letters.");
+            self.put_with_retry(&self.dead_letters, &name, body).await?;
+        }
+        let file_count = files.len();
+        for (name, body) in files {
+            self.put_with_retry(&self.storage, &name, body).await?;
+        }
+
+        let log = self.log.clone();
+        let sink = self.sink.clone();
+        let end = range.end;
+        tokio::task::spawn_blocking(move || log.commit(&sink, end))
+            .await
+            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
+            .map_err(SinkError::Ledger)?;
+        info!(
+            pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
+            rows, dead_letters = dead, files = file_count, bytes, millis = started.elapsed().as_millis() as u64,
+            "Committed batch."
+        );
+        Ok(())
+    }
+
+    /// Uploads one object, retrying transient failures with exponential
+    /// backoff until it succeeds or shutdown gives up on it.
+    async fn put_with_retry(&self, storage: &Storage, name: &str, body: Bytes) -> Result<(), SinkError> {
+        let mut wait = RETRY_MIN;
+        loop {
+            // The upload itself is never cancelled half-way; only the wait between tries is.
+            match storage.put(name, body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Transient => {
+                    warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "Upload failed; retrying.");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(wait)) => {}
+                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Equal jitter: a wait in `[wait/2, wait]`, so retrying sinks spread out.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    wait / 2 + wait.mul_f64((nanos % 1000) as f64 / 2000.0)
+}

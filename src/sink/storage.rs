@@ -1,0 +1,183 @@
+//! Where sinks write: an object store built from a sink's location. S3 (and
+//! S3-compatible servers) go through `object_store`; local directories get a
+//! small writer of our own because `object_store`'s local backend does not
+//! fsync, and a sink commits its offset only once the file survives a power cut.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::buffer::ledger::sync_dir;
+use crate::config::Location;
+use crate::error::{Classify, ErrorKind};
+
+/// Why storage could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The settings do not describe a usable store.
+    #[error("invalid storage settings for {location}")]
+    Build {
+        /// The location.
+        location: String,
+        /// What object_store said.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A `*_env` setting names a variable that is not set.
+    #[error("storage setting {key} names the environment variable {var}, which is not set")]
+    MissingEnv {
+        /// The setting.
+        key: String,
+        /// The variable.
+        var: String,
+    },
+    /// Writing an object failed.
+    #[error("failed to write {path}")]
+    Put {
+        /// Full location of the object.
+        path: String,
+        /// What object_store said.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Writing a local file failed.
+    #[error("failed to write {}", path.display())]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Classify for StorageError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::Build { .. } | StorageError::MissingEnv { .. } => ErrorKind::Config,
+            StorageError::Put { .. } | StorageError::Local { .. } => ErrorKind::Transient,
+        }
+    }
+}
+
+/// A writable place: a local directory or a prefix in a bucket.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Files under a directory, written durably.
+    Local(PathBuf),
+    /// Objects under a prefix.
+    Object {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// Key prefix of every object.
+        prefix: ObjectPath,
+        /// For messages: `s3://bucket/prefix`.
+        display: String,
+    },
+}
+
+impl Storage {
+    /// Builds the storage for `location`; S3 settings come from the AWS
+    /// environment variables, overridden by `options` (validated keys).
+    pub fn new(location: &Location, options: &BTreeMap<String, String>) -> Result<Self, StorageError> {
+        match location {
+            Location::Local(dir) => Ok(Storage::Local(dir.clone())),
+            Location::S3 { bucket, prefix } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (key, value) in options {
+                    let env = |var: &str| {
+                        std::env::var(var).map_err(|_| StorageError::MissingEnv { key: key.clone(), var: var.to_string() })
+                    };
+                    builder = match key.as_str() {
+                        "endpoint" => builder.with_endpoint(value),
+                        "region" => builder.with_region(value),
+                        "allow_http" => builder.with_allow_http(value == "true"),
+                        "virtual_hosted_style_request" => builder.with_virtual_hosted_style_request(value == "true"),
+                        "access_key_id_env" => builder.with_access_key_id(env(value)?),
+                        "secret_access_key_env" => builder.with_secret_access_key(env(value)?),
+                        "session_token_env" => builder.with_token(env(value)?),
+                        other => unreachable!("validation admits only known storage keys, got {other}"),
+                    };
+                }
+                let display = location.to_string();
+                let store = builder.build().map_err(|source| StorageError::Build { location: display.clone(), source })?;
+                Ok(Storage::Object { store: Arc::new(store), prefix: ObjectPath::from(prefix.as_str()), display })
+            }
+        }
+    }
+
+    /// Writes `bytes` at `relative` (a `/`-separated path) and returns once it is durable.
+    /// Writing the same path again replaces the object whole.
+    pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(dir) => {
+                let path = dir.join(relative);
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || write_durably(&target, &bytes))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(|source| StorageError::Local { path, source })
+            }
+            Storage::Object { store, prefix, display } => {
+                let path = ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'));
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| StorageError::Put { path: format!("{display}/{relative}"), source })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Local(dir) => write!(f, "{}", dir.display()),
+            Storage::Object { display, .. } => f.write_str(display),
+        }
+    }
+}
+
+/// Writes a file so that a crash leaves either nothing or the whole file at
+/// `path`: temporary file, fsync, rename, fsync of the directory (and of its
+/// parent, which may have just gained the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("object paths have a parent directory");
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().expect("object paths name a file").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_put_creates_directories_and_replaces_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(&Location::Local(dir.path().join("t")), &BTreeMap::new()).unwrap();
+        storage.put("a=1/part.parquet", Bytes::from_static(b"first")).await.unwrap();
+        storage.put("a=1/part.parquet", Bytes::from_static(b"second")).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("t/a=1/part.parquet")).unwrap(), b"second");
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("t/a=1")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file remains");
+    }
+}

@@ -1,0 +1,112 @@
+//! Splits a webhook request body into events without copying them: one JSON
+//! value, a JSON array (each element one event) or NDJSON (one event a line).
+//! Every event is validated as JSON here, so the log only ever holds valid JSON.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// Why a body was refused, for a 400 answer a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Nothing but whitespace.
+    #[error("the request body is empty; send one JSON event, a JSON array of events, or NDJSON")]
+    Empty,
+    /// Not JSON.
+    #[error("the request body is not valid JSON: {0}; send one JSON event, a JSON array of events, or NDJSON with Content-Type: application/x-ndjson")]
+    Json(String),
+    /// One NDJSON line is not JSON.
+    #[error("line {line} of the NDJSON body is not valid JSON: {message}; send one JSON value per line")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// The body's format, from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON value or an array of them.
+    Json,
+    /// One JSON value per line.
+    Ndjson,
+}
+
+impl Format {
+    /// NDJSON for `application/x-ndjson` (and its aliases), JSON otherwise.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" | "application/jsonlines" => Format::Ndjson,
+            _ => Format::Json,
+        }
+    }
+}
+
+/// The events of `body`, each a zero-copy slice of it.
+pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
+    let first = body.iter().position(|b| !b.is_ascii_whitespace()).ok_or(BodyError::Empty)?;
+    match format {
+        Format::Ndjson => {
+            let mut events = Vec::new();
+            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+                let trimmed = line.trim_ascii();
+                if trimmed.is_empty() {
+                    continue;
+                }
+                let value: &RawValue = serde_json::from_slice(trimmed)
+                    .map_err(|e| BodyError::Line { line: i + 1, message: e.to_string() })?;
+                events.push(body.slice_ref(value.get().as_bytes()));
+            }
+            Ok(events)
+        }
+        Format::Json if body[first] == b'[' => {
+            let values: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+            Ok(values.into_iter().map(|v| body.slice_ref(v.get().as_bytes())).collect())
+        }
+        Format::Json => {
+            let value: &RawValue = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+            Ok(vec![body.slice_ref(value.get().as_bytes())])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(events: Vec<Bytes>) -> Vec<String> {
+        events.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn one_value_an_array_and_ndjson() {
+        let one = Bytes::from_static(b" {\"a\": 1} \n");
+        assert_eq!(texts(split(&one, Format::Json).unwrap()), ["{\"a\": 1}"]);
+        let array = Bytes::from_static(b"[{\"a\":1}, {\"b\": [2]} ]");
+        assert_eq!(texts(split(&array, Format::Json).unwrap()), ["{\"a\":1}", "{\"b\": [2]}"]);
+        let nd = Bytes::from_static(b"{\"a\":1}\r\n\n  {\"b\":2}\n");
+        assert_eq!(texts(split(&nd, Format::Ndjson).unwrap()), ["{\"a\":1}", "{\"b\":2}"]);
+        assert!(split(&Bytes::from_static(b"[]"), Format::Json).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refusals_say_where_and_what_to_send() {
+        assert_eq!(split(&Bytes::from_static(b"  "), Format::Json), Err(BodyError::Empty));
+        let e = split(&Bytes::from_static(b"{\"a\": }"), Format::Json).unwrap_err();
+        assert!(e.to_string().contains("line 1 column 7"), "{e}");
+        let e = split(&Bytes::from_static(b"{}\n{oops}\n"), Format::Ndjson).unwrap_err();
+        assert!(matches!(e, BodyError::Line { line: 2, .. }), "{e}");
+        let e = split(&Bytes::from_static(b"{} {}"), Format::Json).unwrap_err();
+        assert!(e.to_string().contains("trailing characters"), "{e}");
+        assert!(split(&Bytes::from(vec![b'"', 0xff, b'"']), Format::Json).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(Format::from_content_type(Some("application/x-ndjson; charset=utf-8")), Format::Ndjson);
+        assert_eq!(Format::from_content_type(Some("application/json")), Format::Json);
+        assert_eq!(Format::from_content_type(None), Format::Json);
+    }
+}

@@ -1,0 +1,111 @@
+//! The webhook source: `POST <source.path>` → events → durable append → 202.
+//!
+//! Answers (every error body is JSON `{"error": "…"}` a person can act on):
+//! `202 {"accepted": n, "ids": [...]}` once the events are fsynced; `400` for a
+//! body that is not JSON, JSON array or NDJSON; `405` for other methods; `413`
+//! over `max_body`; `503` + `Retry-After` when the pipeline's buffer is at its
+//! byte limit or cannot be written.
+
+pub mod body;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::buffer::Appender;
+use crate::config::units::format_size;
+use crate::event::{now_us, Event};
+use body::Format;
+
+/// Seconds a client is asked to wait when the buffer is full or failing.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// One webhook path and the log it feeds.
+pub struct Route {
+    /// The pipeline's name, for logs.
+    pub pipeline: String,
+    /// Largest accepted body in bytes.
+    pub max_body: u64,
+    /// Disk the pipeline's log may use before answering 503.
+    pub max_buffer: u64,
+    /// The pipeline's log.
+    pub appender: Appender,
+}
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn retry_later(message: String) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
+}
+
+/// Handles one request to a webhook path.
+pub async fn receive(route: &Route, request: Request<Body>) -> Response {
+    if request.method() != Method::POST {
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not accepted here; send events with POST", request.method()));
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than this source's max_body of {}; send fewer events per request or raise source.max_body", format_size(route.max_body)),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body) {
+        return too_large();
+    }
+    if route.appender.disk_bytes() >= route.max_buffer {
+        warn!(pipeline = %route.pipeline, "Buffer full; answering 503.");
+        return retry_later(format!(
+            "the buffer of pipeline {} is full ({}) because its sinks are behind; retry later",
+            route.pipeline,
+            format_size(route.max_buffer)
+        ));
+    }
+    let format = Format::from_content_type(request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+    let bytes = match axum::body::to_bytes(request.into_body(), route.max_body as usize).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_length_limit(&e) => return too_large(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}")),
+    };
+    let payloads = match body::split(&bytes, format) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let received_at_us = now_us();
+    let events: Vec<Event> = payloads.into_iter().map(|payload| Event { id: Uuid::now_v7(), received_at_us, payload }).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.hyphenated().to_string()).collect();
+    if !events.is_empty() {
+        if let Err(e) = route.appender.append(events).await {
+            warn!(pipeline = %route.pipeline, error = %format!("{:#}", anyhow::Error::from(e)), "Append failed; answering 503.");
+            return retry_later(format!("the events could not be made durable in pipeline {}; nothing was stored, retry later", route.pipeline));
+        }
+    }
+    debug!(pipeline = %route.pipeline, events = ids.len(), "Accepted events.");
+    (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))).into_response()
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
