@@ -133,7 +133,6 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         schemas.insert(path, doc);
     }
 
-    let Some(global) = global else { return Err(errors) };
     let pipelines = validate::pipelines(&global, &raws, &schemas, &root, &mut errors);
     if errors.is_empty() {
         Ok(Config { global, pipelines })

@@ -54,26 +54,22 @@ impl Errors<'_> {
     }
 }
 
-/// Validates the global file (`None` when absent).
-pub fn global(file: &Path, raw: &RawGlobal, root: &Path, errors: &mut Vec<ConfigError>) -> Option<GlobalSpec> {
+/// Validates the global file; a wrong value is reported and replaced by its
+/// default so that the pipelines can still be checked against something.
+pub fn global(file: &Path, raw: &RawGlobal, root: &Path, errors: &mut Vec<ConfigError>) -> GlobalSpec {
     let mut e = Errors { file, list: errors };
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default address parses");
     let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = match listen_text.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            e.push("listen", format!("\"{listen_text}\" is not an address"), "write an IP address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"");
-            None
-        }
-    };
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        e.push("listen", format!("\"{listen_text}\" is not an address"), "write an IP address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"");
+        default_listen
+    });
     let data_dir = root.join(raw.data_dir.as_deref().unwrap_or("data"));
-    let lake = match parse_location(raw.lake.as_deref().unwrap_or("lake"), root) {
-        Ok(l) => Some(l),
-        Err((problem, fix)) => {
-            e.push("lake", problem, fix);
-            None
-        }
-    };
-    Some(GlobalSpec { listen: listen?, data_dir, lake: lake? })
+    let lake = parse_location(raw.lake.as_deref().unwrap_or("lake"), root).unwrap_or_else(|(problem, fix)| {
+        e.push("lake", problem, fix);
+        Location::Local(root.join("lake"))
+    });
+    GlobalSpec { listen, data_dir, lake }
 }
 
 /// Validates every pipeline, including checks across files (unique names and paths).

@@ -1,1 +1,13 @@
+//! The one integration-test binary: the real `tributary` binary, real files,
+//! real HTTP, and independent Parquet readers (the `parquet` crate and DuckDB).
 
+mod support;
+
+// Configuration files: the shipped examples pass, broken ones explain themselves.
+mod check;
+// Webhook → log → Parquet: every acknowledged event exactly once, read by two readers.
+mod ingest;
+// kill -9 at random moments while clients post: nothing acknowledged lost or duplicated.
+mod crash;
+// Each bad request gets its status and a message; bad values become dead letters.
+mod bad_input;

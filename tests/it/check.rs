@@ -1,0 +1,115 @@
+//! `tributary check`: the shipped example files pass; broken files produce
+//! every error at once, each with file, key, problem and fix.
+
+use std::path::Path;
+
+use crate::support::*;
+
+#[test]
+fn every_shipped_pipeline_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = tributary::config::load(&tributary::config::Paths {
+        config: Some(root.join("tributary.toml")),
+        pipelines: None,
+    })
+    .unwrap_or_else(|errors| panic!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    let shipped = std::fs::read_dir(root.join("pipelines")).unwrap().count();
+    assert_eq!(config.pipelines.len(), shipped);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["check"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+}
+
+#[test]
+fn broken_configs_report_every_error_with_file_key_and_fix() {
+    let project = Project::new();
+    project.write("tributary.toml", "listen = \"localhost\"\nlake = \"s4://bucket\"\n");
+    project.write(
+        "pipelines/a_typo.toml",
+        "name = \"typo\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/a\"\n[batch]\nmaxevents = 5\n",
+    );
+    project.write(
+        "pipelines/b_many.toml",
+        r#"schema = "schemas/broken.json"
+record_path = "customers"
+[source]
+type = "webhook"
+path = "hooks/b"
+[batch]
+max_age = "soon"
+[[sink]]
+type = "parquet"
+uri = "s4://x/y"
+partition_by = ["nope"]
+[[sink]]
+type = "delta"
+"#,
+    );
+    project.write("schemas/broken.json", r#"{"type": "object", "properties": {"a": {"type": "strin"}}}"#);
+    let out = project.command(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "tributary.toml: listen: \"localhost\" is not an address; write an IP address and port",
+        "tributary.toml: lake: unknown scheme \"s4\"; expected s3://, file:// or a path",
+        "pipelines/a_typo.toml: line 7, column 1: unknown field `maxevents`",
+        "remove the key or correct its spelling",
+        "pipelines/b_many.toml: name: missing; add name = \"b_many\"",
+        "pipelines/b_many.toml: record_path: \"customers\" is not a JSON pointer; start it with '/'",
+        "pipelines/b_many.toml: source.path: \"hooks/b\" is not a URL path",
+        "pipelines/b_many.toml: batch.max_age: \"soon\" is not a duration",
+        "pipelines/b_many.toml: sink[1].type: sink type \"delta\" is not available in this build yet",
+        "schemas/broken.json: properties.a.type: unknown type \"strin\"",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("configuration error(s); nothing was started"));
+}
+
+#[test]
+fn cross_file_and_sink_errors() {
+    let project = Project::new();
+    let pipeline = |name: &str, path: &str, sink: &str| {
+        format!("name = \"{name}\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"{path}\"\n{sink}")
+    };
+    project.write("pipelines/one.toml", &pipeline("one", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"));
+    project.write("pipelines/two.toml", &pipeline("two", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"));
+    project.write(
+        "pipelines/three.toml",
+        &pipeline(
+            "three",
+            "/hooks/three",
+            "[[sink]]\ntype = \"parquet\"\npartition_by = [\"nope\", \"addresses\"]\nstorage = { secret_access_key = \"x\" }\n",
+        ),
+    );
+    project.write("pipelines/four.toml", &pipeline("four", "/hooks/four", ""));
+    let out = project.command(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "pipelines/two.toml: source.path: \"/hooks/same\" is also used by pipelines/one.toml",
+        "pipelines/three.toml: sink[0].partition_by[0]: column \"nope\" is not a top-level property",
+        "pipelines/three.toml: sink[0].partition_by[1]: column \"addresses\" is a List",
+        "pipelines/three.toml: sink[0].storage.secret_access_key: unknown storage key \"secret_access_key\"; never write credentials in TOML",
+        "pipelines/four.toml: sink: no sink is configured; add a [[sink]] table",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "check", "Stream webhooks"] {
+        assert!(help.contains(word), "{help}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary")).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config") && help.contains("--pipelines"), "{help}");
+}

@@ -1,0 +1,230 @@
+//! Helpers: a project directory, the binary as a child process, HTTP posting
+//! and Parquet read-back by the `parquet` crate and by DuckDB (Python).
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The Shopify customer schema shipped in `schemas/`.
+pub const SHOPIFY_SCHEMA: &str = include_str!("../../../schemas/shopify_customer.json");
+
+/// A throw-away project: `tributary.toml`, `pipelines/`, `schemas/`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Project {
+    /// A project listening on a free port, with the Shopify schema.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        fs::create_dir_all(dir.path().join("schemas")).unwrap();
+        fs::write(dir.path().join("schemas/shopify_customer.json"), SHOPIFY_SCHEMA).unwrap();
+        let port = free_port();
+        let project = Self { dir, port };
+        project.write("tributary.toml", &format!("listen = \"127.0.0.1:{port}\"\n"));
+        project
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, relative: &str, text: &str) {
+        let path = self.path().join(relative);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    /// A Shopify-customers webhook pipeline with a Parquet sink and the given extra TOML.
+    pub fn shopify_pipeline(&self, batch: &str, extra: &str) {
+        self.write(
+            "pipelines/shopify_customers.toml",
+            &format!(
+                r#"name = "shopify_customers"
+schema = "schemas/shopify_customer.json"
+record_path = "/customers"
+
+[source]
+type = "webhook"
+path = "/hooks/shopify/customers"
+{extra}
+
+[batch]
+{batch}
+
+[[sink]]
+type = "parquet"
+"#
+            ),
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn table_dir(&self) -> PathBuf {
+        self.path().join("lake/shopify_customers")
+    }
+
+    /// Runs `tributary <args>` to completion in the project directory.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("run tributary")
+    }
+
+    /// Starts `tributary run` and waits until it answers `/healthz`.
+    pub async fn start(&self) -> Server {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("run.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .arg("run")
+            .current_dir(self.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tributary run");
+        let server = Server { child };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return server;
+                }
+            }
+            // A hang guard, not a timing assertion: startup takes milliseconds.
+            assert!(started.elapsed() < Duration::from_secs(30), "tributary did not start; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path().join("run.log")).unwrap_or_default()
+    }
+}
+
+/// A running `tributary run`.
+pub struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// SIGKILL: no flush, no clean-up.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill -TERM");
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "tributary did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Shopify-style `customers/create` payload.
+pub fn shopify_customer(id: u64) -> serde_json::Value {
+    serde_json::json!({"customers": {
+        "id": id,
+        "email": format!("c{id}@example.com"),
+        "orders_count": id % 7,
+        "total_spent": "12.50",
+        "created_at": "2024-05-01T12:00:00-04:00",
+        "verified_email": true,
+        "tags": "Test",
+        "addresses": [{"id": id * 10, "city": "Berlin", "default": true}]
+    }})
+}
+
+/// The ids a 202 answer lists.
+pub fn accepted_ids(body: &serde_json::Value) -> Vec<String> {
+    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+/// Every row of every Parquet file under `dir`, read by the `parquet` crate.
+pub fn read_parquet(dir: &Path) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for file in parquet_files(dir) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&file).unwrap()).unwrap().build().unwrap();
+        for batch in reader {
+            batches.push(batch.unwrap());
+        }
+    }
+    batches
+}
+
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|x| x == "parquet") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// How often each `_event_id` occurs in the Parquet files under `dir` (parquet crate).
+pub fn id_counts(dir: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for batch in read_parquet(dir) {
+        let ids = batch.column_by_name("_event_id").expect("_event_id column").as_string::<i32>();
+        for id in ids.iter() {
+            *counts.entry(id.unwrap().to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The same, read by DuckDB through Python: an engine we did not write.
+pub fn duckdb_id_counts(dir: &Path) -> HashMap<String, usize> {
+    let script = r#"
+import json, sys, duckdb
+rows = duckdb.sql("SELECT _event_id, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall()
+print(json.dumps(dict(rows)))
+"#;
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test installs DuckDB for Python"));
+    assert!(out.status.success(), "DuckDB read failed (scripts/test installs duckdb): {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("DuckDB printed JSON")
+}
