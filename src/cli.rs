@@ -48,6 +48,9 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// The paths to load.
     pub fn paths(&self) -> Paths {
-        Paths { config: self.config.clone(), pipelines: self.pipelines.clone() }
+        Paths {
+            config: self.config.clone(),
+            pipelines: self.pipelines.clone(),
+        }
     }
 }

@@ -20,7 +20,11 @@ pub struct Event {
 impl Event {
     /// A new event received now.
     pub fn new(payload: Bytes) -> Self {
-        Self { id: Uuid::now_v7(), received_at_us: now_us(), payload }
+        Self {
+            id: Uuid::now_v7(),
+            received_at_us: now_us(),
+            payload,
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use tributary::shutdown::Shutdown;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -23,7 +25,12 @@ fn main() -> ExitCode {
             Ok(config) => {
                 println!("ok: {} pipeline(s) valid", config.pipelines.len());
                 for p in &config.pipelines {
-                    println!("  {} ({}): {} sink(s)", p.name, p.file.display(), p.sinks.len());
+                    println!(
+                        "  {} ({}): {} sink(s)",
+                        p.name,
+                        p.file.display(),
+                        p.sinks.len()
+                    );
                 }
                 ExitCode::SUCCESS
             }
@@ -40,12 +47,18 @@ fn print_config_errors(errors: &[config::ConfigError]) -> ExitCode {
     for e in errors {
         eprintln!("{e}");
     }
-    eprintln!("{} configuration error(s); nothing was started", errors.len());
+    eprintln!(
+        "{} configuration error(s); nothing was started",
+        errors.len()
+    );
     ExitCode::from(2)
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -67,7 +67,11 @@ pub struct Built {
 }
 
 /// Opens the pipeline's log and builds its sinks; starts nothing.
-pub fn build(spec: &PipelineSpec, global: &GlobalSpec, shutdown: &Shutdown) -> Result<Built, RunError> {
+pub fn build(
+    spec: &PipelineSpec,
+    global: &GlobalSpec,
+    shutdown: &Shutdown,
+) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
     let options = buffer::Options {
         dir: dir.clone(),
@@ -79,12 +83,21 @@ pub fn build(spec: &PipelineSpec, global: &GlobalSpec, shutdown: &Shutdown) -> R
         dir: dir.display().to_string(),
         source,
     })?;
-    let encoder = Arc::new(Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label()));
+    let encoder = Arc::new(Encoder::new(
+        spec.schema.clone(),
+        &spec.record_path,
+        &spec.source.label(),
+    ));
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let mut runners = Vec::new();
     for sink in &spec.sinks {
-        let storage_error = |source| RunError::Storage { pipeline: spec.name.clone(), sink: sink.name().to_string(), source };
-        let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
+        let storage_error = |source| RunError::Storage {
+            pipeline: spec.name.clone(),
+            sink: sink.name().to_string(),
+            source,
+        };
+        let dead_letters =
+            Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
         match sink {
             SinkSpec::Parquet(p) => runners.push(Runner {
                 pipeline: spec.name.clone(),
@@ -102,7 +115,12 @@ pub fn build(spec: &PipelineSpec, global: &GlobalSpec, shutdown: &Shutdown) -> R
     let route = match &spec.source {
         SourceSpec::Webhook(w) => Some((
             w.path.clone(),
-            Route { pipeline: spec.name.clone(), max_body: w.max_body, max_buffer: spec.buffer_max_bytes, appender },
+            Route {
+                pipeline: spec.name.clone(),
+                max_body: w.max_body,
+                max_buffer: spec.buffer_max_bytes,
+                appender,
+            },
         )),
     };
     Ok(Built { route, runners })
@@ -113,7 +131,10 @@ pub fn build(spec: &PipelineSpec, global: &GlobalSpec, shutdown: &Shutdown) -> R
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let listener = server::bind(config.global.listen)
         .await
-        .map_err(|source| RunError::Server { listen: config.global.listen, source })?;
+        .map_err(|source| RunError::Server {
+            listen: config.global.listen,
+            source,
+        })?;
     let listen = listener.local_addr().unwrap_or(config.global.listen);
 
     let mut routes = HashMap::new();

@@ -22,8 +22,18 @@ const MAX_DEPTH: usize = 32;
 
 /// Keywords that describe but do not constrain; accepted and ignored.
 const ANNOTATIONS: [&str; 12] = [
-    "$schema", "$id", "$comment", "title", "description", "examples", "default", "deprecated",
-    "readOnly", "writeOnly", "enum", "const",
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "enum",
+    "const",
 ];
 
 /// One problem in a schema file: where (a path of keys) and what.
@@ -40,11 +50,17 @@ pub struct SchemaError {
 pub fn from_json_schema(doc: &Value) -> Result<Schema, Vec<SchemaError>> {
     let mut errors = Vec::new();
     let Some(obj) = doc.as_object() else {
-        return Err(vec![err("", "the schema must be a JSON object with \"type\": \"object\" and \"properties\"")]);
+        return Err(vec![err(
+            "",
+            "the schema must be a JSON object with \"type\": \"object\" and \"properties\"",
+        )]);
     };
     let (ty, _) = type_of(obj, "", &mut errors);
     if ty.as_deref().is_some_and(|t| t != "object") {
-        errors.push(err("type", "the top-level type must be \"object\": each record is one JSON object"));
+        errors.push(err(
+            "type",
+            "the top-level type must be \"object\": each record is one JSON object",
+        ));
     }
     let fields = object_fields(doc, obj, "", 0, &mut errors);
     if let Some(fields) = &fields {
@@ -57,7 +73,10 @@ pub fn from_json_schema(doc: &Value) -> Result<Schema, Vec<SchemaError>> {
             }
         }
     } else if errors.is_empty() {
-        errors.push(err("properties", "the top-level object needs \"properties\" naming its fields"));
+        errors.push(err(
+            "properties",
+            "the top-level object needs \"properties\" naming its fields",
+        ));
     }
     match (fields, errors.is_empty()) {
         (Some(fields), true) => Ok(Schema::new(fields)),
@@ -69,7 +88,11 @@ pub fn from_json_schema(doc: &Value) -> Result<Schema, Vec<SchemaError>> {
 pub fn metadata_fields() -> Vec<Field> {
     vec![
         Field::new("_event_id", DataType::Utf8, false),
-        Field::new("_received_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "_received_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("_received_date", DataType::Date32, false),
         Field::new("_source", DataType::Utf8, false),
     ]
@@ -83,7 +106,10 @@ pub fn table_schema(record: &Schema) -> Schema {
 }
 
 fn err(key: &str, message: &str) -> SchemaError {
-    SchemaError { key: key.to_string(), message: message.to_string() }
+    SchemaError {
+        key: key.to_string(),
+        message: message.to_string(),
+    }
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -95,13 +121,20 @@ fn join(prefix: &str, key: &str) -> String {
 }
 
 /// Reads `type`: returns the non-null type name and whether `null` is allowed.
-fn type_of(obj: &Map<String, Value>, at: &str, errors: &mut Vec<SchemaError>) -> (Option<String>, bool) {
+fn type_of(
+    obj: &Map<String, Value>,
+    at: &str,
+    errors: &mut Vec<SchemaError>,
+) -> (Option<String>, bool) {
     let key = join(at, "type");
     match obj.get("type") {
         None if obj.contains_key("properties") => (Some("object".into()), false),
         None if obj.contains_key("items") => (Some("array".into()), false),
         None => {
-            errors.push(err(&key, "missing \"type\"; add one of string, integer, number, boolean, object, array"));
+            errors.push(err(
+                &key,
+                "missing \"type\"; add one of string, integer, number, boolean, object, array",
+            ));
             (None, false)
         }
         Some(Value::String(t)) => (Some(t.clone()), false),
@@ -112,7 +145,9 @@ fn type_of(obj: &Map<String, Value>, at: &str, errors: &mut Vec<SchemaError>) ->
                 match t.as_str() {
                     Some("null") => nullable = true,
                     Some(t) => named.push(t.to_string()),
-                    None => errors.push(err(&key, "every entry of a \"type\" list must be a string")),
+                    None => {
+                        errors.push(err(&key, "every entry of a \"type\" list must be a string"))
+                    }
                 }
             }
             if named.len() != 1 {
@@ -122,17 +157,29 @@ fn type_of(obj: &Map<String, Value>, at: &str, errors: &mut Vec<SchemaError>) ->
             (named.pop(), nullable)
         }
         Some(_) => {
-            errors.push(err(&key, "\"type\" must be a string or a list such as [\"null\", \"string\"]"));
+            errors.push(err(
+                &key,
+                "\"type\" must be a string or a list such as [\"null\", \"string\"]",
+            ));
             (None, false)
         }
     }
 }
 
 /// Converts the `properties` of an object schema into fields; `None` if absent.
-fn object_fields(root: &Value, obj: &Map<String, Value>, at: &str, depth: usize, errors: &mut Vec<SchemaError>) -> Option<Fields> {
+fn object_fields(
+    root: &Value,
+    obj: &Map<String, Value>,
+    at: &str,
+    depth: usize,
+    errors: &mut Vec<SchemaError>,
+) -> Option<Fields> {
     let props = obj.get("properties")?;
     let Some(props) = props.as_object() else {
-        errors.push(err(&join(at, "properties"), "\"properties\" must be an object of field schemas"));
+        errors.push(err(
+            &join(at, "properties"),
+            "\"properties\" must be an object of field schemas",
+        ));
         return None;
     };
     let required: Vec<&str> = match obj.get("required") {
@@ -147,7 +194,10 @@ fn object_fields(root: &Value, obj: &Map<String, Value>, at: &str, depth: usize,
             names
         }
         Some(_) => {
-            errors.push(err(&join(at, "required"), "\"required\" must be a list of property names"));
+            errors.push(err(
+                &join(at, "required"),
+                "\"required\" must be a list of property names",
+            ));
             Vec::new()
         }
     };
@@ -163,17 +213,32 @@ fn object_fields(root: &Value, obj: &Map<String, Value>, at: &str, depth: usize,
 }
 
 /// Converts one sub-schema; returns its type and whether it allows null.
-fn data_type(root: &Value, schema: &Value, at: &str, depth: usize, errors: &mut Vec<SchemaError>) -> Option<(DataType, bool)> {
+fn data_type(
+    root: &Value,
+    schema: &Value,
+    at: &str,
+    depth: usize,
+    errors: &mut Vec<SchemaError>,
+) -> Option<(DataType, bool)> {
     let Some(obj) = schema.as_object() else {
-        errors.push(err(at, "a field schema must be a JSON object such as {\"type\": \"string\"}"));
+        errors.push(err(
+            at,
+            "a field schema must be a JSON object such as {\"type\": \"string\"}",
+        ));
         return None;
     };
     if let Some(reference) = obj.get("$ref") {
         let key = join(at, "$ref");
-        let target = reference.as_str().and_then(|r| r.strip_prefix('#')).and_then(|p| root.pointer(p));
+        let target = reference
+            .as_str()
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|p| root.pointer(p));
         return match target {
             _ if depth >= MAX_DEPTH => {
-                errors.push(err(&key, "$refs nest too deep (a recursive schema?); tables need a finite shape"));
+                errors.push(err(
+                    &key,
+                    "$refs nest too deep (a recursive schema?); tables need a finite shape",
+                ));
                 None
             }
             Some(target) => data_type(root, target, at, depth + 1, errors),
@@ -206,12 +271,21 @@ fn data_type(root: &Value, schema: &Value, at: &str, depth: usize, errors: &mut 
             if let Some(fields) = object_fields(root, obj, at, depth + 1, errors) {
                 DataType::Struct(fields)
             } else if let Some(values) = obj.get("additionalProperties").filter(|v| v.is_object()) {
-                let (value_type, _) = data_type(root, values, &join(at, "additionalProperties"), depth + 1, errors)?;
+                let (value_type, _) = data_type(
+                    root,
+                    values,
+                    &join(at, "additionalProperties"),
+                    depth + 1,
+                    errors,
+                )?;
                 let entries = Fields::from(vec![
                     Field::new("keys", DataType::Utf8, false),
                     Field::new("values", value_type, true),
                 ]);
-                DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
+                DataType::Map(
+                    Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+                    false,
+                )
             } else {
                 errors.push(err(at, "an object needs \"properties\" (→ struct) or an \"additionalProperties\" schema (→ map)"));
                 return None;
@@ -265,13 +339,22 @@ mod tests {
         assert!(f("email").is_nullable());
         assert_eq!(f("score").data_type(), &DataType::Float64);
         assert_eq!(f("ok").data_type(), &DataType::Boolean);
-        assert_eq!(f("at").data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+        assert_eq!(
+            f("at").data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
         assert_eq!(f("day").data_type(), &DataType::Date32);
-        assert!(matches!(f("tags").data_type(), DataType::List(item) if item.data_type() == &DataType::Utf8));
-        let DataType::Struct(addr) = f("addr").data_type().clone() else { panic!("addr is not a struct") };
+        assert!(
+            matches!(f("tags").data_type(), DataType::List(item) if item.data_type() == &DataType::Utf8)
+        );
+        let DataType::Struct(addr) = f("addr").data_type().clone() else {
+            panic!("addr is not a struct")
+        };
         assert!(!addr[0].is_nullable());
         assert!(matches!(f("meta").data_type(), DataType::Map(_, false)));
-        assert!(matches!(f("home").data_type(), DataType::Struct(fields) if fields[0].name() == "zip"));
+        assert!(
+            matches!(f("home").data_type(), DataType::Struct(fields) if fields[0].name() == "zip")
+        );
     }
 
     #[test]
@@ -282,8 +365,14 @@ mod tests {
             "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}
         });
         let errors = from_json_schema(&doc).unwrap_err();
-        assert!(errors.iter().any(|e| e.message.contains("too deep")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.key == "properties.far.$ref"), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.message.contains("too deep")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.key == "properties.far.$ref"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -301,7 +390,14 @@ mod tests {
         });
         let errors = from_json_schema(&doc).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        for key in ["required", "properties.a.type", "properties.b.type", "properties.c", "properties.d.oneOf", "properties._event_id"] {
+        for key in [
+            "required",
+            "properties.a.type",
+            "properties.b.type",
+            "properties.c",
+            "properties.d.oneOf",
+            "properties._event_id",
+        ] {
             assert!(keys.contains(&key), "no error at {key}: {errors:?}");
         }
     }
@@ -309,7 +405,20 @@ mod tests {
     #[test]
     fn table_schema_puts_metadata_first() {
         let record = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
-        let names: Vec<String> = table_schema(&record).fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(names, ["_event_id", "_received_at", "_received_date", "_source", "id"]);
+        let names: Vec<String> = table_schema(&record)
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "_event_id",
+                "_received_at",
+                "_received_date",
+                "_source",
+                "id"
+            ]
+        );
     }
 }

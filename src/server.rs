@@ -24,7 +24,10 @@ pub type Routes = Arc<HashMap<String, Route>>;
 /// The router of webhook paths and admin endpoints.
 pub fn router(routes: Routes) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .fallback(dispatch)
         // Each route enforces its own `max_body`; axum's default 2 MB cap must not interfere.
         .layer(DefaultBodyLimit::disable())
@@ -48,7 +51,11 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `stop` is cancelled, then finishes the requests in flight.
-pub async fn serve(listener: TcpListener, routes: Routes, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(routes))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

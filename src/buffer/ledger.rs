@@ -43,14 +43,23 @@ impl Ledger {
             let path = dir.join(format!("{sink}.json"));
             let state = match fs::read(&path) {
                 Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
                 })?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => SinkState { committed: start, pending: None },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => SinkState {
+                    committed: start,
+                    pending: None,
+                },
                 Err(e) => return Err(e),
             };
             states.insert(sink.clone(), state);
         }
-        Ok(Self { dir: dir.to_path_buf(), states: Mutex::new(states) })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            states: Mutex::new(states),
+        })
     }
 
     /// The state of one sink.
@@ -85,7 +94,11 @@ impl Ledger {
         let mut states = self.lock();
         let mut state = states.get(sink).cloned().unwrap_or_default();
         change(&mut state);
-        write_atomic(&self.dir, &format!("{sink}.json"), &serde_json::to_vec(&state).expect("SinkState serialises"))?;
+        write_atomic(
+            &self.dir,
+            &format!("{sink}.json"),
+            &serde_json::to_vec(&state).expect("SinkState serialises"),
+        )?;
         states.insert(sink.to_string(), state);
         Ok(())
     }
@@ -93,7 +106,9 @@ impl Ledger {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SinkState>> {
         // A panic while holding the lock cannot leave a half-updated map: every
         // update replaces one entry after its file is written.
-        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -122,14 +137,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sinks = vec!["a".to_string(), "b".to_string()];
         let ledger = Ledger::open(dir.path(), &sinks, 5).unwrap();
-        assert_eq!(ledger.get("a"), SinkState { committed: 5, pending: None });
+        assert_eq!(
+            ledger.get("a"),
+            SinkState {
+                committed: 5,
+                pending: None
+            }
+        );
         ledger.begin("a", 5..9).unwrap();
         ledger.commit("b", 7).unwrap();
         let again = Ledger::open(dir.path(), &sinks, 0).unwrap();
-        assert_eq!(again.get("a"), SinkState { committed: 5, pending: Some((5, 9)) });
+        assert_eq!(
+            again.get("a"),
+            SinkState {
+                committed: 5,
+                pending: Some((5, 9))
+            }
+        );
         assert_eq!(again.get("b").committed, 7);
         assert_eq!(again.min_committed(), Some(5));
         again.commit("a", 9).unwrap();
-        assert_eq!(Ledger::open(dir.path(), &sinks, 0).unwrap().get("a"), SinkState { committed: 9, pending: None });
+        assert_eq!(
+            Ledger::open(dir.path(), &sinks, 0).unwrap().get("a"),
+            SinkState {
+                committed: 9,
+                pending: None
+            }
+        );
     }
 }

@@ -130,7 +130,11 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         .filter_map(|e| segment::parse_file_name(&e.file_name().to_string_lossy()))
         .collect();
     bases.sort_unstable();
-    let ledger = Ledger::open(&options.dir.join("sinks"), &options.sinks, bases.first().copied().unwrap_or(0))?;
+    let ledger = Ledger::open(
+        &options.dir.join("sinks"),
+        &options.sinks,
+        bases.first().copied().unwrap_or(0),
+    )?;
 
     let mut end = 0;
     if let Some(&last) = bases.last() {
@@ -158,26 +162,53 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     }
     let disk_bytes = bases
         .iter()
-        .map(|b| fs::metadata(segment::path(&log_dir, *b)).map(|m| m.len()).unwrap_or(0))
+        .map(|b| {
+            fs::metadata(segment::path(&log_dir, *b))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum();
     let active_base = *bases.last().expect("a segment exists");
-    let file = OpenOptions::new().append(true).open(segment::path(&log_dir, active_base))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(segment::path(&log_dir, active_base))?;
     let size = file.metadata()?.len();
     info!(log = %log_dir.display(), segments = bases.len(), end, "Opened log.");
 
-    let shared = Arc::new(Shared { log_dir, segments: Mutex::new(bases), disk_bytes: AtomicU64::new(disk_bytes), ledger });
+    let shared = Arc::new(Shared {
+        log_dir,
+        segments: Mutex::new(bases),
+        disk_bytes: AtomicU64::new(disk_bytes),
+        ledger,
+    });
     let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
-    let writer = Writer { shared: shared.clone(), progress: progress_tx, file, size, next: end, segment_bytes: options.segment_bytes };
+    let writer = Writer {
+        shared: shared.clone(),
+        progress: progress_tx,
+        file,
+        size,
+        next: end,
+        segment_bytes: options.segment_bytes,
+    };
     std::thread::Builder::new()
         .name("tributary-log".into())
         .spawn(move || writer.run(rx))?;
-    Ok((Appender { shared: shared.clone(), tx }, Log { shared, progress }))
+    Ok((
+        Appender {
+            shared: shared.clone(),
+            tx,
+        },
+        Log { shared, progress },
+    ))
 }
 
 fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
     let path = segment::path(log_dir, base);
-    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
     file.write_all(&segment::MAGIC)?;
     file.sync_all()?;
     sync_dir(log_dir)?;
@@ -188,7 +219,10 @@ impl Appender {
     /// Appends `events` durably; returns their offsets once they survive a power cut.
     pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Append { events, reply }).await.map_err(|_| AppendError::Closed)?;
+        self.tx
+            .send(Append { events, reply })
+            .await
+            .map_err(|_| AppendError::Closed)?;
         answer.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -215,6 +249,15 @@ impl Writer {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
+            // Roll before writing, not after, so a full segment is closed only
+            // when there is something to put in the next one.
+            if self.size >= self.segment_bytes {
+                if let Err(e) = self.roll() {
+                    error!(error = %e, "Cannot start a new log segment; the pipeline stops accepting events.");
+                    let _ = first.reply.send(Err(AppendError::Write(Arc::new(e))));
+                    break;
+                }
+            }
             group.push(first);
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -233,11 +276,17 @@ impl Writer {
                 }
                 ranges.push(start..next);
             }
-            match self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+            match self
+                .file
+                .write_all(&buf)
+                .and_then(|()| self.file.sync_data())
+            {
                 Ok(()) => {
                     self.size += buf.len() as u64;
                     self.next = next;
-                    self.shared.disk_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    self.shared
+                        .disk_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
                     self.progress.send_modify(|p| p.end = next);
                     for (append, range) in group.drain(..).zip(ranges) {
                         let _ = append.reply.send(Ok(range));
@@ -251,16 +300,14 @@ impl Writer {
                     }
                     // Cut back to the last durable record so a later append
                     // does not follow a half-written one.
-                    if let Err(e) = self.file.set_len(self.size).and_then(|()| self.file.sync_all()) {
+                    if let Err(e) = self
+                        .file
+                        .set_len(self.size)
+                        .and_then(|()| self.file.sync_all())
+                    {
                         error!(error = %e, "Cannot restore the log after a failed write; the pipeline stops accepting events.");
                         break;
                     }
-                }
-            }
-            if self.size >= self.segment_bytes {
-                if let Err(e) = self.roll() {
-                    error!(error = %e, "Cannot start a new log segment; the pipeline stops accepting events.");
-                    break;
                 }
             }
         }
@@ -270,8 +317,14 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         self.file = create_segment(&self.shared.log_dir, self.next)?;
         self.size = segment::HEADER_LEN;
-        self.shared.disk_bytes.fetch_add(segment::HEADER_LEN, Ordering::Relaxed);
-        self.shared.segments.lock().expect("segment list lock").push(self.next);
+        self.shared
+            .disk_bytes
+            .fetch_add(segment::HEADER_LEN, Ordering::Relaxed);
+        self.shared
+            .segments
+            .lock()
+            .expect("segment list lock")
+            .push(self.next);
         Ok(())
     }
 }
@@ -279,7 +332,11 @@ impl Writer {
 impl Log {
     /// A reader starting at `from`.
     pub fn reader(&self, from: u64) -> Reader {
-        Reader { log: self.clone(), next: from, segment: None }
+        Reader {
+            log: self.clone(),
+            next: from,
+            segment: None,
+        }
     }
 
     /// The next offset to be assigned; everything below is durable.
@@ -310,7 +367,9 @@ impl Log {
     }
 
     fn delete_consumed(&self) -> io::Result<()> {
-        let Some(min) = self.shared.ledger.min_committed() else { return Ok(()) };
+        let Some(min) = self.shared.ledger.min_committed() else {
+            return Ok(());
+        };
         let doomed: Vec<u64> = {
             let mut segments = self.shared.segments.lock().expect("segment list lock");
             // Segment i may go when segment i+1 starts at or below `min`; the last never goes.
@@ -342,7 +401,12 @@ impl Reader {
     /// false once the log is closed and fully read. Cancel-safe.
     pub async fn wait(&mut self) -> bool {
         let next = self.next;
-        match self.log.progress.wait_for(|p| p.end > next || p.closed).await {
+        match self
+            .log
+            .progress
+            .wait_for(|p| p.end > next || p.closed)
+            .await
+        {
             Ok(p) => p.end > next,
             Err(_) => false,
         }
@@ -393,9 +457,17 @@ fn starts_later_segment(shared: &Shared, reader: &SegmentReader, next: u64) -> b
 /// Base of the segment holding `offset`.
 fn locate(shared: &Shared, offset: u64) -> io::Result<u64> {
     let segments = shared.segments.lock().expect("segment list lock");
-    segments.iter().rev().find(|&&b| b <= offset).copied().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("offset {offset} was already deleted from the log"))
-    })
+    segments
+        .iter()
+        .rev()
+        .find(|&&b| b <= offset)
+        .copied()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("offset {offset} was already deleted from the log"),
+            )
+        })
 }
 
 #[cfg(test)]

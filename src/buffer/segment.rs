@@ -67,10 +67,22 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
 
 /// Decodes a body that passed its CRC check.
 fn decode_body(body: Vec<u8>) -> Event {
-    let id = Uuid::from_bytes(body[..16].try_into().expect("body is at least BODY_FIXED_LEN long"));
-    let received_at_us = i64::from_le_bytes(body[16..24].try_into().expect("body is at least BODY_FIXED_LEN long"));
+    let id = Uuid::from_bytes(
+        body[..16]
+            .try_into()
+            .expect("body is at least BODY_FIXED_LEN long"),
+    );
+    let received_at_us = i64::from_le_bytes(
+        body[16..24]
+            .try_into()
+            .expect("body is at least BODY_FIXED_LEN long"),
+    );
     let payload = Bytes::from(body).slice(BODY_FIXED_LEN..);
-    Event { id, received_at_us, payload }
+    Event {
+        id,
+        received_at_us,
+        payload,
+    }
 }
 
 /// What a record read found.
@@ -120,7 +132,10 @@ fn read_record(r: &mut impl Read) -> io::Result<Next> {
     if crc32c::crc32c(&body) != crc {
         return Ok(Next::Invalid("record checksum mismatch"));
     }
-    Ok(Next::Record(decode_body(body), RECORD_HEADER_LEN as u64 + len as u64))
+    Ok(Next::Record(
+        decode_body(body),
+        RECORD_HEADER_LEN as u64 + len as u64,
+    ))
 }
 
 /// The valid prefix of a segment.
@@ -143,10 +158,17 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
     if !read_exact_or_eof(&mut r, &mut magic)? || magic != MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} is not a tributary log segment (bad magic)", path.display()),
+            format!(
+                "{} is not a tributary log segment (bad magic)",
+                path.display()
+            ),
         ));
     }
-    let mut scan = Scan { valid_len: HEADER_LEN, records: 0, torn: None };
+    let mut scan = Scan {
+        valid_len: HEADER_LEN,
+        records: 0,
+        torn: None,
+    };
     loop {
         match read_record(&mut r)? {
             Next::Record(_, n) => {
@@ -178,7 +200,11 @@ impl SegmentReader {
     pub fn open(dir: &Path, base: u64, at: u64) -> io::Result<Self> {
         let mut file = BufReader::with_capacity(READ_BUFFER, File::open(path(dir, base))?);
         file.seek(SeekFrom::Start(HEADER_LEN))?;
-        let mut reader = Self { base, next: base, file };
+        let mut reader = Self {
+            base,
+            next: base,
+            file,
+        };
         while reader.next < at {
             reader.skip()?;
         }
@@ -201,8 +227,14 @@ impl SegmentReader {
                 self.next += 1;
                 Ok(event)
             }
-            Next::End => Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("offset {} is missing from its segment", self.next))),
-            Next::Invalid(why) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("offset {}: {why}", self.next))),
+            Next::End => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("offset {} is missing from its segment", self.next),
+            )),
+            Next::Invalid(why) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("offset {}: {why}", self.next),
+            )),
         }
     }
 }
@@ -213,7 +245,11 @@ mod tests {
     use std::io::Write;
 
     fn event(n: u8) -> Event {
-        Event { id: Uuid::from_bytes([n; 16]), received_at_us: 1_700_000_000_000_000 + n as i64, payload: Bytes::from(format!("{{\"n\":{n}}}")) }
+        Event {
+            id: Uuid::from_bytes([n; 16]),
+            received_at_us: 1_700_000_000_000_000 + n as i64,
+            payload: Bytes::from(format!("{{\"n\":{n}}}")),
+        }
     }
 
     fn write_segment(path: &Path, events: &[Event]) -> Vec<u8> {
@@ -252,7 +288,10 @@ mod tests {
         };
         // Every truncation point inside the last record leaves exactly two valid records.
         for cut in two + 1..full.len() as u64 {
-            File::create(&p).unwrap().write_all(&full[..cut as usize]).unwrap();
+            File::create(&p)
+                .unwrap()
+                .write_all(&full[..cut as usize])
+                .unwrap();
             let s = scan(&p).unwrap();
             assert_eq!((s.records, s.valid_len), (2, two), "cut at {cut}");
             assert!(s.torn.is_some());

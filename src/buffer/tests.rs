@@ -7,11 +7,17 @@ use bytes::Bytes;
 use super::*;
 
 fn options(dir: &Path, segment_bytes: u64) -> Options {
-    Options { dir: dir.to_path_buf(), segment_bytes, sinks: vec!["s".into()] }
+    Options {
+        dir: dir.to_path_buf(),
+        segment_bytes,
+        sinks: vec!["s".into()],
+    }
 }
 
 fn events(n: usize, tag: &str) -> Vec<Event> {
-    (0..n).map(|i| Event::new(Bytes::from(format!("{{\"tag\":\"{tag}\",\"i\":{i}}}")))).collect()
+    (0..n)
+        .map(|i| Event::new(Bytes::from(format!("{{\"tag\":\"{tag}\",\"i\":{i}}}"))))
+        .collect()
 }
 
 async fn read_all(log: &Log, from: u64) -> Vec<Event> {
@@ -67,7 +73,12 @@ async fn reopen_recovers_a_torn_tail_and_keeps_every_acknowledged_event() {
     let seg = segment::path(&dir.path().join("log"), 0);
     let mut partial = Vec::new();
     segment::encode(&events(1, "torn")[0], &mut partial);
-    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&partial[..partial.len() / 2]).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&partial[..partial.len() / 2])
+        .unwrap();
 
     let (appender, log) = open(options(dir.path(), 1 << 20)).unwrap();
     assert_eq!(log.end(), 10);

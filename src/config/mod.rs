@@ -32,8 +32,18 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// Builds an error.
-    pub fn new(file: &Path, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), key: key.into(), problem: problem.into(), fix: fix.into() }
+    pub fn new(
+        file: &Path,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -83,15 +93,25 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                 RawGlobal::default()
             }),
             Err(e) => {
-                errors.push(ConfigError::new(file, "", format!("cannot read: {e}"), "pass an existing file to --config"));
+                errors.push(ConfigError::new(
+                    file,
+                    "",
+                    format!("cannot read: {e}"),
+                    "pass an existing file to --config",
+                ));
                 RawGlobal::default()
             }
         },
     };
-    let global_file = config_file.clone().unwrap_or_else(|| PathBuf::from(GLOBAL_FILE));
+    let global_file = config_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(GLOBAL_FILE));
     let global = validate::global(&global_file, &raw_global, &root, &mut errors);
 
-    let dir = paths.pipelines.clone().unwrap_or_else(|| root.join("pipelines"));
+    let dir = paths
+        .pipelines
+        .clone()
+        .unwrap_or_else(|| root.join("pipelines"));
     let mut files = Vec::new();
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
@@ -102,17 +122,34 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                 }
             }
         }
-        Err(e) => errors.push(ConfigError::new(&dir, "", format!("cannot read the pipeline directory: {e}"), "create it, or pass --pipelines DIR")),
+        Err(e) => errors.push(ConfigError::new(
+            &dir,
+            "",
+            format!("cannot read the pipeline directory: {e}"),
+            "create it, or pass --pipelines DIR",
+        )),
     }
     files.sort();
     if files.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::new(&dir, "", "holds no *.toml pipeline file", "add one; see pipelines/ in the tributary repository for examples"));
+        errors.push(ConfigError::new(
+            &dir,
+            "",
+            "holds no *.toml pipeline file",
+            "add one; see pipelines/ in the tributary repository for examples",
+        ));
     }
 
     let mut raws = Vec::new();
     for file in files {
         let parsed = std::fs::read_to_string(&file)
-            .map_err(|e| ConfigError::new(&file, "", format!("cannot read: {e}"), "check the file's permissions"))
+            .map_err(|e| {
+                ConfigError::new(
+                    &file,
+                    "",
+                    format!("cannot read: {e}"),
+                    "check the file's permissions",
+                )
+            })
             .and_then(|text| validate::parse_toml::<RawPipeline>(&file, &text));
         match parsed {
             Ok(raw) => raws.push((file, raw)),
@@ -122,14 +159,18 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
 
     let mut schemas = validate::SchemaDocs::new();
     for (_, raw) in &raws {
-        let Some(name) = raw.schema.as_deref().filter(|s| *s != "infer") else { continue };
+        let Some(name) = raw.schema.as_deref().filter(|s| *s != "infer") else {
+            continue;
+        };
         let path = root.join(name);
         if schemas.contains_key(&path) {
             continue;
         }
         let doc = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}")));
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+            });
         schemas.insert(path, doc);
     }
 

@@ -128,7 +128,11 @@ impl Location {
             Location::Local(p) => Location::Local(p.join(name)),
             Location::S3 { bucket, prefix } => Location::S3 {
                 bucket: bucket.clone(),
-                prefix: if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") },
+                prefix: if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                },
             },
         }
     }

@@ -6,11 +6,13 @@ use std::time::Duration;
 /// `MiB`, `GB`, `GiB`, `TB`, `TiB`; case-insensitive, space allowed).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a size; write a number and a unit such as \"64MiB\""))?;
+    let number: f64 = number.parse().map_err(|_| {
+        format!("\"{text}\" is not a size; write a number and a unit such as \"64MiB\"")
+    })?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -36,13 +38,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `"30s"`, `"5m"`, `"1h 30m"` or `"250ms"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("\"{text}\" is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"250ms\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("\"{text}\" is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"250ms\"")
+    })
 }
 
 /// Formats a byte count the way a person would write it in TOML.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
     for (size, unit) in UNITS {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);
@@ -61,7 +69,9 @@ mod tests {
         assert_eq!(parse_size("10 KB").unwrap(), 10_000);
         assert_eq!(parse_size("512").unwrap(), 512);
         assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
         assert!(parse_size("MiB").is_err());
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1000), "1000B");

@@ -11,7 +11,9 @@ use std::time::Duration;
 use arrow_schema::{DataType, Schema};
 
 use super::raw::{RawGlobal, RawParquetSink, RawPipeline, RawSink, RawSize, RawSource};
-use super::spec::{GlobalSpec, Location, ParquetSinkSpec, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec};
+use super::spec::{
+    GlobalSpec, Location, ParquetSinkSpec, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec,
+};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
 use crate::schema::{self, METADATA_COLUMNS};
@@ -35,8 +37,13 @@ pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
 const RESERVED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api"];
 /// Object-store keys a `storage` table may set; credentials only through `*_env`.
 const STORAGE_KEYS: [&str; 7] = [
-    "endpoint", "region", "allow_http", "virtual_hosted_style_request",
-    "access_key_id_env", "secret_access_key_env", "session_token_env",
+    "endpoint",
+    "region",
+    "allow_http",
+    "virtual_hosted_style_request",
+    "access_key_id_env",
+    "secret_access_key_env",
+    "session_token_env",
 ];
 
 /// A parsed schema document, by the path the pipeline named.
@@ -50,26 +57,42 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn push(&mut self, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
-        self.list.push(ConfigError::new(self.file, key, problem, fix));
+        self.list
+            .push(ConfigError::new(self.file, key, problem, fix));
     }
 }
 
 /// Validates the global file; a wrong value is reported and replaced by its
 /// default so that the pipelines can still be checked against something.
-pub fn global(file: &Path, raw: &RawGlobal, root: &Path, errors: &mut Vec<ConfigError>) -> GlobalSpec {
+pub fn global(
+    file: &Path,
+    raw: &RawGlobal,
+    root: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> GlobalSpec {
     let mut e = Errors { file, list: errors };
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default address parses");
     let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        e.push("listen", format!("\"{listen_text}\" is not an address"), "write an IP address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"");
+        e.push(
+            "listen",
+            format!("\"{listen_text}\" is not an address"),
+            "write an IP address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+        );
         default_listen
     });
     let data_dir = root.join(raw.data_dir.as_deref().unwrap_or("data"));
-    let lake = parse_location(raw.lake.as_deref().unwrap_or("lake"), root).unwrap_or_else(|(problem, fix)| {
-        e.push("lake", problem, fix);
-        Location::Local(root.join("lake"))
-    });
-    GlobalSpec { listen, data_dir, lake }
+    let lake = parse_location(raw.lake.as_deref().unwrap_or("lake"), root).unwrap_or_else(
+        |(problem, fix)| {
+            e.push("lake", problem, fix);
+            Location::Local(root.join("lake"))
+        },
+    );
+    GlobalSpec {
+        listen,
+        data_dir,
+        lake,
+    }
 }
 
 /// Validates every pipeline, including checks across files (unique names and paths).
@@ -85,14 +108,28 @@ pub fn pipelines(
     let mut paths: HashMap<String, PathBuf> = HashMap::new();
     for (file, raw) in raws {
         let mut e = Errors { file, list: errors };
-        let Some(spec) = pipeline(global, file, raw, schemas, root, &mut e) else { continue };
+        let Some(spec) = pipeline(global, file, raw, schemas, root, &mut e) else {
+            continue;
+        };
         if let Some(other) = names.insert(spec.name.clone(), file.clone()) {
-            e.push("name", format!("pipeline \"{}\" is also defined in {}", spec.name, other.display()), "give each pipeline a unique name");
+            e.push(
+                "name",
+                format!(
+                    "pipeline \"{}\" is also defined in {}",
+                    spec.name,
+                    other.display()
+                ),
+                "give each pipeline a unique name",
+            );
             continue;
         }
         let SourceSpec::Webhook(w) = &spec.source;
         if let Some(other) = paths.insert(w.path.clone(), file.clone()) {
-            e.push("source.path", format!("\"{}\" is also used by {}", w.path, other.display()), "give each webhook source its own path");
+            e.push(
+                "source.path",
+                format!("\"{}\" is also used by {}", w.path, other.display()),
+                "give each webhook source its own path",
+            );
             continue;
         }
         specs.push(spec);
@@ -111,26 +148,41 @@ fn pipeline(
     let start = e.list.len();
     let name = match raw.name.as_deref() {
         None => {
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             e.push("name", "missing", format!("add name = \"{stem}\""));
             None
         }
         Some(n) if valid_name(n) => Some(n.to_string()),
         Some(n) => {
-            e.push("name", format!("\"{n}\" is not a valid name"), "use 1-64 lower-case letters, digits, '_' or '-', starting with a letter or digit");
+            e.push(
+                "name",
+                format!("\"{n}\" is not a valid name"),
+                "use 1-64 lower-case letters, digits, '_' or '-', starting with a letter or digit",
+            );
             None
         }
     };
     let schema = record_schema(raw, schemas, root, e);
     let record_path = raw.record_path.clone().unwrap_or_default();
     if !(record_path.is_empty() || record_path.starts_with('/')) {
-        e.push("record_path", format!("\"{record_path}\" is not a JSON pointer"), "start it with '/', e.g. \"/customers\", or use \"\" for the whole event");
+        e.push(
+            "record_path",
+            format!("\"{record_path}\" is not a JSON pointer"),
+            "start it with '/', e.g. \"/customers\", or use \"\" for the whole event",
+        );
     }
     let primary_key = raw.primary_key.clone().unwrap_or_default();
     if let Some(schema) = &schema {
         for (i, column) in primary_key.iter().enumerate() {
             if schema.field_with_name(column).is_err() {
-                e.push(format!("primary_key[{i}]"), format!("column \"{column}\" is not a top-level property of the schema"), "name a property listed in the schema's \"properties\"");
+                e.push(
+                    format!("primary_key[{i}]"),
+                    format!("column \"{column}\" is not a top-level property of the schema"),
+                    "name a property listed in the schema's \"properties\"",
+                );
             }
         }
     }
@@ -141,26 +193,49 @@ fn pipeline(
         Some(s) => size(s, "buffer.max_bytes", e).unwrap_or(DEFAULT_BUFFER_BYTES),
     };
     if buffer_max_bytes < MIN_BUFFER_BYTES {
-        e.push("buffer.max_bytes", "is below 64KiB", "set it to at least \"64KiB\" (the default is \"1GiB\")");
+        e.push(
+            "buffer.max_bytes",
+            "is below 64KiB",
+            "set it to at least \"64KiB\" (the default is \"1GiB\")",
+        );
     }
     let mut sinks = Vec::new();
     if raw.sink.is_empty() {
-        e.push("sink", "no sink is configured", "add a [[sink]] table with type = \"parquet\"");
+        e.push(
+            "sink",
+            "no sink is configured",
+            "add a [[sink]] table with type = \"parquet\"",
+        );
     }
     let mut sink_names = HashSet::new();
     for (i, raw_sink) in raw.sink.iter().enumerate() {
         let key = format!("sink[{i}]");
         let spec = match raw_sink {
-            RawSink::Parquet(p) => name.as_deref().and_then(|n| parquet_sink(global, n, &key, p, schema.as_deref(), root, e)).map(SinkSpec::Parquet),
+            RawSink::Parquet(p) => name
+                .as_deref()
+                .and_then(|n| parquet_sink(global, n, &key, p, schema.as_deref(), root, e))
+                .map(SinkSpec::Parquet),
             RawSink::Delta(_) | RawSink::Https(_) => {
-                let ty = if matches!(raw_sink, RawSink::Delta(_)) { "delta" } else { "https" };
-                e.push(format!("{key}.type"), format!("sink type \"{ty}\" is not available in this build yet"), "use type = \"parquet\" for now");
+                let ty = if matches!(raw_sink, RawSink::Delta(_)) {
+                    "delta"
+                } else {
+                    "https"
+                };
+                e.push(
+                    format!("{key}.type"),
+                    format!("sink type \"{ty}\" is not available in this build yet"),
+                    "use type = \"parquet\" for now",
+                );
                 None
             }
         };
         if let Some(spec) = spec {
             if !sink_names.insert(spec.name().to_string()) {
-                e.push(format!("{key}.name"), format!("another sink is already named \"{}\"", spec.name()), "give each sink of a pipeline a unique name = \"…\"");
+                e.push(
+                    format!("{key}.name"),
+                    format!("another sink is already named \"{}\"", spec.name()),
+                    "give each sink of a pipeline a unique name = \"…\"",
+                );
             }
             sinks.push(spec);
         }
@@ -186,23 +261,42 @@ fn valid_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 64
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
 /// Resolves `schema` and converts the document it names.
-fn record_schema(raw: &RawPipeline, schemas: &SchemaDocs, root: &Path, e: &mut Errors<'_>) -> Option<Arc<Schema>> {
+fn record_schema(
+    raw: &RawPipeline,
+    schemas: &SchemaDocs,
+    root: &Path,
+    e: &mut Errors<'_>,
+) -> Option<Arc<Schema>> {
     let Some(path) = raw.schema.as_deref() else {
-        e.push("schema", "missing", "add schema = \"schemas/<stream>.json\" pointing at a JSON Schema file");
+        e.push(
+            "schema",
+            "missing",
+            "add schema = \"schemas/<stream>.json\" pointing at a JSON Schema file",
+        );
         return None;
     };
     if path == "infer" {
-        e.push("schema", "schema = \"infer\" is not available in this build yet", "write a JSON Schema file and name it here");
+        e.push(
+            "schema",
+            "schema = \"infer\" is not available in this build yet",
+            "write a JSON Schema file and name it here",
+        );
         return None;
     }
     let resolved = root.join(path);
     match schemas.get(&resolved) {
         None => {
-            e.push("schema", format!("{} was not read", resolved.display()), "check the path");
+            e.push(
+                "schema",
+                format!("{} was not read", resolved.display()),
+                "check the path",
+            );
             None
         }
         Some(Err(problem)) => {
@@ -213,7 +307,8 @@ fn record_schema(raw: &RawPipeline, schemas: &SchemaDocs, root: &Path, e: &mut E
             Ok(s) => Some(Arc::new(s)),
             Err(problems) => {
                 for p in problems {
-                    e.list.push(ConfigError::new(&resolved, p.key, p.message, ""));
+                    e.list
+                        .push(ConfigError::new(&resolved, p.key, p.message, ""));
                 }
                 None
             }
@@ -224,11 +319,19 @@ fn record_schema(raw: &RawPipeline, schemas: &SchemaDocs, root: &Path, e: &mut E
 fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
     let raw = match raw {
         None => {
-            e.push("source", "missing", "add a [source] table with type = \"webhook\" and path = \"/hooks/…\"");
+            e.push(
+                "source",
+                "missing",
+                "add a [source] table with type = \"webhook\" and path = \"/hooks/…\"",
+            );
             return None;
         }
         Some(RawSource::Poll(_)) => {
-            e.push("source.type", "source type \"poll\" is not available in this build yet", "use type = \"webhook\" for now");
+            e.push(
+                "source.type",
+                "source type \"poll\" is not available in this build yet",
+                "use type = \"webhook\" for now",
+            );
             return None;
         }
         Some(RawSource::Webhook(w)) => w,
@@ -238,15 +341,31 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
     }
     let path = match raw.path.as_deref() {
         None => {
-            e.push("source.path", "missing", "add path = \"/hooks/<app>/<topic>\"");
+            e.push(
+                "source.path",
+                "missing",
+                "add path = \"/hooks/<app>/<topic>\"",
+            );
             None
         }
         Some(p) if !p.starts_with('/') || p.contains(['?', '#', ' ']) => {
-            e.push("source.path", format!("\"{p}\" is not a URL path"), "start it with '/' and leave out query strings, e.g. \"/hooks/shopify/customers\"");
+            e.push(
+                "source.path",
+                format!("\"{p}\" is not a URL path"),
+                "start it with '/' and leave out query strings, e.g. \"/hooks/shopify/customers\"",
+            );
             None
         }
-        Some(p) if RESERVED_PATHS.iter().any(|r| p == *r || p.starts_with(&format!("{r}/"))) => {
-            e.push("source.path", format!("\"{p}\" is reserved for tributary's own endpoints"), "choose a path under /hooks/");
+        Some(p)
+            if RESERVED_PATHS
+                .iter()
+                .any(|r| p == *r || p.starts_with(&format!("{r}/"))) =>
+        {
+            e.push(
+                "source.path",
+                format!("\"{p}\" is reserved for tributary's own endpoints"),
+                "choose a path under /hooks/",
+            );
             None
         }
         Some(p) => Some(p.to_string()),
@@ -256,9 +375,16 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
         Some(s) => size(s, "source.max_body", e).unwrap_or(DEFAULT_MAX_BODY),
     };
     if max_body == 0 {
-        e.push("source.max_body", "must be above zero", "set e.g. \"10MiB\"");
+        e.push(
+            "source.max_body",
+            "must be above zero",
+            "set e.g. \"10MiB\"",
+        );
     }
-    Some(SourceSpec::Webhook(WebhookSpec { path: path?, max_body }))
+    Some(SourceSpec::Webhook(WebhookSpec {
+        path: path?,
+        max_body,
+    }))
 }
 
 fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
@@ -266,14 +392,22 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
     let b = raw.batch.as_ref().unwrap_or(&default);
     let max_events = b.max_events.unwrap_or(DEFAULT_MAX_EVENTS);
     if max_events == 0 || max_events > 10_000_000 {
-        e.push("batch.max_events", format!("{max_events} is out of range"), "use a number from 1 to 10000000");
+        e.push(
+            "batch.max_events",
+            format!("{max_events} is out of range"),
+            "use a number from 1 to 10000000",
+        );
     }
     let max_bytes = match &b.max_bytes {
         None => DEFAULT_BATCH_BYTES,
         Some(s) => size(s, "batch.max_bytes", e)?,
     };
     if max_bytes == 0 {
-        e.push("batch.max_bytes", "must be above zero", "set e.g. \"64MiB\"");
+        e.push(
+            "batch.max_bytes",
+            "must be above zero",
+            "set e.g. \"64MiB\"",
+        );
     }
     let max_age = match &b.max_age {
         None => DEFAULT_MAX_AGE,
@@ -289,7 +423,11 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
             }
         },
     };
-    Some(BatchPolicy { max_events: max_events as usize, max_bytes, max_age })
+    Some(BatchPolicy {
+        max_events: max_events as usize,
+        max_bytes,
+        max_age,
+    })
 }
 
 fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
@@ -317,7 +455,11 @@ fn parquet_sink(
     let start = e.list.len();
     let name = raw.name.clone().unwrap_or_else(|| "parquet".to_string());
     if !valid_name(&name) {
-        e.push(format!("{key}.name"), format!("\"{name}\" is not a valid name"), "use lower-case letters, digits, '_' or '-'");
+        e.push(
+            format!("{key}.name"),
+            format!("\"{name}\" is not a valid name"),
+            "use lower-case letters, digits, '_' or '-'",
+        );
     }
     let location = match raw.uri.as_deref() {
         None => Some(global.lake.join(pipeline)),
@@ -329,20 +471,35 @@ fn parquet_sink(
             }
         },
     };
-    let partition_by = raw.partition_by.clone().unwrap_or_else(|| vec!["_received_date".to_string()]);
+    let partition_by = raw
+        .partition_by
+        .clone()
+        .unwrap_or_else(|| vec!["_received_date".to_string()]);
     for (i, column) in partition_by.iter().enumerate() {
         let at = format!("{key}.partition_by[{i}]");
         if column == "_received_date" || column == "_source" {
             continue;
         }
         if METADATA_COLUMNS.contains(&column.as_str()) {
-            e.push(at, format!("\"{column}\" has one value per event"), "partition by _received_date instead");
+            e.push(
+                at,
+                format!("\"{column}\" has one value per event"),
+                "partition by _received_date instead",
+            );
             continue;
         }
         match schema.map(|s| s.field_with_name(column)) {
             Some(Ok(f)) if partitionable(f.data_type()) => {}
-            Some(Ok(f)) => e.push(at, format!("column \"{column}\" is a {}", f.data_type()), "partition by a string, integer, boolean or date column"),
-            Some(Err(_)) => e.push(at, format!("column \"{column}\" is not a top-level property of the schema"), "name a property of the schema or _received_date"),
+            Some(Ok(f)) => e.push(
+                at,
+                format!("column \"{column}\" is a {}", f.data_type()),
+                "partition by a string, integer, boolean or date column",
+            ),
+            Some(Err(_)) => e.push(
+                at,
+                format!("column \"{column}\" is not a top-level property of the schema"),
+                "name a property of the schema or _received_date",
+            ),
             None => {}
         }
     }
@@ -369,16 +526,28 @@ fn parquet_sink(
         storage.insert(k.clone(), value);
     }
     if !storage.is_empty() && matches!(location, Some(Location::Local(_))) {
-        e.push(format!("{key}.storage"), "storage settings apply to s3:// locations only", "remove the storage table or use an s3:// uri");
+        e.push(
+            format!("{key}.storage"),
+            "storage settings apply to s3:// locations only",
+            "remove the storage table or use an s3:// uri",
+        );
     }
     if e.list.len() > start {
         return None;
     }
-    Some(ParquetSinkSpec { name, location: location?, partition_by, storage })
+    Some(ParquetSinkSpec {
+        name,
+        location: location?,
+        partition_by,
+        storage,
+    })
 }
 
 fn partitionable(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32)
+    matches!(
+        t,
+        DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32
+    )
 }
 
 /// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
@@ -389,13 +558,22 @@ pub fn parse_location(text: &str, root: &Path) -> Result<Location, (String, Stri
             "s3" | "s3a" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
-                    return Err((format!("\"{text}\" names no bucket"), "write s3://bucket/prefix".into()));
+                    return Err((
+                        format!("\"{text}\" names no bucket"),
+                        "write s3://bucket/prefix".into(),
+                    ));
                 }
-                Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
+                Ok(Location::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.trim_matches('/').to_string(),
+                })
             }
             "file" => {
                 if !rest.starts_with('/') {
-                    return Err((format!("\"{text}\" is not an absolute file URL"), "write file:///absolute/path or a plain path".into()));
+                    return Err((
+                        format!("\"{text}\" is not an absolute file URL"),
+                        "write file:///absolute/path or a plain path".into(),
+                    ));
                 }
                 Ok(Location::Local(PathBuf::from(rest)))
             }
@@ -406,13 +584,19 @@ pub fn parse_location(text: &str, root: &Path) -> Result<Location, (String, Stri
         };
     }
     if text.is_empty() {
-        return Err(("is empty".into(), "write a path, file:// or s3:// location".into()));
+        return Err((
+            "is empty".into(),
+            "write a path, file:// or s3:// location".into(),
+        ));
     }
     Ok(Location::Local(root.join(text)))
 }
 
 /// Parses one TOML file into its raw mirror.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|err| {
         let at = err.span().map(|span| {
             let before = &text[..span.start.min(text.len())];
@@ -439,11 +623,20 @@ mod tests {
     #[test]
     fn locations() {
         let root = Path::new("/srv/t");
-        assert_eq!(parse_location("lake", root).unwrap(), Location::Local("/srv/t/lake".into()));
-        assert_eq!(parse_location("file:///x/y", root).unwrap(), Location::Local("/x/y".into()));
+        assert_eq!(
+            parse_location("lake", root).unwrap(),
+            Location::Local("/srv/t/lake".into())
+        );
+        assert_eq!(
+            parse_location("file:///x/y", root).unwrap(),
+            Location::Local("/x/y".into())
+        );
         assert_eq!(
             parse_location("s3://b/p/q/", root).unwrap(),
-            Location::S3 { bucket: "b".into(), prefix: "p/q".into() }
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
         );
         let (problem, fix) = parse_location("s4://b", root).unwrap_err();
         assert_eq!(problem, "unknown scheme \"s4\"");

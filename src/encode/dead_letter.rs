@@ -26,7 +26,12 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter for `event`.
     pub fn new(event: &Event, reason: impl Into<String>) -> Self {
-        Self { id: event.id, received_at_us: event.received_at_us, reason: reason.into(), raw: event.payload.clone() }
+        Self {
+            id: event.id,
+            received_at_us: event.received_at_us,
+            reason: reason.into(),
+            raw: event.payload.clone(),
+        }
     }
 }
 
@@ -34,7 +39,11 @@ impl DeadLetter {
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("_event_id", DataType::Utf8, false),
-        Field::new("_received_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "_received_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("pipeline", DataType::Utf8, false),
         Field::new("sink", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, false),
@@ -46,14 +55,25 @@ pub fn schema() -> SchemaRef {
 pub fn batch(pipeline: &str, sink: &str, dead: &[DeadLetter]) -> RecordBatch {
     let n = dead.len();
     let columns: Vec<arrow_array::ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.id.hyphenated().to_string()))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(dead.iter().map(|d| d.received_at_us)).with_timezone("UTC")),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(pipeline, n))),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| d.id.hyphenated().to_string()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(dead.iter().map(|d| d.received_at_us))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            pipeline, n,
+        ))),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(sink, n))),
-        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.reason.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| d.reason.as_str()),
+        )),
         // Log payloads passed JSON validation at ingest, so they are UTF-8; a
         // lossy conversion only guards the invariant.
-        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| String::from_utf8_lossy(&d.raw)))),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| String::from_utf8_lossy(&d.raw)),
+        )),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns match the dead-letter schema")
 }

@@ -92,7 +92,10 @@ impl Encoder {
                     .expect("rows decoded with one schema concatenate")
             }
         };
-        Encoded { batch: self.with_metadata(&good, columns), dead }
+        Encoded {
+            batch: self.with_metadata(&good, columns),
+            dead,
+        }
     }
 
     /// Decodes records that are all expected to fit.
@@ -103,19 +106,37 @@ impl Encoder {
         for record in records {
             let read = decoder.decode(record)?;
             if read != record.len() || decoder.has_partial_record() {
-                return Err(ArrowError::JsonError("the record is not one complete JSON object".into()));
+                return Err(ArrowError::JsonError(
+                    "the record is not one complete JSON object".into(),
+                ));
             }
         }
-        Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.record_schema.clone())))
+        Ok(decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.record_schema.clone())))
     }
 
     fn with_metadata(&self, events: &[&Event], columns: RecordBatch) -> RecordBatch {
-        let ids: StringArray = events.iter().map(|e| Some(e.id.hyphenated().to_string())).collect();
-        let at = TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.received_at_us))
-            .with_timezone("UTC");
-        let date = Date32Array::from_iter_values(events.iter().map(|e| e.received_at_us.div_euclid(US_PER_DAY) as i32));
-        let source = StringArray::from_iter_values(std::iter::repeat_n(self.source.as_str(), events.len()));
-        let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(at), Arc::new(date), Arc::new(source)];
+        let ids: StringArray = events
+            .iter()
+            .map(|e| Some(e.id.hyphenated().to_string()))
+            .collect();
+        let at =
+            TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.received_at_us))
+                .with_timezone("UTC");
+        let date = Date32Array::from_iter_values(
+            events
+                .iter()
+                .map(|e| e.received_at_us.div_euclid(US_PER_DAY) as i32),
+        );
+        let source =
+            StringArray::from_iter_values(std::iter::repeat_n(self.source.as_str(), events.len()));
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(at),
+            Arc::new(date),
+            Arc::new(source),
+        ];
         arrays.extend(columns.columns().iter().cloned());
         RecordBatch::try_new(self.table_schema.clone(), arrays)
             .expect("metadata and decoded columns match the table schema")

@@ -11,7 +11,11 @@ pub fn tokens(pointer: &str) -> Vec<String> {
     if pointer.is_empty() {
         return Vec::new();
     }
-    pointer.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect()
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect()
 }
 
 /// The bytes of the record at `tokens` in `payload`; it must be a JSON object.
@@ -39,12 +43,19 @@ pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], Stri
                     .get()
                     .as_bytes()
             }
-            _ => return Err(format!("record_path {}: the event has no object or array there", at())),
+            _ => {
+                return Err(format!(
+                    "record_path {}: the event has no object or array there",
+                    at()
+                ))
+            }
         };
     }
     match first_byte(current) {
         Some(b'{') => Ok(current),
-        Some(b'[') => Err("the record is a JSON array, not an object; point record_path at one record".into()),
+        Some(b'[') => {
+            Err("the record is a JSON array, not an object; point record_path at one record".into())
+        }
         _ => Err("the record is not a JSON object".into()),
     }
 }
@@ -61,10 +72,21 @@ mod tests {
     fn finds_nested_records_by_their_original_bytes() {
         let event = br#"{"topic": "x", "customers": {"id": 1, "a~b": {"c/d": [{"z": 2}]}}}"#;
         assert_eq!(record(event, &tokens("")).unwrap(), event);
-        assert_eq!(record(event, &tokens("/customers/a~0b/c~1d/0")).unwrap(), br#"{"z": 2}"#);
-        assert!(record(event, &tokens("/orders")).unwrap_err().contains("/orders not found"));
-        assert!(record(event, &tokens("/topic/x")).unwrap_err().contains("no object or array"));
-        assert!(record(event, &tokens("/customers/a~0b/c~1d")).unwrap_err().contains("array"));
-        assert!(record(b"42", &[]).unwrap_err().contains("not a JSON object"));
+        assert_eq!(
+            record(event, &tokens("/customers/a~0b/c~1d/0")).unwrap(),
+            br#"{"z": 2}"#
+        );
+        assert!(record(event, &tokens("/orders"))
+            .unwrap_err()
+            .contains("/orders not found"));
+        assert!(record(event, &tokens("/topic/x"))
+            .unwrap_err()
+            .contains("no object or array"));
+        assert!(record(event, &tokens("/customers/a~0b/c~1d"))
+            .unwrap_err()
+            .contains("array"));
+        assert!(record(b"42", &[])
+            .unwrap_err()
+            .contains("not a JSON object"));
     }
 }

@@ -11,7 +11,11 @@ fn encoder(record_path: &str) -> Encoder {
     let schema = Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("email", DataType::Utf8, true),
-        Field::new("updated_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new(
+            "updated_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
     ]);
     Encoder::new(Arc::new(schema), record_path, "webhook:/hooks/test")
 }
@@ -23,7 +27,9 @@ fn event(json: &str) -> Event {
 #[test]
 fn bad_events_become_dead_letters_without_blocking_the_rest() {
     let events = vec![
-        event(r#"{"customers": {"id": 1, "email": "a@x", "updated_at": "2024-03-01T12:00:00-04:00", "extra": [1]}}"#),
+        event(
+            r#"{"customers": {"id": 1, "email": "a@x", "updated_at": "2024-03-01T12:00:00-04:00", "extra": [1]}}"#,
+        ),
         event(r#"{"customers": {"id": "not a number"}}"#),
         event(r#"{"customers": {"email": "no id"}}"#),
         event(r#"{"orders": {"id": 4}}"#),
@@ -32,19 +38,41 @@ fn bad_events_become_dead_letters_without_blocking_the_rest() {
     ];
     let out = encoder("/customers").encode(&events);
     assert_eq!(out.batch.num_rows(), 2);
-    let ids = out.batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    let ids = out
+        .batch
+        .column_by_name("id")
+        .unwrap()
+        .as_primitive::<Int64Type>();
     assert_eq!(ids.values(), &[1, 6]);
-    let event_ids = out.batch.column_by_name("_event_id").unwrap().as_string::<i32>();
+    let event_ids = out
+        .batch
+        .column_by_name("_event_id")
+        .unwrap()
+        .as_string::<i32>();
     assert_eq!(event_ids.value(0), events[0].id.hyphenated().to_string());
     assert_eq!(event_ids.value(1), events[5].id.hyphenated().to_string());
 
     let reasons: Vec<(Uuid, &str)> = out.dead.iter().map(|d| (d.id, d.reason.as_str())).collect();
     assert_eq!(reasons.len(), 4);
     assert_eq!(reasons[0].0, events[3].id);
-    assert!(reasons[0].1.contains("/customers not found"), "{}", reasons[0].1);
-    let by_id = |e: &Event| out.dead.iter().find(|d| d.id == e.id).map(|d| d.reason.clone()).unwrap();
+    assert!(
+        reasons[0].1.contains("/customers not found"),
+        "{}",
+        reasons[0].1
+    );
+    let by_id = |e: &Event| {
+        out.dead
+            .iter()
+            .find(|d| d.id == e.id)
+            .map(|d| d.reason.clone())
+            .unwrap()
+    };
     assert!(by_id(&events[1]).contains("id"), "{}", by_id(&events[1]));
-    assert!(by_id(&events[2]).contains("does not fit the schema"), "{}", by_id(&events[2]));
+    assert!(
+        by_id(&events[2]).contains("does not fit the schema"),
+        "{}",
+        by_id(&events[2])
+    );
     assert!(by_id(&events[4]).contains("email"), "{}", by_id(&events[4]));
     assert_eq!(out.dead[0].raw, events[3].payload);
 }
@@ -56,14 +84,29 @@ fn metadata_columns_and_timestamps_are_utc() {
     let out = encoder("").encode(&[e]);
     assert!(out.dead.is_empty());
     let b = &out.batch;
-    let at = b.column_by_name("_received_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    let at = b
+        .column_by_name("_received_at")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     assert_eq!(at.value(0), 1_700_000_000_123_456);
-    let date = b.column_by_name("_received_date").unwrap().as_primitive::<Date32Type>();
+    let date = b
+        .column_by_name("_received_date")
+        .unwrap()
+        .as_primitive::<Date32Type>();
     assert_eq!(date.value(0), 19675);
-    let updated = b.column_by_name("updated_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    let updated = b
+        .column_by_name("updated_at")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     // 23:30 at -04:00 is 03:30 the next day in UTC.
     assert_eq!(updated.value(0), 1_709_350_200_000_000);
-    assert_eq!(b.column_by_name("_source").unwrap().as_string::<i32>().value(0), "webhook:/hooks/test");
+    assert_eq!(
+        b.column_by_name("_source")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "webhook:/hooks/test"
+    );
     assert_eq!(b.schema().field(0).name(), "_event_id");
 }
 
@@ -80,8 +123,20 @@ fn dead_letter_rows_carry_reason_and_raw() {
     let out = encoder("").encode(std::slice::from_ref(&e));
     let rows = dead_letter::batch("p", "parquet", &out.dead);
     assert_eq!(rows.num_rows(), 1);
-    assert_eq!(rows.column_by_name("raw").unwrap().as_string::<i32>().value(0), r#"{"id": "x"}"#);
-    assert_eq!(rows.column_by_name("sink").unwrap().as_string::<i32>().value(0), "parquet");
+    assert_eq!(
+        rows.column_by_name("raw")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        r#"{"id": "x"}"#
+    );
+    assert_eq!(
+        rows.column_by_name("sink")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "parquet"
+    );
 }
 
 use uuid::Uuid;

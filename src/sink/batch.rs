@@ -34,7 +34,13 @@ pub struct Batch {
 impl Batch {
     /// An empty batch whose first event will be at offset `first`.
     pub fn new(policy: BatchPolicy, first: u64) -> Self {
-        Self { policy, first, events: Vec::new(), bytes: 0, opened: None }
+        Self {
+            policy,
+            first,
+            events: Vec::new(),
+            bytes: 0,
+            opened: None,
+        }
     }
 
     /// Adds the event at the next offset.
@@ -87,7 +93,11 @@ mod tests {
     use bytes::Bytes;
 
     fn policy() -> BatchPolicy {
-        BatchPolicy { max_events: 3, max_bytes: 100, max_age: Duration::from_secs(30) }
+        BatchPolicy {
+            max_events: 3,
+            max_bytes: 100,
+            max_age: Duration::from_secs(30),
+        }
     }
 
     fn event(len: usize) -> Event {

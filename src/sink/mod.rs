@@ -37,7 +37,10 @@ impl Classify for SinkError {
     fn kind(&self) -> ErrorKind {
         match self {
             SinkError::Storage(e) => e.kind(),
-            SinkError::Parquet(_) | SinkError::Log(_) | SinkError::Ledger(_) | SinkError::Abandoned => ErrorKind::Internal,
+            SinkError::Parquet(_)
+            | SinkError::Log(_)
+            | SinkError::Ledger(_)
+            | SinkError::Abandoned => ErrorKind::Internal,
         }
     }
 }

@@ -22,8 +22,21 @@ pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 /// Characters escaped in partition values: path separators, `=`, `%` and the
 /// characters Hive escapes, so every value round-trips through a path.
 const PARTITION_ESCAPES: &AsciiSet = &CONTROLS
-    .add(b'/').add(b'\\').add(b'=').add(b'%').add(b'"').add(b'#').add(b'?')
-    .add(b'*').add(b':').add(b'[').add(b']').add(b'{').add(b'}').add(b'^').add(b' ');
+    .add(b'/')
+    .add(b'\\')
+    .add(b'=')
+    .add(b'%')
+    .add(b'"')
+    .add(b'#')
+    .add(b'?')
+    .add(b'*')
+    .add(b':')
+    .add(b'[')
+    .add(b']')
+    .add(b'{')
+    .add(b'}')
+    .add(b'^')
+    .add(b' ');
 
 /// Writer settings shared by every file: zstd, page statistics so engines can
 /// skip row groups and pages.
@@ -38,7 +51,11 @@ pub fn writer_properties() -> WriterProperties {
 /// File name of the rows of offsets `range` (inclusive last offset, so the
 /// name reads like the range it holds).
 pub fn file_name(prefix: &str, range: &Range<u64>) -> String {
-    format!("{prefix}{:020}-{:020}.parquet", range.start, range.end.saturating_sub(1))
+    format!(
+        "{prefix}{:020}-{:020}.parquet",
+        range.start,
+        range.end.saturating_sub(1)
+    )
 }
 
 /// Splits `batch` by the values of `partition_by` and serialises each part;
@@ -80,9 +97,9 @@ fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<St
     let mut keys = vec![String::new(); batch.num_rows()];
     let options = FormatOptions::default();
     for column in partition_by {
-        let array = batch
-            .column_by_name(column)
-            .ok_or_else(|| ArrowError::SchemaError(format!("partition column {column} is not in the batch")))?;
+        let array = batch.column_by_name(column).ok_or_else(|| {
+            ArrowError::SchemaError(format!("partition column {column} is not in the batch"))
+        })?;
         let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
         for (row, key) in keys.iter_mut().enumerate() {
             if !key.is_empty() {
@@ -103,7 +120,11 @@ fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<St
 
 /// One Parquet file in memory.
 pub fn serialise(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes, ParquetError> {
-    let mut writer = ArrowWriter::try_new(Vec::with_capacity(1 << 20), batch.schema(), Some(props.clone()))?;
+    let mut writer = ArrowWriter::try_new(
+        Vec::with_capacity(1 << 20),
+        batch.schema(),
+        Some(props.clone()),
+    )?;
     writer.write(batch)?;
     Ok(Bytes::from(writer.into_inner()?))
 }
@@ -111,10 +132,10 @@ pub fn serialise(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use arrow_array::{Date32Array, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::sync::Arc;
 
     #[test]
     fn splits_by_partition_and_names_by_offsets() {
@@ -142,9 +163,24 @@ mod tests {
                 "_received_date=2023-11-15/shop=__HIVE_DEFAULT_PARTITION__/part-00000000000000000100-00000000000000000102.parquet",
             ]
         );
-        let reader = ParquetRecordBatchReaderBuilder::try_new(files[0].1.clone()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(files[0].1.clone())
+            .unwrap()
+            .build()
+            .unwrap();
         let rows: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
-        assert_eq!(rows[0].num_columns(), 1, "partition columns live in the path only");
-        assert_eq!(rows[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().values(), &[1, 3]);
+        assert_eq!(
+            rows[0].num_columns(),
+            1,
+            "partition columns live in the path only"
+        );
+        assert_eq!(
+            rows[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values(),
+            &[1, 3]
+        );
     }
 }

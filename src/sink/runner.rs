@@ -12,8 +12,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ::parquet::file::properties::WriterProperties;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -65,7 +65,12 @@ impl Runner {
                 let mut events = Vec::with_capacity((end - first) as usize);
                 while reader.position() < end {
                     let want = (end - reader.position()) as usize;
-                    events.extend(reader.read(want.min(READ_CHUNK)).await.map_err(SinkError::Log)?);
+                    events.extend(
+                        reader
+                            .read(want.min(READ_CHUNK))
+                            .await
+                            .map_err(SinkError::Log)?,
+                    );
                 }
                 self.flush(first..end, events, &props).await?;
                 next = end;
@@ -103,7 +108,12 @@ impl Runner {
     }
 
     /// Writes one batch and commits its offsets.
-    async fn flush(&self, range: Range<u64>, events: Vec<Event>, props: &WriterProperties) -> Result<(), SinkError> {
+    async fn flush(
+        &self,
+        range: Range<u64>,
+        events: Vec<Event>,
+        props: &WriterProperties,
+    ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let log = self.log.clone();
         let (sink, pending) = (self.sink.clone(), range.clone());
@@ -113,22 +123,32 @@ impl Runner {
             .map_err(SinkError::Ledger)?;
 
         let encoder = self.encoder.clone();
-        let (partition_by, props, file_range) = (self.partition_by.clone(), props.clone(), range.clone());
+        let (partition_by, props, file_range) =
+            (self.partition_by.clone(), props.clone(), range.clone());
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let (files, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
             let encoded = encoder.encode(&events);
             let rows = encoded.batch.num_rows();
-            let files = if rows > 0 { parquet::files(&encoded.batch, &partition_by, &file_range, &props)? } else { Vec::new() };
+            let files = if rows > 0 {
+                parquet::files(&encoded.batch, &partition_by, &file_range, &props)?
+            } else {
+                Vec::new()
+            };
             let dead_file = if encoded.dead.is_empty() {
                 None
             } else {
                 let batch = dead_letter::batch(&pipeline, &sink, &encoded.dead);
-                Some((parquet::file_name(&format!("{sink}-"), &file_range), parquet::serialise(&batch, &props)?))
+                Some((
+                    parquet::file_name(&format!("{sink}-"), &file_range),
+                    parquet::serialise(&batch, &props)?,
+                ))
             };
             Ok::<_, SinkError>((files, dead_file, rows, encoded.dead.len()))
         })
         .await
-        .map_err(|e| SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e))))??;
+        .map_err(|e| {
+            SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e)))
+        })??;
 
         let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
         if let Some((name, body)) = dead_file {
@@ -157,7 +177,12 @@ impl Runner {
 
     /// Uploads one object, retrying transient failures with exponential
     /// backoff until it succeeds or shutdown gives up on it.
-    async fn put_with_retry(&self, storage: &Storage, name: &str, body: Bytes) -> Result<(), SinkError> {
+    async fn put_with_retry(
+        &self,
+        storage: &Storage,
+        name: &str,
+        body: Bytes,
+    ) -> Result<(), SinkError> {
         let mut wait = RETRY_MIN;
         loop {
             // The upload itself is never cancelled half-way; only the wait between tries is.
@@ -186,6 +211,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Equal jitter: a wait in `[wait/2, wait]`, so retrying sinks spread out.
 fn jitter(wait: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     wait / 2 + wait.mul_f64((nanos % 1000) as f64 / 2000.0)
 }
+
+#[cfg(test)]
+mod tests;

@@ -86,29 +86,46 @@ pub enum Storage {
 impl Storage {
     /// Builds the storage for `location`; S3 settings come from the AWS
     /// environment variables, overridden by `options` (validated keys).
-    pub fn new(location: &Location, options: &BTreeMap<String, String>) -> Result<Self, StorageError> {
+    pub fn new(
+        location: &Location,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self, StorageError> {
         match location {
             Location::Local(dir) => Ok(Storage::Local(dir.clone())),
             Location::S3 { bucket, prefix } => {
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 for (key, value) in options {
                     let env = |var: &str| {
-                        std::env::var(var).map_err(|_| StorageError::MissingEnv { key: key.clone(), var: var.to_string() })
+                        std::env::var(var).map_err(|_| StorageError::MissingEnv {
+                            key: key.clone(),
+                            var: var.to_string(),
+                        })
                     };
                     builder = match key.as_str() {
                         "endpoint" => builder.with_endpoint(value),
                         "region" => builder.with_region(value),
                         "allow_http" => builder.with_allow_http(value == "true"),
-                        "virtual_hosted_style_request" => builder.with_virtual_hosted_style_request(value == "true"),
+                        "virtual_hosted_style_request" => {
+                            builder.with_virtual_hosted_style_request(value == "true")
+                        }
                         "access_key_id_env" => builder.with_access_key_id(env(value)?),
                         "secret_access_key_env" => builder.with_secret_access_key(env(value)?),
                         "session_token_env" => builder.with_token(env(value)?),
-                        other => unreachable!("validation admits only known storage keys, got {other}"),
+                        other => {
+                            unreachable!("validation admits only known storage keys, got {other}")
+                        }
                     };
                 }
                 let display = location.to_string();
-                let store = builder.build().map_err(|source| StorageError::Build { location: display.clone(), source })?;
-                Ok(Storage::Object { store: Arc::new(store), prefix: ObjectPath::from(prefix.as_str()), display })
+                let store = builder.build().map_err(|source| StorageError::Build {
+                    location: display.clone(),
+                    source,
+                })?;
+                Ok(Storage::Object {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::from(prefix.as_str()),
+                    display,
+                })
             }
         }
     }
@@ -126,13 +143,20 @@ impl Storage {
                     .and_then(|r| r)
                     .map_err(|source| StorageError::Local { path, source })
             }
-            Storage::Object { store, prefix, display } => {
+            Storage::Object {
+                store,
+                prefix,
+                display,
+            } => {
                 let path = ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'));
                 store
                     .put(&path, PutPayload::from(bytes))
                     .await
                     .map(|_| ())
-                    .map_err(|source| StorageError::Put { path: format!("{display}/{relative}"), source })
+                    .map_err(|source| StorageError::Put {
+                        path: format!("{display}/{relative}"),
+                        source,
+                    })
             }
         }
     }
@@ -153,7 +177,10 @@ impl std::fmt::Display for Storage {
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("object paths have a parent directory");
     fs::create_dir_all(dir)?;
-    let name = path.file_name().expect("object paths name a file").to_string_lossy();
+    let name = path
+        .file_name()
+        .expect("object paths name a file")
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
@@ -173,10 +200,20 @@ mod tests {
     #[tokio::test]
     async fn local_put_creates_directories_and_replaces_whole_files() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::new(&Location::Local(dir.path().join("t")), &BTreeMap::new()).unwrap();
-        storage.put("a=1/part.parquet", Bytes::from_static(b"first")).await.unwrap();
-        storage.put("a=1/part.parquet", Bytes::from_static(b"second")).await.unwrap();
-        assert_eq!(fs::read(dir.path().join("t/a=1/part.parquet")).unwrap(), b"second");
+        let storage =
+            Storage::new(&Location::Local(dir.path().join("t")), &BTreeMap::new()).unwrap();
+        storage
+            .put("a=1/part.parquet", Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        storage
+            .put("a=1/part.parquet", Bytes::from_static(b"second"))
+            .await
+            .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("t/a=1/part.parquet")).unwrap(),
+            b"second"
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("t/a=1")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file remains");
     }

@@ -11,7 +11,13 @@ use crate::support::*;
 async fn answer(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    (status, body["error"].as_str().expect("an error message").to_string())
+    (
+        status,
+        body["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,33 +28,85 @@ async fn each_bad_request_gets_its_status_and_message() {
     let client = reqwest::Client::new();
     let hook = project.url("/hooks/shopify/customers");
 
-    let (status, message) = answer(client.post(&hook).body("{\"customers\": ").send().await.unwrap()).await;
+    let (status, message) = answer(
+        client
+            .post(&hook)
+            .body("{\"customers\": ")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(message.contains("not valid JSON") && message.contains("line 1"), "{message}");
+    assert!(
+        message.contains("not valid JSON") && message.contains("line 1"),
+        "{message}"
+    );
 
     let (status, message) = answer(client.post(&hook).body("   ").send().await.unwrap()).await;
-    assert_eq!((status, message.contains("empty")), (400, true), "{message}");
+    assert_eq!(
+        (status, message.contains("empty")),
+        (400, true),
+        "{message}"
+    );
 
     let ndjson = "{\"customers\": {\"id\": 1}}\nnot json\n";
-    let (status, message) =
-        answer(client.post(&hook).header("content-type", "application/x-ndjson").body(ndjson).send().await.unwrap()).await;
-    assert_eq!((status, message.contains("line 2")), (400, true), "{message}");
+    let (status, message) = answer(
+        client
+            .post(&hook)
+            .header("content-type", "application/x-ndjson")
+            .body(ndjson)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, message.contains("line 2")),
+        (400, true),
+        "{message}"
+    );
 
-    let (status, _) = answer(client.post(&hook).body(vec![b'"', 0xff, 0xfe, b'"']).send().await.unwrap()).await;
+    let (status, _) = answer(
+        client
+            .post(&hook)
+            .body(vec![b'"', 0xff, 0xfe, b'"'])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 400, "invalid UTF-8");
 
-    let (status, message) = answer(client.post(project.url("/hooks/nope")).body("{}").send().await.unwrap()).await;
+    let (status, message) = answer(
+        client
+            .post(project.url("/hooks/nope"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
-    assert!(message.contains("/hooks/nope") && message.contains("source.path"), "{message}");
+    assert!(
+        message.contains("/hooks/nope") && message.contains("source.path"),
+        "{message}"
+    );
 
     let response = client.get(&hook).send().await.unwrap();
     assert_eq!(response.headers()["allow"], "POST");
     assert_eq!(answer(response).await.0, 405);
 
-    let big = format!("{{\"customers\": {{\"id\": 1, \"note\": \"{}\"}}}}", "x".repeat(2000));
+    let big = format!(
+        "{{\"customers\": {{\"id\": 1, \"note\": \"{}\"}}}}",
+        "x".repeat(2000)
+    );
     let (status, message) = answer(client.post(&hook).body(big).send().await.unwrap()).await;
     assert_eq!(status, 413);
-    assert!(message.contains("1KiB") && message.contains("max_body"), "{message}");
+    assert!(
+        message.contains("1KiB") && message.contains("max_body"),
+        "{message}"
+    );
 
     // A wrong type is accepted (it is valid JSON) and ends in the dead letters;
     // the good event beside it in the same request still lands.
@@ -63,23 +121,57 @@ async fn each_bad_request_gets_its_status_and_message() {
 
     let dead_dir = project.path().join("lake/_dead_letters/shopify_customers");
     let mut waited = 0;
-    while read_parquet(&dead_dir).is_empty() || !id_counts(&project.table_dir()).contains_key(&ids[1]) {
+    while read_parquet(&dead_dir).is_empty()
+        || !id_counts(&project.table_dir()).contains_key(&ids[1])
+    {
         waited += 1;
-        assert!(waited < 1500, "no dead letter or row; log:\n{}", project.log());
+        assert!(
+            waited < 1500,
+            "no dead letter or row; log:\n{}",
+            project.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dead = read_parquet(&dead_dir);
     assert_eq!(dead.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
-    let row = |name: &str| dead[0].column_by_name(name).unwrap().as_string::<i32>().value(0).to_string();
+    let row = |name: &str| {
+        dead[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string()
+    };
     assert_eq!(row("_event_id"), ids[0]);
-    assert!(row("reason").contains("'id'") && row("reason").contains("seven"), "{}", row("reason"));
+    assert!(
+        row("reason").contains("'id'") && row("reason").contains("seven"),
+        "{}",
+        row("reason")
+    );
     assert_eq!(row("raw"), r#"{"customers":{"id":"seven"}}"#);
     assert_eq!(row("pipeline"), "shopify_customers");
     assert!(!id_counts(&project.table_dir()).contains_key(&ids[0]));
 
     // Still up and accepting.
-    assert_eq!(client.get(project.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client.post(&hook).json(&shopify_customer(9)).send().await.unwrap().status(), 202);
+    assert_eq!(
+        client
+            .get(project.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .post(&hook)
+            .json(&shopify_customer(9))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
     assert!(server.terminate().success());
 }
 
@@ -110,7 +202,12 @@ uri = "blocked/table"
     let batch: Vec<_> = (0..20).map(shopify_customer).collect();
     let mut accepted = 0;
     let response = loop {
-        let response = client.post(project.url("/hooks/stuck")).json(&batch).send().await.unwrap();
+        let response = client
+            .post(project.url("/hooks/stuck"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
         if response.status() != 202 {
             break response;
         }
@@ -121,13 +218,28 @@ uri = "blocked/table"
     assert_eq!(response.headers()["retry-after"], "1");
     let (status, message) = answer(response).await;
     assert_eq!(status, 503);
-    assert!(message.contains("buffer") && message.contains("64KiB") && message.contains("retry"), "{message}");
+    assert!(
+        message.contains("buffer") && message.contains("64KiB") && message.contains("retry"),
+        "{message}"
+    );
     let mut waited = 0;
     while !project.log().contains("Upload failed; retrying") {
         waited += 1;
-        assert!(waited < 1500, "the sink never reported its failure; log:\n{}", project.log());
+        assert!(
+            waited < 1500,
+            "the sink never reported its failure; log:\n{}",
+            project.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(client.get(project.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(project.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     server.kill9();
 }

@@ -12,7 +12,16 @@ fn every_shipped_pipeline_passes_check() {
         config: Some(root.join("tributary.toml")),
         pipelines: None,
     })
-    .unwrap_or_else(|errors| panic!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    .unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
     let shipped = std::fs::read_dir(root.join("pipelines")).unwrap().count();
     assert_eq!(config.pipelines.len(), shipped);
 
@@ -21,14 +30,21 @@ fn every_shipped_pipeline_passes_check() {
         .current_dir(root)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
 }
 
 #[test]
 fn broken_configs_report_every_error_with_file_key_and_fix() {
     let project = Project::new();
-    project.write("tributary.toml", "listen = \"localhost\"\nlake = \"s4://bucket\"\n");
+    project.write(
+        "tributary.toml",
+        "listen = \"localhost\"\nlake = \"s4://bucket\"\n",
+    );
     project.write(
         "pipelines/a_typo.toml",
         "name = \"typo\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/a\"\n[batch]\nmaxevents = 5\n",
@@ -50,7 +66,10 @@ partition_by = ["nope"]
 type = "delta"
 "#,
     );
-    project.write("schemas/broken.json", r#"{"type": "object", "properties": {"a": {"type": "strin"}}}"#);
+    project.write(
+        "schemas/broken.json",
+        r#"{"type": "object", "properties": {"a": {"type": "strin"}}}"#,
+    );
     let out = project.command(&["check"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -77,8 +96,14 @@ fn cross_file_and_sink_errors() {
     let pipeline = |name: &str, path: &str, sink: &str| {
         format!("name = \"{name}\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"{path}\"\n{sink}")
     };
-    project.write("pipelines/one.toml", &pipeline("one", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"));
-    project.write("pipelines/two.toml", &pipeline("two", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"));
+    project.write(
+        "pipelines/one.toml",
+        &pipeline("one", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"),
+    );
+    project.write(
+        "pipelines/two.toml",
+        &pipeline("two", "/hooks/same", "[[sink]]\ntype = \"parquet\"\n"),
+    );
     project.write(
         "pipelines/three.toml",
         &pipeline(
@@ -104,12 +129,21 @@ fn cross_file_and_sink_errors() {
 
 #[test]
 fn help_describes_every_command() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary")).arg("--help").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for word in ["run", "check", "Stream webhooks"] {
         assert!(help.contains(word), "{help}");
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary")).args(["run", "--help"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--config") && help.contains("--pipelines"), "{help}");
+    assert!(
+        help.contains("--config") && help.contains("--pipelines"),
+        "{help}"
+    );
 }

@@ -19,7 +19,10 @@ async fn kill_9_loses_and_duplicates_nothing() {
     // Small, frequent flushes so kills land during encoding, upload and commit too.
     project.shopify_pipeline("max_events = 200\nmax_age = \"50ms\"", "");
     let url = project.url("/hooks/shopify/customers");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut acked: HashSet<String> = HashSet::new();
     let mut refused = 0usize;
 
@@ -60,7 +63,11 @@ async fn kill_9_loses_and_duplicates_nothing() {
             refused += failed;
         }
     }
-    assert!(acked.len() > 1000, "the clients got {} acknowledgements; too few to mean anything", acked.len());
+    assert!(
+        acked.len() > 1000,
+        "the clients got {} acknowledgements; too few to mean anything",
+        acked.len()
+    );
 
     // A last clean run flushes everything the log holds.
     let server = project.start().await;
@@ -69,14 +76,34 @@ async fn kill_9_loses_and_duplicates_nothing() {
 
     let counts = id_counts(&project.table_dir());
     let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(twice.is_empty(), "{} ids appear more than once, e.g. {:?}", twice.len(), twice.first());
-    let missing: Vec<_> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged ids are missing, e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        twice.is_empty(),
+        "{} ids appear more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged ids are missing, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     let duck = duckdb_id_counts(&project.table_dir());
     assert_eq!(duck.len(), counts.len(), "DuckDB sees the same rows");
     assert!(duck.values().all(|&n| n == 1));
-    eprintln!("{CYCLES} kill -9 cycles: {} acknowledged, {} rows, {refused} requests cut by kills", acked.len(), counts.len());
-    let replays = project.log().matches("Replaying the flush a crash interrupted").count();
+    eprintln!(
+        "{CYCLES} kill -9 cycles: {} acknowledged, {} rows, {refused} requests cut by kills",
+        acked.len(),
+        counts.len()
+    );
+    let replays = project
+        .log()
+        .matches("Replaying the flush a crash interrupted")
+        .count();
     let truncations = project.log().matches("Truncating a torn log tail").count();
     eprintln!("pending-flush replays: {replays}, torn tails truncated: {truncations}");
 }

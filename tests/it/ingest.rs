@@ -25,10 +25,19 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
             for r in 0..40u64 {
                 let base = (c * 1000 + r) * 100;
                 let request = match r % 3 {
-                    0 => client.post(&url).json(&(0..10).map(|i| shopify_customer(base + i)).collect::<Vec<_>>()),
+                    0 => client.post(&url).json(
+                        &(0..10)
+                            .map(|i| shopify_customer(base + i))
+                            .collect::<Vec<_>>(),
+                    ),
                     1 => {
-                        let body: String = (0..10).map(|i| shopify_customer(base + i).to_string() + "\n").collect();
-                        client.post(&url).header("content-type", "application/x-ndjson").body(body)
+                        let body: String = (0..10)
+                            .map(|i| shopify_customer(base + i).to_string() + "\n")
+                            .collect();
+                        client
+                            .post(&url)
+                            .header("content-type", "application/x-ndjson")
+                            .body(body)
                     }
                     _ => client.post(&url).json(&shopify_customer(base)),
                 };
@@ -51,11 +60,18 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
     assert_eq!(acked.len(), 8 * (14 * 10 + 13 * 10 + 13));
 
     // SIGTERM flushes what is buffered and exits 0.
-    assert!(server.terminate().success(), "exit status; log:\n{}", project.log());
+    assert!(
+        server.terminate().success(),
+        "exit status; log:\n{}",
+        project.log()
+    );
 
     let counts = id_counts(&project.table_dir());
     assert_eq!(counts.len(), expected.len(), "row count (parquet crate)");
-    assert!(counts.values().all(|&n| n == 1), "no id twice (parquet crate)");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no id twice (parquet crate)"
+    );
     assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), expected);
 
     let duck = duckdb_id_counts(&project.table_dir());
@@ -66,14 +82,30 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
     // The record columns hold the payloads' values.
     let mut customer_ids = HashSet::new();
     for batch in read_parquet(&project.table_dir()) {
-        customer_ids.extend(batch.column_by_name("id").unwrap().as_primitive::<Int64Type>().values().iter().copied());
+        customer_ids.extend(
+            batch
+                .column_by_name("id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .copied(),
+        );
     }
     assert!(customer_ids.contains(&((7 * 1000 + 39) * 100)));
     // Files sit in hive partitions of the arrival date.
     let files = parquet_files(&project.table_dir());
-    assert!(files.iter().all(|f| f.parent().unwrap().file_name().unwrap().to_string_lossy().starts_with("_received_date=")));
+    assert!(files.iter().all(|f| f
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("_received_date=")));
     // Every consumed segment but the active one is gone.
-    let segments = std::fs::read_dir(project.path().join("data/shopify_customers/log")).unwrap().count();
+    let segments = std::fs::read_dir(project.path().join("data/shopify_customers/log"))
+        .unwrap()
+        .count();
     assert_eq!(segments, 1);
 }
 
@@ -94,7 +126,11 @@ async fn an_idle_pipeline_flushes_at_max_age_without_more_input() {
     let mut waited = 0;
     while id_counts(&project.table_dir()).get(&id) != Some(&1) {
         waited += 1;
-        assert!(waited < 1500, "the event was never flushed; log:\n{}", project.log());
+        assert!(
+            waited < 1500,
+            "the event was never flushed; log:\n{}",
+            project.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     server.kill9();

@@ -15,7 +15,9 @@ pub enum BodyError {
     #[error("the request body is not valid JSON: {0}; send one JSON event, a JSON array of events, or NDJSON with Content-Type: application/x-ndjson")]
     Json(String),
     /// One NDJSON line is not JSON.
-    #[error("line {line} of the NDJSON body is not valid JSON: {message}; send one JSON value per line")]
+    #[error(
+        "line {line} of the NDJSON body is not valid JSON: {message}; send one JSON value per line"
+    )]
     Line {
         /// 1-based line number.
         line: usize,
@@ -36,9 +38,19 @@ pub enum Format {
 impl Format {
     /// NDJSON for `application/x-ndjson` (and its aliases), JSON otherwise.
     pub fn from_content_type(content_type: Option<&str>) -> Self {
-        let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" | "application/jsonlines" => Format::Ndjson,
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+            | "application/jsonlines" => Format::Ndjson,
             _ => Format::Json,
         }
     }
@@ -46,7 +58,10 @@ impl Format {
 
 /// The events of `body`, each a zero-copy slice of it.
 pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
-    let first = body.iter().position(|b| !b.is_ascii_whitespace()).ok_or(BodyError::Empty)?;
+    let first = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .ok_or(BodyError::Empty)?;
     match format {
         Format::Ndjson => {
             let mut events = Vec::new();
@@ -55,18 +70,26 @@ pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
                 if trimmed.is_empty() {
                     continue;
                 }
-                let value: &RawValue = serde_json::from_slice(trimmed)
-                    .map_err(|e| BodyError::Line { line: i + 1, message: e.to_string() })?;
+                let value: &RawValue =
+                    serde_json::from_slice(trimmed).map_err(|e| BodyError::Line {
+                        line: i + 1,
+                        message: e.to_string(),
+                    })?;
                 events.push(body.slice_ref(value.get().as_bytes()));
             }
             Ok(events)
         }
         Format::Json if body[first] == b'[' => {
-            let values: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
-            Ok(values.into_iter().map(|v| body.slice_ref(v.get().as_bytes())).collect())
+            let values: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+            Ok(values
+                .into_iter()
+                .map(|v| body.slice_ref(v.get().as_bytes()))
+                .collect())
         }
         Format::Json => {
-            let value: &RawValue = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+            let value: &RawValue =
+                serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
             Ok(vec![body.slice_ref(value.get().as_bytes())])
         }
     }
@@ -77,7 +100,10 @@ mod tests {
     use super::*;
 
     fn texts(events: Vec<Bytes>) -> Vec<String> {
-        events.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect()
+        events
+            .into_iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -85,15 +111,26 @@ mod tests {
         let one = Bytes::from_static(b" {\"a\": 1} \n");
         assert_eq!(texts(split(&one, Format::Json).unwrap()), ["{\"a\": 1}"]);
         let array = Bytes::from_static(b"[{\"a\":1}, {\"b\": [2]} ]");
-        assert_eq!(texts(split(&array, Format::Json).unwrap()), ["{\"a\":1}", "{\"b\": [2]}"]);
+        assert_eq!(
+            texts(split(&array, Format::Json).unwrap()),
+            ["{\"a\":1}", "{\"b\": [2]}"]
+        );
         let nd = Bytes::from_static(b"{\"a\":1}\r\n\n  {\"b\":2}\n");
-        assert_eq!(texts(split(&nd, Format::Ndjson).unwrap()), ["{\"a\":1}", "{\"b\":2}"]);
-        assert!(split(&Bytes::from_static(b"[]"), Format::Json).unwrap().is_empty());
+        assert_eq!(
+            texts(split(&nd, Format::Ndjson).unwrap()),
+            ["{\"a\":1}", "{\"b\":2}"]
+        );
+        assert!(split(&Bytes::from_static(b"[]"), Format::Json)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn refusals_say_where_and_what_to_send() {
-        assert_eq!(split(&Bytes::from_static(b"  "), Format::Json), Err(BodyError::Empty));
+        assert_eq!(
+            split(&Bytes::from_static(b"  "), Format::Json),
+            Err(BodyError::Empty)
+        );
         let e = split(&Bytes::from_static(b"{\"a\": }"), Format::Json).unwrap_err();
         assert!(e.to_string().contains("line 1 column 7"), "{e}");
         let e = split(&Bytes::from_static(b"{}\n{oops}\n"), Format::Ndjson).unwrap_err();
@@ -105,8 +142,14 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(Format::from_content_type(Some("application/x-ndjson; charset=utf-8")), Format::Ndjson);
-        assert_eq!(Format::from_content_type(Some("application/json")), Format::Json);
+        assert_eq!(
+            Format::from_content_type(Some("application/x-ndjson; charset=utf-8")),
+            Format::Ndjson
+        );
+        assert_eq!(
+            Format::from_content_type(Some("application/json")),
+            Format::Json
+        );
         assert_eq!(Format::from_content_type(None), Format::Json);
     }
 }

@@ -43,15 +43,26 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 fn retry_later(message: String) -> Response {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
     response
 }
 
 /// Handles one request to a webhook path.
 pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     if request.method() != Method::POST {
-        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not accepted here; send events with POST", request.method()));
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} is not accepted here; send events with POST",
+                request.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     let too_large = || {
@@ -76,19 +87,39 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             format_size(route.max_buffer)
         ));
     }
-    let format = Format::from_content_type(request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+    let format = Format::from_content_type(
+        request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let bytes = match axum::body::to_bytes(request.into_body(), route.max_body as usize).await {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
     };
     let payloads = match body::split(&bytes, format) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let received_at_us = now_us();
-    let events: Vec<Event> = payloads.into_iter().map(|payload| Event { id: Uuid::now_v7(), received_at_us, payload }).collect();
-    let ids: Vec<String> = events.iter().map(|e| e.id.hyphenated().to_string()).collect();
+    let events: Vec<Event> = payloads
+        .into_iter()
+        .map(|payload| Event {
+            id: Uuid::now_v7(),
+            received_at_us,
+            payload,
+        })
+        .collect();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e.id.hyphenated().to_string())
+        .collect();
     if !events.is_empty() {
         if let Err(e) = route.appender.append(events).await {
             warn!(pipeline = %route.pipeline, error = %format!("{:#}", anyhow::Error::from(e)), "Append failed; answering 503.");
@@ -96,7 +127,11 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         }
     }
     debug!(pipeline = %route.pipeline, events = ids.len(), "Accepted events.");
-    (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": ids.len(), "ids": ids })),
+    )
+        .into_response()
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {

@@ -27,10 +27,17 @@ impl Project {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("pipelines")).unwrap();
         fs::create_dir_all(dir.path().join("schemas")).unwrap();
-        fs::write(dir.path().join("schemas/shopify_customer.json"), SHOPIFY_SCHEMA).unwrap();
+        fs::write(
+            dir.path().join("schemas/shopify_customer.json"),
+            SHOPIFY_SCHEMA,
+        )
+        .unwrap();
         let port = free_port();
         let project = Self { dir, port };
-        project.write("tributary.toml", &format!("listen = \"127.0.0.1:{port}\"\n"));
+        project.write(
+            "tributary.toml",
+            &format!("listen = \"127.0.0.1:{port}\"\n"),
+        );
         project
     }
 
@@ -87,7 +94,11 @@ type = "parquet"
 
     /// Starts `tributary run` and waits until it answers `/healthz`.
     pub async fn start(&self) -> Server {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("run.log")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("run.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
             .arg("run")
             .current_dir(self.path())
@@ -106,7 +117,11 @@ type = "parquet"
                 }
             }
             // A hang guard, not a timing assertion: startup takes milliseconds.
-            assert!(started.elapsed() < Duration::from_secs(30), "tributary did not start; log:\n{}", self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tributary did not start; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -131,14 +146,20 @@ impl Server {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill -TERM");
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
         assert!(status.success());
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "tributary did not exit after SIGTERM");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "tributary did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -152,7 +173,11 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A Shopify-style `customers/create` payload.
@@ -171,14 +196,22 @@ pub fn shopify_customer(id: u64) -> serde_json::Value {
 
 /// The ids a 202 answer lists.
 pub fn accepted_ids(body: &serde_json::Value) -> Vec<String> {
-    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Every row of every Parquet file under `dir`, read by the `parquet` crate.
 pub fn read_parquet(dir: &Path) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
     for file in parquet_files(dir) {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&file).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for batch in reader {
             batches.push(batch.unwrap());
         }
@@ -188,7 +221,9 @@ pub fn read_parquet(dir: &Path) -> Vec<RecordBatch> {
 
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else { return out };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -205,7 +240,10 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 pub fn id_counts(dir: &Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for batch in read_parquet(dir) {
-        let ids = batch.column_by_name("_event_id").expect("_event_id column").as_string::<i32>();
+        let ids = batch
+            .column_by_name("_event_id")
+            .expect("_event_id column")
+            .as_string::<i32>();
         for id in ids.iter() {
             *counts.entry(id.unwrap().to_string()).or_default() += 1;
         }
@@ -224,7 +262,13 @@ print(json.dumps(dict(rows)))
     let out = Command::new(&python)
         .args(["-c", script, dir.to_str().unwrap()])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test installs DuckDB for Python"));
-    assert!(out.status.success(), "DuckDB read failed (scripts/test installs duckdb): {}", String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python}: {e}; scripts/test installs DuckDB for Python")
+        });
+    assert!(
+        out.status.success(),
+        "DuckDB read failed (scripts/test installs duckdb): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("DuckDB printed JSON")
 }

@@ -1,0 +1,81 @@
+//! JSON → Parquet (zstd) throughput of tributary's own encode path: NDJSON
+//! events → arrow-json with the declared schema + metadata columns → hive
+//! partitions → Parquet bytes, in batches of `max_events` (the default 10000),
+//! on 1 or more threads. `scripts/bench` compares it with DuckDB's COPY.
+//!
+//! Usage: `encode_bench EVENTS.ndjson SCHEMA.json THREADS OUT_DIR`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tributary::encode::Encoder;
+use tributary::event::Event;
+use tributary::sink::parquet;
+
+const BATCH: usize = 10_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, events_file, schema_file, threads, out_dir] = &args[..] else {
+        eprintln!("usage: encode_bench EVENTS.ndjson SCHEMA.json THREADS OUT_DIR");
+        std::process::exit(2);
+    };
+    let threads: usize = threads.parse().expect("THREADS is a number");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(schema_file).expect("read schema"))
+            .expect("schema JSON");
+    let schema = Arc::new(tributary::schema::from_json_schema(&doc).expect("valid schema"));
+    let encoder = Arc::new(Encoder::new(schema, "", "bench"));
+    let data = Bytes::from(std::fs::read(events_file).expect("read events"));
+    let events: Vec<Event> = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Event::new(data.slice_ref(l)))
+        .collect();
+    let chunks: Vec<Vec<Event>> = events.chunks(BATCH).map(|c| c.to_vec()).collect();
+    let props = parquet::writer_properties();
+    let partition_by = vec!["_received_date".to_string()];
+    std::fs::create_dir_all(out_dir).expect("out dir");
+
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (rows, bytes) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut rows, mut bytes) = (0usize, 0usize);
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else { break };
+                        let encoded = encoder.encode(chunk);
+                        assert!(
+                            encoded.dead.is_empty(),
+                            "dead letters: {:?}",
+                            encoded.dead.first().map(|d| &d.reason)
+                        );
+                        let first = (i * BATCH) as u64;
+                        let range = first..first + chunk.len() as u64;
+                        for (name, body) in
+                            parquet::files(&encoded.batch, &partition_by, &range, &props)
+                                .expect("parquet")
+                        {
+                            let path = std::path::Path::new(out_dir).join(name);
+                            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                            std::fs::write(path, &body).unwrap();
+                            bytes += body.len();
+                        }
+                        rows += encoded.batch.num_rows();
+                    }
+                    (rows, bytes)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}, \"rows_per_sec\": {:.0}, \"parquet_bytes\": {bytes}}}", rows as f64 / secs);
+}
