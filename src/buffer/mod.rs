@@ -29,6 +29,7 @@ pub mod segment;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,10 +141,14 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     if let Some(&last) = bases.last() {
         let path = segment::path(&log_dir, last);
         let scan = segment::scan(&path)?;
-        if let Some(why) = scan.torn {
+        if scan.file_len > scan.valid_len {
+            // Cut a torn record, and also preallocated zeros: bytes of an
+            // unfinished write may sit beyond the zeros, and must never be
+            // read as records once appends continue below them.
+            if let Some(why) = scan.torn {
+                warn!(segment = %path.display(), cut_bytes = scan.file_len - scan.valid_len, reason = why, "Truncating a torn log tail left by a crash.");
+            }
             let file = OpenOptions::new().write(true).open(&path)?;
-            let len = file.metadata()?.len();
-            warn!(segment = %path.display(), cut_bytes = len - scan.valid_len, reason = why, "Truncating a torn log tail left by a crash.");
             file.set_len(scan.valid_len)?;
             file.sync_all()?;
         }
@@ -170,8 +175,13 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         .sum();
     let active_base = *bases.last().expect("a segment exists");
     let file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(segment::path(&log_dir, active_base))?;
+    // A spare left by a crash may be incomplete; make a fresh one.
+    match fs::remove_file(log_dir.join(SPARE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let size = file.metadata()?.len();
     info!(log = %log_dir.display(), segments = bases.len(), end, "Opened log.");
 
@@ -183,7 +193,9 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     });
     let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
+    let spare = Some(prepare_spare(&shared.log_dir, options.segment_bytes)?);
     let writer = Writer {
+        spare,
         shared: shared.clone(),
         progress: progress_tx,
         file,
@@ -207,7 +219,7 @@ fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
     let path = segment::path(log_dir, base);
     let mut file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)?;
     file.write_all(&segment::MAGIC)?;
     file.sync_all()?;
@@ -235,6 +247,8 @@ impl Appender {
 /// The single writer: owns the active segment.
 struct Writer {
     shared: Arc<Shared>,
+    /// The next segment, being zero-filled by a helper thread.
+    spare: Option<std::thread::JoinHandle<io::Result<File>>>,
     progress: watch::Sender<Progress>,
     file: File,
     /// Bytes of the active segment known to be durable.
@@ -278,7 +292,7 @@ impl Writer {
             }
             match self
                 .file
-                .write_all(&buf)
+                .write_all_at(&buf, self.size)
                 .and_then(|()| self.file.sync_data())
             {
                 Ok(()) => {
@@ -314,8 +328,35 @@ impl Writer {
         self.progress.send_modify(|p| p.closed = true);
     }
 
+    /// Closes the active segment and starts the next one: the zero-filled
+    /// spare if it is ready (renamed into place), a plain new file otherwise.
     fn roll(&mut self) -> io::Result<()> {
-        self.file = create_segment(&self.shared.log_dir, self.next)?;
+        let log_dir = &self.shared.log_dir;
+        let ready = match self.spare.take() {
+            Some(spare) if spare.is_finished() => match spare.join() {
+                Ok(Ok(file)) => Some(file),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Could not preallocate a log segment; writing without.");
+                    None
+                }
+                Err(_) => None,
+            },
+            preparing => {
+                self.spare = preparing;
+                None
+            }
+        };
+        self.file = match ready {
+            Some(file) => {
+                fs::rename(log_dir.join(SPARE), segment::path(log_dir, self.next))?;
+                sync_dir(log_dir)?;
+                file
+            }
+            None => create_segment(log_dir, self.next)?,
+        };
+        if self.spare.is_none() {
+            self.spare = Some(prepare_spare(log_dir, self.segment_bytes)?);
+        }
         self.size = segment::HEADER_LEN;
         self.shared
             .disk_bytes
@@ -327,6 +368,39 @@ impl Writer {
             .push(self.next);
         Ok(())
     }
+}
+
+/// File name of the preallocated next segment while it is being prepared.
+const SPARE: &str = "next-segment.spare";
+
+/// Starts zero-filling the next segment in a helper thread: a segment whose
+/// size never changes lets `fdatasync` skip the journal commit an appending
+/// write needs (measured here: 150 µs instead of 270 µs per sync, and less CPU).
+fn prepare_spare(
+    log_dir: &Path,
+    size: u64,
+) -> io::Result<std::thread::JoinHandle<io::Result<File>>> {
+    let path = log_dir.join(SPARE);
+    std::thread::Builder::new()
+        .name("tributary-log-spare".into())
+        .spawn(move || {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            file.write_all(&segment::MAGIC)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = size.saturating_sub(segment::HEADER_LEN);
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            file.sync_all()?;
+            Ok(file)
+        })
 }
 
 impl Log {

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! The CRC covers the body. A record whose header or body is cut short, or
-//! whose CRC does not match, ends the valid part of the segment.
+//! whose CRC does not match, ends the valid part of the segment. Segments are
+//! preallocated with zeros (so an fsync after an append need not journal a
+//! new file size); an all-zero record header marks the end of the data, since
+//! a real record is never shorter than its fixed part.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -120,6 +123,9 @@ fn read_record(r: &mut impl Read) -> io::Result<Next> {
             Err(e) => return Err(e),
         }
     }
+    if header == [0; RECORD_HEADER_LEN] {
+        return Ok(Next::End);
+    }
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
     if len < BODY_FIXED_LEN as u32 || len > MAX_BODY_LEN {
@@ -145,8 +151,10 @@ pub struct Scan {
     pub valid_len: u64,
     /// Valid records.
     pub records: u64,
-    /// Why the scan stopped before the end of the file, if it did.
+    /// Why the scan stopped at a damaged record, if it did.
     pub torn: Option<&'static str>,
+    /// Length of the file, preallocated space included.
+    pub file_len: u64,
 }
 
 /// Scans a whole segment file, validating every record.
@@ -168,6 +176,7 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
         valid_len: HEADER_LEN,
         records: 0,
         torn: None,
+        file_len,
     };
     loop {
         match read_record(&mut r)? {
@@ -182,7 +191,6 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
             }
         }
     }
-    debug_assert!(scan.valid_len <= file_len);
     Ok(scan)
 }
 
@@ -192,6 +200,10 @@ pub struct SegmentReader {
     pub base: u64,
     /// Offset of the next record this reader returns.
     pub next: u64,
+    /// Byte position of that record in the file.
+    pos: u64,
+    /// Read-ahead may run into preallocated zeros that a later append
+    /// overwrites; [`SegmentReader::read`] drops such stale bytes.
     file: BufReader<File>,
 }
 
@@ -203,6 +215,7 @@ impl SegmentReader {
         let mut reader = Self {
             base,
             next: base,
+            pos: HEADER_LEN,
             file,
         };
         while reader.next < at {
@@ -217,14 +230,23 @@ impl SegmentReader {
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         self.file.seek_relative(len as i64)?;
         self.next += 1;
+        self.pos += RECORD_HEADER_LEN as u64 + len as u64;
         Ok(())
     }
 
     /// Reads the next record; the caller guarantees it is durable (below the log's end).
     pub fn read(&mut self) -> io::Result<Event> {
-        match read_record(&mut self.file)? {
-            Next::Record(event, _) => {
+        let mut found = read_record(&mut self.file)?;
+        if !matches!(found, Next::Record(..)) {
+            // The read-ahead buffer may hold zeros (or half a record) from
+            // before the append; seeking discards it, so read again from disk.
+            self.file.seek(SeekFrom::Start(self.pos))?;
+            found = read_record(&mut self.file)?;
+        }
+        match found {
+            Next::Record(event, n) => {
                 self.next += 1;
+                self.pos += n;
                 Ok(event)
             }
             Next::End => Err(io::Error::new(
@@ -306,6 +328,39 @@ mod tests {
         garbage.extend_from_slice(&[0xff; 12]);
         File::create(&p).unwrap().write_all(&garbage).unwrap();
         assert_eq!(scan(&p).unwrap().torn, Some("record length out of range"));
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_preallocated_space_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), 0);
+        let mut bytes = write_segment(&p, &[event(1), event(2)]);
+        let valid = bytes.len() as u64;
+        bytes.resize(4096, 0);
+        File::create(&p).unwrap().write_all(&bytes).unwrap();
+        let s = scan(&p).unwrap();
+        assert_eq!(
+            (s.records, s.valid_len, s.torn, s.file_len),
+            (2, valid, None, 4096)
+        );
+    }
+
+    #[test]
+    fn a_reader_never_serves_stale_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), 0);
+        let mut bytes = write_segment(&p, &[event(1)]);
+        let valid = bytes.len();
+        bytes.resize(1 << 16, 0);
+        File::create(&p).unwrap().write_all(&bytes).unwrap();
+        let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
+        assert_eq!(r.read().unwrap(), event(1));
+        // The reader buffered zeros past the first record; now an append lands there.
+        let mut more = Vec::new();
+        encode(&event(2), &mut more);
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &more, valid as u64).unwrap();
+        assert_eq!(r.read().unwrap(), event(2));
     }
 
     #[test]

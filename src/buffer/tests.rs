@@ -133,3 +133,38 @@ async fn reader_sees_close_after_the_last_appender_drops() {
     drop(appender);
     assert!(!reader.wait().await);
 }
+
+#[tokio::test]
+async fn rolled_segments_are_preallocated_and_reopen_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let mut appended = Vec::new();
+    {
+        let (appender, log) = open(options(dir.path(), 4096)).unwrap();
+        // Wait for the helper to finish the spare, then fill the first segment.
+        while !log_dir.join(SPARE).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while log.shared.segments.lock().unwrap().len() < 2 {
+            let batch = events(10, "a");
+            appender.append(batch.clone()).await.unwrap();
+            appended.extend(batch);
+        }
+        let active = *log.shared.segments.lock().unwrap().last().unwrap();
+        let len = std::fs::metadata(segment::path(&log_dir, active))
+            .unwrap()
+            .len();
+        assert_eq!(len, 4096, "the new segment is the zero-filled spare");
+        assert!(
+            log.disk_bytes() < 2 * 4096 + 1024,
+            "disk_bytes counts data, not preallocation"
+        );
+    }
+    let (appender, log) = open(options(dir.path(), 4096)).unwrap();
+    assert_eq!(log.end(), appended.len() as u64);
+    let more = events(3, "b");
+    appender.append(more.clone()).await.unwrap();
+    appended.extend(more);
+    assert_eq!(read_all(&log, 0).await, appended);
+}
