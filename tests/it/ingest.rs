@@ -105,7 +105,13 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
     // Every consumed segment but the active one is gone.
     let segments = std::fs::read_dir(project.path().join("data/shopify_customers/log"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
         .count();
     assert_eq!(segments, 1);
 }

@@ -11,3 +11,5 @@ mod ingest;
 mod crash;
 // Each bad request gets its status and a message; bad values become dead letters.
 mod bad_input;
+// The Parquet sink on a real S3 server (moto) on loopback.
+mod s3;

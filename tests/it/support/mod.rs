@@ -94,6 +94,11 @@ type = "parquet"
 
     /// Starts `tributary run` and waits until it answers `/healthz`.
     pub async fn start(&self) -> Server {
+        self.start_with_env(&[]).await
+    }
+
+    /// Like [`Project::start`], with extra environment variables.
+    pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -103,6 +108,7 @@ type = "parquet"
             .arg("run")
             .current_dir(self.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -271,4 +277,52 @@ print(json.dumps(dict(rows)))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("DuckDB printed JSON")
+}
+
+/// A moto S3 server on a free loopback port (scripts/test installs moto).
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (scripts/test installs it: pip install 'moto[server]')");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while reqwest::get(&moto.endpoint).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        moto
+    }
+
+    /// Creates a bucket.
+    pub async fn bucket(&self, name: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
