@@ -45,7 +45,7 @@ pub enum RunError {
         sink: String,
         /// What went wrong.
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
@@ -91,10 +91,10 @@ pub fn build(
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let mut runners = Vec::new();
     for sink in &spec.sinks {
-        let storage_error = |source| RunError::Storage {
+        let storage_error = |source: StorageError| RunError::Storage {
             pipeline: spec.name.clone(),
             sink: sink.name().to_string(),
-            source,
+            source: Box::new(source),
         };
         let dead_letters =
             Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;

@@ -88,7 +88,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
     let raw_global = match &config_file {
         None => RawGlobal::default(),
         Some(file) => match std::fs::read_to_string(file) {
-            Ok(text) => validate::parse_toml(file, &text).unwrap_or_else(|e| {
+            Ok(text) => raw::parse_toml(file, &text).unwrap_or_else(|e| {
                 errors.push(e);
                 RawGlobal::default()
             }),
@@ -150,7 +150,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                     "check the file's permissions",
                 )
             })
-            .and_then(|text| validate::parse_toml::<RawPipeline>(&file, &text));
+            .and_then(|text| raw::parse_toml::<RawPipeline>(&file, &text));
         match parsed {
             Ok(raw) => raws.push((file, raw)),
             Err(e) => errors.push(e),

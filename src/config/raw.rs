@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
 use serde::Deserialize;
+
+use super::ConfigError;
 
 /// `tributary.toml`: global settings, every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -117,4 +121,29 @@ pub enum RawSize {
     Bytes(u64),
     /// A number and a unit.
     Text(String),
+}
+
+/// Parses one TOML file into its raw mirror; a serde error becomes a
+/// `ConfigError` at `line L, column C` with a fix.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|err| {
+        let at = err.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        });
+        let message = err.message().trim().to_string();
+        let fix = if message.contains("unknown field") {
+            "remove the key or correct its spelling"
+        } else if message.contains("unknown variant") {
+            "set type to one of the values listed"
+        } else {
+            "see README.md for the keys and their forms"
+        };
+        ConfigError::new(file, at.unwrap_or_default(), message, fix)
+    })
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arrow_schema::SchemaRef;
 
@@ -144,5 +144,77 @@ impl std::fmt::Display for Location {
             Location::Local(p) => write!(f, "{}", p.display()),
             Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
+    }
+}
+
+impl Location {
+    /// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
+    /// (relative to `root`). Errors carry (problem, fix).
+    pub fn parse(text: &str, root: &Path) -> Result<Location, (String, String)> {
+        if let Some((scheme, rest)) = text.split_once("://") {
+            return match scheme {
+                "s3" | "s3a" => {
+                    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                    if bucket.is_empty() {
+                        return Err((
+                            format!("\"{text}\" names no bucket"),
+                            "write s3://bucket/prefix".into(),
+                        ));
+                    }
+                    Ok(Location::S3 {
+                        bucket: bucket.to_string(),
+                        prefix: prefix.trim_matches('/').to_string(),
+                    })
+                }
+                "file" => {
+                    if !rest.starts_with('/') {
+                        return Err((
+                            format!("\"{text}\" is not an absolute file URL"),
+                            "write file:///absolute/path or a plain path".into(),
+                        ));
+                    }
+                    Ok(Location::Local(PathBuf::from(rest)))
+                }
+                other => Err((
+                    format!("unknown scheme \"{other}\""),
+                    "expected s3://, file:// or a path".into(),
+                )),
+            };
+        }
+        if text.is_empty() {
+            return Err((
+                "is empty".into(),
+                "write a path, file:// or s3:// location".into(),
+            ));
+        }
+        Ok(Location::Local(root.join(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let root = Path::new("/srv/t");
+        assert_eq!(
+            Location::parse("lake", root).unwrap(),
+            Location::Local("/srv/t/lake".into())
+        );
+        assert_eq!(
+            Location::parse("file:///x/y", root).unwrap(),
+            Location::Local("/x/y".into())
+        );
+        assert_eq!(
+            Location::parse("s3://b/p/q/", root).unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        let (problem, fix) = Location::parse("s4://b", root).unwrap_err();
+        assert_eq!(problem, "unknown scheme \"s4\"");
+        assert!(fix.contains("s3://"));
     }
 }

@@ -82,7 +82,7 @@ pub fn global(
         default_listen
     });
     let data_dir = root.join(raw.data_dir.as_deref().unwrap_or("data"));
-    let lake = parse_location(raw.lake.as_deref().unwrap_or("lake"), root).unwrap_or_else(
+    let lake = Location::parse(raw.lake.as_deref().unwrap_or("lake"), root).unwrap_or_else(
         |(problem, fix)| {
             e.push("lake", problem, fix);
             Location::Local(root.join("lake"))
@@ -463,7 +463,7 @@ fn parquet_sink(
     }
     let location = match raw.uri.as_deref() {
         None => Some(global.lake.join(pipeline)),
-        Some(uri) => match parse_location(uri, root) {
+        Some(uri) => match Location::parse(uri, root) {
             Ok(l) => Some(l),
             Err((problem, fix)) => {
                 e.push(format!("{key}.uri"), problem, fix);
@@ -550,98 +550,9 @@ fn partitionable(t: &DataType) -> bool {
     )
 }
 
-/// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
-/// (relative to `root`). Errors carry (problem, fix).
-pub fn parse_location(text: &str, root: &Path) -> Result<Location, (String, String)> {
-    if let Some((scheme, rest)) = text.split_once("://") {
-        return match scheme {
-            "s3" | "s3a" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err((
-                        format!("\"{text}\" names no bucket"),
-                        "write s3://bucket/prefix".into(),
-                    ));
-                }
-                Ok(Location::S3 {
-                    bucket: bucket.to_string(),
-                    prefix: prefix.trim_matches('/').to_string(),
-                })
-            }
-            "file" => {
-                if !rest.starts_with('/') {
-                    return Err((
-                        format!("\"{text}\" is not an absolute file URL"),
-                        "write file:///absolute/path or a plain path".into(),
-                    ));
-                }
-                Ok(Location::Local(PathBuf::from(rest)))
-            }
-            other => Err((
-                format!("unknown scheme \"{other}\""),
-                "expected s3://, file:// or a path".into(),
-            )),
-        };
-    }
-    if text.is_empty() {
-        return Err((
-            "is empty".into(),
-            "write a path, file:// or s3:// location".into(),
-        ));
-    }
-    Ok(Location::Local(root.join(text)))
-}
-
-/// Parses one TOML file into its raw mirror.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(
-    file: &Path,
-    text: &str,
-) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|err| {
-        let at = err.span().map(|span| {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}")
-        });
-        let message = err.message().trim().to_string();
-        let fix = if message.contains("unknown field") {
-            "remove the key or correct its spelling"
-        } else if message.contains("unknown variant") {
-            "set type to one of the values listed"
-        } else {
-            "see README.md for the keys and their forms"
-        };
-        ConfigError::new(file, at.unwrap_or_default(), message, fix)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locations() {
-        let root = Path::new("/srv/t");
-        assert_eq!(
-            parse_location("lake", root).unwrap(),
-            Location::Local("/srv/t/lake".into())
-        );
-        assert_eq!(
-            parse_location("file:///x/y", root).unwrap(),
-            Location::Local("/x/y".into())
-        );
-        assert_eq!(
-            parse_location("s3://b/p/q/", root).unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
-            }
-        );
-        let (problem, fix) = parse_location("s4://b", root).unwrap_err();
-        assert_eq!(problem, "unknown scheme \"s4\"");
-        assert!(fix.contains("s3://"));
-    }
 
     #[test]
     fn names() {

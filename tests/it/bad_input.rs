@@ -2,8 +2,6 @@
 //! value of the wrong type ends in the dead letters with its reason; the server
 //! stays up throughout.
 
-use std::time::Duration;
-
 use arrow_array::cast::AsArray;
 
 use crate::support::*;
@@ -120,18 +118,10 @@ async fn each_bad_request_gets_its_status_and_message() {
     let ids = accepted_ids(&response.json().await.unwrap());
 
     let dead_dir = project.path().join("lake/_dead_letters/shopify_customers");
-    let mut waited = 0;
-    while read_parquet(&dead_dir).is_empty()
-        || !id_counts(&project.table_dir()).contains_key(&ids[1])
-    {
-        waited += 1;
-        assert!(
-            waited < 1500,
-            "no dead letter or row; log:\n{}",
-            project.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&project, "the dead letter and the good row", || {
+        !read_parquet(&dead_dir).is_empty() && id_counts(&project.table_dir()).contains_key(&ids[1])
+    })
+    .await;
     let dead = read_parquet(&dead_dir);
     assert_eq!(dead.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     let row = |name: &str| {
@@ -222,16 +212,10 @@ uri = "blocked/table"
         message.contains("buffer") && message.contains("64KiB") && message.contains("retry"),
         "{message}"
     );
-    let mut waited = 0;
-    while !project.log().contains("Upload failed; retrying") {
-        waited += 1;
-        assert!(
-            waited < 1500,
-            "the sink never reported its failure; log:\n{}",
-            project.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&project, "the sink reporting its failure", || {
+        project.log().contains("Upload failed; retrying")
+    })
+    .await;
     assert_eq!(
         client
             .get(project.url("/healthz"))

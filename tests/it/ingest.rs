@@ -130,15 +130,9 @@ async fn an_idle_pipeline_flushes_at_max_age_without_more_input() {
     assert_eq!(response.status(), 202);
     let id = accepted_ids(&response.json().await.unwrap()).pop().unwrap();
     // No further input: the batch must still be written once it is max_age old.
-    let mut waited = 0;
-    while id_counts(&project.table_dir()).get(&id) != Some(&1) {
-        waited += 1;
-        assert!(
-            waited < 1500,
-            "the event was never flushed; log:\n{}",
-            project.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(&project, "the idle batch's flush", || {
+        id_counts(&project.table_dir()).get(&id) == Some(&1)
+    })
+    .await;
     server.kill9();
 }

@@ -178,6 +178,20 @@ impl Drop for Server {
     }
 }
 
+/// Polls `done` every 20 ms until it holds. The 30 s limit is a hang guard,
+/// not a timing assertion; on it, the test fails naming `what` and the log.
+pub async fn eventually(project: &Project, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never saw {what}; log:\n{}",
+            project.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
