@@ -127,6 +127,7 @@ impl Runner {
             (self.partition_by.clone(), props.clone(), range.clone());
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let (files, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
+            background_priority();
             let encoded = encoder.encode(&events);
             let rows = encoded.batch.num_rows();
             let files = if rows > 0 {
@@ -200,6 +201,26 @@ impl Runner {
             wait = (wait * 2).min(RETRY_MAX);
         }
     }
+}
+
+/// Lowers the calling blocking-pool thread's scheduling priority (nice +10)
+/// before CPU-heavy conversion. Acknowledging webhooks is the latency users
+/// see, so it wins the CPU; conversion takes what is left, and the durable
+/// buffer absorbs the difference (a full buffer answers 503). Linux applies
+/// `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only.
+fn background_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            // SAFETY: setpriority takes no pointers; it only changes this thread's nice value.
+            #[cfg(target_os = "linux")]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+        }
+    });
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
