@@ -396,6 +396,9 @@ fn prepare_spare(
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;
                 file.write_all(&zeros[..n])?;
+                // Sync as we go: one flush of the whole segment at the end
+                // would queue ahead of the log's own fdatasyncs and stall acks.
+                file.sync_data()?;
                 left -= n as u64;
             }
             file.sync_all()?;
