@@ -12,9 +12,11 @@ mod pointer;
 
 use std::sync::Arc;
 
+use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_json::ReaderBuilder;
 use arrow_schema::{ArrowError, SchemaRef};
+use uuid::Uuid;
 
 use crate::event::Event;
 use crate::schema;
@@ -117,10 +119,15 @@ impl Encoder {
     }
 
     fn with_metadata(&self, events: &[&Event], columns: RecordBatch) -> RecordBatch {
-        let ids: StringArray = events
-            .iter()
-            .map(|e| Some(e.id.hyphenated().to_string()))
-            .collect();
+        let mut ids = StringBuilder::with_capacity(
+            events.len(),
+            events.len() * uuid::fmt::Hyphenated::LENGTH,
+        );
+        let mut text = Uuid::encode_buffer();
+        for e in events {
+            ids.append_value(e.id.hyphenated().encode_lower(&mut text));
+        }
+        let ids = ids.finish();
         let at =
             TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.received_at_us))
                 .with_timezone("UTC");
