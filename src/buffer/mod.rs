@@ -20,6 +20,12 @@
 //! * **Recovery truncates a torn tail only.** Only the last segment can end in a
 //!   partial record (a crash mid-write); it is cut back to its last valid record,
 //!   which cannot have been acknowledged because its fsync did not return.
+//! * **Segments are preallocated.** A helper thread zero-fills the next segment
+//!   (`next-segment.spare`), renamed into place when the active one is full, so
+//!   an append overwrites zeros and `fdatasync` need not journal a new file
+//!   size. An all-zero record header ends the data; on open, the last segment
+//!   is cut at its last valid record, zeros included, so stale bytes of an
+//!   unfinished write can never be read as records.
 //! * **Segments go once every sink passed them.** A segment is deleted when the
 //!   lowest committed offset over all sinks reaches the next segment's base.
 
