@@ -6,6 +6,10 @@ use arrow_array::cast::AsArray;
 
 use crate::support::*;
 
+async fn send(request: reqwest::RequestBuilder) -> (u16, String) {
+    answer(request.send().await.expect("request")).await
+}
+
 async fn answer(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
@@ -26,22 +30,14 @@ async fn each_bad_request_gets_its_status_and_message() {
     let client = reqwest::Client::new();
     let hook = project.url("/hooks/shopify/customers");
 
-    let (status, message) = answer(
-        client
-            .post(&hook)
-            .body("{\"customers\": ")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, message) = send(client.post(&hook).body("{\"customers\": ")).await;
     assert_eq!(status, 400);
     assert!(
         message.contains("not valid JSON") && message.contains("line 1"),
         "{message}"
     );
 
-    let (status, message) = answer(client.post(&hook).body("   ").send().await.unwrap()).await;
+    let (status, message) = send(client.post(&hook).body("   ")).await;
     assert_eq!(
         (status, message.contains("empty")),
         (400, true),
@@ -49,14 +45,11 @@ async fn each_bad_request_gets_its_status_and_message() {
     );
 
     let ndjson = "{\"customers\": {\"id\": 1}}\nnot json\n";
-    let (status, message) = answer(
+    let (status, message) = send(
         client
             .post(&hook)
             .header("content-type", "application/x-ndjson")
-            .body(ndjson)
-            .send()
-            .await
-            .unwrap(),
+            .body(ndjson),
     )
     .await;
     assert_eq!(
@@ -65,26 +58,10 @@ async fn each_bad_request_gets_its_status_and_message() {
         "{message}"
     );
 
-    let (status, _) = answer(
-        client
-            .post(&hook)
-            .body(vec![b'"', 0xff, 0xfe, b'"'])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = send(client.post(&hook).body(vec![b'"', 0xff, 0xfe, b'"'])).await;
     assert_eq!(status, 400, "invalid UTF-8");
 
-    let (status, message) = answer(
-        client
-            .post(project.url("/hooks/nope"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, message) = send(client.post(project.url("/hooks/nope")).body("{}")).await;
     assert_eq!(status, 404);
     assert!(
         message.contains("/hooks/nope") && message.contains("source.path"),
@@ -99,7 +76,7 @@ async fn each_bad_request_gets_its_status_and_message() {
         "{{\"customers\": {{\"id\": 1, \"note\": \"{}\"}}}}",
         "x".repeat(2000)
     );
-    let (status, message) = answer(client.post(&hook).body(big).send().await.unwrap()).await;
+    let (status, message) = send(client.post(&hook).body(big)).await;
     assert_eq!(status, 413);
     assert!(
         message.contains("1KiB") && message.contains("max_body"),
