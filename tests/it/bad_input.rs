@@ -204,3 +204,26 @@ uri = "blocked/table"
     );
     server.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_max_body_gets_413_while_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let project = Project::new();
+    project.shopify_pipeline("", "max_body = \"1KiB\"");
+    let server = project.start().await;
+    // No Content-Length: the limit must hold while the body streams in.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", project.port))
+        .await
+        .unwrap();
+    let chunk = "x".repeat(600);
+    let request = format!(
+        "POST /hooks/shopify/customers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("max_body"), "{answer}");
+    server.kill9();
+}
