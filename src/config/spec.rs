@@ -136,18 +136,7 @@ impl Location {
             },
         }
     }
-}
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
-        }
-    }
-}
-
-impl Location {
     /// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
     /// (relative to `root`). Errors carry (problem, fix).
     pub fn parse(text: &str, root: &Path) -> Result<Location, (String, String)> {
@@ -188,6 +177,15 @@ impl Location {
             ));
         }
         Ok(Location::Local(root.join(text)))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
     }
 }
 

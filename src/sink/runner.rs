@@ -115,12 +115,9 @@ impl Runner {
         props: &WriterProperties,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
-        let log = self.log.clone();
-        let (sink, pending) = (self.sink.clone(), range.clone());
-        tokio::task::spawn_blocking(move || log.begin(&sink, pending))
-            .await
-            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
-            .map_err(SinkError::Ledger)?;
+        let pending = range.clone();
+        self.ledger(move |log, sink| log.begin(sink, pending))
+            .await?;
 
         let encoder = self.encoder.clone();
         let (partition_by, props, file_range) =
@@ -161,19 +158,26 @@ impl Runner {
             self.put_with_retry(&self.storage, &name, body).await?;
         }
 
-        let log = self.log.clone();
-        let sink = self.sink.clone();
         let end = range.end;
-        tokio::task::spawn_blocking(move || log.commit(&sink, end))
-            .await
-            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
-            .map_err(SinkError::Ledger)?;
+        self.ledger(move |log, sink| log.commit(sink, end)).await?;
         info!(
             pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
             rows, dead_letters = dead, files = file_count, bytes, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );
         Ok(())
+    }
+
+    /// Runs a ledger update (it fsyncs) off the async threads.
+    async fn ledger(
+        &self,
+        update: impl FnOnce(&Log, &str) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let (log, sink) = (self.log.clone(), self.sink.clone());
+        tokio::task::spawn_blocking(move || update(&log, &sink))
+            .await
+            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
+            .map_err(SinkError::Ledger)
     }
 
     /// Uploads one object, retrying transient failures with exponential

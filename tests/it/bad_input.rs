@@ -120,15 +120,7 @@ async fn each_bad_request_gets_its_status_and_message() {
     assert!(!id_counts(&project.table_dir()).contains_key(&ids[0]));
 
     // Still up and accepting.
-    assert_eq!(
-        client
-            .get(project.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(project.health().await, 200);
     assert_eq!(
         client
             .post(&hook)
@@ -193,15 +185,7 @@ uri = "blocked/table"
         project.log().contains("Upload failed; retrying")
     })
     .await;
-    assert_eq!(
-        client
-            .get(project.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(project.health().await, 200);
     server.kill9();
 }
 

@@ -132,6 +132,15 @@ type = "parquet"
         }
     }
 
+    /// The status `/healthz` answers with.
+    pub async fn health(&self) -> u16 {
+        reqwest::get(self.url("/healthz"))
+            .await
+            .expect("GET /healthz")
+            .status()
+            .as_u16()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.path().join("run.log")).unwrap_or_default()
