@@ -12,7 +12,7 @@ use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
 use crate::encode::Encoder;
 use crate::server;
 use crate::shutdown::{Shutdown, GRACE};
-use crate::sink::runner::Runner;
+use crate::sink::runner::{Runner, Target};
 use crate::sink::{Storage, StorageError};
 use crate::source::webhook::Route;
 
@@ -98,19 +98,23 @@ pub fn build(
         };
         let dead_letters =
             Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
-        match sink {
-            SinkSpec::Parquet(p) => runners.push(Runner {
-                pipeline: spec.name.clone(),
-                sink: p.name.clone(),
-                log: log.clone(),
-                encoder: encoder.clone(),
-                policy: spec.batch,
+        let target = match sink {
+            SinkSpec::Parquet(p) => Target::Parquet {
                 storage: Storage::new(&p.location, &p.storage).map_err(storage_error)?,
                 partition_by: p.partition_by.clone(),
-                dead_letters,
-                abandon: shutdown.abandon.clone(),
-            }),
-        }
+            },
+            SinkSpec::Delta(d) => Target::Delta(d.clone()),
+        };
+        runners.push(Runner {
+            pipeline: spec.name.clone(),
+            sink: sink.name().to_string(),
+            log: log.clone(),
+            encoder: encoder.clone(),
+            policy: spec.batch,
+            target,
+            dead_letters,
+            abandon: shutdown.abandon.clone(),
+        });
     }
     let route = match &spec.source {
         SourceSpec::Webhook(w) => Some((

@@ -3,6 +3,7 @@
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
 pub mod raw;
+mod sinks;
 pub mod spec;
 pub mod units;
 pub mod validate;

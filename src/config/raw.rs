@@ -93,8 +93,8 @@ pub struct RawBuffer {
 pub enum RawSink {
     /// Parquet files in hive-style partitions.
     Parquet(RawParquetSink),
-    /// Delta Lake table (not in this build; kept so the error is clear).
-    Delta(toml::Table),
+    /// Delta Lake table.
+    Delta(RawDeltaSink),
     /// Signed HTTPS POST per event (not in this build; kept so the error is clear).
     Https(toml::Table),
 }
@@ -111,6 +111,32 @@ pub struct RawParquetSink {
     pub partition_by: Option<Vec<String>>,
     /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
     pub storage: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// `[[sink]]` with `type = "delta"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeltaSink {
+    /// Sink name, unique in the pipeline; defaults to the type.
+    pub name: Option<String>,
+    /// The table: a local path, `file://…` or `s3://bucket/prefix`.
+    pub uri: Option<String>,
+    /// Partition columns of a new table.
+    pub partition_by: Option<Vec<String>>,
+    /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
+    pub storage: Option<BTreeMap<String, toml::Value>>,
+    /// `"append"` (default) or `"merge"` (upsert on `primary_key`).
+    pub mode: Option<String>,
+    /// `"add_columns"` (default) or `"off"`.
+    pub schema_evolution: Option<String>,
+    /// Write a checkpoint every this many commits (default 10).
+    pub checkpoint_interval: Option<u64>,
+    /// Size compaction aims for, e.g. `"128MiB"`.
+    pub target_file_size: Option<RawSize>,
+    /// Compact once this many files are below half the target size (default 16; 0 = never).
+    pub compact_min_files: Option<u64>,
+    /// How long vacuum keeps files a commit removed, e.g. `"7d"`.
+    pub vacuum_retention: Option<String>,
 }
 
 /// A size: a string with a unit (`"64MiB"`) or a plain number of bytes.

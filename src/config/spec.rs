@@ -83,6 +83,8 @@ pub struct WebhookSpec {
 pub enum SinkSpec {
     /// Parquet files.
     Parquet(ParquetSinkSpec),
+    /// A Delta Lake table.
+    Delta(DeltaSinkSpec),
 }
 
 impl SinkSpec {
@@ -90,8 +92,42 @@ impl SinkSpec {
     pub fn name(&self) -> &str {
         match self {
             SinkSpec::Parquet(p) => &p.name,
+            SinkSpec::Delta(d) => &d.name,
         }
     }
+
+    /// Where the sink writes.
+    pub fn location(&self) -> &Location {
+        match self {
+            SinkSpec::Parquet(p) => &p.location,
+            SinkSpec::Delta(d) => &d.location,
+        }
+    }
+}
+
+/// `type = "delta"`.
+#[derive(Debug, Clone)]
+pub struct DeltaSinkSpec {
+    /// Unique within the pipeline; names its progress and its `txn` app id.
+    pub name: String,
+    /// The table's location.
+    pub location: Location,
+    /// Partition columns of a new table (an existing table keeps its own).
+    pub partition_by: Vec<String>,
+    /// Object-store settings, keys as object_store names them.
+    pub storage: BTreeMap<String, String>,
+    /// Append every row, or upsert on these key columns (`mode = "merge"`).
+    pub merge_on: Option<Vec<String>>,
+    /// Whether new schema fields become new (nullable) table columns.
+    pub add_columns: bool,
+    /// A checkpoint every this many commits.
+    pub checkpoint_interval: u64,
+    /// Size compaction aims for, in bytes.
+    pub target_file_size: u64,
+    /// Compact once this many files are below half the target (0 = never).
+    pub compact_min_files: u64,
+    /// How long vacuum keeps the files a commit removed.
+    pub vacuum_retention: std::time::Duration,
 }
 
 /// `type = "parquet"`.

@@ -2,21 +2,20 @@
 //! every problem found, each naming file, key, what is wrong and the fix.
 //! No I/O happens here; `config::load` reads the files.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_schema::{DataType, Schema};
+use arrow_schema::Schema;
 
-use super::raw::{RawGlobal, RawParquetSink, RawPipeline, RawSink, RawSize, RawSource};
-use super::spec::{
-    GlobalSpec, Location, ParquetSinkSpec, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec,
-};
+use super::raw::{RawGlobal, RawPipeline, RawSink, RawSize, RawSource};
+use super::sinks;
+use super::spec::{GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
-use crate::schema::{self, METADATA_COLUMNS};
+use crate::schema;
 use crate::sink::batch::BatchPolicy;
 
 /// Default `listen`.
@@ -35,28 +34,23 @@ pub const DEFAULT_BUFFER_BYTES: u64 = 1 << 30;
 pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
 /// Paths the HTTP server keeps for itself.
 const RESERVED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api"];
-/// Object-store keys a `storage` table may set; credentials only through `*_env`.
-const STORAGE_KEYS: [&str; 7] = [
-    "endpoint",
-    "region",
-    "allow_http",
-    "virtual_hosted_style_request",
-    "access_key_id_env",
-    "secret_access_key_env",
-    "session_token_env",
-];
 
 /// A parsed schema document, by the path the pipeline named.
 pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, String>>;
 
 /// Collects errors for one file.
-struct Errors<'a> {
-    file: &'a Path,
-    list: &'a mut Vec<ConfigError>,
+pub(super) struct Errors<'a> {
+    pub(super) file: &'a Path,
+    pub(super) list: &'a mut Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+    pub(super) fn push(
+        &mut self,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.list
             .push(ConfigError::new(self.file, key, problem, fix));
     }
@@ -213,23 +207,45 @@ fn pipeline(
         let spec = match raw_sink {
             RawSink::Parquet(p) => name
                 .as_deref()
-                .and_then(|n| parquet_sink(global, n, &key, p, schema.as_deref(), root, e))
+                .and_then(|n| sinks::parquet(global, n, &key, p, schema.as_deref(), root, e))
                 .map(SinkSpec::Parquet),
-            RawSink::Delta(_) | RawSink::Https(_) => {
-                let ty = if matches!(raw_sink, RawSink::Delta(_)) {
-                    "delta"
-                } else {
-                    "https"
-                };
+            RawSink::Delta(d) => name
+                .as_deref()
+                .and_then(|n| {
+                    let table = sinks::Table {
+                        global,
+                        pipeline: n,
+                        schema: schema.as_deref(),
+                        primary_key: &primary_key,
+                        root,
+                    };
+                    sinks::delta(&table, &key, d, e)
+                })
+                .map(SinkSpec::Delta),
+            RawSink::Https(_) => {
                 e.push(
                     format!("{key}.type"),
-                    format!("sink type \"{ty}\" is not available in this build yet"),
-                    "use type = \"parquet\" for now",
+                    "sink type \"https\" is not available in this build yet",
+                    "use type = \"parquet\" or \"delta\" for now",
                 );
                 None
             }
         };
         if let Some(spec) = spec {
+            if let Some(other) = sinks
+                .iter()
+                .find(|s: &&SinkSpec| s.location() == spec.location())
+            {
+                e.push(
+                    format!("{key}.uri"),
+                    format!(
+                        "sink \"{}\" already writes to {}",
+                        other.name(),
+                        spec.location()
+                    ),
+                    "give one of the two sinks its own uri = \"…\"",
+                );
+            }
             if !sink_names.insert(spec.name().to_string()) {
                 e.push(
                     format!("{key}.name"),
@@ -256,7 +272,7 @@ fn pipeline(
     })
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 64
@@ -430,7 +446,7 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
     })
 }
 
-fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
+pub(super) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
     match raw {
         RawSize::Bytes(n) => Some(*n),
         RawSize::Text(t) => match parse_size(t) {
@@ -441,113 +457,6 @@ fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
             }
         },
     }
-}
-
-fn parquet_sink(
-    global: &GlobalSpec,
-    pipeline: &str,
-    key: &str,
-    raw: &RawParquetSink,
-    schema: Option<&Schema>,
-    root: &Path,
-    e: &mut Errors<'_>,
-) -> Option<ParquetSinkSpec> {
-    let start = e.list.len();
-    let name = raw.name.clone().unwrap_or_else(|| "parquet".to_string());
-    if !valid_name(&name) {
-        e.push(
-            format!("{key}.name"),
-            format!("\"{name}\" is not a valid name"),
-            "use lower-case letters, digits, '_' or '-'",
-        );
-    }
-    let location = match raw.uri.as_deref() {
-        None => Some(global.lake.join(pipeline)),
-        Some(uri) => match Location::parse(uri, root) {
-            Ok(l) => Some(l),
-            Err((problem, fix)) => {
-                e.push(format!("{key}.uri"), problem, fix);
-                None
-            }
-        },
-    };
-    let partition_by = raw
-        .partition_by
-        .clone()
-        .unwrap_or_else(|| vec!["_received_date".to_string()]);
-    for (i, column) in partition_by.iter().enumerate() {
-        let at = format!("{key}.partition_by[{i}]");
-        if column == "_received_date" || column == "_source" {
-            continue;
-        }
-        if METADATA_COLUMNS.contains(&column.as_str()) {
-            e.push(
-                at,
-                format!("\"{column}\" has one value per event"),
-                "partition by _received_date instead",
-            );
-            continue;
-        }
-        match schema.map(|s| s.field_with_name(column)) {
-            Some(Ok(f)) if partitionable(f.data_type()) => {}
-            Some(Ok(f)) => e.push(
-                at,
-                format!("column \"{column}\" is a {}", f.data_type()),
-                "partition by a string, integer, boolean or date column",
-            ),
-            Some(Err(_)) => e.push(
-                at,
-                format!("column \"{column}\" is not a top-level property of the schema"),
-                "name a property of the schema or _received_date",
-            ),
-            None => {}
-        }
-    }
-    let mut storage = BTreeMap::new();
-    for (k, v) in raw.storage.iter().flatten() {
-        let at = format!("{key}.storage.{k}");
-        if !STORAGE_KEYS.contains(&k.as_str()) {
-            let fix = if k.contains("secret") || k.contains("key") || k.contains("token") {
-                format!("never write credentials in TOML: set the AWS_* environment variables, or {k}_env = \"NAME_OF_ENV_VAR\"")
-            } else {
-                format!("use one of {}", STORAGE_KEYS.join(", "))
-            };
-            e.push(at, format!("unknown storage key \"{k}\""), fix);
-            continue;
-        }
-        let value = match v {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Boolean(b) => b.to_string(),
-            _ => {
-                e.push(at, "must be a string or a boolean", "");
-                continue;
-            }
-        };
-        storage.insert(k.clone(), value);
-    }
-    if !storage.is_empty() && matches!(location, Some(Location::Local(_))) {
-        e.push(
-            format!("{key}.storage"),
-            "storage settings apply to s3:// locations only",
-            "remove the storage table or use an s3:// uri",
-        );
-    }
-    if e.list.len() > start {
-        return None;
-    }
-    Some(ParquetSinkSpec {
-        name,
-        location: location?,
-        partition_by,
-        storage,
-    })
-}
-
-fn partitionable(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32
-    )
 }
 
 #[cfg(test)]

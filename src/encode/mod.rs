@@ -55,6 +55,16 @@ impl Encoder {
         }
     }
 
+    /// The same encoder for records of another schema (a Delta table's columns).
+    pub fn with_record_schema(&self, record_schema: SchemaRef) -> Self {
+        Self {
+            table_schema: Arc::new(schema::table_schema(&record_schema)),
+            record_schema,
+            record_path: self.record_path.clone(),
+            source: self.source.clone(),
+        }
+    }
+
     /// The schema of the batches this encoder returns.
     pub fn table_schema(&self) -> &SchemaRef {
         &self.table_schema

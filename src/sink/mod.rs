@@ -1,9 +1,10 @@
 //! Sinks: where a pipeline's events end up. A runner per sink reads the
 //! pipeline's log from the sink's own committed offset, gathers a batch
 //! ([`batch`]), encodes it, writes it through [`storage`] and only then
-//! commits the offset.
+//! commits the offset. A Delta table ([`delta`]) is its own progress record.
 
 pub mod batch;
+pub mod delta;
 pub mod parquet;
 pub mod runner;
 pub mod storage;
@@ -28,6 +29,9 @@ pub enum SinkError {
     /// Recording the sink's progress failed.
     #[error("failed to record the sink's progress")]
     Ledger(#[source] io::Error),
+    /// Writing to the Delta table failed.
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
     /// Shutdown's grace period ended while a flush was still retrying.
     #[error("gave up retrying at shutdown; the events stay in the log for the next start")]
     Abandoned,
@@ -37,6 +41,7 @@ impl Classify for SinkError {
     fn kind(&self) -> ErrorKind {
         match self {
             SinkError::Storage(e) => e.kind(),
+            SinkError::Delta(e) => e.kind(),
             SinkError::Parquet(_)
             | SinkError::Log(_)
             | SinkError::Ledger(_)

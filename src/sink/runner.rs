@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::parquet::file::properties::WriterProperties;
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
+use super::delta::DeltaSink;
 use super::{parquet, SinkError, Storage};
 use crate::buffer::Log;
+use crate::config::spec::DeltaSinkSpec;
 use crate::encode::{dead_letter, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
@@ -42,22 +45,63 @@ pub struct Runner {
     pub encoder: Arc<Encoder>,
     /// When to flush.
     pub policy: BatchPolicy,
-    /// Where the table files go.
-    pub storage: Storage,
-    /// Hive partition columns.
-    pub partition_by: Vec<String>,
+    /// Where the rows go.
+    pub target: Target,
     /// Where dead letters go (`<lake>/_dead_letters/<pipeline>`).
     pub dead_letters: Storage,
     /// Cancelled when shutdown's grace period is over; retries stop on it.
     pub abandon: CancellationToken,
 }
 
+/// Where a runner's rows go.
+pub enum Target {
+    /// Hive-partitioned Parquet files, named by offset range.
+    Parquet {
+        /// Where the files go.
+        storage: Storage,
+        /// Hive partition columns.
+        partition_by: Vec<String>,
+    },
+    /// A Delta table; opened when the runner starts.
+    Delta(DeltaSinkSpec),
+    /// The open Delta table.
+    DeltaOpen(Box<DeltaSink>),
+}
+
+/// What the conversion of one flush produced for its target.
+enum Payload {
+    Files(Vec<(String, Bytes)>),
+    Rows(RecordBatch),
+}
+
 impl Runner {
     /// Runs until the log closes; flushes what it holds on the way out.
-    pub async fn run(self) -> Result<(), SinkError> {
+    pub async fn run(mut self) -> Result<(), SinkError> {
         let props = parquet::writer_properties();
         let state = self.log.sink_state(&self.sink);
         let mut next = state.committed;
+        if let Target::Delta(spec) = &self.target {
+            let (table, opened) = DeltaSink::open(
+                &self.pipeline,
+                spec.clone(),
+                self.encoder.table_schema(),
+                next,
+            )
+            .await?;
+            self.encoder = Arc::new(self.encoder.with_record_schema(opened.record_schema));
+            if let Some(resume) = opened.resume {
+                if resume > next {
+                    info!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
+                    let log_end = self.log.end();
+                    self.ledger(move |log, sink| log.commit(sink, resume.min(log_end)))
+                        .await?;
+                    next = resume;
+                } else if resume < next {
+                    warn!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table's txn is behind the sink's progress (was the table replaced?); events in between are not written again.");
+                }
+            }
+            self.target = Target::DeltaOpen(Box::new(table));
+        }
         if let Some((first, end)) = state.pending {
             if first == next && end <= self.log.end() {
                 info!(pipeline = %self.pipeline, sink = %self.sink, first, end, "Replaying the flush a crash interrupted.");
@@ -109,7 +153,7 @@ impl Runner {
 
     /// Writes one batch and commits its offsets.
     async fn flush(
-        &self,
+        &mut self,
         range: Range<u64>,
         events: Vec<Event>,
         props: &WriterProperties,
@@ -120,17 +164,25 @@ impl Runner {
             .await?;
 
         let encoder = self.encoder.clone();
-        let (partition_by, props, file_range) =
-            (self.partition_by.clone(), props.clone(), range.clone());
+        let partition_by = match &self.target {
+            Target::Parquet { partition_by, .. } => Some(partition_by.clone()),
+            _ => None,
+        };
+        let (props, file_range) = (props.clone(), range.clone());
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
-        let (files, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
+        let (payload, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
             background_priority();
             let encoded = encoder.encode(&events);
             let rows = encoded.batch.num_rows();
-            let files = if rows > 0 {
-                parquet::files(&encoded.batch, &partition_by, &file_range, &props)?
-            } else {
-                Vec::new()
+            let payload = match partition_by {
+                Some(_) if rows == 0 => Payload::Files(Vec::new()),
+                Some(partition_by) => Payload::Files(parquet::files(
+                    &encoded.batch,
+                    &partition_by,
+                    &file_range,
+                    &props,
+                )?),
+                None => Payload::Rows(encoded.batch),
             };
             let dead_file = if encoded.dead.is_empty() {
                 None
@@ -141,21 +193,32 @@ impl Runner {
                     parquet::serialise(&batch, &props)?,
                 ))
             };
-            Ok::<_, SinkError>((files, dead_file, rows, encoded.dead.len()))
+            Ok::<_, SinkError>((payload, dead_file, rows, encoded.dead.len()))
         })
         .await
         .map_err(|e| {
             SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e)))
         })??;
 
-        let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
         if let Some((name, body)) = dead_file {
             warn!(pipeline = %self.pipeline, sink = %self.sink, dead_letters = dead, location = %format!("{}/{name}", self.dead_letters), "Events did not fit the schema; kept as dead letters.");
             self.put_with_retry(&self.dead_letters, &name, body).await?;
         }
-        let file_count = files.len();
-        for (name, body) in files {
-            self.put_with_retry(&self.storage, &name, body).await?;
+        let (mut file_count, mut bytes) = (0, 0);
+        match payload {
+            Payload::Files(files) => {
+                let Target::Parquet { storage, .. } = &self.target else {
+                    unreachable!("files are made for Parquet targets only");
+                };
+                (file_count, bytes) = (files.len(), files.iter().map(|(_, b)| b.len()).sum());
+                for (name, body) in files {
+                    self.put_with_retry(storage, &name, body).await?;
+                }
+            }
+            Payload::Rows(batch) if batch.num_rows() > 0 => {
+                self.commit_with_retry(batch, range.end - 1).await?;
+            }
+            Payload::Rows(_) => {}
         }
 
         let end = range.end;
@@ -165,7 +228,36 @@ impl Runner {
             rows, dead_letters = dead, files = file_count, bytes, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );
+        if rows > 0 {
+            if let Target::DeltaOpen(table) = &mut self.target {
+                table.upkeep().await;
+            }
+        }
         Ok(())
+    }
+
+    /// Commits rows to the Delta table, retrying transient failures like
+    /// [`Self::put_with_retry`]; every try first asks the table's txn whether
+    /// an earlier one already landed.
+    async fn commit_with_retry(&mut self, batch: RecordBatch, last: u64) -> Result<(), SinkError> {
+        let Target::DeltaOpen(table) = &mut self.target else {
+            unreachable!("rows are made for Delta targets only");
+        };
+        let mut wait = RETRY_MIN;
+        loop {
+            match table.commit(batch.clone(), last).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Transient => {
+                    warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "Delta commit failed; retrying.");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(wait)) => {}
+                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+        }
     }
 
     /// Runs a ledger update (it fsyncs) off the async threads.
@@ -212,7 +304,7 @@ impl Runner {
 /// see, so it wins the CPU; conversion takes what is left, and the durable
 /// buffer absorbs the difference (a full buffer answers 503). Linux applies
 /// `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only.
-fn background_priority() {
+pub(super) fn background_priority() {
     thread_local! {
         static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }

@@ -13,11 +13,10 @@ use crate::support::*;
 const CYCLES: usize = 20;
 const CLIENTS: u64 = 8;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_and_duplicates_nothing() {
-    let project = Project::new();
-    // Small, frequent flushes so kills land during encoding, upload and commit too.
-    project.shopify_pipeline("max_events = 200\nmax_age = \"50ms\"", "");
+/// Runs [`CYCLES`] cycles of posting clients and `kill -9`, then one clean
+/// run that flushes what the log holds; returns the acknowledged ids and how
+/// many requests kills cut.
+async fn post_through_kills(project: &Project) -> (HashSet<String>, usize) {
     let url = project.url("/hooks/shopify/customers");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -25,7 +24,6 @@ async fn kill_9_loses_and_duplicates_nothing() {
         .unwrap();
     let mut acked: HashSet<String> = HashSet::new();
     let mut refused = 0usize;
-
     for cycle in 0..CYCLES {
         let server = project.start().await;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -69,10 +67,18 @@ async fn kill_9_loses_and_duplicates_nothing() {
         acked.len()
     );
 
-    // A last clean run flushes everything the log holds.
     let server = project.start().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
+    (acked, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_and_duplicates_nothing() {
+    let project = Project::new();
+    // Small, frequent flushes so kills land during encoding, upload and commit too.
+    project.shopify_pipeline("max_events = 200\nmax_age = \"50ms\"", "");
+    let (acked, refused) = post_through_kills(&project).await;
 
     let counts = id_counts(&project.table_dir());
     let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
@@ -106,4 +112,34 @@ async fn kill_9_loses_and_duplicates_nothing() {
         .count();
     let truncations = project.log().matches("Truncating a torn log tail").count();
     eprintln!("pending-flush replays: {replays}, torn tails truncated: {truncations}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_into_delta_loses_and_duplicates_nothing() {
+    let project = Project::new();
+    project.shopify_delta("max_events = 200\nmax_age = \"50ms\"", "");
+    let (acked, refused) = post_through_kills(&project).await;
+
+    let app = "tributary/shopify_customers/delta";
+    let view = read_delta(&project.table_uri(), &[app], &[], &[]);
+    for (engine, counts) in [("deltalake", &view.deltalake), ("duckdb", &view.duckdb)] {
+        let twice = counts.values().filter(|&&n| n > 1).count();
+        assert_eq!(twice, 0, "{engine}: ids more than once");
+        let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
+        assert_eq!(missing, 0, "{engine}: acknowledged ids missing");
+    }
+    assert_eq!(view.deltalake.len(), view.duckdb.len(), "both engines see the same rows");
+    let committed = ledger_committed(&project, "shopify_customers", "delta");
+    assert_eq!(
+        view.txn[app],
+        Some(committed as i64 - 1),
+        "the table's txn version is the last offset the sink committed"
+    );
+    eprintln!(
+        "{CYCLES} kill -9 cycles into Delta: {} acknowledged, {} rows, {refused} requests cut, table version {}, txn {:?}",
+        acked.len(),
+        view.deltalake.len(),
+        view.version,
+        view.txn[app]
+    );
 }

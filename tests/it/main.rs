@@ -13,3 +13,5 @@ mod crash;
 mod bad_input;
 // The Parquet sink on a real S3 server (moto) on loopback.
 mod s3;
+// The Delta sink: exactly once locally and on S3, two writers, evolution, merge, compaction.
+mod delta;

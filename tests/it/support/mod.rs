@@ -12,6 +12,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+mod delta;
+pub use delta::*;
+
 /// The Shopify customer schema shipped in `schemas/`.
 pub const SHOPIFY_SCHEMA: &str = include_str!("../../../schemas/shopify_customer.json");
 

@@ -1,0 +1,143 @@
+//! `mode = "merge"`: one row per primary key. A flush keeps only the newest
+//! record of each key (the last one received), then upserts it: a matching
+//! row is replaced whole, a new key is inserted.
+
+use std::collections::HashMap;
+
+use arrow_array::{RecordBatch, UInt32Array};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use deltalake::datafusion::common::Column;
+use deltalake::datafusion::prelude::{col, Expr, SessionContext};
+use deltalake::delta_datafusion::DeltaColumn;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::{DeltaResult, DeltaTable, DeltaTableError};
+use parquet::file::properties::WriterProperties;
+
+const SOURCE: &str = "source";
+const TARGET: &str = "target";
+
+/// Upserts `batch` into `table` on `keys` in one commit.
+pub async fn upsert(
+    table: DeltaTable,
+    batch: RecordBatch,
+    keys: &[String],
+    add_columns: bool,
+    commit: CommitProperties,
+    props: WriterProperties,
+) -> DeltaResult<DeltaTable> {
+    let batch =
+        newest_per_key(&batch, keys).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
+    let columns: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let source = SessionContext::new().read_batch(batch)?;
+    let predicate = keys
+        .iter()
+        .map(|k| qualified(TARGET, k).eq(qualified(SOURCE, k)))
+        .reduce(Expr::and)
+        .ok_or_else(|| DeltaTableError::Generic("merge needs a primary key".into()))?;
+    let (table, _metrics) = table
+        .merge(source, predicate)
+        .with_source_alias(SOURCE)
+        .with_target_alias(TARGET)
+        .with_merge_schema(add_columns)
+        .with_writer_properties(props)
+        .with_commit_properties(commit)
+        .when_matched_update(|mut update| {
+            for c in &columns {
+                update = update.update(unqualified(c), qualified(SOURCE, c));
+            }
+            update
+        })?
+        .when_not_matched_insert(|mut insert| {
+            for c in &columns {
+                insert = insert.set(unqualified(c), qualified(SOURCE, c));
+            }
+            insert
+        })?
+        .await?;
+    Ok(table)
+}
+
+fn qualified(relation: &str, name: &str) -> Expr {
+    col(Column::new(Some(relation), name))
+}
+
+fn unqualified(name: &str) -> DeltaColumn {
+    DeltaColumn::from(Column::new_unqualified(name))
+}
+
+/// The rows of `batch` that are the last of their key, in batch order.
+pub fn newest_per_key(
+    batch: &RecordBatch,
+    keys: &[String],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let options = FormatOptions::default().with_null("\u{0}null");
+    let formatters = keys
+        .iter()
+        .map(|k| {
+            let column = batch.column_by_name(k).ok_or_else(|| {
+                arrow_schema::ArrowError::SchemaError(format!(
+                    "primary key column {k} is not in the batch"
+                ))
+            })?;
+            ArrayFormatter::try_new(column.as_ref(), &options)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut last: HashMap<String, u32> = HashMap::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut key = String::new();
+        for f in &formatters {
+            key.push_str(&f.value(row).to_string());
+            key.push('\u{1f}');
+        }
+        last.insert(key, row as u32);
+    }
+    if last.len() == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    let mut rows: Vec<u32> = last.into_values().collect();
+    rows.sort_unstable();
+    arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn keeps_the_last_record_of_each_key() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    Some(2),
+                    Some(1),
+                    None,
+                    Some(1),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e", "f"])),
+            ],
+        )
+        .unwrap();
+        let kept = newest_per_key(&batch, &["id".to_string()]).unwrap();
+        let v = kept
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(v.iter().flatten().collect::<Vec<_>>(), ["b", "e", "f"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! The Delta sink, read back by two engines we did not write (Python
+//! `deltalake` and DuckDB's `delta` extension): exactly once on local disk
+//! and on a real S3 server with two concurrent writers, schema evolution,
+//! merge mode and compaction.
+
+use std::collections::HashSet;
+
+use arrow_array::cast::AsArray;
+
+use crate::support::*;
+
+const APP: &str = "tributary/shopify_customers/delta";
+
+/// Posts `requests` requests of `per` Shopify customers (ids from `first`) and returns the acknowledged ids.
+async fn post_customers(project: &Project, first: u64, requests: u64, per: u64) -> HashSet<String> {
+    let client = reqwest::Client::new();
+    let mut acked = HashSet::new();
+    for r in 0..requests {
+        let events: Vec<_> = (0..per).map(|i| shopify_customer(first + r * per + i)).collect();
+        let response = client
+            .post(project.url("/hooks/shopify/customers"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        acked.extend(accepted_ids(&response.json().await.unwrap()));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
+    let project = Project::new();
+    project.shopify_delta("max_age = \"100ms\"", "");
+    let server = project.start().await;
+    let acked = post_customers(&project, 0, 10, 10).await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let view = read_delta(&project.table_uri(), &[APP], &["_received_date"], &[]);
+    view.assert_exactly(&acked);
+    let committed = ledger_committed(&project, "shopify_customers", "delta");
+    assert_eq!(committed, 100);
+    assert_eq!(view.txn[APP], Some(99), "txn version = last offset in the table");
+    assert!(
+        project.table_dir().read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("_received_date=")),
+        "partitioned by _received_date"
+    );
+    assert!(view.rows.iter().all(|r| r["_received_date"].is_string()));
+
+    // A restart with nothing new commits nothing and duplicates nothing.
+    let server = project.start().await;
+    assert!(server.terminate().success());
+    let again = read_delta(&project.table_uri(), &[APP], &[], &[]);
+    again.assert_exactly(&acked);
+    assert_eq!(again.version, view.version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
+    let moto = Moto::start().await;
+    moto.bucket("lake").await;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let sink = |name: &str| {
+        format!(
+            "name = \"{name}\"\nuri = \"s3://lake/shared/customers\"\nstorage = {{ endpoint = \"{}\", allow_http = true, region = \"us-east-1\" }}\n",
+            moto.endpoint
+        )
+    };
+    let (a, b) = (Project::new(), Project::new());
+    a.shopify_delta("max_age = \"20ms\"", &sink("writer_a"));
+    b.shopify_delta("max_age = \"20ms\"", &sink("writer_b"));
+    let (server_a, server_b) = (a.start_with_env(&env).await, b.start_with_env(&env).await);
+    let (acked_a, acked_b) = tokio::join!(
+        post_customers(&a, 0, 30, 10),
+        post_customers(&b, 1_000_000, 30, 10)
+    );
+    assert!(server_a.terminate().success(), "log:\n{}", a.log());
+    assert!(server_b.terminate().success(), "log:\n{}", b.log());
+
+    let (app_a, app_b) = (
+        "tributary/shopify_customers/writer_a",
+        "tributary/shopify_customers/writer_b",
+    );
+    let mut read_env = env.to_vec();
+    read_env.push(("AWS_ENDPOINT_URL", moto.endpoint.as_str()));
+    let view = read_delta("s3://lake/shared/customers", &[app_a, app_b], &[], &read_env);
+    let all: HashSet<String> = acked_a.union(&acked_b).cloned().collect();
+    view.assert_exactly(&all);
+    assert_eq!(view.txn[app_a], Some(299));
+    assert_eq!(view.txn[app_b], Some(299));
+    eprintln!(
+        "two writers on S3: {} rows, table version {}, {} files",
+        all.len(),
+        view.version,
+        view.files
+    );
+}
+
+const PERSON_V1: &str = r#"{"type": "object", "required": ["id"],
+  "properties": {"id": {"type": "integer"}, "name": {"type": "string"}}}"#;
+/// Gains `tier`; `name` turns integer, which the table (string) keeps.
+const PERSON_V2: &str = r#"{"type": "object", "required": ["id"],
+  "properties": {"id": {"type": "integer"}, "name": {"type": "integer"}, "tier": {"type": "string"}}}"#;
+
+fn people_pipeline(project: &Project, sink: &str) {
+    project.write(
+        "pipelines/people.toml",
+        &format!(
+            "name = \"people\"\nschema = \"schemas/person.json\"\nprimary_key = [\"id\"]\n\
+             [source]\ntype = \"webhook\"\npath = \"/people\"\n[batch]\nmax_age = \"20ms\"\n\
+             [[sink]]\ntype = \"delta\"\n{sink}\n"
+        ),
+    );
+}
+
+async fn post_json(project: &Project, body: serde_json::Value) -> Vec<String> {
+    let response = reqwest::Client::new()
+        .post(project.url("/people"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    accepted_ids(&response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter() {
+    let project = Project::new();
+    project.write("schemas/person.json", PERSON_V1);
+    people_pipeline(&project, "");
+    let server = project.start().await;
+    let old: Vec<_> = (1..=5).map(|i| serde_json::json!({"id": i, "name": format!("p{i}")})).collect();
+    let mut acked: HashSet<String> = post_json(&project, old.into()).await.into_iter().collect();
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    project.write("schemas/person.json", PERSON_V2);
+    let server = project.start().await;
+    let new: Vec<_> = (6..=10).map(|i| serde_json::json!({"id": i, "tier": "gold"})).collect();
+    acked.extend(post_json(&project, new.into()).await);
+    let conflict = post_json(&project, serde_json::json!({"id": 11, "name": 42})).await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let table = project.path().join("lake/people");
+    let view = read_delta(table.to_str().unwrap(), &[], &["id", "name", "tier"], &[]);
+    view.assert_exactly(&acked);
+    for row in &view.rows {
+        let id = row["id"].as_i64().unwrap();
+        if id <= 5 {
+            assert_eq!(row["tier"], serde_json::Value::Null, "old rows have no tier: {row:?}");
+            assert_eq!(row["name"], format!("p{id}"));
+        } else {
+            assert_eq!(row["tier"], "gold", "new rows are filled: {row:?}");
+        }
+    }
+    let dead = read_parquet(&project.path().join("lake/_dead_letters/people"));
+    let ids: Vec<String> = dead
+        .iter()
+        .flat_map(|b| b.column_by_name("_event_id").unwrap().as_string::<i32>().iter())
+        .map(|v| v.unwrap().to_string())
+        .collect();
+    assert_eq!(ids, conflict, "the conflicting event is a dead letter");
+    let reason = dead[0].column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
+    assert!(reason.contains("name"), "the reason names the column: {reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_mode_keeps_the_latest_record_per_key() {
+    let project = Project::new();
+    project.write(
+        "schemas/person.json",
+        r#"{"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"},
+            "updated_at": {"type": "string", "format": "date-time"}}}"#,
+    );
+    people_pipeline(&project, "mode = \"merge\"");
+    let server = project.start().await;
+    let at = |day: u32| format!("2024-01-0{day}T00:00:00Z");
+    post_json(&project, serde_json::json!({"id": 7, "updated_at": at(1)})).await;
+    eventually(&project, "the first flush", || {
+        ledger_committed(&project, "people", "delta") == 1
+    })
+    .await;
+    // Two versions of 7 in one request: one flush, the newest wins within it.
+    let ids = post_json(
+        &project,
+        serde_json::json!([{"id": 7, "updated_at": at(2)}, {"id": 7, "updated_at": at(3)}, {"id": 8, "updated_at": at(1)}]),
+    )
+    .await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let table = project.path().join("lake/people");
+    let view = read_delta(table.to_str().unwrap(), &[], &["id", "updated_at"], &[]);
+    view.assert_exactly(&[ids[1].clone(), ids[2].clone()].into_iter().collect());
+    let mut rows: Vec<(i64, String)> = view
+        .rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["updated_at"].as_str().unwrap().to_string()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 2, "one row per key: {rows:?}");
+    assert!(rows[0].0 == 7 && rows[0].1.starts_with("2024-01-03"), "{rows:?}");
+    assert!(rows[1].0 == 8 && rows[1].1.starts_with("2024-01-01"), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_reduces_files_and_keeps_every_row() {
+    let project = Project::new();
+    project.shopify_delta(
+        "max_age = \"20ms\"",
+        "partition_by = []\ncompact_min_files = 4\nvacuum_retention = \"0s\"",
+    );
+    let server = project.start().await;
+    let mut acked = HashSet::new();
+    for r in 0..12u64 {
+        acked.extend(post_customers(&project, r * 10, 1, 10).await);
+        let want = acked.len() as u64;
+        eventually(&project, "the flush", || {
+            ledger_committed(&project, "shopify_customers", "delta") == want
+        })
+        .await;
+    }
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let view = read_delta(&project.table_uri(), &[APP], &[], &[]);
+    view.assert_exactly(&acked);
+    assert!(project.log().contains("Compacted small files"), "log:\n{}", project.log());
+    assert!(view.files < 12, "12 flushes left {} files", view.files);
+    assert!(project.log().contains("Vacuumed"), "log:\n{}", project.log());
+    let on_disk = parquet_files(&project.table_dir())
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("_delta_log"))
+        .count();
+    assert!(on_disk < 12, "vacuum deleted compacted-away files: {on_disk} on disk");
+    eprintln!("12 flushes → {} active files, {on_disk} on disk, version {}", view.files, view.version);
+}
