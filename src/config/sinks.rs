@@ -193,13 +193,19 @@ pub fn delta(
     e: &mut Errors<'_>,
 ) -> Option<DeltaSinkSpec> {
     let start = e.list.len();
+    // A latest-state table is rewritten by key, not by day: unpartitioned by default.
+    let unpartitioned = Vec::new();
+    let partition_by = match (&raw.partition_by, raw.mode.as_deref()) {
+        (None, Some("merge")) => Some(&unpartitioned),
+        (p, _) => p.as_ref(),
+    };
     let c = common(
         t,
         key,
         "delta",
         raw.name.as_ref(),
         raw.uri.as_deref(),
-        raw.partition_by.as_ref(),
+        partition_by,
         raw.storage.as_ref(),
         e,
     );

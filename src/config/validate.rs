@@ -198,7 +198,7 @@ fn pipeline(
         e.push(
             "sink",
             "no sink is configured",
-            "add a [[sink]] table with type = \"parquet\"",
+            "add a [[sink]] table with type = \"parquet\" or \"delta\"",
         );
     }
     let mut sink_names = HashSet::new();

@@ -62,8 +62,22 @@ max_age = "soon"
 type = "parquet"
 uri = "s4://x/y"
 partition_by = ["nope"]
+"#,
+    );
+    project.write(
+        "pipelines/c_delta.toml",
+        r#"name = "c_delta"
+schema = "schemas/shopify_customer.json"
+[source]
+type = "webhook"
+path = "/hooks/c"
 [[sink]]
 type = "delta"
+mode = "merge"
+checkpoint_interval = 0
+schema_evolution = "sometimes"
+[[sink]]
+type = "https"
 "#,
     );
     project.write(
@@ -82,7 +96,10 @@ type = "delta"
         "pipelines/b_many.toml: record_path: \"customers\" is not a JSON pointer; start it with '/'",
         "pipelines/b_many.toml: source.path: \"hooks/b\" is not a URL path",
         "pipelines/b_many.toml: batch.max_age: \"soon\" is not a duration",
-        "pipelines/b_many.toml: sink[1].type: sink type \"delta\" is not available in this build yet",
+        "pipelines/c_delta.toml: sink[0].mode: mode = \"merge\" upserts on the pipeline's primary_key, which is not set; add primary_key = [\"id\"]",
+        "pipelines/c_delta.toml: sink[0].checkpoint_interval: must be at least 1",
+        "pipelines/c_delta.toml: sink[0].schema_evolution: unknown value \"sometimes\"; use \"add_columns\"",
+        "pipelines/c_delta.toml: sink[1].type: sink type \"https\" is not available in this build yet",
         "schemas/broken.json: properties.a.type: unknown type \"strin\"",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
@@ -113,6 +130,14 @@ fn cross_file_and_sink_errors() {
         ),
     );
     project.write("pipelines/four.toml", &pipeline("four", "/hooks/four", ""));
+    project.write(
+        "pipelines/five.toml",
+        &pipeline(
+            "five",
+            "/hooks/five",
+            "[[sink]]\ntype = \"parquet\"\n[[sink]]\ntype = \"delta\"\n",
+        ),
+    );
     let out = project.command(&["check"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -122,6 +147,7 @@ fn cross_file_and_sink_errors() {
         "pipelines/three.toml: sink[0].partition_by[1]: column \"addresses\" is a List",
         "pipelines/three.toml: sink[0].storage.secret_access_key: unknown storage key \"secret_access_key\"; never write credentials in TOML",
         "pipelines/four.toml: sink: no sink is configured; add a [[sink]] table",
+        "pipelines/five.toml: sink[1].uri: sink \"parquet\" already writes to",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }

@@ -128,7 +128,11 @@ async fn kill_9_into_delta_loses_and_duplicates_nothing() {
         let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
         assert_eq!(missing, 0, "{engine}: acknowledged ids missing");
     }
-    assert_eq!(view.deltalake.len(), view.duckdb.len(), "both engines see the same rows");
+    assert_eq!(
+        view.deltalake.len(),
+        view.duckdb.len(),
+        "both engines see the same rows"
+    );
     let committed = ledger_committed(&project, "shopify_customers", "delta");
     assert_eq!(
         view.txn[app],

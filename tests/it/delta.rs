@@ -16,7 +16,9 @@ async fn post_customers(project: &Project, first: u64, requests: u64, per: u64) 
     let client = reqwest::Client::new();
     let mut acked = HashSet::new();
     for r in 0..requests {
-        let events: Vec<_> = (0..per).map(|i| shopify_customer(first + r * per + i)).collect();
+        let events: Vec<_> = (0..per)
+            .map(|i| shopify_customer(first + r * per + i))
+            .collect();
         let response = client
             .post(project.url("/hooks/shopify/customers"))
             .json(&events)
@@ -41,7 +43,11 @@ async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
     view.assert_exactly(&acked);
     let committed = ledger_committed(&project, "shopify_customers", "delta");
     assert_eq!(committed, 100);
-    assert_eq!(view.txn[APP], Some(99), "txn version = last offset in the table");
+    assert_eq!(
+        view.txn[APP],
+        Some(99),
+        "txn version = last offset in the table"
+    );
     assert!(
         project.table_dir().read_dir().unwrap().any(|e| e
             .unwrap()
@@ -91,7 +97,12 @@ async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
     );
     let mut read_env = env.to_vec();
     read_env.push(("AWS_ENDPOINT_URL", moto.endpoint.as_str()));
-    let view = read_delta("s3://lake/shared/customers", &[app_a, app_b], &[], &read_env);
+    let view = read_delta(
+        "s3://lake/shared/customers",
+        &[app_a, app_b],
+        &[],
+        &read_env,
+    );
     let all: HashSet<String> = acked_a.union(&acked_b).cloned().collect();
     view.assert_exactly(&all);
     assert_eq!(view.txn[app_a], Some(299));
@@ -138,13 +149,17 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
     project.write("schemas/person.json", PERSON_V1);
     people_pipeline(&project, "");
     let server = project.start().await;
-    let old: Vec<_> = (1..=5).map(|i| serde_json::json!({"id": i, "name": format!("p{i}")})).collect();
+    let old: Vec<_> = (1..=5)
+        .map(|i| serde_json::json!({"id": i, "name": format!("p{i}")}))
+        .collect();
     let mut acked: HashSet<String> = post_json(&project, old.into()).await.into_iter().collect();
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
     project.write("schemas/person.json", PERSON_V2);
     let server = project.start().await;
-    let new: Vec<_> = (6..=10).map(|i| serde_json::json!({"id": i, "tier": "gold"})).collect();
+    let new: Vec<_> = (6..=10)
+        .map(|i| serde_json::json!({"id": i, "tier": "gold"}))
+        .collect();
     acked.extend(post_json(&project, new.into()).await);
     let conflict = post_json(&project, serde_json::json!({"id": 11, "name": 42})).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
@@ -155,7 +170,11 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
     for row in &view.rows {
         let id = row["id"].as_i64().unwrap();
         if id <= 5 {
-            assert_eq!(row["tier"], serde_json::Value::Null, "old rows have no tier: {row:?}");
+            assert_eq!(
+                row["tier"],
+                serde_json::Value::Null,
+                "old rows have no tier: {row:?}"
+            );
             assert_eq!(row["name"], format!("p{id}"));
         } else {
             assert_eq!(row["tier"], "gold", "new rows are filled: {row:?}");
@@ -164,12 +183,25 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
     let dead = read_parquet(&project.path().join("lake/_dead_letters/people"));
     let ids: Vec<String> = dead
         .iter()
-        .flat_map(|b| b.column_by_name("_event_id").unwrap().as_string::<i32>().iter())
+        .flat_map(|b| {
+            b.column_by_name("_event_id")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+        })
         .map(|v| v.unwrap().to_string())
         .collect();
     assert_eq!(ids, conflict, "the conflicting event is a dead letter");
-    let reason = dead[0].column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
-    assert!(reason.contains("name"), "the reason names the column: {reason}");
+    let reason = dead[0]
+        .column_by_name("reason")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
+    assert!(
+        reason.contains("name"),
+        "the reason names the column: {reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,12 +234,23 @@ async fn merge_mode_keeps_the_latest_record_per_key() {
     let mut rows: Vec<(i64, String)> = view
         .rows
         .iter()
-        .map(|r| (r["id"].as_i64().unwrap(), r["updated_at"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap(),
+                r["updated_at"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     rows.sort();
     assert_eq!(rows.len(), 2, "one row per key: {rows:?}");
-    assert!(rows[0].0 == 7 && rows[0].1.starts_with("2024-01-03"), "{rows:?}");
-    assert!(rows[1].0 == 8 && rows[1].1.starts_with("2024-01-01"), "{rows:?}");
+    assert!(
+        rows[0].0 == 7 && rows[0].1.starts_with("2024-01-03"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].0 == 8 && rows[1].1.starts_with("2024-01-01"),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,13 +274,27 @@ async fn compaction_reduces_files_and_keeps_every_row() {
 
     let view = read_delta(&project.table_uri(), &[APP], &[], &[]);
     view.assert_exactly(&acked);
-    assert!(project.log().contains("Compacted small files"), "log:\n{}", project.log());
+    assert!(
+        project.log().contains("Compacted small files"),
+        "log:\n{}",
+        project.log()
+    );
     assert!(view.files < 12, "12 flushes left {} files", view.files);
-    assert!(project.log().contains("Vacuumed"), "log:\n{}", project.log());
+    assert!(
+        project.log().contains("Vacuumed"),
+        "log:\n{}",
+        project.log()
+    );
     let on_disk = parquet_files(&project.table_dir())
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains("_delta_log"))
         .count();
-    assert!(on_disk < 12, "vacuum deleted compacted-away files: {on_disk} on disk");
-    eprintln!("12 flushes → {} active files, {on_disk} on disk, version {}", view.files, view.version);
+    assert!(
+        on_disk < 12,
+        "vacuum deleted compacted-away files: {on_disk} on disk"
+    );
+    eprintln!(
+        "12 flushes → {} active files, {on_disk} on disk, version {}",
+        view.files, view.version
+    );
 }

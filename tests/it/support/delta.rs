@@ -28,7 +28,12 @@ impl DeltaView {
     pub fn assert_exactly(&self, ids: &HashSet<String>) {
         for (engine, counts) in [("deltalake", &self.deltalake), ("duckdb", &self.duckdb)] {
             let twice: Vec<_> = counts.iter().filter(|(_, &n)| n != 1).collect();
-            assert!(twice.is_empty(), "{engine}: {} ids not exactly once, e.g. {:?}", twice.len(), twice.first());
+            assert!(
+                twice.is_empty(),
+                "{engine}: {} ids not exactly once, e.g. {:?}",
+                twice.len(),
+                twice.first()
+            );
             let seen: HashSet<String> = counts.keys().cloned().collect();
             assert_eq!(seen.len(), ids.len(), "{engine}: row count");
             assert!(&seen == ids, "{engine}: the id sets differ");
@@ -38,8 +43,16 @@ impl DeltaView {
 
 /// Reads the table at `uri` (a path or `s3://…`) with both engines; `env`
 /// carries S3 settings (`AWS_ENDPOINT_URL`, keys) for `s3://` tables.
-pub fn read_delta(uri: &str, app_ids: &[&str], columns: &[&str], env: &[(&str, &str)]) -> DeltaView {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/read_delta.py");
+pub fn read_delta(
+    uri: &str,
+    app_ids: &[&str],
+    columns: &[&str],
+    env: &[(&str, &str)],
+) -> DeltaView {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/support/read_delta.py"
+    );
     let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
         .args([script, uri, &app_ids.join(","), &columns.join(",")])
@@ -56,7 +69,9 @@ pub fn read_delta(uri: &str, app_ids: &[&str], columns: &[&str], env: &[(&str, &
 
 /// The sink's committed offset, from its progress file (0 before its first commit).
 pub fn ledger_committed(project: &Project, pipeline: &str, sink: &str) -> u64 {
-    let path = project.path().join(format!("data/{pipeline}/sinks/{sink}.json"));
+    let path = project
+        .path()
+        .join(format!("data/{pipeline}/sinks/{sink}.json"));
     let Ok(text) = std::fs::read_to_string(&path) else {
         return 0;
     };
