@@ -5,7 +5,8 @@
 //! ```text
 //!  trigger                 durable buffer              per-sink runner                sink
 //!  webhook (HTTP POST) ──► append(events) ──► log ──┬─ batcher → Arrow encoder ──► parquet → object store
-//!                          (fsync, then ack)        └─ (one runner per sink, each with its own offset)
+//!                          (fsync, then ack)        ├─ batcher → Arrow encoder ──► delta   → object store
+//!                                                   └─ (one runner per sink, each with its own offset)
 //! ```
 //!
 //! * The buffer is the source of truth: a webhook is answered 2xx only after its
@@ -14,7 +15,9 @@
 //!   blocks another; log segments are deleted once every sink has passed them.
 //! * Sinks are idempotent on replay: a Parquet object's name derives from the
 //!   offset range it holds, and the range of a flush is recorded before the
-//!   upload, so a replay after a crash rewrites the same objects.
+//!   upload, so a replay after a crash rewrites the same objects. A Delta
+//!   commit carries a `txn` action (app id `tributary/<pipeline>/<sink>`,
+//!   version = its last offset), so the table itself says where to resume.
 //!
 //! # Glossary
 //! * **event** — one JSON value received by a source, with its id and arrival time.
@@ -30,7 +33,7 @@
 //! * [`buffer`] — the durable, append-only log with group commit and a per-sink ledger.
 //! * [`source`] — triggers; today the webhook receiver.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
-//! * [`sink`] — storage, batch policy, the per-sink runner and the Parquet writer.
+//! * [`sink`] — storage, batch policy, the per-sink runner, the Parquet writer and the Delta sink.
 //! * [`pipeline`] — wires one pipeline: source → buffer → one runner per sink.
 //! * [`server`] — the HTTP server: webhook routes and `/healthz`.
 //! * [`shutdown`] — cancellation tree, task tracker and grace deadline.

@@ -12,6 +12,7 @@ use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
 use crate::encode::Encoder;
 use crate::server;
 use crate::shutdown::{Shutdown, GRACE};
+use crate::sink::delta::DeltaSink;
 use crate::sink::runner::{Runner, Target};
 use crate::sink::{Storage, StorageError};
 use crate::source::webhook::Route;
@@ -66,17 +67,20 @@ pub struct Built {
     pub runners: Vec<Runner>,
 }
 
-/// Opens the pipeline's log and builds its sinks; starts nothing.
+/// Opens the pipeline's log and builds its sinks; starts nothing. The log
+/// assigns no offset below `floor` (see [`delta_floor`]).
 pub fn build(
     spec: &PipelineSpec,
     global: &GlobalSpec,
     shutdown: &Shutdown,
+    floor: u64,
 ) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
     let options = buffer::Options {
         dir: dir.clone(),
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
         sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
+        floor,
     };
     let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
         pipeline: spec.name.clone(),
@@ -130,6 +134,26 @@ pub fn build(
     Ok(Built { route, runners })
 }
 
+/// The highest offset + 1 that the pipeline's Delta tables already hold.
+/// Offsets live in the data directory; if it was lost, the tables still say
+/// which offsets were used, and reusing one would make its txn check skip
+/// new events. A table that cannot be read now is skipped with a warning
+/// (its runner retries opening it).
+pub async fn delta_floor(spec: &PipelineSpec) -> u64 {
+    let mut floor = 0;
+    for sink in &spec.sinks {
+        if let SinkSpec::Delta(d) = sink {
+            match DeltaSink::resume_offset(&spec.name, d).await {
+                Ok(resume) => floor = floor.max(resume.unwrap_or(0)),
+                Err(e) => {
+                    warn!(pipeline = %spec.name, sink = %d.name, error = %format!("{:#}", anyhow::Error::from(e)), "Cannot read the Delta table yet; its runner will retry.")
+                }
+            }
+        }
+    }
+    floor
+}
+
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
 /// accepting, lets the sinks flush what the logs hold, and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
@@ -143,7 +167,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
 
     let mut routes = HashMap::new();
     for spec in &config.pipelines {
-        let built = build(spec, &config.global, &shutdown)?;
+        let built = build(spec, &config.global, &shutdown, delta_floor(spec).await)?;
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }

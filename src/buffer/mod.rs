@@ -85,6 +85,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Names of the sinks whose progress decides what can be deleted.
     pub sinks: Vec<String>,
+    /// Offsets below this are never assigned: a Delta table's txn says they
+    /// were used, even if this log (or the whole data directory) was lost.
+    pub floor: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -162,7 +165,7 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     }
     // Never assign an offset a sink has already passed (e.g. a log directory
     // deleted by hand): start a fresh segment at the highest committed offset.
-    let floor = ledger.max_committed();
+    let floor = ledger.max_committed().max(options.floor);
     if bases.is_empty() || end < floor {
         if end < floor && !bases.is_empty() {
             warn!(log = %log_dir.display(), end, committed = floor, "The log ends below a sink's committed offset; continuing at the committed offset.");

@@ -11,6 +11,7 @@ fn options(dir: &Path, segment_bytes: u64) -> Options {
         dir: dir.to_path_buf(),
         segment_bytes,
         sinks: vec!["s".into()],
+        floor: 0,
     }
 }
 

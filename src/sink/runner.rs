@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
-use super::delta::DeltaSink;
+use super::delta::{DeltaSink, Opened};
 use super::{parquet, SinkError, Storage};
 use crate::buffer::Log;
 use crate::config::spec::DeltaSinkSpec;
@@ -81,13 +81,7 @@ impl Runner {
         let state = self.log.sink_state(&self.sink);
         let mut next = state.committed;
         if let Target::Delta(spec) = &self.target {
-            let (table, opened) = DeltaSink::open(
-                &self.pipeline,
-                spec.clone(),
-                self.encoder.table_schema(),
-                next,
-            )
-            .await?;
+            let (table, opened) = self.open_with_retry(spec.clone(), next).await?;
             self.encoder = Arc::new(self.encoder.with_record_schema(opened.record_schema));
             if let Some(resume) = opened.resume {
                 if resume > next {
@@ -205,6 +199,7 @@ impl Runner {
             self.put_with_retry(&self.dead_letters, &name, body).await?;
         }
         let (mut file_count, mut bytes) = (0, 0);
+        let writing = std::time::Instant::now();
         match payload {
             Payload::Files(files) => {
                 let Target::Parquet { storage, .. } = &self.target else {
@@ -220,12 +215,13 @@ impl Runner {
             }
             Payload::Rows(_) => {}
         }
+        let write_millis = writing.elapsed().as_millis() as u64;
 
         let end = range.end;
         self.ledger(move |log, sink| log.commit(sink, end)).await?;
         info!(
             pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
-            rows, dead_letters = dead, files = file_count, bytes, millis = started.elapsed().as_millis() as u64,
+            rows, dead_letters = dead, files = file_count, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );
         if rows > 0 {
@@ -236,27 +232,36 @@ impl Runner {
         Ok(())
     }
 
+    /// Opens (or creates) the Delta table, retrying transient failures (an
+    /// unreachable S3 endpoint at start) until shutdown gives up.
+    async fn open_with_retry(
+        &self,
+        spec: DeltaSinkSpec,
+        start: u64,
+    ) -> Result<(DeltaSink, Opened), SinkError> {
+        let mut backoff = Backoff::new(self, "Cannot open the Delta table");
+        loop {
+            let schema = self.encoder.table_schema();
+            match DeltaSink::open(&self.pipeline, spec.clone(), schema, start).await {
+                Ok(opened) => return Ok(opened),
+                Err(e) => backoff.pause(e).await?,
+            }
+        }
+    }
+
     /// Commits rows to the Delta table, retrying transient failures like
     /// [`Self::put_with_retry`]; every try first asks the table's txn whether
     /// an earlier one already landed.
     async fn commit_with_retry(&mut self, batch: RecordBatch, last: u64) -> Result<(), SinkError> {
+        let mut backoff = Backoff::new(self, "Delta commit failed");
         let Target::DeltaOpen(table) = &mut self.target else {
             unreachable!("rows are made for Delta targets only");
         };
-        let mut wait = RETRY_MIN;
         loop {
             match table.commit(batch.clone(), last).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Transient => {
-                    warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "Delta commit failed; retrying.");
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => backoff.pause(e).await?,
             }
-            tokio::select! {
-                _ = tokio::time::sleep(jitter(wait)) => {}
-                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
-            }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 
@@ -280,22 +285,54 @@ impl Runner {
         name: &str,
         body: Bytes,
     ) -> Result<(), SinkError> {
-        let mut wait = RETRY_MIN;
+        let mut backoff = Backoff::new(self, "Upload failed");
         loop {
             // The upload itself is never cancelled half-way; only the wait between tries is.
             match storage.put(name, body.clone()).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Transient => {
-                    warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "Upload failed; retrying.");
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => backoff.pause(e).await?,
             }
-            tokio::select! {
-                _ = tokio::time::sleep(jitter(wait)) => {}
-                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
-            }
-            wait = (wait * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// Exponential backoff with jitter between the tries of a failing operation,
+/// until shutdown's grace period gives up on it.
+struct Backoff {
+    wait: Duration,
+    what: &'static str,
+    pipeline: String,
+    sink: String,
+    abandon: CancellationToken,
+}
+
+impl Backoff {
+    fn new(runner: &Runner, what: &'static str) -> Self {
+        Self {
+            wait: RETRY_MIN,
+            what,
+            pipeline: runner.pipeline.clone(),
+            sink: runner.sink.clone(),
+            abandon: runner.abandon.clone(),
+        }
+    }
+
+    /// After a failed try: a transient error is logged and waited out; any
+    /// other error (or shutdown giving up) ends the retrying.
+    async fn pause<E>(&mut self, error: E) -> Result<(), SinkError>
+    where
+        E: Classify + Into<SinkError> + std::error::Error + Send + Sync + 'static,
+    {
+        if error.kind() != ErrorKind::Transient {
+            return Err(error.into());
+        }
+        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(error)), retry_in_ms = self.wait.as_millis() as u64, "{}; retrying.", self.what);
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(self.wait)) => {}
+            _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+        }
+        self.wait = (self.wait * 2).min(RETRY_MAX);
+        Ok(())
     }
 }
 

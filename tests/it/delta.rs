@@ -67,6 +67,29 @@ async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_data_directory_does_not_make_the_table_skip_new_events() {
+    let project = Project::new();
+    project.shopify_delta("max_age = \"20ms\"", "");
+    let server = project.start().await;
+    let mut acked = post_customers(&project, 0, 3, 10).await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    // The log and the sink's progress are gone; the table's txn says 0..=29 were used.
+    std::fs::remove_dir_all(project.path().join("data")).unwrap();
+    let server = project.start().await;
+    acked.extend(post_customers(&project, 100, 2, 10).await);
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let view = read_delta(&project.table_uri(), &[APP], &[], &[]);
+    view.assert_exactly(&acked);
+    assert_eq!(
+        view.txn[APP],
+        Some(49),
+        "new offsets continue after the table's txn"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
     let moto = Moto::start().await;
     moto.bucket("lake").await;

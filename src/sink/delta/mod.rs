@@ -172,6 +172,34 @@ impl DeltaSink {
         ))
     }
 
+    /// The first log offset the existing table at `spec` does not hold
+    /// (its txn version + 1), without creating anything. The pipeline's log
+    /// never assigns offsets below it, even if the data directory was lost.
+    pub async fn resume_offset(
+        pipeline: &str,
+        spec: &DeltaSinkSpec,
+    ) -> Result<Option<u64>, DeltaError> {
+        let app_id = format!("tributary/{pipeline}/{}", spec.name);
+        let (builder, url, _) = builder(spec)?;
+        let mut table = builder.build().map_err(|source| DeltaError::Table {
+            table: url.to_string(),
+            source,
+        })?;
+        run_on(&table_runtime(), &url, async move {
+            match table.load().await {
+                Ok(()) => {}
+                Err(DeltaTableError::NotATable(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let version = table
+                .snapshot()?
+                .transaction_version(table.log_store().as_ref(), &app_id)
+                .await?;
+            Ok(version.map(|v| (v + 1).max(0) as u64))
+        })
+        .await
+    }
+
     /// The table's URL, for messages.
     pub fn url(&self) -> &Url {
         &self.url

@@ -17,6 +17,7 @@ fn open(dir: &Path) -> (Appender, Log) {
         dir: dir.join("data"),
         segment_bytes: 1 << 20,
         sinks: vec!["parquet".into()],
+        floor: 0,
     })
     .unwrap()
 }
