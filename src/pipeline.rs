@@ -87,11 +87,10 @@ pub fn build(
         dir: dir.display().to_string(),
         source,
     })?;
-    let encoder = Arc::new(Encoder::new(
-        spec.schema.clone(),
-        &spec.record_path,
-        &spec.source.label(),
-    ));
+    let encoder = Arc::new(
+        Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label())
+            .inferring(spec.infer_schema),
+    );
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let mut runners = Vec::new();
     for sink in &spec.sinks {

@@ -37,6 +37,8 @@ pub struct Table<'a> {
     pub global: &'a GlobalSpec,
     pub pipeline: &'a str,
     pub schema: Option<&'a Schema>,
+    /// `schema = "infer"`: no record column is known before events arrive.
+    pub infer: bool,
     pub primary_key: &'a [String],
     pub root: &'a Path,
 }
@@ -94,6 +96,14 @@ fn common(
             );
             continue;
         }
+        if t.infer {
+            e.push(
+                at,
+                format!("with schema = \"infer\", column \"{column}\" may be missing from a batch"),
+                "partition by _received_date or _source, or name a JSON Schema file",
+            );
+            continue;
+        }
         match t.schema.map(|s| s.field_with_name(column)) {
             Some(Ok(f)) if partitionable(f.data_type()) => {}
             Some(Ok(f)) => e.push(
@@ -148,24 +158,14 @@ fn common(
 
 /// `type = "parquet"`.
 pub fn parquet(
-    global: &GlobalSpec,
-    pipeline: &str,
+    t: &Table<'_>,
     key: &str,
     raw: &RawParquetSink,
-    schema: Option<&Schema>,
-    root: &Path,
     e: &mut Errors<'_>,
 ) -> Option<ParquetSinkSpec> {
     let start = e.list.len();
-    let t = Table {
-        global,
-        pipeline,
-        schema,
-        primary_key: &[],
-        root,
-    };
     let c = common(
-        &t,
+        t,
         key,
         "parquet",
         raw.name.as_ref(),

@@ -37,8 +37,11 @@ pub struct PipelineSpec {
     pub name: String,
     /// The file it came from, for messages.
     pub file: PathBuf,
-    /// Arrow schema of the record columns (without the `_` metadata columns).
+    /// Arrow schema of the record columns (without the `_` metadata columns);
+    /// empty with `schema = "infer"`.
     pub schema: SchemaRef,
+    /// `schema = "infer"`: columns are added as new record fields appear.
+    pub infer_schema: bool,
     /// JSON pointer to the record in each event (`""` = the whole event).
     pub record_path: String,
     /// Columns that identify a record.

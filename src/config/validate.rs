@@ -160,6 +160,9 @@ fn pipeline(
         }
     };
     let schema = record_schema(raw, schemas, root, e);
+    let infer_schema = raw.schema.as_deref() == Some("infer");
+    // With an inferred schema no column is known in advance.
+    let known = schema.as_deref().filter(|_| !infer_schema);
     let record_path = raw.record_path.clone().unwrap_or_default();
     if !(record_path.is_empty() || record_path.starts_with('/')) {
         e.push(
@@ -169,7 +172,7 @@ fn pipeline(
         );
     }
     let primary_key = raw.primary_key.clone().unwrap_or_default();
-    if let Some(schema) = &schema {
+    if let Some(schema) = known {
         for (i, column) in primary_key.iter().enumerate() {
             if schema.field_with_name(column).is_err() {
                 e.push(
@@ -207,7 +210,17 @@ fn pipeline(
         let spec = match raw_sink {
             RawSink::Parquet(p) => name
                 .as_deref()
-                .and_then(|n| sinks::parquet(global, n, &key, p, schema.as_deref(), root, e))
+                .and_then(|n| {
+                    let table = sinks::Table {
+                        global,
+                        pipeline: n,
+                        schema: known,
+                        infer: infer_schema,
+                        primary_key: &primary_key,
+                        root,
+                    };
+                    sinks::parquet(&table, &key, p, e)
+                })
                 .map(SinkSpec::Parquet),
             RawSink::Delta(d) => name
                 .as_deref()
@@ -215,7 +228,8 @@ fn pipeline(
                     let table = sinks::Table {
                         global,
                         pipeline: n,
-                        schema: schema.as_deref(),
+                        schema: known,
+                        infer: infer_schema,
                         primary_key: &primary_key,
                         root,
                     };
@@ -263,6 +277,7 @@ fn pipeline(
         name: name?,
         file: file.to_path_buf(),
         schema: schema?,
+        infer_schema,
         record_path,
         primary_key,
         source: source?,
@@ -298,12 +313,7 @@ fn record_schema(
         return None;
     };
     if path == "infer" {
-        e.push(
-            "schema",
-            "schema = \"infer\" is not available in this build yet",
-            "write a JSON Schema file and name it here",
-        );
-        return None;
+        return Some(Arc::new(Schema::empty()));
     }
     let resolved = root.join(path);
     match schemas.get(&resolved) {

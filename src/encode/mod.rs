@@ -8,6 +8,7 @@
 //! holds back the rest of its batch. Nothing here panics on input.
 
 pub mod dead_letter;
+mod infer;
 mod pointer;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Encoder {
     table_schema: SchemaRef,
     record_path: Vec<String>,
     source: String,
+    /// Add a column for each new top-level record field (`schema = "infer"`).
+    infer: bool,
 }
 
 /// What one flush produced.
@@ -41,6 +44,9 @@ pub struct Encoded {
     pub batch: RecordBatch,
     /// The events that did not, each with its reason.
     pub dead: Vec<DeadLetter>,
+    /// With inference: the record schema grown by this flush's new fields,
+    /// for the encoder of the next flush.
+    pub grown: Option<SchemaRef>,
 }
 
 impl Encoder {
@@ -52,7 +58,15 @@ impl Encoder {
             record_schema,
             record_path: pointer::tokens(record_path),
             source: source.to_string(),
+            infer: false,
         }
+    }
+
+    /// This encoder, adding a column for each new top-level field it meets
+    /// (`schema = "infer"`), or not.
+    pub fn inferring(mut self, infer: bool) -> Self {
+        self.infer = infer;
+        self
     }
 
     /// The same encoder for records of another schema (a Delta table's columns).
@@ -62,7 +76,13 @@ impl Encoder {
             record_schema,
             record_path: self.record_path.clone(),
             source: self.source.clone(),
+            infer: self.infer,
         }
+    }
+
+    /// Whether this encoder adds columns for new fields.
+    pub fn infers(&self) -> bool {
+        self.infer
     }
 
     /// The schema of the batches this encoder returns.
@@ -84,14 +104,21 @@ impl Encoder {
                 Err(reason) => dead.push(DeadLetter::new(event, reason)),
             }
         }
-        let columns = match self.decode(&records) {
+        let grown = if self.infer {
+            infer::grow(&self.record_schema, &records)
+        } else {
+            None
+        };
+        let grown_encoder = grown.clone().map(|s| self.with_record_schema(s));
+        let this = grown_encoder.as_ref().unwrap_or(self);
+        let columns = match this.decode(&records) {
             Ok(batch) => batch,
             Err(_) => {
                 // Find the culprits one by one; the others still become rows.
                 let mut rows = Vec::with_capacity(records.len());
                 let mut kept = Vec::with_capacity(records.len());
                 for (event, record) in good.iter().zip(&records) {
-                    match self.decode(std::slice::from_ref(record)) {
+                    match this.decode(std::slice::from_ref(record)) {
                         Ok(row) => {
                             rows.push(row);
                             kept.push(*event);
@@ -100,13 +127,14 @@ impl Encoder {
                     }
                 }
                 good = kept;
-                arrow_select::concat::concat_batches(&self.record_schema, &rows)
+                arrow_select::concat::concat_batches(&this.record_schema, &rows)
                     .expect("rows decoded with one schema concatenate")
             }
         };
         Encoded {
-            batch: self.with_metadata(&good, columns),
+            batch: this.with_metadata(&good, columns),
             dead,
+            grown,
         }
     }
 

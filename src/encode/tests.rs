@@ -140,3 +140,24 @@ fn dead_letter_rows_carry_reason_and_raw() {
 }
 
 use uuid::Uuid;
+
+#[test]
+fn an_inferring_encoder_adds_columns_for_new_fields_in_the_same_flush() {
+    let encoder = Encoder::new(Arc::new(Schema::empty()), "", "webhook:/x").inferring(true);
+    let out = encoder.encode(&[event(r#"{"id": 1}"#), event(r#"{"id": 2, "tier": "gold"}"#)]);
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+    let grown = out.grown.expect("the schema grew");
+    assert_eq!(grown.fields().len(), 2);
+    let tier = out.batch.column_by_name("tier").unwrap().as_string::<i32>();
+    assert_eq!(tier.iter().collect::<Vec<_>>(), [None, Some("gold")]);
+
+    let next = encoder.with_record_schema(grown);
+    let out = next.encode(&[event(r#"{"id": "three"}"#), event(r#"{"id": 4}"#)]);
+    assert!(out.grown.is_none());
+    assert_eq!(out.batch.num_rows(), 1);
+    assert_eq!(
+        out.dead.len(),
+        1,
+        "a value of another type is a dead letter"
+    );
+}

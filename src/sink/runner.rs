@@ -82,7 +82,12 @@ impl Runner {
         let mut next = state.committed;
         if let Target::Delta(spec) = &self.target {
             let (table, opened) = self.open_with_retry(spec.clone(), next).await?;
-            self.encoder = Arc::new(self.encoder.with_record_schema(opened.record_schema));
+            let evolve = spec.add_columns;
+            self.encoder = Arc::new(
+                self.encoder
+                    .with_record_schema(opened.record_schema)
+                    .inferring(self.encoder.infers() && evolve),
+            );
             if let Some(resume) = opened.resume {
                 if resume > next {
                     info!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
@@ -164,7 +169,7 @@ impl Runner {
         };
         let (props, file_range) = (props.clone(), range.clone());
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
-        let (payload, dead_file, rows, dead) = tokio::task::spawn_blocking(move || {
+        let (payload, dead_file, rows, dead, grown) = tokio::task::spawn_blocking(move || {
             background_priority();
             let encoded = encoder.encode(&events);
             let rows = encoded.batch.num_rows();
@@ -187,13 +192,18 @@ impl Runner {
                     parquet::serialise(&batch, &props)?,
                 ))
             };
-            Ok::<_, SinkError>((payload, dead_file, rows, encoded.dead.len()))
+            let dead = encoded.dead.len();
+            Ok::<_, SinkError>((payload, dead_file, rows, dead, encoded.grown))
         })
         .await
         .map_err(|e| {
             SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e)))
         })??;
 
+        if let Some(grown) = grown {
+            info!(pipeline = %self.pipeline, sink = %self.sink, columns = grown.fields().len(), "New record fields; the schema gains columns.");
+            self.encoder = Arc::new(self.encoder.with_record_schema(grown));
+        }
         if let Some((name, body)) = dead_file {
             warn!(pipeline = %self.pipeline, sink = %self.sink, dead_letters = dead, location = %format!("{}/{name}", self.dead_letters), "Events did not fit the schema; kept as dead letters.");
             self.put_with_retry(&self.dead_letters, &name, body).await?;

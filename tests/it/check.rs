@@ -138,10 +138,15 @@ fn cross_file_and_sink_errors() {
             "[[sink]]\ntype = \"parquet\"\n[[sink]]\ntype = \"delta\"\n",
         ),
     );
+    project.write(
+        "pipelines/six.toml",
+        "name = \"six\"\nschema = \"infer\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/six\"\n[[sink]]\ntype = \"delta\"\npartition_by = [\"shop\"]\n",
+    );
     let out = project.command(&["check"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
+        "pipelines/six.toml: sink[0].partition_by[0]: with schema = \"infer\", column \"shop\" may be missing from a batch",
         "pipelines/two.toml: source.path: \"/hooks/same\" is also used by pipelines/one.toml",
         "pipelines/three.toml: sink[0].partition_by[0]: column \"nope\" is not a top-level property",
         "pipelines/three.toml: sink[0].partition_by[1]: column \"addresses\" is a List",

@@ -145,10 +145,14 @@ const PERSON_V2: &str = r#"{"type": "object", "required": ["id"],
   "properties": {"id": {"type": "integer"}, "name": {"type": "integer"}, "tier": {"type": "string"}}}"#;
 
 fn people_pipeline(project: &Project, sink: &str) {
+    people_pipeline_with(project, "schemas/person.json", sink);
+}
+
+fn people_pipeline_with(project: &Project, schema: &str, sink: &str) {
     project.write(
         "pipelines/people.toml",
         &format!(
-            "name = \"people\"\nschema = \"schemas/person.json\"\nprimary_key = [\"id\"]\n\
+            "name = \"people\"\nschema = \"{schema}\"\nprimary_key = [\"id\"]\n\
              [source]\ntype = \"webhook\"\npath = \"/people\"\n[batch]\nmax_age = \"20ms\"\n\
              [[sink]]\ntype = \"delta\"\n{sink}\n"
         ),
@@ -224,6 +228,69 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
     assert!(
         reason.contains("name"),
         "the reason names the column: {reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inferred_schema_gains_a_column_when_a_new_field_appears() {
+    let project = Project::new();
+    people_pipeline_with(&project, "infer", "");
+    let server = project.start().await;
+    let mut acked: HashSet<String> = HashSet::new();
+    acked.extend(post_json(&project, serde_json::json!({"id": 1, "name": "a"})).await);
+    eventually(&project, "the first commit", || {
+        ledger_committed(&project, "people", "delta") == 1
+    })
+    .await;
+    acked.extend(
+        post_json(
+            &project,
+            serde_json::json!({"id": 2, "name": "b", "tier": "gold"}),
+        )
+        .await,
+    );
+    eventually(&project, "the second commit", || {
+        ledger_committed(&project, "people", "delta") == 2
+    })
+    .await;
+    let conflict = post_json(&project, serde_json::json!({"id": "three"})).await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+
+    let table = project.path().join("lake/people");
+    let view = read_delta(table.to_str().unwrap(), &[], &["id", "name", "tier"], &[]);
+    view.assert_exactly(&acked);
+    let mut rows: Vec<_> = view
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap(),
+                r["name"].clone(),
+                r["tier"].clone(),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    assert_eq!(
+        rows[0],
+        (1, "a".into(), serde_json::Value::Null),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1], (2, "b".into(), "gold".into()), "{rows:?}");
+    let dead = read_parquet(&project.path().join("lake/_dead_letters/people"));
+    let ids: Vec<String> = dead
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("_event_id")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+        })
+        .map(|v| v.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids, conflict,
+        "a value of another type than the column's is a dead letter"
     );
 }
 

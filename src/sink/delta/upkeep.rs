@@ -1,7 +1,8 @@
 //! Table upkeep after a commit: a checkpoint every `checkpoint_interval`
 //! commits of this sink, compaction once `compact_min_files` files are below
-//! half the target size, and vacuum (at most hourly, after a compaction) of
-//! the files removed longer than `vacuum_retention` ago.
+//! half the target size, and vacuum of the files removed longer than
+//! `vacuum_retention` ago, at most hourly, once this sink has removed files
+//! (by compaction, or by a merge rewriting them).
 //!
 //! Compaction and vacuum are ordinary Delta commits: a concurrent append by
 //! another writer only adds files, which delta-rs's conflict checker lets
@@ -30,6 +31,8 @@ pub struct State {
     commits: u64,
     /// When this sink last vacuumed.
     vacuumed: Option<Instant>,
+    /// Whether this sink has removed files (so vacuum has work).
+    removed: bool,
 }
 
 /// Runs what is due after one commit; returns the table as it now is.
@@ -52,11 +55,28 @@ pub async fn run(
             }
         }
     }
-    if spec.compact_min_files == 0
-        || small_files(&table, spec.target_file_size / 2) < spec.compact_min_files
+    if spec.merge_on.is_some() {
+        state.removed = true;
+    }
+    if spec.compact_min_files > 0
+        && small_files(&table, spec.target_file_size / 2) >= spec.compact_min_files
     {
+        table = compact(table, spec, props, state, url).await;
+    }
+    if !state.removed || state.vacuumed.is_some_and(|at| at.elapsed() < VACUUM_EVERY) {
         return table;
     }
+    vacuum(table, spec, state, url).await
+}
+
+/// Rewrites small files into files of about the target size.
+async fn compact(
+    mut table: DeltaTable,
+    spec: &DeltaSinkSpec,
+    props: WriterProperties,
+    state: &mut State,
+    url: &Url,
+) -> DeltaTable {
     let target = NonZeroU64::new(spec.target_file_size).unwrap_or(NonZeroU64::MIN);
     let optimized = table
         .clone()
@@ -68,17 +88,24 @@ pub async fn run(
     match optimized {
         Ok((compacted, metrics)) => {
             info!(table = %url, files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, version = ?compacted.version(), "Compacted small files.");
-            table = compacted;
+            state.removed = true;
+            compacted
         }
         Err(e) => {
             warn!(table = %url, error = %e, "Compaction failed; trying again after the next commit.");
             let _ = table.update_incremental(None).await;
-            return table;
+            table
         }
     }
-    if state.vacuumed.is_some_and(|at| at.elapsed() < VACUUM_EVERY) {
-        return table;
-    }
+}
+
+/// Deletes the files removed from the table longer than the retention ago.
+async fn vacuum(
+    table: DeltaTable,
+    spec: &DeltaSinkSpec,
+    state: &mut State,
+    url: &Url,
+) -> DeltaTable {
     let retention =
         chrono::Duration::from_std(spec.vacuum_retention).unwrap_or(chrono::Duration::MAX);
     let vacuumed = table
@@ -94,7 +121,7 @@ pub async fn run(
             vacuumed
         }
         Err(e) => {
-            warn!(table = %url, error = %e, "Vacuum failed; trying again after the next compaction.");
+            warn!(table = %url, error = %e, "Vacuum failed; trying again after the next commit.");
             table
         }
     }
