@@ -57,6 +57,8 @@ async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
         "partitioned by _received_date"
     );
     assert!(view.rows.iter().all(|r| r["_received_date"].is_string()));
+    assert_eq!(view.received_at_type, "timestamp[us, tz=UTC]");
+    assert!(view.stats, "every file has min/max statistics");
 
     // A restart with nothing new commits nothing and duplicates nothing.
     let server = project.start().await;
@@ -104,8 +106,15 @@ async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
         )
     };
     let (a, b) = (Project::new(), Project::new());
-    a.shopify_delta("max_age = \"20ms\"", &sink("writer_a"));
-    b.shopify_delta("max_age = \"20ms\"", &sink("writer_b"));
+    // Each writer also compacts (after 4 small files) while the other appends.
+    a.shopify_delta(
+        "max_events = 20\nmax_age = \"20ms\"",
+        &format!("{}compact_min_files = 4\n", sink("writer_a")),
+    );
+    b.shopify_delta(
+        "max_events = 20\nmax_age = \"20ms\"",
+        &format!("{}compact_min_files = 4\n", sink("writer_b")),
+    );
     let (server_a, server_b) = (a.start_with_env(&env).await, b.start_with_env(&env).await);
     let (acked_a, acked_b) = tokio::join!(
         post_customers(&a, 0, 30, 10),
@@ -130,8 +139,17 @@ async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
     view.assert_exactly(&all);
     assert_eq!(view.txn[app_a], Some(299));
     assert_eq!(view.txn[app_b], Some(299));
+    let compactions = [&a, &b]
+        .iter()
+        .map(|p| p.log().matches("Compacted small files").count())
+        .sum::<usize>();
+    assert!(
+        compactions > 0,
+        "compaction ran during concurrent appends; log:\n{}",
+        a.log()
+    );
     eprintln!(
-        "two writers on S3: {} rows, table version {}, {} files",
+        "two writers on S3: {} rows, table version {}, {} files, {compactions} compactions",
         all.len(),
         view.version,
         view.files

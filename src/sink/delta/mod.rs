@@ -17,6 +17,7 @@
 //! operation runs on a small runtime of its own at background priority: the
 //! webhook acknowledgements keep the CPU they need.
 
+mod compact;
 mod merge;
 mod sync;
 mod upkeep;

@@ -4,21 +4,21 @@
 //! `vacuum_retention` ago, at most hourly, once this sink has removed files
 //! (by compaction, or by a merge rewriting them).
 //!
-//! Compaction and vacuum are ordinary Delta commits: a concurrent append by
-//! another writer only adds files, which delta-rs's conflict checker lets
-//! both commits keep; a real conflict fails the compaction, which is simply
-//! tried again after a later commit. Upkeep never holds back data.
+//! Compaction commits only on the version it read (see [`super::compact`]):
+//! a concurrent append makes it start over, never lose the append or double
+//! a row. Upkeep failures are logged and retried after a later commit; upkeep
+//! never holds back data.
 
-use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use deltalake::checkpoints;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::DeltaTable;
 use parquet::file::properties::WriterProperties;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use url::Url;
 
+use super::compact;
 use crate::config::spec::DeltaSinkSpec;
 
 /// Least time between two vacuums by one sink.
@@ -69,7 +69,11 @@ pub async fn run(
     vacuum(table, spec, state, url).await
 }
 
-/// Rewrites small files into files of about the target size.
+/// How often one compaction starts over after losing a race to another commit.
+const COMPACT_TRIES: usize = 5;
+
+/// Rewrites small files into files of about the target size (see
+/// [`compact`](super::compact) for why it never rebases over other commits).
 async fn compact(
     mut table: DeltaTable,
     spec: &DeltaSinkSpec,
@@ -77,26 +81,25 @@ async fn compact(
     state: &mut State,
     url: &Url,
 ) -> DeltaTable {
-    let target = NonZeroU64::new(spec.target_file_size).unwrap_or(NonZeroU64::MIN);
-    let optimized = table
-        .clone()
-        .optimize()
-        .with_target_size(target)
-        .with_writer_properties(props)
-        .with_commit_properties(CommitProperties::default().with_max_retries(10))
-        .await;
-    match optimized {
-        Ok((compacted, metrics)) => {
-            info!(table = %url, files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, version = ?compacted.version(), "Compacted small files.");
-            state.removed = true;
-            compacted
-        }
-        Err(e) => {
-            warn!(table = %url, error = %e, "Compaction failed; trying again after the next commit.");
-            let _ = table.update_incremental(None).await;
-            table
+    for _ in 0..COMPACT_TRIES {
+        match compact::small_files(table.clone(), spec.target_file_size, props.clone()).await {
+            Ok(Some(done)) => {
+                info!(table = %url, files_removed = done.removed, files_added = done.added, version = ?done.table.version(), "Compacted small files.");
+                state.removed = true;
+                return done.table;
+            }
+            Ok(None) => return table,
+            Err(e) => {
+                debug!(table = %url, error = %e, "Compaction lost a race or failed; starting over on the latest version.");
+                if let Err(e) = table.update_incremental(None).await {
+                    warn!(table = %url, error = %e, "Compaction failed; trying again after the next commit.");
+                    return table;
+                }
+            }
         }
     }
+    warn!(table = %url, tries = COMPACT_TRIES, "Compaction kept losing races with other writers; trying again after the next commit.");
+    table
 }
 
 /// Deletes the files removed from the table longer than the retention ago.
@@ -112,6 +115,8 @@ async fn vacuum(
         .clone()
         .vacuum()
         .with_retention_period(retention)
+        // Also files of compactions that lost a race and were never committed.
+        .with_mode(VacuumMode::Full)
         .with_enforce_retention_duration(false)
         .await;
     match vacuumed {

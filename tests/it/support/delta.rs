@@ -19,6 +19,10 @@ pub struct DeltaView {
     pub files: usize,
     /// The txn version of each app id asked for.
     pub txn: HashMap<String, Option<i64>>,
+    /// `_received_at`'s Arrow type as pyarrow names it.
+    pub received_at_type: String,
+    /// Whether every file has row count and min/max statistics.
+    pub stats: bool,
     /// The asked-for columns of every row.
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
 }

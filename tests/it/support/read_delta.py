@@ -3,7 +3,8 @@ binding (`deltalake`) and DuckDB's own Delta reader (the `delta` extension,
 delta-kernel-rs). Prints one JSON object:
 
   {"deltalake": {id: count}, "duckdb": {id: count}, "version": v,
-   "files": active file count, "txn": {app_id: version}, "rows": [...]}
+   "files": active file count, "txn": {app_id: version}, "rows": [...],
+   "received_at_type": Arrow type, "stats": every file has min/max stats}
 
 Usage: read_delta.py URI APP_ID[,APP_ID...] [COLUMN,COLUMN...]
 S3 settings come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
@@ -14,6 +15,7 @@ import sys
 from collections import Counter
 
 import duckdb
+import pyarrow as pa
 import duckdb_ext
 from deltalake import DeltaTable
 
@@ -37,6 +39,13 @@ out = {
     "files": len(dt.file_uris()),
     "deltalake": Counter(table.column("_event_id").to_pylist()),
     "txn": {a: dt.transaction_version(a) for a in app_ids},
+    "received_at_type": str(table.schema.field("_received_at").type),
+    # Every file carries min/max statistics (engines skip files with them).
+    "stats": all(
+        v is not None
+        for column in ("num_records", "min._received_at", "max._received_at")
+        for v in pa.table(dt.get_add_actions(flatten=True)).column(column).to_pylist()
+    ),
     "rows": [
         {k: (v if v is None or isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items()}
         for row in table.select(columns).to_pylist()
