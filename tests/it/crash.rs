@@ -16,7 +16,7 @@ const CLIENTS: u64 = 8;
 /// Runs [`CYCLES`] cycles of posting clients and `kill -9`, then one clean
 /// run that flushes what the log holds; returns the acknowledged ids and how
 /// many requests kills cut.
-async fn post_through_kills(project: &Project) -> (HashSet<String>, usize) {
+async fn post_through_kills(project: &Project, sink: &str) -> (HashSet<String>, usize) {
     let url = project.url("/hooks/shopify/customers");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -67,8 +67,25 @@ async fn post_through_kills(project: &Project) -> (HashSet<String>, usize) {
         acked.len()
     );
 
+    // Let the sink work off the backlog the kills left (it has not moved for
+    // a second), so shutdown's grace period only has to flush the rest.
     let server = project.start().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let mut last = (
+        ledger_committed(project, "shopify_customers", sink),
+        started,
+    );
+    while last.1.elapsed() < Duration::from_secs(1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the sink never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = ledger_committed(project, "shopify_customers", sink);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+    }
     assert!(server.terminate().success(), "log:\n{}", project.log());
     (acked, refused)
 }
@@ -78,7 +95,7 @@ async fn kill_9_loses_and_duplicates_nothing() {
     let project = Project::new();
     // Small, frequent flushes so kills land during encoding, upload and commit too.
     project.shopify_pipeline("max_events = 200\nmax_age = \"50ms\"", "");
-    let (acked, refused) = post_through_kills(&project).await;
+    let (acked, refused) = post_through_kills(&project, "parquet").await;
 
     let counts = id_counts(&project.table_dir());
     let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
@@ -118,7 +135,7 @@ async fn kill_9_loses_and_duplicates_nothing() {
 async fn kill_9_into_delta_loses_and_duplicates_nothing() {
     let project = Project::new();
     project.shopify_delta("max_events = 200\nmax_age = \"50ms\"", "");
-    let (acked, refused) = post_through_kills(&project).await;
+    let (acked, refused) = post_through_kills(&project, "delta").await;
 
     let app = "tributary/shopify_customers/delta";
     let view = read_delta(&project.table_uri(), &[app], &[], &[]);
@@ -126,7 +143,17 @@ async fn kill_9_into_delta_loses_and_duplicates_nothing() {
         let twice = counts.values().filter(|&&n| n > 1).count();
         assert_eq!(twice, 0, "{engine}: ids more than once");
         let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
-        assert_eq!(missing, 0, "{engine}: acknowledged ids missing");
+        let log = project.log();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("Committed batch"))
+            .collect();
+        assert_eq!(
+            missing,
+            0,
+            "{engine}: acknowledged ids missing; log:\n{}",
+            tail[tail.len().saturating_sub(60)..].join("\n")
+        );
     }
     assert_eq!(
         view.deltalake.len(),

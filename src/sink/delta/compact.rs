@@ -32,25 +32,35 @@ pub struct Compacted {
 
 type PartitionKey = Vec<(String, Option<String>)>;
 
-/// Rewrites, per partition, the files below half of `target` bytes into files
-/// of about `target` bytes, in one commit on the version `table` holds.
-/// `Ok(None)`: nothing to do. A commit that lost a race fails (the caller
+/// Size tier of a file: files within a factor of 16 of each other share one.
+fn tier(size: u64) -> u32 {
+    (63 - size.max(1).leading_zeros()) / 4
+}
+
+/// Size-tiered compaction: in each partition, once `min_files` files below
+/// half of `target` share a size tier, they are rewritten into files of up to
+/// `target` bytes, all in one commit on the version `table` holds. A
+/// compacted file lands in a higher tier, so each byte is rewritten a few
+/// times (log16 of target / flush size), never once per compaction.
+/// `Ok(None)`: nothing is due. A commit that lost a race fails (the caller
 /// reloads and tries again).
 pub async fn small_files(
     table: DeltaTable,
     target: u64,
+    min_files: u64,
     props: WriterProperties,
 ) -> DeltaResult<Option<Compacted>> {
     let state = table.snapshot()?;
-    let mut groups: BTreeMap<PartitionKey, Vec<LogicalFileView>> = BTreeMap::new();
+    let mut groups: BTreeMap<(PartitionKey, u32), Vec<LogicalFileView>> = BTreeMap::new();
     for file in state.log_data().iter() {
-        if (file.size() as u64) < target / 2 && file.deletion_vector_descriptor().is_none() {
+        let size = file.size() as u64;
+        if size < target / 2 && file.deletion_vector_descriptor().is_none() {
             let mut key: PartitionKey = file.partition_values_map().into_iter().collect();
             key.sort();
-            groups.entry(key).or_default().push(file);
+            groups.entry((key, tier(size))).or_default().push(file);
         }
     }
-    groups.retain(|_, files| files.len() >= 2);
+    groups.retain(|_, files| files.len() as u64 >= min_files.max(2));
     if groups.is_empty() {
         return Ok(None);
     }
@@ -60,7 +70,7 @@ pub async fn small_files(
         .with_writer_properties(props)
         .with_target_file_size(target);
     let mut removes = Vec::new();
-    for (key, files) in &groups {
+    for ((key, _), files) in &groups {
         for file in files {
             let bytes = store.get(&file.object_store_path()).await?.bytes().await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
@@ -123,4 +133,18 @@ fn to_table_schema(
     }
     RecordBatch::try_new(schema.clone(), columns)
         .map_err(|e| DeltaTableError::Generic(format!("compaction: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tiers_group_sizes_within_a_factor_of_sixteen() {
+        use super::tier;
+        assert_eq!(tier(1), 0);
+        assert_eq!(tier(15), 0);
+        assert_eq!(tier(16), 1);
+        assert_eq!(tier(255), 1);
+        assert_eq!(tier(256), 2);
+        assert_eq!(tier(5 << 20), 5);
+    }
 }

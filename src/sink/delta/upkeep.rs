@@ -1,6 +1,6 @@
 //! Table upkeep after a commit: a checkpoint every `checkpoint_interval`
-//! commits of this sink, compaction once `compact_min_files` files are below
-//! half the target size, and vacuum of the files removed longer than
+//! commits of this sink, compaction once `compact_min_files` files of a
+//! partition below half the target size are of a similar size, and vacuum of the files removed longer than
 //! `vacuum_retention` ago, at most hourly, once this sink has removed files
 //! (by compaction, or by a merge rewriting them).
 //!
@@ -58,9 +58,7 @@ pub async fn run(
     if spec.merge_on.is_some() {
         state.removed = true;
     }
-    if spec.compact_min_files > 0
-        && small_files(&table, spec.target_file_size / 2) >= spec.compact_min_files
-    {
+    if spec.compact_min_files > 0 {
         table = compact(table, spec, props, state, url).await;
     }
     if !state.removed || state.vacuumed.is_some_and(|at| at.elapsed() < VACUUM_EVERY) {
@@ -82,7 +80,8 @@ async fn compact(
     url: &Url,
 ) -> DeltaTable {
     for _ in 0..COMPACT_TRIES {
-        match compact::small_files(table.clone(), spec.target_file_size, props.clone()).await {
+        let (target, min) = (spec.target_file_size, spec.compact_min_files);
+        match compact::small_files(table.clone(), target, min, props.clone()).await {
             Ok(Some(done)) => {
                 info!(table = %url, files_removed = done.removed, files_added = done.added, version = ?done.table.version(), "Compacted small files.");
                 state.removed = true;
@@ -130,16 +129,4 @@ async fn vacuum(
             table
         }
     }
-}
-
-/// How many of the table's files are smaller than `below` bytes.
-fn small_files(table: &DeltaTable, below: u64) -> u64 {
-    let Ok(state) = table.snapshot() else {
-        return 0;
-    };
-    state
-        .log_data()
-        .iter()
-        .filter(|f| (f.size() as u64) < below)
-        .count() as u64
 }
