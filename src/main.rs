@@ -15,10 +15,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // delta-rs logs every snapshot at info, and its kernel logs an error for
-            // each table that does not exist yet; their failures reach us as errors.
+            // delta-rs logs every snapshot at info and a missing metric at every merge,
+            // and its kernel logs an error for each table that does not exist yet;
+            // their real failures reach us as errors.
             EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                EnvFilter::new("info,deltalake_core=warn,buoyant_kernel=off,datafusion=warn")
+                EnvFilter::new(
+                    "info,deltalake_core=warn,deltalake_core::operations::merge=error,buoyant_kernel=off,datafusion=warn",
+                )
             }),
         )
         .with_writer(std::io::stderr)
