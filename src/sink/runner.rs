@@ -220,10 +220,7 @@ impl Runner {
                     self.put_with_retry(storage, &name, body).await?;
                 }
             }
-            Payload::Rows(batch) if batch.num_rows() > 0 => {
-                self.commit_with_retry(batch, range.end - 1).await?;
-            }
-            Payload::Rows(_) => {}
+            Payload::Rows(batch) => self.commit_with_retry(batch, range.end - 1).await?,
         }
         let write_millis = writing.elapsed().as_millis() as u64;
 

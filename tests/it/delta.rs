@@ -206,12 +206,28 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
         .map(|i| serde_json::json!({"id": i, "tier": "gold"}))
         .collect();
     acked.extend(post_json(&project, new.into()).await);
+    eventually(&project, "the new rows' commit", || {
+        ledger_committed(&project, "people", "delta") == 10
+    })
+    .await;
+    // Alone in its flush: a flush of dead letters only.
     let conflict = post_json(&project, serde_json::json!({"id": 11, "name": 42})).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
     let table = project.path().join("lake/people");
-    let view = read_delta(table.to_str().unwrap(), &[], &["id", "name", "tier"], &[]);
+    let app = "tributary/people/delta";
+    let view = read_delta(
+        table.to_str().unwrap(),
+        &[app],
+        &["id", "name", "tier"],
+        &[],
+    );
     view.assert_exactly(&acked);
+    assert_eq!(
+        view.txn[app],
+        Some(ledger_committed(&project, "people", "delta") as i64 - 1),
+        "a flush of dead letters only still moves the txn"
+    );
     for row in &view.rows {
         let id = row["id"].as_i64().unwrap();
         if id <= 5 {

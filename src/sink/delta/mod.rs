@@ -28,12 +28,12 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{StructType, Transaction};
 use deltalake::logstore::{default_logstore, logstore_factories, LogStore, LogStoreFactory};
 use deltalake::logstore::{ObjectStoreRef, StorageConfig};
 use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
 use parquet::file::properties::WriterProperties;
 use tracing::{info, warn};
@@ -229,6 +229,20 @@ impl DeltaSink {
                 .with_application_transaction(Transaction::new(&app_id, last as i64))
                 .with_create_checkpoint(false)
                 .with_max_retries(COMMIT_RETRIES);
+            if batch.num_rows() == 0 {
+                // Every event of the flush was a dead letter: the txn still
+                // moves, so the table keeps saying exactly where the sink is.
+                let operation = DeltaOperation::StreamingUpdate {
+                    output_mode: OutputMode::Append,
+                    query_id: app_id.clone(),
+                    epoch_id: last as i64,
+                };
+                CommitBuilder::from(commit)
+                    .build(Some(table.snapshot()?), table.log_store(), operation)
+                    .await?;
+                table.update_incremental(None).await?;
+                return Ok(table);
+            }
             match merge_on {
                 Some(keys) => merge::upsert(table, batch, &keys, add_columns, commit, props).await,
                 None => {
