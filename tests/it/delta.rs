@@ -409,6 +409,22 @@ async fn compaction_reduces_files_and_keeps_every_row() {
         "log:\n{}",
         project.log()
     );
+    let log_dir = project.table_dir().join("_delta_log");
+    let checkpoints = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".checkpoint.parquet")
+        })
+        .count();
+    assert!(
+        checkpoints >= 1,
+        "a checkpoint every 10 commits of the sink"
+    );
+    assert!(log_dir.join("_last_checkpoint").exists());
     let on_disk = parquet_files(&project.table_dir())
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains("_delta_log"))
