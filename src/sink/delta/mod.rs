@@ -58,7 +58,7 @@ pub enum DeltaError {
         table: String,
         /// What delta-rs said.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     /// The operation's task failed (a bug in the operation).
     #[error("Delta table operation on {0} did not finish")]
@@ -70,7 +70,7 @@ impl Classify for DeltaError {
         match self {
             DeltaError::Storage(e) => e.kind(),
             DeltaError::Task(_) => ErrorKind::Internal,
-            DeltaError::Table { source, .. } => match source {
+            DeltaError::Table { source, .. } => match source.as_ref() {
                 DeltaTableError::SchemaMismatch { .. }
                 | DeltaTableError::PartitionError { .. }
                 | DeltaTableError::InvalidTableLocation(_)
@@ -123,7 +123,7 @@ impl DeltaSink {
         let (builder, url, local) = builder(&spec)?;
         let table_err = |source| DeltaError::Table {
             table: url.to_string(),
-            source,
+            source: Box::new(source),
         };
         let mut table = builder.build().map_err(table_err)?;
         let t = url.clone();
@@ -184,7 +184,7 @@ impl DeltaSink {
         let (builder, url, _) = builder(spec)?;
         let mut table = builder.build().map_err(|source| DeltaError::Table {
             table: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         run_on(&table_runtime(), &url, async move {
             match table.load().await {
@@ -314,7 +314,7 @@ fn builder(spec: &DeltaSinkSpec) -> Result<(DeltaTableBuilder, Url, Option<PathB
     register_s3();
     let invalid = |location: String| DeltaError::Table {
         table: location.clone(),
-        source: DeltaTableError::InvalidTableLocation(location),
+        source: Box::new(DeltaTableError::InvalidTableLocation(location)),
     };
     match &spec.location {
         Location::Local(dir) => {
@@ -331,7 +331,7 @@ fn builder(spec: &DeltaSinkSpec) -> Result<(DeltaTableBuilder, Url, Option<PathB
             let builder =
                 DeltaTableBuilder::from_url(url.clone()).map_err(|source| DeltaError::Table {
                     table: url.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             Ok((builder, url, Some(dir)))
         }
@@ -344,7 +344,7 @@ fn builder(spec: &DeltaSinkSpec) -> Result<(DeltaTableBuilder, Url, Option<PathB
             let builder = DeltaTableBuilder::from_url(url.clone())
                 .map_err(|source| DeltaError::Table {
                     table: url.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .with_storage_backend(store, url.clone());
             Ok((builder, url, None))
@@ -449,7 +449,7 @@ async fn run_on<T: Send + 'static>(
         .map_err(|_| DeltaError::Task(url.to_string()))?
         .map_err(|source| DeltaError::Table {
             table: url.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
