@@ -133,21 +133,37 @@ pub fn build(
     Ok(Built { route, runners })
 }
 
-/// The highest offset + 1 that the pipeline's Delta tables already hold.
-/// Offsets live in the data directory; if it was lost, the tables still say
-/// which offsets were used, and reusing one would make its txn check skip
-/// new events. A table that cannot be read now is skipped with a warning
-/// (its runner retries opening it).
-pub async fn delta_floor(spec: &PipelineSpec) -> u64 {
+/// The highest offset + 1 that the pipeline's Delta tables already hold,
+/// needed only when the pipeline's log is new or was lost: offsets live in
+/// the data directory, and reusing one a table's txn already covers would
+/// make the sink skip new events. Then start-up waits (retrying) until every
+/// Delta table could be read; with an intact log it reads nothing.
+pub async fn delta_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
+    let log_dir = global.data_dir.join(&spec.name).join("log");
+    let intact = std::fs::read_dir(&log_dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+    });
+    if intact {
+        return 0;
+    }
     let mut floor = 0;
     for sink in &spec.sinks {
-        if let SinkSpec::Delta(d) = sink {
+        let SinkSpec::Delta(d) = sink else { continue };
+        let mut wait = std::time::Duration::from_millis(200);
+        loop {
             match DeltaSink::resume_offset(&spec.name, d).await {
-                Ok(resume) => floor = floor.max(resume.unwrap_or(0)),
+                Ok(resume) => {
+                    floor = floor.max(resume.unwrap_or(0));
+                    break;
+                }
                 Err(e) => {
-                    warn!(pipeline = %spec.name, sink = %d.name, error = %format!("{:#}", anyhow::Error::from(e)), "Cannot read the Delta table yet; its runner will retry.")
+                    warn!(pipeline = %spec.name, sink = %d.name, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "The log is new, so the Delta table's txn must be read before accepting events; retrying.")
                 }
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
         }
     }
     floor
@@ -166,7 +182,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
 
     let mut routes = HashMap::new();
     for spec in &config.pipelines {
-        let built = build(spec, &config.global, &shutdown, delta_floor(spec).await)?;
+        let floor = delta_floor(spec, &config.global).await;
+        let built = build(spec, &config.global, &shutdown, floor)?;
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }

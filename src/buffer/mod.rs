@@ -143,7 +143,7 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     let ledger = Ledger::open(
         &options.dir.join("sinks"),
         &options.sinks,
-        bases.first().copied().unwrap_or(0),
+        bases.first().copied().unwrap_or(options.floor),
     )?;
 
     let mut end = 0;
@@ -173,6 +173,16 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         end = end.max(floor);
         create_segment(&log_dir, end)?;
         bases.push(end);
+    }
+    // A sink whose progress lies below the oldest record left (the log was
+    // lost or cut) can only go on from there: those events are gone.
+    let oldest = bases[0];
+    for sink in &options.sinks {
+        let committed = ledger.get(sink).committed;
+        if committed < oldest {
+            warn!(log = %log_dir.display(), sink = %sink, committed, oldest, "The sink's progress lies below the oldest record in the log; continuing from the oldest record.");
+            ledger.commit(sink, oldest)?;
+        }
     }
     let disk_bytes = bases
         .iter()

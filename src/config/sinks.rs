@@ -32,6 +32,9 @@ pub const DEFAULT_COMPACT_MIN_FILES: u64 = 16;
 /// long-running readers keep working for a week.
 pub const DEFAULT_VACUUM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Shortest `vacuum_retention`: longer than any write in flight takes.
+const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(3600);
+
 /// What a sink's checks need to know about its pipeline.
 pub struct Table<'a> {
     pub global: &'a GlobalSpec,
@@ -267,6 +270,13 @@ pub fn delta(
             DEFAULT_VACUUM_RETENTION
         }),
     };
+    if vacuum_retention < MIN_VACUUM_RETENTION {
+        e.push(
+            format!("{key}.vacuum_retention"),
+            "is below 1h: vacuum could delete files another writer has written but not yet committed",
+            "set at least \"1h\" (the default is \"7d\")",
+        );
+    }
     if e.list.len() > start {
         return None;
     }

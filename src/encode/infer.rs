@@ -28,11 +28,13 @@ pub fn grow(schema: &SchemaRef, records: &[&[u8]]) -> Option<SchemaRef> {
             if value.is_null() || fields.iter().any(|f| f.name() == &name) {
                 continue;
             }
-            if METADATA_COLUMNS.contains(&name.as_str())
-                || name.contains(NOT_IN_NAMES)
-                || name.is_empty()
-            {
-                warn!(field = %name, "A record field cannot be a column (a metadata column's name, or a character tables do not allow); it is not written.");
+            // Delta column names are case-insensitive: `Email` next to `email` is a clash.
+            let clash = fields.iter().any(|f| f.name().eq_ignore_ascii_case(&name))
+                || METADATA_COLUMNS
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&name));
+            if clash || !valid_names(&name, &value) {
+                warn!(field = %name, "A record field cannot be a column (its name clashes with another column's when case is ignored, or it or a nested key holds a character tables do not allow); it is not written.");
                 continue;
             }
             let object = serde_json::Value::Object([(name, value)].into_iter().collect());
@@ -49,6 +51,21 @@ pub fn grow(schema: &SchemaRef, records: &[&[u8]]) -> Option<SchemaRef> {
         }
     }
     grew.then(|| Arc::new(Schema::new(fields)))
+}
+
+/// Whether `name` and every key nested in `value` can be a column name.
+fn valid_names(name: &str, value: &serde_json::Value) -> bool {
+    let ok = |n: &str| !n.is_empty() && !n.contains(NOT_IN_NAMES);
+    ok(name)
+        && match value {
+            serde_json::Value::Object(map) => {
+                let mut seen = std::collections::HashSet::new();
+                map.iter()
+                    .all(|(k, v)| seen.insert(k.to_ascii_lowercase()) && valid_names(k, v))
+            }
+            serde_json::Value::Array(items) => items.iter().all(|v| valid_names("item", v)),
+            _ => true,
+        }
 }
 
 fn has_null(t: &DataType) -> bool {
@@ -71,7 +88,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let records: Vec<&[u8]> = vec![
             br#"{"id": "not an int", "tier": "gold", "n": 1.5, "empty": [], "gone": null}"#,
-            br#"{"id": 2, "tags": ["a"], "tier": 7, "bad name": 1, "_source": "x"}"#,
+            br#"{"id": 2, "tags": ["a"], "tier": 7, "bad name": 1, "_source": "x", "Tier": "x", "m": {"a b": 1}}"#,
         ];
         let grown = grow(&schema, &records).unwrap();
         let shape: Vec<_> = grown

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
-use super::delta::{DeltaSink, Opened};
+use super::delta::{DeltaError, DeltaSink, Opened};
 use super::{parquet, SinkError, Storage};
 use crate::buffer::Log;
 use crate::config::spec::DeltaSinkSpec;
@@ -89,10 +89,17 @@ impl Runner {
                     .inferring(self.encoder.infers() && evolve),
             );
             if let Some(resume) = opened.resume {
+                if resume > self.log.end() {
+                    return Err(DeltaError::AheadOfLog {
+                        table: table.url().to_string(),
+                        resume,
+                        log_end: self.log.end(),
+                    }
+                    .into());
+                }
                 if resume > next {
                     info!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
-                    let log_end = self.log.end();
-                    self.ledger(move |log, sink| log.commit(sink, resume.min(log_end)))
+                    self.ledger(move |log, sink| log.commit(sink, resume))
                         .await?;
                     next = resume;
                 } else if resume < next {

@@ -76,6 +76,7 @@ type = "delta"
 mode = "merge"
 checkpoint_interval = 0
 schema_evolution = "sometimes"
+vacuum_retention = "10m"
 [[sink]]
 type = "https"
 "#,
@@ -99,6 +100,7 @@ type = "https"
         "pipelines/c_delta.toml: sink[0].mode: mode = \"merge\" upserts on the pipeline's primary_key, which is not set; add primary_key = [\"id\"]",
         "pipelines/c_delta.toml: sink[0].checkpoint_interval: must be at least 1",
         "pipelines/c_delta.toml: sink[0].schema_evolution: unknown value \"sometimes\"; use \"add_columns\"",
+        "pipelines/c_delta.toml: sink[0].vacuum_retention: is below 1h",
         "pipelines/c_delta.toml: sink[1].type: sink type \"https\" is not available in this build yet",
         "schemas/broken.json: properties.a.type: unknown type \"strin\"",
     ] {

@@ -75,7 +75,7 @@ pub fn newest_per_key(
     batch: &RecordBatch,
     keys: &[String],
 ) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let options = FormatOptions::default().with_null("\u{0}null");
+    let options = FormatOptions::default();
     let formatters = keys
         .iter()
         .map(|k| {
@@ -89,10 +89,15 @@ pub fn newest_per_key(
         .collect::<Result<Vec<_>, _>>()?;
     let mut last: HashMap<String, u32> = HashMap::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
+        // Each part length-prefixed, null marked apart, so no two keys collide.
         let mut key = String::new();
-        for f in &formatters {
-            key.push_str(&f.value(row).to_string());
-            key.push('\u{1f}');
+        for (f, k) in formatters.iter().zip(keys) {
+            if batch.column_by_name(k).is_some_and(|c| c.is_null(row)) {
+                key.push_str("n;");
+            } else {
+                let value = f.value(row).to_string();
+                key.push_str(&format!("{}:{value};", value.len()));
+            }
         }
         last.insert(key, row as u32);
     }
@@ -139,5 +144,15 @@ mod tests {
             .downcast_ref::<StringArray>()
             .unwrap();
         assert_eq!(v.iter().flatten().collect::<Vec<_>>(), ["b", "e", "f"]);
+    }
+
+    #[test]
+    fn composite_keys_never_collide() {
+        let a = StringArray::from(vec![Some("x\u{1f}y"), Some("x"), None, Some("")]);
+        let b = StringArray::from(vec![Some("z"), Some("y\u{1f}z"), Some(""), None]);
+        let batch =
+            RecordBatch::try_from_iter([("a", Arc::new(a) as _), ("b", Arc::new(b) as _)]).unwrap();
+        let kept = newest_per_key(&batch, &["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(kept.num_rows(), 4, "four distinct keys");
     }
 }

@@ -60,6 +60,28 @@ pub enum DeltaError {
         #[source]
         source: Box<DeltaTableError>,
     },
+    /// The table holds offsets this pipeline's log never assigned.
+    #[error("Delta table {table} already holds log offsets up to {resume}, but this pipeline's log ends at {log_end}; the log was replaced while the table was unreachable. Stop tributary, move data/<pipeline> aside, and start again with the table reachable")]
+    AheadOfLog {
+        /// The table's URL.
+        table: String,
+        /// The first offset after the table's txn.
+        resume: u64,
+        /// The log's next offset.
+        log_end: u64,
+    },
+    /// Another writer commits with this sink's app id.
+    #[error("Delta table {table}: app id {app_id} is at offset {txn}, beyond this sink's {last}: another process writes with the same pipeline and sink name. Give each writer's sink a unique name = \"…\"")]
+    SharedAppId {
+        /// The table's URL.
+        table: String,
+        /// The txn app id.
+        app_id: String,
+        /// The table's txn version for it.
+        txn: i64,
+        /// The last offset of the commit this sink was making.
+        last: u64,
+    },
     /// The operation's task failed (a bug in the operation).
     #[error("Delta table operation on {0} did not finish")]
     Task(String),
@@ -70,8 +92,13 @@ impl Classify for DeltaError {
         match self {
             DeltaError::Storage(e) => e.kind(),
             DeltaError::Task(_) => ErrorKind::Internal,
+            DeltaError::AheadOfLog { .. } | DeltaError::SharedAppId { .. } => ErrorKind::Permanent,
             DeltaError::Table { source, .. } => match source.as_ref() {
+                // The same batch would fail the same way again: stop the sink
+                // loudly (its events stay in the log) instead of retrying forever.
                 DeltaTableError::SchemaMismatch { .. }
+                | DeltaTableError::InvalidData { .. }
+                | DeltaTableError::Arrow { .. }
                 | DeltaTableError::PartitionError { .. }
                 | DeltaTableError::InvalidTableLocation(_)
                 | DeltaTableError::MissingFeature { .. }
@@ -153,7 +180,8 @@ impl DeltaSink {
         let record_schema = record_schema(&table_schema, schema, spec.add_columns, &url);
         info!(table = %url, version = ?table.version(), txn = ?version, "Opened Delta table.");
         let upkeep = upkeep::State::default();
-        let synced = table.version();
+        // What an earlier run wrote last may not be on disk yet if it was killed.
+        let synced = table.version().and_then(|v| v.checked_sub(10));
         Ok((
             DeltaSink {
                 spec,
@@ -214,15 +242,18 @@ impl DeltaSink {
         let app_id = self.app_id.clone();
         let (table, props) = (self.table.clone(), self.props.clone());
         let (merge_on, add_columns) = (self.spec.merge_on.clone(), self.spec.add_columns);
-        let table = run_on(&self.runtime, &self.url, async move {
+        // `other`: the txn of another writer with this app id, ahead of us.
+        let (table, other) = run_on(&self.runtime, &self.url, async move {
             let mut table = table;
             table.update_incremental(None).await?;
             let done = table
                 .snapshot()?
                 .transaction_version(table.log_store().as_ref(), &app_id)
                 .await?;
-            if done.is_some_and(|v| v >= last as i64) {
-                return Ok(table);
+            match done {
+                Some(v) if v == last as i64 => return Ok((table, None)),
+                Some(v) if v > last as i64 => return Ok((table, Some(v))),
+                _ => {}
             }
             let batch = align(&batch, &table.snapshot()?.snapshot().arrow_schema());
             let commit = CommitProperties::default()
@@ -241,10 +272,12 @@ impl DeltaSink {
                     .build(Some(table.snapshot()?), table.log_store(), operation)
                     .await?;
                 table.update_incremental(None).await?;
-                return Ok(table);
+                return Ok((table, None));
             }
-            match merge_on {
-                Some(keys) => merge::upsert(table, batch, &keys, add_columns, commit, props).await,
+            let table = match merge_on {
+                Some(keys) => {
+                    merge::upsert(table, batch, &keys, add_columns, commit, props).await?
+                }
                 None => {
                     let mut write = table
                         .write(vec![batch])
@@ -254,14 +287,22 @@ impl DeltaSink {
                     if add_columns {
                         write = write.with_schema_mode(SchemaMode::Merge);
                     }
-                    write.await
+                    write.await?
                 }
-            }
+            };
+            Ok((table, None))
         })
         .await?;
         self.table = table;
-        self.sync_local().await;
-        Ok(())
+        if let Some(txn) = other {
+            return Err(DeltaError::SharedAppId {
+                table: self.url.to_string(),
+                app_id: self.app_id.clone(),
+                txn,
+                last,
+            });
+        }
+        self.sync_local().await
     }
 
     /// Checkpoint, compaction and vacuum when they are due. Failures are
@@ -280,28 +321,29 @@ impl DeltaSink {
         if let Ok((table, state)) = result {
             self.table = table;
             self.upkeep = state;
-            self.sync_local().await;
+            if let Err(e) = self.sync_local().await {
+                warn!(table = %self.url, error = %e, "Failed to fsync the table's new files; trying again after the next commit.");
+            }
         }
     }
 
     /// Makes what delta-rs wrote on local disk durable: its local store
     /// renames files into place without fsync, and the sink's ledger (which
     /// lets the log drop the events) is written right after a commit.
-    async fn sync_local(&mut self) {
+    async fn sync_local(&mut self) -> Result<(), DeltaError> {
         let (Some(dir), Some(to)) = (self.local.clone(), self.table.version()) else {
-            return;
+            return Ok(());
         };
         let from = self.synced.map_or(0, |v| v + 1);
-        let synced = tokio::task::spawn_blocking(move || sync::versions(&dir, from, to)).await;
-        match synced {
-            Ok(Ok(())) => self.synced = Some(to),
-            Ok(Err(e)) => {
-                warn!(table = %self.url, error = %e, "Failed to fsync the table's new files.")
-            }
-            Err(e) => {
-                warn!(table = %self.url, error = %e, "Failed to fsync the table's new files.")
-            }
-        }
+        let synced = tokio::task::spawn_blocking(move || sync::versions(&dir, from, to))
+            .await
+            .map_err(|_| DeltaError::Task(self.url.to_string()))?;
+        synced.map_err(|source| StorageError::Local {
+            path: self.local.clone().unwrap_or_default(),
+            source,
+        })?;
+        self.synced = Some(to);
+        Ok(())
     }
 }
 
@@ -385,8 +427,8 @@ async fn create(
 
 /// The columns to encode: every table column with the table's type (values
 /// that do not fit it become dead letters), then the pipeline's new fields
-/// if columns may be added. Table columns the schema no longer has are
-/// nullable, so their absence is not an error.
+/// if columns may be added. Table columns the schema no longer has keep
+/// their nullability (the table decides what a row must hold).
 fn record_schema(table: &Schema, pipeline: &Schema, add_columns: bool, url: &Url) -> SchemaRef {
     let is_record = |f: &&Arc<Field>| !METADATA_COLUMNS.contains(&f.name().as_str());
     let mut fields: Vec<Field> = Vec::new();
@@ -397,7 +439,9 @@ fn record_schema(table: &Schema, pipeline: &Schema, add_columns: bool, url: &Url
                 fields.push(field.as_ref().clone());
             }
             Ok(_) => fields.push(field.as_ref().clone()),
-            Err(_) => fields.push(field.as_ref().clone().with_nullable(true)),
+            // Kept as the table has it: a required column the schema dropped
+            // makes records without it dead letters, not a failing commit.
+            Err(_) => fields.push(field.as_ref().clone()),
         }
     }
     for field in pipeline.fields().iter().filter(is_record) {
@@ -539,7 +583,7 @@ mod tests {
             [
                 ("id", DataType::Int64, false),
                 ("name", DataType::Utf8, true),
-                ("gone", DataType::Utf8, true),
+                ("gone", DataType::Utf8, false),
                 ("tier", DataType::Utf8, true),
             ]
         );

@@ -35,9 +35,17 @@ pub fn versions(dir: &Path, from: u64, to: u64) -> io::Result<()> {
                 continue;
             }
             let data = dir.join(relative.as_ref());
-            File::open(&data)?.sync_all()?;
-            if let Some(parent) = data.parent() {
-                sync_dir(parent)?;
+            match File::open(&data) {
+                Ok(f) => f.sync_all()?,
+                // Removed since (compacted and vacuumed): nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            // Every directory from the file up to the table (nested partitions).
+            let mut parent = data.parent();
+            while let Some(p) = parent.filter(|p| p.starts_with(dir) && *p != dir) {
+                sync_dir(p)?;
+                parent = p.parent();
             }
         }
         file.sync_all()?;
