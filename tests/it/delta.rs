@@ -71,7 +71,11 @@ async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_data_directory_does_not_make_the_table_skip_new_events() {
     let project = Project::new();
-    project.shopify_delta("max_age = \"20ms\"", "");
+    // A Parquet sink beside it must carry on too (its progress was lost with the log).
+    project.shopify_delta(
+        "max_age = \"20ms\"",
+        "[[sink]]\ntype = \"parquet\"\nuri = \"lake/parquet\"\n",
+    );
     let server = project.start().await;
     let mut acked = post_customers(&project, 0, 3, 10).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
