@@ -14,7 +14,7 @@ use crate::server;
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::delta::DeltaSink;
 use crate::sink::runner::{Runner, Target};
-use crate::sink::{Storage, StorageError};
+use crate::sink::{parquet, Storage, StorageError};
 use crate::source::webhook::Route;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
@@ -68,7 +68,7 @@ pub struct Built {
 }
 
 /// Opens the pipeline's log and builds its sinks; starts nothing. The log
-/// assigns no offset below `floor` (see [`delta_floor`]).
+/// assigns no offset below `floor` (see [`offset_floor`]).
 pub fn build(
     spec: &PipelineSpec,
     global: &GlobalSpec,
@@ -133,12 +133,13 @@ pub fn build(
     Ok(Built { route, runners })
 }
 
-/// The highest offset + 1 that the pipeline's Delta tables already hold,
+/// The offset after the highest one the pipeline's outputs already hold,
 /// needed only when the pipeline's log is new or was lost: offsets live in
-/// the data directory, and reusing one a table's txn already covers would
-/// make the sink skip new events. Then start-up waits (retrying) until every
-/// Delta table could be read; with an intact log it reads nothing.
-pub async fn delta_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
+/// the data directory, and reusing one would make a Delta sink's txn check
+/// skip new events and a Parquet sink (or the dead letters) overwrite files
+/// named by the same offsets. Then start-up reads every output (a few tries,
+/// about 4 s at most each); with an intact log it reads nothing.
+pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     let log_dir = global.data_dir.join(&spec.name).join("log");
     let intact = std::fs::read_dir(&log_dir).is_ok_and(|entries| {
         entries
@@ -148,25 +149,81 @@ pub async fn delta_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     if intact {
         return 0;
     }
-    let mut floor = 0;
+    let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
+    let mut outputs: Vec<(&str, Output)> = vec![(
+        "_dead_letters",
+        Output::Files(dead_letters, Default::default()),
+    )];
     for sink in &spec.sinks {
-        let SinkSpec::Delta(d) = sink else { continue };
-        let mut wait = std::time::Duration::from_millis(200);
-        loop {
-            match DeltaSink::resume_offset(&spec.name, d).await {
-                Ok(resume) => {
-                    floor = floor.max(resume.unwrap_or(0));
-                    break;
-                }
-                Err(e) => {
-                    warn!(pipeline = %spec.name, sink = %d.name, error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = wait.as_millis() as u64, "The log is new, so the Delta table's txn must be read before accepting events; retrying.")
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        match sink {
+            SinkSpec::Delta(d) => outputs.push((&d.name, Output::Delta(d))),
+            SinkSpec::Parquet(p) => outputs.push((
+                &p.name,
+                Output::Files(p.location.clone(), p.storage.clone()),
+            )),
         }
     }
+    let mut floor = 0;
+    for (name, output) in outputs {
+        let mut wait = std::time::Duration::from_millis(200);
+        for attempt in 1..=FLOOR_TRIES {
+            match output.end_offset(&spec.name).await {
+                Ok(end) => {
+                    floor = floor.max(end);
+                    break;
+                }
+                // A broken sink must not keep webhooks out: the durable log
+                // takes them. A Delta runner that later finds its table ahead
+                // of the log stops with an error rather than skip anything.
+                Err(e) if attempt == FLOOR_TRIES => {
+                    warn!(pipeline = %spec.name, sink = %name, error = %e, "The log is new and what this sink already wrote cannot be read; starting without it. If the data directory was lost, its new offsets may repeat old ones.")
+                }
+                Err(e) => {
+                    warn!(pipeline = %spec.name, sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "The log is new, so what the sink already wrote is read first; retrying.");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
+        }
+    }
+    if floor > 0 {
+        info!(pipeline = %spec.name, floor, "The log is new; offsets continue after those the outputs already hold.");
+    }
     floor
+}
+
+/// Tries to read an output's highest offset when the log is new (0.2 + 0.8 + 3.2 s of waits).
+const FLOOR_TRIES: u32 = 4;
+
+/// Something a pipeline wrote that is named or versioned by log offsets.
+enum Output<'a> {
+    Delta(&'a crate::config::spec::DeltaSinkSpec),
+    Files(
+        crate::config::Location,
+        std::collections::BTreeMap<String, String>,
+    ),
+}
+
+impl Output<'_> {
+    /// The offset after the highest one this output holds (0 if none).
+    async fn end_offset(&self, pipeline: &str) -> Result<u64, String> {
+        match self {
+            Output::Delta(d) => DeltaSink::resume_offset(pipeline, d)
+                .await
+                .map(|r| r.unwrap_or(0))
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+            Output::Files(location, options) => {
+                let describe = |e: StorageError| format!("{:#}", anyhow::Error::from(e));
+                let storage = Storage::new(location, options).map_err(describe)?;
+                let names = storage.list().await.map_err(describe)?;
+                Ok(names
+                    .iter()
+                    .filter_map(|n| parquet::end_offset(n))
+                    .max()
+                    .unwrap_or(0))
+            }
+        }
+    }
 }
 
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
@@ -182,7 +239,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
 
     let mut routes = HashMap::new();
     for spec in &config.pipelines {
-        let floor = delta_floor(spec, &config.global).await;
+        let floor = offset_floor(spec, &config.global).await;
         let built = build(spec, &config.global, &shutdown, floor)?;
         if let Some((path, route)) = built.route {
             routes.insert(path, route);

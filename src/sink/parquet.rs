@@ -62,6 +62,19 @@ pub fn file_name(prefix: &str, range: &Range<u64>) -> String {
     )
 }
 
+/// The offset after the last one a file named by [`file_name`] holds, if
+/// `path` (any directories before it) names one such file.
+pub fn end_offset(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let (rest, last) = name.rsplit_once('-')?;
+    let (_, first) = rest.rsplit_once('-')?;
+    if first.len() != 20 || last.len() != 20 {
+        return None;
+    }
+    first.parse::<u64>().ok()?;
+    last.parse::<u64>().ok()?.checked_add(1)
+}
+
 /// Splits `batch` by the values of `partition_by` and serialises each part;
 /// returns `(relative path, bytes)` pairs. Partition columns are left out of
 /// the files (their values are in the path), as hive-style readers expect.
@@ -143,6 +156,15 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::sync::Arc;
+
+    #[test]
+    fn file_names_give_back_their_offsets() {
+        let name = file_name("part-", &(100..103));
+        assert_eq!(end_offset(&format!("a=1/{name}")), Some(103));
+        assert_eq!(end_offset(&file_name("sink-name-", &(0..1))), Some(1));
+        assert_eq!(end_offset("part-1-2.parquet"), None);
+        assert_eq!(end_offset("_delta_log/00000000000000000001.json"), None);
+    }
 
     #[test]
     fn splits_by_partition_and_names_by_offsets() {

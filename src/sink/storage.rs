@@ -162,6 +162,67 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Names (relative paths) of every object below this location.
+    pub async fn list(&self) -> Result<Vec<String>, StorageError> {
+        match self {
+            Storage::Local(dir) => {
+                let root = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    walk(&root, &root, &mut out)?;
+                    Ok(out)
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| StorageError::Local {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+            Storage::Object {
+                store,
+                prefix,
+                display,
+            } => {
+                use futures::TryStreamExt;
+                let listed: Vec<_> =
+                    store
+                        .list(Some(prefix))
+                        .try_collect()
+                        .await
+                        .map_err(|source| StorageError::Put {
+                            path: display.clone(),
+                            source,
+                        })?;
+                Ok(listed
+                    .into_iter()
+                    .map(|meta| meta.location.to_string())
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Every file below `dir`, as paths relative to `root` (nothing if `dir` is missing).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            out.push(relative.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
 impl std::fmt::Display for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
