@@ -207,34 +207,20 @@ fn pipeline(
     let mut sink_names = HashSet::new();
     for (i, raw_sink) in raw.sink.iter().enumerate() {
         let key = format!("sink[{i}]");
+        let table = name.as_deref().map(|n| sinks::Table {
+            global,
+            pipeline: n,
+            schema: known,
+            infer: infer_schema,
+            primary_key: &primary_key,
+            root,
+        });
         let spec = match raw_sink {
-            RawSink::Parquet(p) => name
-                .as_deref()
-                .and_then(|n| {
-                    let table = sinks::Table {
-                        global,
-                        pipeline: n,
-                        schema: known,
-                        infer: infer_schema,
-                        primary_key: &primary_key,
-                        root,
-                    };
-                    sinks::parquet(&table, &key, p, e)
-                })
+            RawSink::Parquet(p) => table
+                .and_then(|t| sinks::parquet(&t, &key, p, e))
                 .map(SinkSpec::Parquet),
-            RawSink::Delta(d) => name
-                .as_deref()
-                .and_then(|n| {
-                    let table = sinks::Table {
-                        global,
-                        pipeline: n,
-                        schema: known,
-                        infer: infer_schema,
-                        primary_key: &primary_key,
-                        root,
-                    };
-                    sinks::delta(&table, &key, d, e)
-                })
+            RawSink::Delta(d) => table
+                .and_then(|t| sinks::delta(&t, &key, d, e))
                 .map(SinkSpec::Delta),
             RawSink::Https(_) => {
                 e.push(

@@ -47,6 +47,15 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    /// Listing what is stored at a location failed.
+    #[error("failed to list {location}")]
+    List {
+        /// The location.
+        location: String,
+        /// What the file system or object_store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Writing a local file failed.
     #[error("failed to write {}", path.display())]
     Local {
@@ -62,7 +71,9 @@ impl Classify for StorageError {
     fn kind(&self) -> ErrorKind {
         match self {
             StorageError::Build { .. } | StorageError::MissingEnv { .. } => ErrorKind::Config,
-            StorageError::Put { .. } | StorageError::Local { .. } => ErrorKind::Transient,
+            StorageError::Put { .. } | StorageError::List { .. } | StorageError::Local { .. } => {
+                ErrorKind::Transient
+            }
         }
     }
 }
@@ -176,9 +187,9 @@ impl Storage {
                 .await
                 .map_err(io::Error::other)
                 .and_then(|r| r)
-                .map_err(|source| StorageError::Local {
-                    path: dir.clone(),
-                    source,
+                .map_err(|source| StorageError::List {
+                    location: dir.display().to_string(),
+                    source: source.into(),
                 })
             }
             Storage::Object {
@@ -192,9 +203,9 @@ impl Storage {
                         .list(Some(prefix))
                         .try_collect()
                         .await
-                        .map_err(|source| StorageError::Put {
-                            path: display.clone(),
-                            source,
+                        .map_err(|source| StorageError::List {
+                            location: display.clone(),
+                            source: source.into(),
                         })?;
                 Ok(listed
                     .into_iter()

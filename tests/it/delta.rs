@@ -11,26 +11,6 @@ use crate::support::*;
 
 const APP: &str = "tributary/shopify_customers/delta";
 
-/// Posts `requests` requests of `per` Shopify customers (ids from `first`) and returns the acknowledged ids.
-async fn post_customers(project: &Project, first: u64, requests: u64, per: u64) -> HashSet<String> {
-    let client = reqwest::Client::new();
-    let mut acked = HashSet::new();
-    for r in 0..requests {
-        let events: Vec<_> = (0..per)
-            .map(|i| shopify_customer(first + r * per + i))
-            .collect();
-        let response = client
-            .post(project.url("/hooks/shopify/customers"))
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        acked.extend(accepted_ids(&response.json().await.unwrap()));
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_events_land_in_a_local_delta_table_exactly_once() {
     let project = Project::new();
@@ -245,19 +225,10 @@ async fn a_new_schema_field_becomes_a_column_and_a_type_conflict_a_dead_letter()
             assert_eq!(row["tier"], "gold", "new rows are filled: {row:?}");
         }
     }
-    let dead = read_parquet(&project.path().join("lake/_dead_letters/people"));
-    let ids: Vec<String> = dead
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("_event_id")
-                .unwrap()
-                .as_string::<i32>()
-                .iter()
-        })
-        .map(|v| v.unwrap().to_string())
-        .collect();
+    let dead_dir = project.path().join("lake/_dead_letters/people");
+    let ids = event_ids(&dead_dir);
     assert_eq!(ids, conflict, "the conflicting event is a dead letter");
-    let reason = dead[0]
+    let reason = read_parquet(&dead_dir)[0]
         .column_by_name("reason")
         .unwrap()
         .as_string::<i32>()
@@ -315,17 +286,7 @@ async fn an_inferred_schema_gains_a_column_when_a_new_field_appears() {
         "{rows:?}"
     );
     assert_eq!(rows[1], (2, "b".into(), "gold".into()), "{rows:?}");
-    let dead = read_parquet(&project.path().join("lake/_dead_letters/people"));
-    let ids: Vec<String> = dead
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("_event_id")
-                .unwrap()
-                .as_string::<i32>()
-                .iter()
-        })
-        .map(|v| v.unwrap().to_string())
-        .collect();
+    let ids = event_ids(&project.path().join("lake/_dead_letters/people"));
     assert_eq!(
         ids, conflict,
         "a value of another type than the column's is a dead letter"

@@ -141,23 +141,10 @@ async fn an_idle_pipeline_flushes_at_max_age_without_more_input() {
 async fn a_lost_data_directory_never_overwrites_parquet_files() {
     let project = Project::new();
     project.shopify_pipeline("max_age = \"20ms\"", "");
-    let client = reqwest::Client::new();
-    let mut acked = std::collections::HashSet::new();
+    let mut acked = HashSet::new();
     for round in 0..2u64 {
         let server = project.start().await;
-        for r in 0..3u64 {
-            let events: Vec<_> = (0..10)
-                .map(|i| shopify_customer(round * 1000 + r * 10 + i))
-                .collect();
-            let response = client
-                .post(project.url("/hooks/shopify/customers"))
-                .json(&events)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 202);
-            acked.extend(accepted_ids(&response.json().await.unwrap()));
-        }
+        acked.extend(post_customers(&project, round * 1000, 3, 10).await);
         assert!(server.terminate().success(), "log:\n{}", project.log());
         // The log and the sink's progress are gone; the files named by offsets stay.
         std::fs::remove_dir_all(project.path().join("data")).unwrap();
@@ -165,10 +152,7 @@ async fn a_lost_data_directory_never_overwrites_parquet_files() {
     let counts = id_counts(&project.table_dir());
     assert!(counts.values().all(|&n| n == 1));
     assert_eq!(
-        counts
-            .keys()
-            .cloned()
-            .collect::<std::collections::HashSet<_>>(),
+        counts.keys().cloned().collect::<HashSet<_>>(),
         acked,
         "the second run's files did not replace the first run's"
     );

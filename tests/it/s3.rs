@@ -32,19 +32,7 @@ async fn parquet_files_land_in_an_s3_bucket() {
             ("AWS_SECRET_ACCESS_KEY", "test"),
         ])
         .await;
-    let client = reqwest::Client::new();
-    let mut acked = HashSet::new();
-    for r in 0..10u64 {
-        let events: Vec<_> = (0..10).map(|i| shopify_customer(r * 10 + i)).collect();
-        let response = client
-            .post(project.url("/hooks/shopify/customers"))
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        acked.extend(accepted_ids(&response.json().await.unwrap()));
-    }
+    let acked = post_customers(&project, 0, 10, 10).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
     let store = AmazonS3Builder::new()

@@ -146,13 +146,10 @@ impl DeltaSink {
         start: u64,
     ) -> Result<(Self, Opened), DeltaError> {
         let runtime = table_runtime();
-        let app_id = format!("tributary/{pipeline}/{}", spec.name);
+        let app_id = app_id(pipeline, &spec);
         let (builder, url, local) = builder(&spec)?;
-        let table_err = |source| DeltaError::Table {
-            table: url.to_string(),
-            source: Box::new(source),
-        };
-        let mut table = builder.build().map_err(table_err)?;
+        let table_err = table_error(&url);
+        let mut table = builder.build().map_err(&table_err)?;
         let t = url.clone();
         let (schema_, partition_by, app) =
             (schema.clone(), spec.partition_by.clone(), app_id.clone());
@@ -166,17 +163,14 @@ impl DeltaSink {
             }
         })
         .await?;
-        let state = table.snapshot().map_err(table_err)?;
+        let state = table.snapshot().map_err(&table_err)?;
         let table_schema = state.snapshot().arrow_schema();
         let table_partitions = state.metadata().partition_columns().to_vec();
         if table_partitions != spec.partition_by {
             warn!(table = %url, table_partition_by = ?table_partitions, sink_partition_by = ?spec.partition_by, "The table exists with other partition columns; they are kept (partition_by applies to new tables).");
         }
-        let version = state
-            .transaction_version(table.log_store().as_ref(), &app_id)
-            .await
-            .map_err(table_err)?;
-        let resume = version.map(|v| (v + 1).max(0) as u64);
+        let version = txn(&table, &app_id).await.map_err(&table_err)?;
+        let resume = version.map(after);
         let record_schema = record_schema(&table_schema, schema, spec.add_columns, &url);
         info!(table = %url, version = ?table.version(), txn = ?version, "Opened Delta table.");
         let upkeep = upkeep::State::default();
@@ -186,7 +180,7 @@ impl DeltaSink {
             DeltaSink {
                 spec,
                 app_id,
-                url,
+                url: url.clone(),
                 table,
                 local,
                 props: files::writer_properties(),
@@ -208,23 +202,16 @@ impl DeltaSink {
         pipeline: &str,
         spec: &DeltaSinkSpec,
     ) -> Result<Option<u64>, DeltaError> {
-        let app_id = format!("tributary/{pipeline}/{}", spec.name);
+        let app_id = app_id(pipeline, spec);
         let (builder, url, _) = builder(spec)?;
-        let mut table = builder.build().map_err(|source| DeltaError::Table {
-            table: url.to_string(),
-            source: Box::new(source),
-        })?;
+        let mut table = builder.build().map_err(table_error(&url))?;
         run_on(&table_runtime(), &url, async move {
             match table.load().await {
                 Ok(()) => {}
                 Err(DeltaTableError::NotATable(_)) => return Ok(None),
                 Err(e) => return Err(e),
             }
-            let version = table
-                .snapshot()?
-                .transaction_version(table.log_store().as_ref(), &app_id)
-                .await?;
-            Ok(version.map(|v| (v + 1).max(0) as u64))
+            Ok(txn(&table, &app_id).await?.map(after))
         })
         .await
     }
@@ -246,10 +233,7 @@ impl DeltaSink {
         let (table, other) = run_on(&self.runtime, &self.url, async move {
             let mut table = table;
             table.update_incremental(None).await?;
-            let done = table
-                .snapshot()?
-                .transaction_version(table.log_store().as_ref(), &app_id)
-                .await?;
+            let done = txn(&table, &app_id).await?;
             match done {
                 Some(v) if v == last as i64 => return Ok((table, None)),
                 Some(v) if v > last as i64 => return Ok((table, Some(v))),
@@ -347,6 +331,32 @@ impl DeltaSink {
     }
 }
 
+/// The txn app id of a pipeline's sink.
+fn app_id(pipeline: &str, spec: &DeltaSinkSpec) -> String {
+    format!("tributary/{pipeline}/{}", spec.name)
+}
+
+/// Maps delta-rs's errors on the table at `url`.
+fn table_error(url: &Url) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
+    move |source| DeltaError::Table {
+        table: url.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// The table's txn version for `app_id` (the last offset that app committed).
+async fn txn(table: &DeltaTable, app_id: &str) -> DeltaResult<Option<i64>> {
+    table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+}
+
+/// The first log offset after txn version `version`.
+fn after(version: i64) -> u64 {
+    (version + 1).max(0) as u64
+}
+
 /// How often delta-rs itself retries a commit whose version another writer
 /// took first (each retry re-checks for conflicts; appends never conflict).
 const COMMIT_RETRIES: usize = 100;
@@ -370,11 +380,7 @@ fn builder(spec: &DeltaSinkSpec) -> Result<(DeltaTableBuilder, Url, Option<PathB
             })?;
             let url =
                 Url::from_directory_path(&dir).map_err(|()| invalid(dir.display().to_string()))?;
-            let builder =
-                DeltaTableBuilder::from_url(url.clone()).map_err(|source| DeltaError::Table {
-                    table: url.to_string(),
-                    source: Box::new(source),
-                })?;
+            let builder = DeltaTableBuilder::from_url(url.clone()).map_err(table_error(&url))?;
             Ok((builder, url, Some(dir)))
         }
         location @ Location::S3 { .. } => {
@@ -384,10 +390,7 @@ fn builder(spec: &DeltaSinkSpec) -> Result<(DeltaTableBuilder, Url, Option<PathB
             let url =
                 Url::parse(&location.to_string()).map_err(|_| invalid(location.to_string()))?;
             let builder = DeltaTableBuilder::from_url(url.clone())
-                .map_err(|source| DeltaError::Table {
-                    table: url.to_string(),
-                    source: Box::new(source),
-                })?
+                .map_err(table_error(&url))?
                 .with_storage_backend(store, url.clone());
             Ok((builder, url, None))
         }
@@ -433,16 +436,14 @@ fn record_schema(table: &Schema, pipeline: &Schema, add_columns: bool, url: &Url
     let is_record = |f: &&Arc<Field>| !METADATA_COLUMNS.contains(&f.name().as_str());
     let mut fields: Vec<Field> = Vec::new();
     for field in table.fields().iter().filter(is_record) {
-        match pipeline.field_with_name(field.name()) {
-            Ok(ours) if ours.data_type() != field.data_type() && !same_shape(ours, field) => {
+        // Kept as the table has it, type and nullability: a required column
+        // the schema dropped makes records without it dead letters.
+        if let Ok(ours) = pipeline.field_with_name(field.name()) {
+            if !ours.data_type().equals_datatype(field.data_type()) {
                 warn!(table = %url, column = %field.name(), table_type = %field.data_type(), schema_type = %ours.data_type(), "The schema's type differs from the table's; the table's type is kept and values that do not fit it become dead letters.");
-                fields.push(field.as_ref().clone());
             }
-            Ok(_) => fields.push(field.as_ref().clone()),
-            // Kept as the table has it: a required column the schema dropped
-            // makes records without it dead letters, not a failing commit.
-            Err(_) => fields.push(field.as_ref().clone()),
         }
+        fields.push(field.as_ref().clone());
     }
     for field in pipeline.fields().iter().filter(is_record) {
         if table.field_with_name(field.name()).is_ok() {
@@ -456,12 +457,6 @@ fn record_schema(table: &Schema, pipeline: &Schema, add_columns: bool, url: &Url
         }
     }
     Arc::new(Schema::new(fields))
-}
-
-/// Whether two types differ only in names Delta does not keep (list item and
-/// map entry field names, nullability inside nested types).
-fn same_shape(a: &Field, b: &Field) -> bool {
-    a.data_type().equals_datatype(b.data_type())
 }
 
 /// `batch` with its columns in the table's order (new columns last), so the
@@ -491,10 +486,7 @@ async fn run_on<T: Send + 'static>(
         .spawn(op)
         .await
         .map_err(|_| DeltaError::Task(url.to_string()))?
-        .map_err(|source| DeltaError::Table {
-            table: url.to_string(),
-            source: Box::new(source),
-        })
+        .map_err(table_error(url))
 }
 
 /// The runtime every table operation runs on: two workers at nice +10.

@@ -87,27 +87,7 @@ impl Project {
     /// The Shopify-customers webhook pipeline with one Delta sink; `sink`
     /// is extra TOML inside the `[[sink]]` table.
     pub fn shopify_delta(&self, batch: &str, sink: &str) {
-        self.write(
-            "pipelines/shopify_customers.toml",
-            &format!(
-                r#"name = "shopify_customers"
-schema = "schemas/shopify_customer.json"
-record_path = "/customers"
-primary_key = ["id"]
-
-[source]
-type = "webhook"
-path = "/hooks/shopify/customers"
-
-[batch]
-{batch}
-
-[[sink]]
-type = "delta"
-{sink}
-"#
-            ),
-        );
+        self.shopify_pipeline_with(batch, "", &format!("type = \"delta\"\n{sink}"));
     }
 
     /// The local table of the Shopify pipeline, as a path string.

@@ -1,7 +1,7 @@
 //! Helpers: a project directory, the binary as a child process, HTTP posting
 //! and Parquet read-back by the `parquet` crate and by DuckDB (Python).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -56,12 +56,19 @@ impl Project {
 
     /// A Shopify-customers webhook pipeline with a Parquet sink and the given extra TOML.
     pub fn shopify_pipeline(&self, batch: &str, extra: &str) {
+        self.shopify_pipeline_with(batch, extra, "type = \"parquet\"");
+    }
+
+    /// The Shopify-customers webhook pipeline: `extra` TOML in `[source]`,
+    /// `batch` in `[batch]`, `sink` in its one `[[sink]]` table.
+    pub fn shopify_pipeline_with(&self, batch: &str, extra: &str, sink: &str) {
         self.write(
             "pipelines/shopify_customers.toml",
             &format!(
                 r#"name = "shopify_customers"
 schema = "schemas/shopify_customer.json"
 record_path = "/customers"
+primary_key = ["id"]
 
 [source]
 type = "webhook"
@@ -72,7 +79,7 @@ path = "/hooks/shopify/customers"
 {batch}
 
 [[sink]]
-type = "parquet"
+{sink}
 "#
             ),
         );
@@ -268,19 +275,52 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// How often each `_event_id` occurs in the Parquet files under `dir` (parquet crate).
-pub fn id_counts(dir: &Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
+/// Every `_event_id` in the Parquet files under `dir`, in file order (parquet crate).
+pub fn event_ids(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
     for batch in read_parquet(dir) {
         let ids = batch
             .column_by_name("_event_id")
             .expect("_event_id column")
             .as_string::<i32>();
-        for id in ids.iter() {
-            *counts.entry(id.unwrap().to_string()).or_default() += 1;
-        }
+        out.extend(ids.iter().map(|id| id.unwrap().to_string()));
+    }
+    out
+}
+
+/// How often each `_event_id` occurs in the Parquet files under `dir` (parquet crate).
+pub fn id_counts(dir: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for id in event_ids(dir) {
+        *counts.entry(id).or_default() += 1;
     }
     counts
+}
+
+/// Posts `requests` requests of `per` Shopify customers (ids from `first`)
+/// to the Shopify pipeline and returns the acknowledged ids.
+pub async fn post_customers(
+    project: &Project,
+    first: u64,
+    requests: u64,
+    per: u64,
+) -> HashSet<String> {
+    let client = reqwest::Client::new();
+    let mut acked = HashSet::new();
+    for r in 0..requests {
+        let events: Vec<_> = (0..per)
+            .map(|i| shopify_customer(first + r * per + i))
+            .collect();
+        let response = client
+            .post(project.url("/hooks/shopify/customers"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        acked.extend(accepted_ids(&response.json().await.unwrap()));
+    }
+    acked
 }
 
 /// The same, read by DuckDB through Python: an engine we did not write.
