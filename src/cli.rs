@@ -1,4 +1,4 @@
-//! The command line: `tributary run | check`.
+//! The command line: `tributary run | check | poll`.
 
 use std::path::PathBuf;
 
@@ -6,12 +6,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Paths;
 
-/// Stream webhooks into Parquet tables, durably and exactly once.
+/// Stream webhooks and polled REST APIs into Parquet and Delta Lake tables,
+/// durably and exactly once.
 ///
-/// tributary receives events over HTTP, makes them durable in a local log
-/// before acknowledging them, and writes them in batches as Parquet files to
-/// local disk or S3-compatible storage. Pipelines are TOML files in
-/// `pipelines/`; schemas are JSON Schema files.
+/// tributary receives events over HTTP or pages through REST APIs on a
+/// schedule, makes them durable in a local log before acknowledging them (or
+/// moving the poll cursor), and writes them in batches as Parquet files or
+/// Delta tables to local disk or S3-compatible storage. Pipelines are TOML
+/// files in `pipelines/`; schemas are JSON Schema files.
 #[derive(Debug, Parser)]
 #[command(name = "tributary", version, propagate_version = true)]
 pub struct Cli {
@@ -31,6 +33,22 @@ pub enum Command {
     /// Validate tributary.toml, every pipeline and every schema, printing all
     /// errors (file, key, problem, fix); exits non-zero if there is any.
     Check(ConfigArgs),
+    /// Run one poll of a pipeline now, in the foreground, with a progress
+    /// bar; its sinks then flush what it fetched. For backfills and for
+    /// trying a new pipeline. An interrupted run is resumed, not restarted.
+    ///
+    /// The pipeline's data directory is locked: stop `tributary run` first.
+    Poll(PollArgs),
+}
+
+/// `tributary poll`.
+#[derive(Debug, Clone, Args)]
+pub struct PollArgs {
+    /// The pipeline's name (its `name` key).
+    pub pipeline: String,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Where the configuration is.

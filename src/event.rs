@@ -26,6 +26,22 @@ impl Event {
             payload,
         }
     }
+
+    /// A source-state record: the poll source's cursor and page, appended in
+    /// the same durable write as the records it fetched. It takes an offset
+    /// like any event but never becomes a row; the nil id marks it.
+    pub fn state(payload: Bytes) -> Self {
+        Self {
+            id: Uuid::nil(),
+            received_at_us: now_us(),
+            payload,
+        }
+    }
+
+    /// Whether this is a source-state record rather than a received event.
+    pub fn is_state(&self) -> bool {
+        self.id.is_nil()
+    }
 }
 
 /// Microseconds since the Unix epoch, UTC.

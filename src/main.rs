@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             Ok(config) => run(config),
             Err(errors) => print_config_errors(&errors),
         },
+        Command::Poll(args) => match config::load(&args.config.paths()) {
+            Ok(config) => poll(config, &args.pipeline),
+            Err(errors) => print_config_errors(&errors),
+        },
     }
 }
 
@@ -61,16 +65,72 @@ fn print_config_errors(errors: &[config::ConfigError]) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// `tributary poll`: one run with a progress bar on stderr (a plain line per
+/// page when stderr is not a terminal), then a summary on stdout.
+fn poll(config: Config, pipeline: &str) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("the template parses"),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = std::time::Instant::now();
+    let mut progress = |run: &tributary::source::poll::state::RunState| {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!(
+            "{} pages, {} records, {:.0} records/s",
+            run.pages,
+            run.records,
+            run.records as f64 / secs
+        ));
+        bar.tick();
+    };
+    let result = runtime.block_on(tributary::pipeline::poll_once(
+        config,
+        pipeline,
+        Shutdown::default(),
+        &mut progress,
+    ));
+    bar.finish_and_clear();
+    match result {
+        Ok(run) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "polled {pipeline}: {} pages, {} records in {secs:.1} s ({:.0} records/s)",
+                run.pages,
+                run.records,
+                run.records as f64 / secs.max(1e-3)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(tributary::pipeline::run(config, Shutdown::default())) {
         Ok(()) => ExitCode::SUCCESS,

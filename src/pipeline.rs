@@ -15,6 +15,8 @@ use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::delta::DeltaSink;
 use crate::sink::runner::{Runner, Target};
 use crate::sink::{parquet, Storage, StorageError};
+use crate::source::poll::state::RunState;
+use crate::source::poll::{PollError, Poller};
 use crate::source::webhook::Route;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
@@ -48,6 +50,18 @@ pub enum RunError {
         #[source]
         source: Box<StorageError>,
     },
+    /// The poll source could not start (its state could not be kept).
+    #[error("failed to start the poll source of pipeline {pipeline}")]
+    Poll {
+        /// Pipeline name.
+        pipeline: String,
+        /// What went wrong.
+        #[source]
+        source: PollError,
+    },
+    /// `tributary poll` named a pipeline that does not poll.
+    #[error("{0}")]
+    NotPolled(String),
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
     Server {
@@ -63,6 +77,8 @@ pub enum RunError {
 pub struct Built {
     /// Its webhook path, if its source is a webhook.
     pub route: Option<(String, Route)>,
+    /// Its poller, if its source polls.
+    pub poller: Option<Poller>,
     /// One runner per sink.
     pub runners: Vec<Runner>,
 }
@@ -81,6 +97,7 @@ pub fn build(
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
         sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
         floor,
+        whole_appends: matches!(spec.source, SourceSpec::Poll(_)),
     };
     let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
         pipeline: spec.name.clone(),
@@ -119,18 +136,33 @@ pub fn build(
             abandon: shutdown.abandon.clone(),
         });
     }
-    let route = match &spec.source {
-        SourceSpec::Webhook(w) => Some((
-            w.path.clone(),
-            Route {
-                pipeline: spec.name.clone(),
-                max_body: w.max_body,
-                max_buffer: spec.buffer_max_bytes,
-                appender,
-            },
-        )),
+    let (route, poller) = match &spec.source {
+        SourceSpec::Webhook(w) => (
+            Some((
+                w.path.clone(),
+                Route {
+                    pipeline: spec.name.clone(),
+                    max_body: w.max_body,
+                    max_buffer: spec.buffer_max_bytes,
+                    appender,
+                },
+            )),
+            None,
+        ),
+        SourceSpec::Poll(p) => {
+            let poller = Poller::new(spec, p, appender, &log, &dir, shutdown.stop.clone())
+                .map_err(|source| RunError::Poll {
+                    pipeline: spec.name.clone(),
+                    source,
+                })?;
+            (None, Some(poller))
+        }
     };
-    Ok(Built { route, runners })
+    Ok(Built {
+        route,
+        poller,
+        runners,
+    })
 }
 
 /// The offset after the highest one the pipeline's outputs already hold,
@@ -226,6 +258,59 @@ impl Output<'_> {
     }
 }
 
+fn spawn_runners(runners: Vec<Runner>, shutdown: &Shutdown) {
+    for runner in runners {
+        let (pipeline, sink) = (runner.pipeline.clone(), runner.sink.clone());
+        shutdown.tasks.spawn(async move {
+            if let Err(e) = runner.run().await {
+                error!(pipeline = %pipeline, sink = %sink, error = %format!("{:#}", anyhow::Error::from(e)), "Sink stopped; its events stay in the log until the next start.");
+            }
+        });
+    }
+}
+
+/// `tributary poll PIPELINE`: one run of the pipeline's poll source now, in
+/// the foreground, then its sinks flush what it fetched. `progress` sees the
+/// run after each durable page. No HTTP server starts; the pipeline's data
+/// directory is locked, so `tributary run` must not be running it.
+pub async fn poll_once(
+    config: Config,
+    pipeline: &str,
+    shutdown: Shutdown,
+    progress: &mut (dyn FnMut(&RunState) + Send),
+) -> Result<RunState, RunError> {
+    let Some(spec) = config.pipelines.iter().find(|p| p.name == pipeline) else {
+        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        return Err(RunError::NotPolled(format!(
+            "no pipeline is named {pipeline}; the pipelines are: {}",
+            names.join(", ")
+        )));
+    };
+    if !matches!(spec.source, SourceSpec::Poll(_)) {
+        return Err(RunError::NotPolled(format!(
+            "pipeline {pipeline} is fed by a webhook, not polled; `tributary poll` runs poll sources only"
+        )));
+    }
+    let floor = offset_floor(spec, &config.global).await;
+    let built = build(spec, &config.global, &shutdown, floor)?;
+    spawn_runners(built.runners, &shutdown);
+    let mut poller = built.poller.expect("a poll pipeline has a poller");
+    let stop = shutdown.stop.clone();
+    tokio::spawn(async move {
+        Shutdown::signal().await;
+        stop.cancel();
+    });
+    let result = poller.poll(progress).await;
+    drop(poller);
+    if !shutdown.drain(GRACE).await {
+        warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");
+    }
+    result.map_err(|source| RunError::Poll {
+        pipeline: pipeline.to_string(),
+        source,
+    })
+}
+
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
 /// accepting, lets the sinks flush what the logs hold, and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
@@ -244,14 +329,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }
-        for runner in built.runners {
-            let (pipeline, sink) = (runner.pipeline.clone(), runner.sink.clone());
-            shutdown.tasks.spawn(async move {
-                if let Err(e) = runner.run().await {
-                    error!(pipeline = %pipeline, sink = %sink, error = %format!("{:#}", anyhow::Error::from(e)), "Sink stopped; its events stay in the log until the next start.");
-                }
-            });
+        if let Some(poller) = built.poller {
+            // It ends on shutdown, dropping its appender, which closes the log.
+            shutdown.tasks.spawn(poller.run_forever());
         }
+        spawn_runners(built.runners, &shutdown);
     }
     info!(listen = %listen, pipelines = config.pipelines.len(), "Listening.");
 

@@ -30,6 +30,7 @@
 //!   lowest committed offset over all sinks reaches the next segment's base.
 
 pub mod ledger;
+mod recover;
 pub mod segment;
 
 use std::fs::{self, File, OpenOptions};
@@ -88,6 +89,10 @@ pub struct Options {
     /// Offsets below this are never assigned: a Delta table's txn says they
     /// were used, even if this log (or the whole data directory) was lost.
     pub floor: u64,
+    /// Every append ends with a source-state record (a poll source), so
+    /// recovery cuts records after the last one: a torn append is dropped
+    /// whole, never kept in part without the state that says it was fetched.
+    pub whole_appends: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,6 +111,10 @@ struct Shared {
     /// Bytes of all segment files; drives the buffer-full answer.
     disk_bytes: AtomicU64,
     ledger: Ledger,
+    /// The newest source-state record when the log was opened, with its offset.
+    last_state: Option<(u64, bytes::Bytes)>,
+    /// Held while the log is open: one process per data directory.
+    _lock: File,
 }
 
 /// The write side of a log, held by sources. When every `Appender` is dropped,
@@ -135,6 +144,7 @@ struct Append {
 pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     let log_dir = options.dir.join("log");
     fs::create_dir_all(&log_dir)?;
+    let lock = recover::lock(&options.dir)?;
     let mut bases: Vec<u64> = fs::read_dir(&log_dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| segment::parse_file_name(&e.file_name().to_string_lossy()))
@@ -146,23 +156,7 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         bases.first().copied().unwrap_or(options.floor),
     )?;
 
-    let mut end = 0;
-    if let Some(&last) = bases.last() {
-        let path = segment::path(&log_dir, last);
-        let scan = segment::scan(&path)?;
-        if scan.file_len > scan.valid_len {
-            // Cut a torn record, and also preallocated zeros: bytes of an
-            // unfinished write may sit beyond the zeros, and must never be
-            // read as records once appends continue below them.
-            if let Some(why) = scan.torn {
-                warn!(segment = %path.display(), cut_bytes = scan.file_len - scan.valid_len, reason = why, "Truncating a torn log tail left by a crash.");
-            }
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(scan.valid_len)?;
-            file.sync_all()?;
-        }
-        end = last + scan.records;
-    }
+    let (mut end, last_state) = recover::tail(&log_dir, &bases, options.whole_appends)?;
     // Never assign an offset a sink has already passed (e.g. a log directory
     // deleted by hand): start a fresh segment at the highest committed offset.
     let floor = ledger.max_committed().max(options.floor);
@@ -209,6 +203,8 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         segments: Mutex::new(bases),
         disk_bytes: AtomicU64::new(disk_bytes),
         ledger,
+        last_state,
+        _lock: lock,
     });
     let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
@@ -438,6 +434,11 @@ impl Log {
     /// The next offset to be assigned; everything below is durable.
     pub fn end(&self) -> u64 {
         self.progress.borrow().end
+    }
+
+    /// The newest source-state record the log held when it was opened, and its offset.
+    pub fn last_state(&self) -> Option<(u64, bytes::Bytes)> {
+        self.shared.last_state.clone()
     }
 
     /// The persisted progress of `sink`.

@@ -145,7 +145,7 @@ fn read_record(r: &mut impl Read) -> io::Result<Next> {
 }
 
 /// The valid prefix of a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
     /// Bytes from the start of the file (header included) that hold valid records.
     pub valid_len: u64,
@@ -155,6 +155,20 @@ pub struct Scan {
     pub torn: Option<&'static str>,
     /// Length of the file, preallocated space included.
     pub file_len: u64,
+    /// The last source-state record ([`Event::is_state`]): its index in the
+    /// segment, the valid length up to and including it, and its payload.
+    pub last_state: Option<StateMark>,
+}
+
+/// Where a segment's last source-state record is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateMark {
+    /// Records before it in the segment.
+    pub index: u64,
+    /// Bytes of the segment up to and including it.
+    pub end: u64,
+    /// The state.
+    pub payload: Bytes,
 }
 
 /// Scans a whole segment file, validating every record.
@@ -177,11 +191,19 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
         records: 0,
         torn: None,
         file_len,
+        last_state: None,
     };
     loop {
         match read_record(&mut r)? {
-            Next::Record(_, n) => {
+            Next::Record(event, n) => {
                 scan.valid_len += n;
+                if event.is_state() {
+                    scan.last_state = Some(StateMark {
+                        index: scan.records,
+                        end: scan.valid_len,
+                        payload: event.payload,
+                    });
+                }
                 scan.records += 1;
             }
             Next::End => break,

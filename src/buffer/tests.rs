@@ -12,6 +12,7 @@ fn options(dir: &Path, segment_bytes: u64) -> Options {
         segment_bytes,
         sinks: vec!["s".into()],
         floor: 0,
+        whole_appends: false,
     }
 }
 
@@ -168,4 +169,56 @@ async fn rolled_segments_are_preallocated_and_reopen_cleanly() {
     appender.append(more.clone()).await.unwrap();
     appended.extend(more);
     assert_eq!(read_all(&log, 0).await, appended);
+}
+
+#[tokio::test]
+async fn a_poll_append_cut_short_is_dropped_whole_and_the_last_state_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        whole_appends: true,
+        ..options(dir.path(), 1 << 20)
+    };
+    let state = |text: &str| Event::state(Bytes::from(text.to_string()));
+    {
+        let (appender, log) = open(options.clone()).unwrap();
+        assert_eq!(log.last_state(), None);
+        let mut page = events(3, "p1");
+        page.push(state("\"s1\""));
+        assert_eq!(appender.append(page).await.unwrap(), 0..4);
+        // A power cut kept part of the next page's write but not its state record.
+        appender.append(events(2, "p2")).await.unwrap();
+    }
+    let (appender, log) = open(options.clone()).unwrap();
+    assert_eq!(
+        log.end(),
+        4,
+        "the records without their state record are cut"
+    );
+    assert_eq!(log.last_state(), Some((3, Bytes::from_static(b"\"s1\""))));
+    let mut page = events(1, "p2");
+    page.push(state("\"s2\""));
+    assert_eq!(appender.append(page).await.unwrap(), 4..6);
+    drop((appender, log));
+    // Without whole appends (a webhook's log) nothing is cut.
+    let (_appender, log) = open(Options {
+        whole_appends: false,
+        ..options
+    })
+    .unwrap();
+    assert_eq!(log.end(), 6);
+    assert!(log.last_state().is_none(), "only poll logs look for state");
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_a_log_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = recover::lock(dir.path()).unwrap();
+    let err = recover::lock(dir.path()).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("locked by another tributary process"),
+        "{err}"
+    );
+    drop(lock);
+    recover::lock(dir.path()).unwrap();
 }

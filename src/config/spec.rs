@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 
@@ -61,6 +62,8 @@ pub struct PipelineSpec {
 pub enum SourceSpec {
     /// Events POSTed to a path.
     Webhook(WebhookSpec),
+    /// Scheduled REST pulls.
+    Poll(Box<PollSpec>),
 }
 
 impl SourceSpec {
@@ -68,8 +71,161 @@ impl SourceSpec {
     pub fn label(&self) -> String {
         match self {
             SourceSpec::Webhook(w) => format!("webhook:{}", w.path),
+            SourceSpec::Poll(p) => {
+                let mut url = p.url.clone();
+                url.set_query(None);
+                format!("poll:{url}")
+            }
         }
     }
+}
+
+/// `type = "poll"`.
+#[derive(Debug, Clone)]
+pub struct PollSpec {
+    /// When runs start.
+    pub schedule: Schedule,
+    /// Up to this much random delay before each scheduled run.
+    pub jitter: Duration,
+    /// The endpoint.
+    pub url: url::Url,
+    /// POST with `body` instead of GET.
+    pub post: bool,
+    /// JSON body template of a POST.
+    pub body: Option<serde_json::Value>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Query parameters (templates).
+    pub query: Vec<(String, String)>,
+    /// Longest wait for one response.
+    pub timeout: Duration,
+    /// Largest accepted response body in bytes.
+    pub max_response: u64,
+    /// Retries of a failing request before the run fails.
+    pub max_retries: u32,
+    /// Most pages in one run.
+    pub max_pages: u64,
+    /// How requests authenticate.
+    pub auth: AuthSpec,
+    /// JSON pointer to the records array.
+    pub records: String,
+    /// The incremental cursor, if any.
+    pub cursor: Option<CursorSpec>,
+    /// How to reach the next page.
+    pub paginate: Paginate,
+}
+
+/// When poll runs start.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// A cron expression with seconds.
+    Cron(Box<cron::Schedule>),
+    /// A fixed interval.
+    Every(Duration),
+}
+
+/// How poll requests authenticate; secrets are env var names, read at each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSpec {
+    /// No authentication.
+    None,
+    /// `Authorization: Bearer $token_env`.
+    Bearer {
+        /// Env var of the token.
+        token_env: String,
+    },
+    /// HTTP basic.
+    Basic {
+        /// The user name, or `$env` of it.
+        username: Secret,
+        /// Env var of the password.
+        password_env: String,
+    },
+    /// A key in a header or query parameter.
+    ApiKey {
+        /// Env var of the key.
+        key_env: String,
+        /// Where it goes.
+        place: KeyPlace,
+    },
+    /// OAuth 2 token endpoint.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: url::Url,
+        /// Env var of the client id.
+        client_id_env: String,
+        /// Env var of the client secret.
+        client_secret_env: String,
+        /// Env var of a refresh token: refresh-token grant; none: client credentials.
+        refresh_token_env: Option<String>,
+        /// Scopes.
+        scopes: Vec<String>,
+    },
+}
+
+/// A value written in TOML or read from an env var.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Written in the file.
+    Plain(String),
+    /// The name of the env var that holds it.
+    Env(String),
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// A request header.
+    Header(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// The incremental cursor.
+#[derive(Debug, Clone)]
+pub struct CursorSpec {
+    /// JSON pointer to the cursor field in a record.
+    pub field: String,
+    /// Query parameter carrying the lower bound (unless `{cursor}` is used).
+    pub param: Option<String>,
+    /// Lower bound of the first run.
+    pub start: Option<serde_json::Value>,
+    /// How far back from the lower bound each run starts.
+    pub lookback: Duration,
+}
+
+/// How a run reaches the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paginate {
+    /// One request per run.
+    None,
+    /// A next-page token in the body, sent back as a query parameter.
+    Cursor {
+        /// JSON pointer to the token.
+        next: String,
+        /// Query parameter (unless `{page_token}` is used).
+        param: Option<String>,
+    },
+    /// `Link: <…>; rel="next"` (RFC 8288).
+    Link,
+    /// `limit` + `offset`, stopping on a short page.
+    Offset {
+        /// Page size.
+        limit: u64,
+        /// Query parameter of the page size.
+        limit_param: String,
+        /// Query parameter of the offset.
+        offset_param: String,
+    },
+    /// Page numbers, stopping on an empty (or short) page.
+    Page {
+        /// Query parameter of the page number.
+        param: String,
+        /// First page number.
+        start: u64,
+        /// Page size and its parameter, if sent.
+        limit: Option<(u64, String)>,
+    },
 }
 
 /// `type = "webhook"`.
@@ -130,7 +286,7 @@ pub struct DeltaSinkSpec {
     /// Compact once this many files are below half the target (0 = never).
     pub compact_min_files: u64,
     /// How long vacuum keeps the files a commit removed.
-    pub vacuum_retention: std::time::Duration,
+    pub vacuum_retention: Duration,
 }
 
 /// `type = "parquet"`.

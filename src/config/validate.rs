@@ -117,14 +117,15 @@ pub fn pipelines(
             );
             continue;
         }
-        let SourceSpec::Webhook(w) = &spec.source;
-        if let Some(other) = paths.insert(w.path.clone(), file.clone()) {
-            e.push(
-                "source.path",
-                format!("\"{}\" is also used by {}", w.path, other.display()),
-                "give each webhook source its own path",
-            );
-            continue;
+        if let SourceSpec::Webhook(w) = &spec.source {
+            if let Some(other) = paths.insert(w.path.clone(), file.clone()) {
+                e.push(
+                    "source.path",
+                    format!("\"{}\" is also used by {}", w.path, other.display()),
+                    "give each webhook source its own path",
+                );
+                continue;
+            }
         }
         specs.push(spec);
     }
@@ -334,18 +335,11 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
             e.push(
                 "source",
                 "missing",
-                "add a [source] table with type = \"webhook\" and path = \"/hooks/…\"",
+                "add a [source] table with type = \"webhook\" and path = \"/hooks/…\", or type = \"poll\" and url = \"https://…\"",
             );
             return None;
         }
-        Some(RawSource::Poll(_)) => {
-            e.push(
-                "source.type",
-                "source type \"poll\" is not available in this build yet",
-                "use type = \"webhook\" for now",
-            );
-            return None;
-        }
+        Some(RawSource::Poll(p)) => return super::poll::source(p, e),
         Some(RawSource::Webhook(w)) => w,
     };
     if raw.verify.is_some() {

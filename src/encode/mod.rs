@@ -9,7 +9,7 @@
 
 pub mod dead_letter;
 mod infer;
-mod pointer;
+pub mod pointer;
 
 use std::sync::Arc;
 
@@ -90,12 +90,13 @@ impl Encoder {
         &self.table_schema
     }
 
-    /// Encodes `events`; every event ends either as a row or as a dead letter.
+    /// Encodes `events`; every event ends either as a row or as a dead letter,
+    /// except source-state records, which are skipped.
     pub fn encode(&self, events: &[Event]) -> Encoded {
         let mut dead = Vec::new();
         let mut good: Vec<&Event> = Vec::with_capacity(events.len());
         let mut records: Vec<&[u8]> = Vec::with_capacity(events.len());
-        for event in events {
+        for event in events.iter().filter(|e| !e.is_state()) {
             match pointer::record(&event.payload, &self.record_path) {
                 Ok(record) => {
                     good.push(event);

@@ -20,37 +20,18 @@ pub fn tokens(pointer: &str) -> Vec<String> {
 
 /// The bytes of the record at `tokens` in `payload`; it must be a JSON object.
 pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], String> {
-    let mut current: &'a [u8] = payload;
-    for (depth, token) in tokens.iter().enumerate() {
-        let at = || format!("/{}", tokens[..=depth].join("/"));
-        current = match first_byte(current) {
-            Some(b'{') => {
-                let map: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_slice(current)
-                    .map_err(|e| format!("the event is not valid JSON: {e}"))?;
-                map.get(token.as_str())
-                    .ok_or_else(|| format!("record_path {} not found in the event", at()))?
-                    .get()
-                    .as_bytes()
-            }
-            Some(b'[') => {
-                let list: Vec<&'a RawValue> = serde_json::from_slice(current)
-                    .map_err(|e| format!("the event is not valid JSON: {e}"))?;
-                token
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| list.get(i))
-                    .ok_or_else(|| format!("record_path {} not found in the event", at()))?
-                    .get()
-                    .as_bytes()
-            }
-            _ => {
-                return Err(format!(
-                    "record_path {}: the event has no object or array there",
-                    at()
-                ))
-            }
-        };
-    }
+    let current = value(payload, tokens)
+        .map_err(|e| format!("the event is not valid JSON: {e}"))?
+        .map_err(|depth| match depth {
+            Missing::At(depth) => format!(
+                "record_path /{} not found in the event",
+                tokens[..=depth].join("/")
+            ),
+            Missing::NotContainer(depth) => format!(
+                "record_path /{}: the event has no object or array there",
+                tokens[..=depth].join("/")
+            ),
+        })?;
     match first_byte(current) {
         Some(b'{') => Ok(current),
         Some(b'[') => {
@@ -60,7 +41,49 @@ pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], Stri
     }
 }
 
-fn first_byte(bytes: &[u8]) -> Option<u8> {
+/// Why a pointer found nothing: the token at this depth is missing, or the
+/// value before it is neither an object nor an array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No such key or index.
+    At(usize),
+    /// A scalar where an object or array was needed.
+    NotContainer(usize),
+}
+
+/// The bytes of the value at `tokens` in `json`: `Err` if the JSON on the
+/// way is invalid, `Ok(Err(_))` if the pointer leads nowhere.
+pub fn value<'a>(
+    json: &'a [u8],
+    tokens: &[String],
+) -> Result<Result<&'a [u8], Missing>, serde_json::Error> {
+    let mut current: &'a [u8] = json;
+    for (depth, token) in tokens.iter().enumerate() {
+        let found = match first_byte(current) {
+            Some(b'{') => {
+                let map: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_slice(current)?;
+                map.get(token.as_str()).map(|v| v.get().as_bytes())
+            }
+            Some(b'[') => {
+                let list: Vec<&'a RawValue> = serde_json::from_slice(current)?;
+                token
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| list.get(i))
+                    .map(|v| v.get().as_bytes())
+            }
+            _ => return Ok(Err(Missing::NotContainer(depth))),
+        };
+        match found {
+            Some(v) => current = v,
+            None => return Ok(Err(Missing::At(depth))),
+        }
+    }
+    Ok(Ok(current))
+}
+
+/// The first byte that is not JSON whitespace.
+pub fn first_byte(bytes: &[u8]) -> Option<u8> {
     bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 

@@ -1,4 +1,5 @@
-//! Triggers: where events come from. Today the webhook receiver; each source
-//! appends to its pipeline's durable log and acknowledges only after the append.
+//! Triggers: where events come from, the webhook receiver and the poll
+//! source; each source appends to its pipeline's durable log and acknowledges only after the append.
 
+pub mod poll;
 pub mod webhook;

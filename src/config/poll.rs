@@ -1,0 +1,499 @@
+//! Validation of `[source]` with `type = "poll"`: schedule, request, auth,
+//! pagination and cursor, each problem named with its key and fix.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::raw::{RawAuth, RawCursor, RawPaginate, RawPoll};
+use super::spec::{
+    AuthSpec, CursorSpec, KeyPlace, Paginate, PollSpec, Schedule, Secret, SourceSpec,
+};
+use super::units::parse_duration;
+use super::validate::{size, Errors};
+
+/// Default `timeout` of one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `max_response`: 50 MiB, far above any API's page.
+pub const DEFAULT_MAX_RESPONSE: u64 = 50 << 20;
+/// Default `max_retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// Default `max_pages` per run.
+pub const DEFAULT_MAX_PAGES: u64 = 10_000;
+/// The placeholders a template may hold.
+pub const CURSOR: &str = "{cursor}";
+/// See [`CURSOR`].
+pub const PAGE_TOKEN: &str = "{page_token}";
+
+/// Validates a poll source.
+pub(super) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<SourceSpec> {
+    let start = e.list.len();
+    let schedule = schedule(raw, e);
+    let jitter = duration(raw.jitter.as_deref(), "source.jitter", Duration::ZERO, e);
+    let allow_http = raw.allow_http.unwrap_or(false);
+    let url = match raw.url.as_deref() {
+        None => {
+            e.push(
+                "source.url",
+                "missing",
+                "add url = \"https://api.example.com/v1/items\"",
+            );
+            None
+        }
+        Some(text) => endpoint(text, allow_http, "source.url", e),
+    };
+    let post = match raw
+        .method
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("GET") => false,
+        Some("POST") => true,
+        Some(other) => {
+            e.push(
+                "source.method",
+                format!("\"{other}\" is not supported"),
+                "use \"GET\" or \"POST\"",
+            );
+            false
+        }
+    };
+    let body = match &raw.body {
+        Some(_) if !post => {
+            e.push(
+                "source.body",
+                "a body is sent only with POST",
+                "add method = \"POST\" or remove body",
+            );
+            None
+        }
+        Some(table) => serde_json::to_value(table).ok(),
+        None => None,
+    };
+    let headers: Vec<(String, String)> = raw
+        .headers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for (name, value) in &headers {
+        let key = format!("source.headers.{name}");
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            e.push(
+                key,
+                "is not a valid HTTP header",
+                "use a token name and a printable ASCII value",
+            );
+        } else if name.eq_ignore_ascii_case("authorization") {
+            e.push(
+                key,
+                "credentials do not belong in the file",
+                "use auth = { type = \"bearer\", token_env = \"…\" } (or basic, api_key, oauth2)",
+            );
+        }
+    }
+    let query: Vec<(String, String)> = raw.query.clone().unwrap_or_default().into_iter().collect();
+    let uses = |placeholder: &str| {
+        query.iter().any(|(_, v)| v.contains(placeholder))
+            || body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains(placeholder))
+    };
+    let (uses_cursor, uses_token) = (uses(CURSOR), uses(PAGE_TOKEN));
+    let timeout = duration(raw.timeout.as_deref(), "source.timeout", DEFAULT_TIMEOUT, e);
+    if timeout.is_zero() {
+        e.push("source.timeout", "must be above zero", "set e.g. \"30s\"");
+    }
+    let max_response = match &raw.max_response {
+        None => DEFAULT_MAX_RESPONSE,
+        Some(s) => size(s, "source.max_response", e).unwrap_or(DEFAULT_MAX_RESPONSE),
+    };
+    if max_response == 0 {
+        e.push(
+            "source.max_response",
+            "must be above zero",
+            "set e.g. \"50MiB\"",
+        );
+    }
+    let max_retries = raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+    if max_retries > 20 {
+        e.push(
+            "source.max_retries",
+            format!("{max_retries} is too many"),
+            "use 0 to 20; a failed run is retried at the next tick anyway",
+        );
+    }
+    let max_pages = raw.max_pages.unwrap_or(DEFAULT_MAX_PAGES);
+    if max_pages == 0 {
+        e.push("source.max_pages", "must be above zero", "set e.g. 10000");
+    }
+    let auth = match &raw.auth {
+        None => Some(AuthSpec::None),
+        Some(a) => auth(a, allow_http, e),
+    };
+    let records = raw.records.clone().unwrap_or_default();
+    if !(records.is_empty() || records.starts_with('/')) {
+        e.push(
+            "source.records",
+            format!("\"{records}\" is not a JSON pointer"),
+            "start it with '/', e.g. \"/results\", or use \"\" when the response is the array",
+        );
+    }
+    let cursor = raw.cursor.as_ref().and_then(|c| cursor(c, uses_cursor, e));
+    if uses_cursor && raw.cursor.is_none() {
+        e.push(
+            "source.query",
+            "{cursor} is used but no cursor is configured",
+            "add cursor = { field = \"updated_at\", start = \"…\" }",
+        );
+    }
+    let paginate = match &raw.paginate {
+        None => Some(Paginate::None),
+        Some(p) => paginate(p, uses_token, e),
+    };
+    if uses_token && !matches!(paginate, Some(Paginate::Cursor { .. })) {
+        e.push(
+            "source.paginate",
+            "{page_token} is used, but only type = \"cursor\" pagination has a page token",
+            "set paginate = { type = \"cursor\", next = \"/next\" } or remove {page_token}",
+        );
+    }
+    if e.list.len() > start {
+        return None;
+    }
+    Some(SourceSpec::Poll(Box::new(PollSpec {
+        schedule: schedule?,
+        jitter,
+        url: url?,
+        post,
+        body,
+        headers,
+        query,
+        timeout,
+        max_response,
+        max_retries,
+        max_pages,
+        auth: auth?,
+        records,
+        cursor,
+        paginate: paginate?,
+    })))
+}
+
+fn schedule(raw: &RawPoll, e: &mut Errors<'_>) -> Option<Schedule> {
+    match (&raw.schedule, &raw.every) {
+        (Some(_), Some(_)) => {
+            e.push(
+                "source.every",
+                "both schedule and every are set",
+                "keep one of them",
+            );
+            None
+        }
+        (None, None) => {
+            e.push(
+                "source.schedule",
+                "missing",
+                "add schedule = \"0 */5 * * * *\" (cron with seconds) or every = \"5m\"",
+            );
+            None
+        }
+        (Some(text), None) => {
+            match cron::Schedule::from_str(text) {
+                Ok(s) => Some(Schedule::Cron(Box::new(s))),
+                Err(err) => {
+                    e.push("source.schedule", format!("\"{text}\" is not a cron expression ({err})"), "write six fields, seconds first: \"0 */5 * * * *\" runs every five minutes");
+                    None
+                }
+            }
+        }
+        (None, Some(text)) => match parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(Schedule::Every(d)),
+            Ok(_) => {
+                e.push("source.every", "is below one second", "set e.g. \"5m\"");
+                None
+            }
+            Err(problem) => {
+                e.push("source.every", problem, "");
+                None
+            }
+        },
+    }
+}
+
+fn duration(text: Option<&str>, key: &str, default: Duration, e: &mut Errors<'_>) -> Duration {
+    match text.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(problem)) => {
+            e.push(key, problem, "");
+            default
+        }
+    }
+}
+
+fn endpoint(text: &str, allow_http: bool, key: &str, e: &mut Errors<'_>) -> Option<url::Url> {
+    match url::Url::parse(text) {
+        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && allow_http) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            e.push(key, format!("\"{text}\" is not https"), "use https://, or set allow_http = true in [source] (for loopback and tests only: credentials travel in clear)");
+            None
+        }
+        Ok(_) | Err(_) => {
+            e.push(
+                key,
+                format!("\"{text}\" is not an http(s) URL"),
+                "write a full URL such as \"https://api.example.com/v1/items\"",
+            );
+            None
+        }
+    }
+}
+
+fn env_name(value: &Option<String>, key: &str, e: &mut Errors<'_>) -> Option<String> {
+    match value.as_deref() {
+        Some(name) if !name.is_empty() && !name.contains(['=', '\0']) => Some(name.to_string()),
+        Some(name) => {
+            e.push(
+                key,
+                format!("\"{name}\" is not an env var name"),
+                "name the env var that holds the secret, e.g. \"CRM_TOKEN\"",
+            );
+            None
+        }
+        None => {
+            e.push(
+                key,
+                "missing",
+                "name the env var that holds the secret; secrets are never written in TOML",
+            );
+            None
+        }
+    }
+}
+
+fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec> {
+    match raw {
+        RawAuth::Bearer(b) => Some(AuthSpec::Bearer {
+            token_env: env_name(&b.token_env, "source.auth.token_env", e)?,
+        }),
+        RawAuth::Basic(b) => {
+            let username = match (&b.username, &b.username_env) {
+                (Some(u), None) => Some(Secret::Plain(u.clone())),
+                (None, Some(_)) => {
+                    env_name(&b.username_env, "source.auth.username_env", e).map(Secret::Env)
+                }
+                _ => {
+                    e.push(
+                        "source.auth.username",
+                        "set exactly one of username and username_env",
+                        "add username = \"…\" (or username_env = \"…\")",
+                    );
+                    None
+                }
+            };
+            let password_env = env_name(&b.password_env, "source.auth.password_env", e);
+            Some(AuthSpec::Basic {
+                username: username?,
+                password_env: password_env?,
+            })
+        }
+        RawAuth::ApiKey(k) => {
+            let key_env = env_name(&k.key_env, "source.auth.key_env", e);
+            let place = match (&k.header, &k.query) {
+                (Some(h), None)
+                    if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok() =>
+                {
+                    Some(KeyPlace::Header(h.clone()))
+                }
+                (None, Some(q)) if !q.is_empty() => Some(KeyPlace::Query(q.clone())),
+                _ => {
+                    e.push(
+                        "source.auth.header",
+                        "set exactly one of header and query",
+                        "add header = \"X-API-Key\" (or query = \"api_key\")",
+                    );
+                    None
+                }
+            };
+            Some(AuthSpec::ApiKey {
+                key_env: key_env?,
+                place: place?,
+            })
+        }
+        RawAuth::Oauth2(o) => {
+            let token_url = match o.token_url.as_deref() {
+                None => {
+                    e.push(
+                        "source.auth.token_url",
+                        "missing",
+                        "add token_url = \"https://…/oauth/token\"",
+                    );
+                    None
+                }
+                Some(text) => endpoint(text, allow_http, "source.auth.token_url", e),
+            };
+            let client_id_env = env_name(&o.client_id_env, "source.auth.client_id_env", e);
+            let client_secret_env =
+                env_name(&o.client_secret_env, "source.auth.client_secret_env", e);
+            let refresh_token_env = match &o.refresh_token_env {
+                None => None,
+                Some(_) => Some(env_name(
+                    &o.refresh_token_env,
+                    "source.auth.refresh_token_env",
+                    e,
+                )?),
+            };
+            Some(AuthSpec::Oauth2 {
+                token_url: token_url?,
+                client_id_env: client_id_env?,
+                client_secret_env: client_secret_env?,
+                refresh_token_env,
+                scopes: o.scopes.clone().unwrap_or_default(),
+            })
+        }
+    }
+}
+
+fn cursor(raw: &RawCursor, uses_cursor: bool, e: &mut Errors<'_>) -> Option<CursorSpec> {
+    let field = match raw.field.as_deref() {
+        None | Some("") => {
+            e.push(
+                "source.cursor.field",
+                "missing",
+                "name the record field that grows with each change, e.g. field = \"updated_at\"",
+            );
+            None
+        }
+        Some(f) if f.starts_with('/') => Some(f.to_string()),
+        Some(f) => Some(format!("/{}", f.replace('~', "~0").replace('/', "~1"))),
+    };
+    if raw.param.is_none() && !uses_cursor {
+        e.push("source.cursor.param", "the lower bound is never sent", "add param = \"updated_after\" (the query parameter the API filters on), or use \"{cursor}\" in query or body");
+    }
+    let start = match &raw.start {
+        None => None,
+        Some(toml::Value::String(s)) => Some(serde_json::Value::from(s.clone())),
+        Some(toml::Value::Integer(i)) => Some(serde_json::Value::from(*i)),
+        Some(toml::Value::Datetime(d)) => Some(serde_json::Value::from(d.to_string())),
+        Some(other) => {
+            e.push(
+                "source.cursor.start",
+                format!("a {} cannot be a cursor", other.type_str()),
+                "write a string such as \"2024-01-01T00:00:00Z\" or an integer",
+            );
+            None
+        }
+    };
+    let lookback = duration(
+        raw.lookback.as_deref(),
+        "source.cursor.lookback",
+        Duration::ZERO,
+        e,
+    );
+    Some(CursorSpec {
+        field: field?,
+        param: raw.param.clone(),
+        start,
+        lookback,
+    })
+}
+
+fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<Paginate> {
+    let kind = raw.kind.as_deref().unwrap_or("none");
+    let allowed: &[&str] = match kind {
+        "none" | "link" => &[],
+        "cursor" => &["next", "param"],
+        "offset" => &["limit", "limit_param", "offset_param"],
+        "page" => &["param", "start", "limit", "limit_param"],
+        other => {
+            e.push(
+                "source.paginate.type",
+                format!("unknown pagination \"{other}\""),
+                "use \"cursor\", \"link\", \"offset\", \"page\" or \"none\"",
+            );
+            return None;
+        }
+    };
+    let given = [
+        ("next", raw.next.is_some()),
+        ("param", raw.param.is_some()),
+        ("limit", raw.limit.is_some()),
+        ("limit_param", raw.limit_param.is_some()),
+        ("offset_param", raw.offset_param.is_some()),
+        ("start", raw.start.is_some()),
+    ];
+    let start = e.list.len();
+    for (key, set) in given {
+        if set && !allowed.contains(&key) {
+            e.push(
+                format!("source.paginate.{key}"),
+                format!("is not used by type = \"{kind}\""),
+                "remove it, or pick the pagination type it belongs to",
+            );
+        }
+    }
+    if raw.limit == Some(0) {
+        e.push(
+            "source.paginate.limit",
+            "must be above zero",
+            "set the page size the API allows, e.g. 100",
+        );
+    }
+    let paginate = match kind {
+        "none" => Paginate::None,
+        "link" => Paginate::Link,
+        "cursor" => {
+            let next = match raw.next.as_deref() {
+                Some(p) if p.starts_with('/') => p.to_string(),
+                _ => {
+                    e.push(
+                        "source.paginate.next",
+                        "missing or not a JSON pointer",
+                        "point at the next-page token, e.g. next = \"/paging/next/after\"",
+                    );
+                    return None;
+                }
+            };
+            if raw.param.is_none() && !uses_token {
+                e.push(
+                    "source.paginate.param",
+                    "the page token is never sent",
+                    "add param = \"after\", or use \"{page_token}\" in query or body",
+                );
+            }
+            Paginate::Cursor {
+                next,
+                param: raw.param.clone(),
+            }
+        }
+        "offset" => {
+            let Some(limit) = raw.limit else {
+                e.push(
+                    "source.paginate.limit",
+                    "missing",
+                    "add limit = 100 (records per page; a shorter page ends the run)",
+                );
+                return None;
+            };
+            Paginate::Offset {
+                limit,
+                limit_param: raw.limit_param.clone().unwrap_or_else(|| "limit".into()),
+                offset_param: raw.offset_param.clone().unwrap_or_else(|| "offset".into()),
+            }
+        }
+        _ => Paginate::Page {
+            param: raw.param.clone().unwrap_or_else(|| "page".into()),
+            start: raw.start.unwrap_or(1),
+            limit: raw.limit.map(|l| {
+                (
+                    l,
+                    raw.limit_param.clone().unwrap_or_else(|| "per_page".into()),
+                )
+            }),
+        },
+    };
+    (e.list.len() == start).then_some(paginate)
+}

@@ -1,0 +1,420 @@
+//! The poll source's HTTP client: authentication (secrets read from the
+//! environment at each run; OAuth 2 tokens cached and refreshed before expiry
+//! and once on a 401), a cap on response size, and retries: 429 and 503 wait
+//! as `Retry-After` says, other 5xx, timeouts and connection errors back off
+//! exponentially with full jitter, any other 4xx fails the run at once.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::page::Request;
+use super::PollError;
+use crate::config::spec::{AuthSpec, KeyPlace, PollSpec, Secret};
+
+/// First step of the exponential backoff, and its ceiling.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` honoured; a longer one fails the run (retried at the next tick).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+/// A token is renewed this long before the expiry its endpoint announced.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+
+/// A response that arrived whole and within the size cap.
+#[derive(Debug)]
+pub struct Response {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// One try's outcome, as the retry loop sees it.
+#[derive(Debug)]
+pub enum Attempt {
+    /// A response (any status).
+    Answered(Response),
+    /// Timeout, refused or reset connection, a body cut short: worth a retry.
+    Failed(String),
+}
+
+/// What the retry loop does after one try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done: a 2xx.
+    Ok,
+    /// Renew the OAuth token and try again (once per request).
+    Reauthenticate,
+    /// Wait this long, then try again.
+    RetryAfter(Duration),
+    /// Give up: the run fails with this message.
+    Fail(String),
+    /// Give up: the API refused the request (a 4xx); retrying will not help.
+    Reject(String),
+}
+
+/// Decides what follows try number `attempt` (0-based).
+pub fn verdict(attempt: &Attempt, tries: u32, max_retries: u32, can_reauth: bool) -> Verdict {
+    let retry = |wait: Duration, why: String| {
+        if tries >= max_retries {
+            Verdict::Fail(format!(
+                "{why}; gave up after {} retries (source.max_retries)",
+                max_retries
+            ))
+        } else {
+            Verdict::RetryAfter(wait)
+        }
+    };
+    match attempt {
+        Attempt::Failed(why) => retry(backoff(tries), why.clone()),
+        Attempt::Answered(r) if r.status.is_success() => Verdict::Ok,
+        Attempt::Answered(r) if r.status == StatusCode::UNAUTHORIZED && can_reauth => Verdict::Reauthenticate,
+        Attempt::Answered(r)
+            if r.status == StatusCode::TOO_MANY_REQUESTS || r.status == StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            match retry_after(&r.headers) {
+                Some(wait) if wait > MAX_RETRY_AFTER => Verdict::Fail(format!(
+                    "{} with Retry-After of {} s, longer than the {} s tributary waits; the run is retried at the next tick",
+                    r.status,
+                    wait.as_secs(),
+                    MAX_RETRY_AFTER.as_secs()
+                )),
+                Some(wait) => retry(wait, format!("{}", r.status)),
+                None => retry(backoff(tries), format!("{}", r.status)),
+            }
+        }
+        Attempt::Answered(r) if r.status.is_server_error() => retry(backoff(tries), format!("{}: {}", r.status, excerpt(&r.body))),
+        Attempt::Answered(r) => Verdict::Reject(format!("{}: {}", r.status, excerpt(&r.body))),
+    }
+}
+
+/// Full jitter: a wait drawn uniformly from zero to the exponential step.
+fn backoff(tries: u32) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1 << tries.min(16))
+        .min(BACKOFF_CAP);
+    step.mul_f64(rand::rng().random::<f64>())
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The start of a body, for error messages.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    let text = text.trim();
+    if text.is_empty() {
+        "empty body".into()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Runs `send` until [`verdict`] says stop; waits between tries (cut short by `stop`).
+pub async fn with_retries<F, Fut>(
+    max_retries: u32,
+    can_reauth: bool,
+    stop: &CancellationToken,
+    mut send: F,
+) -> Result<Response, PollError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = Result<Attempt, PollError>>,
+{
+    let (mut tries, mut reauthenticated) = (0, false);
+    let mut renew = false;
+    loop {
+        let attempt = send(renew).await?;
+        renew = false;
+        match verdict(&attempt, tries, max_retries, can_reauth && !reauthenticated) {
+            Verdict::Ok => match attempt {
+                Attempt::Answered(r) => return Ok(r),
+                Attempt::Failed(_) => unreachable!("only an answer is Ok"),
+            },
+            Verdict::Reauthenticate => {
+                info!("The API answered 401; renewing the OAuth token once.");
+                (renew, reauthenticated) = (true, true);
+            }
+            Verdict::RetryAfter(wait) => {
+                let why = match &attempt {
+                    Attempt::Answered(r) => r.status.to_string(),
+                    Attempt::Failed(why) => why.clone(),
+                };
+                warn!(error = %why, retry_in_ms = wait.as_millis() as u64, retry = tries + 1, "Request failed; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Err(PollError::Stopped),
+                }
+                tries += 1;
+            }
+            Verdict::Fail(why) => return Err(PollError::Request(why)),
+            Verdict::Reject(why) => return Err(PollError::Rejected(why)),
+        }
+    }
+}
+
+/// An OAuth access token and when to renew it.
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+/// The HTTP client of one poll source.
+pub struct Client {
+    http: reqwest::Client,
+    /// Std mutexes: held for a copy, never across an await.
+    token: Mutex<Option<Token>>,
+    /// A refresh token the endpoint rotated (it replaces the env var's).
+    refresh_token: Mutex<Option<String>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: Option<u64>,
+    refresh_token: Option<String>,
+}
+
+impl Client {
+    /// A client with the source's timeout.
+    pub fn new(spec: &PollSpec) -> Result<Self, PollError> {
+        let http = reqwest::Client::builder()
+            .timeout(spec.timeout)
+            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PollError::Request(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            token: Mutex::new(None),
+            refresh_token: Mutex::new(None),
+        })
+    }
+
+    /// Fetches `request` with authentication, the size cap and retries.
+    pub async fn fetch(
+        &self,
+        spec: &PollSpec,
+        request: &Request,
+        stop: &CancellationToken,
+    ) -> Result<Response, PollError> {
+        let can_reauth = matches!(spec.auth, AuthSpec::Oauth2 { .. });
+        with_retries(spec.max_retries, can_reauth, stop, |renew| {
+            if renew {
+                *self.token.lock().expect("token lock") = None;
+            }
+            self.send(spec, request)
+        })
+        .await
+    }
+
+    async fn send(&self, spec: &PollSpec, request: &Request) -> Result<Attempt, PollError> {
+        let mut url = request.url.clone();
+        let mut builder_headers = HeaderMap::new();
+        let mut basic = None;
+        match &spec.auth {
+            AuthSpec::None => {}
+            AuthSpec::Bearer { token_env } => {
+                let token = env(token_env)?;
+                builder_headers.insert(
+                    AUTHORIZATION,
+                    header(&format!("Bearer {token}"), token_env)?,
+                );
+            }
+            AuthSpec::Basic {
+                username,
+                password_env,
+            } => {
+                let user = match username {
+                    Secret::Plain(u) => u.clone(),
+                    Secret::Env(name) => env(name)?,
+                };
+                basic = Some((user, env(password_env)?));
+            }
+            AuthSpec::ApiKey { key_env, place } => {
+                let key = env(key_env)?;
+                match place {
+                    KeyPlace::Header(name) => {
+                        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                            .map_err(|e| PollError::Request(format!("header {name}: {e}")))?;
+                        builder_headers.insert(name, header(&key, key_env)?);
+                    }
+                    KeyPlace::Query(param) => {
+                        url.query_pairs_mut().append_pair(param, &key);
+                    }
+                }
+            }
+            AuthSpec::Oauth2 { .. } => {
+                let token = self.oauth_token(spec).await?;
+                builder_headers.insert(
+                    AUTHORIZATION,
+                    header(&format!("Bearer {token}"), "the OAuth token")?,
+                );
+            }
+        }
+        let mut builder = if spec.post {
+            self.http.post(url)
+        } else {
+            self.http.get(url)
+        };
+        for (name, value) in &spec.headers {
+            builder = builder.header(name, value);
+        }
+        builder = builder.headers(builder_headers);
+        if let Some((user, password)) = basic {
+            builder = builder.basic_auth(user, Some(password));
+        }
+        if let Some(body) = &request.body {
+            builder = builder
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let mut response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Attempt::Failed(describe(&e))),
+        };
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        if response
+            .content_length()
+            .is_some_and(|n| n > spec.max_response)
+        {
+            return Err(too_large(spec));
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > spec.max_response {
+                        return Err(too_large(spec));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(Attempt::Failed(describe(&e))),
+            }
+        }
+        Ok(Attempt::Answered(Response {
+            status,
+            headers,
+            body: body.freeze(),
+        }))
+    }
+
+    /// The cached access token, fetched anew when missing or about to expire.
+    async fn oauth_token(&self, spec: &PollSpec) -> Result<String, PollError> {
+        if let Some(t) = &*self.token.lock().expect("token lock") {
+            if Instant::now() < t.renew_at {
+                return Ok(t.value.clone());
+            }
+        }
+        let AuthSpec::Oauth2 {
+            token_url,
+            client_id_env,
+            client_secret_env,
+            refresh_token_env,
+            scopes,
+        } = &spec.auth
+        else {
+            unreachable!("called for oauth2 only");
+        };
+        let mut form = vec![
+            ("client_id", env(client_id_env)?),
+            ("client_secret", env(client_secret_env)?),
+        ];
+        match refresh_token_env {
+            Some(name) => {
+                let rotated = self.refresh_token.lock().expect("token lock").clone();
+                let refresh = match rotated {
+                    Some(r) => r,
+                    None => env(name)?,
+                };
+                form.push(("grant_type", "refresh_token".into()));
+                form.push(("refresh_token", refresh));
+            }
+            None => form.push(("grant_type", "client_credentials".into())),
+        }
+        if !scopes.is_empty() {
+            form.push(("scope", scopes.join(" ")));
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let failed = |why: String| {
+            PollError::Request(format!("OAuth token request to {token_url} failed: {why}"))
+        };
+        let response = self
+            .http
+            .post(token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| failed(describe(&e)))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| failed(describe(&e)))?;
+        if !status.is_success() {
+            return Err(failed(format!("{status}: {}", excerpt(&bytes))));
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("the answer has no access_token ({e})")))?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
+        if answer.refresh_token.is_some() {
+            *self.refresh_token.lock().expect("token lock") = answer.refresh_token;
+        }
+        *self.token.lock().expect("token lock") = Some(Token {
+            value: answer.access_token.clone(),
+            renew_at,
+        });
+        Ok(answer.access_token)
+    }
+}
+
+fn too_large(spec: &PollSpec) -> PollError {
+    PollError::Request(format!(
+        "the response is larger than source.max_response ({}); ask for smaller pages or raise max_response",
+        crate::config::units::format_size(spec.max_response)
+    ))
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A secret from the environment.
+fn env(name: &str) -> Result<String, PollError> {
+    std::env::var(name).map_err(|_| PollError::Secret(name.to_string()))
+}
+
+fn header(value: &str, what: &str) -> Result<HeaderValue, PollError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| PollError::Request(format!("{what} holds characters a header cannot carry")))
+}
+
+#[cfg(test)]
+mod tests;

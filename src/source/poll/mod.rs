@@ -1,0 +1,305 @@
+//! The poll source: scheduled runs that page through a REST API and append
+//! what they fetch to the pipeline's log.
+//!
+//! # Durability
+//! Each page is one append: its records, then a state record saying which page
+//! comes next and the largest cursor value seen so far. Both become durable in
+//! one fsync, so a crash at any moment either keeps a page with the state
+//! that says it was fetched, or neither ([`buffer::Options::whole_appends`]).
+//! A restarted run resumes at the page after the last durable one. The run's
+//! last page also moves the cursor (the next run's lower bound) forward, in
+//! that same append. The next request is sent while the previous page's fsync
+//! runs.
+//!
+//! [`buffer::Options::whole_appends`]: crate::buffer::Options::whole_appends
+
+pub mod client;
+pub mod page;
+pub mod schedule;
+pub mod state;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::buffer::{AppendError, Appender, Log};
+use crate::config::spec::{PipelineSpec, PollSpec};
+use crate::encode::pointer;
+use crate::event::{now_us, Event};
+use client::Client;
+use state::{PageRef, PollState, RunState};
+
+/// Why a poll run failed. A failed run leaves the cursor where it was; the
+/// pages it made durable stay, and the next run resumes after them.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// A secret's env var is not set.
+    #[error("env var {0} is not set; export it with the secret (secrets are only read from the environment)")]
+    Secret(String),
+    /// The request failed after its retries, or the response was unusable.
+    #[error("{0}")]
+    Request(String),
+    /// The API refused the request (a 4xx other than 429): retrying will not help.
+    #[error("{0}")]
+    Rejected(String),
+    /// The fetched page could not be appended to the log.
+    #[error("the fetched records could not be made durable")]
+    Append(#[source] AppendError),
+    /// The state copy could not be written.
+    #[error("the poll state could not be saved")]
+    State(#[source] std::io::Error),
+    /// Shutdown began; the run resumes at the next start.
+    #[error("stopped by shutdown")]
+    Stopped,
+}
+
+/// One pipeline's poll source.
+pub struct Poller {
+    pipeline: String,
+    spec: Arc<PollSpec>,
+    appender: Appender,
+    side: PathBuf,
+    state: PollState,
+    client: Client,
+    reader: page::Reader,
+    stop: CancellationToken,
+}
+
+impl Poller {
+    /// The poller of `pipeline`, its state loaded from the log (`log`) and
+    /// the side copy in `dir` (the pipeline's data directory).
+    pub fn new(
+        pipeline: &PipelineSpec,
+        spec: &PollSpec,
+        appender: Appender,
+        log: &Log,
+        dir: &Path,
+        stop: CancellationToken,
+    ) -> Result<Self, PollError> {
+        let side = state::side_path(dir);
+        let (state, offset) = state::load(&side, log.last_state());
+        if let Some(offset) = offset {
+            // The log's copy may be newer than the side file; make them agree.
+            state::save(&side, offset, &state).map_err(PollError::State)?;
+        }
+        let record = pointer::tokens(&pipeline.record_path);
+        let reader = page::Reader {
+            records: pointer::tokens(&spec.records),
+            cursor: spec.cursor.as_ref().map(|c| pointer::tokens(&c.field)),
+            primary_key: pipeline
+                .primary_key
+                .iter()
+                .map(|column| record.iter().cloned().chain([column.clone()]).collect())
+                .collect(),
+        };
+        Ok(Self {
+            pipeline: pipeline.name.clone(),
+            client: Client::new(spec)?,
+            spec: Arc::new(spec.clone()),
+            appender,
+            side,
+            state,
+            reader,
+            stop,
+        })
+    }
+
+    /// The state as loaded or as the last append left it.
+    pub fn state(&self) -> &PollState {
+        &self.state
+    }
+
+    /// Runs on schedule until shutdown; a failed run is logged and counted,
+    /// and tried again at the next tick.
+    pub async fn run_forever(mut self) {
+        let mut failures = 0u64;
+        let mut failed_at: Option<DateTime<Utc>> = None;
+        loop {
+            let now = Utc::now();
+            let due = match failed_at {
+                Some(at) => schedule::next_after(&self.spec.schedule, at).map(|d| d.max(now)),
+                None => schedule::due(
+                    &self.spec.schedule,
+                    self.state
+                        .last_run_us
+                        .and_then(DateTime::from_timestamp_micros),
+                    self.state.run.is_some(),
+                    now,
+                ),
+            };
+            let Some(due) = due else {
+                info!(pipeline = %self.pipeline, "The schedule has no further runs.");
+                return;
+            };
+            let mut wait = (due - now).to_std().unwrap_or_default();
+            if self.state.run.is_none() {
+                wait += schedule::jitter(self.spec.jitter);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let started = Utc::now();
+            let clock = Instant::now();
+            match self.poll(&mut |_| {}).await {
+                Ok(run) => {
+                    failed_at = None;
+                    info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, millis = clock.elapsed().as_millis() as u64, cursor = %self.state.cursor.as_ref().map(page::text).unwrap_or_default(), "Poll run finished.");
+                }
+                Err(PollError::Stopped) => return,
+                Err(e) => {
+                    failures += 1;
+                    failed_at = Some(started);
+                    error!(pipeline = %self.pipeline, failures, error = %format!("{:#}", anyhow::Error::from(e)), "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
+                }
+            }
+        }
+    }
+
+    /// One run now: resumes an unfinished run, or starts one from the cursor.
+    /// `progress` sees the run after each durable page.
+    pub async fn poll(
+        &mut self,
+        progress: &mut (dyn FnMut(&RunState) + Send),
+    ) -> Result<RunState, PollError> {
+        let resumed = self.state.run.is_some();
+        let mut run = match self.state.run.clone() {
+            Some(run) => {
+                info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, "Resuming the poll run a stop or crash interrupted.");
+                run
+            }
+            None => self.new_run(),
+        };
+        let mut fetched = self.fetch(&run).await;
+        if resumed && matches!(fetched, Err(PollError::Rejected(_))) {
+            // A page token or link may expire while tributary is down.
+            warn!(pipeline = %self.pipeline, error = %fetched.as_ref().err().map(ToString::to_string).unwrap_or_default(), "The API refused the page the interrupted run had reached; starting that run over from its first page.");
+            run.next = PageRef::First;
+            fetched = self.fetch(&run).await;
+        }
+        let mut seen = HashSet::new();
+        loop {
+            let (url, response) = fetched?;
+            let records = self
+                .reader
+                .records(&response.body, &mut seen)
+                .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
+            let next = page::next(
+                &self.spec.paginate,
+                &run.next,
+                &response.body,
+                &response.headers,
+                records.fetched,
+            );
+            if let Some(max) = records.max_cursor {
+                run.max_seen = Some(page::max(run.max_seen.take(), max));
+            }
+            run.pages += 1;
+            run.records += records.items.len() as u64;
+            let capped = next.is_some() && run.pages >= self.spec.max_pages;
+            if capped {
+                warn!(pipeline = %self.pipeline, pages = run.pages, "The run reached source.max_pages and ends here; the cursor moves to the newest record fetched. Raise max_pages if the API really has more pages.");
+            }
+            let mut events: Vec<Event> = records.items.into_iter().map(Event::new).collect();
+            let state = match next.filter(|_| !capped) {
+                None => PollState {
+                    cursor: match (self.state.cursor.clone(), run.max_seen.clone()) {
+                        (Some(old), Some(new)) => Some(page::max(Some(old), new)),
+                        (old, new) => new.or(old),
+                    },
+                    last_run_us: Some(run.started_us),
+                    run: None,
+                },
+                Some(next) => {
+                    run.next = next;
+                    PollState {
+                        cursor: self.state.cursor.clone(),
+                        last_run_us: Some(run.started_us),
+                        run: Some(run.clone()),
+                    }
+                }
+            };
+            let payload = serde_json::to_vec(&state).expect("the state serialises");
+            events.push(Event::state(Bytes::from(payload)));
+            if state.run.is_none() {
+                let range = self
+                    .appender
+                    .append(events)
+                    .await
+                    .map_err(PollError::Append)?;
+                self.saved(state, range.end - 1).await?;
+                progress(&run);
+                return Ok(run);
+            }
+            // Fetch the next page while this one is being made durable.
+            let (appended, following) =
+                tokio::join!(self.appender.append(events), self.fetch(&run));
+            let range = appended.map_err(PollError::Append)?;
+            self.saved(state, range.end - 1).await?;
+            progress(&run);
+            fetched = following;
+        }
+    }
+
+    fn new_run(&self) -> RunState {
+        let start = self.spec.cursor.as_ref().and_then(|c| c.start.clone());
+        let lookback = self
+            .spec
+            .cursor
+            .as_ref()
+            .map(|c| c.lookback)
+            .unwrap_or_default();
+        RunState {
+            started_us: now_us(),
+            lower: self
+                .state
+                .cursor
+                .clone()
+                .or(start)
+                .map(|c| page::minus(&c, lookback)),
+            max_seen: None,
+            next: PageRef::First,
+            pages: 0,
+            records: 0,
+        }
+    }
+
+    /// Fetches the page `run.next`; shutdown cancels the wait.
+    async fn fetch(&self, run: &RunState) -> Result<(String, client::Response), PollError> {
+        let request = page::request(&self.spec, &run.next, run.lower.as_ref());
+        let url = request.url.to_string();
+        let response = tokio::select! {
+            r = self.client.fetch(&self.spec, &request, &self.stop) => r,
+            _ = self.stop.cancelled() => Err(PollError::Stopped),
+        };
+        let context = |why: String| {
+            format!(
+                "{} {url}: {why}",
+                if self.spec.post { "POST" } else { "GET" }
+            )
+        };
+        match response {
+            Ok(r) => Ok((url, r)),
+            Err(PollError::Request(why)) => Err(PollError::Request(context(why))),
+            Err(PollError::Rejected(why)) => Err(PollError::Rejected(context(why))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps `state` (durable in the log at `offset`) and its side copy.
+    async fn saved(&mut self, state: PollState, offset: u64) -> Result<(), PollError> {
+        let (side, copy) = (self.side.clone(), state.clone());
+        tokio::task::spawn_blocking(move || state::save(&side, offset, &copy))
+            .await
+            .map_err(|e| PollError::State(std::io::Error::other(e)))?
+            .map_err(PollError::State)?;
+        self.state = state;
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! One page: the request a page reference turns into, the records a response
+//! holds, the next page it points at, and cursor values (order, lookback).
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::header::HeaderMap;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::state::PageRef;
+use crate::config::poll::{CURSOR, PAGE_TOKEN};
+use crate::config::spec::{Paginate, PollSpec};
+use crate::encode::pointer;
+
+/// A request, before authentication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The URL, query included.
+    pub url: url::Url,
+    /// JSON body of a POST.
+    pub body: Option<Vec<u8>>,
+}
+
+/// The request that fetches page `at` of a run whose lower bound is `lower`.
+pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request {
+    let cursor = lower.map(text);
+    let token = match at {
+        PageRef::Token(t) => Some(t.clone()),
+        _ => None,
+    };
+    let values =
+        |template: &str| -> Option<String> { fill(template, cursor.as_deref(), token.as_deref()) };
+    // A next link is the whole request: it carries its own query (Shopify
+    // rejects other parameters with page_info).
+    if let PageRef::Url(next) = at {
+        if let Ok(url) = spec.url.join(next) {
+            return Request {
+                url,
+                body: spec
+                    .body
+                    .as_ref()
+                    .map(|b| fill_json(b, &values).to_string().into_bytes()),
+            };
+        }
+    }
+    let mut url = spec.url.clone();
+    {
+        let mut query = url.query_pairs_mut();
+        for (name, template) in &spec.query {
+            if let Some(value) = values(template) {
+                query.append_pair(name, &value);
+            }
+        }
+        if let (Some(c), Some(lower)) = (&spec.cursor, &cursor) {
+            if let Some(param) = &c.param {
+                query.append_pair(param, lower);
+            }
+        }
+        match (&spec.paginate, at) {
+            (
+                Paginate::Cursor {
+                    param: Some(param), ..
+                },
+                PageRef::Token(t),
+            ) => {
+                query.append_pair(param, t);
+            }
+            (
+                Paginate::Offset {
+                    limit,
+                    limit_param,
+                    offset_param,
+                },
+                _,
+            ) => {
+                let offset = match at {
+                    PageRef::Offset(o) => *o,
+                    _ => 0,
+                };
+                query.append_pair(limit_param, &limit.to_string());
+                query.append_pair(offset_param, &offset.to_string());
+            }
+            (
+                Paginate::Page {
+                    param,
+                    start,
+                    limit,
+                },
+                _,
+            ) => {
+                let page = match at {
+                    PageRef::Page(p) => *p,
+                    _ => *start,
+                };
+                query.append_pair(param, &page.to_string());
+                if let Some((size, size_param)) = limit {
+                    query.append_pair(size_param, &size.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Request {
+        url,
+        body: spec
+            .body
+            .as_ref()
+            .map(|b| fill_json(b, &values).to_string().into_bytes()),
+    }
+}
+
+/// A template with its placeholders filled; `None` when the template is
+/// exactly one placeholder that has no value (the parameter is left out).
+fn fill(template: &str, cursor: Option<&str>, token: Option<&str>) -> Option<String> {
+    if (template == CURSOR && cursor.is_none()) || (template == PAGE_TOKEN && token.is_none()) {
+        return None;
+    }
+    Some(
+        template
+            .replace(CURSOR, cursor.unwrap_or(""))
+            .replace(PAGE_TOKEN, token.unwrap_or("")),
+    )
+}
+
+/// A JSON body template with every string filled; keys whose value is a
+/// placeholder without a value are dropped.
+fn fill_json(template: &Value, values: &dyn Fn(&str) -> Option<String>) -> Value {
+    match template {
+        Value::String(s) => values(s).map(Value::String).unwrap_or(Value::Null),
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill_json(v, values)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !matches!(v, Value::String(s) if values(s).is_none()))
+                .map(|(k, v)| (k.clone(), fill_json(v, values)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A cursor value as a query parameter carries it.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The records of one response, each as its original bytes.
+pub struct Records {
+    /// The records, in response order, duplicates removed.
+    pub items: Vec<Bytes>,
+    /// How many the response held (before duplicates were removed).
+    pub fetched: usize,
+    /// The largest cursor value among them.
+    pub max_cursor: Option<Value>,
+}
+
+/// What a run needs to read its responses.
+pub struct Reader {
+    /// Tokens of `records`.
+    pub records: Vec<String>,
+    /// Tokens of `cursor.field`.
+    pub cursor: Option<Vec<String>>,
+    /// Tokens of each primary-key column (under `record_path`).
+    pub primary_key: Vec<Vec<String>>,
+}
+
+impl Reader {
+    /// The records in `body`; keys already in `seen` are skipped (and new ones added).
+    pub fn records(&self, body: &Bytes, seen: &mut HashSet<u64>) -> Result<Records, String> {
+        let array = match pointer::value(body, &self.records) {
+            Err(e) => return Err(format!("the response is not JSON: {e}")),
+            Ok(Err(_)) => {
+                return Err(format!(
+                    "the response has nothing at records = \"{}\"",
+                    join(&self.records)
+                ))
+            }
+            Ok(Ok(bytes)) => bytes,
+        };
+        if pointer::first_byte(array) != Some(b'[') {
+            return Err(format!(
+                "records = \"{}\" is not an array in the response; point it at the list of records",
+                join(&self.records)
+            ));
+        }
+        let list: Vec<&RawValue> =
+            serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))?;
+        let mut out = Records {
+            items: Vec::with_capacity(list.len()),
+            fetched: list.len(),
+            max_cursor: None,
+        };
+        for item in list {
+            let bytes = item.get().as_bytes();
+            if !self.primary_key.is_empty() {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                for column in &self.primary_key {
+                    let key = pointer::value(bytes, column)
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(b"");
+                    key.len().hash(&mut hasher);
+                    key.hash(&mut hasher);
+                }
+                if !seen.insert(hasher.finish()) {
+                    continue;
+                }
+            }
+            if let Some(field) = &self.cursor {
+                if let Some(v) = pointer::value(bytes, field)
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .filter(|v| !v.is_null())
+                {
+                    out.max_cursor = Some(max(out.max_cursor.take(), v));
+                }
+            }
+            out.items.push(body.slice_ref(bytes));
+        }
+        Ok(out)
+    }
+}
+
+fn join(tokens: &[String]) -> String {
+    tokens.iter().map(|t| format!("/{t}")).collect()
+}
+
+/// The next page after `at`, from the response (`None`: the run is done).
+pub fn next(
+    paginate: &Paginate,
+    at: &PageRef,
+    body: &[u8],
+    headers: &HeaderMap,
+    fetched: usize,
+) -> Option<PageRef> {
+    match paginate {
+        Paginate::None => None,
+        Paginate::Cursor { next, .. } => {
+            let tokens = pointer::tokens(next);
+            let raw = pointer::value(body, &tokens).ok()?.ok()?;
+            match serde_json::from_slice::<Value>(raw).ok()? {
+                Value::String(s) if !s.is_empty() => Some(PageRef::Token(s)),
+                Value::Number(n) => Some(PageRef::Token(n.to_string())),
+                _ => None,
+            }
+        }
+        Paginate::Link => headers
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(link_next)
+            .map(PageRef::Url),
+        Paginate::Offset { limit, .. } => {
+            let offset = match at {
+                PageRef::Offset(o) => *o,
+                _ => 0,
+            };
+            (fetched as u64 >= *limit).then(|| PageRef::Offset(offset + fetched as u64))
+        }
+        Paginate::Page { start, limit, .. } => {
+            let page = match at {
+                PageRef::Page(p) => *p,
+                _ => *start,
+            };
+            let short = limit
+                .as_ref()
+                .is_some_and(|(size, _)| (fetched as u64) < *size);
+            (fetched > 0 && !short).then(|| PageRef::Page(page + 1))
+        }
+    }
+}
+
+/// The target of `rel="next"` in one `Link` header value (RFC 8288).
+pub fn link_next(header: &str) -> Option<String> {
+    let mut rest = header;
+    while let Some(open) = rest.find('<') {
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        let params_end = rest[close..].find('<').map_or(rest.len(), |i| close + i);
+        let params = rest[close + 1..params_end].trim_end().trim_end_matches(',');
+        let is_next = params.split(';').any(|p| {
+            let Some((name, value)) = p.split_once('=') else {
+                return false;
+            };
+            name.trim().eq_ignore_ascii_case("rel")
+                && value
+                    .trim()
+                    .trim_matches('"')
+                    .split_ascii_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case("next"))
+        });
+        if is_next {
+            return Some(target.to_string());
+        }
+        rest = &rest[params_end..];
+    }
+    None
+}
+
+/// The larger of two cursor values (see [`compare`]).
+pub fn max(current: Option<Value>, candidate: Value) -> Value {
+    match current {
+        Some(c) if compare(&c, &candidate) != Ordering::Less => c,
+        _ => candidate,
+    }
+}
+
+/// Orders cursor values: numbers by value, RFC 3339 timestamps by instant
+/// (whatever their offsets), other strings by bytes.
+pub fn compare(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Value::String(x), Value::String(y)) => match (timestamp(x), timestamp(y)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        },
+        _ => text(a).cmp(&text(b)),
+    }
+}
+
+fn timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// `value` moved back by `lookback`: timestamps by the duration, integers
+/// as epoch seconds (or milliseconds, above 10^11); anything else unchanged.
+pub fn minus(value: &Value, lookback: Duration) -> Value {
+    if lookback.is_zero() {
+        return value.clone();
+    }
+    match value {
+        Value::String(s) => match timestamp(s) {
+            Some(t) => Value::String(
+                (t - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero()))
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            ),
+            None => value.clone(),
+        },
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if i.abs() >= 100_000_000_000 => Value::from(i - lookback.as_millis() as i64),
+            Some(i) => Value::from(i - lookback.as_secs() as i64),
+            None => value.clone(),
+        },
+        _ => value.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, LINK};
+use serde_json::json;
+
+use super::*;
+use crate::config::spec::{AuthSpec, CursorSpec, Schedule};
+
+fn spec(paginate: Paginate) -> PollSpec {
+    PollSpec {
+        schedule: Schedule::Every(Duration::from_secs(60)),
+        jitter: Duration::ZERO,
+        url: url::Url::parse("https://api.example.com/v1/items?fixed=1").unwrap(),
+        post: false,
+        body: None,
+        headers: vec![],
+        query: vec![("sort".into(), "updated_at".into())],
+        timeout: Duration::from_secs(30),
+        max_response: 1 << 20,
+        max_retries: 5,
+        max_pages: 100,
+        auth: AuthSpec::None,
+        records: "/items".into(),
+        cursor: Some(CursorSpec {
+            field: "/updated_at".into(),
+            param: Some("updated_after".into()),
+            start: None,
+            lookback: Duration::ZERO,
+        }),
+        paginate,
+    }
+}
+
+#[test]
+fn requests_carry_the_cursor_and_the_page() {
+    let lower = json!("2024-01-01T00:00:00Z");
+    let cursor = spec(Paginate::Cursor {
+        next: "/paging/next/after".into(),
+        param: Some("after".into()),
+    });
+    assert_eq!(
+        request(&cursor, &PageRef::First, Some(&lower)).url.as_str(),
+        "https://api.example.com/v1/items?fixed=1&sort=updated_at&updated_after=2024-01-01T00%3A00%3A00Z"
+    );
+    assert_eq!(
+        request(&cursor, &PageRef::Token("abc".into()), None)
+            .url
+            .as_str(),
+        "https://api.example.com/v1/items?fixed=1&sort=updated_at&after=abc"
+    );
+    let offset = spec(Paginate::Offset {
+        limit: 50,
+        limit_param: "limit".into(),
+        offset_param: "offset".into(),
+    });
+    assert!(request(&offset, &PageRef::Offset(100), None)
+        .url
+        .as_str()
+        .ends_with("limit=50&offset=100"));
+    let page = spec(Paginate::Page {
+        param: "page".into(),
+        start: 1,
+        limit: Some((20, "per_page".into())),
+    });
+    assert!(request(&page, &PageRef::First, None)
+        .url
+        .as_str()
+        .ends_with("page=1&per_page=20"));
+    // A next link replaces the whole URL, relative links resolve against the endpoint.
+    let link = spec(Paginate::Link);
+    assert_eq!(
+        request(
+            &link,
+            &PageRef::Url("/v1/items?page_info=xyz".into()),
+            Some(&lower)
+        )
+        .url
+        .as_str(),
+        "https://api.example.com/v1/items?page_info=xyz"
+    );
+}
+
+#[test]
+fn templates_fill_placeholders_and_drop_empty_ones() {
+    let mut s = spec(Paginate::Cursor {
+        next: "/next".into(),
+        param: None,
+    });
+    s.cursor.as_mut().unwrap().param = None;
+    s.query = vec![
+        ("q".into(), "updated>{cursor}".into()),
+        ("after".into(), "{page_token}".into()),
+    ];
+    s.post = true;
+    s.body = Some(json!({"after": "{page_token}", "filter": {"gte": "{cursor}"}, "limit": 100}));
+    let first = request(&s, &PageRef::First, Some(&json!(5)));
+    assert!(
+        first.url.as_str().ends_with("q=updated%3E5"),
+        "{}",
+        first.url
+    );
+    let body: Value = serde_json::from_slice(&first.body.unwrap()).unwrap();
+    assert_eq!(body, json!({"filter": {"gte": "5"}, "limit": 100}));
+    let second = request(&s, &PageRef::Token("t2".into()), Some(&json!(5)));
+    assert!(second.url.as_str().ends_with("q=updated%3E5&after=t2"));
+    let body: Value = serde_json::from_slice(&second.body.unwrap()).unwrap();
+    assert_eq!(body["after"], "t2");
+}
+
+#[test]
+fn next_pages_for_every_style() {
+    let none = HeaderMap::new();
+    let cursor = Paginate::Cursor {
+        next: "/paging/next/after".into(),
+        param: Some("after".into()),
+    };
+    assert_eq!(
+        next(
+            &cursor,
+            &PageRef::First,
+            br#"{"paging":{"next":{"after":"42"}}}"#,
+            &none,
+            10
+        ),
+        Some(PageRef::Token("42".into()))
+    );
+    assert_eq!(
+        next(
+            &cursor,
+            &PageRef::First,
+            br#"{"paging":{"next":{"after":7}}}"#,
+            &none,
+            10
+        ),
+        Some(PageRef::Token("7".into()))
+    );
+    assert_eq!(
+        next(&cursor, &PageRef::First, br#"{"results":[]}"#, &none, 0),
+        None
+    );
+    assert_eq!(
+        next(
+            &cursor,
+            &PageRef::First,
+            br#"{"paging":{"next":{"after":""}}}"#,
+            &none,
+            0
+        ),
+        None
+    );
+
+    let mut links = HeaderMap::new();
+    links.insert(
+        LINK,
+        HeaderValue::from_static(r#"<https://s.example/p?page_info=a>; rel="previous", <https://s.example/p?page_info=b>; rel="next""#),
+    );
+    assert_eq!(
+        next(&Paginate::Link, &PageRef::First, b"[]", &links, 5),
+        Some(PageRef::Url("https://s.example/p?page_info=b".into()))
+    );
+    assert_eq!(
+        next(&Paginate::Link, &PageRef::First, b"[]", &none, 5),
+        None
+    );
+
+    let offset = Paginate::Offset {
+        limit: 10,
+        limit_param: "limit".into(),
+        offset_param: "offset".into(),
+    };
+    assert_eq!(
+        next(&offset, &PageRef::Offset(20), b"", &none, 10),
+        Some(PageRef::Offset(30))
+    );
+    assert_eq!(next(&offset, &PageRef::Offset(20), b"", &none, 9), None);
+
+    let page = Paginate::Page {
+        param: "page".into(),
+        start: 1,
+        limit: None,
+    };
+    assert_eq!(
+        next(&page, &PageRef::First, b"", &none, 3),
+        Some(PageRef::Page(2))
+    );
+    assert_eq!(next(&page, &PageRef::Page(4), b"", &none, 0), None);
+    assert_eq!(next(&Paginate::None, &PageRef::First, b"", &none, 3), None);
+}
+
+#[test]
+fn link_headers_as_github_and_shopify_send_them() {
+    assert_eq!(
+        link_next(
+            r#"<https://api.github.com/repositories/1/issues?page=2>; rel="next", <https://api.github.com/repositories/1/issues?page=5>; rel="last""#
+        ),
+        Some("https://api.github.com/repositories/1/issues?page=2".into())
+    );
+    assert_eq!(
+        link_next(r#"<https://x/a>; rel="prev next""#),
+        Some("https://x/a".into())
+    );
+    assert_eq!(
+        link_next(r#"<https://x/a>; rel=next; title="n""#),
+        Some("https://x/a".into())
+    );
+    assert_eq!(link_next(r#"<https://x/a>; rel="last""#), None);
+    assert_eq!(link_next("garbage"), None);
+}
+
+#[test]
+fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
+    let reader = Reader {
+        records: pointer::tokens("/items"),
+        cursor: Some(pointer::tokens("/updated_at")),
+        primary_key: vec![pointer::tokens("/id")],
+    };
+    let body = Bytes::from_static(
+        br#"{"items": [{"id": 1, "updated_at": "2024-01-02T00:00:00+02:00"}, {"id":2,"updated_at":"2024-01-01T23:00:00Z"}, {"id": 1, "updated_at": "x"}]}"#,
+    );
+    let mut seen = HashSet::new();
+    let records = reader.records(&body, &mut seen).unwrap();
+    assert_eq!(records.fetched, 3);
+    assert_eq!(records.items.len(), 2);
+    assert_eq!(
+        &records.items[1][..],
+        br#"{"id":2,"updated_at":"2024-01-01T23:00:00Z"}"#
+    );
+    // 23:00Z is later than 00:00+02:00 (= 22:00Z): instants, not strings, are compared.
+    assert_eq!(records.max_cursor, Some(json!("2024-01-01T23:00:00Z")));
+    // Seen keys stay seen for the rest of the run.
+    assert_eq!(reader.records(&body, &mut seen).unwrap().items.len(), 0);
+
+    let err = |body: &'static [u8]| {
+        reader
+            .records(&Bytes::from_static(body), &mut HashSet::new())
+            .err()
+            .unwrap()
+    };
+    assert!(err(br#"{"items": {"id": 1}}"#).contains("is not an array"));
+    assert!(err(br#"{"results": []}"#).contains("nothing at records"));
+    assert!(err(b"<html>").contains("not JSON") || err(b"<html>").contains("nothing at"));
+}
+
+#[test]
+fn cursor_values_order_and_look_back() {
+    assert_eq!(compare(&json!(9), &json!(10)), Ordering::Less);
+    assert_eq!(compare(&json!("b"), &json!("a")), Ordering::Greater);
+    assert_eq!(max(Some(json!(3)), json!(2)), json!(3));
+    assert_eq!(
+        minus(&json!("2024-01-01T00:05:00Z"), Duration::from_secs(300)),
+        json!("2024-01-01T00:00:00Z")
+    );
+    assert_eq!(
+        minus(&json!(1_700_000_000), Duration::from_secs(60)),
+        json!(1_699_999_940)
+    );
+    assert_eq!(
+        minus(&json!(1_700_000_000_000i64), Duration::from_secs(1)),
+        json!(1_699_999_999_000i64)
+    );
+    assert_eq!(minus(&json!("abc"), Duration::from_secs(1)), json!("abc"));
+    assert_eq!(
+        minus(&json!("2024-01-01T00:05:00Z"), Duration::ZERO),
+        json!("2024-01-01T00:05:00Z")
+    );
+}
