@@ -15,3 +15,5 @@ mod bad_input;
 mod s3;
 // The Delta sink: exactly once locally and on S3, two writers, evolution, merge, compaction.
 mod delta;
+// The poll source against a fake REST API: pagination, auth, cursor, retries, kill -9.
+mod poll;

@@ -13,6 +13,7 @@ use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 mod delta;
+pub mod fake_api;
 pub use delta::*;
 
 /// The Shopify customer schema shipped in `schemas/`.
@@ -91,6 +92,11 @@ path = "/hooks/shopify/customers"
 
     pub fn table_dir(&self) -> PathBuf {
         self.path().join("lake/shopify_customers")
+    }
+
+    /// Where the sinks of `pipeline` without a `uri` write.
+    pub fn table_dir_of(&self, pipeline: &str) -> PathBuf {
+        self.path().join("lake").join(pipeline)
     }
 
     /// Runs `tributary <args>` to completion in the project directory.
