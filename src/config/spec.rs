@@ -115,6 +115,34 @@ pub struct PollSpec {
     pub paginate: Paginate,
 }
 
+impl PollSpec {
+    /// The env vars this source reads its secrets from.
+    pub fn secret_envs(&self) -> Vec<&str> {
+        match &self.auth {
+            AuthSpec::None => vec![],
+            AuthSpec::Bearer { token_env } => vec![token_env.as_str()],
+            AuthSpec::Basic {
+                username,
+                password_env,
+            } => match username {
+                Secret::Env(name) => vec![name.as_str(), password_env.as_str()],
+                Secret::Plain(_) => vec![password_env.as_str()],
+            },
+            AuthSpec::ApiKey { key_env, .. } => vec![key_env.as_str()],
+            AuthSpec::Oauth2 {
+                client_id_env,
+                client_secret_env,
+                refresh_token_env,
+                ..
+            } => {
+                let mut envs = vec![client_id_env.as_str(), client_secret_env.as_str()];
+                envs.extend(refresh_token_env.as_deref());
+                envs
+            }
+        }
+    }
+}
+
 /// When poll runs start.
 #[derive(Debug, Clone)]
 pub enum Schedule {

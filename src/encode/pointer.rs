@@ -82,6 +82,70 @@ pub fn value<'a>(
     Ok(Ok(current))
 }
 
+/// The values at several pointers into one JSON document, reading its top
+/// level once (the bytes at `pointers[i]`, or `None` where nothing is).
+/// Cheaper than [`value`] per pointer: no map is built, other keys are skipped.
+pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u8]>> {
+    let firsts: Vec<&str> = pointers
+        .iter()
+        .map(|p| p.first().map_or("", String::as_str))
+        .collect();
+    let mut top: Vec<Option<&'a RawValue>> = vec![None; pointers.len()];
+    let visitor = TopLevel {
+        keys: &firsts,
+        out: &mut top,
+    };
+    let fast = pointers.iter().all(|p| !p.is_empty())
+        && first_byte(json) == Some(b'{')
+        && serde::Deserializer::deserialize_map(
+            &mut serde_json::Deserializer::from_slice(json),
+            visitor,
+        )
+        .is_ok();
+    pointers
+        .iter()
+        .zip(top)
+        .map(|(pointer, found)| {
+            if !fast {
+                // Escaped keys, a non-object or an empty pointer: the general path.
+                return value(json, pointer).ok().and_then(Result::ok);
+            }
+            let found = found?.get().as_bytes();
+            value(found, &pointer[1..]).ok().and_then(Result::ok)
+        })
+        .collect()
+}
+
+/// Visits one object's keys, keeping the values of `keys` (borrowed keys only).
+struct TopLevel<'k, 'a> {
+    keys: &'k [&'k str],
+    out: &'k mut [Option<&'a RawValue>],
+}
+
+impl<'a> serde::de::Visitor<'a> for TopLevel<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'a>>(self, mut map: M) -> Result<(), M::Error> {
+        while let Some(key) = map.next_key::<&'a str>()? {
+            if self.keys.contains(&key) {
+                let found = map.next_value::<&'a RawValue>()?;
+                for (k, out) in self.keys.iter().zip(self.out.iter_mut()) {
+                    if *k == key {
+                        *out = Some(found);
+                    }
+                }
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The first byte that is not JSON whitespace.
 pub fn first_byte(bytes: &[u8]) -> Option<u8> {
     bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
@@ -111,5 +175,26 @@ mod tests {
         assert!(record(b"42", &[])
             .unwrap_err()
             .contains("not a JSON object"));
+    }
+
+    #[test]
+    fn several_values_in_one_pass() {
+        let json = br#"{"id": 7, "a": {"b": "x"}, "skip": [1, {"c": 2}], "u": "2024"}"#;
+        let pointers: Vec<Vec<String>> = ["/id", "/a/b", "/u", "/missing", "/a"]
+            .iter()
+            .map(|p| tokens(p))
+            .collect();
+        let found = values(json, &pointers);
+        let want: [Option<&[u8]>; 5] = [
+            Some(b"7"),
+            Some(b"\"x\""),
+            Some(b"\"2024\""),
+            None,
+            Some(br#"{"b": "x"}"#),
+        ];
+        assert_eq!(found, want);
+        // Escaped keys take the general path and still resolve.
+        let escaped = br#"{"i\u0064": 8}"#;
+        assert_eq!(values(escaped, &[tokens("/id")]), vec![Some(&b"8"[..])]);
     }
 }

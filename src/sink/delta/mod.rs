@@ -245,8 +245,9 @@ impl DeltaSink {
                 .with_create_checkpoint(false)
                 .with_max_retries(COMMIT_RETRIES);
             if batch.num_rows() == 0 {
-                // Every event of the flush was a dead letter: the txn still
-                // moves, so the table keeps saying exactly where the sink is.
+                // Every event of the flush was a dead letter (or a poll
+                // source's state record): the txn still moves, so the table
+                // keeps saying exactly where the sink is.
                 let operation = DeltaOperation::StreamingUpdate {
                     output_mode: OutputMode::Append,
                     query_id: app_id.clone(),

@@ -138,7 +138,8 @@ impl Poller {
                 return;
             };
             let mut wait = (due - now).to_std().unwrap_or_default();
-            if self.state.run.is_none() {
+            // A new pipeline's first run and a resumed run start at once.
+            if self.state.run.is_none() && self.state.last_run_us.is_some() {
                 wait += schedule::jitter(self.spec.jitter);
             }
             tokio::select! {
@@ -186,64 +187,74 @@ impl Poller {
         let mut seen = HashSet::new();
         loop {
             let (url, response) = fetched?;
-            let records = self
+            let list = self
                 .reader
-                .records(&response.body, &mut seen)
+                .list(&response.body)
                 .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
             let next = page::next(
                 &self.spec.paginate,
                 &run.next,
                 &response.body,
                 &response.headers,
-                records.fetched,
+                list.len(),
             );
-            if let Some(max) = records.max_cursor {
-                run.max_seen = Some(page::max(run.max_seen.take(), max));
-            }
             run.pages += 1;
-            run.records += records.items.len() as u64;
             let capped = next.is_some() && run.pages >= self.spec.max_pages;
             if capped {
                 warn!(pipeline = %self.pipeline, pages = run.pages, "The run reached source.max_pages and ends here; the cursor moves to the newest record fetched. Raise max_pages if the API really has more pages.");
             }
-            let mut events: Vec<Event> = records.items.into_iter().map(Event::new).collect();
-            let state = match next.filter(|_| !capped) {
-                None => PollState {
-                    cursor: match (self.state.cursor.clone(), run.max_seen.clone()) {
-                        (Some(old), Some(new)) => Some(page::max(Some(old), new)),
-                        (old, new) => new.or(old),
-                    },
-                    last_run_us: Some(run.started_us),
-                    run: None,
-                },
-                Some(next) => {
-                    run.next = next;
-                    PollState {
-                        cursor: self.state.cursor.clone(),
+            let next = next.filter(|_| !capped);
+            // The next request goes out before this page is worked through
+            // and made durable; its state record already names that page.
+            let following = next.map(|next| RunState {
+                next,
+                ..run.clone()
+            });
+            let next_ref = following.as_ref().map(|f| f.next.clone());
+            let work = async {
+                let records = self.reader.records(&response.body, &list, &mut seen);
+                if let Some(max) = records.max_cursor {
+                    run.max_seen = Some(page::max(run.max_seen.take(), max));
+                }
+                run.records += records.items.len() as u64;
+                let state = match next_ref {
+                    None => PollState {
+                        cursor: match (self.state.cursor.clone(), run.max_seen.clone()) {
+                            (Some(old), Some(new)) => Some(page::max(Some(old), new)),
+                            (old, new) => new.or(old),
+                        },
                         last_run_us: Some(run.started_us),
-                        run: Some(run.clone()),
+                        run: None,
+                    },
+                    Some(next) => {
+                        run.next = next;
+                        PollState {
+                            cursor: self.state.cursor.clone(),
+                            last_run_us: Some(run.started_us),
+                            run: Some(run.clone()),
+                        }
+                    }
+                };
+                let mut events: Vec<Event> = records.items.into_iter().map(Event::new).collect();
+                let payload = serde_json::to_vec(&state).expect("the state serialises");
+                events.push(Event::state(Bytes::from(payload)));
+                durable(&self.appender, &self.side, events, state.clone()).await?;
+                Ok::<_, PollError>(state)
+            };
+            let Some(following) = following else {
+                self.state = work.await?;
+                if run.records > 0 && run.max_seen.is_none() {
+                    if let Some(c) = &self.spec.cursor {
+                        warn!(pipeline = %self.pipeline, field = %c.field, "No record of this run had the cursor field; the cursor stays where it was. Check source.cursor.field against the records.");
                     }
                 }
-            };
-            let payload = serde_json::to_vec(&state).expect("the state serialises");
-            events.push(Event::state(Bytes::from(payload)));
-            if state.run.is_none() {
-                let range = self
-                    .appender
-                    .append(events)
-                    .await
-                    .map_err(PollError::Append)?;
-                self.saved(state, range.end - 1).await?;
                 progress(&run);
                 return Ok(run);
-            }
-            // Fetch the next page while this one is being made durable.
-            let (appended, following) =
-                tokio::join!(self.appender.append(events), self.fetch(&run));
-            let range = appended.map_err(PollError::Append)?;
-            self.saved(state, range.end - 1).await?;
+            };
+            let (next_page, state) = tokio::join!(self.fetch(&following), work);
+            self.state = state?;
             progress(&run);
-            fetched = following;
+            fetched = next_page;
         }
     }
 
@@ -291,15 +302,20 @@ impl Poller {
             Err(e) => Err(e),
         }
     }
+}
 
-    /// Keeps `state` (durable in the log at `offset`) and its side copy.
-    async fn saved(&mut self, state: PollState, offset: u64) -> Result<(), PollError> {
-        let (side, copy) = (self.side.clone(), state.clone());
-        tokio::task::spawn_blocking(move || state::save(&side, offset, &copy))
-            .await
-            .map_err(|e| PollError::State(std::io::Error::other(e)))?
-            .map_err(PollError::State)?;
-        self.state = state;
-        Ok(())
-    }
+/// Appends a page (its records, then `state`) and, once that is durable,
+/// writes the state's side copy.
+async fn durable(
+    appender: &Appender,
+    side: &Path,
+    events: Vec<Event>,
+    state: PollState,
+) -> Result<(), PollError> {
+    let range = appender.append(events).await.map_err(PollError::Append)?;
+    let side = side.to_path_buf();
+    tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state))
+        .await
+        .map_err(|e| PollError::State(std::io::Error::other(e)))?
+        .map_err(PollError::State)
 }

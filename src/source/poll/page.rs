@@ -175,8 +175,8 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// The records in `body`; keys already in `seen` are skipped (and new ones added).
-    pub fn records(&self, body: &Bytes, seen: &mut HashSet<u64>) -> Result<Records, String> {
+    /// The records array of a response, each element as its bytes.
+    pub fn list<'a>(&self, body: &'a [u8]) -> Result<Vec<&'a RawValue>, String> {
         let array = match pointer::value(body, &self.records) {
             Err(e) => return Err(format!("the response is not JSON: {e}")),
             Ok(Err(_)) => {
@@ -193,22 +193,31 @@ impl Reader {
                 join(&self.records)
             ));
         }
-        let list: Vec<&RawValue> =
-            serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))?;
+        serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))
+    }
+
+    /// The records of `list` (elements of `body`); keys already in `seen` are
+    /// skipped (and new ones added). Each record's top level is read once.
+    pub fn records(&self, body: &Bytes, list: &[&RawValue], seen: &mut HashSet<u64>) -> Records {
+        let mut pointers = self.primary_key.clone();
+        pointers.extend(self.cursor.clone());
         let mut out = Records {
             items: Vec::with_capacity(list.len()),
             fetched: list.len(),
             max_cursor: None,
         };
+        let mut newest: Option<(Value, Option<DateTime<Utc>>)> = None;
         for item in list {
             let bytes = item.get().as_bytes();
+            let found = if pointers.is_empty() {
+                Vec::new()
+            } else {
+                pointer::values(bytes, &pointers)
+            };
             if !self.primary_key.is_empty() {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for column in &self.primary_key {
-                    let key = pointer::value(bytes, column)
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(b"");
+                for key in &found[..self.primary_key.len()] {
+                    let key = key.unwrap_or(b"");
                     key.len().hash(&mut hasher);
                     key.hash(&mut hasher);
                 }
@@ -216,19 +225,30 @@ impl Reader {
                     continue;
                 }
             }
-            if let Some(field) = &self.cursor {
-                if let Some(v) = pointer::value(bytes, field)
-                    .ok()
-                    .and_then(Result::ok)
+            if self.cursor.is_some() {
+                if let Some(v) = found
+                    .last()
+                    .copied()
+                    .flatten()
                     .and_then(|b| serde_json::from_slice::<Value>(b).ok())
                     .filter(|v| !v.is_null())
                 {
-                    out.max_cursor = Some(max(out.max_cursor.take(), v));
+                    // Each value is parsed once; the newest keeps its instant.
+                    let instant = v.as_str().and_then(timestamp);
+                    let newer = match &newest {
+                        None => true,
+                        Some((_, Some(t))) if instant.is_some() => instant.as_ref() > Some(t),
+                        Some((current, _)) => compare(&v, current) == Ordering::Greater,
+                    };
+                    if newer {
+                        newest = Some((v, instant));
+                    }
                 }
             }
             out.items.push(body.slice_ref(bytes));
         }
-        Ok(out)
+        out.max_cursor = newest.map(|(v, _)| v);
+        out
     }
 }
 

@@ -55,6 +55,19 @@ pub enum Auth {
 pub enum Failure {
     /// This status, with `Retry-After` seconds if given.
     Status(u16, Option<u64>),
+    /// The real answer, this much later.
+    Slow(Duration),
+}
+
+/// What each record looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{id, name, email, updated_at}`.
+    Plain,
+    /// A HubSpot CRM contact: string `id`, `properties`, `updatedAt`.
+    HubSpot,
+    /// A Shopify product: `id`, `title`, `variants`, `updated_at`.
+    Shopify,
 }
 
 #[derive(Debug, Clone)]
@@ -65,13 +78,22 @@ struct Record {
 }
 
 impl Record {
-    fn new(id: u64, updated_at: i64) -> Self {
+    fn new(id: u64, updated_at: i64, shape: Shape) -> Self {
         let at = DateTime::from_timestamp(updated_at, 0)
             .unwrap()
             .format("%Y-%m-%dT%H:%M:%SZ");
-        let json = format!(
-            r#"{{"id":{id},"name":"Record {id}","email":"r{id}@example.com","updated_at":"{at}"}}"#
-        );
+        let json = match shape {
+            Shape::Plain => format!(
+                r#"{{"id":{id},"name":"Record {id}","email":"r{id}@example.com","updated_at":"{at}"}}"#
+            ),
+            Shape::HubSpot => format!(
+                r#"{{"id":"{id}","properties":{{"email":"c{id}@example.com","firstname":"Ada","lastname":"L{id}","hs_lastmodifieddate":"{at}"}},"createdAt":"2023-06-01T00:00:00Z","updatedAt":"{at}","archived":false}}"#
+            ),
+            Shape::Shopify => format!(
+                r#"{{"id":{id},"title":"Product {id}","vendor":"Acme","status":"active","tags":"","created_at":"2023-06-01T00:00:00-04:00","updated_at":"{at}","variants":[{{"id":{v},"sku":"SKU-{id}","price":"9.99","inventory_quantity":3}}]}}"#,
+                v = id * 10
+            ),
+        };
         Self {
             id,
             updated_at,
@@ -90,6 +112,7 @@ pub struct Logged {
 
 struct Inner {
     records: Vec<Record>,
+    shape: Shape,
     style: Style,
     page_size: usize,
     auth: Auth,
@@ -111,10 +134,11 @@ impl FakeApi {
     /// Serves records `1..=count` on a free loopback port.
     pub async fn start(count: u64, style: Style) -> Self {
         let records = (1..=count)
-            .map(|id| Record::new(id, BASE_TS + id as i64))
+            .map(|id| Record::new(id, BASE_TS + id as i64, Shape::Plain))
             .collect();
         let inner = Arc::new(Mutex::new(Inner {
             records,
+            shape: Shape::Plain,
             style,
             page_size: 100,
             auth: Auth::Open,
@@ -146,6 +170,15 @@ impl FakeApi {
         self.inner.lock().unwrap().page_size = n;
     }
 
+    /// Serves records of this shape from now on.
+    pub fn set_shape(&self, shape: Shape) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.shape = shape;
+        for r in inner.records.iter_mut() {
+            *r = Record::new(r.id, r.updated_at, shape);
+        }
+    }
+
     pub fn set_auth(&self, auth: Auth) {
         self.inner.lock().unwrap().auth = auth;
     }
@@ -172,6 +205,7 @@ impl FakeApi {
     /// Gives `ids` a new `updated_at`, `later` seconds after the newest record.
     pub fn touch(&self, ids: &[u64], later: i64) {
         let mut inner = self.inner.lock().unwrap();
+        let shape = inner.shape;
         let newest = inner
             .records
             .iter()
@@ -179,7 +213,7 @@ impl FakeApi {
             .max()
             .unwrap_or(BASE_TS);
         for r in inner.records.iter_mut().filter(|r| ids.contains(&r.id)) {
-            *r = Record::new(r.id, newest + later);
+            *r = Record::new(r.id, newest + later, shape);
         }
         inner.records.sort_by_key(|r| (r.updated_at, r.id));
     }
@@ -206,6 +240,22 @@ impl FakeApi {
 }
 
 type Params = Vec<(String, String)>;
+
+/// A HubSpot-style search body: `after`, and the first filter's value as the
+/// lower bound, turned into parameters.
+fn search_body(body: &str) -> Params {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Params::new();
+    };
+    let mut params = Params::new();
+    if let Some(after) = json["after"].as_str() {
+        params.push(("after".into(), after.into()));
+    }
+    if let Some(value) = json["filterGroups"][0]["filters"][0]["value"].as_str() {
+        params.push(("updated_after".into(), value.into()));
+    }
+    params
+}
 
 fn parse_form(text: &str) -> Params {
     url::form_urlencoded::parse(text.as_bytes())
@@ -268,9 +318,22 @@ async fn list(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
+    body: String,
 ) -> Response {
-    let params = parse_form(uri.query().unwrap_or(""));
-    let delay = inner.lock().unwrap().delay;
+    let mut params = parse_form(uri.query().unwrap_or(""));
+    params.extend(search_body(&body));
+    let (mut delay, slow) = {
+        let mut inner = inner.lock().unwrap();
+        match inner.failures.front() {
+            Some(Failure::Slow(d)) => {
+                let d = *d;
+                inner.failures.pop_front();
+                (inner.delay, d)
+            }
+            _ => (inner.delay, Duration::ZERO),
+        }
+    };
+    delay += slow;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -286,7 +349,8 @@ async fn list(
 }
 
 fn answer(inner: &mut Inner, params: &Params, headers: &HeaderMap) -> Response {
-    if let Some(Failure::Status(status, retry_after)) = inner.failures.pop_front() {
+    if let Some(Failure::Status(status, retry_after)) = inner.failures.front().cloned() {
+        inner.failures.pop_front();
         let mut response = (
             StatusCode::from_u16(status).unwrap(),
             "{\"message\":\"injected failure\"}",
@@ -306,7 +370,7 @@ fn answer(inner: &mut Inner, params: &Params, headers: &HeaderMap) -> Response {
         )
             .into_response();
     }
-    let lower = match param(params, "updated_after") {
+    let lower = match param(params, "updated_after").or(param(params, "updated_at_min")) {
         None => i64::MIN,
         Some(text) => match DateTime::parse_from_rfc3339(text) {
             Ok(t) => t.timestamp(),

@@ -219,7 +219,8 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
         br#"{"items": [{"id": 1, "updated_at": "2024-01-02T00:00:00+02:00"}, {"id":2,"updated_at":"2024-01-01T23:00:00Z"}, {"id": 1, "updated_at": "x"}]}"#,
     );
     let mut seen = HashSet::new();
-    let records = reader.records(&body, &mut seen).unwrap();
+    let list = reader.list(&body).unwrap();
+    let records = reader.records(&body, &list, &mut seen);
     assert_eq!(records.fetched, 3);
     assert_eq!(records.items.len(), 2);
     assert_eq!(
@@ -229,14 +230,9 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     // 23:00Z is later than 00:00+02:00 (= 22:00Z): instants, not strings, are compared.
     assert_eq!(records.max_cursor, Some(json!("2024-01-01T23:00:00Z")));
     // Seen keys stay seen for the rest of the run.
-    assert_eq!(reader.records(&body, &mut seen).unwrap().items.len(), 0);
+    assert_eq!(reader.records(&body, &list, &mut seen).items.len(), 0);
 
-    let err = |body: &'static [u8]| {
-        reader
-            .records(&Bytes::from_static(body), &mut HashSet::new())
-            .err()
-            .unwrap()
-    };
+    let err = |body: &'static [u8]| reader.list(body).err().unwrap();
     assert!(err(br#"{"items": {"id": 1}}"#).contains("is not an array"));
     assert!(err(br#"{"results": []}"#).contains("nothing at records"));
     assert!(err(b"<html>").contains("not JSON") || err(b"<html>").contains("nothing at"));

@@ -8,8 +8,13 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use rand::Rng;
 
-use crate::support::fake_api::{Auth, Failure, FakeApi, Style, BASE_TS};
+use crate::support::fake_api::{Auth, Failure, FakeApi, Shape, Style, BASE_TS};
 use crate::support::*;
+
+// The shipped poll examples against a fake of their API.
+mod examples;
+// The backfill benchmark (ignored; scripts/bench runs it).
+mod bench;
 
 const ITEM_SCHEMA: &str = r#"{
   "type": "object",
@@ -365,6 +370,27 @@ async fn retry_after_5xx_and_a_401_that_renews_the_oauth_token() {
         2,
         "one token, renewed once after the 401"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_slower_than_the_timeout_is_retried() {
+    let project = Project::new();
+    let api = FakeApi::start(100, Style::None).await;
+    api.fail_next([Failure::Slow(Duration::from_secs(5))]);
+    items_pipeline(
+        &project,
+        &api,
+        &format!("{CURSOR}\ntimeout = \"1s\""),
+        PARQUET,
+    );
+    let out = poll(&project, &[]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("timed out") && stderr.contains("retrying"),
+        "{stderr}"
+    );
+    assert_eq!(id_counts_of(&project.table_dir_of("items")), once_each(100));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
