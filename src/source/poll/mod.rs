@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::buffer::{AppendError, Appender, Log};
-use crate::config::spec::{PipelineSpec, PollSpec};
+use crate::config::spec::{Paginate, PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event};
 use client::Client;
@@ -86,12 +86,16 @@ impl Poller {
         let (state, offset) = state::load(&side, log.last_state());
         if let Some(offset) = offset {
             // The log's copy may be newer than the side file; make them agree.
-            state::save(&side, offset, &state).map_err(PollError::State)?;
+            state::save(&side, offset, &state, true).map_err(PollError::State)?;
         }
         let record = pointer::tokens(&pipeline.record_path);
         let reader = page::Reader {
             records: pointer::tokens(&spec.records),
             cursor: spec.cursor.as_ref().map(|c| pointer::tokens(&c.field)),
+            next: match &spec.paginate {
+                Paginate::Cursor { next, .. } => Some(pointer::tokens(next)),
+                _ => None,
+            },
             primary_key: pipeline
                 .primary_key
                 .iter()
@@ -187,14 +191,14 @@ impl Poller {
         let mut seen = HashSet::new();
         loop {
             let (url, response) = fetched?;
-            let list = self
+            let (list, token) = self
                 .reader
                 .list(&response.body)
                 .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
             let next = page::next(
                 &self.spec.paginate,
                 &run.next,
-                &response.body,
+                token,
                 &response.headers,
                 list.len(),
             );
@@ -235,7 +239,16 @@ impl Poller {
                         }
                     }
                 };
-                let mut events: Vec<Event> = records.items.into_iter().map(Event::new).collect();
+                let received_at_us = now_us();
+                let mut events: Vec<Event> = records
+                    .items
+                    .into_iter()
+                    .map(|payload| Event {
+                        id: uuid::Uuid::now_v7(),
+                        received_at_us,
+                        payload,
+                    })
+                    .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");
                 events.push(Event::state(Bytes::from(payload)));
                 durable(&self.appender, &self.side, events, state.clone()).await?;
@@ -314,7 +327,7 @@ async fn durable(
 ) -> Result<(), PollError> {
     let range = appender.append(events).await.map_err(PollError::Append)?;
     let side = side.to_path_buf();
-    tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state))
+    tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state, false))
         .await
         .map_err(|e| PollError::State(std::io::Error::other(e)))?
         .map_err(PollError::State)

@@ -172,20 +172,33 @@ pub struct Reader {
     pub cursor: Option<Vec<String>>,
     /// Tokens of each primary-key column (under `record_path`).
     pub primary_key: Vec<Vec<String>>,
+    /// Tokens of the next-page token (`paginate.type = "cursor"`).
+    pub next: Option<Vec<String>>,
 }
 
 impl Reader {
-    /// The records array of a response, each element as its bytes.
-    pub fn list<'a>(&self, body: &'a [u8]) -> Result<Vec<&'a RawValue>, String> {
-        let array = match pointer::value(body, &self.records) {
-            Err(e) => return Err(format!("the response is not JSON: {e}")),
-            Ok(Err(_)) => {
-                return Err(format!(
-                    "the response has nothing at records = \"{}\"",
-                    join(&self.records)
-                ))
-            }
-            Ok(Ok(bytes)) => bytes,
+    /// The records array of a response, each element as its bytes, and the
+    /// bytes of the next-page token (`paginate.next`) if the reader has one.
+    /// The response's top level is read once for both.
+    pub fn list<'a>(
+        &self,
+        body: &'a [u8],
+    ) -> Result<(Vec<&'a RawValue>, Option<&'a [u8]>), String> {
+        let mut pointers = vec![self.records.clone()];
+        pointers.extend(self.next.clone());
+        let found = pointer::values(body, &pointers);
+        let array = match found[0] {
+            Some(bytes) => bytes,
+            // Say precisely why: invalid JSON, or nothing at the pointer.
+            None => match pointer::value(body, &self.records) {
+                Err(e) => return Err(format!("the response is not JSON: {e}")),
+                _ => {
+                    return Err(format!(
+                        "the response has nothing at records = \"{}\"",
+                        join(&self.records)
+                    ))
+                }
+            },
         };
         if pointer::first_byte(array) != Some(b'[') {
             return Err(format!(
@@ -193,7 +206,9 @@ impl Reader {
                 join(&self.records)
             ));
         }
-        serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))
+        let list =
+            serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))?;
+        Ok((list, found.get(1).copied().flatten()))
     }
 
     /// The records of `list` (elements of `body`); keys already in `seen` are
@@ -207,6 +222,7 @@ impl Reader {
             max_cursor: None,
         };
         let mut newest: Option<(Value, Option<DateTime<Utc>>)> = None;
+        seen.reserve(list.len());
         for item in list {
             let bytes = item.get().as_bytes();
             let found = if pointers.is_empty() {
@@ -256,25 +272,22 @@ fn join(tokens: &[String]) -> String {
     tokens.iter().map(|t| format!("/{t}")).collect()
 }
 
-/// The next page after `at`, from the response (`None`: the run is done).
+/// The next page after `at`, from the response (`None`: the run is done):
+/// `token` is what the response holds at `paginate.next` (see [`Reader::list`]).
 pub fn next(
     paginate: &Paginate,
     at: &PageRef,
-    body: &[u8],
+    token: Option<&[u8]>,
     headers: &HeaderMap,
     fetched: usize,
 ) -> Option<PageRef> {
     match paginate {
         Paginate::None => None,
-        Paginate::Cursor { next, .. } => {
-            let tokens = pointer::tokens(next);
-            let raw = pointer::value(body, &tokens).ok()?.ok()?;
-            match serde_json::from_slice::<Value>(raw).ok()? {
-                Value::String(s) if !s.is_empty() => Some(PageRef::Token(s)),
-                Value::Number(n) => Some(PageRef::Token(n.to_string())),
-                _ => None,
-            }
-        }
+        Paginate::Cursor { .. } => match serde_json::from_slice::<Value>(token?).ok()? {
+            Value::String(s) if !s.is_empty() => Some(PageRef::Token(s)),
+            Value::Number(n) => Some(PageRef::Token(n.to_string())),
+            _ => None,
+        },
         Paginate::Link => headers
             .get_all(reqwest::header::LINK)
             .iter()

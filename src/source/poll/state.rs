@@ -111,9 +111,12 @@ pub fn load(side: &Path, in_log: Option<(u64, bytes::Bytes)>) -> (PollState, Opt
     }
 }
 
-/// Writes the side copy (write, fsync, rename). Losing it costs nothing while
-/// the log still holds the record; it matters once the segment is deleted.
-pub fn save(side: &Path, offset: u64, state: &PollState) -> io::Result<()> {
+/// Writes the side copy: write, then rename over the old one, so a reader
+/// finds the old or the new copy, never a torn one. With `sync`, also fsyncs
+/// it (at start). After each page it is not synced: the log's state record is
+/// the durable one, and this copy is needed only once the record's segment is
+/// deleted, long after the page cache wrote the copy out.
+pub fn save(side: &Path, offset: u64, state: &PollState, sync: bool) -> io::Result<()> {
     let tmp = side.with_extension("json.tmp");
     let mut file = fs::File::create(&tmp)?;
     let body = serde_json::to_vec(&SideFile {
@@ -122,8 +125,16 @@ pub fn save(side: &Path, offset: u64, state: &PollState) -> io::Result<()> {
     })
     .map_err(io::Error::other)?;
     file.write_all(&body)?;
-    file.sync_data()?;
-    fs::rename(&tmp, side)
+    if sync {
+        file.sync_data()?;
+    }
+    fs::rename(&tmp, side)?;
+    if sync {
+        if let Some(dir) = side.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -143,13 +154,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(load(&side, None), (PollState::default(), None));
-        save(&side, 5, &old).unwrap();
+        save(&side, 5, &old, true).unwrap();
         let record = bytes::Bytes::from(serde_json::to_vec(&new).unwrap());
         assert_eq!(
             load(&side, Some((9, record.clone()))),
             (new.clone(), Some(9))
         );
-        save(&side, 12, &old).unwrap();
+        save(&side, 12, &old, false).unwrap();
         assert_eq!(load(&side, Some((9, record))), (old, Some(12)));
         fs::write(&side, b"{not json").unwrap();
         assert_eq!(load(&side, None).1, None);

@@ -60,6 +60,9 @@ async fn bench_poll_backfill_vs_api_page_rate() {
         let out = poll(&project, &[]);
         let took = started.elapsed().as_secs_f64();
         assert_ok(&out);
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{count} records")));
         println!(
             "poll backfill ({label}): {count} records, pages of {page}: API alone {:.0} records/s ({alone:.2} s); tributary poll {:.0} records/s ({took:.2} s, start-up and final flush included); ratio {:.2}",

@@ -106,7 +106,9 @@ async fn a_backfill_lands_every_record_exactly_once_with_each_pagination_and_aut
             api.token_url()
         )
     };
-    let cases: Vec<(Style, &str, Auth, Box<dyn Fn(&FakeApi) -> String>)> = vec![
+    // Each style, the API's auth, and the pipeline's auth TOML (some need the API's URL).
+    type AuthToml = Box<dyn Fn(&FakeApi) -> String>;
+    let cases: Vec<(Style, &str, Auth, AuthToml)> = vec![
         (
             Style::Cursor,
             r#"paginate = { type = "cursor", next = "/paging/next/after", param = "after" }"#,
@@ -141,7 +143,7 @@ async fn a_backfill_lands_every_record_exactly_once_with_each_pagination_and_aut
         (
             Style::None,
             "",
-            Auth::OAuth {
+            Auth::OAuth2 {
                 client_id: "cid".into(),
                 secret: "csecret".into(),
             },
@@ -320,7 +322,7 @@ paginate = { type = "cursor", next = "/paging/next/after", param = "after" }"#,
 async fn retry_after_5xx_and_a_401_that_renews_the_oauth_token() {
     let project = Project::new();
     let api = FakeApi::start(500, Style::Cursor).await;
-    api.set_auth(Auth::OAuth {
+    api.set_auth(Auth::OAuth2 {
         client_id: "cid".into(),
         secret: "csecret".into(),
     });

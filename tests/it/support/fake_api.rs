@@ -44,7 +44,7 @@ pub enum Auth {
     HeaderKey(String, String),
     QueryKey(String, String),
     /// OAuth client credentials: `/oauth/token` issues tokens.
-    OAuth {
+    OAuth2 {
         client_id: String,
         secret: String,
     },
@@ -284,12 +284,12 @@ fn authorised(auth: &Auth, tokens: &HashSet<String>, headers: &HeaderMap, params
             let expected = format!("{user}:{password}");
             header("authorization")
                 .strip_prefix("Basic ")
-                .and_then(|b| decode_base64(b))
+                .and_then(decode_base64)
                 .is_some_and(|d| d == expected.as_bytes())
         }
         Auth::HeaderKey(name, key) => header(name) == key,
         Auth::QueryKey(name, key) => param(params, name) == Some(key.as_str()),
-        Auth::OAuth { .. } => header("authorization")
+        Auth::OAuth2 { .. } => header("authorization")
             .strip_prefix("Bearer ")
             .is_some_and(|t| tokens.contains(t)),
     }
@@ -438,7 +438,7 @@ fn answer(inner: &mut Inner, params: &Params, headers: &HeaderMap) -> Response {
 async fn token(State(inner): State<Arc<Mutex<Inner>>>, body: String) -> Response {
     let form = parse_form(&body);
     let mut inner = inner.lock().unwrap();
-    let Auth::OAuth { client_id, secret } = inner.auth.clone() else {
+    let Auth::OAuth2 { client_id, secret } = inner.auth.clone() else {
         return (StatusCode::NOT_FOUND, "no oauth").into_response();
     };
     if param(&form, "grant_type") != Some("client_credentials")
