@@ -301,6 +301,9 @@ pub async fn poll_once(
         stop.cancel();
     });
     let result = poller.poll(progress).await;
+    if result.is_ok() && poller.state().run.is_some() {
+        warn!(pipeline = %pipeline, "The run stopped at source.max_pages; run `tributary poll` again to go on from the next page.");
+    }
     drop(poller);
     if !shutdown.drain(GRACE).await {
         warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");

@@ -49,9 +49,10 @@ pub(super) fn lock(dir: &Path) -> io::Result<File> {
 /// Validates the last segment, cuts what follows its valid records, and
 /// returns the log's end offset and its newest source-state record.
 ///
-/// With `whole_appends`, records after the last state record of the last
-/// segment are cut as well: they belong to an append whose state record never
-/// became durable, so that append was never acknowledged and is fetched again.
+/// With `whole_appends` (a poll source's log, which holds poll appends only),
+/// records after the last state record of the last segment are cut as well:
+/// they belong to an append whose state record never became durable, so that
+/// append was never acknowledged and is fetched again.
 pub(super) fn tail(
     log_dir: &Path,
     bases: &[u64],
@@ -64,12 +65,17 @@ pub(super) fn tail(
     let scan = segment::scan(&path)?;
     let (mut keep_len, mut records) = (scan.valid_len, scan.records);
     if whole_appends {
-        if let Some(mark) = &scan.last_state {
-            if mark.index + 1 < scan.records {
-                warn!(segment = %path.display(), records = scan.records - mark.index - 1, "Cutting the records of a poll append whose state record was not written (a crash); that page is fetched again.");
-            }
-            (keep_len, records) = (mark.end, mark.index + 1);
+        // A group never spans segments (the log rolls before writing one), so
+        // records after the segment's last state record, or a segment with
+        // records but no state record, are an append cut short.
+        let (end, kept) = scan
+            .last_state
+            .as_ref()
+            .map_or((segment::HEADER_LEN, 0), |m| (m.end, m.index + 1));
+        if kept < scan.records {
+            warn!(segment = %path.display(), records = scan.records - kept, "Cutting the records of a poll append whose state record was not written (a crash); that page is fetched again.");
         }
+        (keep_len, records) = (end, kept);
     }
     if scan.file_len > keep_len {
         // Cut a torn record, and also preallocated zeros: bytes of an

@@ -198,14 +198,38 @@ async fn a_poll_append_cut_short_is_dropped_whole_and_the_last_state_found() {
     let mut page = events(1, "p2");
     page.push(state("\"s2\""));
     assert_eq!(appender.append(page).await.unwrap(), 4..6);
+    // A torn first append of a fresh segment (records, no state record) goes whole too.
+    appender.append(events(2, "p3")).await.unwrap();
     drop((appender, log));
+    let (appender, log) = open(options.clone()).unwrap();
+    assert_eq!(log.end(), 6);
+    drop((appender, log));
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_options = Options {
+        dir: fresh.path().to_path_buf(),
+        ..options.clone()
+    };
+    {
+        let (appender, _log) = open(fresh_options.clone()).unwrap();
+        appender.append(events(3, "torn")).await.unwrap();
+    }
+    let (appender, log) = open(fresh_options).unwrap();
+    assert_eq!((log.end(), log.last_state()), (0, None));
+    drop((appender, log));
+    let (appender, _log) = open(Options {
+        whole_appends: false,
+        ..options.clone()
+    })
+    .unwrap();
+    appender.append(events(2, "p4")).await.unwrap();
+    drop((appender, _log));
     // Without whole appends (a webhook's log) nothing is cut.
     let (_appender, log) = open(Options {
         whole_appends: false,
         ..options
     })
     .unwrap();
-    assert_eq!(log.end(), 6);
+    assert_eq!(log.end(), 8);
     assert!(log.last_state().is_none(), "only poll logs look for state");
 }
 

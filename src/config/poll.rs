@@ -67,7 +67,7 @@ pub(super) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<SourceSpec> {
             );
             None
         }
-        Some(table) => serde_json::to_value(table).ok(),
+        Some(table) => Some(toml_to_json(&toml::Value::Table(table.clone()))),
         None => None,
     };
     let headers: Vec<(String, String)> = raw
@@ -142,6 +142,19 @@ pub(super) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<SourceSpec> {
         );
     }
     let cursor = raw.cursor.as_ref().and_then(|c| cursor(c, uses_cursor, e));
+    // A query value that is exactly "{cursor}" is left out while there is no
+    // cursor; anywhere else the first run would send an empty lower bound.
+    let cursor_inside = query.iter().any(|(_, v)| v.contains(CURSOR) && v != CURSOR)
+        || body
+            .as_ref()
+            .is_some_and(|b| b.to_string().contains(CURSOR));
+    if cursor_inside && raw.cursor.as_ref().is_some_and(|c| c.start.is_none()) {
+        e.push(
+            "source.cursor.start",
+            "{cursor} is used inside a template, and the first run has no cursor to put there",
+            "set start = \"2024-01-01T00:00:00Z\" (or the API's oldest value)",
+        );
+    }
     if uses_cursor && raw.cursor.is_none() {
         e.push(
             "source.query",
@@ -496,4 +509,22 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
         },
     };
     (e.list.len() == start).then_some(paginate)
+}
+
+/// A TOML value as JSON; datetimes become their RFC 3339 text.
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
 }

@@ -93,7 +93,11 @@ pub fn verdict(attempt: &Attempt, tries: u32, max_retries: u32, can_reauth: bool
                 None => retry(backoff(tries), format!("{}", r.status)),
             }
         }
-        Attempt::Answered(r) if r.status.is_server_error() => retry(backoff(tries), format!("{}: {}", r.status, excerpt(&r.body))),
+        Attempt::Answered(r)
+            if r.status.is_server_error() || r.status == StatusCode::REQUEST_TIMEOUT =>
+        {
+            retry(backoff(tries), format!("{}: {}", r.status, excerpt(&r.body)))
+        }
         Attempt::Answered(r) => Verdict::Reject(format!("{}: {}", r.status, excerpt(&r.body))),
     }
 }
@@ -189,8 +193,21 @@ pub struct Client {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    expires_in: Option<u64>,
+    /// Seconds; some endpoints send it as a string.
+    expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
+}
+
+/// Why no token came: worth a retry (transport, 5xx, 429) or not.
+enum TokenFailure {
+    Retry(String),
+    Fail(PollError),
+}
+
+impl From<PollError> for TokenFailure {
+    fn from(e: PollError) -> Self {
+        TokenFailure::Fail(e)
+    }
 }
 
 impl Client {
@@ -262,7 +279,11 @@ impl Client {
                 }
             }
             AuthSpec::Oauth2 { .. } => {
-                let token = self.oauth_token(spec).await?;
+                let token = match self.oauth_token(spec).await {
+                    Ok(token) => token,
+                    Err(TokenFailure::Retry(why)) => return Ok(Attempt::Failed(why)),
+                    Err(TokenFailure::Fail(e)) => return Err(e),
+                };
                 builder_headers.insert(
                     AUTHORIZATION,
                     header(&format!("Bearer {token}"), "the OAuth token")?,
@@ -319,7 +340,7 @@ impl Client {
     }
 
     /// The cached access token, fetched anew when missing or about to expire.
-    async fn oauth_token(&self, spec: &PollSpec) -> Result<String, PollError> {
+    async fn oauth_token(&self, spec: &PollSpec) -> Result<String, TokenFailure> {
         if let Some(t) = &*self.token.lock().expect("token lock") {
             if Instant::now() < t.renew_at {
                 return Ok(t.value.clone());
@@ -357,9 +378,7 @@ impl Client {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let failed = |why: String| {
-            PollError::Request(format!("OAuth token request to {token_url} failed: {why}"))
-        };
+        let why = |why: String| format!("OAuth token request to {token_url} failed: {why}");
         let response = self
             .http
             .post(token_url.clone())
@@ -367,15 +386,34 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| failed(describe(&e)))?;
+            .map_err(|e| TokenFailure::Retry(why(describe(&e))))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| failed(describe(&e)))?;
-        if !status.is_success() {
-            return Err(failed(format!("{status}: {}", excerpt(&bytes))));
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TokenFailure::Retry(why(describe(&e))))?;
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TokenFailure::Retry(why(format!(
+                "{status}: {}",
+                excerpt(&bytes)
+            ))));
         }
-        let answer: TokenAnswer = serde_json::from_slice(&bytes)
-            .map_err(|e| failed(format!("the answer has no access_token ({e})")))?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        if !status.is_success() {
+            return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
+                "{status}: {}",
+                excerpt(&bytes)
+            )))));
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|e| {
+            TokenFailure::Fail(PollError::Request(why(format!(
+                "the answer has no access_token ({e})"
+            ))))
+        })?;
+        let expires_in = answer.expires_in.as_ref().and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        });
+        let lifetime = Duration::from_secs(expires_in.unwrap_or(3600));
         let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
         if answer.refresh_token.is_some() {
             *self.refresh_token.lock().expect("token lock") = answer.refresh_token;

@@ -123,10 +123,11 @@ impl Poller {
     /// and tried again at the next tick.
     pub async fn run_forever(mut self) {
         let mut failures = 0u64;
-        let mut failed_at: Option<DateTime<Utc>> = None;
+        // After a failure or a run cut at max_pages: wait for the tick after this start.
+        let mut wait_from: Option<DateTime<Utc>> = None;
         loop {
             let now = Utc::now();
-            let due = match failed_at {
+            let due = match wait_from {
                 Some(at) => schedule::next_after(&self.spec.schedule, at).map(|d| d.max(now)),
                 None => schedule::due(
                     &self.spec.schedule,
@@ -154,13 +155,13 @@ impl Poller {
             let clock = Instant::now();
             match self.poll(&mut |_| {}).await {
                 Ok(run) => {
-                    failed_at = None;
+                    wait_from = self.state.run.is_some().then_some(started);
                     info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, millis = clock.elapsed().as_millis() as u64, cursor = %self.state.cursor.as_ref().map(page::text).unwrap_or_default(), "Poll run finished.");
                 }
                 Err(PollError::Stopped) => return,
                 Err(e) => {
                     failures += 1;
-                    failed_at = Some(started);
+                    wait_from = Some(started);
                     error!(pipeline = %self.pipeline, failures, error = %format!("{:#}", anyhow::Error::from(e)), "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
                 }
             }
@@ -168,7 +169,9 @@ impl Poller {
     }
 
     /// One run now: resumes an unfinished run, or starts one from the cursor.
-    /// `progress` sees the run after each durable page.
+    /// `progress` sees the run after each durable page. A run that reached
+    /// `max_pages` returns with `self.state().run` still set: it goes on from
+    /// its next page at the next call.
     pub async fn poll(
         &mut self,
         progress: &mut (dyn FnMut(&RunState) + Send),
@@ -176,17 +179,31 @@ impl Poller {
         let resumed = self.state.run.is_some();
         let mut run = match self.state.run.clone() {
             Some(run) => {
-                info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, "Resuming the poll run a stop or crash interrupted.");
+                info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, "Resuming the poll run a stop, crash, failure or max_pages interrupted.");
                 run
             }
             None => self.new_run(),
         };
         let mut fetched = self.fetch(&run).await;
-        if resumed && matches!(fetched, Err(PollError::Rejected(_))) {
-            // A page token or link may expire while tributary is down.
-            warn!(pipeline = %self.pipeline, error = %fetched.as_ref().err().map(ToString::to_string).unwrap_or_default(), "The API refused the page the interrupted run had reached; starting that run over from its first page.");
-            run.next = PageRef::First;
-            fetched = self.fetch(&run).await;
+        if resumed && run.next != PageRef::First {
+            if let Err(PollError::Rejected(why)) = &fetched {
+                // A page token or link may expire while the run waits. Going
+                // back to the first page would append stored pages again:
+                // end the run with what is stored, and let the next run
+                // start from the newest cursor it saw (minus lookback).
+                warn!(pipeline = %self.pipeline, error = %why, "The API refused the page the interrupted run had reached; ending that run with the pages already stored. The next run starts from the newest cursor value they held.");
+                let state = self.finished(&run);
+                let payload = serde_json::to_vec(&state).expect("the state serialises");
+                durable(
+                    &self.appender,
+                    &self.side,
+                    vec![Event::state(Bytes::from(payload))],
+                    &state,
+                )
+                .await?;
+                self.state = state;
+                return Err(PollError::Rejected(why.clone()));
+            }
         }
         let mut seen = HashSet::new();
         loop {
@@ -202,34 +219,34 @@ impl Poller {
                 &response.headers,
                 list.len(),
             );
-            run.pages += 1;
-            let capped = next.is_some() && run.pages >= self.spec.max_pages;
-            if capped {
-                warn!(pipeline = %self.pipeline, pages = run.pages, "The run reached source.max_pages and ends here; the cursor moves to the newest record fetched. Raise max_pages if the API really has more pages.");
+            if let Some(next) = &next {
+                if *next == run.next {
+                    return Err(PollError::Request(format!("{url}: the response points at the page just fetched as the next one; stopping so the run does not loop (check source.paginate)")));
+                }
+                if let PageRef::Url(link) = next {
+                    page::same_origin(&self.spec.url, link)
+                        .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
+                }
             }
-            let next = next.filter(|_| !capped);
+            run.pages += 1;
+            let capped = next.is_some() && run.pages % self.spec.max_pages == 0;
+            if capped {
+                warn!(pipeline = %self.pipeline, pages = run.pages, "The run reached source.max_pages; it stops here and goes on from the next page at the next tick (or the next `tributary poll`).");
+            }
             // The next request goes out before this page is worked through
             // and made durable; its state record already names that page.
-            let following = next.map(|next| RunState {
+            let following = next.clone().filter(|_| !capped).map(|next| RunState {
                 next,
                 ..run.clone()
             });
-            let next_ref = following.as_ref().map(|f| f.next.clone());
             let work = async {
                 let records = self.reader.records(&response.body, &list, &mut seen);
                 if let Some(max) = records.max_cursor {
                     run.max_seen = Some(page::max(run.max_seen.take(), max));
                 }
                 run.records += records.items.len() as u64;
-                let state = match next_ref {
-                    None => PollState {
-                        cursor: match (self.state.cursor.clone(), run.max_seen.clone()) {
-                            (Some(old), Some(new)) => Some(page::max(Some(old), new)),
-                            (old, new) => new.or(old),
-                        },
-                        last_run_us: Some(run.started_us),
-                        run: None,
-                    },
+                let state = match next {
+                    None => self.finished(&run),
                     Some(next) => {
                         run.next = next;
                         PollState {
@@ -251,12 +268,12 @@ impl Poller {
                     .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");
                 events.push(Event::state(Bytes::from(payload)));
-                durable(&self.appender, &self.side, events, state.clone()).await?;
+                durable(&self.appender, &self.side, events, &state).await?;
                 Ok::<_, PollError>(state)
             };
             let Some(following) = following else {
                 self.state = work.await?;
-                if run.records > 0 && run.max_seen.is_none() {
+                if run.records > 0 && run.max_seen.is_none() && self.state.run.is_none() {
                     if let Some(c) = &self.spec.cursor {
                         warn!(pipeline = %self.pipeline, field = %c.field, "No record of this run had the cursor field; the cursor stays where it was. Check source.cursor.field against the records.");
                     }
@@ -268,6 +285,18 @@ impl Poller {
             self.state = state?;
             progress(&run);
             fetched = next_page;
+        }
+    }
+
+    /// The state after `run` ends: the cursor moves to the newest value it saw.
+    fn finished(&self, run: &RunState) -> PollState {
+        PollState {
+            cursor: match (self.state.cursor.clone(), run.max_seen.clone()) {
+                (Some(old), Some(new)) => Some(page::max(Some(old), new)),
+                (old, new) => new.or(old),
+            },
+            last_run_us: Some(run.started_us),
+            run: None,
         }
     }
 
@@ -318,17 +347,23 @@ impl Poller {
 }
 
 /// Appends a page (its records, then `state`) and, once that is durable,
-/// writes the state's side copy.
+/// writes the state's side copy. The log's record is the state of record: a
+/// side copy that cannot be written is only warned about.
 async fn durable(
     appender: &Appender,
     side: &Path,
     events: Vec<Event>,
-    state: PollState,
+    state: &PollState,
 ) -> Result<(), PollError> {
     let range = appender.append(events).await.map_err(PollError::Append)?;
-    let side = side.to_path_buf();
-    tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state, false))
-        .await
-        .map_err(|e| PollError::State(std::io::Error::other(e)))?
-        .map_err(PollError::State)
+    let (side, state) = (side.to_path_buf(), state.clone());
+    let saved =
+        tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state, false))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+    if let Err(e) = saved {
+        warn!(error = %e, "Cannot write the poll state copy (source.json); the state is durable in the log, but fix this before the log's segments are cleaned up.");
+    }
+    Ok(())
 }

@@ -44,7 +44,7 @@ pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request 
                 body: spec
                     .body
                     .as_ref()
-                    .map(|b| fill_json(b, &values).to_string().into_bytes()),
+                    .map(|b| fill_json(b, lower, &values).to_string().into_bytes()),
             };
         }
     }
@@ -113,7 +113,7 @@ pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request 
         body: spec
             .body
             .as_ref()
-            .map(|b| fill_json(b, &values).to_string().into_bytes()),
+            .map(|b| fill_json(b, lower, &values).to_string().into_bytes()),
     }
 }
 
@@ -131,18 +131,39 @@ fn fill(template: &str, cursor: Option<&str>, token: Option<&str>) -> Option<Str
 }
 
 /// A JSON body template with every string filled; keys whose value is a
-/// placeholder without a value are dropped.
-fn fill_json(template: &Value, values: &dyn Fn(&str) -> Option<String>) -> Value {
+/// placeholder without a value are dropped. A string that is exactly
+/// `{cursor}` takes the cursor's own JSON type (a number stays a number).
+fn fill_json(
+    template: &Value,
+    cursor: Option<&Value>,
+    values: &dyn Fn(&str) -> Option<String>,
+) -> Value {
     match template {
+        Value::String(s) if s == CURSOR && cursor.is_some() => cursor.cloned().unwrap_or_default(),
         Value::String(s) => values(s).map(Value::String).unwrap_or(Value::Null),
-        Value::Array(items) => Value::Array(items.iter().map(|v| fill_json(v, values)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| fill_json(v, cursor, values)).collect())
+        }
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(_, v)| !matches!(v, Value::String(s) if values(s).is_none()))
-                .map(|(k, v)| (k.clone(), fill_json(v, values)))
+                .map(|(k, v)| (k.clone(), fill_json(v, cursor, values)))
                 .collect(),
         ),
         other => other.clone(),
+    }
+}
+
+/// Checks that a next link stays on the origin (scheme, host, port) of
+/// `source.url`: the request carries the source's credentials.
+pub fn same_origin(base: &url::Url, link: &str) -> Result<(), String> {
+    match base.join(link) {
+        Ok(next) if next.origin() == base.origin() => Ok(()),
+        Ok(next) => Err(format!(
+            "the next link points at {}, another origin than source.url; tributary does not send the source's credentials there",
+            next.origin().ascii_serialization()
+        )),
+        Err(e) => Err(format!("the next link \"{link}\" is not a URL ({e})")),
     }
 }
 
@@ -190,8 +211,13 @@ impl Reader {
         let array = match found[0] {
             Some(bytes) => bytes,
             // Say precisely why: invalid JSON, or nothing at the pointer.
-            None => match pointer::value(body, &self.records) {
-                Err(e) => return Err(format!("the response is not JSON: {e}")),
+            None => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => {
+                    let start = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+                    return Err(format!(
+                        "the response is not JSON ({e}); it starts with {start:?}"
+                    ));
+                }
                 _ => {
                     return Err(format!(
                         "the response has nothing at records = \"{}\"",
@@ -230,10 +256,12 @@ impl Reader {
             } else {
                 pointer::values(bytes, &pointers)
             };
-            if !self.primary_key.is_empty() {
+            let keys = &found[..self.primary_key.len().min(found.len())];
+            // A record without its key is kept (the sink makes it a dead
+            // letter if the schema requires the key), never merged with others.
+            if !keys.is_empty() && keys.iter().all(|k| k.is_some_and(|k| k != b"null")) {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for key in &found[..self.primary_key.len()] {
-                    let key = key.unwrap_or(b"");
+                for key in keys.iter().flatten() {
                     key.len().hash(&mut hasher);
                     key.hash(&mut hasher);
                 }

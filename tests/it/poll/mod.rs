@@ -263,6 +263,58 @@ async fn an_interrupted_run_keeps_its_pages_and_the_next_run_resumes_after_them(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pages_pauses_a_run_and_a_refused_resume_page_ends_it_without_duplicates() {
+    let project = Project::new();
+    let api = FakeApi::start(1000, Style::Cursor).await;
+    items_pipeline(&project, &api, &format!("{CURSOR}\nmax_pages = 3\npaginate = {{ type = \"cursor\", next = \"/paging/next/after\", param = \"after\" }}"), PARQUET);
+    let out = poll(&project, &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_pages"));
+    assert_eq!(id_counts_of(&project.table_dir_of("items")), once_each(300));
+    // The next poll goes on from page 4.
+    assert_ok(&poll(&project, &[]));
+    assert_eq!(id_counts_of(&project.table_dir_of("items")), once_each(600));
+    assert!(
+        api.log()[3].path_and_query.contains("after=300"),
+        "{:?}",
+        api.log()[3]
+    );
+
+    // The page the paused run reached is refused (say its token expired): the
+    // run ends with the pages it stored, and the cursor moves to their newest.
+    api.fail_next([Failure::Status(400, None)]);
+    let out = poll(&project, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ending that run with the pages already stored"),
+        "{stderr}"
+    );
+    assert_eq!(
+        id_counts_of(&project.table_dir_of("items")),
+        once_each(600),
+        "nothing appended twice"
+    );
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(project.path().join("data/items/source.json")).unwrap(),
+    )
+    .unwrap();
+    let newest = chrono::DateTime::from_timestamp(BASE_TS + 600, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    assert_eq!(state["state"]["cursor"], newest.as_str());
+    assert!(state["state"].get("run").is_none(), "{state}");
+    api.clear_log();
+    assert_ok(&poll(&project, &[]));
+    let first = &api.log()[0].path_and_query;
+    assert!(
+        first.contains(&format!("updated_after={}", newest.replace(':', "%3A"))),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_runs_fetch_changes_and_nothing_older_than_the_lookback() {
     let project = Project::new();
     let api = FakeApi::start(1000, Style::Cursor).await;
@@ -446,8 +498,14 @@ async fn kill_9_mid_run_loses_no_page_and_duplicates_nothing() {
     assert_eq!(unique, (1..=3000).collect());
     assert_eq!(view.duckdb.len(), 3000);
     let resumed = project.log().matches("Resuming the poll run").count();
-    let cut = project.log().matches("Cutting the records of a poll append").count();
-    println!("kill -9 mid-run: {resumed} resumed runs, {cut} torn appends cut, {} requests", api.log().len());
+    let cut = project
+        .log()
+        .matches("Cutting the records of a poll append")
+        .count();
+    println!(
+        "kill -9 mid-run: {resumed} resumed runs, {cut} torn appends cut, {} requests",
+        api.log().len()
+    );
     assert!(
         resumed >= 1,
         "at least one kill landed mid-run; log:\n{}",

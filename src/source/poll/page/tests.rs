@@ -101,7 +101,8 @@ fn templates_fill_placeholders_and_drop_empty_ones() {
         first.url
     );
     let body: Value = serde_json::from_slice(&first.body.unwrap()).unwrap();
-    assert_eq!(body, json!({"filter": {"gte": "5"}, "limit": 100}));
+    // Exactly "{cursor}" keeps the cursor's type; inside a longer string it is text.
+    assert_eq!(body, json!({"filter": {"gte": 5}, "limit": 100}));
     let second = request(&s, &PageRef::Token("t2".into()), Some(&json!(5)));
     assert!(second.url.as_str().ends_with("q=updated%3E5&after=t2"));
     let body: Value = serde_json::from_slice(&second.body.unwrap()).unwrap();
@@ -247,7 +248,41 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     let err = |body: &'static [u8]| reader.list(body).err().unwrap();
     assert!(err(br#"{"items": {"id": 1}}"#).contains("is not an array"));
     assert!(err(br#"{"results": []}"#).contains("nothing at records"));
-    assert!(err(b"<html>").contains("not JSON") || err(b"<html>").contains("nothing at"));
+    assert!(
+        err(b"<html><body>Login</body></html>").contains("not JSON"),
+        "{}",
+        err(b"<html>")
+    );
+    // Records without their key are all kept; a null key counts as none.
+    let keyless =
+        Bytes::from_static(br#"{"items": [{"n": 1}, {"n": 2}, {"id": null}, {"id": null}]}"#);
+    let (list, _) = reader.list(&keyless).unwrap();
+    assert_eq!(
+        reader
+            .records(&keyless, &list, &mut HashSet::new())
+            .items
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn next_links_stay_on_the_source_origin() {
+    let base = url::Url::parse("https://shop.example.com/admin/products.json").unwrap();
+    assert!(same_origin(
+        &base,
+        "https://shop.example.com/admin/products.json?page_info=x"
+    )
+    .is_ok());
+    assert!(same_origin(&base, "/admin/products.json?page_info=x").is_ok());
+    assert!(
+        same_origin(&base, "http://shop.example.com/admin/products.json")
+            .unwrap_err()
+            .contains("another origin")
+    );
+    assert!(same_origin(&base, "https://evil.example/steal")
+        .unwrap_err()
+        .contains("https://evil.example"));
 }
 
 #[test]
