@@ -247,7 +247,7 @@ impl Reader {
             fetched: list.len(),
             max_cursor: None,
         };
-        let mut newest: Option<(Value, Option<DateTime<Utc>>)> = None;
+        let mut newest = Newest::default();
         seen.reserve(list.len());
         for item in list {
             let bytes = item.get().as_bytes();
@@ -270,30 +270,79 @@ impl Reader {
                 }
             }
             if self.cursor.is_some() {
-                if let Some(v) = found
-                    .last()
-                    .copied()
-                    .flatten()
-                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                    .filter(|v| !v.is_null())
-                {
-                    // Each value is parsed once; the newest keeps its instant.
-                    let instant = v.as_str().and_then(timestamp);
-                    let newer = match &newest {
-                        None => true,
-                        Some((_, Some(t))) if instant.is_some() => instant.as_ref() > Some(t),
-                        Some((current, _)) => compare(&v, current) == Ordering::Greater,
-                    };
-                    if newer {
-                        newest = Some((v, instant));
-                    }
+                if let Some(raw) = found.last().copied().flatten() {
+                    newest.offer(raw);
                 }
             }
             out.items.push(body.slice_ref(bytes));
         }
-        out.max_cursor = newest.map(|(v, _)| v);
+        out.max_cursor = newest.value();
         out
     }
+}
+
+/// The newest cursor value of a page. Values are compared as [`compare`]
+/// does; two timestamps written `"YYYY-MM-DDTHH:MM:SSZ"` (the usual form) are
+/// compared by their bytes, which orders them the same, without parsing.
+#[derive(Default)]
+struct Newest<'a> {
+    raw: Option<&'a [u8]>,
+    /// `raw` parsed, with its instant if it is a timestamp; filled when needed.
+    parsed: Option<(Value, Option<DateTime<Utc>>)>,
+}
+
+impl<'a> Newest<'a> {
+    fn offer(&mut self, raw: &'a [u8]) {
+        if let Some(current) = self.raw {
+            if utc_seconds(current) && utc_seconds(raw) {
+                if raw > current {
+                    (self.raw, self.parsed) = (Some(raw), None);
+                }
+                return;
+            }
+        }
+        let Some(value) = serde_json::from_slice::<Value>(raw)
+            .ok()
+            .filter(|v| !v.is_null())
+        else {
+            return;
+        };
+        let instant = value.as_str().and_then(timestamp);
+        let newer = match self.current() {
+            None => true,
+            Some((_, Some(t))) if instant.is_some() => instant.as_ref() > Some(t),
+            Some((current, _)) => compare(&value, current) == Ordering::Greater,
+        };
+        if newer {
+            (self.raw, self.parsed) = (Some(raw), Some((value, instant)));
+        }
+    }
+
+    fn current(&mut self) -> Option<&(Value, Option<DateTime<Utc>>)> {
+        if self.parsed.is_none() {
+            let value = serde_json::from_slice::<Value>(self.raw?).ok()?;
+            let instant = value.as_str().and_then(timestamp);
+            self.parsed = Some((value, instant));
+        }
+        self.parsed.as_ref()
+    }
+
+    fn value(mut self) -> Option<Value> {
+        self.current().map(|(v, _)| v.clone())
+    }
+}
+
+/// Whether `raw` is a JSON string `"YYYY-MM-DDTHH:MM:SSZ"`.
+fn utc_seconds(raw: &[u8]) -> bool {
+    const PATTERN: &[u8; 22] = b"\"0000-00-00T00:00:00Z\"";
+    raw.len() == PATTERN.len()
+        && raw.iter().zip(PATTERN).all(|(b, p)| {
+            if *p == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == p
+            }
+        })
 }
 
 fn join(tokens: &[String]) -> String {

@@ -242,6 +242,26 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     );
     // 23:00Z is later than 00:00+02:00 (= 22:00Z): instants, not strings, are compared.
     assert_eq!(records.max_cursor, Some(json!("2024-01-01T23:00:00Z")));
+    // The usual form is compared by its bytes, mixed forms by instant.
+    let mixed = Bytes::from_static(
+        br#"{"items": [{"updated_at": "2024-01-01T10:00:00Z"}, {"updated_at": "2024-01-01T12:00:00Z"}, {"updated_at": "2024-01-01T11:00:00Z"}, {"updated_at": "2024-01-01T13:30:00+02:00"}, {"updated_at": null}]}"#,
+    );
+    let plain = Reader {
+        primary_key: vec![],
+        ..reader
+    };
+    let (mixed_list, _) = plain.list(&mixed).unwrap();
+    assert_eq!(
+        plain
+            .records(&mixed, &mixed_list, &mut HashSet::new())
+            .max_cursor,
+        Some(json!("2024-01-01T12:00:00Z")),
+        "13:30+02:00 is 11:30Z"
+    );
+    let reader = Reader {
+        primary_key: vec![pointer::tokens("/id")],
+        ..plain
+    };
     // Seen keys stay seen for the rest of the run.
     assert_eq!(reader.records(&body, &list, &mut seen).items.len(), 0);
 
