@@ -13,6 +13,7 @@ use crate::encode::Encoder;
 use crate::server;
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::delta::DeltaSink;
+use crate::sink::https::HttpsRunner;
 use crate::sink::runner::{Runner, Target};
 use crate::sink::{parquet, Storage, StorageError};
 use crate::source::poll::state::RunState;
@@ -80,7 +81,33 @@ pub struct Built {
     /// Its poller, if its source polls.
     pub poller: Option<Poller>,
     /// One runner per sink.
-    pub runners: Vec<Runner>,
+    pub runners: Vec<SinkTask>,
+}
+
+/// A sink's runner.
+pub enum SinkTask {
+    /// Parquet or Delta: batches of rows.
+    Columnar(Runner),
+    /// HTTPS: a signed POST per event.
+    Https(HttpsRunner),
+}
+
+impl SinkTask {
+    /// The sink's name.
+    pub fn sink(&self) -> &str {
+        match self {
+            SinkTask::Columnar(r) => &r.sink,
+            SinkTask::Https(r) => &r.spec.name,
+        }
+    }
+
+    /// Runs until the log closes.
+    pub async fn run(self) -> Result<(), crate::sink::SinkError> {
+        match self {
+            SinkTask::Columnar(r) => r.run().await,
+            SinkTask::Https(r) => r.run().await,
+        }
+    }
 }
 
 /// Opens the pipeline's log and builds its sinks; starts nothing. The log
@@ -124,8 +151,18 @@ pub fn build(
                 partition_by: p.partition_by.clone(),
             },
             SinkSpec::Delta(d) => Target::Delta(d.clone()),
+            SinkSpec::Https(h) => {
+                runners.push(SinkTask::Https(HttpsRunner {
+                    pipeline: spec.name.clone(),
+                    spec: h.clone(),
+                    log: log.clone(),
+                    dead_letters,
+                    abandon: shutdown.abandon.clone(),
+                }));
+                continue;
+            }
         };
-        runners.push(Runner {
+        runners.push(SinkTask::Columnar(Runner {
             pipeline: spec.name.clone(),
             sink: sink.name().to_string(),
             log: log.clone(),
@@ -134,7 +171,7 @@ pub fn build(
             target,
             dead_letters,
             abandon: shutdown.abandon.clone(),
-        });
+        }));
     }
     let (route, poller) = match &spec.source {
         SourceSpec::Webhook(w) => (
@@ -193,6 +230,8 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
                 &p.name,
                 Output::Files(p.location.clone(), p.storage.clone()),
             )),
+            // Deliveries carry event ids, not offsets: nothing to read.
+            SinkSpec::Https(_) => {}
         }
     }
     let mut floor = 0;
@@ -258,9 +297,9 @@ impl Output<'_> {
     }
 }
 
-fn spawn_runners(runners: Vec<Runner>, shutdown: &Shutdown) {
+fn spawn_runners(pipeline: &str, runners: Vec<SinkTask>, shutdown: &Shutdown) {
     for runner in runners {
-        let (pipeline, sink) = (runner.pipeline.clone(), runner.sink.clone());
+        let (pipeline, sink) = (pipeline.to_string(), runner.sink().to_string());
         shutdown.tasks.spawn(async move {
             if let Err(e) = runner.run().await {
                 error!(pipeline = %pipeline, sink = %sink, error = %format!("{:#}", anyhow::Error::from(e)), "Sink stopped; its events stay in the log until the next start.");
@@ -293,7 +332,7 @@ pub async fn poll_once(
     }
     let floor = offset_floor(spec, &config.global).await;
     let built = build(spec, &config.global, &shutdown, floor)?;
-    spawn_runners(built.runners, &shutdown);
+    spawn_runners(&spec.name, built.runners, &shutdown);
     let mut poller = built.poller.expect("a poll pipeline has a poller");
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {
@@ -336,7 +375,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             // It ends on shutdown, dropping its appender, which closes the log.
             shutdown.tasks.spawn(poller.run_forever());
         }
-        spawn_runners(built.runners, &shutdown);
+        spawn_runners(&spec.name, built.runners, &shutdown);
     }
     info!(listen = %listen, pipelines = config.pipelines.len(), "Listening.");
 

@@ -272,6 +272,8 @@ pub enum SinkSpec {
     Parquet(ParquetSinkSpec),
     /// A Delta Lake table.
     Delta(DeltaSinkSpec),
+    /// A signed POST per event.
+    Https(HttpsSinkSpec),
 }
 
 impl SinkSpec {
@@ -280,16 +282,76 @@ impl SinkSpec {
         match self {
             SinkSpec::Parquet(p) => &p.name,
             SinkSpec::Delta(d) => &d.name,
+            SinkSpec::Https(h) => &h.name,
         }
     }
 
-    /// Where the sink writes.
-    pub fn location(&self) -> &Location {
+    /// Where the sink writes in storage (none for an HTTPS sink).
+    pub fn location(&self) -> Option<&Location> {
         match self {
-            SinkSpec::Parquet(p) => &p.location,
-            SinkSpec::Delta(d) => &d.location,
+            SinkSpec::Parquet(p) => Some(&p.location),
+            SinkSpec::Delta(d) => Some(&d.location),
+            SinkSpec::Https(_) => None,
         }
     }
+}
+
+/// `type = "https"`.
+#[derive(Debug, Clone)]
+pub struct HttpsSinkSpec {
+    /// Unique within the pipeline; names its progress.
+    pub name: String,
+    /// The receiver's URL exactly as configured (what `rsa-sha256` signs).
+    pub url: String,
+    /// Extra trusted CA certificates (PEM file).
+    pub ca_file: Option<PathBuf>,
+    /// How each POST is signed.
+    pub signing: SigningSpec,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Longest wait for one answer.
+    pub timeout: Duration,
+    /// How long an event is retried before it becomes a dead letter.
+    pub max_retry_duration: Duration,
+    /// One at a time, in log order.
+    pub ordered: bool,
+}
+
+/// How an HTTPS sink signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningSpec {
+    /// Standard Webhooks; env vars of `whsec_`/`whsk_` secrets.
+    StandardWebhooks {
+        /// Env vars, one secret each.
+        secret_envs: Vec<String>,
+    },
+    /// RSA PKCS#1 v1.5 SHA-256 of method + url + body, hex.
+    Rsa {
+        /// Where the PEM key is.
+        key: KeySource,
+        /// Signature header.
+        header: String,
+    },
+    /// HMAC-SHA256 of the body.
+    Hmac {
+        /// Env vars, one secret each.
+        secret_envs: Vec<String>,
+        /// Signature header.
+        header: String,
+        /// Written before the signature.
+        prefix: String,
+        /// Base64 instead of hex.
+        base64: bool,
+    },
+}
+
+/// Where a private key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An env var holding the PEM.
+    Env(String),
+    /// A PEM file.
+    File(PathBuf),
 }
 
 /// `type = "delta"`.

@@ -223,26 +223,19 @@ fn pipeline(
             RawSink::Delta(d) => table
                 .and_then(|t| sinks::delta(&t, &key, d, e))
                 .map(SinkSpec::Delta),
-            RawSink::Https(_) => {
-                e.push(
-                    format!("{key}.type"),
-                    "sink type \"https\" is not available in this build yet",
-                    "use type = \"parquet\" or \"delta\" for now",
-                );
-                None
-            }
+            RawSink::Https(h) => super::https::sink(&key, h, root, e).map(SinkSpec::Https),
         };
         if let Some(spec) = spec {
             if let Some(other) = sinks
                 .iter()
-                .find(|s: &&SinkSpec| s.location() == spec.location())
+                .find(|s: &&SinkSpec| s.location().is_some() && s.location() == spec.location())
             {
                 e.push(
                     format!("{key}.uri"),
                     format!(
                         "sink \"{}\" already writes to {}",
                         other.name(),
-                        spec.location()
+                        spec.location().map(ToString::to_string).unwrap_or_default()
                     ),
                     "give one of the two sinks its own uri = \"…\"",
                 );

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod delta;
+pub mod https;
 pub mod parquet;
 pub mod runner;
 pub mod storage;
@@ -32,6 +33,9 @@ pub enum SinkError {
     /// Writing to the Delta table failed.
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
+    /// The sink cannot work as configured (a missing secret, a bad key, a 410 from its receiver).
+    #[error("{0}")]
+    Setup(String),
     /// Shutdown's grace period ended while a flush was still retrying.
     #[error("gave up retrying at shutdown; the events stay in the log for the next start")]
     Abandoned,
@@ -46,6 +50,7 @@ impl Classify for SinkError {
             | SinkError::Log(_)
             | SinkError::Ledger(_)
             | SinkError::Abandoned => ErrorKind::Internal,
+            SinkError::Setup(_) => ErrorKind::Config,
         }
     }
 }

@@ -17,3 +17,5 @@ mod s3;
 mod delta;
 // The poll source against a fake REST API: pagination, auth, cursor, retries, kill -9.
 mod poll;
+// The HTTPS sink: signatures verified by libraries we did not write, faults, 410, kill -9.
+mod https;

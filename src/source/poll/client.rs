@@ -104,9 +104,13 @@ pub fn verdict(attempt: &Attempt, tries: u32, max_retries: u32, can_reauth: bool
 
 /// Full jitter: a wait drawn uniformly from zero to the exponential step.
 fn backoff(tries: u32) -> Duration {
-    let step = BACKOFF_BASE
-        .saturating_mul(1 << tries.min(16))
-        .min(BACKOFF_CAP);
+    full_jitter(tries, BACKOFF_BASE, BACKOFF_CAP)
+}
+
+/// A wait drawn uniformly from zero to `base * 2^tries` (at most `cap`): full
+/// jitter, so clients failing together do not retry together.
+pub(crate) fn full_jitter(tries: u32, base: Duration, cap: Duration) -> Duration {
+    let step = base.saturating_mul(1 << tries.min(16)).min(cap);
     step.mul_f64(rand::rng().random::<f64>())
 }
 
@@ -122,7 +126,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The start of a body, for error messages.
-fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
     let text = text.trim();
     if text.is_empty() {
@@ -433,7 +437,8 @@ fn too_large(spec: &PollSpec) -> PollError {
     ))
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error with its chain of causes.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -398,3 +398,89 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// One POST the test receiver got.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Delivery {
+    pub id: Option<String>,
+    pub verified: bool,
+    pub status: u16,
+    pub body: String,
+}
+
+/// The Python receiver (`receiver.py`) that verifies the HTTPS sink's signatures.
+pub struct Receiver {
+    child: Child,
+    pub url: String,
+    out: PathBuf,
+    control: PathBuf,
+}
+
+impl Receiver {
+    /// Starts a receiver for `scheme` with `key` (see receiver.py) in `dir`.
+    pub async fn start(dir: &Path, scheme: &str, key: &str) -> Self {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let (out, control) = (dir.join("deliveries.jsonl"), dir.join("control.json"));
+        fs::write(&control, "{}").unwrap();
+        let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = Command::new(&python)
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/receiver.py"),
+                &port.to_string(),
+                out.to_str().unwrap(),
+                control.to_str().unwrap(),
+                scheme,
+                key,
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("receiver.py (scripts/test installs standardwebhooks and cryptography)");
+        let receiver = Self {
+            child,
+            url,
+            out,
+            control,
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "receiver.py did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        receiver
+    }
+
+    /// Sets what the next requests are answered (see receiver.py).
+    pub fn control(&self, value: serde_json::Value) {
+        fs::write(&self.control, value.to_string()).unwrap();
+    }
+
+    /// Every POST so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Ids answered 200 so far.
+    pub fn delivered_ids(&self) -> HashSet<String> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.status == 200)
+            .filter_map(|d| d.id)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,322 @@
+//! The HTTPS sink: each event as its own signed POST to the user's server,
+//! from the pipeline's log, independently of the table sinks.
+//!
+//! * Body = the event's original bytes; `webhook-id` = its `_event_id`, the
+//!   same on every retry and after a restart, so receivers dedupe on it.
+//! * Up to `concurrency` deliveries in flight (one at a time, in log order,
+//!   with `ordered`). 2xx: delivered. 408, 429, 5xx and transport errors:
+//!   retried with exponential backoff and full jitter, honouring
+//!   `Retry-After`, until `max_retry_duration`, then a dead letter. 410: the
+//!   receiver is gone, the sink stops loudly. Other 4xx and any 3xx (redirects
+//!   are not followed): a dead letter with the status and the answer's start.
+//! * Progress: the committed offset is the lowest offset not yet delivered
+//!   or dead-lettered; a restart resumes there (at-least-once).
+
+pub mod signing;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{parquet, SinkError, Storage};
+use crate::buffer::Log;
+use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
+use crate::encode::dead_letter::{self, DeadLetter};
+use crate::event::Event;
+use crate::source::poll::client::{describe, excerpt, full_jitter, retry_after};
+use signing::Signer;
+
+/// Events read from the log at once.
+const READ_CHUNK: usize = 1024;
+/// Backoff of a failing delivery: first step and ceiling.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(600);
+/// The committed offset is written at most this often while deliveries flow.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How one delivery ended.
+enum Outcome {
+    Delivered,
+    Dead(String),
+    /// 410 Gone: the receiver asked not to be called again.
+    Gone(String),
+    /// Shutdown's grace period ended while it was retrying.
+    Abandoned,
+}
+
+/// One HTTPS sink's runner.
+pub struct HttpsRunner {
+    /// Pipeline name, for logs and dead letters.
+    pub pipeline: String,
+    /// The sink's spec.
+    pub spec: HttpsSinkSpec,
+    /// The pipeline's log.
+    pub log: Log,
+    /// Where dead letters go.
+    pub dead_letters: Storage,
+    /// Cancelled when shutdown's grace period is over.
+    pub abandon: CancellationToken,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    signer: Signer,
+    url: String,
+    spec: HttpsSinkSpec,
+    abandon: CancellationToken,
+}
+
+impl HttpsRunner {
+    /// Delivers until the log closes and every delivery in flight has ended.
+    pub async fn run(self) -> Result<(), SinkError> {
+        let name = self.spec.name.clone();
+        let setup = |why: String| SinkError::Setup(format!("HTTPS sink {name}: {why}"));
+        let signer = signer(&self.spec.signing, &self.spec.url).map_err(setup)?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.spec.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(self.spec.concurrency)
+            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &self.spec.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("ca_file {}: {e}", ca.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| setup(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            client,
+            signer,
+            url: self.spec.url.clone(),
+            spec: self.spec.clone(),
+            abandon: self.abandon.clone(),
+        });
+        let limit = if self.spec.ordered {
+            1
+        } else {
+            self.spec.concurrency
+        };
+        let mut committed = self.log.sink_state(&name).committed;
+        let mut recorded = committed;
+        let mut reader = self.log.reader(committed);
+        let mut done = BTreeSet::new();
+        let mut flying: JoinSet<(u64, Event, Outcome)> = JoinSet::new();
+        let mut pending: std::collections::VecDeque<(u64, Event)> = Default::default();
+        let mut open = true;
+        let mut last_commit = Instant::now();
+        loop {
+            while flying.len() < limit {
+                let Some((offset, event)) = pending.pop_front() else {
+                    break;
+                };
+                let shared = shared.clone();
+                flying.spawn(async move {
+                    let outcome = deliver(&shared, &event).await;
+                    (offset, event, outcome)
+                });
+            }
+            if !open && flying.is_empty() && pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                more = reader.wait(), if open && pending.len() < READ_CHUNK => {
+                    if !more {
+                        open = false;
+                        continue;
+                    }
+                    let first = reader.position();
+                    let events = reader.read(READ_CHUNK).await.map_err(SinkError::Log)?;
+                    for (i, event) in events.into_iter().enumerate() {
+                        let offset = first + i as u64;
+                        if event.is_state() {
+                            done.insert(offset);
+                        } else {
+                            pending.push_back((offset, event));
+                        }
+                    }
+                }
+                Some(joined) = flying.join_next(), if !flying.is_empty() => {
+                    let (offset, event, outcome) = joined.map_err(|e| SinkError::Setup(format!("a delivery task failed: {e}")))?;
+                    match outcome {
+                        Outcome::Delivered => {}
+                        Outcome::Dead(reason) => {
+                            warn!(pipeline = %self.pipeline, sink = %name, offset, reason = %reason, "Event not delivered; kept as a dead letter.");
+                            self.dead_letter(offset, &event, reason).await?;
+                        }
+                        Outcome::Gone(why) => {
+                            error!(pipeline = %self.pipeline, sink = %name, url = %self.spec.url, answer = %why, "The receiver answered 410 Gone; this sink stops. Events stay in the log; fix the receiver and restart.");
+                            self.commit(committed).await?;
+                            return Err(SinkError::Setup(format!("HTTPS sink {name}: the receiver answered 410 Gone ({why})")));
+                        }
+                        Outcome::Abandoned => {
+                            self.commit(committed).await?;
+                            return Err(SinkError::Abandoned);
+                        }
+                    }
+                    done.insert(offset);
+                }
+                _ = tokio::time::sleep(COMMIT_EVERY), if committed > recorded => {}
+            }
+            while done.first() == Some(&committed) {
+                done.pop_first();
+                committed += 1;
+            }
+            if committed > recorded
+                && (last_commit.elapsed() >= COMMIT_EVERY
+                    || (flying.is_empty() && pending.is_empty()))
+            {
+                self.commit(committed).await?;
+                (recorded, last_commit) = (committed, Instant::now());
+            }
+        }
+        if committed > recorded {
+            self.commit(committed).await?;
+        }
+        debug!(pipeline = %self.pipeline, sink = %name, "Log closed; HTTPS sink done.");
+        Ok(())
+    }
+
+    async fn commit(&self, offset: u64) -> Result<(), SinkError> {
+        let (log, sink) = (self.log.clone(), self.spec.name.clone());
+        tokio::task::spawn_blocking(move || log.commit(&sink, offset))
+            .await
+            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
+            .map_err(SinkError::Ledger)
+    }
+
+    /// One dead letter, in a file named by its offset (a replay rewrites the same file).
+    async fn dead_letter(
+        &self,
+        offset: u64,
+        event: &Event,
+        reason: String,
+    ) -> Result<(), SinkError> {
+        let batch = dead_letter::batch(
+            &self.pipeline,
+            &self.spec.name,
+            &[DeadLetter::new(event, reason)],
+        );
+        let body = parquet::serialise(&batch, &parquet::writer_properties())?;
+        let name = parquet::file_name(&format!("{}-", self.spec.name), &(offset..offset + 1));
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.dead_letters.put(&name, body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(pipeline = %self.pipeline, sink = %self.spec.name, error = %e, "Cannot write a dead letter; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// The signer the spec asks for, secrets read from the environment now.
+fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
+    let env = |name: &String| {
+        std::env::var(name)
+            .map_err(|_| format!("env var {name} is not set; export the signing secret"))
+    };
+    match spec {
+        SigningSpec::StandardWebhooks { secret_envs } => {
+            Signer::standard_webhooks(&secret_envs.iter().map(env).collect::<Result<Vec<_>, _>>()?)
+        }
+        SigningSpec::Hmac {
+            secret_envs,
+            header,
+            prefix,
+            base64,
+        } => Ok(Signer::hmac(
+            &secret_envs.iter().map(env).collect::<Result<Vec<_>, _>>()?,
+            header,
+            prefix,
+            *base64,
+        )),
+        SigningSpec::Rsa { key, header } => {
+            let pem = match key {
+                KeySource::Env(name) => env(name)?.into_bytes(),
+                KeySource::File(path) => std::fs::read(path)
+                    .map_err(|e| format!("cannot read key_file {}: {e}", path.display()))?,
+            };
+            Signer::rsa(&pem, url, header)
+        }
+    }
+}
+
+/// Delivers one event until it is delivered, dead, gone or abandoned.
+async fn deliver(shared: &Shared, event: &Event) -> Outcome {
+    let started = Instant::now();
+    let id = event.id.hyphenated().to_string();
+    let mut tries: u32 = 0;
+    loop {
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut request = shared
+            .client
+            .post(&shared.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(Bytes::clone(&event.payload));
+        for (name, value) in shared.signer.headers(&id, timestamp, &event.payload) {
+            request = request.header(name, value);
+        }
+        let (wait, why) = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = retry_after(response.headers());
+                if status.is_success() {
+                    return Outcome::Delivered;
+                }
+                let body = response.bytes().await.unwrap_or_default();
+                let answer = format!("{status}: {}", excerpt(&body));
+                if status == StatusCode::GONE {
+                    return Outcome::Gone(answer);
+                }
+                if status == StatusCode::REQUEST_TIMEOUT
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status.is_server_error()
+                {
+                    (retry_after.unwrap_or_else(|| backoff(tries)), answer)
+                } else if status.is_redirection() {
+                    return Outcome::Dead(format!(
+                        "{answer} (redirects are not followed; point url at the final address)"
+                    ));
+                } else {
+                    return Outcome::Dead(answer);
+                }
+            }
+            Err(e) => (backoff(tries), describe(&e)),
+        };
+        if started.elapsed() + wait > shared.spec.max_retry_duration {
+            return Outcome::Dead(format!(
+                "gave up after {} tries over {:?} (max_retry_duration); last: {why}",
+                tries + 1,
+                started.elapsed()
+            ));
+        }
+        if tries == 0 || tries % 10 == 0 {
+            info!(id = %id, error = %why, retry_in_ms = wait.as_millis() as u64, tries = tries + 1, "Delivery failed; retrying.");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.abandon.cancelled() => return Outcome::Abandoned,
+        }
+        tries += 1;
+    }
+}
+
+/// Full jitter between tries.
+fn backoff(tries: u32) -> Duration {
+    full_jitter(tries, BACKOFF_BASE, BACKOFF_CAP)
+}

@@ -1,0 +1,299 @@
+//! Signatures of the HTTPS sink's POSTs, computed over the exact body bytes.
+//!
+//! * `standard-webhooks`: `webhook-id`, `webhook-timestamp`, and
+//!   `webhook-signature: v1,<base64 HMAC-SHA256(key, id.timestamp.body)>` for a
+//!   `whsec_` secret (key = base64 after the prefix), `v1a,<base64 Ed25519>`
+//!   for a `whsk_` key; several secrets give several space-separated signatures.
+//! * `rsa-sha256`: hex RSA PKCS#1 v1.5 signature of SHA-256(method + url + body).
+//! * `hmac-sha256`: hex or base64 HMAC-SHA256 of the body, with a prefix.
+//!
+//! ring does the cryptography; keys are parsed once, when the sink starts.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
+use ring::{hmac, signature::KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+
+/// How a sink signs.
+pub enum Signer {
+    /// Standard Webhooks, one entry per secret (rotation).
+    StandardWebhooks(Vec<SwKey>),
+    /// RSA PKCS#1 v1.5 over SHA-256(method + url + body), hex, in `header`.
+    Rsa {
+        /// The private key.
+        key: Box<RsaKeyPair>,
+        /// `POST` + the sink's URL exactly as configured.
+        prefix: Vec<u8>,
+        /// Header name.
+        header: String,
+    },
+    /// HMAC-SHA256 of the body, in `header`, one value per secret.
+    Hmac {
+        /// Keys, in rotation order.
+        keys: Vec<hmac::Key>,
+        /// Header name.
+        header: String,
+        /// Written before the signature, e.g. `sha256=`.
+        prefix: String,
+        /// Base64 instead of hex.
+        base64: bool,
+    },
+}
+
+/// A Standard Webhooks key.
+pub enum SwKey {
+    /// `whsec_…`: symmetric.
+    Hmac(hmac::Key),
+    /// `whsk_…`: Ed25519.
+    Ed25519(Box<Ed25519KeyPair>),
+}
+
+impl Signer {
+    /// A Standard Webhooks signer from `whsec_` / `whsk_` secrets.
+    pub fn standard_webhooks(secrets: &[String]) -> Result<Self, String> {
+        let keys = secrets
+            .iter()
+            .map(|s| {
+                if let Some(b64) = s.strip_prefix("whsec_") {
+                    let key = BASE64.decode(b64.trim()).map_err(|e| {
+                        format!("a whsec_ secret is not base64 after the prefix ({e})")
+                    })?;
+                    Ok(SwKey::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &key)))
+                } else if let Some(b64) = s.strip_prefix("whsk_") {
+                    let key = BASE64
+                        .decode(b64.trim())
+                        .map_err(|e| format!("a whsk_ key is not base64 after the prefix ({e})"))?;
+                    // The 32-byte seed, or seed + public key (64 bytes).
+                    let seed = key.get(..32).filter(|_| key.len() == 32 || key.len() == 64);
+                    let pair = seed
+                        .and_then(|seed| Ed25519KeyPair::from_seed_unchecked(seed).ok())
+                        .ok_or(
+                            "a whsk_ key must hold a 32-byte Ed25519 seed (or seed + public key)",
+                        )?;
+                    Ok(SwKey::Ed25519(Box::new(pair)))
+                } else {
+                    Err(
+                        "a Standard Webhooks secret starts with whsec_ (or whsk_ for Ed25519)"
+                            .to_string(),
+                    )
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Signer::StandardWebhooks(keys))
+    }
+
+    /// An RSA signer from a PEM private key (PKCS#8 or PKCS#1).
+    pub fn rsa(pem: &[u8], url: &str, header: &str) -> Result<Self, String> {
+        let der = PrivateKeyDer::from_pem_slice(pem)
+            .map_err(|e| format!("not a PEM private key ({e})"))?;
+        let key = match &der {
+            PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+            _ => return Err("not an RSA key (PKCS#8 or PKCS#1 expected)".into()),
+        }
+        .map_err(|e| format!("not a usable RSA key ({e})"))?;
+        let mut prefix = b"POST".to_vec();
+        prefix.extend_from_slice(url.as_bytes());
+        Ok(Signer::Rsa {
+            key: Box::new(key),
+            prefix,
+            header: header.to_string(),
+        })
+    }
+
+    /// An HMAC signer of the body.
+    pub fn hmac(secrets: &[String], header: &str, prefix: &str, base64: bool) -> Self {
+        Signer::Hmac {
+            keys: secrets
+                .iter()
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
+                .collect(),
+            header: header.to_string(),
+            prefix: prefix.to_string(),
+            base64,
+        }
+    }
+
+    /// The headers that sign `body` for the delivery `id` at `timestamp` (Unix seconds).
+    pub fn headers(&self, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
+        match self {
+            Signer::StandardWebhooks(keys) => {
+                let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+                signed.extend_from_slice(id.as_bytes());
+                signed.push(b'.');
+                signed.extend_from_slice(timestamp.to_string().as_bytes());
+                signed.push(b'.');
+                signed.extend_from_slice(body);
+                let signatures: Vec<String> = keys
+                    .iter()
+                    .map(|k| match k {
+                        SwKey::Hmac(key) => {
+                            format!("v1,{}", BASE64.encode(hmac::sign(key, &signed)))
+                        }
+                        SwKey::Ed25519(pair) => {
+                            format!("v1a,{}", BASE64.encode(pair.sign(&signed)))
+                        }
+                    })
+                    .collect();
+                vec![
+                    ("webhook-id".into(), id.to_string()),
+                    ("webhook-timestamp".into(), timestamp.to_string()),
+                    ("webhook-signature".into(), signatures.join(" ")),
+                ]
+            }
+            Signer::Rsa {
+                key,
+                prefix,
+                header,
+            } => {
+                let mut message = prefix.clone();
+                message.extend_from_slice(body);
+                let mut signature = vec![0; key.public().modulus_len()];
+                key.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    &message,
+                    &mut signature,
+                )
+                .expect("an RSA key ring accepted signs any message");
+                vec![
+                    (header.clone(), hex(&signature)),
+                    ("webhook-id".into(), id.to_string()),
+                ]
+            }
+            Signer::Hmac {
+                keys,
+                header,
+                prefix,
+                base64,
+            } => {
+                let mut out: Vec<(String, String)> = keys
+                    .iter()
+                    .map(|key| {
+                        let tag = hmac::sign(key, body);
+                        let text = if *base64 {
+                            BASE64.encode(tag)
+                        } else {
+                            hex(tag.as_ref())
+                        };
+                        (header.clone(), format!("{prefix}{text}"))
+                    })
+                    .collect();
+                out.push(("webhook-id".into(), id.to_string()));
+                out
+            }
+        }
+    }
+
+    /// The Ed25519 public keys, base64 (for receivers of `whsk_` signatures).
+    pub fn public_keys(&self) -> Vec<String> {
+        match self {
+            Signer::StandardWebhooks(keys) => keys
+                .iter()
+                .filter_map(|k| match k {
+                    SwKey::Ed25519(pair) => Some(BASE64.encode(pair.public_key().as_ref())),
+                    SwKey::Hmac(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/signatures.json"
+        );
+        serde_json::from_str(
+            &std::fs::read_to_string(path).expect("../shared/fixtures/signatures.json"),
+        )
+        .unwrap()
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+        &headers.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn the_published_standard_webhooks_vector() {
+        let f = &fixtures()["standard_webhooks"];
+        let signer =
+            Signer::standard_webhooks(&[f["secret"].as_str().unwrap().to_string()]).unwrap();
+        let ts: i64 = f["webhook-timestamp"].as_str().unwrap().parse().unwrap();
+        let headers = signer.headers(
+            f["webhook-id"].as_str().unwrap(),
+            ts,
+            f["body"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(
+            header(&headers, "webhook-signature"),
+            f["webhook-signature"].as_str().unwrap()
+        );
+        assert_eq!(
+            header(&headers, "webhook-id"),
+            f["webhook-id"].as_str().unwrap()
+        );
+        assert_eq!(
+            header(&headers, "webhook-timestamp"),
+            f["webhook-timestamp"].as_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_published_github_vector_and_rotation() {
+        let f = &fixtures()["github"];
+        let signer = Signer::hmac(
+            &[f["secret"].as_str().unwrap().to_string(), "old".into()],
+            "X-Hub-Signature-256",
+            "sha256=",
+            false,
+        );
+        let headers = signer.headers("id", 0, f["body"].as_str().unwrap().as_bytes());
+        assert_eq!(headers[0].1, f["X-Hub-Signature-256"].as_str().unwrap());
+        assert_eq!(
+            headers
+                .iter()
+                .filter(|(n, _)| n == "X-Hub-Signature-256")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_with_the_public_key() {
+        let seed = [7u8; 32];
+        let signer = Signer::standard_webhooks(&[
+            format!("whsk_{}", BASE64.encode(seed)),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        ])
+        .unwrap();
+        let headers = signer.headers("msg_1", 1_700_000_000, b"{}");
+        let signatures: Vec<&str> = header(&headers, "webhook-signature").split(' ').collect();
+        assert!(signatures[0].starts_with("v1a,") && signatures[1].starts_with("v1,"));
+        let public = BASE64.decode(&signer.public_keys()[0]).unwrap();
+        let sig = BASE64.decode(&signatures[0][4..]).unwrap();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+            .verify(b"msg_1.1700000000.{}", &sig)
+            .unwrap();
+        assert!(Signer::standard_webhooks(&["plain".into()]).is_err());
+        assert!(Signer::standard_webhooks(&["whsk_AAAA".into()]).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+"""A receiver for the HTTPS sink's POSTs that verifies every signature with
+libraries we did not write: the Standard Webhooks reference library
+(`standardwebhooks`), `cryptography` (RSA PKCS#1 v1.5 SHA-256), Python's
+`hmac`. Appends one JSON line per request to OUT:
+
+  {"id": webhook-id, "verified": bool, "status": answered, "body": text}
+
+Answers from CONTROL (a JSON file, re-read on every request):
+  {"answers": [500, 429, ...]}   statuses for the next requests, in order
+  {"retry_after": 1}             Retry-After on 429/503 answers
+  {"reset": n}                   close the next n connections without answering
+  {"slow_ms": 0}                 wait before answering
+Consumed answers are counted in CONTROL + ".used"; writing new content
+to CONTROL starts the lists afresh.
+
+Usage: receiver.py PORT OUT CONTROL SCHEME KEY [URL]
+  SCHEME standard-webhooks: KEY = the whsec_ secret
+  SCHEME rsa-sha256: KEY = path of the public key PEM; URL = the sink's url
+  SCHEME hmac-sha256: KEY = the secret (header X-Signature, prefix sha256=, hex)
+       receiver.py --gen-rsa PRIVATE_PEM PUBLIC_PEM   writes a 2048-bit key pair
+"""
+import hashlib
+import hmac
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if sys.argv[1] == "--gen-rsa":
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with open(sys.argv[2], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with open(sys.argv[3], "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    sys.exit(0)
+
+port, out_path, control_path, scheme, key = sys.argv[1:6]
+url = sys.argv[6] if len(sys.argv) > 6 else ""
+lock = threading.Lock()
+used = {"answers": 0, "reset": 0}
+
+if scheme == "standard-webhooks":
+    from standardwebhooks.webhooks import Webhook
+
+    webhook = Webhook(key)
+
+    def verify(headers, body):
+        webhook.verify(body, headers)
+
+elif scheme == "rsa-sha256":
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    with open(key, "rb") as f:
+        public = serialization.load_pem_public_key(f.read())
+
+    def verify(headers, body):
+        signature = bytes.fromhex(headers["x-tributary-signature"])
+        public.verify(signature, b"POST" + url.encode() + body, padding.PKCS1v15(), hashes.SHA256())
+
+else:
+
+    def verify(headers, body):
+        expected = "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, headers["x-signature"]):
+            raise ValueError("bad signature")
+
+
+seen_control = {"text": None}
+
+
+def control():
+    """The control file; a new content starts its answer lists afresh."""
+    try:
+        with open(control_path) as f:
+            text = f.read()
+        value = json.loads(text)
+    except (OSError, ValueError):
+        return {}
+    with lock:
+        if text != seen_control["text"]:
+            seen_control["text"] = text
+            used["answers"] = used["reset"] = 0
+    return value
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        c = control()
+        with lock:
+            reset = used["reset"] < c.get("reset", 0)
+            if reset:
+                used["reset"] += 1
+            answers = c.get("answers", [])
+            status = 200
+            if not reset and used["answers"] < len(answers):
+                status = answers[used["answers"]]
+                used["answers"] += 1
+            with open(control_path + ".used", "w") as f:
+                json.dump(used, f)
+        if reset:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if c.get("slow_ms"):
+            time.sleep(c["slow_ms"] / 1000)
+        try:
+            verify({k.lower(): v for k, v in self.headers.items()}, body)
+            verified = True
+        except Exception:
+            verified = False
+        line = json.dumps({
+            "id": self.headers.get("webhook-id"),
+            "verified": verified,
+            "status": status,
+            "body": body.decode("utf-8", "replace"),
+        })
+        with lock:
+            with open(out_path, "a") as f:
+                f.write(line + "\n")
+        self.send_response(status)
+        if status in (429, 503) and c.get("retry_after") is not None:
+            self.send_header("Retry-After", str(c["retry_after"]))
+        answer = b'{"ok": true}' if status < 300 else b'{"error": "injected"}'
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+server.daemon_threads = True
+server.serve_forever()
