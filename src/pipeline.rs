@@ -60,6 +60,16 @@ pub enum RunError {
         #[source]
         source: PollError,
     },
+    /// A sink cannot start as configured (e.g. its signing secret is not set).
+    #[error("sink {sink} of pipeline {pipeline}: {problem}")]
+    Sink {
+        /// Pipeline name.
+        pipeline: String,
+        /// Sink name.
+        sink: String,
+        /// What is wrong and the fix.
+        problem: String,
+    },
     /// `tributary poll` named a pipeline that does not poll.
     #[error("{0}")]
     NotPolled(String),
@@ -152,7 +162,15 @@ pub fn build(
             },
             SinkSpec::Delta(d) => Target::Delta(d.clone()),
             SinkSpec::Https(h) => {
+                let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|problem| {
+                    RunError::Sink {
+                        pipeline: spec.name.clone(),
+                        sink: h.name.clone(),
+                        problem,
+                    }
+                })?;
                 runners.push(SinkTask::Https(HttpsRunner {
+                    signer: Arc::new(signer),
                     pipeline: spec.name.clone(),
                     spec: h.clone(),
                     log: log.clone(),

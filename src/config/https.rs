@@ -14,6 +14,15 @@ pub const DEFAULT_CONCURRENCY: u64 = 32;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default `max_retry_duration`.
 pub const DEFAULT_MAX_RETRY: Duration = Duration::from_secs(24 * 3600);
+/// Headers tributary sets on every POST; a signature header may not be one.
+const RESERVED: [&str; 6] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+];
 /// Default signature header of `rsa-sha256` and `hmac-sha256`.
 pub const DEFAULT_HEADER: &str = "X-Tributary-Signature";
 
@@ -157,6 +166,21 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
             format!("\"{header}\" is not a header name"),
             "use e.g. \"X-Signature\"",
         );
+    } else if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&header)) {
+        e.push(
+            at("header"),
+            format!("\"{header}\" is a header tributary sets itself"),
+            "use e.g. \"X-Signature\"",
+        );
+    }
+    if let Some(prefix) = &raw.prefix {
+        if reqwest::header::HeaderValue::from_str(prefix).is_err() {
+            e.push(
+                at("prefix"),
+                format!("\"{prefix}\" cannot start a header value"),
+                "use printable ASCII such as \"sha256=\"",
+            );
+        }
     }
     match scheme {
         "standard-webhooks" => {
@@ -216,8 +240,13 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
                     false
                 }
             };
+            let secret_envs = secrets(e)?;
+            if secret_envs.len() > 1 {
+                // Receivers of one signature header reject a repeated or joined one.
+                e.push(at("secret_env"), "hmac-sha256 signs with one secret", "name one env var; for rotation without downtime use scheme = \"standard-webhooks\", which sends one signature per secret");
+            }
             Some(SigningSpec::Hmac {
-                secret_envs: secrets(e)?,
+                secret_envs,
                 header,
                 prefix: raw.prefix.clone().unwrap_or_default(),
                 base64,

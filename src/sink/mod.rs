@@ -33,9 +33,15 @@ pub enum SinkError {
     /// Writing to the Delta table failed.
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
-    /// The sink cannot work as configured (a missing secret, a bad key, a 410 from its receiver).
+    /// The sink cannot work as configured (its client cannot be built).
     #[error("{0}")]
     Setup(String),
+    /// The receiver asked not to be called again (an HTTPS sink's 410 Gone).
+    #[error("{0}")]
+    Disabled(String),
+    /// A task of the sink failed unexpectedly (a bug).
+    #[error("{0}")]
+    Internal(String),
     /// Shutdown's grace period ended while a flush was still retrying.
     #[error("gave up retrying at shutdown; the events stay in the log for the next start")]
     Abandoned,
@@ -51,6 +57,8 @@ impl Classify for SinkError {
             | SinkError::Ledger(_)
             | SinkError::Abandoned => ErrorKind::Internal,
             SinkError::Setup(_) => ErrorKind::Config,
+            SinkError::Disabled(_) => ErrorKind::Permanent,
+            SinkError::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -36,13 +36,17 @@ async fn all_delivered(project: &Project, receiver: &Receiver, ids: &HashSet<Str
 async fn every_event_arrives_signed_as_the_standard_webhooks_library_verifies() {
     let project = Project::new();
     let receiver = Receiver::start(project.path(), "standard-webhooks", SECRET).await;
+    // Two secrets (a rotation): a signature each; the receiver knows the first.
     pipeline(
         &project,
         &receiver.url,
-        "{ secret_env = \"SIGNING_SECRET\" }",
+        "{ secret_env = [\"SIGNING_SECRET\", \"NEXT_SECRET\"] }",
         "",
     );
-    let _server = project.start_with_env(&[("SIGNING_SECRET", SECRET)]).await;
+    let next = "whsec_dGhlIG5leHQgc2VjcmV0IGZvciByb3RhdGlvbg==";
+    let _server = project
+        .start_with_env(&[("SIGNING_SECRET", SECRET), ("NEXT_SECRET", next)])
+        .await;
     let acked = post_customers(&project, 1, 20, 10).await;
     all_delivered(&project, &receiver, &acked).await;
     let deliveries = receiver.deliveries();
@@ -163,8 +167,8 @@ async fn faults_are_retried_a_400_is_a_dead_letter_and_a_410_stops_the_sink() {
     // 410 Gone: the sink stops loudly; the table sink carries on.
     receiver.control(serde_json::json!({"answers": [410]}));
     post_customers(&project, 100, 1, 1).await;
-    eventually(&project, "the 410 in the log", || {
-        project.log().contains("410 Gone")
+    eventually(&project, "the sink stopping on the 410", || {
+        project.log().contains("410 Gone; this sink stops")
     })
     .await;
     let more = post_customers(&project, 200, 3, 1).await;
@@ -173,6 +177,17 @@ async fn faults_are_retried_a_400_is_a_dead_letter_and_a_410_stops_the_sink() {
         more.is_subset(&rows)
     })
     .await;
+    let after: HashSet<String> = receiver
+        .deliveries()
+        .into_iter()
+        .filter_map(|d| d.id)
+        .collect();
+    assert!(more.is_disjoint(&after), "nothing is sent after the 410");
+    assert_eq!(
+        parquet_files(&dead_dir).len(),
+        1,
+        "the 410 is not a dead letter"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,4 +227,94 @@ async fn kill_9_mid_delivery_redelivers_every_event_with_its_id() {
         acked.len(),
         ids.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_delivers_one_at_a_time_in_log_order() {
+    let project = Project::new();
+    let receiver = Receiver::start(project.path(), "standard-webhooks", SECRET).await;
+    receiver.control(serde_json::json!({"answers": [200, 200, 500, 503], "retry_after": 0}));
+    pipeline(
+        &project,
+        &receiver.url,
+        "{ secret_env = \"SIGNING_SECRET\" }",
+        "ordered = true",
+    );
+    let _server = project.start_with_env(&[("SIGNING_SECRET", SECRET)]).await;
+    let client = reqwest::Client::new();
+    let mut order = Vec::new();
+    for i in 0..30 {
+        let response = client
+            .post(project.url("/hooks/shopify/customers"))
+            .json(&shopify_customer(i))
+            .send()
+            .await
+            .unwrap();
+        order.extend(accepted_ids(&response.json().await.unwrap()));
+    }
+    let acked: HashSet<String> = order.iter().cloned().collect();
+    all_delivered(&project, &receiver, &acked).await;
+    let delivered: Vec<String> = receiver
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.status == 200)
+        .filter_map(|d| d.id)
+        .collect();
+    assert_eq!(
+        delivered, order,
+        "each event once, in the order the log holds them"
+    );
+    let third: Vec<u16> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.id.as_deref() == Some(order[2].as_str()))
+        .map(|d| d.status)
+        .collect();
+    assert_eq!(
+        third,
+        vec![500, 503, 200],
+        "the failing event held back the ones after it"
+    );
+}
+
+#[test]
+fn a_missing_signing_secret_stops_start_up_with_its_name() {
+    let project = Project::new();
+    pipeline(
+        &project,
+        "http://127.0.0.1:9/hook",
+        "{ secret_env = \"SIGNING_SECRET\" }",
+        "",
+    );
+    let out = project.command(&["run"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "sink https of pipeline shopify_customers: env var SIGNING_SECRET is not set"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn https_config_errors_name_key_and_fix() {
+    let project = Project::new();
+    project.shopify_pipeline_with(
+        "",
+        "",
+        "type = \"https\"\nurl = \"http://example.com/hook\"\n\n[[sink]]\ntype = \"https\"\nname = \"second\"\nurl = \"https://example.com/hook\"\nsigning = { scheme = \"hmac-sha256\", secret_env = [\"A\", \"B\"], header = \"webhook-id\" }\n\n[[sink]]\ntype = \"https\"\nname = \"third\"\nurl = \"https://example.com/hook\"\nsigning = { scheme = \"rsa-sha256\" }",
+    );
+    let out = project.command(&["check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "sink[0].url: \"http://example.com/hook\" is not https; use https://, or set allow_http = true",
+        "sink[0].signing: missing",
+        "sink[1].signing.header: \"webhook-id\" is a header tributary sets itself",
+        "sink[1].signing.secret_env: hmac-sha256 signs with one secret",
+        "sink[2].signing.key_env: set exactly one of key_env and key_file",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
 }

@@ -37,6 +37,11 @@ const READ_CHUNK: usize = 1024;
 /// Backoff of a failing delivery: first step and ceiling.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(600);
+/// The shortest wait between tries, whatever `Retry-After` says.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+/// Most events read past the committed offset: a head event retrying for
+/// hours must not let the rest of the log pile up in memory.
+const MAX_AHEAD: u64 = 65_536;
 /// The committed offset is written at most this often while deliveries flow.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
@@ -62,11 +67,13 @@ pub struct HttpsRunner {
     pub dead_letters: Storage,
     /// Cancelled when shutdown's grace period is over.
     pub abandon: CancellationToken,
+    /// Signs each POST; built (secrets and keys read) before the pipeline starts.
+    pub signer: Arc<Signer>,
 }
 
 struct Shared {
     client: reqwest::Client,
-    signer: Signer,
+    signer: Arc<Signer>,
     url: String,
     spec: HttpsSinkSpec,
     abandon: CancellationToken,
@@ -77,7 +84,6 @@ impl HttpsRunner {
     pub async fn run(self) -> Result<(), SinkError> {
         let name = self.spec.name.clone();
         let setup = |why: String| SinkError::Setup(format!("HTTPS sink {name}: {why}"));
-        let signer = signer(&self.spec.signing, &self.spec.url).map_err(setup)?;
         let mut builder = reqwest::Client::builder()
             .timeout(self.spec.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -95,7 +101,7 @@ impl HttpsRunner {
         let client = builder.build().map_err(|e| setup(e.to_string()))?;
         let shared = Arc::new(Shared {
             client,
-            signer,
+            signer: self.signer.clone(),
             url: self.spec.url.clone(),
             spec: self.spec.clone(),
             abandon: self.abandon.clone(),
@@ -114,6 +120,11 @@ impl HttpsRunner {
         let mut open = true;
         let mut last_commit = Instant::now();
         loop {
+            if self.abandon.is_cancelled() {
+                // Shutdown's grace period is over: start nothing new.
+                self.commit(committed).await?;
+                return Err(SinkError::Abandoned);
+            }
             while flying.len() < limit {
                 let Some((offset, event)) = pending.pop_front() else {
                     break;
@@ -128,7 +139,7 @@ impl HttpsRunner {
                 break;
             }
             tokio::select! {
-                more = reader.wait(), if open && pending.len() < READ_CHUNK => {
+                more = reader.wait(), if open && pending.len() < READ_CHUNK && reader.position() - committed < MAX_AHEAD => {
                     if !more {
                         open = false;
                         continue;
@@ -145,7 +156,7 @@ impl HttpsRunner {
                     }
                 }
                 Some(joined) = flying.join_next(), if !flying.is_empty() => {
-                    let (offset, event, outcome) = joined.map_err(|e| SinkError::Setup(format!("a delivery task failed: {e}")))?;
+                    let (offset, event, outcome) = joined.map_err(|e| SinkError::Internal(format!("a delivery task failed: {e}")))?;
                     match outcome {
                         Outcome::Delivered => {}
                         Outcome::Dead(reason) => {
@@ -155,7 +166,7 @@ impl HttpsRunner {
                         Outcome::Gone(why) => {
                             error!(pipeline = %self.pipeline, sink = %name, url = %self.spec.url, answer = %why, "The receiver answered 410 Gone; this sink stops. Events stay in the log; fix the receiver and restart.");
                             self.commit(committed).await?;
-                            return Err(SinkError::Setup(format!("HTTPS sink {name}: the receiver answered 410 Gone ({why})")));
+                            return Err(SinkError::Disabled(format!("HTTPS sink {name}: the receiver answered 410 Gone ({why})")));
                         }
                         Outcome::Abandoned => {
                             self.commit(committed).await?;
@@ -224,8 +235,10 @@ impl HttpsRunner {
     }
 }
 
-/// The signer the spec asks for, secrets read from the environment now.
-fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
+/// The signer the spec asks for, secrets read from the environment now: a
+/// missing or unusable secret stops start-up rather than a sink that would
+/// hold the log back silently.
+pub fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
     let env = |name: &String| {
         std::env::var(name)
             .map_err(|_| format!("env var {name} is not set; export the signing secret"))
@@ -278,8 +291,7 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                 if status.is_success() {
                     return Outcome::Delivered;
                 }
-                let body = response.bytes().await.unwrap_or_default();
-                let answer = format!("{status}: {}", excerpt(&body));
+                let answer = format!("{status}: {}", excerpt(&start_of(response).await));
                 if status == StatusCode::GONE {
                     return Outcome::Gone(answer);
                 }
@@ -287,7 +299,9 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                     || status == StatusCode::TOO_MANY_REQUESTS
                     || status.is_server_error()
                 {
-                    (retry_after.unwrap_or_else(|| backoff(tries)), answer)
+                    // Retry-After: 0 (or a past date) must not make a hot loop.
+                    let wait = retry_after.map_or_else(|| backoff(tries), |w| w.max(MIN_WAIT));
+                    (wait, answer)
                 } else if status.is_redirection() {
                     return Outcome::Dead(format!(
                         "{answer} (redirects are not followed; point url at the final address)"
@@ -298,7 +312,13 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             }
             Err(e) => (backoff(tries), describe(&e)),
         };
-        if started.elapsed() + wait > shared.spec.max_retry_duration {
+        // The last try happens at the deadline, not before a wait past it.
+        let left = shared
+            .spec
+            .max_retry_duration
+            .saturating_sub(started.elapsed());
+        let wait = wait.min(left);
+        if left.is_zero() {
             return Outcome::Dead(format!(
                 "gave up after {} tries over {:?} (max_retry_duration); last: {why}",
                 tries + 1,
@@ -319,4 +339,16 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
 /// Full jitter between tries.
 fn backoff(tries: u32) -> Duration {
     full_jitter(tries, BACKOFF_BASE, BACKOFF_CAP)
+}
+
+/// At most the first 300 bytes of an answer's body, for the dead letter's reason.
+async fn start_of(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < 300 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(300 - body.len())]),
+            _ => break,
+        }
+    }
+    body
 }
