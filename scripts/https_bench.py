@@ -57,6 +57,7 @@ try:
         body = b"\n".join(lines[i : i + 1000])
         request = urllib.request.Request(f"http://127.0.0.1:{port}/in", data=body, headers={"Content-Type": "application/x-ndjson"})
         urllib.request.urlopen(request).read()
+    posted = time.perf_counter() - start
     ledger = f"{work}/data/forward/sinks/https.json"
     while True:
         try:
@@ -66,7 +67,7 @@ try:
             pass
         time.sleep(0.01)
     seconds = time.perf_counter() - start
-    print(json.dumps({"events": len(lines), "seconds": round(seconds, 2), "posts_per_sec": int(len(lines) / seconds)}))
+    print(json.dumps({"events": len(lines), "seconds": round(seconds, 2), "ingest_seconds": round(posted, 2), "posts_per_sec": int(len(lines) / seconds)}))
 finally:
     server.terminate()
     server.wait()

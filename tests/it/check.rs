@@ -101,7 +101,7 @@ type = "https"
         "pipelines/c_delta.toml: sink[0].checkpoint_interval: must be at least 1",
         "pipelines/c_delta.toml: sink[0].schema_evolution: unknown value \"sometimes\"; use \"add_columns\"",
         "pipelines/c_delta.toml: sink[0].vacuum_retention: is below 1h",
-        "pipelines/c_delta.toml: sink[1].type: sink type \"https\" is not available in this build yet",
+        "pipelines/c_delta.toml: sink[1].url: missing; add url = \"https://",
         "schemas/broken.json: properties.a.type: unknown type \"strin\"",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");

@@ -74,7 +74,7 @@ pub struct HttpsRunner {
 struct Shared {
     client: reqwest::Client,
     signer: Arc<Signer>,
-    url: String,
+    url: reqwest::Url,
     spec: HttpsSinkSpec,
     abandon: CancellationToken,
 }
@@ -87,6 +87,10 @@ impl HttpsRunner {
         let mut builder = reqwest::Client::builder()
             .timeout(self.spec.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // This sink retries by its own rules; no proxy unless configured
+            // (both spare per-request work).
+            .retry(reqwest::retry::never())
+            .no_proxy()
             .pool_max_idle_per_host(self.spec.concurrency)
             .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &self.spec.ca_file {
@@ -102,7 +106,7 @@ impl HttpsRunner {
         let shared = Arc::new(Shared {
             client,
             signer: self.signer.clone(),
-            url: self.spec.url.clone(),
+            url: reqwest::Url::parse(&self.spec.url).map_err(|e| setup(format!("url: {e}")))?,
             spec: self.spec.clone(),
             abandon: self.abandon.clone(),
         });
@@ -252,12 +256,12 @@ pub fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
             header,
             prefix,
             base64,
-        } => Ok(Signer::hmac(
+        } => Signer::hmac(
             &secret_envs.iter().map(env).collect::<Result<Vec<_>, _>>()?,
             header,
             prefix,
             *base64,
-        )),
+        ),
         SigningSpec::Rsa { key, header } => {
             let pem = match key {
                 KeySource::Env(name) => env(name)?.into_bytes(),
@@ -278,7 +282,7 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
         let timestamp = chrono::Utc::now().timestamp();
         let mut request = shared
             .client
-            .post(&shared.url)
+            .post(shared.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(Bytes::clone(&event.payload));
         for (name, value) in shared.signer.headers(&id, timestamp, &event.payload) {
