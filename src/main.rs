@@ -45,6 +45,15 @@ fn main() -> ExitCode {
                             }
                         }
                     }
+                    for sink in &p.sinks {
+                        if let tributary::config::SinkSpec::Https(h) = sink {
+                            for env in h.signing.secret_envs() {
+                                if std::env::var_os(env).is_none() {
+                                    println!("    note: env var {env} is not set; `tributary run` will not start sink {} without it", h.name);
+                                }
+                            }
+                        }
+                    }
                 }
                 ExitCode::SUCCESS
             }

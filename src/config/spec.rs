@@ -317,6 +317,23 @@ pub struct HttpsSinkSpec {
     pub ordered: bool,
 }
 
+impl SigningSpec {
+    /// The env vars this signing reads its secrets or key from.
+    pub fn secret_envs(&self) -> Vec<&str> {
+        match self {
+            SigningSpec::StandardWebhooks { secret_envs }
+            | SigningSpec::Hmac { secret_envs, .. } => {
+                secret_envs.iter().map(String::as_str).collect()
+            }
+            SigningSpec::Rsa {
+                key: KeySource::Env(name),
+                ..
+            } => vec![name.as_str()],
+            SigningSpec::Rsa { .. } => vec![],
+        }
+    }
+}
+
 /// How an HTTPS sink signs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SigningSpec {
