@@ -38,6 +38,13 @@ fn main() -> ExitCode {
                         p.file.display(),
                         p.sinks.len()
                     );
+                    if let tributary::config::SourceSpec::Webhook(w) = &p.source {
+                        for env in w.verify.iter().flat_map(|v| &v.secret_envs) {
+                            if std::env::var_os(env).is_none() {
+                                println!("    note: env var {env} is not set; `tributary run` will not start without it");
+                            }
+                        }
+                    }
                     if let tributary::config::SourceSpec::Poll(poll) = &p.source {
                         for env in poll.secret_envs() {
                             if std::env::var_os(env).is_none() {

@@ -18,6 +18,7 @@ use crate::sink::runner::{Runner, Target};
 use crate::sink::{parquet, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::{PollError, Poller};
+use crate::source::webhook::verify::Verifier;
 use crate::source::webhook::Route;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
@@ -59,6 +60,14 @@ pub enum RunError {
         /// What went wrong.
         #[source]
         source: PollError,
+    },
+    /// A source cannot start as configured (e.g. its verification secret is not set).
+    #[error("source of pipeline {pipeline}: {problem}")]
+    Source {
+        /// Pipeline name.
+        pipeline: String,
+        /// What is wrong and the fix.
+        problem: String,
     },
     /// A sink cannot start as configured (e.g. its signing secret is not set).
     #[error("sink {sink} of pipeline {pipeline}: {problem}")]
@@ -220,18 +229,28 @@ pub fn build(
         }));
     }
     let (route, poller) = match &spec.source {
-        SourceSpec::Webhook(w) => (
-            Some((
-                w.path.clone(),
-                Route {
+        SourceSpec::Webhook(w) => {
+            let verifier = match &w.verify {
+                None => None,
+                Some(v) => Some(Verifier::new(v).map_err(|problem| RunError::Source {
                     pipeline: spec.name.clone(),
-                    max_body: w.max_body,
-                    max_buffer: spec.buffer_max_bytes,
-                    appender,
-                },
-            )),
-            None,
-        ),
+                    problem,
+                })?),
+            };
+            (
+                Some((
+                    w.path.clone(),
+                    Route {
+                        pipeline: spec.name.clone(),
+                        max_body: w.max_body,
+                        max_buffer: spec.buffer_max_bytes,
+                        appender,
+                        verifier,
+                    },
+                )),
+                None,
+            )
+        }
         SourceSpec::Poll(p) => {
             let poller = Poller::new(spec, p, appender, &log, &dir, shutdown.stop.clone())
                 .map_err(|source| RunError::Poll {

@@ -1,10 +1,11 @@
-//! Validation of `[[sink]]` with `type = "https"`.
+//! Validation of `[[sink]]` with `type = "https"` and of a webhook's
+//! `verify` (both signature settings).
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawHttpsSink, RawSigning};
-use super::spec::{HttpsSinkSpec, KeySource, SigningSpec};
+use super::raw::{RawHttpsSink, RawSigning, RawVerify};
+use super::spec::{HttpsSinkSpec, KeySource, SigningSpec, VerifyScheme, VerifySpec};
 use super::units::parse_duration;
 use super::validate::{valid_name, Errors};
 
@@ -261,4 +262,100 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
             None
         }
     }
+}
+
+/// Default `verify.tolerance`.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Validates a webhook's `verify`.
+pub(super) fn verify(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> {
+    let start = e.list.len();
+    let scheme_name = raw.scheme.as_deref().unwrap_or("");
+    let generic = scheme_name == "hmac";
+    for (key, set) in [
+        ("header", raw.header.is_some()),
+        ("prefix", raw.prefix.is_some()),
+        ("encoding", raw.encoding.is_some()),
+    ] {
+        if set && !generic {
+            e.push(
+                format!("source.verify.{key}"),
+                format!("is used only by scheme = \"hmac\", not \"{scheme_name}\""),
+                "remove it: the provider's scheme fixes its header and encoding",
+            );
+        }
+    }
+    let scheme = match scheme_name {
+        "shopify" => Some(VerifyScheme::Shopify),
+        "github" => Some(VerifyScheme::Github),
+        "stripe" => Some(VerifyScheme::Stripe),
+        "slack" => Some(VerifyScheme::Slack),
+        "standard-webhooks" | "svix" => Some(VerifyScheme::StandardWebhooks),
+        "hubspot-v3" => Some(VerifyScheme::HubspotV3),
+        "hmac" => {
+            let header = raw.header.clone().unwrap_or_default();
+            if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                e.push(
+                    "source.verify.header",
+                    "missing or not a header name",
+                    "name the header that carries the signature, e.g. header = \"X-Signature\"",
+                );
+            }
+            let base64 = match raw.encoding.as_deref() {
+                None | Some("hex") => false,
+                Some("base64") => true,
+                Some(other) => {
+                    e.push(
+                        "source.verify.encoding",
+                        format!("unknown encoding \"{other}\""),
+                        "use \"hex\" or \"base64\"",
+                    );
+                    false
+                }
+            };
+            Some(VerifyScheme::Hmac {
+                header: header.to_ascii_lowercase(),
+                prefix: raw.prefix.clone().unwrap_or_default(),
+                base64,
+            })
+        }
+        "" => {
+            e.push("source.verify.scheme", "missing", "add scheme = \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
+            None
+        }
+        other => {
+            e.push("source.verify.scheme", format!("unknown scheme \"{other}\""), "use \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
+            None
+        }
+    };
+    let secret_envs = match &raw.secret_env {
+        Some(list) if !list.to_vec().is_empty() && list.to_vec().iter().all(|n| !n.is_empty()) => {
+            list.to_vec()
+        }
+        _ => {
+            e.push("source.verify.secret_env", "missing", "name the env var that holds the provider's webhook secret, e.g. secret_env = \"SHOPIFY_WEBHOOK_SECRET\"; several for rotation");
+            Vec::new()
+        }
+    };
+    let tolerance = match raw.tolerance.as_deref().map(parse_duration) {
+        None => DEFAULT_TOLERANCE,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            e.push(
+                "source.verify.tolerance",
+                "must be above zero",
+                "set e.g. \"5m\"",
+            );
+            DEFAULT_TOLERANCE
+        }
+        Some(Err(problem)) => {
+            e.push("source.verify.tolerance", problem, "");
+            DEFAULT_TOLERANCE
+        }
+    };
+    (e.list.len() == start).then_some(VerifySpec {
+        scheme: scheme?,
+        secret_envs,
+        tolerance,
+    })
 }

@@ -200,8 +200,26 @@ pub struct RawWebhook {
     pub path: Option<String>,
     /// Largest accepted request body, e.g. `"10MiB"`.
     pub max_body: Option<RawSize>,
-    /// Provider signature verification (not in this build; kept so the error is clear).
-    pub verify: Option<toml::Table>,
+    /// Provider signature verification.
+    pub verify: Option<RawVerify>,
+}
+
+/// `source.verify` of a webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// `shopify`, `github`, `stripe`, `slack`, `standard-webhooks`, `hubspot-v3` or `hmac`.
+    pub scheme: Option<String>,
+    /// Env var(s) of the secret(s); several for rotation.
+    pub secret_env: Option<OneOrMany>,
+    /// How far a signed timestamp may be from now, e.g. `"5m"`.
+    pub tolerance: Option<String>,
+    /// `hmac`: the signature header.
+    pub header: Option<String>,
+    /// `hmac`: text before the signature, e.g. `"sha256="`.
+    pub prefix: Option<String>,
+    /// `hmac`: `"hex"` (default) or `"base64"`.
+    pub encoding: Option<String>,
 }
 
 /// `[batch]`: a flush happens when any limit is reached.

@@ -263,6 +263,45 @@ pub struct WebhookSpec {
     pub path: String,
     /// Largest accepted body in bytes.
     pub max_body: u64,
+    /// Provider signature verification, if configured.
+    pub verify: Option<VerifySpec>,
+}
+
+/// `source.verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySpec {
+    /// The provider's scheme.
+    pub scheme: VerifyScheme,
+    /// Env vars of the secrets (rotation: any verifies).
+    pub secret_envs: Vec<String>,
+    /// How far a signed timestamp may be from now.
+    pub tolerance: Duration,
+}
+
+/// A provider's signature scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyScheme {
+    /// `X-Shopify-Hmac-Sha256`.
+    Shopify,
+    /// `X-Hub-Signature-256`.
+    Github,
+    /// `Stripe-Signature`.
+    Stripe,
+    /// `X-Slack-Signature` v0.
+    Slack,
+    /// `webhook-*` / `svix-*`.
+    StandardWebhooks,
+    /// `X-HubSpot-Signature-v3`.
+    HubspotV3,
+    /// A generic HMAC-SHA256 of the body.
+    Hmac {
+        /// Header name.
+        header: String,
+        /// Text before the signature.
+        prefix: String,
+        /// Base64 instead of hex.
+        base64: bool,
+    },
 }
 
 /// A sink.

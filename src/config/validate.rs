@@ -335,9 +335,7 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
         Some(RawSource::Poll(p)) => return super::poll::source(p, e),
         Some(RawSource::Webhook(w)) => w,
     };
-    if raw.verify.is_some() {
-        e.push("source.verify", "signature verification is not available in this build yet", "remove verify; until it lands, keep the webhook path secret and listen on a private address");
-    }
+    let verify = raw.verify.as_ref().and_then(|v| super::https::verify(v, e));
     let path = match raw.path.as_deref() {
         None => {
             e.push(
@@ -380,9 +378,13 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
             "set e.g. \"10MiB\"",
         );
     }
+    if raw.verify.is_some() && verify.is_none() {
+        return None;
+    }
     Some(SourceSpec::Webhook(WebhookSpec {
         path: path?,
         max_body,
+        verify,
     }))
 }
 

@@ -19,3 +19,5 @@ mod delta;
 mod poll;
 // The HTTPS sink: signatures verified by libraries we did not write, faults, 410, kill -9.
 mod https;
+// Inbound provider signatures: accepted, refused with a reason, only the accepted stored.
+mod verify;

@@ -3,10 +3,13 @@
 //! Answers (every error body is JSON `{"error": "…"}` a person can act on):
 //! `202 {"accepted": n, "ids": [...]}` once the events are fsynced; `400` for a
 //! body that is not JSON, JSON array or NDJSON; `405` for other methods; `413`
-//! over `max_body`; `503` + `Retry-After` when the pipeline's buffer is at its
-//! byte limit or cannot be written.
+//! over `max_body`; `401` when `verify` is set and the provider's signature is
+//! missing, wrong or stale (checked on the raw body before any parsing);
+//! `503` + `Retry-After` when the pipeline's buffer is at its byte limit or
+//! cannot be written.
 
 pub mod body;
+pub mod verify;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -34,6 +37,8 @@ pub struct Route {
     pub max_buffer: u64,
     /// The pipeline's log.
     pub appender: Appender,
+    /// Checks the provider's signature on the raw body, if configured.
+    pub verifier: Option<verify::Verifier>,
 }
 
 /// A JSON error answer.
@@ -93,6 +98,26 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
+    // What a signature may cover besides the body; kept before the body is read.
+    let signed_parts = route.verifier.as_ref().map(|_| {
+        let headers = request.headers().clone();
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("https")
+            .to_string();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        (headers, format!("{scheme}://{host}{path}"))
+    });
     let bytes = match axum::body::to_bytes(request.into_body(), route.max_body as usize).await {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
@@ -103,6 +128,22 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             )
         }
     };
+    if let (Some(verifier), Some((headers, url))) = (&route.verifier, &signed_parts) {
+        let signed = verify::Signed {
+            headers,
+            method: "POST",
+            url,
+            body: &bytes,
+            now: chrono::Utc::now().timestamp(),
+        };
+        if let Err(reason) = verifier.verify(&signed) {
+            debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("signature verification failed: {reason}"),
+            );
+        }
+    }
     let payloads = match body::split(&bytes, format) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
