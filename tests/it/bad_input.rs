@@ -61,6 +61,11 @@ async fn each_bad_request_gets_its_status_and_message() {
     let (status, _) = send(client.post(&hook).body(vec![b'"', 0xff, 0xfe, b'"'])).await;
     assert_eq!(status, 400, "invalid UTF-8");
 
+    let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+    let (status, message) = send(client.post(&hook).body(deep)).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("nests deeper than 128 levels"), "{message}");
+
     let (status, message) = send(client.post(project.url("/hooks/nope")).body("{}")).await;
     assert_eq!(status, 404);
     assert!(

@@ -14,6 +14,12 @@ pub enum BodyError {
     /// Not JSON.
     #[error("the request body is not valid JSON: {0}; send one JSON event, a JSON array of events, or NDJSON with Content-Type: application/x-ndjson")]
     Json(String),
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("the JSON nests deeper than {MAX_DEPTH} levels (at byte {at}); real events are far flatter, so this looks like an attack or a bug in the sender")]
+    TooDeep {
+        /// Byte offset where the limit was passed.
+        at: usize,
+    },
     /// One NDJSON line is not JSON.
     #[error(
         "line {line} of the NDJSON body is not valid JSON: {message}; send one JSON value per line"
@@ -62,6 +68,11 @@ pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .ok_or(BodyError::Empty)?;
+    // serde_json checks no depth when it only skips over values; everything
+    // after the log (schema inference, encoding) must never meet a 10k-deep value.
+    if let Some(at) = too_deep(body) {
+        return Err(BodyError::TooDeep { at });
+    }
     match format {
         Format::Ndjson => {
             let mut events = Vec::new();
@@ -95,6 +106,40 @@ pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
     }
 }
 
+/// Deepest accepted nesting of arrays and objects (an array of events counts one).
+pub const MAX_DEPTH: usize = 128;
+
+/// The offset where nesting passes [`MAX_DEPTH`], if it does. Brackets inside
+/// strings do not count; one pass over the bytes.
+fn too_deep(body: &[u8]) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            // NDJSON: each line starts afresh (a line never ends inside a value).
+            b'\n' => depth = 0,
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +168,20 @@ mod tests {
         assert!(split(&Bytes::from_static(b"[]"), Format::Json)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = |n: usize| Bytes::from(format!("{}{}", "[".repeat(n), "]".repeat(n)));
+        assert!(split(&deep(MAX_DEPTH), Format::Json).is_ok());
+        let e = split(&deep(100_000), Format::Json).unwrap_err();
+        assert_eq!(e, BodyError::TooDeep { at: MAX_DEPTH });
+        assert!(e.to_string().contains("deeper than 128 levels"), "{e}");
+        // Brackets in strings, escaped quotes included, do not count.
+        let text = format!("{{\"a\": \"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert!(split(&Bytes::from(text), Format::Json).is_ok());
+        let lines = format!("{}\n", "[[[[]]]]".repeat(1)).repeat(100);
+        assert!(split(&Bytes::from(lines), Format::Ndjson).is_ok());
     }
 
     #[test]
