@@ -64,7 +64,10 @@ async fn each_bad_request_gets_its_status_and_message() {
     let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
     let (status, message) = send(client.post(&hook).body(deep)).await;
     assert_eq!(status, 400);
-    assert!(message.contains("nests deeper than 128 levels"), "{message}");
+    assert!(
+        message.contains("nests deeper than 128 levels"),
+        "{message}"
+    );
 
     let (status, message) = send(client.post(project.url("/hooks/nope")).body("{}")).await;
     assert_eq!(status, 404);
