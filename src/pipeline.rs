@@ -246,6 +246,7 @@ pub fn build(
                         max_buffer: spec.buffer_max_bytes,
                         appender,
                         verifier,
+                        limiter: w.rate_limit.map(crate::source::webhook::RateLimiter::new),
                     },
                 )),
                 None,

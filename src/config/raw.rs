@@ -202,6 +202,8 @@ pub struct RawWebhook {
     pub max_body: Option<RawSize>,
     /// Provider signature verification.
     pub verify: Option<RawVerify>,
+    /// Most requests per second this path accepts (burst: one second's worth); more get 429.
+    pub rate_limit: Option<f64>,
 }
 
 /// `source.verify` of a webhook.

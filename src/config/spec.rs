@@ -265,6 +265,8 @@ pub struct WebhookSpec {
     pub max_body: u64,
     /// Provider signature verification, if configured.
     pub verify: Option<VerifySpec>,
+    /// Requests per second accepted (burst: one second's worth), if limited.
+    pub rate_limit: Option<f64>,
 }
 
 /// `source.verify`.

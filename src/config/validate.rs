@@ -378,6 +378,15 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
             "set e.g. \"10MiB\"",
         );
     }
+    if let Some(rate) = raw.rate_limit {
+        if !(rate.is_finite() && rate > 0.0) {
+            e.push(
+                "source.rate_limit",
+                format!("{rate} is not a rate"),
+                "set requests per second above zero, e.g. rate_limit = 100",
+            );
+        }
+    }
     if raw.verify.is_some() && verify.is_none() {
         return None;
     }
@@ -385,6 +394,7 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
         path: path?,
         max_body,
         verify,
+        rate_limit: raw.rate_limit,
     }))
 }
 

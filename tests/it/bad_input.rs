@@ -219,3 +219,39 @@ async fn a_chunked_body_over_max_body_gets_413_while_reading() {
     assert!(answer.contains("max_body"), "{answer}");
     server.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_rate_limit_get_429_with_retry_after() {
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"100ms\"", "rate_limit = 5");
+    let _server = project.start().await;
+    let client = reqwest::Client::new();
+    let hook = project.url("/hooks/shopify/customers");
+    let (mut accepted, mut limited) = (0, 0);
+    for id in 0..40 {
+        let response = client
+            .post(&hook)
+            .json(&shopify_customer(id))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(response.headers()["retry-after"], "1");
+                let (_, message) = answer(response).await;
+                assert!(
+                    message.contains("at most 5 requests per second"),
+                    "{message}"
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // A burst of 5 passes; 40 requests sent back to back cannot all fit.
+    assert!(
+        accepted >= 5 && limited >= 1,
+        "{accepted} accepted, {limited} limited"
+    );
+}

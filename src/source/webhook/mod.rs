@@ -3,7 +3,7 @@
 //! Answers (every error body is JSON `{"error": "…"}` a person can act on):
 //! `202 {"accepted": n, "ids": [...]}` once the events are fsynced; `400` for a
 //! body that is not JSON, JSON array or NDJSON; `405` for other methods; `413`
-//! over `max_body`; `401` when `verify` is set and the provider's signature is
+//! over `max_body`; `429` + `Retry-After` beyond `rate_limit`; `401` when `verify` is set and the provider's signature is
 //! missing, wrong or stale (checked on the raw body before any parsing);
 //! `503` + `Retry-After` when the pipeline's buffer is at its byte limit or
 //! cannot be written.
@@ -39,6 +39,40 @@ pub struct Route {
     pub appender: Appender,
     /// Checks the provider's signature on the raw body, if configured.
     pub verifier: Option<verify::Verifier>,
+    /// Requests beyond `source.rate_limit` get 429.
+    pub limiter: Option<RateLimiter>,
+}
+
+/// A token bucket: `rate` requests per second, bursts of up to one second's worth.
+pub struct RateLimiter {
+    rate: f64,
+    /// Tokens left and when they were counted; a std mutex, held for arithmetic only.
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// A full bucket of `rate` requests per second.
+    pub fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            bucket: std::sync::Mutex::new((rate.max(1.0), std::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how many seconds until one is there.
+    pub fn take(&self) -> Result<(), u64> {
+        let mut bucket = self.bucket.lock().expect("rate limiter lock");
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * self.rate;
+        bucket.0 = (bucket.0 + refill).min(self.rate.max(1.0));
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - bucket.0) / self.rate).ceil() as u64).max(1))
+        }
+    }
 }
 
 /// A JSON error answer.
@@ -69,6 +103,18 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
+    }
+    if let Some(limiter) = &route.limiter {
+        if let Err(wait) = limiter.take() {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("pipeline {} accepts at most {} requests per second on this path (source.rate_limit); retry after {wait} s", route.pipeline, limiter.rate),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
     }
     let too_large = || {
         error(
@@ -211,6 +257,19 @@ fn is_length_limit(e: &axum::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_says_when_to_retry() {
+        let limiter = RateLimiter::new(3.0);
+        for _ in 0..3 {
+            limiter.take().unwrap();
+        }
+        assert_eq!(limiter.take(), Err(1));
+        // A slow rate asks for a longer wait.
+        let slow = RateLimiter::new(0.1);
+        slow.take().unwrap();
+        assert_eq!(slow.take(), Err(10));
+    }
 
     #[test]
     fn the_accepted_body_is_json_with_every_id() {
