@@ -50,7 +50,7 @@ pub struct RawPipeline {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RawSource {
     /// Events POSTed to a path of the HTTP server.
-    Webhook(RawWebhook),
+    Webhook(Box<RawWebhook>),
     /// Cron-scheduled REST pulls.
     Poll(Box<RawPoll>),
 }
