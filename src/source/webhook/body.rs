@@ -112,6 +112,8 @@ pub const MAX_DEPTH: usize = 128;
 /// The offset where nesting passes [`MAX_DEPTH`], if it does. Brackets inside
 /// strings do not count; one pass over the bytes.
 fn too_deep(body: &[u8]) -> Option<usize> {
+    // Fast path: with no more openers than the limit, no nesting can pass it.
+    memchr::memchr2_iter(b'[', b'{', body).nth(MAX_DEPTH)?;
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, &b) in body.iter().enumerate() {
         if in_string {
