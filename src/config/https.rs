@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawHttpsSink, RawSigning, RawVerify};
 use super::spec::{HttpsSinkSpec, KeySource, SigningSpec, VerifyScheme, VerifySpec};
-use super::units::parse_duration;
-use super::validate::{valid_name, Errors};
+use super::validate::{positive_duration, valid_name, Errors};
 
 /// Default `concurrency`.
 pub const DEFAULT_CONCURRENCY: u64 = 32;
@@ -89,30 +88,18 @@ pub(super) fn sink(
             "use 1 to 1024 (default 32)",
         );
     }
-    let duration =
-        |text: Option<&str>, which: &str, default: Duration, e: &mut Errors<'_>| match text
-            .map(parse_duration)
-        {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                e.push(
-                    format!("{key}.{which}"),
-                    "must be above zero",
-                    "set e.g. \"15s\"",
-                );
-                default
-            }
-            Some(Err(problem)) => {
-                e.push(format!("{key}.{which}"), problem, "");
-                default
-            }
-        };
-    let timeout = duration(raw.timeout.as_deref(), "timeout", DEFAULT_TIMEOUT, e);
-    let max_retry_duration = duration(
+    let timeout = positive_duration(
+        raw.timeout.as_deref(),
+        &format!("{key}.timeout"),
+        DEFAULT_TIMEOUT,
+        "15s",
+        e,
+    );
+    let max_retry_duration = positive_duration(
         raw.max_retry_duration.as_deref(),
-        "max_retry_duration",
+        &format!("{key}.max_retry_duration"),
         DEFAULT_MAX_RETRY,
+        "15s",
         e,
     );
     let signing = match &raw.signing {
@@ -337,22 +324,13 @@ pub(super) fn verify(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> 
             Vec::new()
         }
     };
-    let tolerance = match raw.tolerance.as_deref().map(parse_duration) {
-        None => DEFAULT_TOLERANCE,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            e.push(
-                "source.verify.tolerance",
-                "must be above zero",
-                "set e.g. \"5m\"",
-            );
-            DEFAULT_TOLERANCE
-        }
-        Some(Err(problem)) => {
-            e.push("source.verify.tolerance", problem, "");
-            DEFAULT_TOLERANCE
-        }
-    };
+    let tolerance = positive_duration(
+        raw.tolerance.as_deref(),
+        "source.verify.tolerance",
+        DEFAULT_TOLERANCE,
+        "5m",
+        e,
+    );
     (e.list.len() == start).then_some(VerifySpec {
         scheme: scheme?,
         secret_envs,

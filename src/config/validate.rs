@@ -441,6 +441,29 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
     })
 }
 
+/// A duration above zero at `key`, or `default` when unset; a bad or zero
+/// value is reported (with `example` as the fix) and replaced by `default`.
+pub(super) fn positive_duration(
+    text: Option<&str>,
+    key: &str,
+    default: Duration,
+    example: &str,
+    e: &mut Errors<'_>,
+) -> Duration {
+    match text.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            e.push(key, "must be above zero", format!("set e.g. \"{example}\""));
+            default
+        }
+        Some(Err(problem)) => {
+            e.push(key, problem, "");
+            default
+        }
+    }
+}
+
 pub(super) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
     match raw {
         RawSize::Bytes(n) => Some(*n),

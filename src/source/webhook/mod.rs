@@ -144,27 +144,9 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    // What a signature may cover besides the body; kept before the body is read.
-    let signed_parts = route.verifier.as_ref().map(|_| {
-        let headers = request.headers().clone();
-        let scheme = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("https")
-            .to_string();
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default();
-        (headers, format!("{scheme}://{host}{path}"))
-    });
-    let bytes = match axum::body::to_bytes(request.into_body(), route.max_body as usize).await {
+    // The head stays for a signature check, which also covers headers and URL.
+    let (head, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, route.max_body as usize).await {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
         Err(e) => {
@@ -174,11 +156,22 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             )
         }
     };
-    if let (Some(verifier), Some((headers, url))) = (&route.verifier, &signed_parts) {
+    if let Some(verifier) = &route.verifier {
+        let text = |name| {
+            head.headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let path = head.uri.path_and_query().map_or("", |p| p.as_str());
+        let url = format!(
+            "{}://{}{path}",
+            text(header::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https"),
+            text(header::HOST).unwrap_or("")
+        );
         let signed = verify::Signed {
-            headers,
+            headers: &head.headers,
             method: "POST",
-            url,
+            url: &url,
             body: &bytes,
             now: chrono::Utc::now().timestamp(),
         };
