@@ -18,6 +18,7 @@ use crate::sink::runner::{Runner, Target};
 use crate::sink::{parquet, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::{PollError, Poller};
+use crate::source::webhook::dedupe::{self, Dedupe, Index};
 use crate::source::webhook::verify::Verifier;
 use crate::source::webhook::Route;
 
@@ -101,6 +102,8 @@ pub struct Built {
     pub poller: Option<Poller>,
     /// One runner per sink.
     pub runners: Vec<SinkTask>,
+    /// Journals a webhook's delivery ids, if it dedupes.
+    pub index: Option<Index>,
 }
 
 /// A sink's runner.
@@ -158,20 +161,31 @@ impl SinkTask {
 }
 
 /// Opens the pipeline's log and builds its sinks; starts nothing. The log
-/// assigns no offset below `floor` (see [`offset_floor`]).
-pub fn build(
+/// assigns no offset below `floor` (see [`offset_floor`]). A webhook's
+/// remembered delivery ids are loaded here, before any request is served.
+pub async fn build(
     spec: &PipelineSpec,
     global: &GlobalSpec,
     shutdown: &Shutdown,
     floor: u64,
 ) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
+    let dedupe_spec = match &spec.source {
+        SourceSpec::Webhook(w) => w.dedupe.as_ref(),
+        SourceSpec::Poll(_) => None,
+    };
     let options = buffer::Options {
         dir: dir.clone(),
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
-        sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
+        sinks: spec
+            .sinks
+            .iter()
+            .map(|s| s.name().to_string())
+            .chain(dedupe_spec.map(|_| dedupe::CONSUMER.to_string()))
+            .collect(),
         floor,
-        whole_appends: matches!(spec.source, SourceSpec::Poll(_)),
+        // Poll pages and dedupe ids end each append with a state record.
+        whole_appends: matches!(spec.source, SourceSpec::Poll(_)) || dedupe_spec.is_some(),
     };
     let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
         pipeline: spec.name.clone(),
@@ -228,6 +242,7 @@ pub fn build(
             abandon: shutdown.abandon.clone(),
         }));
     }
+    let mut index = None;
     let (route, poller) = match &spec.source {
         SourceSpec::Webhook(w) => {
             let verifier = match &w.verify {
@@ -236,6 +251,27 @@ pub fn build(
                     pipeline: spec.name.clone(),
                     problem,
                 })?),
+            };
+            let dedupe = match &w.dedupe {
+                None => None,
+                Some(d) => {
+                    let dedupe = Arc::new(Dedupe::new(d));
+                    let from = dedupe
+                        .load(&dir, &log, crate::event::now_us())
+                        .await
+                        .map_err(|source| RunError::Buffer {
+                            pipeline: spec.name.clone(),
+                            dir: dir.display().to_string(),
+                            source,
+                        })?;
+                    index = Some(Index {
+                        dir: dir.clone(),
+                        log: log.clone(),
+                        from,
+                        window: d.window,
+                    });
+                    Some(dedupe)
+                }
             };
             (
                 Some((
@@ -247,6 +283,7 @@ pub fn build(
                         appender,
                         verifier,
                         limiter: w.rate_limit.map(crate::source::webhook::RateLimiter::new),
+                        dedupe,
                     },
                 )),
                 None,
@@ -265,6 +302,7 @@ pub fn build(
         route,
         poller,
         runners,
+        index,
     })
 }
 
@@ -397,7 +435,7 @@ pub async fn poll_once(
         )));
     }
     let floor = offset_floor(spec, &config.global).await;
-    let built = build(spec, &config.global, &shutdown, floor)?;
+    let built = build(spec, &config.global, &shutdown, floor).await?;
     spawn_runners(&spec.name, built.runners, &shutdown);
     let mut poller = built.poller.expect("a poll pipeline has a poller");
     let stop = shutdown.stop.clone();
@@ -433,7 +471,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let mut routes = HashMap::new();
     for spec in &config.pipelines {
         let floor = offset_floor(spec, &config.global).await;
-        let built = build(spec, &config.global, &shutdown, floor)?;
+        let built = build(spec, &config.global, &shutdown, floor).await?;
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }
@@ -442,6 +480,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             shutdown.tasks.spawn(poller.run_forever());
         }
         spawn_runners(&spec.name, built.runners, &shutdown);
+        if let Some(index) = built.index {
+            let pipeline = spec.name.clone();
+            shutdown.tasks.spawn(async move {
+                if let Err(e) = index.run().await {
+                    error!(pipeline = %pipeline, error = %e, "The dedupe journal failed; delivery ids stay in the log (it keeps growing) until the next start.");
+                }
+            });
+        }
     }
     info!(listen = %listen, pipelines = config.pipelines.len(), "Listening.");
 

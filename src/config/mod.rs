@@ -2,6 +2,7 @@
 //! files they name. Two phases: `raw` (what serde reads) → `validate` (pure,
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
+mod dedupe;
 mod https;
 pub mod poll;
 pub mod raw;

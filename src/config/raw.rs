@@ -204,6 +204,30 @@ pub struct RawWebhook {
     pub verify: Option<RawVerify>,
     /// Most requests per second this path accepts (burst: one second's worth); more get 429.
     pub rate_limit: Option<f64>,
+    /// Provider retries stored once, by delivery id.
+    pub dedupe: Option<RawDedupe>,
+}
+
+/// `source.dedupe`: `false`, `true`, or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDedupe {
+    /// `true` (the scheme's delivery id) or `false` (off).
+    Switch(bool),
+    /// Where the id is and how long it is remembered.
+    Table(RawDedupeTable),
+}
+
+/// `source.dedupe = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupeTable {
+    /// Request header carrying the delivery id.
+    pub header: Option<String>,
+    /// JSON pointer to each event's id, e.g. `"/id"` (Stripe).
+    pub pointer: Option<String>,
+    /// How long an id is remembered, e.g. `"24h"`.
+    pub window: Option<String>,
 }
 
 /// `source.verify` of a webhook.

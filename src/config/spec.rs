@@ -267,6 +267,26 @@ pub struct WebhookSpec {
     pub verify: Option<VerifySpec>,
     /// Requests per second accepted (burst: one second's worth), if limited.
     pub rate_limit: Option<f64>,
+    /// Repeated deliveries stored once, if on.
+    pub dedupe: Option<DedupeSpec>,
+}
+
+/// `source.dedupe`, defaulted from the verify scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeSpec {
+    /// Where a delivery's id is.
+    pub by: DedupeBy,
+    /// How long an id is remembered (also across restarts).
+    pub window: Duration,
+}
+
+/// Where a delivery's id is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupeBy {
+    /// The first of these request headers (lower-case) that is present: one id per request.
+    Headers(Vec<String>),
+    /// A JSON pointer into each event: one id per event.
+    Pointer(String),
 }
 
 /// `source.verify`.

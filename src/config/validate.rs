@@ -390,11 +390,17 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
     if raw.verify.is_some() && verify.is_none() {
         return None;
     }
+    let dedupe_errors = e.list.len();
+    let dedupe = super::dedupe::dedupe(raw.dedupe.as_ref(), verify.as_ref().map(|v| &v.scheme), e);
+    if e.list.len() > dedupe_errors {
+        return None;
+    }
     Some(SourceSpec::Webhook(WebhookSpec {
         path: path?,
         max_body,
         verify,
         rate_limit: raw.rate_limit,
+        dedupe,
     }))
 }
 

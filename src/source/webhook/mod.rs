@@ -9,6 +9,7 @@
 //! cannot be written.
 
 pub mod body;
+pub mod dedupe;
 pub mod verify;
 
 use axum::body::Body;
@@ -19,10 +20,13 @@ use serde_json::json;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::buffer::Appender;
 use crate::config::units::format_size;
 use crate::event::{now_us, Event};
 use body::Format;
+use dedupe::{Dedupe, Ids};
 
 /// Seconds a client is asked to wait when the buffer is full or failing.
 const RETRY_AFTER_SECS: &str = "1";
@@ -41,6 +45,8 @@ pub struct Route {
     pub verifier: Option<verify::Verifier>,
     /// Requests beyond `source.rate_limit` get 429.
     pub limiter: Option<RateLimiter>,
+    /// Remembered delivery ids, if `source.dedupe` is on.
+    pub dedupe: Option<Arc<Dedupe>>,
 }
 
 /// A token bucket: `rate` requests per second, bursts of up to one second's worth.
@@ -188,37 +194,83 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let received_at_us = now_us();
-    let events: Vec<Event> = payloads
-        .into_iter()
-        .map(|payload| Event {
-            id: Uuid::now_v7(),
-            received_at_us,
-            payload,
-        })
-        .collect();
-    let accepted = accepted_body(&events);
-    let count = events.len();
-    if !events.is_empty() {
-        if let Err(e) = route.appender.append(events).await {
-            warn!(pipeline = %route.pipeline, error = %format!("{:#}", anyhow::Error::from(e)), "Append failed; answering 503.");
-            return retry_later(format!("the events could not be made durable in pipeline {}; nothing was stored, retry later", route.pipeline));
+    let make = |payload| Event {
+        id: Uuid::now_v7(),
+        received_at_us,
+        payload,
+    };
+    let Some(dedupe) = &route.dedupe else {
+        let events: Vec<Event> = payloads.into_iter().map(make).collect();
+        let accepted = accepted_body(&events, None);
+        if !events.is_empty() {
+            if let Err(e) = route.appender.append(events).await {
+                return append_failed(route, e);
+            }
         }
+        return accepted_response(accepted);
+    };
+    let ids = match dedupe.ids(&head.headers, &payloads) {
+        Ok(ids) => ids,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let claim = dedupe.claim(&ids, payloads.len(), received_at_us).await;
+    let repeats = claim.fresh.iter().filter(|f| !**f).count();
+    let mut events: Vec<Event> = payloads
+        .into_iter()
+        .zip(&claim.fresh)
+        .filter(|(_, fresh)| **fresh)
+        .map(|(p, _)| make(p))
+        .collect();
+    let duplicate =
+        matches!(ids, Ids::Request(Some(_))) && !claim.fresh.first().copied().unwrap_or(true);
+    let accepted = accepted_body(&events, Some((repeats, duplicate)));
+    if duplicate {
+        debug!(pipeline = %route.pipeline, "A repeated delivery id; answering 202 without storing.");
+        dedupe.settle(claim, true, received_at_us);
+        return accepted_response(accepted);
     }
-    debug!(pipeline = %route.pipeline, events = count, "Accepted events.");
+    // The ids travel in the same durable append as the events. The append and
+    // its settling run on their own task: a client that hangs up cannot leave
+    // an id claimed but never settled.
+    events.push(claim.record());
+    let (appender, dedupe) = (route.appender.clone(), dedupe.clone());
+    let stored = tokio::spawn(async move {
+        let result = appender.append(events).await;
+        dedupe.settle(claim, result.is_ok(), received_at_us);
+        result
+    })
+    .await;
+    match stored {
+        Ok(Ok(_)) => accepted_response(accepted),
+        Ok(Err(e)) => append_failed(route, e),
+        Err(_) => append_failed(route, crate::buffer::AppendError::Closed),
+    }
+}
+
+fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Response {
+    warn!(pipeline = %route.pipeline, error = %format!("{:#}", anyhow::Error::from(e)), "Append failed; answering 503.");
+    retry_later(format!(
+        "the events could not be made durable in pipeline {}; nothing was stored, retry later",
+        route.pipeline
+    ))
+}
+
+fn accepted_response(body: String) -> Response {
     (
         StatusCode::ACCEPTED,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        accepted,
+        body,
     )
         .into_response()
 }
 
 /// `{"accepted": n, "ids": [...]}`, written directly: it is on every request's
-/// path and the ids need no escaping.
-fn accepted_body(events: &[Event]) -> String {
+/// path and the ids need no escaping. With dedupe, `"duplicates": k` counts
+/// events not stored again and `"duplicate": true` marks a repeated delivery.
+fn accepted_body(events: &[Event], repeats: Option<(usize, bool)>) -> String {
     let mut body = String::with_capacity(32 + events.len() * (uuid::fmt::Hyphenated::LENGTH + 3));
     body.push_str("{\"accepted\":");
     body.push_str(&events.len().to_string());
@@ -232,7 +284,17 @@ fn accepted_body(events: &[Event]) -> String {
         body.push_str(event.id.hyphenated().encode_lower(&mut text));
         body.push('"');
     }
-    body.push_str("]}");
+    body.push(']');
+    if let Some((count, duplicate)) = repeats {
+        if duplicate {
+            body.push_str(",\"duplicate\":true");
+        }
+        if count > 0 {
+            body.push_str(",\"duplicates\":");
+            body.push_str(&count.to_string());
+        }
+    }
+    body.push('}');
     body
 }
 
@@ -269,13 +331,13 @@ mod tests {
         let events: Vec<Event> = (0..3)
             .map(|i| Event::new(bytes::Bytes::from(format!("{{\"i\":{i}}}"))))
             .collect();
-        let body: serde_json::Value = serde_json::from_str(&accepted_body(&events)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&accepted_body(&events, None)).unwrap();
         assert_eq!(body["accepted"], 3);
         let ids: Vec<String> = events
             .iter()
             .map(|e| e.id.hyphenated().to_string())
             .collect();
         assert_eq!(body["ids"], serde_json::json!(ids));
-        assert_eq!(accepted_body(&[]), r#"{"accepted":0,"ids":[]}"#);
+        assert_eq!(accepted_body(&[], None), r#"{"accepted":0,"ids":[]}"#);
     }
 }
