@@ -284,8 +284,11 @@ fn ids_of(event: &Event) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A journal's ids (arrival µs, id) up to its last mark, and that mark.
+type Journal = (Vec<(i64, String)>, Option<u64>);
+
 /// The journal's ids up to its last mark, and that mark.
-fn read_journal(path: &Path) -> io::Result<(Vec<(i64, String)>, Option<u64>)> {
+fn read_journal(path: &Path) -> io::Result<Journal> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
