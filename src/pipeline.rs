@@ -10,7 +10,10 @@ use tracing::{error, info, warn};
 use crate::buffer;
 use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
 use crate::encode::Encoder;
-use crate::server;
+use crate::server::{
+    self,
+    admin::{Admin, PipelineView},
+};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::delta::DeltaSink;
 use crate::sink::https::HttpsRunner;
@@ -83,6 +86,9 @@ pub enum RunError {
     /// `tributary poll` named a pipeline that does not poll.
     #[error("{0}")]
     NotPolled(String),
+    /// The HTTP server cannot start as configured (TLS files, admin token).
+    #[error("the HTTP server cannot start: {0}")]
+    ServerSetup(String),
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
     Server {
@@ -104,6 +110,8 @@ pub struct Built {
     pub runners: Vec<SinkTask>,
     /// Journals a webhook's delivery ids, if it dedupes.
     pub index: Option<Index>,
+    /// The pipeline's log, read side.
+    pub log: buffer::Log,
 }
 
 /// A sink's runner.
@@ -284,6 +292,7 @@ pub async fn build(
                         verifier,
                         limiter: w.rate_limit.map(crate::source::webhook::RateLimiter::new),
                         dedupe,
+                        body_timeout: global.server.body_timeout,
                     },
                 )),
                 None,
@@ -303,6 +312,7 @@ pub async fn build(
         poller,
         runners,
         index,
+        log,
     })
 }
 
@@ -460,18 +470,48 @@ pub async fn poll_once(
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
 /// accepting, lets the sinks flush what the logs hold, and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
-    let listener = server::bind(config.global.listen)
-        .await
-        .map_err(|source| RunError::Server {
-            listen: config.global.listen,
-            source,
-        })?;
+    let settings = &config.global.server;
+    let tls = match &settings.tls {
+        None => None,
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(RunError::ServerSetup)?),
+    };
+    let token = match &settings.admin_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                return Err(RunError::ServerSetup(format!(
+                    "admin.token_env names the env var {var}, which is not set; set it to the admin API's bearer token"
+                )))
+            }
+        },
+    };
+    let bind = |listen| async move {
+        server::bind(listen)
+            .await
+            .map_err(|source| RunError::Server { listen, source })
+    };
+    let listener = bind(config.global.listen).await?;
+    let admin_listener = match settings.admin_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
     let listen = listener.local_addr().unwrap_or(config.global.listen);
 
     let mut routes = HashMap::new();
+    let mut views = Vec::new();
     for spec in &config.pipelines {
         let floor = offset_floor(spec, &config.global).await;
         let built = build(spec, &config.global, &shutdown, floor).await?;
+        views.push(PipelineView {
+            name: spec.name.clone(),
+            source: match spec.source {
+                SourceSpec::Webhook(_) => "webhook",
+                SourceSpec::Poll(_) => "poll",
+            },
+            sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
+            log: built.log.clone(),
+        });
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }
@@ -489,7 +529,32 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             });
         }
     }
-    info!(listen = %listen, pipelines = config.pipelines.len(), "Listening.");
+    let admin = Arc::new(Admin {
+        token,
+        pipelines: views,
+    });
+    let limits = server::Limits {
+        header_timeout: settings.header_timeout,
+        max_connections: settings.max_connections,
+    };
+    let admin_task = admin_listener.map(|listener| {
+        let address = listener.local_addr().ok();
+        info!(admin = ?address, "Admin endpoints on their own listener.");
+        let app = server::admin_router(admin.clone());
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            limits,
+            None,
+            shutdown.stop.clone(),
+        ))
+    });
+    let app = server::router(
+        Arc::new(routes),
+        admin_task.is_none().then(|| admin.clone()),
+    );
+    drop(admin);
+    info!(listen = %listen, tls = tls.is_some(), pipelines = config.pipelines.len(), "Listening.");
 
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {
@@ -499,7 +564,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     });
     // The routes (and with them every Appender) drop when the server returns,
     // which closes the logs; the runners then flush and end.
-    let served = server::serve(listener, Arc::new(routes), shutdown.stop.clone()).await;
+    let served = server::serve(listener, app, limits, tls, shutdown.stop.clone()).await;
+    if let Some(task) = admin_task {
+        if let Ok(Err(e)) = task.await {
+            warn!(error = %e, "The admin listener failed.");
+        }
+    }
     if !shutdown.drain(GRACE).await {
         warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");
     }

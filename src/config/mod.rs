@@ -6,6 +6,7 @@ mod dedupe;
 mod https;
 pub mod poll;
 pub mod raw;
+mod server;
 mod sinks;
 pub mod spec;
 pub mod units;

@@ -20,6 +20,44 @@ pub struct RawGlobal {
     pub data_dir: Option<String>,
     /// Where sinks without a `uri` write (`<lake>/<pipeline>`): a path, `file://` or `s3://`.
     pub lake: Option<String>,
+    /// Connection limits of the HTTP server.
+    pub server: Option<RawServer>,
+    /// HTTPS on `listen`.
+    pub tls: Option<RawTls>,
+    /// Where the admin endpoints listen and who may call them.
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[server]` in `tributary.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Longest a client may take to send a request's headers (and a TLS handshake).
+    pub header_timeout: Option<String>,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout: Option<String>,
+    /// Most connections open at once on each listener.
+    pub max_connections: Option<u64>,
+}
+
+/// `[tls]` in `tributary.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<String>,
+}
+
+/// `[admin]` in `tributary.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// A separate address for the admin endpoints (plain HTTP); default: on `listen`.
+    pub listen: Option<String>,
+    /// Env var holding a bearer token the admin API requires.
+    pub token_env: Option<String>,
 }
 
 /// One `pipelines/*.toml` file.

@@ -82,10 +82,19 @@ pub fn global(
             Location::Local(root.join("lake"))
         },
     );
+    let server = super::server::server(raw, root, &mut e);
+    if server.admin_listen == Some(listen) {
+        e.push(
+            "admin.listen",
+            "is the same address as listen",
+            "give the admin endpoints another port, or remove admin.listen to serve them on listen",
+        );
+    }
     GlobalSpec {
         listen,
         data_dir,
         lake,
+        server,
     }
 }
 

@@ -18,6 +18,7 @@ mod delta;
 // The poll source against a fake REST API: pagination, auth, cursor, retries, kill -9.
 mod poll;
 // The HTTPS sink: signatures verified by libraries we did not write, faults, 410, kill -9.
+mod hostile;
 mod https;
 // Inbound provider signatures: accepted, refused with a reason, only the accepted stored.
 mod verify;

@@ -2,8 +2,10 @@
 //!
 //! Answers (every error body is JSON `{"error": "…"}` a person can act on):
 //! `202 {"accepted": n, "ids": [...]}` once the events are fsynced; `400` for a
-//! body that is not JSON, JSON array or NDJSON; `405` for other methods; `413`
-//! over `max_body`; `429` + `Retry-After` beyond `rate_limit`; `401` when `verify` is set and the provider's signature is
+//! body that is not JSON, JSON array or NDJSON (`415` if it is also declared
+//! as another content type); `405` for other methods; `413`
+//! over `max_body`; `408` when the body takes longer than
+//! `server.body_timeout`; `429` + `Retry-After` beyond `rate_limit`; `401` when `verify` is set and the provider's signature is
 //! missing, wrong or stale (checked on the raw body before any parsing);
 //! `503` + `Retry-After` when the pipeline's buffer is at its byte limit or
 //! cannot be written.
@@ -47,6 +49,8 @@ pub struct Route {
     pub limiter: Option<RateLimiter>,
     /// Remembered delivery ids, if `source.dedupe` is on.
     pub dedupe: Option<Arc<Dedupe>>,
+    /// Longest a client may take to send the body (`server.body_timeout`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// A token bucket: `rate` requests per second, bursts of up to one second's worth.
@@ -152,7 +156,17 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     );
     // The head stays for a signature check, which also covers headers and URL.
     let (head, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, route.max_body as usize).await {
+    let read = axum::body::to_bytes(body, route.max_body as usize);
+    let Ok(read) = tokio::time::timeout(route.body_timeout, read).await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within server.body_timeout ({}); send it faster or raise the limit",
+                humantime::format_duration(route.body_timeout)
+            ),
+        );
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
         Err(e) => {
@@ -191,7 +205,22 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     }
     let payloads = match body::split(&bytes, format) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            // A body that parses is taken whatever its declared type (curl -d
+            // sends form encoding); one that does not, under a type that is not
+            // JSON, gets that named.
+            let declared = head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            if let Some(declared) = declared.filter(|t| !t.to_ascii_lowercase().contains("json")) {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("the body is declared as {declared} and is not JSON; send JSON events with Content-Type: application/json, or NDJSON with application/x-ndjson ({e})"),
+                );
+            }
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
     };
     let received_at_us = now_us();
     let make = |payload| Event {

@@ -1,0 +1,70 @@
+//! The HTTP server: every pipeline's webhook path plus the admin endpoints
+//! (`/healthz`, `/api/…`). Unknown paths get a JSON 404. Stops accepting on
+//! shutdown and lets requests in flight finish, so every 202 it sent is backed
+//! by a durable append.
+//!
+//! The admin endpoints are served on `listen` unless `admin.listen` gives them
+//! an address of their own; `/healthz` answers on both. With
+//! `admin.token_env`, the admin API requires `Authorization: Bearer <token>`.
+
+pub mod admin;
+mod listen;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use listen::{bind, serve, tls_acceptor, Limits};
+
+use crate::source::webhook::{self, Route};
+
+/// Webhook routes by exact path.
+pub type Routes = Arc<HashMap<String, Route>>;
+
+/// The webhook paths, `/healthz`, and the admin API unless it has its own
+/// listener (`admin` is then `None`).
+pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
+    let webhooks = Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(dispatch)
+        // Each route enforces its own `max_body`; axum's default 2 MB cap must not interfere.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(routes);
+    match admin {
+        Some(admin) => admin::api(admin).merge(webhooks),
+        None => webhooks,
+    }
+}
+
+/// The admin listener's router: `/healthz` and the admin API.
+pub fn admin_router(admin: Arc<admin::Admin>) -> Router {
+    admin::api(admin)
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            webhook::error(
+                StatusCode::NOT_FOUND,
+                "this is the admin listener; webhooks are received on `listen`",
+            )
+        })
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Response {
+    match routes.get(request.uri().path()) {
+        Some(route) => webhook::receive(route, request).await,
+        None => webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no webhook source listens on {}; check the URL against source.path in the pipeline files", request.uri().path()),
+        ),
+    }
+}
