@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         Command::Check(args) => match config::load(&args.paths()) {
             Ok(config) => {
                 println!("ok: {} pipeline(s) valid", config.pipelines.len());
+                if let Some(env) = &config.global.server.admin_token_env {
+                    if std::env::var_os(env).is_none() {
+                        println!("  note: env var {env} (admin.token_env) is not set; `tributary run` will not start without it");
+                    }
+                }
                 for p in &config.pipelines {
                     println!(
                         "  {} ({}): {} sink(s)",

@@ -298,13 +298,15 @@ async fn tls_on_listen_and_an_admin_listener_with_a_bearer_token() {
 
     // Project::start waits on plain /healthz at `listen`; here that is TLS, so
     // wait on the admin listener instead.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .arg("run")
-        .current_dir(project.path())
-        .env("ADMIN_TOKEN", "s3cret-token")
-        .stderr(std::fs::File::create(project.path().join("run.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let server = Server::adopt(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .arg("run")
+            .current_dir(project.path())
+            .env("ADMIN_TOKEN", "s3cret-token")
+            .stderr(std::fs::File::create(project.path().join("run.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let admin = format!("http://127.0.0.1:{admin_port}");
     let plain = reqwest::Client::new();
     let started = Instant::now();
@@ -398,8 +400,7 @@ async fn tls_on_listen_and_an_admin_listener_with_a_bearer_token() {
         !project.log().contains("s3cret-token"),
         "the token never reaches the log"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill9();
 
     // A key that does not match the certificate is refused at start, naming both files.
     std::fs::create_dir_all(project.path().join("other")).unwrap();

@@ -169,6 +169,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// Takes over a `tributary run` started by hand (killed when dropped).
+    pub fn adopt(child: Child) -> Self {
+        Self { child }
+    }
+
     /// SIGKILL: no flush, no clean-up.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");
