@@ -1,4 +1,4 @@
-//! The command line: `tributary run | check | poll`.
+//! The command line: `tributary run | check | poll | status | replay`.
 
 use std::path::PathBuf;
 
@@ -20,6 +20,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log shippers). Filter with RUST_LOG, e.g. RUST_LOG=tributary=debug.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -32,13 +45,62 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate tributary.toml, every pipeline and every schema, printing all
     /// errors (file, key, problem, fix); exits non-zero if there is any.
-    Check(ConfigArgs),
+    Check(CheckArgs),
     /// Run one poll of a pipeline now, in the foreground, with a progress
     /// bar; its sinks then flush what it fetched. For backfills and for
     /// trying a new pipeline. An interrupted run is resumed, not restarted.
     ///
     /// The pipeline's data directory is locked: stop `tributary run` first.
     Poll(PollArgs),
+    /// Show each pipeline and sink of the running server: state, committed
+    /// offset, lag, last commit, last error, dead letters. Finds the server
+    /// through the configuration (`listen`, or `admin.listen`) like `run`.
+    Status(StatusArgs),
+    /// Re-feed a pipeline's dead letters through the running server, after
+    /// fixing the schema (or the receiver) and restarting. Each dead letter
+    /// goes back to the sink that dead-lettered it, with its `_event_id`;
+    /// its file is removed once the re-append is durable.
+    Replay(ReplayArgs),
+}
+
+/// `tributary check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Also print the effective configuration, every default filled in
+    /// (limits, timeouts, batch settings), as TOML.
+    #[arg(long)]
+    pub explain: bool,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `tributary status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `tributary replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Only dead letters of events received since then: an RFC 3339 time
+    /// (2026-11-28T10:00:00Z) or a duration back from now (2h, 30m).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only dead letters whose reason contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `tributary poll`.

@@ -42,7 +42,16 @@ impl Event {
     pub fn is_state(&self) -> bool {
         self.id.is_nil()
     }
+
+    /// Whether this is a replayed dead letter: a state record that wraps an
+    /// event for the sinks that dead-lettered it (see [`crate::replay`]).
+    pub fn is_replay(&self) -> bool {
+        self.is_state() && self.payload.starts_with(REPLAY_PREFIX)
+    }
 }
+
+/// How the payload of a replayed dead letter's record starts.
+pub const REPLAY_PREFIX: &[u8] = b"{\"replay\":";
 
 /// Microseconds since the Unix epoch, UTC.
 pub fn now_us() -> i64 {

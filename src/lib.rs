@@ -41,12 +41,16 @@
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod encode;
 pub mod error;
 pub mod event;
 pub mod pipeline;
+pub mod replay;
 pub mod schema;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;
+pub mod telemetry;

@@ -7,29 +7,34 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use tributary::cli::{Cli, Command};
+use tributary::cli::{Cli, Command, LogFormat, ReplayArgs};
 use tributary::config::{self, Config};
 use tributary::shutdown::Shutdown;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // delta-rs logs every snapshot at info and a missing metric at every merge,
-            // and its kernel logs an error for each table that does not exist yet;
-            // their real failures reach us as errors.
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                EnvFilter::new(
-                    "info,deltalake_core=warn,deltalake_core::operations::merge=error,buoyant_kernel=off,datafusion=warn",
-                )
-            }),
+    // delta-rs logs every snapshot at info and a missing metric at every merge,
+    // and its kernel logs an error for each table that does not exist yet;
+    // their real failures reach us as errors.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "info,deltalake_core=warn,deltalake_core::operations::merge=error,buoyant_kernel=off,datafusion=warn",
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match cli.command {
-        Command::Check(args) => match config::load(&args.paths()) {
+        Command::Check(args) => match config::load(&args.config.paths()) {
             Ok(config) => {
+                if args.explain {
+                    print!("{}", config::explain::explain(&config));
+                    return ExitCode::SUCCESS;
+                }
                 println!("ok: {} pipeline(s) valid", config.pipelines.len());
                 if let Some(env) = &config.global.server.admin_token_env {
                     if std::env::var_os(env).is_none() {
@@ -77,6 +82,14 @@ fn main() -> ExitCode {
         },
         Command::Poll(args) => match config::load(&args.config.paths()) {
             Ok(config) => poll(config, &args.pipeline),
+            Err(errors) => print_config_errors(&errors),
+        },
+        Command::Status(args) => match config::load(&args.config.paths()) {
+            Ok(config) => status(&config, args.json),
+            Err(errors) => print_config_errors(&errors),
+        },
+        Command::Replay(args) => match config::load(&args.config.paths()) {
+            Ok(config) => replay(&config, &args),
             Err(errors) => print_config_errors(&errors),
         },
     }
@@ -164,6 +177,90 @@ fn run(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tributary status`: the admin API's view as a table (or its JSON).
+fn status(config: &Config, json: bool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        tributary::control::AdminClient::new(&config.global)?
+            .pipelines()
+            .await
+    });
+    match result {
+        Ok(value) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(value) => {
+            print!("{}", tributary::control::table(&value));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tributary replay`: re-feeds dead letters through the running server,
+/// with a progress bar on a terminal and a summary on stdout.
+fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let since_us = match args.since.as_deref().map(tributary::control::parse_since) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(us)) => Some(us),
+        None => None,
+    };
+    let filter = tributary::replay::Filter {
+        since_us,
+        reason: args.reason.clone(),
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {msg}")
+            .expect("the template parses"),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let result = runtime.block_on(async {
+        let client = tributary::control::AdminClient::new(&config.global)?;
+        client
+            .replay(&args.pipeline, &filter, &mut |p| {
+                bar.set_length(p["files"].as_u64().unwrap_or(0));
+                bar.set_position(p["files_done"].as_u64().unwrap_or(0));
+                bar.set_message(format!("{} replayed", p["replayed"]));
+            })
+            .await
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(done) => {
+            println!(
+                "replayed {} dead letter(s) of {} from {} file(s); {} left in place",
+                done["replayed"], args.pipeline, done["files"], done["kept"]
+            );
+            for problem in done["problems"].as_array().into_iter().flatten() {
+                println!("  note: {}", problem.as_str().unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,7 @@ use crate::source::poll::{PollError, Poller};
 use crate::source::webhook::dedupe::{self, Dedupe, Index};
 use crate::source::webhook::verify::Verifier;
 use crate::source::webhook::Route;
+use crate::status::SinkHealth;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
 /// spans several segments (so consumed ones can be freed), large enough that
@@ -110,8 +111,8 @@ pub struct Built {
     pub runners: Vec<SinkTask>,
     /// Journals a webhook's delivery ids, if it dedupes.
     pub index: Option<Index>,
-    /// The pipeline's log, read side.
-    pub log: buffer::Log,
+    /// What the admin API sees of it.
+    pub view: PipelineView,
 }
 
 /// A sink's runner.
@@ -206,7 +207,10 @@ pub async fn build(
     );
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let mut runners = Vec::new();
+    let mut health = Vec::new();
     for sink in &spec.sinks {
+        let sink_health = Arc::new(SinkHealth::default());
+        health.push((sink.name().to_string(), sink_health.clone()));
         let storage_error = |source: StorageError| RunError::Storage {
             pipeline: spec.name.clone(),
             sink: sink.name().to_string(),
@@ -235,6 +239,7 @@ pub async fn build(
                     log: log.clone(),
                     dead_letters,
                     abandon: shutdown.abandon.clone(),
+                    health: sink_health,
                 }));
                 continue;
             }
@@ -248,9 +253,29 @@ pub async fn build(
             target,
             dead_letters,
             abandon: shutdown.abandon.clone(),
+            health: sink_health,
         }));
     }
     let mut index = None;
+    let view = PipelineView {
+        name: spec.name.clone(),
+        source: match spec.source {
+            SourceSpec::Webhook(_) => "webhook",
+            SourceSpec::Poll(_) => "poll",
+        },
+        sinks: health,
+        log: log.clone(),
+        appender: appender.clone(),
+        dead_letters: Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
+            RunError::Storage {
+                pipeline: spec.name.clone(),
+                sink: "dead letters".into(),
+                source: Box::new(source),
+            }
+        })?,
+        max_buffer: spec.buffer_max_bytes,
+        replaying: Default::default(),
+    };
     let (route, poller) = match &spec.source {
         SourceSpec::Webhook(w) => {
             let verifier = match &w.verify {
@@ -293,6 +318,7 @@ pub async fn build(
                         limiter: w.rate_limit.map(crate::source::webhook::RateLimiter::new),
                         dedupe,
                         body_timeout: global.server.body_timeout,
+                        metrics: crate::source::webhook::RouteMetrics::new(&spec.name),
                     },
                 )),
                 None,
@@ -312,7 +338,7 @@ pub async fn build(
         poller,
         runners,
         index,
-        log,
+        view,
     })
 }
 
@@ -414,9 +440,15 @@ impl Output<'_> {
 fn spawn_runners(pipeline: &str, runners: Vec<SinkTask>, shutdown: &Shutdown) {
     for runner in runners {
         let (pipeline, sink) = (pipeline.to_string(), runner.sink().to_string());
+        let health = match &runner {
+            SinkTask::Columnar(r) => r.health.clone(),
+            SinkTask::Https(r) => r.health.clone(),
+        };
         shutdown.tasks.spawn(async move {
             if let Err(e) = runner.run().await {
-                error!(pipeline = %pipeline, sink = %sink, error = %format!("{:#}", anyhow::Error::from(e)), "Sink stopped; its events stay in the log until the next start.");
+                let message = format!("{:#}", anyhow::Error::from(e));
+                health.stopped(&message);
+                error!(pipeline = %pipeline, sink = %sink, error = %message, "Sink stopped; its events stay in the log until the next start.");
             }
         });
     }
@@ -446,6 +478,8 @@ pub async fn poll_once(
     }
     let floor = offset_floor(spec, &config.global).await;
     let built = build(spec, &config.global, &shutdown, floor).await?;
+    // The view holds an appender; the log must close once the poller is done.
+    drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);
     let mut poller = built.poller.expect("a poll pipeline has a poller");
     let stop = shutdown.stop.clone();
@@ -470,6 +504,7 @@ pub async fn poll_once(
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
 /// accepting, lets the sinks flush what the logs hold, and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    let metrics = crate::telemetry::install();
     let settings = &config.global.server;
     let tls = match &settings.tls {
         None => None,
@@ -503,15 +538,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     for spec in &config.pipelines {
         let floor = offset_floor(spec, &config.global).await;
         let built = build(spec, &config.global, &shutdown, floor).await?;
-        views.push(PipelineView {
-            name: spec.name.clone(),
-            source: match spec.source {
-                SourceSpec::Webhook(_) => "webhook",
-                SourceSpec::Poll(_) => "poll",
-            },
-            sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
-            log: built.log.clone(),
-        });
+        views.push(built.view);
         if let Some((path, route)) = built.route {
             routes.insert(path, route);
         }
@@ -532,6 +559,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let admin = Arc::new(Admin {
         token,
         pipelines: views,
+        metrics,
     });
     let limits = server::Limits {
         header_timeout: settings.header_timeout,

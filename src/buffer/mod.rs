@@ -257,6 +257,24 @@ impl Appender {
     pub fn disk_bytes(&self) -> u64 {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
+
+    /// Whether the writer has stopped taking appends.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Whether the log's directory is writable by this process.
+    pub fn writable(&self) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.shared.log_dir.as_os_str().as_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+        if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 /// The single writer: owns the active segment.

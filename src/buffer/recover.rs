@@ -90,9 +90,9 @@ pub(super) fn tail(
     }
     let end = last + records;
     let mut state = scan
-        .last_state
+        .last_source_state
         .filter(|_| whole_appends)
-        .map(|m| (last + m.index, m.payload));
+        .map(|(index, payload)| (last + index, payload));
     // A segment with no state record (new, or a webhook's) sends the search
     // back through the older ones; they are scanned only until one is found.
     for &base in bases.iter().rev().skip(1) {
@@ -100,7 +100,9 @@ pub(super) fn tail(
             break;
         }
         let scan = segment::scan(&segment::path(log_dir, base))?;
-        state = scan.last_state.map(|m| (base + m.index, m.payload));
+        state = scan
+            .last_source_state
+            .map(|(index, payload)| (base + index, payload));
     }
     Ok((end, state))
 }

@@ -155,9 +155,13 @@ pub struct Scan {
     pub torn: Option<&'static str>,
     /// Length of the file, preallocated space included.
     pub file_len: u64,
-    /// The last source-state record ([`Event::is_state`]): its index in the
-    /// segment, the valid length up to and including it, and its payload.
+    /// The last state record ([`Event::is_state`], a replayed dead letter
+    /// included): its index in the segment, the valid length up to and
+    /// including it, and its payload. Appends of a poll log end with one.
     pub last_state: Option<StateMark>,
+    /// The last source-state record proper (not a replayed dead letter): its
+    /// index in the segment and its payload.
+    pub last_source_state: Option<(u64, Bytes)>,
 }
 
 /// Where a segment's last source-state record is.
@@ -192,12 +196,16 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
         torn: None,
         file_len,
         last_state: None,
+        last_source_state: None,
     };
     loop {
         match read_record(&mut r)? {
             Next::Record(event, n) => {
                 scan.valid_len += n;
                 if event.is_state() {
+                    if !event.is_replay() {
+                        scan.last_source_state = Some((scan.records, event.payload.clone()));
+                    }
                     scan.last_state = Some(StateMark {
                         index: scan.records,
                         end: scan.valid_len,

@@ -3,6 +3,7 @@
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
 mod dedupe;
+pub mod explain;
 mod https;
 pub mod poll;
 pub mod raw;

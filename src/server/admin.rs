@@ -1,25 +1,37 @@
-//! The admin API: `GET /api/pipelines`, each pipeline's log and sink progress.
-//! With `admin.token_env` set, every `/api/…` request needs
-//! `Authorization: Bearer <token>`; `/healthz` never does (probes).
+//! The admin endpoints: `/readyz`, `/metrics` (Prometheus text),
+//! `GET /api/pipelines` (each pipeline's log and sinks) and
+//! `POST /api/pipelines/{name}/replay` (dead letters back into the log, with
+//! progress as NDJSON lines). With `admin.token_env` set, `/metrics` and every
+//! `/api/…` request need `Authorization: Bearer <token>`; `/healthz` and
+//! `/readyz` never do (probes).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::buffer::Log;
+use crate::buffer::{Appender, Log};
+use crate::event::now_us;
+use crate::replay;
+use crate::sink::Storage;
 use crate::source::webhook;
+use crate::status::{SinkHealth, SinkState};
 
 /// What the admin API can see.
 pub struct Admin {
-    /// The bearer token `/api/…` requires, if any.
+    /// The bearer token `/metrics` and `/api/…` require, if any.
     pub token: Option<String>,
     /// Every pipeline.
     pub pipelines: Vec<PipelineView>,
+    /// Renders the metrics page.
+    pub metrics: PrometheusHandle,
 }
 
 /// One pipeline as the admin API sees it.
@@ -28,16 +40,27 @@ pub struct PipelineView {
     pub name: String,
     /// `webhook` or `poll`.
     pub source: &'static str,
-    /// Its sinks' names.
-    pub sinks: Vec<String>,
+    /// Its sinks, by name.
+    pub sinks: Vec<(String, Arc<SinkHealth>)>,
     /// Its log.
     pub log: Log,
+    /// For replays.
+    pub appender: Appender,
+    /// `<lake>/_dead_letters/<pipeline>/`.
+    pub dead_letters: Storage,
+    /// `buffer.max_bytes`.
+    pub max_buffer: u64,
+    /// A replay is under way (one at a time).
+    pub replaying: AtomicBool,
 }
 
-/// The admin routes.
+/// The admin routes (all but `/healthz`).
 pub fn api(admin: Arc<Admin>) -> Router {
     Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
         .route("/api/pipelines", get(pipelines))
+        .route("/api/pipelines/{name}/replay", post(replay_dead_letters))
         .with_state(admin)
 }
 
@@ -57,43 +80,229 @@ fn refusal(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
                 StatusCode::UNAUTHORIZED,
                 "the admin API needs Authorization: Bearer <token>, the value of the env var named by admin.token_env",
             );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Some(response)
         }
     }
+}
+
+/// How far behind a sink is: events, and seconds since the oldest it has not
+/// committed arrived (0 when it is caught up).
+async fn lag(log: &Log, committed: u64) -> (u64, f64) {
+    let end = log.end();
+    if committed >= end {
+        return (0, 0.0);
+    }
+    let age = match log.reader(committed).read(1).await {
+        Ok(events) => events
+            .first()
+            .map_or(0.0, |e| (now_us() - e.received_at_us).max(0) as f64 / 1e6),
+        Err(_) => 0.0,
+    };
+    (end - committed, age)
+}
+
+fn rfc3339(us: Option<i64>) -> serde_json::Value {
+    us.and_then(chrono::DateTime::from_timestamp_micros)
+        .map_or(serde_json::Value::Null, |t| json!(t.to_rfc3339()))
+}
+
+/// One pipeline's state; also sets its scrape-time gauges.
+async fn describe(p: &PipelineView) -> serde_json::Value {
+    let end = p.log.end();
+    let mut sinks = Vec::new();
+    let mut oldest = 0f64;
+    for (name, health) in &p.sinks {
+        let committed = p.log.sink_state(name).committed;
+        let (events, seconds) = lag(&p.log, committed).await;
+        oldest = oldest.max(seconds);
+        let labels = [("pipeline", p.name.clone()), ("sink", name.clone())];
+        metrics::gauge!("tributary_sink_lag_events", &labels).set(events as f64);
+        metrics::gauge!("tributary_sink_lag_seconds", &labels).set(seconds);
+        metrics::gauge!("tributary_sink_committed_offset", &labels).set(committed as f64);
+        let s = health.snapshot();
+        sinks.push(json!({
+            "name": name,
+            "state": s.state,
+            "committed_offset": committed,
+            "lag_events": events,
+            "lag_seconds": seconds,
+            "last_commit": rfc3339(s.last_commit_us),
+            "last_error": s.last_error,
+            "last_error_at": rfc3339(s.last_error_us),
+            "dead_letters": s.dead_letters,
+        }));
+    }
+    let label = [("pipeline", p.name.clone())];
+    metrics::gauge!("tributary_log_bytes", &label).set(p.log.disk_bytes() as f64);
+    metrics::gauge!("tributary_log_end_offset", &label).set(end as f64);
+    metrics::gauge!("tributary_log_oldest_unconsumed_age_seconds", &label).set(oldest);
+    json!({
+        "name": p.name,
+        "source": p.source,
+        "log": {
+            "end_offset": end,
+            "disk_bytes": p.log.disk_bytes(),
+            "max_bytes": p.max_buffer,
+            "oldest_unconsumed_age_seconds": oldest,
+        },
+        "sinks": sinks,
+    })
 }
 
 async fn pipelines(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Some(refused) = refusal(&admin, &headers) {
         return refused;
     }
-    let list: Vec<serde_json::Value> = admin
-        .pipelines
-        .iter()
-        .map(|p| {
-            let end = p.log.end();
-            let sinks: Vec<serde_json::Value> = p
-                .sinks
-                .iter()
-                .map(|s| {
-                    let committed = p.log.sink_state(s).committed;
-                    json!({
-                        "name": s,
-                        "committed_offset": committed,
-                        "lag_events": end.saturating_sub(committed),
-                    })
-                })
-                .collect();
-            json!({
-                "name": p.name,
-                "source": p.source,
-                "log": { "end_offset": end, "disk_bytes": p.log.disk_bytes() },
-                "sinks": sinks,
-            })
-        })
-        .collect();
+    let mut list = Vec::new();
+    for p in &admin.pipelines {
+        list.push(describe(p).await);
+    }
     Json(json!({ "pipelines": list })).into_response()
+}
+
+async fn metrics_page(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&admin, &headers) {
+        return refused;
+    }
+    for p in &admin.pipelines {
+        describe(p).await;
+    }
+    // Histograms are kept in buckets drained here (no background upkeep task).
+    admin.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Ready when every log can take appends and no sink is failing or stopped;
+/// otherwise 503 with each reason.
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let mut problems = Vec::new();
+    for p in &admin.pipelines {
+        if p.appender.is_closed() {
+            problems.push(format!("pipeline {}: its log is closed to appends", p.name));
+        } else if let Err(e) = p.appender.writable() {
+            problems.push(format!(
+                "pipeline {}: its log directory is not writable: {e}",
+                p.name
+            ));
+        }
+        if p.log.disk_bytes() >= p.max_buffer {
+            problems.push(format!(
+                "pipeline {}: its buffer is full (buffer.max_bytes); webhooks get 503 until the sinks catch up",
+                p.name
+            ));
+        }
+        for (sink, health) in &p.sinks {
+            let s = health.snapshot();
+            if matches!(s.state, SinkState::Failing | SinkState::Stopped) {
+                problems.push(format!(
+                    "pipeline {} sink {sink} is {}: {}",
+                    p.name,
+                    if s.state == SinkState::Stopped {
+                        "stopped"
+                    } else {
+                        "failing"
+                    },
+                    s.last_error.as_deref().unwrap_or("no detail")
+                ));
+            }
+        }
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": problems.is_empty(), "problems": problems })),
+    )
+        .into_response()
+}
+
+/// Re-feeds a pipeline's dead letters; answers NDJSON progress lines, the
+/// last one `{"done": true, …}` or `{"error": …}`.
+async fn replay_dead_letters(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &headers) {
+        return refused;
+    }
+    let filter: replay::Filter = if body.is_empty() {
+        Default::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                return webhook::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the replay request is not {{\"since_us\": …, \"reason\": …}}: {e}"),
+                )
+            }
+        }
+    };
+    let Some(index) = admin.pipelines.iter().position(|p| p.name == name) else {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        );
+    };
+    if admin.pipelines[index]
+        .replaying
+        .swap(true, Ordering::SeqCst)
+    {
+        return webhook::error(
+            StatusCode::CONFLICT,
+            format!("a replay of pipeline {name} is already under way"),
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let admin = admin.clone();
+    tokio::spawn(async move {
+        let p = &admin.pipelines[index];
+        let sinks: Vec<String> = p.sinks.iter().map(|(s, _)| s.clone()).collect();
+        let line = |value: serde_json::Value| value.to_string() + "\n";
+        let mut progress = |done: &replay::Progress| {
+            let _ = tx.send(line(json!({ "progress": done })));
+        };
+        let result =
+            replay::run(&p.dead_letters, &sinks, &p.appender, &filter, &mut progress).await;
+        p.replaying.store(false, Ordering::SeqCst);
+        let last = match result {
+            Ok(done) => {
+                tracing::info!(pipeline = %p.name, replayed = done.replayed, kept = done.kept, "Replayed dead letters.");
+                json!({ "done": true, "result": done })
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %p.name, error = %e, "Replay failed.");
+                json!({ "error": e })
+            }
+        };
+        let _ = tx.send(line(last));
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::io::Error>(Bytes::from(line)), rx))
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }

@@ -61,7 +61,16 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Response {
     match routes.get(request.uri().path()) {
-        Some(route) => webhook::receive(route, request).await,
+        Some(route) => {
+            let response = webhook::receive(route, request).await;
+            let status = response.status();
+            if status == StatusCode::ACCEPTED {
+                route.metrics.accepted.increment(1);
+            } else {
+                metrics::counter!("tributary_http_responses_total", "pipeline" => route.pipeline.clone(), "status" => status.as_u16().to_string()).increment(1);
+            }
+            response
+        }
         None => webhook::error(
             StatusCode::NOT_FOUND,
             format!("no webhook source listens on {}; check the URL against source.path in the pipeline files", request.uri().path()),

@@ -26,6 +26,8 @@ use crate::config::spec::DeltaSinkSpec;
 use crate::encode::{dead_letter, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
+use crate::replay;
+use crate::status::SinkHealth;
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
@@ -51,6 +53,8 @@ pub struct Runner {
     pub dead_letters: Storage,
     /// Cancelled when shutdown's grace period is over; retries stop on it.
     pub abandon: CancellationToken,
+    /// What the admin API shows of this sink.
+    pub health: Arc<SinkHealth>,
 }
 
 /// Where a runner's rows go.
@@ -119,7 +123,9 @@ impl Runner {
                         reader
                             .read(want.min(READ_CHUNK))
                             .await
-                            .map_err(SinkError::Log)?,
+                            .map_err(SinkError::Log)?
+                            .into_iter()
+                            .map(|e| replay::unwrap_for(&self.sink, e)),
                     );
                 }
                 self.flush(first..end, events, &props).await?;
@@ -142,7 +148,8 @@ impl Runner {
                     }
                     let events = reader.read(batch.room().clamp(1, READ_CHUNK)).await.map_err(SinkError::Log)?;
                     for event in events {
-                        batch.push(event);
+                        // A replayed dead letter becomes its event again for this sink.
+                        batch.push(replay::unwrap_for(&self.sink, event));
                         if batch.is_full() {
                             let (range, events) = batch.take();
                             self.flush(range, events, &props).await?;
@@ -214,6 +221,8 @@ impl Runner {
         if let Some((name, body)) = dead_file {
             warn!(pipeline = %self.pipeline, sink = %self.sink, dead_letters = dead, location = %format!("{}/{name}", self.dead_letters), "Events did not fit the schema; kept as dead letters.");
             self.put_with_retry(&self.dead_letters, &name, body).await?;
+            self.health.dead_letters(dead as u64);
+            metrics::counter!("tributary_dead_letters_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone(), "reason" => "schema").increment(dead as u64);
         }
         let (mut file_count, mut bytes) = (0, 0);
         let writing = std::time::Instant::now();
@@ -233,6 +242,17 @@ impl Runner {
 
         let end = range.end;
         self.ledger(move |log, sink| log.commit(sink, end)).await?;
+        self.health.committed();
+        let labels = [
+            ("pipeline", self.pipeline.clone()),
+            ("sink", self.sink.clone()),
+        ];
+        metrics::histogram!("tributary_flush_events", &labels).record((rows + dead) as f64);
+        metrics::histogram!("tributary_flush_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tributary_commit_seconds", &labels)
+            .record(writing.elapsed().as_secs_f64());
+        metrics::counter!("tributary_sink_rows_total", &labels).increment(rows as u64);
         info!(
             pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
             rows, dead_letters = dead, files = file_count, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
@@ -318,6 +338,7 @@ struct Backoff {
     pipeline: String,
     sink: String,
     abandon: CancellationToken,
+    health: Arc<SinkHealth>,
 }
 
 impl Backoff {
@@ -328,6 +349,7 @@ impl Backoff {
             pipeline: runner.pipeline.clone(),
             sink: runner.sink.clone(),
             abandon: runner.abandon.clone(),
+            health: runner.health.clone(),
         }
     }
 
@@ -340,7 +362,10 @@ impl Backoff {
         if error.kind() != ErrorKind::Transient {
             return Err(error.into());
         }
-        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %format!("{:#}", anyhow::Error::from(error)), retry_in_ms = self.wait.as_millis() as u64, "{}; retrying.", self.what);
+        let message = format!("{}: {:#}", self.what, anyhow::Error::from(error));
+        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %message, retry_in_ms = self.wait.as_millis() as u64, "Retrying.");
+        self.health.failed(&message);
+        metrics::counter!("tributary_sink_retries_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone()).increment(1);
         tokio::select! {
             _ = tokio::time::sleep(jitter(self.wait)) => {}
             _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),

@@ -56,6 +56,17 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Reading or deleting an object failed.
+    #[error("failed to {action} {path}")]
+    Object {
+        /// `read` or `delete`.
+        action: &'static str,
+        /// Full location of the object.
+        path: String,
+        /// What object_store said.
+        #[source]
+        source: object_store::Error,
+    },
     /// Writing a local file failed.
     #[error("failed to write {}", path.display())]
     Local {
@@ -71,9 +82,10 @@ impl Classify for StorageError {
     fn kind(&self) -> ErrorKind {
         match self {
             StorageError::Build { .. } | StorageError::MissingEnv { .. } => ErrorKind::Config,
-            StorageError::Put { .. } | StorageError::List { .. } | StorageError::Local { .. } => {
-                ErrorKind::Transient
-            }
+            StorageError::Put { .. }
+            | StorageError::List { .. }
+            | StorageError::Object { .. }
+            | StorageError::Local { .. } => ErrorKind::Transient,
         }
     }
 }
@@ -212,6 +224,77 @@ impl Storage {
                     .map(|meta| meta.location.to_string())
                     .collect())
             }
+        }
+    }
+}
+
+impl Storage {
+    /// The bytes of `name`, a name as [`Storage::list`] returns it.
+    pub async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
+        match self {
+            Storage::Local(dir) => {
+                let path = dir.join(name);
+                tokio::fs::read(&path)
+                    .await
+                    .map(Bytes::from)
+                    .map_err(|source| StorageError::Local { path, source })
+            }
+            Storage::Object { store, display, .. } => {
+                let failed = |source| StorageError::Object {
+                    action: "read",
+                    path: format!("{display}: {name}"),
+                    source,
+                };
+                let path = ObjectPath::from(name);
+                store
+                    .get(&path)
+                    .await
+                    .map_err(failed)?
+                    .bytes()
+                    .await
+                    .map_err(failed)
+            }
+        }
+    }
+
+    /// Deletes `name`, a name as [`Storage::list`] returns it (durably, for local files).
+    pub async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(dir) => {
+                let path = dir.join(name);
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    fs::remove_file(&target)?;
+                    sync_dir(target.parent().unwrap_or(Path::new(".")))
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| StorageError::Local { path, source })
+            }
+            Storage::Object { store, display, .. } => store
+                .delete(&ObjectPath::from(name))
+                .await
+                .map_err(|source| StorageError::Object {
+                    action: "delete",
+                    path: format!("{display}: {name}"),
+                    source,
+                }),
+        }
+    }
+
+    /// Writes `bytes` at `name`, a name as [`Storage::list`] returns it.
+    pub async fn replace(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(_) => self.put(name, bytes).await,
+            Storage::Object { store, display, .. } => store
+                .put(&ObjectPath::from(name), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|source| StorageError::Put {
+                    path: format!("{display}: {name}"),
+                    source,
+                }),
         }
     }
 }

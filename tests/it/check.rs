@@ -180,3 +180,42 @@ fn help_describes_every_command() {
         "{help}"
     );
 }
+
+#[test]
+fn explain_prints_the_effective_config_with_every_default() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["check", "--explain"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Each file's section is TOML of its own.
+    let sections: Vec<&str> = text.split("\n# ").collect();
+    assert!(sections.len() >= 4, "{text}");
+    for section in &sections {
+        let body = section.split_once('\n').map_or("", |(_, b)| b);
+        toml::from_str::<toml::Table>(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    }
+    for default in [
+        "header_timeout = \"10s\"",
+        "body_timeout = \"1m\"",
+        "max_connections = 4096",
+        "max_body = ",
+        "max_events = ",
+        "max_age = ",
+        "[buffer]",
+        "max_retries = 5",
+        "max_pages = 10000",
+        "checkpoint_interval = ",
+        "dedupe = ",
+    ] {
+        assert!(text.contains(default), "{default:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("whsec_"), "no secret values");
+}

@@ -20,5 +20,6 @@ mod poll;
 // The HTTPS sink: signatures verified by libraries we did not write, faults, 410, kill -9.
 mod hostile;
 mod https;
+mod operate;
 // Inbound provider signatures: accepted, refused with a reason, only the accepted stored.
 mod verify;

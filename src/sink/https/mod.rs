@@ -32,6 +32,8 @@ use crate::event::Event;
 use crate::source::poll::client::{describe, excerpt, full_jitter, retry_after};
 use signing::Signer;
 
+use crate::status::SinkHealth;
+
 /// Events read from the log at once.
 const READ_CHUNK: usize = 1024;
 /// Backoff of a failing delivery: first step and ceiling.
@@ -69,6 +71,8 @@ pub struct HttpsRunner {
     pub abandon: CancellationToken,
     /// Signs each POST; built (secrets and keys read) before the pipeline starts.
     pub signer: Arc<Signer>,
+    /// What the admin API shows of this sink.
+    pub health: Arc<SinkHealth>,
 }
 
 struct Shared {
@@ -77,6 +81,17 @@ struct Shared {
     url: reqwest::Url,
     spec: HttpsSinkSpec,
     abandon: CancellationToken,
+    health: Arc<SinkHealth>,
+    /// Answers by class: 2xx, 3xx, 4xx, 5xx, and transport errors.
+    answers: [metrics::Counter; 5],
+    retries: metrics::Counter,
+}
+
+impl Shared {
+    fn count(&self, status: Option<StatusCode>) {
+        let class = status.map_or(4, |s| (s.as_u16() / 100).clamp(2, 5) as usize - 2);
+        self.answers[class].increment(1);
+    }
 }
 
 impl HttpsRunner {
@@ -109,6 +124,11 @@ impl HttpsRunner {
             url: reqwest::Url::parse(&self.spec.url).map_err(|e| setup(format!("url: {e}")))?,
             spec: self.spec.clone(),
             abandon: self.abandon.clone(),
+            health: self.health.clone(),
+            answers: ["2xx", "3xx", "4xx", "5xx", "error"].map(|class| {
+                metrics::counter!("tributary_https_deliveries_total", "pipeline" => self.pipeline.clone(), "sink" => name.clone(), "class" => class)
+            }),
+            retries: metrics::counter!("tributary_https_retries_total", "pipeline" => self.pipeline.clone(), "sink" => name.clone()),
         });
         let limit = if self.spec.ordered {
             1
@@ -152,6 +172,7 @@ impl HttpsRunner {
                     let events = reader.read(READ_CHUNK).await.map_err(SinkError::Log)?;
                     for (i, event) in events.into_iter().enumerate() {
                         let offset = first + i as u64;
+                        let event = crate::replay::unwrap_for(&name, event);
                         if event.is_state() {
                             done.insert(offset);
                         } else {
@@ -165,10 +186,14 @@ impl HttpsRunner {
                         Outcome::Delivered => {}
                         Outcome::Dead(reason) => {
                             warn!(pipeline = %self.pipeline, sink = %name, offset, reason = %reason, "Event not delivered; kept as a dead letter.");
+                            let class = if reason.starts_with("gave up") { "expired" } else { "rejected" };
+                            metrics::counter!("tributary_dead_letters_total", "pipeline" => self.pipeline.clone(), "sink" => name.clone(), "reason" => class).increment(1);
                             self.dead_letter(offset, &event, reason).await?;
+                            self.health.dead_letters(1);
                         }
                         Outcome::Gone(why) => {
                             error!(pipeline = %self.pipeline, sink = %name, url = %self.spec.url, answer = %why, "The receiver answered 410 Gone; this sink stops. Events stay in the log; fix the receiver and restart.");
+                            self.health.stopped(&format!("the receiver answered 410 Gone ({why})"));
                             self.commit(committed).await?;
                             return Err(SinkError::Disabled(format!("HTTPS sink {name}: the receiver answered 410 Gone ({why})")));
                         }
@@ -291,8 +316,10 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
         let (wait, why) = match request.send().await {
             Ok(response) => {
                 let status = response.status();
+                shared.count(Some(status));
                 let retry_after = retry_after(response.headers());
                 if status.is_success() {
+                    shared.health.committed();
                     return Outcome::Delivered;
                 }
                 let answer = format!("{status}: {}", excerpt(&start_of(response).await));
@@ -314,8 +341,13 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                     return Outcome::Dead(answer);
                 }
             }
-            Err(e) => (backoff(tries), describe(&e)),
+            Err(e) => {
+                shared.count(None);
+                (backoff(tries), describe(&e))
+            }
         };
+        shared.retries.increment(1);
+        shared.health.failed(&why);
         // The last try happens at the deadline, not before a wait past it.
         let left = shared
             .spec

@@ -39,6 +39,7 @@ fn runner(dir: &Path, log: Log, policy: BatchPolicy) -> Runner {
         dead_letters: Storage::new(&Location::Local(dir.join("dead")), &Default::default())
             .unwrap(),
         abandon: CancellationToken::new(),
+        health: Default::default(),
     }
 }
 

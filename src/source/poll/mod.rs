@@ -176,6 +176,38 @@ impl Poller {
         &mut self,
         progress: &mut (dyn FnMut(&RunState) + Send),
     ) -> Result<RunState, PollError> {
+        let label = [("pipeline", self.pipeline.clone())];
+        let (pages, records) = (
+            metrics::counter!("tributary_poll_pages_total", &label),
+            metrics::counter!("tributary_poll_records_total", &label),
+        );
+        let mut counted = self
+            .state
+            .run
+            .as_ref()
+            .map_or((0, 0), |r| (r.pages, r.records));
+        let result = self
+            .run_pages(&mut |run: &RunState| {
+                pages.increment(run.pages.saturating_sub(counted.0));
+                records.increment(run.records.saturating_sub(counted.1));
+                counted = (run.pages, run.records);
+                progress(run);
+            })
+            .await;
+        let outcome = match &result {
+            Ok(_) if self.state.run.is_some() => "paused",
+            Ok(_) => "ok",
+            Err(PollError::Stopped) => "stopped",
+            Err(_) => "failed",
+        };
+        metrics::counter!("tributary_poll_runs_total", "pipeline" => self.pipeline.clone(), "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn run_pages(
+        &mut self,
+        progress: &mut (dyn FnMut(&RunState) + Send),
+    ) -> Result<RunState, PollError> {
         let resumed = self.state.run.is_some();
         let mut run = match self.state.run.clone() {
             Some(run) => {

@@ -51,6 +51,30 @@ pub struct Route {
     pub dedupe: Option<Arc<Dedupe>>,
     /// Longest a client may take to send the body (`server.body_timeout`).
     pub body_timeout: std::time::Duration,
+    /// Counters of this path, registered once (they are on every request's path).
+    pub metrics: RouteMetrics,
+}
+
+/// The Prometheus counters of one webhook path.
+pub struct RouteMetrics {
+    /// `tributary_http_responses_total{status="202"}`.
+    pub accepted: metrics::Counter,
+    /// `tributary_events_received_total`.
+    pub events: metrics::Counter,
+    /// `tributary_bytes_received_total`: bodies of accepted requests.
+    pub bytes: metrics::Counter,
+}
+
+impl RouteMetrics {
+    /// The counters of `pipeline`'s path (the metrics recorder must be installed).
+    pub fn new(pipeline: &str) -> Self {
+        let label = [("pipeline", pipeline.to_string())];
+        Self {
+            accepted: metrics::counter!("tributary_http_responses_total", "pipeline" => pipeline.to_string(), "status" => "202"),
+            events: metrics::counter!("tributary_events_received_total", &label),
+            bytes: metrics::counter!("tributary_bytes_received_total", &label),
+        }
+    }
 }
 
 /// A token bucket: `rate` requests per second, bursts of up to one second's worth.
@@ -231,11 +255,14 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     let Some(dedupe) = &route.dedupe else {
         let events: Vec<Event> = payloads.into_iter().map(make).collect();
         let accepted = accepted_body(&events, None);
+        let count = events.len() as u64;
         if !events.is_empty() {
             if let Err(e) = route.appender.append(events).await {
                 return append_failed(route, e);
             }
         }
+        route.metrics.events.increment(count);
+        route.metrics.bytes.increment(bytes.len() as u64);
         return accepted_response(accepted);
     };
     let ids = match dedupe.ids(&head.headers, &payloads) {
@@ -270,7 +297,12 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     })
     .await;
     match stored {
-        Ok(Ok(_)) => accepted_response(accepted),
+        Ok(Ok(range)) => {
+            // The range includes the ids' state record.
+            route.metrics.events.increment(range.end - range.start - 1);
+            route.metrics.bytes.increment(bytes.len() as u64);
+            accepted_response(accepted)
+        }
         Ok(Err(e)) => append_failed(route, e),
         Err(_) => append_failed(route, crate::buffer::AppendError::Closed),
     }

@@ -115,12 +115,18 @@ path = "/hooks/shopify/customers"
 
     /// Like [`Project::start`], with extra environment variables.
     pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
+        self.start_with(&[], env).await
+    }
+
+    /// Like [`Project::start`], with arguments before `run` and extra environment variables.
+    pub async fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path().join("run.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(args)
             .arg("run")
             .current_dir(self.path())
             .env("RUST_LOG", "info")
@@ -424,7 +430,11 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver for `scheme` with `key` (see receiver.py) in `dir`.
     pub async fn start(dir: &Path, scheme: &str, key: &str) -> Self {
-        let port = free_port();
+        Self::start_on(dir, scheme, key, free_port()).await
+    }
+
+    /// Like [`Receiver::start`], on a given port (to bring a receiver back).
+    pub async fn start_on(dir: &Path, scheme: &str, key: &str, port: u16) -> Self {
         let url = format!("http://127.0.0.1:{port}/hook");
         let (out, control) = (dir.join("deliveries.jsonl"), dir.join("control.json"));
         fs::write(&control, "{}").unwrap();

@@ -1,0 +1,387 @@
+//! `tributary check --explain`: the effective configuration, every default
+//! filled in, as TOML a person can read next to their files. Secrets appear
+//! only as the names of their env vars (the spec holds nothing else).
+
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::spec::{
+    AuthSpec, Config, DedupeBy, KeyPlace, KeySource, Location, Paginate, PipelineSpec, Schedule,
+    Secret, SigningSpec, SinkSpec, SourceSpec, VerifyScheme,
+};
+use super::units::format_size;
+
+fn text(s: impl ToString) -> Value {
+    Value::String(s.to_string())
+}
+
+fn duration(d: Duration) -> Value {
+    text(humantime::format_duration(d))
+}
+
+fn size(bytes: u64) -> Value {
+    text(format_size(bytes))
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> Value {
+    Value::Array(items.iter().map(text).collect())
+}
+
+fn table(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+fn location(l: &Location) -> Value {
+    match l {
+        Location::Local(p) => text(p.display()),
+        Location::S3 { .. } => text(l),
+    }
+}
+
+/// The effective configuration as TOML: `tributary.toml` first, then each
+/// pipeline file under a comment naming it.
+pub fn explain(config: &Config) -> String {
+    let g = &config.global;
+    let s = &g.server;
+    let mut global = Table::new();
+    global.insert("listen".into(), text(g.listen));
+    global.insert("data_dir".into(), text(g.data_dir.display()));
+    global.insert("lake".into(), location(&g.lake));
+    global.insert(
+        "server".into(),
+        table(vec![
+            ("header_timeout", duration(s.header_timeout)),
+            ("body_timeout", duration(s.body_timeout)),
+            ("max_connections", Value::Integer(s.max_connections as i64)),
+        ]),
+    );
+    if let Some((cert, key)) = &s.tls {
+        global.insert(
+            "tls".into(),
+            table(vec![
+                ("cert", text(cert.display())),
+                ("key", text(key.display())),
+            ]),
+        );
+    }
+    let mut admin = vec![(
+        "listen",
+        text(
+            s.admin_listen
+                .map_or("(on listen)".to_string(), |a| a.to_string()),
+        ),
+    )];
+    if let Some(env) = &s.admin_token_env {
+        admin.push(("token_env", text(env)));
+    }
+    global.insert("admin".into(), table(admin));
+    let mut out = String::from("# tributary.toml (effective)\n");
+    out.push_str(&toml::to_string(&global).unwrap_or_default());
+    for p in &config.pipelines {
+        out.push_str(&format!("\n# {} (effective)\n", p.file.display()));
+        out.push_str(&toml::to_string(&pipeline(p)).unwrap_or_default());
+    }
+    out
+}
+
+fn pipeline(p: &PipelineSpec) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), text(&p.name));
+    let columns: Vec<&str> = p
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    t.insert(
+        "schema_columns".into(),
+        if p.infer_schema {
+            text("infer")
+        } else {
+            list(&columns)
+        },
+    );
+    t.insert("record_path".into(), text(&p.record_path));
+    t.insert("primary_key".into(), list(&p.primary_key));
+    t.insert("source".into(), source(&p.source));
+    t.insert(
+        "batch".into(),
+        table(vec![
+            ("max_events", Value::Integer(p.batch.max_events as i64)),
+            ("max_bytes", size(p.batch.max_bytes)),
+            ("max_age", duration(p.batch.max_age)),
+        ]),
+    );
+    t.insert(
+        "buffer".into(),
+        table(vec![("max_bytes", size(p.buffer_max_bytes))]),
+    );
+    t.insert(
+        "sink".into(),
+        Value::Array(p.sinks.iter().map(sink).collect()),
+    );
+    t
+}
+
+fn source(source: &SourceSpec) -> Value {
+    match source {
+        SourceSpec::Webhook(w) => {
+            let mut t = vec![
+                ("type", text("webhook")),
+                ("path", text(&w.path)),
+                ("max_body", size(w.max_body)),
+            ];
+            if let Some(rate) = w.rate_limit {
+                t.push(("rate_limit", Value::Float(rate)));
+            }
+            if let Some(v) = &w.verify {
+                let scheme = match &v.scheme {
+                    VerifyScheme::Shopify => "shopify",
+                    VerifyScheme::Github => "github",
+                    VerifyScheme::Stripe => "stripe",
+                    VerifyScheme::Slack => "slack",
+                    VerifyScheme::StandardWebhooks => "standard-webhooks",
+                    VerifyScheme::HubspotV3 => "hubspot-v3",
+                    VerifyScheme::Hmac { .. } => "hmac",
+                };
+                let mut verify = vec![
+                    ("scheme", text(scheme)),
+                    ("secret_env", list(&v.secret_envs)),
+                    ("tolerance", duration(v.tolerance)),
+                ];
+                if let VerifyScheme::Hmac {
+                    header,
+                    prefix,
+                    base64,
+                } = &v.scheme
+                {
+                    verify.push(("header", text(header)));
+                    verify.push(("prefix", text(prefix)));
+                    verify.push(("encoding", text(if *base64 { "base64" } else { "hex" })));
+                }
+                t.push(("verify", table(verify)));
+            }
+            t.push((
+                "dedupe",
+                match &w.dedupe {
+                    None => Value::Boolean(false),
+                    Some(d) => {
+                        let by = match &d.by {
+                            DedupeBy::Headers(h) => ("header", list(h)),
+                            DedupeBy::Pointer(p) => ("pointer", text(p)),
+                        };
+                        table(vec![by, ("window", duration(d.window))])
+                    }
+                },
+            ));
+            table(t)
+        }
+        SourceSpec::Poll(p) => {
+            let mut t = vec![("type", text("poll"))];
+            match &p.schedule {
+                Schedule::Cron(c) => t.push(("schedule", text(c))),
+                Schedule::Every(d) => t.push(("every", duration(*d))),
+            }
+            t.extend([
+                ("jitter", duration(p.jitter)),
+                ("url", text(&p.url)),
+                ("method", text(if p.post { "POST" } else { "GET" })),
+                ("timeout", duration(p.timeout)),
+                ("max_response", size(p.max_response)),
+                ("max_retries", Value::Integer(p.max_retries.into())),
+                ("max_pages", Value::Integer(p.max_pages as i64)),
+                ("records", text(&p.records)),
+            ]);
+            let header_names: Vec<&str> = p.headers.iter().map(|(k, _)| k.as_str()).collect();
+            t.push(("header_names", list(&header_names)));
+            let auth = match &p.auth {
+                AuthSpec::None => table(vec![("type", text("none"))]),
+                AuthSpec::Bearer { token_env } => table(vec![
+                    ("type", text("bearer")),
+                    ("token_env", text(token_env)),
+                ]),
+                AuthSpec::Basic {
+                    username,
+                    password_env,
+                } => table(vec![
+                    ("type", text("basic")),
+                    match username {
+                        Secret::Plain(u) => ("username", text(u)),
+                        Secret::Env(e) => ("username_env", text(e)),
+                    },
+                    ("password_env", text(password_env)),
+                ]),
+                AuthSpec::ApiKey { key_env, place } => table(vec![
+                    ("type", text("api_key")),
+                    ("key_env", text(key_env)),
+                    match place {
+                        KeyPlace::Header(h) => ("header", text(h)),
+                        KeyPlace::Query(q) => ("query", text(q)),
+                    },
+                ]),
+                AuthSpec::Oauth2 {
+                    token_url,
+                    client_id_env,
+                    client_secret_env,
+                    refresh_token_env,
+                    scopes,
+                } => {
+                    let mut a = vec![
+                        ("type", text("oauth2")),
+                        ("token_url", text(token_url)),
+                        ("client_id_env", text(client_id_env)),
+                        ("client_secret_env", text(client_secret_env)),
+                        ("scopes", list(scopes)),
+                    ];
+                    if let Some(r) = refresh_token_env {
+                        a.push(("refresh_token_env", text(r)));
+                    }
+                    table(a)
+                }
+            };
+            t.push(("auth", auth));
+            if let Some(c) = &p.cursor {
+                let mut cursor = vec![
+                    ("field", text(&c.field)),
+                    ("lookback", duration(c.lookback)),
+                ];
+                if let Some(param) = &c.param {
+                    cursor.push(("param", text(param)));
+                }
+                if let Some(start) = &c.start {
+                    cursor.push(("start", text(start)));
+                }
+                t.push(("cursor", table(cursor)));
+            }
+            let paginate = match &p.paginate {
+                Paginate::None => table(vec![("type", text("none"))]),
+                Paginate::Link => table(vec![("type", text("link"))]),
+                Paginate::Cursor { next, param } => {
+                    let mut c = vec![("type", text("cursor")), ("next", text(next))];
+                    if let Some(param) = param {
+                        c.push(("param", text(param)));
+                    }
+                    table(c)
+                }
+                Paginate::Offset {
+                    limit,
+                    limit_param,
+                    offset_param,
+                } => table(vec![
+                    ("type", text("offset")),
+                    ("limit", Value::Integer(*limit as i64)),
+                    ("limit_param", text(limit_param)),
+                    ("offset_param", text(offset_param)),
+                ]),
+                Paginate::Page {
+                    param,
+                    start,
+                    limit,
+                } => {
+                    let mut c = vec![
+                        ("type", text("page")),
+                        ("param", text(param)),
+                        ("start", Value::Integer(*start as i64)),
+                    ];
+                    if let Some((limit, limit_param)) = limit {
+                        c.push(("limit", Value::Integer(*limit as i64)));
+                        c.push(("limit_param", text(limit_param)));
+                    }
+                    table(c)
+                }
+            };
+            t.push(("paginate", paginate));
+            table(t)
+        }
+    }
+}
+
+fn sink(sink: &SinkSpec) -> Value {
+    match sink {
+        SinkSpec::Parquet(p) => table(vec![
+            ("type", text("parquet")),
+            ("name", text(&p.name)),
+            ("uri", location(&p.location)),
+            ("partition_by", list(&p.partition_by)),
+            (
+                "storage_keys",
+                list(&p.storage.keys().map(|k| k.as_str()).collect::<Vec<_>>()),
+            ),
+        ]),
+        SinkSpec::Delta(d) => table(vec![
+            ("type", text("delta")),
+            ("name", text(&d.name)),
+            ("uri", location(&d.location)),
+            ("partition_by", list(&d.partition_by)),
+            (
+                "mode",
+                text(if d.merge_on.is_some() {
+                    "merge"
+                } else {
+                    "append"
+                }),
+            ),
+            (
+                "schema_evolution",
+                text(if d.add_columns { "add_columns" } else { "off" }),
+            ),
+            (
+                "checkpoint_interval",
+                Value::Integer(d.checkpoint_interval as i64),
+            ),
+            ("target_file_size", size(d.target_file_size)),
+            (
+                "compact_min_files",
+                Value::Integer(d.compact_min_files as i64),
+            ),
+            ("vacuum_retention", duration(d.vacuum_retention)),
+            (
+                "storage_keys",
+                list(&d.storage.keys().map(|k| k.as_str()).collect::<Vec<_>>()),
+            ),
+        ]),
+        SinkSpec::Https(h) => {
+            let signing = match &h.signing {
+                SigningSpec::StandardWebhooks { secret_envs } => table(vec![
+                    ("scheme", text("standard-webhooks")),
+                    ("secret_env", list(secret_envs)),
+                ]),
+                SigningSpec::Rsa { key, header } => table(vec![
+                    ("scheme", text("rsa-sha256")),
+                    match key {
+                        KeySource::Env(e) => ("key_env", text(e)),
+                        KeySource::File(f) => ("key_file", text(f.display())),
+                    },
+                    ("header", text(header)),
+                ]),
+                SigningSpec::Hmac {
+                    secret_envs,
+                    header,
+                    prefix,
+                    base64,
+                } => table(vec![
+                    ("scheme", text("hmac-sha256")),
+                    ("secret_env", list(secret_envs)),
+                    ("header", text(header)),
+                    ("prefix", text(prefix)),
+                    ("encoding", text(if *base64 { "base64" } else { "hex" })),
+                ]),
+            };
+            let mut t = vec![
+                ("type", text("https")),
+                ("name", text(&h.name)),
+                ("url", text(&h.url)),
+                ("signing", signing),
+                ("concurrency", Value::Integer(h.concurrency as i64)),
+                ("timeout", duration(h.timeout)),
+                ("max_retry_duration", duration(h.max_retry_duration)),
+                ("ordered", Value::Boolean(h.ordered)),
+            ];
+            if let Some(ca) = &h.ca_file {
+                t.push(("ca_file", text(ca.display())));
+            }
+            table(t)
+        }
+    }
+}

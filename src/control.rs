@@ -1,0 +1,207 @@
+//! `tributary status` and `tributary replay`: clients of the running server's
+//! admin API, found through the same configuration `run` reads (`admin.listen`
+//! if set, else `listen`, over HTTPS when `[tls]` is set there), with the
+//! bearer token from `admin.token_env`.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::config::GlobalSpec;
+use crate::replay::Filter;
+
+/// The admin API's base URL and a client for it.
+pub struct AdminClient {
+    base: String,
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+/// A wildcard listen address is reached on loopback.
+fn reachable(address: SocketAddr) -> SocketAddr {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address
+}
+
+impl AdminClient {
+    /// The client for the server `global` configures.
+    pub fn new(global: &GlobalSpec) -> Result<Self, String> {
+        let server = &global.server;
+        let mut builder = reqwest::Client::builder().no_proxy();
+        let base = match server.admin_listen {
+            Some(admin) => format!("http://{}", reachable(admin)),
+            None => {
+                let address = reachable(global.listen);
+                match &server.tls {
+                    None => format!("http://{address}"),
+                    Some((cert, _)) => {
+                        // Trust the server's own certificate file (self-signed or its chain).
+                        let pem = std::fs::read(cert)
+                            .map_err(|e| format!("cannot read tls.cert {}: {e}", cert.display()))?;
+                        for c in reqwest::Certificate::from_pem_bundle(&pem)
+                            .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
+                        {
+                            builder = builder.add_root_certificate(c);
+                        }
+                        format!("https://{address}")
+                    }
+                }
+            }
+        };
+        let token = match &server.admin_token_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                format!(
+                    "admin.token_env names {var}, which is not set here; export the admin token"
+                )
+            })?),
+        };
+        let client = builder.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            base,
+            client,
+            token,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let response = request.send().await.map_err(|e| {
+            format!(
+                "cannot reach tributary at {} ({e}); is `tributary run` running with this configuration?",
+                self.base
+            )
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(format!(
+            "the server answered {status}: {}",
+            body["error"].as_str().unwrap_or("(no message)")
+        ))
+    }
+
+    /// `GET /api/pipelines`.
+    pub async fn pipelines(&self) -> Result<Value, String> {
+        let response = self
+            .send(self.request(reqwest::Method::GET, "/api/pipelines"))
+            .await?;
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// `POST /api/pipelines/{name}/replay`; `progress` sees each progress
+    /// line; returns the final result.
+    pub async fn replay(
+        &self,
+        pipeline: &str,
+        filter: &Filter,
+        progress: &mut dyn FnMut(&Value),
+    ) -> Result<Value, String> {
+        let request = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/pipelines/{pipeline}/replay"),
+            )
+            .json(filter);
+        let mut response = self.send(request).await?;
+        let mut pending = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let value: Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+                if let Some(p) = value.get("progress") {
+                    progress(p);
+                } else if let Some(e) = value.get("error") {
+                    return Err(e.as_str().unwrap_or("replay failed").to_string());
+                } else if value.get("done").is_some() {
+                    return Ok(value["result"].clone());
+                }
+            }
+        }
+        Err("the server ended the replay without a result; check its log".into())
+    }
+}
+
+/// `--since`: an RFC 3339 time or a duration back from now, as µs since the epoch.
+pub fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_micros());
+    }
+    let back = crate::config::units::parse_duration(text)
+        .map_err(|_| format!("--since {text:?} is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration (2h)"))?;
+    Ok(crate::event::now_us() - back.as_micros() as i64)
+}
+
+/// The status table: one line per sink.
+pub fn table(pipelines: &Value) -> String {
+    let mut rows = vec![[
+        "PIPELINE",
+        "SOURCE",
+        "SINK",
+        "STATE",
+        "COMMITTED",
+        "LAG",
+        "LAG_S",
+        "LAST_COMMIT",
+        "DEAD",
+        "LAST_ERROR",
+    ]
+    .map(String::from)];
+    for p in pipelines["pipelines"].as_array().into_iter().flatten() {
+        for s in p["sinks"].as_array().into_iter().flatten() {
+            let text = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            rows.push([
+                text(&p["name"]),
+                text(&p["source"]),
+                text(&s["name"]),
+                text(&s["state"]),
+                text(&s["committed_offset"]),
+                text(&s["lag_events"]),
+                format!("{:.1}", s["lag_seconds"].as_f64().unwrap_or(0.0)),
+                text(&s["last_commit"]),
+                text(&s["dead_letters"]),
+                text(&s["last_error"]),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..10)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 9 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

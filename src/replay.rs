@@ -1,0 +1,292 @@
+//! Dead letters fed back into their pipeline (`tributary replay`), after the
+//! user fixed the schema or the receiver and restarted.
+//!
+//! A dead letter belongs to one sink: the others stored the event fine. So a
+//! replayed event goes into the log wrapped in a state record addressed to the
+//! sinks that dead-lettered it, `{"replay": {"sinks": [...], "id": ...,
+//! "received_at_us": ..., "event": <the original JSON>}}`. Those sinks unwrap
+//! it into the original event (same `_event_id`, same `_received_at`, same
+//! bytes); every other sink skips it like any state record. The wrapper is
+//! self-contained, so a restart between two records cannot misroute one, and
+//! a replay append ends with a state record, as poll and dedupe logs require.
+//!
+//! A dead-letter file is deleted (or rewritten without the replayed rows) only
+//! after the append holding its rows is durable; a crash in between replays
+//! those rows again next time, and a sink's exactly-once flushes then store
+//! them a second time (at-least-once for a replay interrupted by a crash).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{BooleanArray, RecordBatch};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::buffer::Appender;
+use crate::event::Event;
+use crate::sink::{parquet as files, Storage};
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    replay: Replayed<'a>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Replayed<'a> {
+    #[serde(borrow)]
+    sinks: Vec<Cow<'a, str>>,
+    id: Uuid,
+    received_at_us: i64,
+    #[serde(borrow)]
+    event: &'a RawValue,
+}
+
+/// The log record that replays `event` (raw JSON) to `sinks`.
+pub fn wrap(id: Uuid, received_at_us: i64, event: &RawValue, sinks: &[&str]) -> Event {
+    let envelope = Envelope {
+        replay: Replayed {
+            sinks: sinks.iter().map(|s| Cow::Borrowed(*s)).collect(),
+            id,
+            received_at_us,
+            event,
+        },
+    };
+    let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
+    debug_assert!(payload.starts_with(crate::event::REPLAY_PREFIX));
+    Event::state(Bytes::from(payload))
+}
+
+/// The original event if `event` replays one to `sink`; otherwise `event` as it is.
+pub fn unwrap_for(sink: &str, event: Event) -> Event {
+    if !event.is_replay() {
+        return event;
+    }
+    match serde_json::from_slice::<Envelope<'_>>(&event.payload) {
+        Ok(envelope) if envelope.replay.sinks.iter().any(|s| s == sink) => Event {
+            id: envelope.replay.id,
+            received_at_us: envelope.replay.received_at_us,
+            payload: Bytes::copy_from_slice(envelope.replay.event.get().as_bytes()),
+        },
+        Ok(_) => event,
+        Err(e) => {
+            warn!(sink, error = %e, "Skipping an unreadable replay record.");
+            event
+        }
+    }
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Filter {
+    /// Only those that arrived at or after this time (µs since the epoch).
+    pub since_us: Option<i64>,
+    /// Only those whose reason contains this text.
+    pub reason: Option<String>,
+}
+
+/// How far a replay got.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// Dead-letter files found.
+    pub files: usize,
+    /// Files done so far (replayed, or nothing in them matched).
+    pub files_done: usize,
+    /// Dead letters re-appended durably.
+    pub replayed: usize,
+    /// Dead letters left in place (filtered out, an unknown sink, unreadable).
+    pub kept: usize,
+    /// Problems, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Replays the dead letters of one pipeline stored in `storage` (its
+/// `<lake>/_dead_letters/<pipeline>/`) into its log; `sinks` are the
+/// pipeline's current sinks. Calls `progress` after each file.
+pub async fn run(
+    storage: &Storage,
+    sinks: &[String],
+    appender: &Appender,
+    filter: &Filter,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Progress, String> {
+    let mut names: Vec<String> = storage
+        .list()
+        .await
+        .map_err(|e| format!("cannot list the dead letters in {storage}: {e}"))?
+        .into_iter()
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    names.sort();
+    let mut done = Progress {
+        files: names.len(),
+        ..Default::default()
+    };
+    progress(&done);
+    let known: HashSet<&str> = sinks.iter().map(String::as_str).collect();
+    for name in &names {
+        let bytes = storage
+            .get(name)
+            .await
+            .map_err(|e| format!("cannot read dead-letter file {name}: {e}"))?;
+        let batch = match read(bytes) {
+            Ok(batch) => batch,
+            Err(e) => {
+                done.problems.push(format!(
+                    "{name}: not a dead-letter file ({e}); left in place"
+                ));
+                done.files_done += 1;
+                progress(&done);
+                continue;
+            }
+        };
+        let (events, replay_mask, problems) = select(&batch, filter, &known);
+        done.problems
+            .extend(problems.into_iter().map(|p| format!("{name}: {p}")));
+        let replayed = events.len();
+        if replayed > 0 {
+            appender
+                .append(events)
+                .await
+                .map_err(|e| format!("cannot append the replayed events to the log: {e}"))?;
+            let keep_mask: BooleanArray = replay_mask.iter().map(|r| Some(!r)).collect();
+            let keep = arrow_select::filter::filter_record_batch(&batch, &keep_mask)
+                .expect("the mask fits the batch");
+            if keep.num_rows() == 0 {
+                storage
+                    .delete(name)
+                    .await
+                    .map_err(|e| format!("replayed {name} but cannot delete it: {e}"))?;
+            } else {
+                let body = files::serialise(&keep, &files::writer_properties())
+                    .map_err(|e| format!("cannot rewrite {name}: {e}"))?;
+                storage
+                    .replace(name, body)
+                    .await
+                    .map_err(|e| format!("replayed part of {name} but cannot rewrite it: {e}"))?;
+            }
+        }
+        done.replayed += replayed;
+        done.kept += batch.num_rows() - replayed;
+        done.files_done += 1;
+        progress(&done);
+    }
+    Ok(done)
+}
+
+fn read(bytes: Bytes) -> Result<RecordBatch, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let schema = crate::encode::dead_letter::schema();
+    let batch =
+        arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
+    Ok(batch)
+}
+
+/// The replay records for the rows of `batch` that match, a mask of those
+/// rows, and why others were kept.
+fn select(
+    batch: &RecordBatch,
+    filter: &Filter,
+    known: &HashSet<&str>,
+) -> (Vec<Event>, Vec<bool>, Vec<String>) {
+    let column = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>());
+    let (Some(ids), Some(sinks), Some(reasons), Some(raws)) = (
+        column("_event_id"),
+        column("sink"),
+        column("reason"),
+        column("raw"),
+    ) else {
+        return (
+            Vec::new(),
+            vec![false; batch.num_rows()],
+            vec!["columns missing; left in place".into()],
+        );
+    };
+    let Some(times) = batch
+        .column_by_name("_received_at")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+    else {
+        return (
+            Vec::new(),
+            vec![false; batch.num_rows()],
+            vec!["_received_at missing; left in place".into()],
+        );
+    };
+    let mut events = Vec::new();
+    let mut mask = Vec::with_capacity(batch.num_rows());
+    let mut problems = Vec::new();
+    for row in 0..batch.num_rows() {
+        let (at, sink, reason) = (times.value(row), sinks.value(row), reasons.value(row));
+        let wanted = filter.since_us.is_none_or(|since| at >= since)
+            && filter.reason.as_deref().is_none_or(|r| reason.contains(r));
+        if !wanted {
+            mask.push(false);
+            continue;
+        }
+        if !known.contains(sink) {
+            problems.push(format!(
+                "row {row}: sink {sink} is not in the pipeline any more; left in place"
+            ));
+            mask.push(false);
+            continue;
+        }
+        let parsed = Uuid::parse_str(ids.value(row))
+            .map_err(|e| e.to_string())
+            .and_then(|id| {
+                serde_json::from_str::<&RawValue>(raws.value(row))
+                    .map(|raw| (id, raw))
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok((id, raw)) => {
+                events.push(wrap(id, at, raw, &[sink]));
+                mask.push(true);
+            }
+            Err(e) => {
+                problems.push(format!("row {row}: unreadable ({e}); left in place"));
+                mask.push(false);
+            }
+        }
+    }
+    (events, mask, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_record_unwraps_for_its_sink_only() {
+        let raw: &RawValue =
+            serde_json::from_str(r#"{"customers": {"id": 7, "note": "ü"}}"#).unwrap();
+        let id = Uuid::now_v7();
+        let record = wrap(id, 42, raw, &["delta"]);
+        assert!(record.is_state() && record.is_replay());
+        let other = unwrap_for("parquet", record.clone());
+        assert!(other.is_state(), "another sink skips it");
+        let mine = unwrap_for("delta", record);
+        assert_eq!(mine.id, id);
+        assert_eq!(mine.received_at_us, 42);
+        assert_eq!(
+            &mine.payload[..],
+            raw.get().as_bytes(),
+            "the original bytes"
+        );
+        // Plain events and other state records pass through.
+        let plain = Event::new(Bytes::from_static(b"{}"));
+        assert_eq!(unwrap_for("delta", plain.clone()), plain);
+        let state = Event::state(Bytes::from_static(b"{\"dedupe\":[]}"));
+        assert!(!state.is_replay());
+    }
+}
