@@ -1,12 +1,28 @@
 //! Validation of `[server]`, `[tls]` and `[admin]` in `tributary.toml`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::RawGlobal;
-use super::spec::ServerSpec;
 use super::validate::{positive_duration, Errors};
+
+/// `[server]`, `[tls]` and `[admin]`, defaulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Longest a client may take to send a request's headers (and a TLS handshake).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Most connections open at once on each listener.
+    pub max_connections: usize,
+    /// Certificate and key files for HTTPS on `listen`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A separate (plain HTTP) address for the admin endpoints.
+    pub admin_listen: Option<SocketAddr>,
+    /// Env var of the bearer token the admin API requires.
+    pub admin_token_env: Option<String>,
+}
 
 /// Default `server.header_timeout`.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

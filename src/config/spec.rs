@@ -33,22 +33,7 @@ pub struct GlobalSpec {
     pub server: ServerSpec,
 }
 
-/// `[server]`, `[tls]` and `[admin]`, defaulted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerSpec {
-    /// Longest a client may take to send a request's headers (and a TLS handshake).
-    pub header_timeout: Duration,
-    /// Longest a client may take to send a request's body.
-    pub body_timeout: Duration,
-    /// Most connections open at once on each listener.
-    pub max_connections: usize,
-    /// Certificate and key files for HTTPS on `listen`.
-    pub tls: Option<(PathBuf, PathBuf)>,
-    /// A separate (plain HTTP) address for the admin endpoints.
-    pub admin_listen: Option<SocketAddr>,
-    /// Env var of the bearer token the admin API requires.
-    pub admin_token_env: Option<String>,
-}
+pub use super::server::ServerSpec;
 
 /// One pipeline, defaulted.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ pub mod https;
 pub mod parquet;
 pub mod runner;
 pub mod storage;
+pub mod task;
 
 use std::io;
 

@@ -362,9 +362,9 @@ impl Backoff {
         if error.kind() != ErrorKind::Transient {
             return Err(error.into());
         }
-        let message = format!("{}: {:#}", self.what, anyhow::Error::from(error));
-        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %message, retry_in_ms = self.wait.as_millis() as u64, "Retrying.");
-        self.health.failed(&message);
+        let error = format!("{:#}", anyhow::Error::from(error));
+        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = self.wait.as_millis() as u64, "{}; retrying.", self.what);
+        self.health.failed(&format!("{}: {error}", self.what));
         metrics::counter!("tributary_sink_retries_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone()).increment(1);
         tokio::select! {
             _ = tokio::time::sleep(jitter(self.wait)) => {}

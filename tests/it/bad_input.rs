@@ -194,6 +194,12 @@ uri = "blocked/table"
     })
     .await;
     assert_eq!(project.health().await, 200);
+    // Alive, but not ready, and /readyz says why.
+    let ready = reqwest::get(project.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let problems = ready.text().await.unwrap();
+    assert!(problems.contains("pipeline stuck: its buffer is full"), "{problems}");
+    assert!(problems.contains("sink parquet is failing: Upload failed"), "{problems}");
     server.kill9();
 }
 

@@ -1,0 +1,58 @@
+//! A sink's runner as one task: columnar (Parquet, Delta) or HTTPS.
+
+use crate::sink::https::HttpsRunner;
+use crate::sink::runner::Runner;
+
+/// A sink's runner.
+pub enum SinkTask {
+    /// Parquet or Delta: batches of rows.
+    Columnar(Runner),
+    /// HTTPS: a signed POST per event.
+    Https(HttpsRunner),
+}
+
+impl SinkTask {
+    /// The sink's name.
+    pub fn sink(&self) -> &str {
+        match self {
+            SinkTask::Columnar(r) => &r.sink,
+            SinkTask::Https(r) => &r.spec.name,
+        }
+    }
+
+    /// Runs until the log closes. An HTTPS sink runs on a thread of its own
+    /// with a single-threaded runtime: its many small requests and their
+    /// connection tasks then wake each other without crossing threads
+    /// (measured: fewer context switches, more POSTs per core).
+    pub async fn run(self) -> Result<(), crate::sink::SinkError> {
+        match self {
+            SinkTask::Columnar(r) => r.run().await,
+            SinkTask::Https(r) => {
+                let (done, result) = tokio::sync::oneshot::channel();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        crate::sink::SinkError::Setup(format!(
+                            "cannot start the HTTPS sink's runtime: {e}"
+                        ))
+                    })?;
+                std::thread::Builder::new()
+                    .name(format!("https-{}", r.spec.name))
+                    .spawn(move || {
+                        let _ = done.send(runtime.block_on(r.run()));
+                    })
+                    .map_err(|e| {
+                        crate::sink::SinkError::Setup(format!(
+                            "cannot start the HTTPS sink's thread: {e}"
+                        ))
+                    })?;
+                result.await.unwrap_or_else(|_| {
+                    Err(crate::sink::SinkError::Internal(
+                        "the HTTPS sink's thread ended without a result".into(),
+                    ))
+                })
+            }
+        }
+    }
+}
