@@ -98,6 +98,10 @@ pub struct ReplayArgs {
     /// Only dead letters whose reason contains this text.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Replay dead letters (the default and only kind; accepted so that
+    /// `tributary replay PIPELINE --dead-letters` reads as documented).
+    #[arg(long)]
+    pub dead_letters: bool,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,

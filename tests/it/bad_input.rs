@@ -198,8 +198,14 @@ uri = "blocked/table"
     let ready = reqwest::get(project.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
     let problems = ready.text().await.unwrap();
-    assert!(problems.contains("pipeline stuck: its buffer is full"), "{problems}");
-    assert!(problems.contains("sink parquet is failing: Upload failed"), "{problems}");
+    assert!(
+        problems.contains("pipeline stuck: its buffer is full"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("sink parquet is failing: Upload failed"),
+        "{problems}"
+    );
     server.kill9();
 }
 

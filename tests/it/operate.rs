@@ -52,6 +52,12 @@ print(json.dumps(out))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The metrics page at `url`, parsed.
+async fn scrape(url: &str) -> HashMap<String, f64> {
+    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+    parse_metrics(&page)
+}
+
 async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
@@ -93,13 +99,7 @@ async fn metrics_readiness_and_status_follow_a_stalled_sink_and_its_recovery() {
     let metrics_url = project.url("/metrics");
     let mut caught_up = false;
     for _ in 0..100 {
-        let page = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let m = parse_metrics(&page);
+        let m = scrape(&metrics_url).await;
         assert_eq!(
             m[r#"tributary_events_received_total{pipeline="shopify_customers"}"#],
             20.0
@@ -116,7 +116,7 @@ async fn metrics_readiness_and_status_follow_a_stalled_sink_and_its_recovery() {
             m[&format!("tributary_sink_lag_events{{pipeline=\"shopify_customers\",sink=\"{s}\"}}")]
         };
         if lag("https") == 0.0 && lag("parquet") == 0.0 {
-            assert!(m.contains_key(r#"tributary_flush_seconds_bucket{le="+Inf",pipeline="shopify_customers",sink="parquet"}"#), "{page}");
+            assert!(m.contains_key(r#"tributary_flush_seconds_bucket{le="+Inf",pipeline="shopify_customers",sink="parquet"}"#), "{m:?}");
             assert!(m[r#"tributary_log_bytes{pipeline="shopify_customers"}"#] > 0.0);
             caught_up = true;
             break;
@@ -163,13 +163,7 @@ async fn metrics_readiness_and_status_follow_a_stalled_sink_and_its_recovery() {
         "{https}"
     );
     assert_eq!(sink(&second, "parquet")["state"], "running");
-    let page = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let m = parse_metrics(&page);
+    let m = scrape(&metrics_url).await;
     assert!(m[r#"tributary_sink_lag_events{pipeline="shopify_customers",sink="https"}"#] >= 5.0);
     assert!(
         m[r#"tributary_https_retries_total{pipeline="shopify_customers",sink="https"}"#] >= 1.0
@@ -267,7 +261,7 @@ async fn replayed_dead_letters_land_once_in_the_sink_that_refused_them() {
     let missing = project.command(&["replay", "nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no pipeline is named nope"));
-    let out = project.command(&["replay", "shopify_customers"]);
+    let out = project.command(&["replay", "shopify_customers", "--dead-letters"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

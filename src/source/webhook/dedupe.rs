@@ -125,20 +125,12 @@ impl Dedupe {
             seen.insert(id.into_boxed_str(), at);
         }
         let mut reader = log.reader(from);
-        let end = log.end();
         let mut scanned = 0usize;
-        while reader.position() < end {
-            let events = reader.read(4096).await?;
-            if events.is_empty() {
-                break;
-            }
-            for event in events.iter().filter(|e| e.is_state()) {
-                for id in ids_of(event) {
-                    seen.insert(id.into_boxed_str(), event.received_at_us);
-                    scanned += 1;
-                }
-            }
-        }
+        read_ids(&mut reader, log.end(), |at, id| {
+            seen.insert(id.into_boxed_str(), at);
+            scanned += 1;
+        })
+        .await?;
         seen.expire(now_us - self.window_us);
         info!(dir = %dir.display(), ids = seen.map.len(), from_log = scanned, "Loaded the delivery ids of the dedupe window.");
         *self.lock() = seen;
@@ -277,6 +269,26 @@ fn id_at(event: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
+/// Reads the log up to `end`, passing each delivery id with its arrival time.
+async fn read_ids(
+    reader: &mut crate::buffer::Reader,
+    end: u64,
+    mut each: impl FnMut(i64, String),
+) -> io::Result<()> {
+    while reader.position() < end {
+        let events = reader.read(4096).await?;
+        if events.is_empty() {
+            break;
+        }
+        for event in events.iter().filter(|e| e.is_state()) {
+            for id in ids_of(event) {
+                each(event.received_at_us, id);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The ids in a source-state record of a webhook log (none in other records).
 fn ids_of(event: &Event) -> Vec<String> {
     serde_json::from_slice::<Record<'_>>(&event.payload)
@@ -360,19 +372,12 @@ impl Index {
             let open = reader.wait().await;
             let end = self.log.end();
             let mut out = Vec::new();
-            while reader.position() < end {
-                let events = reader.read(4096).await?;
-                if events.is_empty() {
-                    break;
-                }
-                for event in events.iter().filter(|e| e.is_state()) {
-                    for id in ids_of(event) {
-                        journal_line(&mut out, event.received_at_us, &id);
-                        live.push_back((event.received_at_us, id));
-                        lines += 1;
-                    }
-                }
-            }
+            read_ids(&mut reader, end, |at, id| {
+                journal_line(&mut out, at, &id);
+                live.push_back((at, id));
+                lines += 1;
+            })
+            .await?;
             let position = reader.position();
             if position > self.log.sink_state(CONSUMER).committed {
                 out.extend_from_slice(format!("@{position}\n").as_bytes());

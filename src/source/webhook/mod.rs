@@ -28,7 +28,7 @@ use crate::buffer::Appender;
 use crate::config::units::format_size;
 use crate::event::{now_us, Event};
 use body::Format;
-use dedupe::{Dedupe, Ids};
+use dedupe::Dedupe;
 
 /// Seconds a client is asked to wait when the buffer is full or failing.
 const RETRY_AFTER_SECS: &str = "1";
@@ -277,8 +277,8 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         .filter(|(_, fresh)| **fresh)
         .map(|(p, _)| make(p))
         .collect();
-    let duplicate =
-        matches!(ids, Ids::Request(Some(_))) && !claim.fresh.first().copied().unwrap_or(true);
+    // Every event a repeat (or the request's id was): nothing new to store.
+    let duplicate = repeats > 0 && events.is_empty();
     let accepted = accepted_body(&events, Some((repeats, duplicate)));
     if duplicate {
         debug!(pipeline = %route.pipeline, "A repeated delivery id; answering 202 without storing.");
