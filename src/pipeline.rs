@@ -156,6 +156,7 @@ pub async fn build(
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let mut runners = Vec::new();
     let mut health = Vec::new();
+    let mut probes = Vec::new();
     for sink in &spec.sinks {
         let sink_health = Arc::new(SinkHealth::default());
         health.push((sink.name().to_string(), sink_health.clone()));
@@ -167,11 +168,19 @@ pub async fn build(
         let dead_letters =
             Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
         let target = match sink {
-            SinkSpec::Parquet(p) => Target::Parquet {
-                storage: Storage::new(&p.location, &p.storage).map_err(storage_error)?,
-                partition_by: p.partition_by.clone(),
-            },
-            SinkSpec::Delta(d) => Target::Delta(d.clone()),
+            SinkSpec::Parquet(p) => {
+                let storage = Storage::new(&p.location, &p.storage).map_err(storage_error)?;
+                probes.push((p.name.clone(), storage.clone()));
+                Target::Parquet {
+                    storage,
+                    partition_by: p.partition_by.clone(),
+                }
+            }
+            SinkSpec::Delta(d) => {
+                let storage = Storage::new(&d.location, &d.storage).map_err(storage_error)?;
+                probes.push((d.name.clone(), storage));
+                Target::Delta(d.clone())
+            }
             SinkSpec::Https(h) => {
                 let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|problem| {
                     RunError::Sink {
@@ -212,6 +221,7 @@ pub async fn build(
             SourceSpec::Poll(_) => "poll",
         },
         sinks: health,
+        probes,
         log: log.clone(),
         appender: appender.clone(),
         dead_letters: Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {

@@ -42,6 +42,8 @@ pub struct PipelineView {
     pub source: &'static str,
     /// Its sinks, by name.
     pub sinks: Vec<(String, Arc<SinkHealth>)>,
+    /// The storage of each Parquet and Delta sink, probed by `/readyz`.
+    pub probes: Vec<(String, Storage)>,
     /// Its log.
     pub log: Log,
     /// For replays.
@@ -53,6 +55,9 @@ pub struct PipelineView {
     /// A replay is under way (one at a time).
     pub replaying: AtomicBool,
 }
+
+/// How long `/readyz` waits for a sink's storage to answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The admin routes (all but `/healthz`).
 pub fn api(admin: Arc<Admin>) -> Router {
@@ -182,8 +187,8 @@ async fn metrics_page(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Re
         .into_response()
 }
 
-/// Ready when every log can take appends and no sink is failing or stopped;
-/// otherwise 503 with each reason.
+/// Ready when every log can take appends, every sink's storage answers (a
+/// HEAD on S3) and no sink is failing or stopped; otherwise 503 with each reason.
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let mut problems = Vec::new();
     for p in &admin.pipelines {
@@ -200,6 +205,20 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
                 "pipeline {}: its buffer is full (buffer.max_bytes); webhooks get 503 until the sinks catch up",
                 p.name
             ));
+        }
+        for (sink, storage) in &p.probes {
+            match tokio::time::timeout(PROBE_TIMEOUT, storage.reachable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => problems.push(format!(
+                    "pipeline {} sink {sink}: its storage is unreachable: {e}",
+                    p.name
+                )),
+                Err(_) => problems.push(format!(
+                    "pipeline {} sink {sink}: its storage {storage} did not answer within {} s",
+                    p.name,
+                    PROBE_TIMEOUT.as_secs()
+                )),
+            }
         }
         for (sink, health) in &p.sinks {
             let s = health.snapshot();

@@ -283,6 +283,29 @@ impl Storage {
         }
     }
 
+    /// Whether the storage answers: an object store must answer a HEAD under
+    /// the prefix (a missing object counts: the store answered); a local
+    /// directory is made on first write, so it always counts.
+    pub async fn reachable(&self) -> Result<(), String> {
+        match self {
+            Storage::Local(_) => Ok(()),
+            Storage::Object {
+                store,
+                prefix,
+                display,
+            } => {
+                let probe = format!("{prefix}/_tributary_probe");
+                match store
+                    .head(&ObjectPath::from(probe.trim_start_matches('/')))
+                    .await
+                {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(format!("{display}: {e}")),
+                }
+            }
+        }
+    }
+
     /// Writes `bytes` at `name`, a name as [`Storage::list`] returns it.
     pub async fn replace(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
         match self {

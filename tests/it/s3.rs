@@ -80,3 +80,40 @@ async fn parquet_files_land_in_an_s3_bucket() {
     assert_eq!(seen.len(), acked.len(), "every event once");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_unready_when_the_s3_server_goes_away() {
+    let moto = Moto::start().await;
+    moto.bucket("lake").await;
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"100ms\"", "");
+    let pipeline =
+        std::fs::read_to_string(project.path().join("pipelines/shopify_customers.toml")).unwrap();
+    project.write(
+        "pipelines/shopify_customers.toml",
+        &format!(
+            "{pipeline}uri = \"s3://lake/shopify/customers\"\nstorage = {{ endpoint = \"{}\", allow_http = true, region = \"us-east-1\" }}\n",
+            moto.endpoint
+        ),
+    );
+    let server = project
+        .start_with_env(&[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ])
+        .await;
+    let readyz = || async {
+        let r = reqwest::get(project.url("/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(readyz().await.0, 200, "{}", readyz().await.1);
+    // No event is in flight: only the probe can see that S3 is gone.
+    drop(moto);
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("sink parquet") && body.contains("storage") && body.contains("s3://lake"),
+        "{body}"
+    );
+    server.kill9();
+}
