@@ -154,6 +154,14 @@ pub async fn build(
             .inferring(spec.infer_schema),
     );
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
+    // One store for the pipeline's dead letters: every sink and the replay share it.
+    let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
+        RunError::Storage {
+            pipeline: spec.name.clone(),
+            sink: "dead letters".into(),
+            source: Box::new(source),
+        }
+    })?;
     let mut runners = Vec::new();
     let mut health = Vec::new();
     let mut probes = Vec::new();
@@ -165,8 +173,6 @@ pub async fn build(
             sink: sink.name().to_string(),
             source: Box::new(source),
         };
-        let dead_letters =
-            Storage::new(&dead_letters_at, &Default::default()).map_err(storage_error)?;
         let target = match sink {
             SinkSpec::Parquet(p) => {
                 let storage = Storage::new(&p.location, &p.storage).map_err(storage_error)?;
@@ -194,7 +200,7 @@ pub async fn build(
                     pipeline: spec.name.clone(),
                     spec: h.clone(),
                     log: log.clone(),
-                    dead_letters,
+                    dead_letters: dead_letters.clone(),
                     abandon: shutdown.abandon.clone(),
                     health: sink_health,
                 }));
@@ -208,7 +214,7 @@ pub async fn build(
             encoder: encoder.clone(),
             policy: spec.batch,
             target,
-            dead_letters,
+            dead_letters: dead_letters.clone(),
             abandon: shutdown.abandon.clone(),
             health: sink_health,
         }));
@@ -224,13 +230,7 @@ pub async fn build(
         probes,
         log: log.clone(),
         appender: appender.clone(),
-        dead_letters: Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
-            RunError::Storage {
-                pipeline: spec.name.clone(),
-                sink: "dead letters".into(),
-                source: Box::new(source),
-            }
-        })?,
+        dead_letters,
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
     };
@@ -247,20 +247,16 @@ pub async fn build(
                 None => None,
                 Some(d) => {
                     let dedupe = Arc::new(Dedupe::new(d));
-                    let from = dedupe
-                        .load(&dir, &log, crate::event::now_us())
-                        .await
-                        .map_err(|source| RunError::Buffer {
-                            pipeline: spec.name.clone(),
-                            dir: dir.display().to_string(),
-                            source,
-                        })?;
-                    index = Some(Index {
-                        dir: dir.clone(),
-                        log: log.clone(),
-                        from,
-                        window: d.window,
-                    });
+                    index = Some(
+                        dedupe
+                            .load(&dir, &log, crate::event::now_us())
+                            .await
+                            .map_err(|source| RunError::Buffer {
+                                pipeline: spec.name.clone(),
+                                dir: dir.display().to_string(),
+                                source,
+                            })?,
+                    );
                     Some(dedupe)
                 }
             };

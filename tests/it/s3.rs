@@ -11,10 +11,14 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_files_land_in_an_s3_bucket() {
-    let moto = Moto::start().await;
-    moto.bucket("lake").await;
+/// Moto's keys, as the server's environment.
+const AWS_KEYS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
+
+/// The Shopify pipeline with its Parquet sink in `s3://lake/shopify/customers` on `moto`.
+fn s3_project(moto: &Moto) -> Project {
     let project = Project::new();
     project.shopify_pipeline("max_age = \"100ms\"", "");
     let pipeline =
@@ -26,12 +30,15 @@ async fn parquet_files_land_in_an_s3_bucket() {
             moto.endpoint
         ),
     );
-    let server = project
-        .start_with_env(&[
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-        ])
-        .await;
+    project
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_files_land_in_an_s3_bucket() {
+    let moto = Moto::start().await;
+    moto.bucket("lake").await;
+    let project = s3_project(&moto);
+    let server = project.start_with_env(&AWS_KEYS).await;
     let acked = post_customers(&project, 0, 10, 10).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
@@ -85,23 +92,8 @@ async fn parquet_files_land_in_an_s3_bucket() {
 async fn readyz_turns_unready_when_the_s3_server_goes_away() {
     let moto = Moto::start().await;
     moto.bucket("lake").await;
-    let project = Project::new();
-    project.shopify_pipeline("max_age = \"100ms\"", "");
-    let pipeline =
-        std::fs::read_to_string(project.path().join("pipelines/shopify_customers.toml")).unwrap();
-    project.write(
-        "pipelines/shopify_customers.toml",
-        &format!(
-            "{pipeline}uri = \"s3://lake/shopify/customers\"\nstorage = {{ endpoint = \"{}\", allow_http = true, region = \"us-east-1\" }}\n",
-            moto.endpoint
-        ),
-    );
-    let server = project
-        .start_with_env(&[
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-        ])
-        .await;
+    let project = s3_project(&moto);
+    let server = project.start_with_env(&AWS_KEYS).await;
     let readyz = || async {
         let r = reqwest::get(project.url("/readyz")).await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())

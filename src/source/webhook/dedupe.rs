@@ -114,15 +114,16 @@ impl Dedupe {
     }
 
     /// Loads the ids remembered in `dir` and those in `log` after the
-    /// journal's mark; returns the offset the index task starts from.
-    pub async fn load(&self, dir: &Path, log: &Log, now_us: i64) -> io::Result<u64> {
+    /// journal's mark; returns the index task, which goes on from that mark.
+    pub async fn load(&self, dir: &Path, log: &Log, now_us: i64) -> io::Result<Index> {
         let journal = dir.join(JOURNAL);
-        let (entries, mark) = read_journal(&journal)?;
+        let (mut entries, mark) = read_journal(&journal)?;
+        entries.retain(|(at, _)| *at >= now_us - self.window_us);
         let committed = log.sink_state(CONSUMER).committed;
         let from = mark.unwrap_or(committed).max(committed);
         let mut seen = Seen::default();
-        for (at, id) in entries {
-            seen.insert(id.into_boxed_str(), at);
+        for (at, id) in &entries {
+            seen.insert(id.as_str().into(), *at);
         }
         let mut reader = log.reader(from);
         let mut scanned = 0usize;
@@ -134,7 +135,13 @@ impl Dedupe {
         seen.expire(now_us - self.window_us);
         info!(dir = %dir.display(), ids = seen.map.len(), from_log = scanned, "Loaded the delivery ids of the dedupe window.");
         *self.lock() = seen;
-        Ok(from)
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            log: log.clone(),
+            from,
+            window: Duration::from_micros(self.window_us as u64),
+            journalled: entries.into(),
+        })
     }
 
     /// The ids of a request with these headers and events.
@@ -353,6 +360,8 @@ pub struct Index {
     pub from: u64,
     /// The dedupe window.
     pub window: Duration,
+    /// The journal's ids up to its mark, inside the window (read by [`Dedupe::load`]).
+    journalled: VecDeque<(i64, String)>,
 }
 
 impl Index {
@@ -360,10 +369,7 @@ impl Index {
     pub async fn run(self) -> io::Result<()> {
         let window_us = self.window.as_micros() as i64;
         let path = self.dir.join(JOURNAL);
-        let (entries, _) = read_journal(&path)?;
-        let mut live: VecDeque<(i64, String)> = entries.into();
-        let oldest = crate::event::now_us() - window_us;
-        live.retain(|(at, _)| *at >= oldest);
+        let mut live = self.journalled;
         // Start from a compact file holding exactly the marked, live ids.
         let mut lines = rewrite(&self.dir, &live, self.from)?;
         let mut file = OpenOptions::new().append(true).open(&path)?;

@@ -146,7 +146,7 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
     {
         let (appender, log) = buffer::open(options()).unwrap();
         let d = Dedupe::new(&spec);
-        assert_eq!(d.load(dir.path(), &log, now).await.unwrap(), 0);
+        assert_eq!(d.load(dir.path(), &log, now).await.unwrap().from, 0);
         for id in ["one", "two"] {
             let claim = d.claim(&Ids::Request(Some(id.into())), 1, now).await;
             let events = vec![Event::new(Bytes::from_static(b"{}")), claim.record()];
@@ -157,8 +157,8 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
     // Restart 1: the journal is empty, the ids come from the log.
     let (appender, log) = buffer::open(options()).unwrap();
     let d = Dedupe::new(&spec);
-    let from = d.load(dir.path(), &log, now).await.unwrap();
-    assert_eq!(from, 0);
+    let index = d.load(dir.path(), &log, now).await.unwrap();
+    assert_eq!(index.from, 0);
     assert_eq!(
         d.claim(&Ids::Request(Some("one".into())), 1, now)
             .await
@@ -172,12 +172,6 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
         vec![true]
     );
     // The index journals them; the table sink is done too, so the log may drop them.
-    let index = Index {
-        dir: dir.path().to_path_buf(),
-        log: log.clone(),
-        from,
-        window: spec.window,
-    };
     let task = tokio::spawn(index.run());
     log.commit("table", 4).unwrap();
     drop(appender);
@@ -187,7 +181,7 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
     // Restart 2: the journal holds them.
     let (_appender, log) = buffer::open(options()).unwrap();
     let d = Dedupe::new(&spec);
-    assert_eq!(d.load(dir.path(), &log, now).await.unwrap(), 4);
+    assert_eq!(d.load(dir.path(), &log, now).await.unwrap().from, 4);
     assert_eq!(
         d.claim(&Ids::Request(Some("two".into())), 1, now)
             .await
