@@ -141,8 +141,6 @@ pub async fn build(
             .chain(dedupe_spec.map(|_| dedupe::CONSUMER.to_string()))
             .collect(),
         floor,
-        // Poll pages and dedupe ids end each append with a state record.
-        whole_appends: matches!(spec.source, SourceSpec::Poll(_)) || dedupe_spec.is_some(),
     };
     let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
         pipeline: spec.name.clone(),
@@ -238,10 +236,12 @@ pub async fn build(
         SourceSpec::Webhook(w) => {
             let verifier = match &w.verify {
                 None => None,
-                Some(v) => Some(Verifier::new(v).map_err(|problem| RunError::Source {
-                    pipeline: spec.name.clone(),
-                    problem,
-                })?),
+                Some(v) => Some(Arc::new(Verifier::new(v).map_err(|problem| {
+                    RunError::Source {
+                        pipeline: spec.name.clone(),
+                        problem,
+                    }
+                })?)),
             };
             let dedupe = match &w.dedupe {
                 None => None,

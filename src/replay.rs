@@ -60,7 +60,7 @@ pub fn wrap(id: Uuid, received_at_us: i64, event: &RawValue, sinks: &[&str]) -> 
     };
     let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
     debug_assert!(payload.starts_with(crate::event::REPLAY_PREFIX));
-    Event::state(Bytes::from(payload))
+    Event::record(crate::event::RecordKind::Replay, Bytes::from(payload))
 }
 
 /// The original event if `event` replays one to `sink`; otherwise `event` as it is.
@@ -72,6 +72,7 @@ pub fn unwrap_for(sink: &str, event: Event) -> Event {
         Ok(envelope) if envelope.replay.sinks.iter().any(|s| s == sink) => Event {
             id: envelope.replay.id,
             received_at_us: envelope.replay.received_at_us,
+            kind: crate::event::RecordKind::Event,
             payload: Bytes::copy_from_slice(envelope.replay.event.get().as_bytes()),
         },
         Ok(_) => event,
@@ -286,7 +287,10 @@ mod tests {
         // Plain events and other state records pass through.
         let plain = Event::new(Bytes::from_static(b"{}"));
         assert_eq!(unwrap_for("delta", plain.clone()), plain);
-        let state = Event::state(Bytes::from_static(b"{\"dedupe\":[]}"));
+        let state = Event::record(
+            crate::event::RecordKind::DedupeIds,
+            Bytes::from_static(b"{\"dedupe\":[]}"),
+        );
         assert!(!state.is_replay());
     }
 }

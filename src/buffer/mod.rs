@@ -17,9 +17,11 @@
 //!   active (last) segment is never deleted, so its name keeps the next offset
 //!   across restarts even when every record has been consumed. A new log never
 //!   starts below an offset a sink already committed.
-//! * **Recovery truncates a torn tail only.** Only the last segment can end in a
-//!   partial record (a crash mid-write); it is cut back to its last valid record,
-//!   which cannot have been acknowledged because its fsync did not return.
+//! * **Recovery cuts a torn append only, whatever the configuration.** Only the
+//!   last segment can end in a partial write (a crash mid-write, a power cut);
+//!   it is cut back to the last record that ended its append (each record says
+//!   so on disk, see [`segment`]). What follows was never acknowledged: its
+//!   fsync did not return.
 //! * **Segments are preallocated.** A helper thread zero-fills the next segment
 //!   (`next-segment.spare`), renamed into place when the active one is full, so
 //!   an append overwrites zeros and `fdatasync` need not journal a new file
@@ -66,6 +68,9 @@ pub enum AppendError {
     /// Writing or syncing the log failed; nothing of this append is acknowledged.
     #[error("failed to write the log")]
     Write(#[source] Arc<io::Error>),
+    /// A record is larger than a log record may be.
+    #[error("a record of {0} bytes is larger than the log takes ({max} bytes)", max = crate::event::MAX_PAYLOAD_BYTES)]
+    TooLarge(usize),
 }
 
 impl Classify for AppendError {
@@ -73,6 +78,7 @@ impl Classify for AppendError {
         match self {
             AppendError::Closed => ErrorKind::Internal,
             AppendError::Write(_) => ErrorKind::Transient,
+            AppendError::TooLarge(_) => ErrorKind::Permanent,
         }
     }
 }
@@ -89,10 +95,6 @@ pub struct Options {
     /// Offsets below this are never assigned: a Delta table's txn says they
     /// were used, even if this log (or the whole data directory) was lost.
     pub floor: u64,
-    /// Every append ends with a source-state record (a poll source), so
-    /// recovery cuts records after the last one: a torn append is dropped
-    /// whole, never kept in part without the state that says it was fetched.
-    pub whole_appends: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,8 +113,15 @@ struct Shared {
     /// Bytes of all segment files; drives the buffer-full answer.
     disk_bytes: AtomicU64,
     ledger: Ledger,
-    /// The newest source-state record when the log was opened, with its offset.
+    /// The last segment's newest poll-state record when the log was opened,
+    /// with its offset; older segments are searched on demand.
     last_state: Option<(u64, bytes::Bytes)>,
+    /// The segments before the last one when the log was opened.
+    older_at_open: Vec<u64>,
+    /// Writes that failed and were cut from the log: a reader whose read-ahead
+    /// went past the log's end drops it when this changes (the bytes it
+    /// buffered may be those of the failed write, never acknowledged).
+    cut_writes: AtomicU64,
     /// Held while the log is open: one process per data directory.
     _lock: File,
 }
@@ -156,7 +165,9 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         bases.first().copied().unwrap_or(options.floor),
     )?;
 
-    let (mut end, last_state) = recover::tail(&log_dir, &bases, options.whole_appends)?;
+    let tail = recover::tail(&log_dir, &bases)?;
+    let (mut end, last_state) = (tail.end, tail.poll_state);
+    let older_at_open = bases[..bases.len().saturating_sub(1)].to_vec();
     // Never assign an offset a sink has already passed (e.g. a log directory
     // deleted by hand): start a fresh segment at the highest committed offset.
     let floor = ledger.max_committed().max(options.floor);
@@ -165,6 +176,15 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
             warn!(log = %log_dir.display(), end, committed = floor, "The log ends below a sink's committed offset; continuing at the committed offset.");
         }
         end = end.max(floor);
+        create_segment(&log_dir, end)?;
+        bases.push(end);
+    } else if tail.format != segment::Format::V2 {
+        // Appends go on in the current format, in a segment of their own.
+        if tail.last_records == 0 {
+            let empty = bases.pop().expect("a last segment");
+            fs::remove_file(segment::path(&log_dir, empty))?;
+        }
+        info!(log = %log_dir.display(), end, "Continuing a log of format 1 in a new segment.");
         create_segment(&log_dir, end)?;
         bases.push(end);
     }
@@ -204,6 +224,8 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         disk_bytes: AtomicU64::new(disk_bytes),
         ledger,
         last_state,
+        older_at_open,
+        cut_writes: AtomicU64::new(0),
         _lock: lock,
     });
     let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
@@ -245,6 +267,13 @@ fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
 impl Appender {
     /// Appends `events` durably; returns their offsets once they survive a power cut.
     pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
+        if let Some(big) = events
+            .iter()
+            .map(|e| e.payload.len())
+            .find(|&n| n > crate::event::MAX_PAYLOAD_BYTES)
+        {
+            return Err(AppendError::TooLarge(big));
+        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Append { events, reply })
@@ -297,12 +326,13 @@ impl Writer {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
             // Roll before writing, not after, so a full segment is closed only
-            // when there is something to put in the next one.
+            // when there is something to put in the next one. A failed roll
+            // (a full disk) refuses this append; the next one tries again.
             if self.size >= self.segment_bytes {
                 if let Err(e) = self.roll() {
-                    error!(error = %e, "Cannot start a new log segment; the pipeline stops accepting events.");
+                    error!(log = %self.shared.log_dir.display(), error = %e, "Cannot start a new log segment; appends are refused until it can be made.");
                     let _ = first.reply.send(Err(AppendError::Write(Arc::new(e))));
-                    break;
+                    continue;
                 }
             }
             group.push(first);
@@ -317,8 +347,9 @@ impl Writer {
             let mut next = self.next;
             for append in &group {
                 let start = next;
-                for event in &append.events {
-                    segment::encode(event, &mut buf);
+                let last = append.events.len().saturating_sub(1);
+                for (i, event) in append.events.iter().enumerate() {
+                    segment::encode(event, i == last, &mut buf);
                     next += 1;
                 }
                 ranges.push(start..next);
@@ -346,12 +377,10 @@ impl Writer {
                         let _ = append.reply.send(Err(AppendError::Write(e.clone())));
                     }
                     // Cut back to the last durable record so a later append
-                    // does not follow a half-written one.
-                    if let Err(e) = self
-                        .file
-                        .set_len(self.size)
-                        .and_then(|()| self.file.sync_all())
-                    {
+                    // does not follow a half-written one, and tell readers
+                    // that bytes they read ahead there were never acknowledged.
+                    self.shared.cut_writes.fetch_add(1, Ordering::Release);
+                    if let Err(e) = self.restore(buf.len()) {
                         error!(error = %e, "Cannot restore the log after a failed write; the pipeline stops accepting events.");
                         break;
                     }
@@ -359,6 +388,23 @@ impl Writer {
             }
         }
         self.progress.send_modify(|p| p.closed = true);
+    }
+
+    /// Puts the active segment back as it was before a failed write: its
+    /// durable records, then zeros (the preallocation the write consumed),
+    /// so the next append neither follows half a record nor grows the file.
+    fn restore(&mut self, written: usize) -> io::Result<()> {
+        let len = self.file.metadata()?.len().min(self.size + written as u64);
+        if len > self.size {
+            let zeros = vec![0u8; (len - self.size).min(1 << 20) as usize];
+            let mut at = self.size;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                self.file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+        }
+        self.file.sync_data()
     }
 
     /// Closes the active segment and starts the next one: the zero-filled
@@ -446,6 +492,7 @@ impl Log {
             log: self.clone(),
             next: from,
             segment: None,
+            cut_writes: self.shared.cut_writes.load(Ordering::Acquire),
         }
     }
 
@@ -454,9 +501,24 @@ impl Log {
         self.progress.borrow().end
     }
 
-    /// The newest source-state record the log held when it was opened, and its offset.
-    pub fn last_state(&self) -> Option<(u64, bytes::Bytes)> {
-        self.shared.last_state.clone()
+    /// The newest poll-state record the log held when it was opened, and its
+    /// offset. Older segments are scanned (blocking) only when the last one
+    /// holds none.
+    pub fn last_state(&self) -> io::Result<Option<(u64, bytes::Bytes)>> {
+        match &self.shared.last_state {
+            Some(state) => Ok(Some(state.clone())),
+            None => {
+                let segments = self.shared.segments.lock().expect("segment list lock").clone();
+                let older: Vec<u64> = self
+                    .shared
+                    .older_at_open
+                    .iter()
+                    .copied()
+                    .filter(|b| segments.contains(b))
+                    .collect();
+                recover::poll_state(&self.shared.log_dir, &older)
+            }
+        }
     }
 
     /// The persisted progress of `sink`.
@@ -509,6 +571,8 @@ pub struct Reader {
     log: Log,
     next: u64,
     segment: Option<SegmentReader>,
+    /// [`Shared::cut_writes`] when the segment reader last read ahead.
+    cut_writes: u64,
 }
 
 impl Reader {
@@ -542,7 +606,17 @@ impl Reader {
         let shared = self.log.shared.clone();
         let mut segment = self.segment.take();
         let mut next = self.next;
+        // Read after `end` above: a write cut before that end was published
+        // has already counted here.
+        let cut_writes = shared.cut_writes.load(Ordering::Acquire);
+        let forget = cut_writes != self.cut_writes;
+        self.cut_writes = cut_writes;
         let (segment, events) = tokio::task::spawn_blocking(move || {
+            if forget {
+                if let Some(s) = segment.as_mut() {
+                    s.forget_read_ahead()?;
+                }
+            }
             let mut events = Vec::with_capacity(want);
             while events.len() < want {
                 let current = match segment.take() {

@@ -1,5 +1,6 @@
 //! Opening a log after a stop or a crash: one process per log (a lock file),
-//! the torn tail cut, and the newest source-state record found.
+//! the torn tail cut back to the last whole append, and the newest poll-state
+//! record found.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -46,36 +47,39 @@ pub(super) fn lock(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Validates the last segment, cuts what follows its valid records, and
-/// returns the log's end offset and its newest source-state record.
+/// What recovery found at the end of a log.
+pub(super) struct Tail {
+    /// The next offset to assign.
+    pub end: u64,
+    /// The last segment's newest poll-state record, with its offset.
+    pub poll_state: Option<(u64, Bytes)>,
+    /// The format of the last segment (appends go only into the current one).
+    pub format: segment::Format,
+    /// Records the last segment holds after recovery.
+    pub last_records: u64,
+}
+
+/// Validates the last segment, cuts what follows its last whole append, and
+/// returns the log's end offset and its newest poll-state record.
 ///
-/// With `whole_appends` (a poll source's log, which holds poll appends only),
-/// records after the last state record of the last segment are cut as well:
-/// they belong to an append whose state record never became durable, so that
-/// append was never acknowledged and is fetched again.
-pub(super) fn tail(
-    log_dir: &Path,
-    bases: &[u64],
-    whole_appends: bool,
-) -> io::Result<(u64, Option<(u64, Bytes)>)> {
+/// Whatever the configuration says today: each record says on disk whether
+/// it ended its append, and an append is acknowledged only once its last
+/// record is durable, so only records after the last end of an append (a
+/// torn write, or one whose fsync never returned) are cut.
+pub(super) fn tail(log_dir: &Path, bases: &[u64]) -> io::Result<Tail> {
     let Some(&last) = bases.last() else {
-        return Ok((0, None));
+        return Ok(Tail {
+            end: 0,
+            poll_state: None,
+            format: segment::Format::V2,
+            last_records: 0,
+        });
     };
     let path = segment::path(log_dir, last);
     let scan = segment::scan(&path)?;
-    let (mut keep_len, mut records) = (scan.valid_len, scan.records);
-    if whole_appends {
-        // A group never spans segments (the log rolls before writing one), so
-        // records after the segment's last state record, or a segment with
-        // records but no state record, are an append cut short.
-        let (end, kept) = scan
-            .last_state
-            .as_ref()
-            .map_or((segment::HEADER_LEN, 0), |m| (m.end, m.index + 1));
-        if kept < scan.records {
-            warn!(segment = %path.display(), records = scan.records - kept, "Cutting the records of a poll append whose state record was not written (a crash); that page is fetched again.");
-        }
-        (keep_len, records) = (end, kept);
+    let (records, keep_len) = scan.whole;
+    if scan.records > records {
+        warn!(segment = %path.display(), records = scan.records - records, "Cutting the records of an append that was never acknowledged (a crash or a power cut tore it).");
     }
     if scan.file_len > keep_len {
         // Cut a torn record, and also preallocated zeros: bytes of an
@@ -88,21 +92,26 @@ pub(super) fn tail(
         file.set_len(keep_len)?;
         file.sync_all()?;
     }
-    let end = last + records;
-    let mut state = scan
-        .last_source_state
-        .filter(|_| whole_appends)
+    let poll_state = scan
+        .last_poll_state
+        .filter(|(index, _)| *index < records)
         .map(|(index, payload)| (last + index, payload));
-    // A segment with no state record (new, or a webhook's) sends the search
-    // back through the older ones; they are scanned only until one is found.
-    for &base in bases.iter().rev().skip(1) {
-        if state.is_some() || !whole_appends {
-            break;
-        }
+    Ok(Tail {
+        end: last + records,
+        poll_state,
+        format: scan.format,
+        last_records: records,
+    })
+}
+
+/// The newest poll-state record in the segments `bases` (oldest first),
+/// scanning from the newest back until one is found.
+pub(super) fn poll_state(log_dir: &Path, bases: &[u64]) -> io::Result<Option<(u64, Bytes)>> {
+    for &base in bases.iter().rev() {
         let scan = segment::scan(&segment::path(log_dir, base))?;
-        state = scan
-            .last_source_state
-            .map(|(index, payload)| (base + index, payload));
+        if let Some((index, payload)) = scan.last_poll_state {
+            return Ok(Some((base + index, payload)));
+        }
     }
-    Ok((end, state))
+    Ok(None)
 }

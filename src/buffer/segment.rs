@@ -5,10 +5,18 @@
 //! `{base:020}.log`, and holds:
 //!
 //! ```text
-//! magic "TRBLOG\0\x01" (8 bytes)
+//! magic "TRBLOG\0\x02" (8 bytes)
 //! record*: len u32 LE | crc32c u32 LE | body (len bytes)
-//! body:    event id (16 bytes, UUID) | received_at µs i64 LE | payload (JSON bytes)
+//! body:    flags u8 | event id (16 bytes, UUID) | received_at µs i64 LE | payload (JSON bytes)
+//! flags:   bits 0-6 the record's kind (RecordKind), bit 7 set on the last record of its append
 //! ```
+//!
+//! Every record says on disk what it is and whether its append ended with it,
+//! so recovery cuts a torn append whole (a power cut can keep part of one
+//! write) without asking the configuration what the log holds. Segments of
+//! format 1 (`TRBLOG\0\x01`, no flags byte) are still read: a record with a
+//! nil id is then told apart by its payload, and every record counts as the
+//! end of its append.
 //!
 //! The CRC covers the body. A record whose header or body is cut short, or
 //! whose CRC does not match, ends the valid part of the segment. Segments are
@@ -23,16 +31,25 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::event::Event;
+use crate::event::{Event, RecordKind, DEDUPE_PREFIX, REPLAY_PREFIX};
 
-/// Identifies a tributary log segment and its format version.
-pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x01";
+/// Identifies a tributary log segment and its format version (the one written).
+pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x02";
+/// Format 1: records without a flags byte (read, never written).
+const MAGIC_V1: [u8; 8] = *b"TRBLOG\0\x01";
 /// Bytes before the first record.
 pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 /// `len` + `crc` before each body.
 pub const RECORD_HEADER_LEN: usize = 8;
-/// Event id + received_at, before the payload.
-const BODY_FIXED_LEN: usize = 24;
+/// Flags + event id + received_at, before the payload.
+const BODY_FIXED_LEN: usize = 25;
+/// Event id + received_at, before the payload, in format 1.
+const BODY_FIXED_LEN_V1: usize = 24;
+/// Flag bit: the record is the last of its append.
+const END_OF_APPEND: u8 = 0x80;
+// A record's body must stay within MAX_BODY_LEN, or a reader would take it
+// for corruption.
+const _: () = assert!(crate::event::MAX_PAYLOAD_BYTES + BODY_FIXED_LEN <= MAX_BODY_LEN as usize);
 /// Largest body accepted when reading; anything larger is corruption.
 const MAX_BODY_LEN: u32 = 1 << 30;
 /// Read-ahead of segment readers.
@@ -54,13 +71,57 @@ pub fn path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base))
 }
 
-/// Appends the on-disk form of `event` to `out`.
-pub fn encode(event: &Event, out: &mut Vec<u8>) {
+/// The format of a segment, from its magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Records without a flags byte.
+    V1,
+    /// Records that carry their kind and the end of their append.
+    V2,
+}
+
+impl Format {
+    fn fixed_len(self) -> usize {
+        match self {
+            Format::V1 => BODY_FIXED_LEN_V1,
+            Format::V2 => BODY_FIXED_LEN,
+        }
+    }
+}
+
+/// Reads a segment's magic: its format.
+fn read_magic(r: &mut impl Read, path: &Path) -> io::Result<Format> {
+    let mut magic = [0u8; MAGIC.len()];
+    let format = if !read_exact_or_eof(r, &mut magic)? {
+        None
+    } else if magic == MAGIC {
+        Some(Format::V2)
+    } else if magic == MAGIC_V1 {
+        Some(Format::V1)
+    } else {
+        None
+    };
+    format.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a tributary log segment (bad magic)",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Appends the on-disk form of `event` to `out`; `end_of_append` marks the
+/// last record of an append.
+pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
     let body_len = BODY_FIXED_LEN + event.payload.len();
     let start = out.len();
     out.reserve(RECORD_HEADER_LEN + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
+    let end = if end_of_append { END_OF_APPEND } else { 0 };
+    out.push(event.kind as u8 | end);
     out.extend_from_slice(event.id.as_bytes());
     out.extend_from_slice(&event.received_at_us.to_le_bytes());
     out.extend_from_slice(&event.payload);
@@ -68,30 +129,41 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes a body that passed its CRC check.
-fn decode_body(body: Vec<u8>) -> Event {
-    let id = Uuid::from_bytes(
-        body[..16]
-            .try_into()
-            .expect("body is at least BODY_FIXED_LEN long"),
-    );
-    let received_at_us = i64::from_le_bytes(
-        body[16..24]
-            .try_into()
-            .expect("body is at least BODY_FIXED_LEN long"),
-    );
-    let payload = Bytes::from(body).slice(BODY_FIXED_LEN..);
-    Event {
+/// Decodes a body that passed its CRC check (and is at least the format's
+/// fixed length): the event and whether it ends its append. `None` if its
+/// kind is unknown (written by a newer version).
+fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
+    let (kind, end, fixed) = match format {
+        Format::V2 => (
+            RecordKind::from_byte(body[0] & !END_OF_APPEND)?,
+            body[0] & END_OF_APPEND != 0,
+            &body[1..BODY_FIXED_LEN],
+        ),
+        Format::V1 => (RecordKind::Event, true, &body[..BODY_FIXED_LEN_V1]),
+    };
+    let id = Uuid::from_bytes(fixed[..16].try_into().expect("16 bytes of id"));
+    let received_at_us = i64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes of time"));
+    let payload = Bytes::from(body).slice(format.fixed_len()..);
+    // Format 1 marked every non-event with a nil id and told them apart by payload.
+    let kind = match format {
+        Format::V1 if id.is_nil() && payload.starts_with(REPLAY_PREFIX) => RecordKind::Replay,
+        Format::V1 if id.is_nil() && payload.starts_with(DEDUPE_PREFIX) => RecordKind::DedupeIds,
+        Format::V1 if id.is_nil() => RecordKind::PollState,
+        _ => kind,
+    };
+    let event = Event {
         id,
         received_at_us,
+        kind,
         payload,
-    }
+    };
+    Some((event, end))
 }
 
 /// What a record read found.
 enum Next {
-    /// A valid record of this many bytes on disk.
-    Record(Event, u64),
+    /// A valid record of this many bytes on disk, and whether it ends its append.
+    Record(Event, u64, bool),
     /// Clean end of the data.
     End,
     /// A torn or corrupt record starts here.
@@ -111,7 +183,7 @@ fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-fn read_record(r: &mut impl Read) -> io::Result<Next> {
+fn read_record(r: &mut impl Read, format: Format) -> io::Result<Next> {
     let mut header = [0u8; RECORD_HEADER_LEN];
     let mut got = 0;
     while got < header.len() {
@@ -128,7 +200,7 @@ fn read_record(r: &mut impl Read) -> io::Result<Next> {
     }
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len < BODY_FIXED_LEN as u32 || len > MAX_BODY_LEN {
+    if len < format.fixed_len() as u32 || len > MAX_BODY_LEN {
         return Ok(Next::Invalid("record length out of range"));
     }
     let mut body = vec![0u8; len as usize];
@@ -138,10 +210,14 @@ fn read_record(r: &mut impl Read) -> io::Result<Next> {
     if crc32c::crc32c(&body) != crc {
         return Ok(Next::Invalid("record checksum mismatch"));
     }
-    Ok(Next::Record(
-        decode_body(body),
-        RECORD_HEADER_LEN as u64 + len as u64,
-    ))
+    match decode_body(body, format) {
+        Some((event, end)) => Ok(Next::Record(
+            event,
+            RECORD_HEADER_LEN as u64 + len as u64,
+            end,
+        )),
+        None => Ok(Next::Invalid("unknown record kind")),
+    }
 }
 
 /// The valid prefix of a segment.
@@ -155,24 +231,13 @@ pub struct Scan {
     pub torn: Option<&'static str>,
     /// Length of the file, preallocated space included.
     pub file_len: u64,
-    /// The last state record ([`Event::is_state`], a replayed dead letter
-    /// included): its index in the segment, the valid length up to and
-    /// including it, and its payload. Appends of a poll log end with one.
-    pub last_state: Option<StateMark>,
-    /// The last source-state record proper (not a replayed dead letter): its
-    /// index in the segment and its payload.
-    pub last_source_state: Option<(u64, Bytes)>,
-}
-
-/// Where a segment's last source-state record is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateMark {
-    /// Records before it in the segment.
-    pub index: u64,
-    /// Bytes of the segment up to and including it.
-    pub end: u64,
-    /// The state.
-    pub payload: Bytes,
+    /// The segment's format.
+    pub format: Format,
+    /// Records, and bytes from the start of the file, up to and including
+    /// the last record that ended its append: what a torn append is cut to.
+    pub whole: (u64, u64),
+    /// The last poll-state record: its index in the segment and its payload.
+    pub last_poll_state: Option<(u64, Bytes)>,
 }
 
 /// Scans a whole segment file, validating every record.
@@ -180,39 +245,27 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(READ_BUFFER, file);
-    let mut magic = [0u8; MAGIC.len()];
-    if !read_exact_or_eof(&mut r, &mut magic)? || magic != MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is not a tributary log segment (bad magic)",
-                path.display()
-            ),
-        ));
-    }
+    let format = read_magic(&mut r, path)?;
     let mut scan = Scan {
         valid_len: HEADER_LEN,
         records: 0,
         torn: None,
         file_len,
-        last_state: None,
-        last_source_state: None,
+        format,
+        whole: (0, HEADER_LEN),
+        last_poll_state: None,
     };
     loop {
-        match read_record(&mut r)? {
-            Next::Record(event, n) => {
+        match read_record(&mut r, format)? {
+            Next::Record(event, n, end) => {
                 scan.valid_len += n;
-                if event.is_state() {
-                    if !event.is_replay() {
-                        scan.last_source_state = Some((scan.records, event.payload.clone()));
-                    }
-                    scan.last_state = Some(StateMark {
-                        index: scan.records,
-                        end: scan.valid_len,
-                        payload: event.payload,
-                    });
+                if event.kind == RecordKind::PollState {
+                    scan.last_poll_state = Some((scan.records, event.payload));
                 }
                 scan.records += 1;
+                if end {
+                    scan.whole = (scan.records, scan.valid_len);
+                }
             }
             Next::End => break,
             Next::Invalid(why) => {
@@ -232,6 +285,8 @@ pub struct SegmentReader {
     pub next: u64,
     /// Byte position of that record in the file.
     pos: u64,
+    /// The segment's format.
+    format: Format,
     /// Read-ahead may run into preallocated zeros that a later append
     /// overwrites; [`SegmentReader::read`] drops such stale bytes.
     file: BufReader<File>,
@@ -240,12 +295,14 @@ pub struct SegmentReader {
 impl SegmentReader {
     /// Opens the segment starting at `base` and skips to offset `at`.
     pub fn open(dir: &Path, base: u64, at: u64) -> io::Result<Self> {
-        let mut file = BufReader::with_capacity(READ_BUFFER, File::open(path(dir, base))?);
-        file.seek(SeekFrom::Start(HEADER_LEN))?;
+        let path = path(dir, base);
+        let mut file = BufReader::with_capacity(READ_BUFFER, File::open(&path)?);
+        let format = read_magic(&mut file, &path)?;
         let mut reader = Self {
             base,
             next: base,
             pos: HEADER_LEN,
+            format,
             file,
         };
         while reader.next < at {
@@ -264,17 +321,24 @@ impl SegmentReader {
         Ok(())
     }
 
+    /// Drops the read-ahead: bytes buffered past the log's end may be those
+    /// of a write that failed and was cut, not the records that replaced them.
+    pub fn forget_read_ahead(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        Ok(())
+    }
+
     /// Reads the next record; the caller guarantees it is durable (below the log's end).
     pub fn read(&mut self) -> io::Result<Event> {
-        let mut found = read_record(&mut self.file)?;
+        let mut found = read_record(&mut self.file, self.format)?;
         if !matches!(found, Next::Record(..)) {
             // The read-ahead buffer may hold zeros (or half a record) from
             // before the append; seeking discards it, so read again from disk.
             self.file.seek(SeekFrom::Start(self.pos))?;
-            found = read_record(&mut self.file)?;
+            found = read_record(&mut self.file, self.format)?;
         }
         match found {
-            Next::Record(event, n) => {
+            Next::Record(event, n, _) => {
                 self.next += 1;
                 self.pos += n;
                 Ok(event)
@@ -300,6 +364,7 @@ mod tests {
         Event {
             id: Uuid::from_bytes([n; 16]),
             received_at_us: 1_700_000_000_000_000 + n as i64,
+            kind: RecordKind::Event,
             payload: Bytes::from(format!("{{\"n\":{n}}}")),
         }
     }
@@ -307,7 +372,7 @@ mod tests {
     fn write_segment(path: &Path, events: &[Event]) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         for e in events {
-            encode(e, &mut bytes);
+            encode(e, true, &mut bytes);
         }
         File::create(path).unwrap().write_all(&bytes).unwrap();
         bytes
@@ -334,8 +399,8 @@ mod tests {
         let full = write_segment(&p, &events);
         let two = {
             let mut b = MAGIC.to_vec();
-            encode(&events[0], &mut b);
-            encode(&events[1], &mut b);
+            encode(&events[0], true, &mut b);
+            encode(&events[1], true, &mut b);
             b.len() as u64
         };
         // Every truncation point inside the last record leaves exactly two valid records.
@@ -387,10 +452,84 @@ mod tests {
         assert_eq!(r.read().unwrap(), event(1));
         // The reader buffered zeros past the first record; now an append lands there.
         let mut more = Vec::new();
-        encode(&event(2), &mut more);
+        encode(&event(2), true, &mut more);
         let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, &more, valid as u64).unwrap();
         assert_eq!(r.read().unwrap(), event(2));
+    }
+
+    #[test]
+    fn every_record_keeps_its_kind_and_the_end_of_its_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), 0);
+        let kinds = [
+            RecordKind::Event,
+            RecordKind::PollState,
+            RecordKind::DedupeIds,
+            RecordKind::Replay,
+        ];
+        let mut bytes = MAGIC.to_vec();
+        let records: Vec<Event> = kinds
+            .iter()
+            .map(|&kind| Event { kind, ..event(7) })
+            .collect();
+        for (i, e) in records.iter().enumerate() {
+            encode(e, i == 1, &mut bytes);
+        }
+        File::create(&p).unwrap().write_all(&bytes).unwrap();
+        let s = scan(&p).unwrap();
+        assert_eq!((s.records, s.format, s.whole.0), (4, Format::V2, 2));
+        assert_eq!(
+            s.last_poll_state,
+            Some((1, records[1].payload.clone()))
+        );
+        let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
+        for e in &records {
+            assert_eq!(&r.read().unwrap(), e);
+        }
+        // A kind this version does not know is damage, not an event.
+        let mut unknown = MAGIC.to_vec();
+        encode(&event(1), true, &mut unknown);
+        let body = RECORD_HEADER_LEN + HEADER_LEN as usize;
+        unknown[body] = 0x7f;
+        let crc = crc32c::crc32c(&unknown[body..]);
+        unknown[body - 4..body].copy_from_slice(&crc.to_le_bytes());
+        File::create(&p).unwrap().write_all(&unknown).unwrap();
+        assert_eq!(scan(&p).unwrap().torn, Some("unknown record kind"));
+    }
+
+    #[test]
+    fn a_format_1_segment_is_read_with_kinds_told_by_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), 0);
+        let mut bytes = MAGIC_V1.to_vec();
+        let v1 = |id: Uuid, payload: &'static [u8], out: &mut Vec<u8>| {
+            let body_len = BODY_FIXED_LEN_V1 + payload.len();
+            let mut body = id.as_bytes().to_vec();
+            body.extend_from_slice(&5i64.to_le_bytes());
+            body.extend_from_slice(payload);
+            out.extend_from_slice(&(body_len as u32).to_le_bytes());
+            out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            out.extend_from_slice(&body);
+        };
+        v1(Uuid::from_bytes([1; 16]), b"{\"a\":1}", &mut bytes);
+        v1(Uuid::nil(), b"{\"replay\":{}}", &mut bytes);
+        v1(Uuid::nil(), b"{\"dedupe\":[]}", &mut bytes);
+        v1(Uuid::nil(), b"{\"cursor\":1}", &mut bytes);
+        File::create(&p).unwrap().write_all(&bytes).unwrap();
+        let s = scan(&p).unwrap();
+        assert_eq!((s.records, s.format, s.whole.0, s.torn), (4, Format::V1, 4, None));
+        let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
+        let kinds: Vec<RecordKind> = (0..4).map(|_| r.read().unwrap().kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                RecordKind::Event,
+                RecordKind::Replay,
+                RecordKind::DedupeIds,
+                RecordKind::PollState
+            ]
+        );
     }
 
     #[test]

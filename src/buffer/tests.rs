@@ -5,6 +5,7 @@ use std::io::Write;
 use bytes::Bytes;
 
 use super::*;
+use crate::event::RecordKind;
 
 fn options(dir: &Path, segment_bytes: u64) -> Options {
     Options {
@@ -12,7 +13,6 @@ fn options(dir: &Path, segment_bytes: u64) -> Options {
         segment_bytes,
         sinks: vec!["s".into()],
         floor: 0,
-        whole_appends: false,
     }
 }
 
@@ -74,7 +74,7 @@ async fn reopen_recovers_a_torn_tail_and_keeps_every_acknowledged_event() {
     // A crash mid-write leaves half a record behind.
     let seg = segment::path(&dir.path().join("log"), 0);
     let mut partial = Vec::new();
-    segment::encode(&events(1, "torn")[0], &mut partial);
+    segment::encode(&events(1, "torn")[0], true, &mut partial);
     OpenOptions::new()
         .append(true)
         .open(&seg)
@@ -171,66 +171,112 @@ async fn rolled_segments_are_preallocated_and_reopen_cleanly() {
     assert_eq!(read_all(&log, 0).await, appended);
 }
 
+/// Writes `events` at the end of the log's last segment as a power cut
+/// would leave an append: its records durable, the last one never written.
+fn tear_append(dir: &Path, events: &[Event]) {
+    let log_dir = dir.join("log");
+    let mut bases: Vec<u64> = fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| segment::parse_file_name(&e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    bases.sort_unstable();
+    let path = segment::path(&log_dir, *bases.last().unwrap());
+    let valid = segment::scan(&path).unwrap().valid_len;
+    let mut bytes = Vec::new();
+    for e in events {
+        segment::encode(e, false, &mut bytes);
+    }
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&bytes, valid).unwrap();
+}
+
 #[tokio::test]
-async fn a_poll_append_cut_short_is_dropped_whole_and_the_last_state_found() {
+async fn a_torn_append_is_dropped_whole_and_the_last_poll_state_found() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        whole_appends: true,
-        ..options(dir.path(), 1 << 20)
-    };
-    let state = |text: &str| Event::state(Bytes::from(text.to_string()));
+    let options = options(dir.path(), 1 << 20);
+    let state = |text: &str| Event::record(RecordKind::PollState, Bytes::from(text.to_string()));
     {
         let (appender, log) = open(options.clone()).unwrap();
-        assert_eq!(log.last_state(), None);
+        assert_eq!(log.last_state().unwrap(), None);
         let mut page = events(3, "p1");
         page.push(state("\"s1\""));
         assert_eq!(appender.append(page).await.unwrap(), 0..4);
-        // A power cut kept part of the next page's write but not its state record.
-        appender.append(events(2, "p2")).await.unwrap();
     }
+    // A power cut kept part of the next page's write but not its state record.
+    tear_append(dir.path(), &events(2, "p2"));
     let (appender, log) = open(options.clone()).unwrap();
+    assert_eq!(log.end(), 4, "the records of the torn append are cut");
     assert_eq!(
-        log.end(),
-        4,
-        "the records without their state record are cut"
+        log.last_state().unwrap(),
+        Some((3, Bytes::from_static(b"\"s1\"")))
     );
-    assert_eq!(log.last_state(), Some((3, Bytes::from_static(b"\"s1\""))));
     let mut page = events(1, "p2");
     page.push(state("\"s2\""));
     assert_eq!(appender.append(page).await.unwrap(), 4..6);
-    // A torn first append of a fresh segment (records, no state record) goes whole too.
-    appender.append(events(2, "p3")).await.unwrap();
     drop((appender, log));
-    let (appender, log) = open(options.clone()).unwrap();
-    assert_eq!(log.end(), 6);
-    drop((appender, log));
+    // A torn first append of a fresh log goes whole too.
     let fresh = tempfile::tempdir().unwrap();
-    let fresh_options = Options {
-        dir: fresh.path().to_path_buf(),
-        ..options.clone()
-    };
-    {
-        let (appender, _log) = open(fresh_options.clone()).unwrap();
-        appender.append(events(3, "torn")).await.unwrap();
-    }
-    let (appender, log) = open(fresh_options).unwrap();
-    assert_eq!((log.end(), log.last_state()), (0, None));
+    drop(open(options_in(fresh.path())).unwrap());
+    tear_append(fresh.path(), &events(3, "torn"));
+    let (appender, log) = open(options_in(fresh.path())).unwrap();
+    assert_eq!((log.end(), log.last_state().unwrap()), (0, None));
     drop((appender, log));
-    let (appender, _log) = open(Options {
-        whole_appends: false,
-        ..options.clone()
-    })
-    .unwrap();
+    // Appends of plain events (a webhook's) are whole appends too: nothing
+    // acknowledged is cut, whichever source wrote the log or reads it now.
+    let (appender, log) = open(options.clone()).unwrap();
     appender.append(events(2, "p4")).await.unwrap();
-    drop((appender, _log));
-    // Without whole appends (a webhook's log) nothing is cut.
-    let (_appender, log) = open(Options {
-        whole_appends: false,
-        ..options
-    })
-    .unwrap();
+    drop((appender, log));
+    let (_appender, log) = open(options).unwrap();
     assert_eq!(log.end(), 8);
-    assert!(log.last_state().is_none(), "only poll logs look for state");
+    assert_eq!(
+        log.last_state().unwrap(),
+        Some((5, Bytes::from_static(b"\"s2\""))),
+        "the poll state is found in an older append"
+    );
+}
+
+fn options_in(dir: &Path) -> Options {
+    options(dir, 1 << 20)
+}
+
+#[tokio::test]
+async fn a_log_of_format_1_is_read_and_continued_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    fs::create_dir_all(&log_dir).unwrap();
+    // Two records as version 1 wrote them: an event and a poll state.
+    let mut bytes = b"TRBLOG\0\x01".to_vec();
+    for (id, payload) in [([7u8; 16], &b"{\"a\":1}"[..]), ([0; 16], &b"{\"cursor\":3}"[..])] {
+        let mut body = id.to_vec();
+        body.extend_from_slice(&9i64.to_le_bytes());
+        body.extend_from_slice(payload);
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    fs::write(segment::path(&log_dir, 0), &bytes).unwrap();
+    let (appender, log) = open(options_in(dir.path())).unwrap();
+    assert_eq!(log.end(), 2);
+    assert_eq!(
+        log.last_state().unwrap(),
+        Some((1, Bytes::from_static(b"{\"cursor\":3}")))
+    );
+    appender.append(events(2, "new")).await.unwrap();
+    let all = read_all(&log, 0).await;
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        all.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [
+            RecordKind::Event,
+            RecordKind::PollState,
+            RecordKind::Event,
+            RecordKind::Event
+        ]
+    );
+    assert!(segment::path(&log_dir, 2).exists(), "new appends go into a segment of format 2");
+    drop((appender, log));
+    let (_appender, log) = open(options_in(dir.path())).unwrap();
+    assert_eq!(read_all(&log, 0).await.len(), 4);
 }
 
 #[tokio::test]

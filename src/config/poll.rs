@@ -116,6 +116,12 @@ pub(super) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<SourceSpec> {
             "must be above zero",
             "set e.g. \"50MiB\"",
         );
+    } else if max_response > crate::event::MAX_PAYLOAD_BYTES as u64 {
+        e.push(
+            "source.max_response",
+            format!("{max_response} bytes is more than one log record holds"),
+            "set at most \"1023MiB\"",
+        );
     }
     let max_retries = raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
     if max_retries > 20 {

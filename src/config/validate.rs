@@ -386,6 +386,12 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
             "must be above zero",
             "set e.g. \"10MiB\"",
         );
+    } else if max_body > crate::event::MAX_PAYLOAD_BYTES as u64 {
+        e.push(
+            "source.max_body",
+            format!("{max_body} bytes is more than one log record holds"),
+            "set at most \"1023MiB\"",
+        );
     }
     if let Some(rate) = raw.rate_limit {
         if !(rate.is_finite() && rate > 0.0) {

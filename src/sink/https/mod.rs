@@ -343,7 +343,7 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             }
             Err(e) => {
                 shared.count(None);
-                (backoff(tries), describe(&e))
+                (backoff(tries), describe(e))
             }
         };
         shared.retries.increment(1);

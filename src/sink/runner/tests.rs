@@ -18,7 +18,6 @@ fn open(dir: &Path) -> (Appender, Log) {
         segment_bytes: 1 << 20,
         sinks: vec!["parquet".into()],
         floor: 0,
-        whole_appends: false,
     })
     .unwrap()
 }

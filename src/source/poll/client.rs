@@ -98,6 +98,14 @@ pub fn verdict(attempt: &Attempt, tries: u32, max_retries: u32, can_reauth: bool
         {
             retry(backoff(tries), format!("{}: {}", r.status, excerpt(&r.body)))
         }
+        Attempt::Answered(r) if r.status.is_redirection() => Verdict::Reject(format!(
+            "{} to {} (redirects are not followed, so credentials never go elsewhere; set source.url to the final address)",
+            r.status,
+            r.headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no Location")
+        )),
         Attempt::Answered(r) => Verdict::Reject(format!("{}: {}", r.status, excerpt(&r.body))),
     }
 }
@@ -217,7 +225,11 @@ impl From<PollError> for TokenFailure {
 impl Client {
     /// A client with the source's timeout.
     pub fn new(spec: &PollSpec) -> Result<Self, PollError> {
+        // Redirects are not followed: a 3xx could send the credentials (an
+        // API key header, a query key, a token request's client secret) to
+        // another host or over plain HTTP.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(spec.timeout)
             .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -313,7 +325,7 @@ impl Client {
         }
         let mut response = match builder.send().await {
             Ok(r) => r,
-            Err(e) => return Ok(Attempt::Failed(describe(&e))),
+            Err(e) => return Ok(Attempt::Failed(describe(e))),
         };
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
@@ -333,7 +345,7 @@ impl Client {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Ok(Attempt::Failed(describe(&e))),
+                Err(e) => return Ok(Attempt::Failed(describe(e))),
             }
         }
         Ok(Attempt::Answered(Response {
@@ -390,12 +402,12 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| TokenFailure::Retry(why(describe(&e))))?;
+            .map_err(|e| TokenFailure::Retry(why(describe(e))))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| TokenFailure::Retry(why(describe(&e))))?;
+            .map_err(|e| TokenFailure::Retry(why(describe(e))))?;
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(TokenFailure::Retry(why(format!(
                 "{status}: {}",
@@ -437,10 +449,12 @@ fn too_large(spec: &PollSpec) -> PollError {
     ))
 }
 
-/// A reqwest error with its chain of causes.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error with its chain of causes, without its URL: a query
+/// string may carry an API key, and these texts reach log lines.
+pub(crate) fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

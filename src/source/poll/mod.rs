@@ -5,13 +5,12 @@
 //! Each page is one append: its records, then a state record saying which page
 //! comes next and the largest cursor value seen so far. Both become durable in
 //! one fsync, so a crash at any moment either keeps a page with the state
-//! that says it was fetched, or neither ([`buffer::Options::whole_appends`]).
+//! that says it was fetched, or neither (recovery cuts a torn append whole:
+//! every record says on disk whether it ended its append).
 //! A restarted run resumes at the page after the last durable one. The run's
 //! last page also moves the cursor (the next run's lower bound) forward, in
 //! that same append. The next request is sent while the previous page's fsync
 //! runs.
-//!
-//! [`buffer::Options::whole_appends`]: crate::buffer::Options::whole_appends
 
 pub mod client;
 pub mod page;
@@ -31,7 +30,7 @@ use tracing::{error, info, warn};
 use crate::buffer::{AppendError, Appender, Log};
 use crate::config::spec::{Paginate, PipelineSpec, PollSpec};
 use crate::encode::pointer;
-use crate::event::{now_us, Event};
+use crate::event::{now_us, Event, RecordKind};
 use client::Client;
 use state::{PageRef, PollState, RunState};
 
@@ -83,7 +82,7 @@ impl Poller {
         stop: CancellationToken,
     ) -> Result<Self, PollError> {
         let side = state::side_path(dir);
-        let (state, offset) = state::load(&side, log.last_state());
+        let (state, offset) = state::load(&side, log.last_state().map_err(PollError::State)?);
         if let Some(offset) = offset {
             // The log's copy may be newer than the side file; make them agree.
             state::save(&side, offset, &state, true).map_err(PollError::State)?;
@@ -229,7 +228,7 @@ impl Poller {
                 durable(
                     &self.appender,
                     &self.side,
-                    vec![Event::state(Bytes::from(payload))],
+                    vec![Event::record(RecordKind::PollState, Bytes::from(payload))],
                     &state,
                 )
                 .await?;
@@ -295,11 +294,12 @@ impl Poller {
                     .map(|payload| Event {
                         id: uuid::Uuid::now_v7(),
                         received_at_us,
+                        kind: RecordKind::Event,
                         payload,
                     })
                     .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");
-                events.push(Event::state(Bytes::from(payload)));
+                events.push(Event::record(RecordKind::PollState, Bytes::from(payload)));
                 durable(&self.appender, &self.side, events, &state).await?;
                 Ok::<_, PollError>(state)
             };

@@ -2,7 +2,7 @@
 //! run started, and the page a run in progress has reached.
 //!
 //! The state travels in the log: every page's append ends with a state record
-//! ([`Event::state`](crate::event::Event::state)), so records and the state
+//! ([`RecordKind::PollState`](crate::event::RecordKind::PollState)), so records and the state
 //! that says they were fetched become durable in one fsync. A copy goes to
 //! `<data_dir>/<pipeline>/source.json` after each append, because the log's
 //! segments are deleted once the sinks have passed them; on start the newer of

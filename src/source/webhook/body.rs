@@ -70,7 +70,7 @@ pub fn split(body: &Bytes, format: Format) -> Result<Vec<Bytes>, BodyError> {
         .ok_or(BodyError::Empty)?;
     // serde_json checks no depth when it only skips over values; everything
     // after the log (schema inference, encoding) must never meet a 10k-deep value.
-    if let Some(at) = too_deep(body) {
+    if let Some(at) = too_deep(body, format) {
         return Err(BodyError::TooDeep { at });
     }
     match format {
@@ -111,7 +111,7 @@ pub const MAX_DEPTH: usize = 128;
 
 /// The offset where nesting passes [`MAX_DEPTH`], if it does. Brackets inside
 /// strings do not count; one pass over the bytes.
-fn too_deep(body: &[u8]) -> Option<usize> {
+fn too_deep(body: &[u8], format: Format) -> Option<usize> {
     // Fast path: with no more openers than the limit, no nesting can pass it.
     memchr::memchr2_iter(b'[', b'{', body).nth(MAX_DEPTH)?;
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -134,8 +134,9 @@ fn too_deep(body: &[u8]) -> Option<usize> {
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
-            // NDJSON: each line starts afresh (a line never ends inside a value).
-            b'\n' => depth = 0,
+            // NDJSON: each line starts afresh (a line never ends inside a
+            // value). In JSON a newline is only whitespace.
+            b'\n' if format == Format::Ndjson => depth = 0,
             _ => {}
         }
     }
@@ -184,6 +185,12 @@ mod tests {
         assert!(split(&Bytes::from(text), Format::Json).is_ok());
         let lines = "[[[[]]]]\n".repeat(100);
         assert!(split(&Bytes::from(lines), Format::Ndjson).is_ok());
+        // In JSON a newline is whitespace: it does not reset the depth.
+        let newline_deep = Bytes::from("[\n".repeat(10_000));
+        assert_eq!(
+            split(&newline_deep, Format::Json).unwrap_err(),
+            BodyError::TooDeep { at: 2 * MAX_DEPTH }
+        );
     }
 
     #[test]

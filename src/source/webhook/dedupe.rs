@@ -3,7 +3,7 @@
 //!
 //! The ids of a request go into the pipeline's log in the same durable append
 //! as its events, as a source-state record `{"dedupe": [ids]}` at its end (the
-//! log opens with `whole_appends`, so a torn append loses both or neither). A
+//! log cuts a torn append whole, so it loses both or neither). A
 //! crash can therefore never keep the events without their ids or the ids
 //! without their events. The log's segments are deleted once the sinks are
 //! done with them, so an index task ([`Index`]) reads the ids back out of the
@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::buffer::ledger::write_atomic;
 use crate::buffer::Log;
 use crate::config::spec::{DedupeBy, DedupeSpec};
-use crate::event::Event;
+use crate::event::{Event, RecordKind};
 
 /// The log consumer whose progress keeps not-yet-journalled ids from deletion.
 pub const CONSUMER: &str = "_dedupe";
@@ -97,7 +97,7 @@ impl Claim {
         let record = Record {
             dedupe: self.ids.iter().map(|s| s.as_str().into()).collect(),
         };
-        Event::state(Bytes::from(
+        Event::record(RecordKind::DedupeIds, Bytes::from(
             serde_json::to_vec(&record).expect("ids serialise"),
         ))
     }
@@ -287,7 +287,7 @@ async fn read_ids(
         if events.is_empty() {
             break;
         }
-        for event in events.iter().filter(|e| e.is_state()) {
+        for event in events.iter().filter(|e| e.kind == RecordKind::DedupeIds) {
             for id in ids_of(event) {
                 each(event.received_at_us, id);
             }

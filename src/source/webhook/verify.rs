@@ -1,6 +1,8 @@
 //! Provider signatures on inbound webhooks, checked on the raw body before
-//! anything parses it. Comparisons are constant-time (ring's `hmac::verify`);
-//! a failure's reason names what is wrong, never a secret.
+//! anything parses it. Each key's MAC is computed once per request, however
+//! many candidate signatures a header carries (at most [`MAX_CANDIDATES`]),
+//! and compared with each in constant time; a failure's reason names what is
+//! wrong, never a secret.
 //!
 //! | scheme | header(s) | signed | encoding |
 //! |---|---|---|---|
@@ -20,6 +22,10 @@ use base64::Engine;
 use ring::hmac;
 
 use crate::config::spec::{VerifyScheme, VerifySpec};
+
+/// Most signatures one header may offer. Providers send one, or two while a
+/// secret rotates; more only makes an unauthenticated request cost more.
+pub const MAX_CANDIDATES: usize = 8;
 
 /// A source's verifier, keys read from the environment when it starts.
 pub struct Verifier {
@@ -81,14 +87,14 @@ impl Verifier {
         match &self.scheme {
             VerifyScheme::Shopify => {
                 let given = decode_b64(header("x-shopify-hmac-sha256")?, "X-Shopify-Hmac-Sha256")?;
-                self.check(&[given], r.body)
+                self.check(&[given], &[r.body])
             }
             VerifyScheme::Github => {
                 let value = header("x-hub-signature-256")?;
                 let hex = value
                     .strip_prefix("sha256=")
                     .ok_or("X-Hub-Signature-256 does not start with sha256=")?;
-                self.check(&[decode_hex(hex, "X-Hub-Signature-256")?], r.body)
+                self.check(&[decode_hex(hex, "X-Hub-Signature-256")?], &[r.body])
             }
             VerifyScheme::Stripe => {
                 let value = header("stripe-signature")?;
@@ -97,7 +103,10 @@ impl Verifier {
                 for part in value.split(',') {
                     match part.trim().split_once('=') {
                         Some(("t", v)) => t = Some(v),
-                        Some(("v1", v)) => given.push(decode_hex(v, "Stripe-Signature v1")?),
+                        Some(("v1", v)) => {
+                            candidate(&given, "Stripe-Signature")?;
+                            given.push(decode_hex(v, "Stripe-Signature v1")?);
+                        }
                         _ => {}
                     }
                 }
@@ -106,7 +115,7 @@ impl Verifier {
                 if given.is_empty() {
                     return Err("Stripe-Signature has no v1= signature".into());
                 }
-                self.check(&given, &joined(&[t.as_bytes(), b".", r.body]))
+                self.check(&given, &[t.as_bytes(), b".", r.body])
             }
             VerifyScheme::Slack => {
                 let ts = header("x-slack-request-timestamp")?;
@@ -115,7 +124,7 @@ impl Verifier {
                     .strip_prefix("v0=")
                     .ok_or("X-Slack-Signature does not start with v0=")?;
                 let given = decode_hex(hex, "X-Slack-Signature")?;
-                self.check(&[given], &joined(&[b"v0:", ts.as_bytes(), b":", r.body]))
+                self.check(&[given], &[b"v0:", ts.as_bytes(), b":", r.body])
             }
             VerifyScheme::StandardWebhooks => {
                 // Svix sends the same three headers under svix-* names.
@@ -128,16 +137,14 @@ impl Verifier {
                 let mut given = Vec::new();
                 for entry in pick("signature")?.split_ascii_whitespace() {
                     if let Some(b64) = entry.strip_prefix("v1,") {
+                        candidate(&given, "webhook-signature")?;
                         given.push(decode_b64(b64, "webhook-signature")?);
                     }
                 }
                 if given.is_empty() {
                     return Err("webhook-signature has no v1, signature".into());
                 }
-                self.check(
-                    &given,
-                    &joined(&[id.as_bytes(), b".", ts.as_bytes(), b".", r.body]),
-                )
+                self.check(&given, &[id.as_bytes(), b".", ts.as_bytes(), b".", r.body])
             }
             VerifyScheme::HubspotV3 => {
                 let ts = header("x-hubspot-request-timestamp")?;
@@ -147,8 +154,7 @@ impl Verifier {
                 self.fresh(ms / 1000, r.now)?;
                 let given =
                     decode_b64(header("x-hubspot-signature-v3")?, "X-HubSpot-Signature-v3")?;
-                let message =
-                    joined(&[r.method.as_bytes(), r.url.as_bytes(), r.body, ts.as_bytes()]);
+                let message = [r.method.as_bytes(), r.url.as_bytes(), r.body, ts.as_bytes()];
                 self.check(&[given], &message)
             }
             VerifyScheme::Hmac {
@@ -165,17 +171,25 @@ impl Verifier {
                 } else {
                     decode_hex(text, name)?
                 };
-                self.check(&[given], r.body)
+                self.check(&[given], &[r.body])
             }
         }
     }
 
-    /// Whether any given signature matches any key (constant-time per pair).
-    fn check(&self, given: &[Vec<u8>], message: &[u8]) -> Result<(), String> {
-        let ok = self
-            .keys
-            .iter()
-            .any(|key| given.iter().any(|g| hmac::verify(key, message, g).is_ok()));
+    /// Whether any given signature matches any key: each key's MAC over the
+    /// message (its parts in order) is computed once, then compared with
+    /// every candidate in constant time.
+    fn check(&self, given: &[Vec<u8>], message: &[&[u8]]) -> Result<(), String> {
+        let ok = self.keys.iter().any(|key| {
+            let mut mac = hmac::Context::with_key(key);
+            for part in message {
+                mac.update(part);
+            }
+            let mac = mac.sign();
+            given
+                .iter()
+                .any(|g| constant_time_eq(mac.as_ref(), g))
+        });
         if ok {
             Ok(())
         } else {
@@ -195,8 +209,20 @@ impl Verifier {
     }
 }
 
-fn joined(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
+/// Refuses one more candidate signature once [`MAX_CANDIDATES`] are taken.
+fn candidate(given: &[Vec<u8>], what: &str) -> Result<(), String> {
+    if given.len() >= MAX_CANDIDATES {
+        return Err(format!(
+            "{what} offers more than {MAX_CANDIDATES} signatures; send the current one (and the previous one while a secret rotates)"
+        ));
+    }
+    Ok(())
+}
+
+/// Equality whose time depends on the lengths only, never on where the
+/// bytes first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn parse_ts(text: &str, what: &str) -> Result<i64, String> {

@@ -139,7 +139,6 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
         segment_bytes: 1 << 20,
         sinks: vec!["table".into(), CONSUMER.into()],
         floor: 0,
-        whole_appends: true,
     };
     let spec = spec(DedupeBy::Headers(vec!["x-id".into()]));
     let now = crate::event::now_us();
