@@ -36,10 +36,12 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
                 println!("ok: {} pipeline(s) valid", config.pipelines.len());
-                if let Some(env) = &config.global.server.admin_token_env {
-                    if std::env::var_os(env).is_none() {
+                match &config.global.server.admin_token_env {
+                    Some(env) if std::env::var_os(env).is_none() => {
                         println!("  note: env var {env} (admin.token_env) is not set; `tributary run` will not start without it");
                     }
+                    Some(_) => {}
+                    None => println!("  note: no admin.token_env: /metrics, /api/… and /readyz's reasons answer only requests from this machine (loopback)"),
                 }
                 for p in &config.pipelines {
                     println!(

@@ -508,7 +508,12 @@ impl Log {
         match &self.shared.last_state {
             Some(state) => Ok(Some(state.clone())),
             None => {
-                let segments = self.shared.segments.lock().expect("segment list lock").clone();
+                let segments = self
+                    .shared
+                    .segments
+                    .lock()
+                    .expect("segment list lock")
+                    .clone();
                 let older: Vec<u64> = self
                     .shared
                     .older_at_open

@@ -479,10 +479,7 @@ mod tests {
         File::create(&p).unwrap().write_all(&bytes).unwrap();
         let s = scan(&p).unwrap();
         assert_eq!((s.records, s.format, s.whole.0), (4, Format::V2, 2));
-        assert_eq!(
-            s.last_poll_state,
-            Some((1, records[1].payload.clone()))
-        );
+        assert_eq!(s.last_poll_state, Some((1, records[1].payload.clone())));
         let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
         for e in &records {
             assert_eq!(&r.read().unwrap(), e);
@@ -518,7 +515,10 @@ mod tests {
         v1(Uuid::nil(), b"{\"cursor\":1}", &mut bytes);
         File::create(&p).unwrap().write_all(&bytes).unwrap();
         let s = scan(&p).unwrap();
-        assert_eq!((s.records, s.format, s.whole.0, s.torn), (4, Format::V1, 4, None));
+        assert_eq!(
+            (s.records, s.format, s.whole.0, s.torn),
+            (4, Format::V1, 4, None)
+        );
         let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
         let kinds: Vec<RecordKind> = (0..4).map(|_| r.read().unwrap().kind).collect();
         assert_eq!(

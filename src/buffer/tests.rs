@@ -246,7 +246,10 @@ async fn a_log_of_format_1_is_read_and_continued_in_a_new_segment() {
     fs::create_dir_all(&log_dir).unwrap();
     // Two records as version 1 wrote them: an event and a poll state.
     let mut bytes = b"TRBLOG\0\x01".to_vec();
-    for (id, payload) in [([7u8; 16], &b"{\"a\":1}"[..]), ([0; 16], &b"{\"cursor\":3}"[..])] {
+    for (id, payload) in [
+        ([7u8; 16], &b"{\"a\":1}"[..]),
+        ([0; 16], &b"{\"cursor\":3}"[..]),
+    ] {
         let mut body = id.to_vec();
         body.extend_from_slice(&9i64.to_le_bytes());
         body.extend_from_slice(payload);
@@ -273,7 +276,10 @@ async fn a_log_of_format_1_is_read_and_continued_in_a_new_segment() {
             RecordKind::Event
         ]
     );
-    assert!(segment::path(&log_dir, 2).exists(), "new appends go into a segment of format 2");
+    assert!(
+        segment::path(&log_dir, 2).exists(),
+        "new appends go into a segment of format 2"
+    );
     drop((appender, log));
     let (_appender, log) = open(options_in(dir.path())).unwrap();
     assert_eq!(read_all(&log, 0).await.len(), 4);

@@ -2,8 +2,12 @@
 //! `GET /api/pipelines` (each pipeline's log and sinks) and
 //! `POST /api/pipelines/{name}/replay` (dead letters back into the log, with
 //! progress as NDJSON lines). With `admin.token_env` set, `/metrics` and every
-//! `/api/…` request need `Authorization: Bearer <token>`; `/healthz` and
-//! `/readyz` never do (probes).
+//! `/api/…` request need `Authorization: Bearer <token>`; without it they
+//! answer only requests from loopback, so a default install never shows its
+//! state, or takes a replay, from the network. `/healthz` and `/readyz` answer
+//! every probe; `/readyz` names its reasons (sink errors, storage locations)
+//! only to a request the API would answer. A replay must be sent as
+//! `application/json`, which a cross-site form cannot do without a preflight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,10 +17,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use super::Peer;
 use crate::buffer::{Appender, Log};
 use crate::event::now_us;
 use crate::replay;
@@ -69,9 +74,18 @@ pub fn api(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-/// The refusal of a request without the admin token (when one is configured).
-fn refusal(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
-    let token = admin.token.as_ref()?;
+/// The refusal of a request without the admin token (when one is
+/// configured), or from another machine (when none is).
+fn refusal(admin: &Admin, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Response> {
+    let Some(token) = admin.token.as_ref() else {
+        if peer.is_some_and(|Peer(addr)| addr.ip().to_canonical().is_loopback()) {
+            return None;
+        }
+        return Some(webhook::error(
+            StatusCode::FORBIDDEN,
+            "without admin.token_env the admin API answers only requests from this machine; set admin.token_env (and send Authorization: Bearer <token>), or call it on 127.0.0.1",
+        ));
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -157,8 +171,12 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
     })
 }
 
-async fn pipelines(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&admin, &headers) {
+async fn pipelines(
+    State(admin): State<Arc<Admin>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
         return refused;
     }
     let mut list = Vec::new();
@@ -168,8 +186,12 @@ async fn pipelines(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respo
     Json(json!({ "pipelines": list })).into_response()
 }
 
-async fn metrics_page(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&admin, &headers) {
+async fn metrics_page(
+    State(admin): State<Arc<Admin>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
         return refused;
     }
     for p in &admin.pipelines {
@@ -189,7 +211,11 @@ async fn metrics_page(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Re
 
 /// Ready when every log can take appends, every sink's storage answers (a
 /// HEAD on S3) and no sink is failing or stopped; otherwise 503 with each reason.
-async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+async fn readyz(
+    State(admin): State<Arc<Admin>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
     let mut problems = Vec::new();
     for p in &admin.pipelines {
         if p.appender.is_closed() {
@@ -241,9 +267,15 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let ready = problems.is_empty();
+    if refusal(&admin, &headers, peer.as_deref()).is_some() {
+        // The reasons name storage locations and errors: for the operator only.
+        let count = problems.len();
+        return (status, Json(json!({ "ready": ready, "problems": count }))).into_response();
+    }
     (
         status,
-        Json(json!({ "ready": problems.is_empty(), "problems": problems })),
+        Json(json!({ "ready": ready, "problems": problems })),
     )
         .into_response()
 }
@@ -253,11 +285,26 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 async fn replay_dead_letters(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers) {
+    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
         return refused;
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return webhook::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a replay request must be sent with Content-Type: application/json (`tributary replay` does)",
+        );
     }
     let filter: replay::Filter = if body.is_empty() {
         Default::default()

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+/// The address a request came from, in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +83,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     warn!(error = %e, "Cannot accept a connection; retrying.");
@@ -101,7 +105,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            connection(stream, app, limits, tls, watcher).await;
+            connection(stream, peer, app, limits, tls, watcher).await;
             drop(slot);
         });
     }
@@ -112,12 +116,19 @@ pub async fn serve(
 
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let service = TowerToHyperService::new(app);
+    // Each request carries the peer's address (the admin API answers only
+    // loopback peers when it has no token).
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, request).await }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

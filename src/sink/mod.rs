@@ -7,6 +7,7 @@ pub mod batch;
 pub mod delta;
 pub mod https;
 pub mod parquet;
+pub mod partition;
 pub mod runner;
 pub mod storage;
 pub mod task;

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
 use super::delta::{DeltaError, DeltaSink, Opened};
-use super::{parquet, SinkError, Storage};
+use super::{parquet, partition, SinkError, Storage};
 use crate::buffer::Log;
 use crate::config::spec::DeltaSinkSpec;
 use crate::encode::{dead_letter, Encoder};
@@ -177,15 +177,23 @@ impl Runner {
             .await?;
 
         let encoder = self.encoder.clone();
-        let partition_by = match &self.target {
-            Target::Parquet { partition_by, .. } => Some(partition_by.clone()),
-            _ => None,
+        let (partition_by, columns, keys) = match &self.target {
+            Target::Parquet { partition_by, .. } => {
+                (Some(partition_by.clone()), partition_by.clone(), None)
+            }
+            Target::DeltaOpen(table) => (
+                None,
+                table.partition_by().to_vec(),
+                table.merge_on().map(<[String]>::to_vec),
+            ),
+            Target::Delta(_) => (None, Vec::new(), None),
         };
         let (props, file_range) = (props.clone(), range.clone());
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let (payload, dead_file, rows, dead, grown) = tokio::task::spawn_blocking(move || {
             background_priority();
-            let encoded = encoder.encode(&events);
+            let mut encoded = encoder.encode(&events);
+            set_aside_unfit_rows(&mut encoded, &events, &columns, keys.as_deref())?;
             let rows = encoded.batch.num_rows();
             let payload = match partition_by {
                 Some(_) if rows == 0 => Payload::Files(Vec::new()),
@@ -373,6 +381,50 @@ impl Backoff {
         self.wait = (self.wait * 2).min(RETRY_MAX);
         Ok(())
     }
+}
+
+/// Moves the rows that no write could store from the batch to the dead
+/// letters, with the reason: partition values that cannot name a directory
+/// (see [`partition`]), and null primary keys in merge mode. One such row
+/// must never fail its whole flush, again and again.
+fn set_aside_unfit_rows(
+    encoded: &mut crate::encode::Encoded,
+    events: &[Event],
+    partition_by: &[String],
+    merge_on: Option<&[String]>,
+) -> Result<(), SinkError> {
+    let arrow = |e| SinkError::Parquet(::parquet::errors::ParquetError::from(e));
+    let mut unfit = partition::unfit_rows(&encoded.batch, partition_by).map_err(arrow)?;
+    if let Some(keys) = merge_on {
+        for (row, why) in super::delta::merge::null_key_rows(&encoded.batch, keys) {
+            if !unfit.iter().any(|(r, _)| *r == row) {
+                unfit.push((row, why));
+            }
+        }
+    }
+    if unfit.is_empty() {
+        return Ok(());
+    }
+    let mut keep = vec![true; encoded.batch.num_rows()];
+    let ids = encoded
+        .batch
+        .column_by_name(crate::schema::METADATA_COLUMNS[0])
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
+        .ok_or_else(|| SinkError::Internal("a batch without its _event_id column".into()))?;
+    for (row, reason) in unfit {
+        let id = ids.value(row);
+        let Some(event) = events.iter().find(|e| e.id.to_string() == id) else {
+            return Err(SinkError::Internal(format!("row {row} has no event")));
+        };
+        keep[row] = false;
+        encoded
+            .dead
+            .push(crate::encode::DeadLetter::new(event, reason));
+    }
+    let mask = arrow_array::BooleanArray::from(keep);
+    encoded.batch =
+        arrow_select::filter::filter_record_batch(&encoded.batch, &mask).map_err(arrow)?;
+    Ok(())
 }
 
 /// Lowers the calling blocking-pool thread's scheduling priority (nice +10)

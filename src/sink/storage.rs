@@ -82,6 +82,13 @@ impl Classify for StorageError {
     fn kind(&self) -> ErrorKind {
         match self {
             StorageError::Build { .. } | StorageError::MissingEnv { .. } => ErrorKind::Config,
+            // A name the file system cannot hold fails the same way every
+            // time; anything else (a full disk, a hiccup) may pass.
+            StorageError::Local { source, .. }
+                if source.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+            {
+                ErrorKind::Permanent
+            }
             StorageError::Put { .. }
             | StorageError::List { .. }
             | StorageError::Object { .. }

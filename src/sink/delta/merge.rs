@@ -1,10 +1,14 @@
 //! `mode = "merge"`: one row per primary key. A flush keeps only the newest
-//! record of each key (the last one received), then upserts it: a matching
-//! row is replaced whole, a new key is inserted.
+//! record of each key (the latest `_received_at`; of equal times the later
+//! one in the log), then upserts it: a matching row is replaced whole unless
+//! it arrived later (a replayed dead letter never overwrites a newer row), a
+//! new key is inserted. Rows with a null key never reach this point: the
+//! runner makes them dead letters ([`null_key_rows`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use arrow_array::{RecordBatch, UInt32Array};
+use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::prelude::{col, Expr, SessionContext};
@@ -15,6 +19,23 @@ use parquet::file::properties::WriterProperties;
 
 const SOURCE: &str = "source";
 const TARGET: &str = "target";
+/// The arrival time column every row carries.
+const RECEIVED_AT: &str = crate::schema::METADATA_COLUMNS[1];
+
+/// The rows of `batch` with a null in a key column, with the reason: a
+/// null never matches in a merge, so such rows would pile up unmerged.
+pub fn null_key_rows(batch: &RecordBatch, keys: &[String]) -> Vec<(usize, String)> {
+    (0..batch.num_rows())
+        .filter_map(|row| {
+            let null = keys.iter().find(|k| {
+                batch
+                    .column_by_name(k)
+                    .is_none_or(|c| c.is_null(row))
+            })?;
+            Some((row, format!("the primary key {null} is missing or null; mode = \"merge\" needs every key column (merge_on) to have a value")))
+        })
+        .collect()
+}
 
 /// Upserts `batch` into `table` on `keys` in one commit.
 pub async fn upsert(
@@ -47,6 +68,8 @@ pub async fn upsert(
         .with_writer_properties(props)
         .with_commit_properties(commit)
         .when_matched_update(|mut update| {
+            update = update
+                .predicate(qualified(SOURCE, RECEIVED_AT).gt_eq(qualified(TARGET, RECEIVED_AT)));
             for c in &columns {
                 update = update.update(unqualified(c), qualified(SOURCE, c));
             }
@@ -70,7 +93,8 @@ fn unqualified(name: &str) -> DeltaColumn {
     DeltaColumn::from(Column::new_unqualified(name))
 }
 
-/// The rows of `batch` that are the last of their key, in batch order.
+/// The rows of `batch` that are the newest of their key (latest
+/// `_received_at`, then latest in the batch), in batch order.
 pub fn newest_per_key(
     batch: &RecordBatch,
     keys: &[String],
@@ -87,6 +111,10 @@ pub fn newest_per_key(
             ArrayFormatter::try_new(column.as_ref(), &options)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let received = batch
+        .column_by_name(RECEIVED_AT)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+    let at = |row: usize| received.map_or(0, |r| r.value(row));
     let mut last: HashMap<String, u32> = HashMap::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         // Each part length-prefixed, null marked apart, so no two keys collide.
@@ -99,7 +127,15 @@ pub fn newest_per_key(
                 key.push_str(&format!("{}:{value};", value.len()));
             }
         }
-        last.insert(key, row as u32);
+        match last.entry(key) {
+            Entry::Occupied(mut kept) if at(*kept.get() as usize) <= at(row) => {
+                kept.insert(row as u32);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(new) => {
+                new.insert(row as u32);
+            }
+        }
     }
     if last.len() == batch.num_rows() {
         return Ok(batch.clone());
@@ -154,5 +190,47 @@ mod tests {
             RecordBatch::try_from_iter([("a", Arc::new(a) as _), ("b", Arc::new(b) as _)]).unwrap();
         let kept = newest_per_key(&batch, &["a".to_string(), "b".to_string()]).unwrap();
         assert_eq!(kept.num_rows(), 4, "four distinct keys");
+    }
+
+    #[test]
+    fn an_older_arrival_later_in_the_batch_does_not_win() {
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(vec![1, 1, 2, 2])) as _),
+            (
+                RECEIVED_AT,
+                Arc::new(TimestampMicrosecondArray::from(vec![20, 10, 5, 5])) as _,
+            ),
+            (
+                "v",
+                Arc::new(StringArray::from(vec!["new", "replayed", "x", "y"])) as _,
+            ),
+        ])
+        .unwrap();
+        let kept = newest_per_key(&batch, &["id".to_string()]).unwrap();
+        let v = kept
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(v.iter().flatten().collect::<Vec<_>>(), ["new", "y"]);
+    }
+
+    #[test]
+    fn null_keys_are_named() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "a",
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])) as _,
+            ),
+            (
+                "b",
+                Arc::new(StringArray::from(vec![Some("x"), Some("y"), None])) as _,
+            ),
+        ])
+        .unwrap();
+        let rows = null_key_rows(&batch, &["a".to_string(), "b".to_string()]);
+        assert_eq!(rows.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [1, 2]);
+        assert!(rows[0].1.contains("primary key a"), "{}", rows[0].1);
+        assert!(rows[1].1.contains("primary key b"), "{}", rows[1].1);
     }
 }

@@ -18,7 +18,7 @@
 //! webhook acknowledgements keep the CPU they need.
 
 mod compact;
-mod merge;
+pub mod merge;
 mod sync;
 mod upkeep;
 
@@ -125,6 +125,8 @@ pub struct DeltaSink {
     upkeep: upkeep::State,
     /// The newest version whose files are known to be fsynced.
     synced: Option<u64>,
+    /// The table's partition columns (an existing table's, not the spec's).
+    partition_by: Vec<String>,
 }
 
 /// What opening a table tells the runner.
@@ -187,12 +189,23 @@ impl DeltaSink {
                 runtime,
                 upkeep,
                 synced,
+                partition_by: table_partitions,
             },
             Opened {
                 resume,
                 record_schema,
             },
         ))
+    }
+
+    /// The table's partition columns.
+    pub fn partition_by(&self) -> &[String] {
+        &self.partition_by
+    }
+
+    /// The primary key columns in merge mode.
+    pub fn merge_on(&self) -> Option<&[String]> {
+        self.spec.merge_on.as_deref()
     }
 
     /// The first log offset the existing table at `spec` does not hold

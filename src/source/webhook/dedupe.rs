@@ -97,9 +97,10 @@ impl Claim {
         let record = Record {
             dedupe: self.ids.iter().map(|s| s.as_str().into()).collect(),
         };
-        Event::record(RecordKind::DedupeIds, Bytes::from(
-            serde_json::to_vec(&record).expect("ids serialise"),
-        ))
+        Event::record(
+            RecordKind::DedupeIds,
+            Bytes::from(serde_json::to_vec(&record).expect("ids serialise")),
+        )
     }
 }
 

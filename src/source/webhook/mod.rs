@@ -217,8 +217,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         );
         let now = chrono::Utc::now().timestamp();
         let check = {
-            let (verifier, headers, body) =
-                (verifier.clone(), head.headers.clone(), bytes.clone());
+            let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
             move || {
                 verifier.verify(&verify::Signed {
                     headers: &headers,

@@ -186,9 +186,7 @@ impl Verifier {
                 mac.update(part);
             }
             let mac = mac.sign();
-            given
-                .iter()
-                .any(|g| constant_time_eq(mac.as_ref(), g))
+            given.iter().any(|g| constant_time_eq(mac.as_ref(), g))
         });
         if ok {
             Ok(())
