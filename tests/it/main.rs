@@ -23,3 +23,5 @@ mod https;
 mod operate;
 // Inbound provider signatures: accepted, refused with a reason, only the accepted stored.
 mod verify;
+// Config changes across kill -9, signature floods, unwritable values, poll credentials, admin exposure.
+mod hardening;

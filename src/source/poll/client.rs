@@ -414,6 +414,11 @@ impl Client {
                 excerpt(&bytes)
             ))));
         }
+        if status.is_redirection() {
+            return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
+                "{status} (redirects are not followed, so the client secret never goes elsewhere; set token_url to the final address)"
+            )))));
+        }
         if !status.is_success() {
             return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
                 "{status}: {}",
