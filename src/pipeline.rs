@@ -218,7 +218,7 @@ pub async fn build(
         }));
     }
     let mut index = None;
-    let view = PipelineView {
+    let mut view = PipelineView {
         name: spec.name.clone(),
         source: match spec.source {
             SourceSpec::Webhook(_) => "webhook",
@@ -231,6 +231,7 @@ pub async fn build(
         dead_letters,
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
+        dedupe: None,
     };
     let (route, poller) = match &spec.source {
         SourceSpec::Webhook(w) => {
@@ -257,6 +258,7 @@ pub async fn build(
                                 source,
                             })?,
                     );
+                    view.dedupe = Some(dedupe.clone());
                     Some(dedupe)
                 }
             };
@@ -296,12 +298,19 @@ pub async fn build(
     })
 }
 
-/// The offset after the highest one the pipeline's outputs already hold,
-/// needed only when the pipeline's log is new or was lost: offsets live in
-/// the data directory, and reusing one would make a Delta sink's txn check
-/// skip new events and a Parquet sink (or the dead letters) overwrite files
-/// named by the same offsets. Then start-up reads every output (a few tries,
-/// about 4 s at most each); with an intact log it reads nothing.
+/// The first offset a new log may assign: after the highest one the
+/// pipeline's outputs already hold. Needed only when the pipeline's log is
+/// new or was lost: offsets live in the data directory, and reusing one would
+/// make a Delta sink's txn check skip new events and a Parquet sink (or the
+/// dead letters) overwrite files named by the same offsets. With an intact
+/// log it reads nothing.
+///
+/// The outputs are read at once, each for at most [`FLOOR_WAIT`], so an
+/// unreachable store never holds webhooks back. An output that cannot be read
+/// in time makes the clock the floor: the log starts at the current Unix time
+/// in microseconds, which no earlier log of this pipeline can have reached
+/// (it would have needed more than one offset per microsecond since its own
+/// start), so its offsets, and the object names made from them, are new.
 pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     let log_dir = global.data_dir.join(&spec.name).join("log");
     let intact = std::fs::read_dir(&log_dir).is_ok_and(|entries| {
@@ -328,26 +337,20 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
             SinkSpec::Https(_) => {}
         }
     }
+    let reads = outputs.iter().map(|(name, output)| async move {
+        let read = tokio::time::timeout(FLOOR_WAIT, output.end_offset(&spec.name)).await;
+        let read =
+            read.unwrap_or_else(|_| Err(format!("no answer within {} s", FLOOR_WAIT.as_secs())));
+        (*name, read)
+    });
     let mut floor = 0;
-    for (name, output) in outputs {
-        let mut wait = std::time::Duration::from_millis(200);
-        for attempt in 1..=FLOOR_TRIES {
-            match output.end_offset(&spec.name).await {
-                Ok(end) => {
-                    floor = floor.max(end);
-                    break;
-                }
-                // A broken sink must not keep webhooks out: the durable log
-                // takes them. A Delta runner that later finds its table ahead
-                // of the log stops with an error rather than skip anything.
-                Err(e) if attempt == FLOOR_TRIES => {
-                    warn!(pipeline = %spec.name, sink = %name, error = %e, "The log is new and what this sink already wrote cannot be read; starting without it. If the data directory was lost, its new offsets may repeat old ones.")
-                }
-                Err(e) => {
-                    warn!(pipeline = %spec.name, sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "The log is new, so what the sink already wrote is read first; retrying.");
-                    tokio::time::sleep(wait).await;
-                    wait *= 4;
-                }
+    for (name, read) in futures::future::join_all(reads).await {
+        match read {
+            Ok(end) => floor = floor.max(end),
+            Err(e) => {
+                let clock = crate::event::now_us().max(0) as u64;
+                warn!(pipeline = %spec.name, sink = %name, error = %e, floor = clock, "The log is new and what this sink already wrote cannot be read; its offsets start at the clock (µs since the epoch), so they cannot repeat an earlier log's.");
+                floor = floor.max(clock);
             }
         }
     }
@@ -357,8 +360,8 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     floor
 }
 
-/// Tries to read an output's highest offset when the log is new (0.2 + 0.8 + 3.2 s of waits).
-const FLOOR_TRIES: u32 = 4;
+/// How long start-up reads an output's highest offset when the log is new.
+const FLOOR_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Something a pipeline wrote that is named or versioned by log offsets.
 enum Output<'a> {

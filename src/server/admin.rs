@@ -59,6 +59,8 @@ pub struct PipelineView {
     pub max_buffer: u64,
     /// A replay is under way (one at a time).
     pub replaying: AtomicBool,
+    /// The webhook's remembered delivery ids, if it dedupes.
+    pub dedupe: Option<Arc<crate::source::webhook::dedupe::Dedupe>>,
 }
 
 /// How long `/readyz` waits for a sink's storage to answer.
@@ -131,6 +133,12 @@ fn rfc3339(us: Option<i64>) -> serde_json::Value {
 /// One pipeline's state; also sets its scrape-time gauges.
 async fn describe(p: &PipelineView) -> serde_json::Value {
     let end = p.log.end();
+    if let Some(dedupe) = &p.dedupe {
+        metrics::gauge!("tributary_dedupe_ids", "pipeline" => p.name.clone())
+            .set(dedupe.len() as f64);
+        metrics::counter!("tributary_dedupe_evicted_total")
+            .absolute(crate::source::webhook::dedupe::evicted());
+    }
     let mut sinks = Vec::new();
     let mut oldest = 0f64;
     for (name, health) in &p.sinks {

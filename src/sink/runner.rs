@@ -248,9 +248,8 @@ impl Runner {
         }
         let write_millis = writing.elapsed().as_millis() as u64;
 
-        let end = range.end;
-        self.ledger(move |log, sink| log.commit(sink, end)).await?;
-        self.health.committed();
+        // Metrics first: once the progress moves, a reader of /metrics that
+        // sees the lag at 0 must also see this flush counted.
         let labels = [
             ("pipeline", self.pipeline.clone()),
             ("sink", self.sink.clone()),
@@ -261,6 +260,9 @@ impl Runner {
         metrics::histogram!("tributary_commit_seconds", &labels)
             .record(writing.elapsed().as_secs_f64());
         metrics::counter!("tributary_sink_rows_total", &labels).increment(rows as u64);
+        let end = range.end;
+        self.ledger(move |log, sink| log.commit(sink, end)).await?;
+        self.health.committed();
         info!(
             pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
             rows, dead_letters = dead, files = file_count, bytes, write_millis, millis = started.elapsed().as_millis() as u64,

@@ -58,6 +58,9 @@ pub enum PollError {
     Stopped,
 }
 
+/// How often a poll waiting for room in a full buffer looks again.
+const BUFFER_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One pipeline's poll source.
 pub struct Poller {
     pipeline: String,
@@ -68,6 +71,8 @@ pub struct Poller {
     client: Client,
     reader: page::Reader,
     stop: CancellationToken,
+    /// `buffer.max_bytes`: a page waits while the log holds this much.
+    max_buffer: u64,
 }
 
 impl Poller {
@@ -107,6 +112,7 @@ impl Poller {
             spec: Arc::new(spec.clone()),
             appender,
             side,
+            max_buffer: pipeline.buffer_max_bytes,
             state,
             reader,
             stop,
@@ -230,6 +236,7 @@ impl Poller {
                     &self.side,
                     vec![Event::record(RecordKind::PollState, Bytes::from(payload))],
                     &state,
+                    (self.max_buffer, &self.stop),
                 )
                 .await?;
                 self.state = state;
@@ -300,7 +307,14 @@ impl Poller {
                     .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");
                 events.push(Event::record(RecordKind::PollState, Bytes::from(payload)));
-                durable(&self.appender, &self.side, events, &state).await?;
+                durable(
+                    &self.appender,
+                    &self.side,
+                    events,
+                    &state,
+                    (self.max_buffer, &self.stop),
+                )
+                .await?;
                 Ok::<_, PollError>(state)
             };
             let Some(following) = following else {
@@ -380,13 +394,28 @@ impl Poller {
 
 /// Appends a page (its records, then `state`) and, once that is durable,
 /// writes the state's side copy. The log's record is the state of record: a
-/// side copy that cannot be written is only warned about.
+/// side copy that cannot be written is only warned about. While the log
+/// holds `buffer.max_bytes` (its sinks are behind), the page waits: a poll
+/// backs off like a webhook client answered 503.
 async fn durable(
     appender: &Appender,
     side: &Path,
     events: Vec<Event>,
     state: &PollState,
+    (max_buffer, stop): (u64, &CancellationToken),
 ) -> Result<(), PollError> {
+    if appender.disk_bytes() >= max_buffer {
+        warn!(
+            max_bytes = max_buffer,
+            "The buffer is full (buffer.max_bytes); the poll waits for its sinks to catch up."
+        );
+        while appender.disk_bytes() >= max_buffer {
+            tokio::select! {
+                _ = tokio::time::sleep(BUFFER_FULL_WAIT) => {}
+                _ = stop.cancelled() => return Err(PollError::Stopped),
+            }
+        }
+    }
     let range = appender.append(events).await.map_err(PollError::Append)?;
     let (side, state) = (side.to_path_buf(), state.clone());
     let saved =

@@ -41,6 +41,17 @@ pub const CONSUMER: &str = "_dedupe";
 /// Longest delivery id accepted (longer ones are refused with 400).
 pub const MAX_ID: usize = 256;
 const JOURNAL: &str = "dedupe.journal";
+/// Most ids one source remembers (about 100 bytes each, so some 500 MB at
+/// the cap); past it the oldest are forgotten before their window ends,
+/// counted in `tributary_dedupe_evicted_total`.
+pub const MAX_IDS: usize = 5_000_000;
+/// Ids forgotten early because of [`MAX_IDS`], over all sources.
+static EVICTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Ids forgotten early because of [`MAX_IDS`] since start, over all sources.
+pub fn evicted() -> u64 {
+    EVICTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How often the index task journals new ids.
 const INDEX_EVERY: Duration = Duration::from_secs(1);
 
@@ -112,6 +123,16 @@ impl Dedupe {
             window_us: spec.window.as_micros() as i64,
             seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// How many ids are remembered now (stored or being appended).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Loads the ids remembered in `dir` and those in `log` after the
@@ -251,6 +272,15 @@ impl Seen {
     fn insert(&mut self, id: Box<str>, at: i64) {
         self.order.push_back((at, id.clone()));
         self.map.insert(id, Slot::Stored(at));
+        if self.order.len() > MAX_IDS {
+            // Memory stays bounded: the oldest ids go before their window
+            // ends (a retry of one of them that late would be stored again).
+            let (at, id) = self.order.pop_front().expect("over the cap, so not empty");
+            if matches!(self.map.get(&id), Some(Slot::Stored(t)) if *t == at) {
+                self.map.remove(&id);
+            }
+            EVICTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Forgets stored ids that arrived before `oldest`.
