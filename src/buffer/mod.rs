@@ -165,6 +165,17 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         bases.first().copied().unwrap_or(options.floor),
     )?;
 
+    // A crash (or a full disk) between creating a segment and syncing its
+    // header leaves a file shorter than the header: nothing was ever
+    // appended to it, so it goes, and is made again below.
+    if let Some(&last) = bases.last() {
+        let path = segment::path(&log_dir, last);
+        if fs::metadata(&path)?.len() < segment::HEADER_LEN {
+            warn!(segment = %path.display(), "Removing a log segment whose header was never written.");
+            fs::remove_file(&path)?;
+            bases.pop();
+        }
+    }
     let tail = recover::tail(&log_dir, &bases)?;
     let (mut end, last_state) = (tail.end, tail.poll_state);
     let older_at_open = bases[..bases.len().saturating_sub(1)].to_vec();
@@ -258,9 +269,16 @@ fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
         .create_new(true)
         .write(true)
         .open(&path)?;
-    file.write_all(&segment::MAGIC)?;
-    file.sync_all()?;
-    sync_dir(log_dir)?;
+    let made = file
+        .write_all(&segment::MAGIC)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| sync_dir(log_dir));
+    if let Err(e) = made {
+        // A full disk: leave no headless segment behind (the next try makes
+        // the same name; recovery would also take it for a foreign file).
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(file)
 }
 
@@ -463,26 +481,36 @@ fn prepare_spare(
     std::thread::Builder::new()
         .name("tributary-log-spare".into())
         .spawn(move || {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)?;
-            file.write_all(&segment::MAGIC)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = size.saturating_sub(segment::HEADER_LEN);
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n])?;
-                // Sync as we go: one flush of the whole segment at the end
-                // would queue ahead of the log's own fdatasyncs and stall acks.
-                file.sync_data()?;
-                left -= n as u64;
+            let made = zero_fill(&path, size);
+            if made.is_err() {
+                // A full disk must not also keep a half-made spare.
+                let _ = fs::remove_file(&path);
             }
-            file.sync_all()?;
-            Ok(file)
+            made
         })
+}
+
+/// Writes a segment header and zeros up to `size` at `path`.
+fn zero_fill(path: &Path, size: u64) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    file.write_all(&segment::MAGIC)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size.saturating_sub(segment::HEADER_LEN);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        // Sync as we go: one flush of the whole segment at the end
+        // would queue ahead of the log's own fdatasyncs and stall acks.
+        file.sync_data()?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
 }
 
 impl Log {

@@ -173,7 +173,7 @@ impl Runner {
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let pending = range.clone();
-        self.ledger(move |log, sink| log.begin(sink, pending))
+        self.ledger(move |log, sink| log.begin(sink, pending.clone()))
             .await?;
 
         let encoder = self.encoder.clone();
@@ -309,16 +309,24 @@ impl Runner {
         }
     }
 
-    /// Runs a ledger update (it fsyncs) off the async threads.
+    /// Runs a ledger update (it fsyncs) off the async threads, retrying a
+    /// failed write (a full data disk) until it passes or shutdown gives up.
     async fn ledger(
         &self,
-        update: impl FnOnce(&Log, &str) -> std::io::Result<()> + Send + 'static,
+        update: impl Fn(&Log, &str) -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Result<(), SinkError> {
-        let (log, sink) = (self.log.clone(), self.sink.clone());
-        tokio::task::spawn_blocking(move || update(&log, &sink))
-            .await
-            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
-            .map_err(SinkError::Ledger)
+        let update = Arc::new(update);
+        let mut backoff = Backoff::new(self, "Cannot record the sink's progress");
+        loop {
+            let (log, sink, update) = (self.log.clone(), self.sink.clone(), update.clone());
+            let done = tokio::task::spawn_blocking(move || update(&log, &sink))
+                .await
+                .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?;
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) => backoff.pause(LedgerWrite(e)).await?,
+            }
+        }
     }
 
     /// Uploads one object, retrying transient failures with exponential
@@ -337,6 +345,24 @@ impl Runner {
                 Err(e) => backoff.pause(e).await?,
             }
         }
+    }
+}
+
+/// A failed write of the sink's progress file: worth retrying (a full disk
+/// gets space back; the progress it records is only ever re-done).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to write the sink's progress")]
+struct LedgerWrite(#[source] std::io::Error);
+
+impl Classify for LedgerWrite {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Transient
+    }
+}
+
+impl From<LedgerWrite> for SinkError {
+    fn from(e: LedgerWrite) -> Self {
+        SinkError::Ledger(e.0)
     }
 }
 

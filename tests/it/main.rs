@@ -25,3 +25,5 @@ mod operate;
 mod verify;
 // Config changes across kill -9, signature floods, unwritable values, poll credentials, admin exposure.
 mod hardening;
+// A flaky S3 with an outage, a full data disk, a full lake disk: nothing lost, intake resumes.
+mod faults;

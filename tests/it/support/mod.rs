@@ -14,6 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 mod delta;
 pub mod fake_api;
+pub mod fault_proxy;
 pub use delta::*;
 
 /// The Shopify customer schema shipped in `schemas/`.
