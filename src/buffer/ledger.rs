@@ -37,7 +37,7 @@ pub struct Ledger {
 impl Ledger {
     /// Loads the state of `sinks` from `dir` (absent files mean a new sink at `start`).
     pub fn open(dir: &Path, sinks: &[String], start: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        create_dirs_durably(dir)?;
         let mut states = HashMap::new();
         for sink in sinks {
             let path = dir.join(format!("{sink}.json"));
@@ -126,6 +126,29 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 /// Makes a directory's entries (created, renamed, deleted files) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and the ancestors it lacks, syncing the parent of each one
+/// created, so a new partition directory survives a power cut with its file.
+pub fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer made it meanwhile: it syncs its own.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ struct Append {
 /// Opens (recovering if needed) the log in `options.dir` and starts its writer thread.
 pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     let log_dir = options.dir.join("log");
-    fs::create_dir_all(&log_dir)?;
+    ledger::create_dirs_durably(&log_dir)?;
     let lock = recover::lock(&options.dir)?;
     let mut bases: Vec<u64> = fs::read_dir(&log_dir)?
         .filter_map(|e| e.ok())

@@ -361,7 +361,7 @@ impl std::fmt::Display for Storage {
 /// parent, which may have just gained the directory).
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("object paths have a parent directory");
-    create_dirs_durably(dir)?;
+    crate::buffer::ledger::create_dirs_durably(dir)?;
     let name = path
         .file_name()
         .expect("object paths name a file")
@@ -378,29 +378,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     sync_dir(dir)
-}
-
-/// Creates `dir` and the ancestors it lacks, syncing the parent of each one
-/// created, so a new partition directory survives a power cut with its file.
-fn create_dirs_durably(dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = Some(dir);
-    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-        missing.push(d);
-        at = d.parent();
-    }
-    for d in missing.into_iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            // Another writer made it meanwhile: it syncs its own.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
