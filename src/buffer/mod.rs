@@ -118,12 +118,25 @@ struct Shared {
     last_state: Option<(u64, bytes::Bytes)>,
     /// The segments before the last one when the log was opened.
     older_at_open: Vec<u64>,
+    /// The next offset to assign (published with the progress, for
+    /// [`Appender::is_full`]).
+    end: AtomicU64,
     /// Writes that failed and were cut from the log: a reader whose read-ahead
     /// went past the log's end drops it when this changes (the bytes it
     /// buffered may be those of the failed write, never acknowledged).
     cut_writes: AtomicU64,
     /// Held while the log is open: one process per data directory.
     _lock: File,
+}
+
+impl Shared {
+    fn is_full(&self, max_bytes: u64) -> bool {
+        self.disk_bytes.load(Ordering::Relaxed) >= max_bytes
+            && self
+                .ledger
+                .min_committed()
+                .is_some_and(|min| min < self.end.load(Ordering::Acquire))
+    }
 }
 
 /// The write side of a log, held by sources. When every `Appender` is dropped,
@@ -237,6 +250,7 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         last_state,
         older_at_open,
         cut_writes: AtomicU64::new(0),
+        end: AtomicU64::new(end),
         _lock: lock,
     });
     let (progress_tx, progress) = watch::channel(Progress { end, closed: false });
@@ -303,6 +317,13 @@ impl Appender {
     /// Bytes the log occupies on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log holds `max_bytes` or more and a consumer is behind:
+    /// then new appends should wait. A log whose every record is consumed is
+    /// never full (its active segment stays until the next roll, however big).
+    pub fn is_full(&self, max_bytes: u64) -> bool {
+        self.shared.is_full(max_bytes)
     }
 
     /// Whether the writer has stopped taking appends.
@@ -383,6 +404,7 @@ impl Writer {
                     self.shared
                         .disk_bytes
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    self.shared.end.store(next, Ordering::Release);
                     self.progress.send_modify(|p| p.end = next);
                     for (append, range) in group.drain(..).zip(ranges) {
                         let _ = append.reply.send(Ok(range));
@@ -574,6 +596,11 @@ impl Log {
     /// Bytes the log occupies on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// See [`Appender::is_full`].
+    pub fn is_full(&self, max_bytes: u64) -> bool {
+        self.shared.is_full(max_bytes)
     }
 
     fn delete_consumed(&self) -> io::Result<()> {

@@ -298,3 +298,18 @@ async fn a_second_process_cannot_open_a_log_in_use() {
     drop(lock);
     recover::lock(dir.path()).unwrap();
 }
+
+#[tokio::test]
+async fn a_log_is_full_only_while_a_consumer_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appender, log) = open(options(dir.path(), 1 << 20)).unwrap();
+    assert!(!appender.is_full(1), "an empty log is not full");
+    let range = appender.append(events(10, "x")).await.unwrap();
+    assert!(appender.is_full(1) && log.is_full(1));
+    assert!(!appender.is_full(1 << 30), "below max_bytes");
+    log.commit("s", range.end).unwrap();
+    assert!(
+        !appender.is_full(1),
+        "everything consumed: the active segment's bytes do not count"
+    );
+}

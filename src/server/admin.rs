@@ -234,7 +234,7 @@ async fn readyz(
                 p.name
             ));
         }
-        if p.log.disk_bytes() >= p.max_buffer {
+        if p.log.is_full(p.max_buffer) {
             problems.push(format!(
                 "pipeline {}: its buffer is full (buffer.max_bytes); webhooks get 503 until the sinks catch up",
                 p.name

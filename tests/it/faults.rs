@@ -8,11 +8,6 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
-use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::fault_proxy::{FaultProxy, Faults};
@@ -70,44 +65,6 @@ async fn join(
         other.extend(o);
     }
     (acked, other)
-}
-
-/// Every `_event_id` in the Parquet objects under `prefix` of the bucket, read from moto directly.
-async fn s3_parquet_ids(moto: &Moto, prefix: &str) -> Vec<String> {
-    let store = AmazonS3Builder::new()
-        .with_bucket_name("lake")
-        .with_endpoint(&moto.endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .unwrap();
-    let prefix = object_store::path::Path::from(prefix);
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-    let mut seen = Vec::new();
-    for meta in objects {
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            let ids = batch
-                .column_by_name("_event_id")
-                .unwrap()
-                .as_string::<i32>();
-            seen.extend(ids.iter().map(|v| v.unwrap().to_string()));
-        }
-    }
-    seen
 }
 
 async fn get_json(url: &str) -> (u16, serde_json::Value) {
@@ -231,7 +188,12 @@ async fn a_flaky_s3_with_an_outage_loses_and_duplicates_nothing() {
     );
     caught_up(&project, Duration::from_secs(240)).await;
 
-    let parquet = s3_parquet_ids(&moto, "parquet").await;
+    let parquet: Vec<String> = moto
+        .parquet_ids("parquet")
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
     let unique: HashSet<String> = parquet.iter().cloned().collect();
     assert_eq!(unique.len(), parquet.len(), "no duplicate in Parquet");
     assert_eq!(
@@ -362,13 +324,7 @@ async fn a_full_data_disk_answers_503_loses_nothing_and_recovers() {
     disk.free_ballast();
     let _server = project.start().await;
     acked.extend(post_customers(&project, 1_000_000, 5, 3).await);
-    eventually(&project, "every acknowledged event in the table", || {
-        id_counts(&project.table_dir()).len() >= acked.len()
-    })
-    .await;
-    let counts = id_counts(&project.table_dir());
-    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), acked);
-    assert!(counts.values().all(|&n| n == 1), "each exactly once");
+    exactly_once_in_the_table(&project, &acked).await;
     assert!(!project.log().contains("panicked"), "{}", project.log());
 }
 
@@ -402,18 +358,24 @@ async fn a_full_lake_disk_holds_events_in_the_log_until_space_returns() {
         project.log()
     );
     disk.free_ballast();
-    eventually(&project, "every acknowledged event in the table", || {
-        id_counts(&project.table_dir()).len() >= acked.len()
-    })
-    .await;
-    let counts = id_counts(&project.table_dir());
-    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), acked);
-    assert!(counts.values().all(|&n| n == 1), "each exactly once");
+    exactly_once_in_the_table(&project, &acked).await;
     let leftovers: Vec<_> = walk(&project.table_dir())
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Waits for every acknowledged event in the Parquet table, then checks
+/// that it holds exactly those, each once.
+async fn exactly_once_in_the_table(project: &Project, acked: &HashSet<String>) {
+    eventually(project, "every acknowledged event in the table", || {
+        id_counts(&project.table_dir()).len() >= acked.len()
+    })
+    .await;
+    let counts = id_counts(&project.table_dir());
+    assert_eq!(&counts.keys().cloned().collect::<HashSet<_>>(), acked);
+    assert!(counts.values().all(|&n| n == 1), "each exactly once");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

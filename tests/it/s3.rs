@@ -3,12 +3,6 @@
 
 use std::collections::HashSet;
 
-use arrow_array::cast::AsArray;
-use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 use crate::support::*;
 
 /// Moto's keys, as the server's environment.
@@ -42,47 +36,12 @@ async fn parquet_files_land_in_an_s3_bucket() {
     let acked = post_customers(&project, 0, 10, 10).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
-    let store = AmazonS3Builder::new()
-        .with_bucket_name("lake")
-        .with_endpoint(&moto.endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .unwrap();
-    let prefix = object_store::path::Path::from("shopify/customers");
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-    assert!(!objects.is_empty(), "no objects; log:\n{}", project.log());
+    let rows = moto.parquet_ids("shopify/customers").await;
+    assert!(!rows.is_empty(), "no objects; log:\n{}", project.log());
     let mut seen = Vec::new();
-    for meta in objects {
-        assert!(
-            meta.location.as_ref().contains("/_received_date="),
-            "{}",
-            meta.location
-        );
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            seen.extend(
-                batch
-                    .column_by_name("_event_id")
-                    .unwrap()
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|v| v.unwrap().to_string()),
-            );
-        }
+    for (location, id) in rows {
+        assert!(location.contains("/_received_date="), "{location}");
+        seen.push(id);
     }
     assert_eq!(seen.len(), acked.len(), "every event once");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), acked);

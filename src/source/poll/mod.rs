@@ -404,12 +404,12 @@ async fn durable(
     state: &PollState,
     (max_buffer, stop): (u64, &CancellationToken),
 ) -> Result<(), PollError> {
-    if appender.disk_bytes() >= max_buffer {
+    if appender.is_full(max_buffer) {
         warn!(
             max_bytes = max_buffer,
             "The buffer is full (buffer.max_bytes); the poll waits for its sinks to catch up."
         );
-        while appender.disk_bytes() >= max_buffer {
+        while appender.is_full(max_buffer) {
             tokio::select! {
                 _ = tokio::time::sleep(BUFFER_FULL_WAIT) => {}
                 _ = stop.cancelled() => return Err(PollError::Stopped),

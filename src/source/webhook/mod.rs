@@ -167,7 +167,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     if declared.is_some_and(|n| n > route.max_body) {
         return too_large();
     }
-    if route.appender.disk_bytes() >= route.max_buffer {
+    if route.appender.is_full(route.max_buffer) {
         warn!(pipeline = %route.pipeline, "Buffer full; answering 503.");
         return retry_later(format!(
             "the buffer of pipeline {} is full ({}) because its sinks are behind; retry later",

@@ -553,3 +553,64 @@ type = "parquet"
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_waits_while_the_buffer_is_full_and_goes_on_once_the_sink_catches_up() {
+    let project = Project::new();
+    let api = FakeApi::start(3000, Style::Cursor).await;
+    api.set_page_size(100);
+    // 30 pages of about 10 KB into a 64 KiB buffer whose sink cannot write
+    // (its directory is a file): the run must wait, not fill the disk.
+    items_pipeline(
+        &project,
+        &api,
+        &format!("{CURSOR}\npaginate = {{ type = \"cursor\", next = \"/paging/next/after\", param = \"after\" }}"),
+        &format!("[buffer]\nmax_bytes = \"64KiB\"\n\n{PARQUET}"),
+    );
+    project.write("lake/items", "not a directory");
+    let stderr = std::fs::File::create(project.path().join("poll.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["poll", "items"])
+        .current_dir(project.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let poll_log = || std::fs::read_to_string(project.path().join("poll.log")).unwrap_or_default();
+    let started = std::time::Instant::now();
+    while !poll_log().contains("The buffer is full") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the poll never waited for the full buffer: {}",
+            poll_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = api.log().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        api.log().len(),
+        asked,
+        "no page is fetched while the buffer is full"
+    );
+    assert!(asked < 30, "the run stopped early: {asked} pages asked for");
+    std::fs::remove_file(project.path().join("lake/items")).unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the poll never finished: {}",
+            poll_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{}", poll_log());
+    assert_eq!(
+        id_counts_of(&project.table_dir_of("items")),
+        once_each(3000)
+    );
+}

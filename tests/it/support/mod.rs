@@ -402,6 +402,50 @@ impl Moto {
             .unwrap();
         assert!(r.status().is_success(), "create bucket: {}", r.status());
     }
+
+    /// Every `_event_id` in the Parquet objects under `prefix` of bucket
+    /// `lake`, read through the S3 API, with the key of its object.
+    pub async fn parquet_ids(&self, prefix: &str) -> Vec<(String, String)> {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("lake")
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap();
+        let prefix = object_store::path::Path::from(prefix);
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        let mut seen = Vec::new();
+        for meta in objects {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let ids = batch
+                    .column_by_name("_event_id")
+                    .unwrap()
+                    .as_string::<i32>();
+                seen.extend(
+                    ids.iter()
+                        .map(|v| (meta.location.to_string(), v.unwrap().to_string())),
+                );
+            }
+        }
+        seen
+    }
 }
 
 impl Drop for Moto {
