@@ -390,3 +390,58 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_data_dir_with_s3_unreachable_serves_within_seconds_and_overwrites_nothing() {
+    let moto = Moto::start().await;
+    moto.bucket("lake").await;
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        Faults {
+            unavailable: 0.0,
+            reset: 0.0,
+            slow: 0.0,
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
+    let project = Project::new();
+    project.shopify_pipeline_with(
+        "max_age = \"100ms\"",
+        "",
+        &format!(
+            "type = \"parquet\"\nuri = \"s3://lake/parquet\"\nstorage = {{ endpoint = \"{}\", allow_http = true, region = \"us-east-1\" }}\n",
+            proxy.endpoint
+        ),
+    );
+    let server = project.start_with_env(&AWS_KEYS).await;
+    let mut acked = post_customers(&project, 0, 4, 5).await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+    // The data directory is lost and S3 does not answer: the new log cannot
+    // read which offsets the old one used.
+    std::fs::remove_dir_all(project.path().join("data")).unwrap();
+    proxy.set_down(true);
+    let started = Instant::now();
+    let _server = project.start_with_env(&AWS_KEYS).await;
+    acked.extend(post_customers(&project, 1_000_000, 4, 5).await);
+    println!("served {:?} after start with S3 down", started.elapsed());
+    assert!(
+        project.log().contains("offsets start at the clock"),
+        "{}",
+        project.log()
+    );
+    proxy.set_down(false);
+    caught_up(&project, Duration::from_secs(120)).await;
+    let ids: Vec<String> = moto
+        .parquet_ids("parquet")
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let unique: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice");
+    assert_eq!(
+        unique, acked,
+        "the first log's objects were not overwritten"
+    );
+}
