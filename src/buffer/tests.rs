@@ -1,6 +1,9 @@
 //! Log behaviour: group commit, reading across segments, recovery, clean-up.
 
+use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use bytes::Bytes;
 
