@@ -45,6 +45,7 @@ pub mod control;
 pub mod encode;
 pub mod error;
 pub mod event;
+pub mod http_retry;
 pub mod pipeline;
 pub mod replay;
 pub mod schema;

@@ -29,7 +29,7 @@ use crate::buffer::Log;
 use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
 use crate::encode::dead_letter::{self, DeadLetter};
 use crate::event::Event;
-use crate::source::poll::client::{describe, excerpt, full_jitter, retry_after};
+use crate::http_retry::{classify, describe, excerpt, full_jitter, Class};
 use signing::Signer;
 
 use crate::status::SinkHealth;
@@ -317,28 +317,27 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             Ok(response) => {
                 let status = response.status();
                 shared.count(Some(status));
-                let retry_after = retry_after(response.headers());
-                if status.is_success() {
+                let class = classify(status, response.headers());
+                if class == Class::Done {
                     shared.health.committed();
                     return Outcome::Delivered;
                 }
                 let answer = format!("{status}: {}", excerpt(&start_of(response).await));
-                if status == StatusCode::GONE {
-                    return Outcome::Gone(answer);
-                }
-                if status == StatusCode::REQUEST_TIMEOUT
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status.is_server_error()
-                {
+                match class {
                     // Retry-After: 0 (or a past date) must not make a hot loop.
-                    let wait = retry_after.map_or_else(|| backoff(tries), |w| w.max(MIN_WAIT));
-                    (wait, answer)
-                } else if status.is_redirection() {
-                    return Outcome::Dead(format!(
-                        "{answer} (redirects are not followed; point url at the final address)"
-                    ));
-                } else {
-                    return Outcome::Dead(answer);
+                    Class::Retry { after } => (
+                        after.map_or_else(|| backoff(tries), |w| w.max(MIN_WAIT)),
+                        answer,
+                    ),
+                    Class::Gone => return Outcome::Gone(answer),
+                    Class::Redirect { .. } => {
+                        return Outcome::Dead(format!(
+                            "{answer} (redirects are not followed; point url at the final address)"
+                        ))
+                    }
+                    Class::Done | Class::Unauthorized | Class::Permanent => {
+                        return Outcome::Dead(answer)
+                    }
                 }
             }
             Err(e) => {

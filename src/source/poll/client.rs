@@ -9,8 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,7 @@ use tracing::{info, warn};
 use super::page::Request;
 use super::PollError;
 use crate::config::spec::{AuthSpec, KeyPlace, PollSpec, Secret};
+use crate::http_retry::{classify, describe, excerpt, full_jitter, Class};
 
 /// First step of the exponential backoff, and its ceiling.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -75,73 +75,34 @@ pub fn verdict(attempt: &Attempt, tries: u32, max_retries: u32, can_reauth: bool
             Verdict::RetryAfter(wait)
         }
     };
-    match attempt {
-        Attempt::Failed(why) => retry(backoff(tries), why.clone()),
-        Attempt::Answered(r) if r.status.is_success() => Verdict::Ok,
-        Attempt::Answered(r) if r.status == StatusCode::UNAUTHORIZED && can_reauth => Verdict::Reauthenticate,
-        Attempt::Answered(r)
-            if r.status == StatusCode::TOO_MANY_REQUESTS || r.status == StatusCode::SERVICE_UNAVAILABLE =>
-        {
-            match retry_after(&r.headers) {
-                Some(wait) if wait > MAX_RETRY_AFTER => Verdict::Fail(format!(
-                    "{} with Retry-After of {} s, longer than the {} s tributary waits; the run is retried at the next tick",
-                    r.status,
-                    wait.as_secs(),
-                    MAX_RETRY_AFTER.as_secs()
-                )),
-                Some(wait) => retry(wait, format!("{}", r.status)),
-                None => retry(backoff(tries), format!("{}", r.status)),
-            }
-        }
-        Attempt::Answered(r)
-            if r.status.is_server_error() || r.status == StatusCode::REQUEST_TIMEOUT =>
-        {
-            retry(backoff(tries), format!("{}: {}", r.status, excerpt(&r.body)))
-        }
-        Attempt::Answered(r) if r.status.is_redirection() => Verdict::Reject(format!(
+    let r = match attempt {
+        Attempt::Failed(why) => return retry(backoff(tries), why.clone()),
+        Attempt::Answered(r) => r,
+    };
+    let answer = || format!("{}: {}", r.status, excerpt(&r.body));
+    match classify(r.status, &r.headers) {
+        Class::Done => Verdict::Ok,
+        Class::Unauthorized if can_reauth => Verdict::Reauthenticate,
+        Class::Retry { after: Some(wait) } if wait > MAX_RETRY_AFTER => Verdict::Fail(format!(
+            "{} with Retry-After of {} s, longer than the {} s tributary waits; the run is retried at the next tick",
+            r.status,
+            wait.as_secs(),
+            MAX_RETRY_AFTER.as_secs()
+        )),
+        Class::Retry { after: Some(wait) } => retry(wait, answer()),
+        Class::Retry { after: None } => retry(backoff(tries), answer()),
+        Class::Redirect { location } => Verdict::Reject(format!(
             "{} to {} (redirects are not followed, so credentials never go elsewhere; set source.url to the final address)",
             r.status,
-            r.headers
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("no Location")
+            location.as_deref().unwrap_or("no Location")
         )),
-        Attempt::Answered(r) => Verdict::Reject(format!("{}: {}", r.status, excerpt(&r.body))),
+        Class::Unauthorized | Class::Gone | Class::Permanent => Verdict::Reject(answer()),
     }
 }
 
 /// Full jitter: a wait drawn uniformly from zero to the exponential step.
 fn backoff(tries: u32) -> Duration {
     full_jitter(tries, BACKOFF_BASE, BACKOFF_CAP)
-}
-
-/// A wait drawn uniformly from zero to `base * 2^tries` (at most `cap`): full
-/// jitter, so clients failing together do not retry together.
-pub(crate) fn full_jitter(tries: u32, base: Duration, cap: Duration) -> Duration {
-    let step = base.saturating_mul(1 << tries.min(16)).min(cap);
-    step.mul_f64(rand::rng().random::<f64>())
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.signed_duration_since(chrono::Utc::now());
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
-}
-
-/// The start of a body, for error messages.
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    let text = text.trim();
-    if text.is_empty() {
-        "empty body".into()
-    } else {
-        text.to_string()
-    }
 }
 
 /// Runs `send` until [`verdict`] says stop; waits between tries (cut short by `stop`).
@@ -408,22 +369,25 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| TokenFailure::Retry(why(describe(e))))?;
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(TokenFailure::Retry(why(format!(
-                "{status}: {}",
-                excerpt(&bytes)
-            ))));
-        }
-        if status.is_redirection() {
-            return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
-                "{status} (redirects are not followed, so the client secret never goes elsewhere; set token_url to the final address)"
-            )))));
-        }
-        if !status.is_success() {
-            return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
-                "{status}: {}",
-                excerpt(&bytes)
-            )))));
+        match classify(status, &reqwest::header::HeaderMap::new()) {
+            Class::Done => {}
+            Class::Retry { .. } => {
+                return Err(TokenFailure::Retry(why(format!(
+                    "{status}: {}",
+                    excerpt(&bytes)
+                ))))
+            }
+            Class::Redirect { .. } => {
+                return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
+                    "{status} (redirects are not followed, so the client secret never goes elsewhere; set token_url to the final address)"
+                )))))
+            }
+            Class::Unauthorized | Class::Gone | Class::Permanent => {
+                return Err(TokenFailure::Fail(PollError::Rejected(why(format!(
+                    "{status}: {}",
+                    excerpt(&bytes)
+                )))))
+            }
         }
         let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|e| {
             TokenFailure::Fail(PollError::Request(why(format!(
@@ -452,20 +416,6 @@ fn too_large(spec: &PollSpec) -> PollError {
         "the response is larger than source.max_response ({}); ask for smaller pages or raise max_response",
         crate::config::units::format_size(spec.max_response)
     ))
-}
-
-/// A reqwest error with its chain of causes, without its URL: a query
-/// string may carry an API key, and these texts reach log lines.
-pub(crate) fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A secret from the environment.

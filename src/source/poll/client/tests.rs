@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::*;
+use reqwest::header::RETRY_AFTER;
 
 fn answer(status: u16, retry_after: Option<&str>) -> Attempt {
     let mut headers = HeaderMap::new();
@@ -53,26 +54,6 @@ fn verdicts() {
     assert!(
         matches!(verdict(&Attempt::Failed("timed out".into()), 0, 0, false), Verdict::Fail(m) if m.contains("timed out"))
     );
-}
-
-#[test]
-fn retry_after_as_seconds_or_date() {
-    let mut headers = HeaderMap::new();
-    assert_eq!(retry_after(&headers), None);
-    headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
-    assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
-    let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
-    headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-    let wait = retry_after(&headers).unwrap();
-    assert!(
-        wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
-        "{wait:?}"
-    );
-    headers.insert(
-        RETRY_AFTER,
-        HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-    );
-    assert_eq!(retry_after(&headers), Some(Duration::ZERO));
 }
 
 /// When each try was sent, and whether it asked for a renewed token.
