@@ -31,7 +31,8 @@ use crate::status::SinkHealth;
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
-/// First and longest wait between retries of a failed upload.
+/// First step and ceiling of the (fully jittered) wait between retries of a
+/// failed upload or commit.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -366,10 +367,11 @@ impl From<LedgerWrite> for SinkError {
     }
 }
 
-/// Exponential backoff with jitter between the tries of a failing operation,
+/// Exponential backoff with full jitter ([`crate::http_retry::full_jitter`]) between the tries of a failing operation,
 /// until shutdown's grace period gives up on it.
 struct Backoff {
-    wait: Duration,
+    /// Failed tries so far: the exponent of the next wait.
+    tries: u32,
     what: &'static str,
     pipeline: String,
     sink: String,
@@ -380,7 +382,7 @@ struct Backoff {
 impl Backoff {
     fn new(runner: &Runner, what: &'static str) -> Self {
         Self {
-            wait: RETRY_MIN,
+            tries: 0,
             what,
             pipeline: runner.pipeline.clone(),
             sink: runner.sink.clone(),
@@ -399,14 +401,15 @@ impl Backoff {
             return Err(error.into());
         }
         let error = format!("{:#}", anyhow::Error::from(error));
-        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = self.wait.as_millis() as u64, "{}; retrying.", self.what);
+        let wait = crate::http_retry::full_jitter(self.tries, RETRY_MIN, RETRY_MAX);
+        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = wait.as_millis() as u64, "{}; retrying.", self.what);
         self.health.failed(&format!("{}: {error}", self.what));
         metrics::counter!("tributary_sink_retries_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone()).increment(1);
         tokio::select! {
-            _ = tokio::time::sleep(jitter(self.wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
         }
-        self.wait = (self.wait * 2).min(RETRY_MAX);
+        self.tries += 1;
         Ok(())
     }
 }
@@ -480,15 +483,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Equal jitter: a wait in `[wait/2, wait]`, so retrying sinks spread out.
-fn jitter(wait: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    wait / 2 + wait.mul_f64((nanos % 1000) as f64 / 2000.0)
 }
 
 #[cfg(test)]
