@@ -3,40 +3,56 @@
 //! # Data flow
 //!
 //! ```text
-//!  trigger                 durable buffer              per-sink runner                sink
-//!  webhook (HTTP POST) ──► append(events) ──► log ──┬─ batcher → Arrow encoder ──► parquet → object store
-//!                          (fsync, then ack)        ├─ batcher → Arrow encoder ──► delta   → object store
-//!                                                   └─ (one runner per sink, each with its own offset)
+//!  trigger                      log (one per pipeline)         per-sink task                    output
+//!  webhook (HTTP POST) ──┐                                  ┌─ batch → encode (Arrow) ──► parquet → object store
+//!    verify, dedupe      ├─► append ──► local segments ─────┼─ batch → encode (Arrow) ──► delta   → object store
+//!  poll (cron + pager) ──┘   (fsync, then ack)              └─ per event ──────────────► https   → signed POST
+//!                                                             each sink keeps its own progress
+//!  admin: /healthz, /readyz, /metrics, /api/… (status, replay of dead letters)
 //! ```
 //!
-//! * The buffer is the source of truth: a webhook is answered 2xx only after its
-//!   events are fsynced into the log.
+//! * The log is the source of truth: a webhook is answered 2xx only after its
+//!   events are fsynced into the log; a poll page and the cursor state that
+//!   says it was fetched are one fsynced append. Every record says on disk
+//!   what it is ([`event::RecordKind`]) and whether its append ended with it,
+//!   so recovery cuts a torn append whole and never an acknowledged one.
 //! * Each sink reads the log from its own committed offset, so a slow sink never
-//!   blocks another; log segments are deleted once every sink has passed them.
+//!   blocks another; log segments are deleted once every consumer has passed them.
 //! * Sinks are idempotent on replay: a Parquet object's name derives from the
 //!   offset range it holds, and the range of a flush is recorded before the
 //!   upload, so a replay after a crash rewrites the same objects. A Delta
 //!   commit carries a `txn` action (app id `tributary/<pipeline>/<sink>`,
 //!   version = its last offset), so the table itself says where to resume.
+//!   HTTPS deliveries carry a stable `webhook-id` (at least once).
+//! * Rows no write could store (a partition value too long for a path, a null
+//!   merge key) and events that fit no column are dead letters with a reason.
 //!
 //! # Glossary
 //! * **event** — one JSON value received by a source, with its id and arrival time.
-//! * **record** — the part of an event that becomes a table row (`record_path`).
-//! * **offset** — an event's position in its pipeline's log; a sink's *committed*
+//! * **record** — the part of an event that becomes a table row (`record_path`);
+//!   also a log entry of any kind (event, poll state, dedupe ids, replay).
+//! * **offset** — a record's position in its pipeline's log; a sink's *committed*
 //!   offset is the first offset it has not yet made durable in storage.
-//! * **dead letter** — an event that could not be converted, kept with the reason.
+//! * **dead letter** — an event that could not be stored, kept with the reason.
+//! * **replay** — dead letters fed back into the log for the sink that refused
+//!   them ([`replay`]); not the re-flush of a pending range after a crash.
 //!
 //! # Modules
 //! * [`config`] — TOML and JSON Schema files → validated, fully defaulted specs.
 //! * [`schema`] — JSON Schema → Arrow schema.
-//! * [`event`] — the unit the buffer stores.
-//! * [`buffer`] — the durable, append-only log with group commit and a per-sink ledger.
-//! * [`source`] — triggers; today the webhook receiver.
+//! * [`event`] — the unit the log stores, and its record kinds.
+//! * [`buffer`] — the durable, append-only log: group commit, recovery, per-consumer progress.
+//! * [`source`] — triggers: the webhook receiver (body, verify, dedupe) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
-//! * [`sink`] — storage, batch policy, the per-sink runner, the Parquet writer and the Delta sink.
-//! * [`pipeline`] — wires one pipeline: source → buffer → one runner per sink.
-//! * [`server`] — the HTTP server: webhook routes and `/healthz`.
-//! * [`shutdown`] — cancellation tree, task tracker and grace deadline.
+//! * [`sink`] — storage, batch policy, the table-sink runner (Parquet, Delta), the HTTPS sink.
+//! * [`http_retry`] — the one retry policy of every outbound HTTP call.
+//! * [`replay`] — dead letters back into the log.
+//! * [`pipeline`] — wires each pipeline: source → log → one task per sink.
+//! * [`server`] — the accept loop, TLS, webhook routes and the admin API.
+//! * [`status`] — each sink's health as the admin API shows it.
+//! * [`control`] — the client of the admin API (`tributary status`, `replay`).
+//! * [`telemetry`], [`shutdown`], [`error`], [`cli`] — metrics, the cancellation
+//!   tree, error classes, the command line.
 
 pub mod buffer;
 pub mod cli;

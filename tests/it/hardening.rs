@@ -287,6 +287,29 @@ uri = "lake/shopify_customers_latest"
             == 5
     })
     .await;
+    // The Delta sinks commit on their own (their dead letters are written
+    // before their commits): wait until no sink lags.
+    let started = Instant::now();
+    loop {
+        let pipelines: serde_json::Value = reqwest::get(project.url("/api/pipelines"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sinks = pipelines["pipelines"][0]["sinks"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if sinks.iter().all(|s| s["lag_events"] == 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "sinks lag: {sinks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let delta = read_delta(delta_dir.to_str().unwrap(), &[], &[], &[]);
     delta.assert_exactly(&parquet_expected);
     let latest = read_delta(latest_dir.to_str().unwrap(), &[], &[], &[]);
