@@ -44,20 +44,20 @@
 //! * [`buffer`] — the durable, append-only log: group commit, recovery, per-consumer progress.
 //! * [`source`] — triggers: the webhook receiver (body, verify, dedupe) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
-//! * [`sink`] — storage, batch policy, the table-sink runner (Parquet, Delta), the HTTPS sink.
+//! * [`sink`] — storage, batch policy, the table-sink runner (Parquet, Delta), the
+//!   HTTPS sink, and each sink's health as the admin API shows it.
 //! * [`http_retry`] — the one retry policy of every outbound HTTP call.
 //! * [`replay`] — dead letters back into the log.
 //! * [`pipeline`] — wires each pipeline: source → log → one task per sink.
 //! * [`server`] — the accept loop, TLS, webhook routes and the admin API.
-//! * [`status`] — each sink's health as the admin API shows it.
-//! * [`control`] — the client of the admin API (`tributary status`, `replay`).
+//! * [`admin_client`] — the client of the admin API (`tributary status`, `replay`).
 //! * [`telemetry`], [`shutdown`], [`error`], [`cli`] — metrics, the cancellation
 //!   tree, error classes, the command line.
 
+pub mod admin_client;
 pub mod buffer;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod encode;
 pub mod error;
 pub mod event;
@@ -69,5 +69,4 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod status;
 pub mod telemetry;

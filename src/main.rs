@@ -190,7 +190,7 @@ fn status(config: &Config, json: bool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
-        tributary::control::AdminClient::new(&config.global)?
+        tributary::admin_client::AdminClient::new(&config.global)?
             .pipelines()
             .await
     });
@@ -203,7 +203,7 @@ fn status(config: &Config, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(value) => {
-            print!("{}", tributary::control::table(&value));
+            print!("{}", tributary::admin_client::table(&value));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -219,7 +219,11 @@ fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let since_us = match args.since.as_deref().map(tributary::control::parse_since) {
+    let since_us = match args
+        .since
+        .as_deref()
+        .map(tributary::admin_client::parse_since)
+    {
         Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -240,7 +244,7 @@ fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let result = runtime.block_on(async {
-        let client = tributary::control::AdminClient::new(&config.global)?;
+        let client = tributary::admin_client::AdminClient::new(&config.global)?;
         client
             .replay(&args.pipeline, &filter, &mut |p| {
                 bar.set_length(p["files"].as_u64().unwrap_or(0));

@@ -16,6 +16,7 @@ use crate::server::{
 };
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::delta::DeltaSink;
+use crate::sink::health::SinkHealth;
 use crate::sink::https::HttpsRunner;
 use crate::sink::runner::{Runner, Target};
 use crate::sink::{parquet, Storage, StorageError};
@@ -24,7 +25,6 @@ use crate::source::poll::{PollError, Poller};
 use crate::source::webhook::dedupe::{self, Dedupe, Index};
 use crate::source::webhook::verify::Verifier;
 use crate::source::webhook::Route;
-use crate::status::SinkHealth;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
 /// spans several segments (so consumed ones can be freed), large enough that

@@ -25,9 +25,9 @@ use super::Peer;
 use crate::buffer::{Appender, Log};
 use crate::event::now_us;
 use crate::replay;
+use crate::sink::health::{SinkHealth, SinkState};
 use crate::sink::Storage;
 use crate::source::webhook;
-use crate::status::{SinkHealth, SinkState};
 
 /// What the admin API can see.
 pub struct Admin {

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod delta;
+pub mod health;
 pub mod https;
 pub mod parquet;
 pub mod partition;

@@ -27,7 +27,7 @@ use crate::encode::{dead_letter, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
 use crate::replay;
-use crate::status::SinkHealth;
+use crate::sink::health::SinkHealth;
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;

@@ -32,7 +32,7 @@ use crate::event::Event;
 use crate::http_retry::{classify, describe, excerpt, full_jitter, Class};
 use signing::Signer;
 
-use crate::status::SinkHealth;
+use crate::sink::health::SinkHealth;
 
 /// Events read from the log at once.
 const READ_CHUNK: usize = 1024;
