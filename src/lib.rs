@@ -18,9 +18,9 @@
 //!   so recovery cuts a torn append whole and never an acknowledged one.
 //! * Each sink reads the log from its own committed offset, so a slow sink never
 //!   blocks another; log segments are deleted once every consumer has passed them.
-//! * Sinks are idempotent on replay: a Parquet object's name derives from the
+//! * Sinks are idempotent on a re-flush: a Parquet object's name derives from the
 //!   offset range it holds, and the range of a flush is recorded before the
-//!   upload, so a replay after a crash rewrites the same objects. A Delta
+//!   upload, so a re-flush after a crash rewrites the same objects. A Delta
 //!   commit carries a `txn` action (app id `tributary/<pipeline>/<sink>`,
 //!   version = its last offset), so the table itself says where to resume.
 //!   HTTPS deliveries carry a stable `webhook-id` (at least once).

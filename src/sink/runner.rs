@@ -4,7 +4,7 @@
 //! runs out.
 //!
 //! Exactly once: before a flush uploads anything, its offset range is recorded
-//! as *pending*. After a crash the runner first replays exactly that range, so
+//! as *pending*. After a crash the runner first re-flushes exactly that range, so
 //! the same object names are rewritten with the same rows; only then does it
 //! read on. The committed offset moves only after every object is durable.
 
@@ -115,7 +115,7 @@ impl Runner {
         }
         if let Some((first, end)) = state.pending {
             if first == next && end <= self.log.end() {
-                info!(pipeline = %self.pipeline, sink = %self.sink, first, end, "Replaying the flush a crash interrupted.");
+                info!(pipeline = %self.pipeline, sink = %self.sink, first, end, "Re-flushing the range a crash interrupted.");
                 let mut reader = self.log.reader(first);
                 let mut events = Vec::with_capacity((end - first) as usize);
                 while reader.position() < end {

@@ -133,7 +133,7 @@ async fn kill_9_loses_and_duplicates_nothing() {
     );
     let replays = project
         .log()
-        .matches("Replaying the flush a crash interrupted")
+        .matches("Re-flushing the range a crash interrupted")
         .count();
     let truncations = project.log().matches("Truncating a torn log tail").count();
     eprintln!("pending-flush replays: {replays}, torn tails truncated: {truncations}");
