@@ -216,25 +216,17 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             text(header::HOST).unwrap_or("")
         );
         let now = chrono::Utc::now().timestamp();
-        let check = {
-            let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
-            move || {
-                verifier.verify(&verify::Signed {
-                    headers: &headers,
-                    method: "POST",
-                    url: &url,
-                    body: &body,
-                    now,
-                })
-            }
-        };
         // A MAC over a large body takes milliseconds: off the async workers.
+        // Only then are the headers copied (the blocking task owns them).
         let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
-            check()
+            check_signature(verifier, &head.headers, &url, &bytes, now)
         } else {
-            tokio::task::spawn_blocking(check)
-                .await
-                .unwrap_or_else(|_| Err("the signature check did not finish".into()))
+            let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                check_signature(&verifier, &headers, &url, &body, now)
+            })
+            .await
+            .unwrap_or_else(|_| Err("the signature check did not finish".into()))
         };
         if let Err(reason) = verdict {
             debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
@@ -324,6 +316,23 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         Ok(Err(e)) => append_failed(route, e),
         Err(_) => append_failed(route, crate::buffer::AppendError::Closed),
     }
+}
+
+/// The verdict of `verifier` on a POST of `body` to `url` with `headers`.
+fn check_signature(
+    verifier: &verify::Verifier,
+    headers: &axum::http::HeaderMap,
+    url: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), String> {
+    verifier.verify(&verify::Signed {
+        headers,
+        method: "POST",
+        url,
+        body,
+        now,
+    })
 }
 
 fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Response {
