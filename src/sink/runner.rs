@@ -443,8 +443,8 @@ fn set_aside_unfit_rows(
         .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
         .ok_or_else(|| SinkError::Internal("a batch without its _event_id column".into()))?;
     for (row, reason) in unfit {
-        let id = ids.value(row);
-        let Some(event) = events.iter().find(|e| e.id.to_string() == id) else {
+        let id = uuid::Uuid::parse_str(ids.value(row)).ok();
+        let Some(event) = events.iter().find(|e| Some(e.id) == id) else {
             return Err(SinkError::Internal(format!("row {row} has no event")));
         };
         keep[row] = false;
