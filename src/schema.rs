@@ -5,7 +5,9 @@
 //! `format: date-time` → Timestamp(µs, UTC), `format: date` → Date32, local
 //! `$ref`s (`#/$defs/…`, `#/definitions/…`),
 //! integer → Int64, number → Float64, boolean → Boolean, string → Utf8, nested
-//! objects → Struct, arrays → List. Annotation keys (`title`, `description`,
+//! objects → Struct, arrays → List; a field of more than one type (`{}`, a
+//! `type` list such as `["string", "integer"]`, `oneOf`, `anyOf`) → a text
+//! column holding each value's JSON text. Annotation keys (`title`, `description`,
 //! `$schema`, …) are ignored; any other keyword is an error, so that a schema
 //! never means less than its author thinks.
 
@@ -16,6 +18,9 @@ use serde_json::{Map, Value};
 
 /// Names of the metadata columns every row carries, in table order.
 pub const METADATA_COLUMNS: [&str; 4] = ["_event_id", "_received_at", "_received_date", "_source"];
+
+/// The JSON Schema type names besides `null`.
+const TYPES: [&str; 6] = ["string", "integer", "number", "boolean", "object", "array"];
 
 /// Deepest nesting of objects, arrays and `$ref`s; deeper is a recursive schema.
 const MAX_DEPTH: usize = 32;
@@ -150,8 +155,12 @@ fn type_of(
                     }
                 }
             }
+            if let Some(unknown) = named.iter().find(|t| !TYPES.contains(&t.as_str())) {
+                errors.push(err(&key, &format!("unknown type \"{unknown}\"; use string, integer, number, boolean, object, array or null")));
+                return (None, nullable);
+            }
             if named.len() != 1 {
-                errors.push(err(&key, "a \"type\" list must name exactly one type besides \"null\", e.g. [\"null\", \"string\"]"));
+                errors.push(err(&key, "a \"type\" list needs a type besides \"null\", e.g. [\"null\", \"string\"]"));
                 return (None, nullable);
             }
             (named.pop(), nullable)
@@ -204,22 +213,23 @@ fn object_fields(
     let mut fields = Vec::with_capacity(props.len());
     for (name, sub) in props {
         let sub_at = join(&join(at, "properties"), name);
-        if let Some((data_type, nullable)) = data_type(root, sub, &sub_at, depth, errors) {
+        if let Some((data_type, nullable, json)) = data_type(root, sub, &sub_at, depth, errors) {
             let nullable = nullable || !required.contains(&name.as_str());
-            fields.push(Field::new(name, data_type, nullable));
+            fields.push(field(name, data_type, nullable, json));
         }
     }
     Some(Fields::from(fields))
 }
 
-/// Converts one sub-schema; returns its type and whether it allows null.
+/// Converts one sub-schema; returns its type, whether it allows null and
+/// whether it holds JSON text (a field of more than one type).
 fn data_type(
     root: &Value,
     schema: &Value,
     at: &str,
     depth: usize,
     errors: &mut Vec<SchemaError>,
-) -> Option<(DataType, bool)> {
+) -> Option<(DataType, bool, bool)> {
     let Some(obj) = schema.as_object() else {
         errors.push(err(
             at,
@@ -248,6 +258,9 @@ fn data_type(
             }
         };
     }
+    if let Some(nullable) = any_json(obj) {
+        return Some((DataType::Utf8, nullable, true));
+    }
     for key in obj.keys() {
         let known = matches!(
             key.as_str(),
@@ -271,7 +284,7 @@ fn data_type(
             if let Some(fields) = object_fields(root, obj, at, depth + 1, errors) {
                 DataType::Struct(fields)
             } else if let Some(values) = obj.get("additionalProperties").filter(|v| v.is_object()) {
-                let (value_type, _) = data_type(
+                let (value_type, _, json) = data_type(
                     root,
                     values,
                     &join(at, "additionalProperties"),
@@ -280,7 +293,7 @@ fn data_type(
                 )?;
                 let entries = Fields::from(vec![
                     Field::new("keys", DataType::Utf8, false),
-                    Field::new("values", value_type, true),
+                    field("values", value_type, true, json),
                 ]);
                 DataType::Map(
                     Arc::new(Field::new("entries", DataType::Struct(entries), false)),
@@ -296,15 +309,47 @@ fn data_type(
                 errors.push(err(at, "an array needs \"items\" describing its elements"));
                 return None;
             };
-            let (item_type, _) = data_type(root, items, &join(at, "items"), depth + 1, errors)?;
-            DataType::List(Arc::new(Field::new("item", item_type, true)))
+            let (item_type, _, json) =
+                data_type(root, items, &join(at, "items"), depth + 1, errors)?;
+            DataType::List(Arc::new(field("item", item_type, true, json)))
         }
         other => {
             errors.push(err(&join(at, "type"), &format!("unknown type \"{other}\"; use string, integer, number, boolean, object or array")));
             return None;
         }
     };
-    Some((data_type, nullable))
+    Some((data_type, nullable, false))
+}
+
+/// Whether a field schema admits values of more than one type: `{}` (or only
+/// annotations), a `type` list naming several types, or `oneOf`/`anyOf`.
+/// Such a field becomes a JSON-text column; returns its nullability (a
+/// union may hold null unless its type list leaves it out).
+fn any_json(obj: &Map<String, Value>) -> Option<bool> {
+    if obj.contains_key("oneOf") || obj.contains_key("anyOf") {
+        return Some(true);
+    }
+    if obj.keys().all(|k| ANNOTATIONS.contains(&k.as_str())) {
+        return Some(true);
+    }
+    let types = obj.get("type")?.as_array()?;
+    let named = types.iter().filter(|t| t.as_str() != Some("null")).count();
+    let known = types
+        .iter()
+        .all(|t| t.as_str().is_some_and(|t| t == "null" || TYPES.contains(&t)));
+    (named > 1 && known).then(|| types.iter().any(|t| t.as_str() == Some("null")))
+}
+
+/// A field; one that holds JSON text is marked so in its metadata
+/// ([`crate::encode::infer::JSON_TEXT`]).
+fn field(name: &str, data_type: DataType, nullable: bool, json: bool) -> Field {
+    let field = Field::new(name, data_type, nullable);
+    if json {
+        let marker = [(crate::encode::infer::JSON_TEXT.to_string(), "true".to_string())];
+        field.with_metadata(marker.into_iter().collect())
+    } else {
+        field
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +403,36 @@ mod tests {
     }
 
     #[test]
+    fn fields_of_more_than_one_type_hold_json_text() {
+        let doc = json!({
+            "type": "object",
+            "required": ["either"],
+            "properties": {
+                "anything": {},
+                "described": {"description": "any value"},
+                "either": {"type": ["string", "integer"]},
+                "maybe": {"type": ["null", "object", "array"]},
+                "choice": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {}}]},
+                "some": {"anyOf": [{"type": "integer"}]},
+                "list": {"type": "array", "items": {}}
+            }
+        });
+        let schema = from_json_schema(&doc).unwrap();
+        let json = crate::encode::infer::is_json_text;
+        for name in ["anything", "described", "either", "maybe", "choice", "some"] {
+            let f = schema.field_with_name(name).unwrap();
+            assert_eq!(f.data_type(), &DataType::Utf8, "{name}");
+            assert!(json(f), "{name} is marked as JSON text");
+        }
+        assert!(!schema.field_with_name("either").unwrap().is_nullable());
+        assert!(schema.field_with_name("maybe").unwrap().is_nullable());
+        let DataType::List(item) = schema.field_with_name("list").unwrap().data_type() else {
+            panic!("list is a list")
+        };
+        assert!(json(item));
+    }
+
+    #[test]
     fn recursive_and_foreign_refs_are_errors() {
         let doc = json!({
             "type": "object",
@@ -382,9 +457,9 @@ mod tests {
             "required": ["missing"],
             "properties": {
                 "a": {"type": "strin"},
-                "b": {"type": ["string", "integer"]},
+                "b": {"type": "array", "items": {"type": ["string", "intger"]}},
                 "c": {"type": "array"},
-                "d": {"oneOf": [{"type": "string"}]},
+                "d": {"allOf": [{"type": "string"}]},
                 "_event_id": {"type": "string"}
             }
         });
@@ -393,9 +468,9 @@ mod tests {
         for key in [
             "required",
             "properties.a.type",
-            "properties.b.type",
+            "properties.b.items.type",
             "properties.c",
-            "properties.d.oneOf",
+            "properties.d.allOf",
             "properties._event_id",
         ] {
             assert!(keys.contains(&key), "no error at {key}: {errors:?}");

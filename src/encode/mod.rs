@@ -8,7 +8,7 @@
 //! holds back the rest of its batch. Nothing here panics on input.
 
 pub mod dead_letter;
-mod infer;
+pub mod infer;
 pub mod pointer;
 
 use std::sync::Arc;
@@ -33,8 +33,11 @@ pub struct Encoder {
     table_schema: SchemaRef,
     record_path: Vec<String>,
     source: String,
-    /// Add a column for each new top-level record field (`schema = "infer"`).
+    /// `schema = "infer"`: grow the schema from each flush, keep what fits
+    /// no column in `_extra` ([`infer`]).
     infer: bool,
+    /// A declared column holds JSON text ([`infer::JSON_TEXT`]).
+    json_text: bool,
 }
 
 /// What one flush produced.
@@ -55,6 +58,7 @@ impl Encoder {
     pub fn new(record_schema: SchemaRef, record_path: &str, source: &str) -> Self {
         Self {
             table_schema: Arc::new(schema::table_schema(&record_schema)),
+            json_text: infer::has_json_text(record_schema.fields()),
             record_schema,
             record_path: pointer::tokens(record_path),
             source: source.to_string(),
@@ -62,17 +66,25 @@ impl Encoder {
         }
     }
 
-    /// This encoder, adding a column for each new top-level field it meets
-    /// (`schema = "infer"`), or not.
+    /// This encoder, inferring the schema (`schema = "infer"`: the record
+    /// schema then ends with `_extra`), or not.
     pub fn inferring(mut self, infer: bool) -> Self {
         self.infer = infer;
-        self
+        let record_schema = self.record_schema.clone();
+        self.with_record_schema(record_schema)
     }
 
-    /// The same encoder for records of another schema (a Delta table's columns).
+    /// The same encoder for records of another schema (a Delta table's
+    /// columns, a grown or reloaded schema).
     pub fn with_record_schema(&self, record_schema: SchemaRef) -> Self {
+        let record_schema = if self.infer {
+            infer::with_extra(&record_schema)
+        } else {
+            record_schema
+        };
         Self {
             table_schema: Arc::new(schema::table_schema(&record_schema)),
+            json_text: infer::has_json_text(record_schema.fields()),
             record_schema,
             record_path: self.record_path.clone(),
             source: self.source.clone(),
@@ -80,9 +92,14 @@ impl Encoder {
         }
     }
 
-    /// Whether this encoder adds columns for new fields.
+    /// Whether this encoder infers the schema.
     pub fn infers(&self) -> bool {
         self.infer
+    }
+
+    /// The record columns (without the metadata columns).
+    pub fn record_schema(&self) -> &SchemaRef {
+        &self.record_schema
     }
 
     /// The schema of the batches this encoder returns.
@@ -105,21 +122,17 @@ impl Encoder {
                 Err(reason) => dead.push(DeadLetter::new(event, reason)),
             }
         }
-        let grown = if self.infer {
-            infer::grow(&self.record_schema, &records)
-        } else {
-            None
-        };
-        let grown_encoder = grown.clone().map(|s| self.with_record_schema(s));
-        let this = grown_encoder.as_ref().unwrap_or(self);
-        let columns = match this.decode(&records) {
+        if self.infer || self.json_text {
+            return self.encode_values(good, &records, dead);
+        }
+        let columns = match self.decode(&records) {
             Ok(batch) => batch,
             Err(_) => {
                 // Find the culprits one by one; the others still become rows.
                 let mut rows = Vec::with_capacity(records.len());
                 let mut kept = Vec::with_capacity(records.len());
                 for (event, record) in good.iter().zip(&records) {
-                    match this.decode(std::slice::from_ref(record)) {
+                    match self.decode(std::slice::from_ref(record)) {
                         Ok(row) => {
                             rows.push(row);
                             kept.push(*event);
@@ -128,15 +141,99 @@ impl Encoder {
                     }
                 }
                 good = kept;
+                arrow_select::concat::concat_batches(&self.record_schema, &rows)
+                    .expect("rows decoded with one schema concatenate")
+            }
+        };
+        Encoded {
+            batch: self.with_metadata(&good, columns),
+            dead,
+            grown: None,
+        }
+    }
+
+    /// The path of inferred schemas and of declared JSON-text columns: each
+    /// record is parsed, the schema grows from the whole flush (inferring),
+    /// and every record is fitted to it before decoding.
+    fn encode_values(&self, events: Vec<&Event>, records: &[&[u8]], mut dead: Vec<DeadLetter>) -> Encoded {
+        let mut good: Vec<&Event> = Vec::with_capacity(events.len());
+        let mut values: Vec<serde_json::Map<String, serde_json::Value>> =
+            Vec::with_capacity(events.len());
+        for (event, record) in events.into_iter().zip(records) {
+            match serde_json::from_slice(record) {
+                Ok(serde_json::Value::Object(map)) => {
+                    good.push(event);
+                    values.push(map);
+                }
+                Ok(_) => dead.push(DeadLetter::new(event, "the record is not a JSON object")),
+                Err(e) => dead.push(DeadLetter::new(event, format!("the record is not JSON: {e}"))),
+            }
+        }
+        let grown = if self.infer {
+            infer::grow(&self.record_schema, &values)
+        } else {
+            None
+        };
+        let grown_encoder = grown.clone().map(|s| self.with_record_schema(s));
+        let this = grown_encoder.as_ref().unwrap_or(self);
+        let misfit = if self.infer {
+            infer::Misfit::ToExtra
+        } else {
+            infer::Misfit::Leave
+        };
+        let mut extras: Vec<Option<String>> = Vec::with_capacity(values.len());
+        for value in &mut values {
+            let mut extra = serde_json::Map::new();
+            infer::fit(value, &this.record_schema, misfit, &mut extra);
+            extras.push((!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()));
+        }
+        let columns = match this.decode_values(&values) {
+            Ok(batch) => batch,
+            Err(_) => {
+                let mut rows = Vec::with_capacity(values.len());
+                let mut kept = Vec::with_capacity(values.len());
+                let mut kept_extras = Vec::with_capacity(values.len());
+                for ((event, value), extra) in good.iter().zip(&values).zip(extras) {
+                    match this.decode_values(std::slice::from_ref(value)) {
+                        Ok(row) => {
+                            rows.push(row);
+                            kept.push(*event);
+                            kept_extras.push(extra);
+                        }
+                        Err(e) => dead.push(DeadLetter::new(event, describe(&e))),
+                    }
+                }
+                good = kept;
+                extras = kept_extras;
                 arrow_select::concat::concat_batches(&this.record_schema, &rows)
                     .expect("rows decoded with one schema concatenate")
             }
+        };
+        let columns = match this.record_schema.index_of(infer::EXTRA_COLUMN) {
+            Ok(i) if this.infer => {
+                let mut arrays = columns.columns().to_vec();
+                arrays[i] = Arc::new(StringArray::from(extras));
+                RecordBatch::try_new(this.record_schema.clone(), arrays)
+                    .expect("the _extra column is text")
+            }
+            _ => columns,
         };
         Encoded {
             batch: this.with_metadata(&good, columns),
             dead,
             grown,
         }
+    }
+
+    /// Decodes parsed records that are all expected to fit.
+    fn decode_values(&self, records: &[serde_json::Map<String, serde_json::Value>]) -> Result<RecordBatch, ArrowError> {
+        let mut decoder = ReaderBuilder::new(self.record_schema.clone())
+            .with_batch_size(records.len().max(1))
+            .build_decoder()?;
+        decoder.serialize(records)?;
+        Ok(decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.record_schema.clone())))
     }
 
     /// Decodes records that are all expected to fit.

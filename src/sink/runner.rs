@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ::parquet::file::properties::WriterProperties;
 use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -31,6 +32,11 @@ use crate::sink::health::SinkHealth;
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
+/// Where a Parquet sink with `schema = "infer"` keeps the record schema its
+/// files use (Arrow's JSON form), relative to its location. Written before
+/// the first file that uses it and read at start, so every file of the table
+/// gives a column the same type. Table globs (`**/*.parquet`) do not see it.
+pub const SCHEMA_FILE: &str = "_tributary/schema.json";
 /// First step and ceiling of the (fully jittered) wait between retries of a
 /// failed upload or commit.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -85,13 +91,21 @@ impl Runner {
         let props = parquet::writer_properties();
         let state = self.log.sink_state(&self.sink);
         let mut next = state.committed;
+        if let Target::Parquet { storage, .. } = &self.target {
+            if self.encoder.infers() {
+                let storage = storage.clone();
+                if let Some(schema) = self.load_schema(&storage).await? {
+                    self.encoder = Arc::new(self.encoder.with_record_schema(schema));
+                }
+            }
+        }
         if let Target::Delta(spec) = &self.target {
             let (table, opened) = self.open_with_retry(spec.clone(), next).await?;
-            let evolve = spec.add_columns;
+            let infer = self.encoder.infers() && spec.add_columns;
             self.encoder = Arc::new(
-                self.encoder
-                    .with_record_schema(opened.record_schema)
-                    .inferring(self.encoder.infers() && evolve),
+                Encoder::clone(&self.encoder)
+                    .inferring(infer)
+                    .with_record_schema(opened.record_schema),
             );
             if let Some(resume) = opened.resume {
                 if resume > self.log.end() {
@@ -225,6 +239,14 @@ impl Runner {
 
         if let Some(grown) = grown {
             info!(pipeline = %self.pipeline, sink = %self.sink, columns = grown.fields().len(), "New record fields; the schema gains columns.");
+            if let Target::Parquet { storage, .. } = &self.target {
+                // Durable before the first file that uses it (a Delta commit
+                // carries its own schema).
+                let json = serde_json::to_vec_pretty(grown.as_ref())
+                    .map_err(|e| SinkError::Internal(format!("cannot write the schema: {e}")))?;
+                self.put_with_retry(storage, SCHEMA_FILE, Bytes::from(json))
+                    .await?;
+            }
             self.encoder = Arc::new(self.encoder.with_record_schema(grown));
         }
         if let Some((name, body)) = dead_file {
@@ -275,6 +297,26 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// The schema an earlier run of this Parquet sink inferred and wrote, if
+    /// any, retrying transient failures until shutdown gives up.
+    async fn load_schema(&self, storage: &Storage) -> Result<Option<SchemaRef>, SinkError> {
+        let mut backoff = Backoff::new(self, "Cannot read the sink's schema");
+        let bytes = loop {
+            match storage.read(SCHEMA_FILE).await {
+                Ok(bytes) => break bytes,
+                Err(e) => backoff.pause(e).await?,
+            }
+        };
+        let Some(bytes) = bytes else { return Ok(None) };
+        let schema: Schema = serde_json::from_slice(&bytes).map_err(|e| {
+            SinkError::Setup(format!(
+                "{storage}/{SCHEMA_FILE} is not a schema tributary wrote ({e}); it holds the column types of every file of this table, so restore it from a backup rather than delete it"
+            ))
+        })?;
+        info!(pipeline = %self.pipeline, sink = %self.sink, columns = schema.fields().len(), "Loaded the schema earlier runs inferred.");
+        Ok(Some(Arc::new(schema)))
     }
 
     /// Opens (or creates) the Delta table, retrying transient failures (an

@@ -193,6 +193,38 @@ impl Storage {
 }
 
 impl Storage {
+    /// The bytes at `relative` (a path as [`Storage::put`] takes it), or
+    /// `None` if nothing is stored there.
+    pub async fn read(&self, relative: &str) -> Result<Option<Bytes>, StorageError> {
+        match self {
+            Storage::Local(dir) => {
+                let path = dir.join(relative);
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StorageError::Local { path, source }),
+                }
+            }
+            Storage::Object {
+                store,
+                prefix,
+                display,
+            } => {
+                let path = ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'));
+                let failed = |source| StorageError::Object {
+                    action: "read",
+                    path: format!("{display}/{relative}"),
+                    source,
+                };
+                match store.get(&path).await {
+                    Ok(got) => got.bytes().await.map(Some).map_err(failed),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+        }
+    }
+
     /// Names (relative paths) of every object below this location.
     pub async fn list(&self) -> Result<Vec<String>, StorageError> {
         match self {

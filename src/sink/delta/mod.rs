@@ -455,6 +455,11 @@ fn record_schema(table: &Schema, pipeline: &Schema, add_columns: bool, url: &Url
         if let Ok(ours) = pipeline.field_with_name(field.name()) {
             if !ours.data_type().equals_datatype(field.data_type()) {
                 warn!(table = %url, column = %field.name(), table_type = %field.data_type(), schema_type = %ours.data_type(), "The schema's type differs from the table's; the table's type is kept and values that do not fit it become dead letters.");
+            } else if crate::encode::infer::has_json_text(&[Arc::new(ours.clone())].into()) {
+                // The table keeps no field metadata: take the schema's field,
+                // which says the column holds JSON text.
+                fields.push(ours.clone().with_nullable(field.is_nullable()));
+                continue;
             }
         }
         fields.push(field.as_ref().clone());
