@@ -27,3 +27,5 @@ mod verify;
 mod hardening;
 // A flaky S3 with an outage, a full data disk, a full lake disk: nothing lost, intake resumes.
 mod faults;
+// Published payloads of five providers, inferred, in three orders across kill -9: every value read back by four engines.
+mod corpus;
