@@ -3,7 +3,7 @@
 //! partitions → Parquet bytes, in batches of `max_events` (the default 10000),
 //! on 1 or more threads. `scripts/bench` compares it with DuckDB's COPY.
 //!
-//! Usage: `encode_bench EVENTS.ndjson SCHEMA.json THREADS OUT_DIR`
+//! Usage: `encode_bench EVENTS.ndjson SCHEMA.json|infer THREADS OUT_DIR`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,21 +18,29 @@ const BATCH: usize = 10_000;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, events_file, schema_file, threads, out_dir] = &args[..] else {
-        eprintln!("usage: encode_bench EVENTS.ndjson SCHEMA.json THREADS OUT_DIR");
+        eprintln!("usage: encode_bench EVENTS.ndjson SCHEMA.json|infer THREADS OUT_DIR");
         std::process::exit(2);
     };
     let threads: usize = threads.parse().expect("THREADS is a number");
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(schema_file).expect("read schema"))
-            .expect("schema JSON");
-    let schema = Arc::new(tributary::schema::from_json_schema(&doc).expect("valid schema"));
-    let encoder = Arc::new(Encoder::new(schema, "", "bench"));
     let data = Bytes::from(std::fs::read(events_file).expect("read events"));
     let events: Vec<Event> = data
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| Event::new(data.slice_ref(l)))
         .collect();
+    let encoder = if schema_file == "infer" {
+        // Steady state of `schema = "infer"`: the schema the first flush
+        // grew; every flush still observes, fits and decodes each record.
+        let cold = Encoder::new(Arc::new(arrow_schema::Schema::empty()), "", "bench").inferring(true);
+        let grown = cold.encode(&events[..BATCH.min(events.len())]).grown.expect("a schema");
+        Arc::new(cold.with_record_schema(grown))
+    } else {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(schema_file).expect("read schema"))
+                .expect("schema JSON");
+        let schema = Arc::new(tributary::schema::from_json_schema(&doc).expect("valid schema"));
+        Arc::new(Encoder::new(schema, "", "bench"))
+    };
     let chunks: Vec<Vec<Event>> = events.chunks(BATCH).map(|c| c.to_vec()).collect();
     let props = parquet::writer_properties();
     let partition_by = vec!["_received_date".to_string()];
