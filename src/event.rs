@@ -2,6 +2,8 @@
 //! arrival time that every sink carries into its rows. The buffer stores events;
 //! the encoder turns them into rows.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -47,6 +49,10 @@ pub struct Event {
     pub kind: RecordKind,
     /// The event's JSON bytes.
     pub payload: Bytes,
+    /// The value routing reads from a request header (`[route] header`),
+    /// kept with the event because the body does not carry it; at most
+    /// [`MAX_TOPIC_BYTES`].
+    pub topic: Option<Arc<str>>,
 }
 
 impl Event {
@@ -57,7 +63,15 @@ impl Event {
             received_at_us: now_us(),
             kind: RecordKind::Event,
             payload,
+            topic: None,
         }
+    }
+
+    /// This event with the routing value `topic` (cut to [`MAX_TOPIC_BYTES`]
+    /// at a character boundary).
+    pub fn with_topic(mut self, topic: Option<&str>) -> Self {
+        self.topic = topic.map(topic_of);
+        self
     }
 
     /// A record that is not an event (a source's state, dedupe ids, a
@@ -69,6 +83,7 @@ impl Event {
             received_at_us: now_us(),
             kind,
             payload,
+            topic: None,
         }
     }
 
@@ -95,6 +110,19 @@ pub const DEDUPE_PREFIX: &[u8] = b"{\"dedupe\":";
 /// `source.max_response` are capped to it, so an acknowledged event can
 /// always be read back.
 pub const MAX_PAYLOAD_BYTES: usize = (1 << 30) - (1 << 16);
+
+/// Longest routing value kept with an event.
+pub const MAX_TOPIC_BYTES: usize = 255;
+
+/// A routing value as an event keeps it: cut to [`MAX_TOPIC_BYTES`] at a
+/// character boundary.
+pub fn topic_of(value: &str) -> Arc<str> {
+    let mut end = value.len().min(MAX_TOPIC_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Arc::from(&value[..end])
+}
 
 /// Microseconds since the Unix epoch, UTC.
 pub fn now_us() -> i64 {

@@ -15,11 +15,11 @@ use crate::server::{
     admin::{Admin, PipelineView},
 };
 use crate::shutdown::{Shutdown, GRACE};
-use crate::sink::delta::DeltaSink;
 use crate::sink::health::SinkHealth;
 use crate::sink::https::HttpsRunner;
-use crate::sink::runner::{Runner, Target};
-use crate::sink::{parquet, Storage, StorageError};
+use crate::sink::runner::Runner;
+use crate::sink::table::TableSink;
+use crate::sink::{parquet, SinkError, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::{PollError, Poller};
 use crate::source::webhook::dedupe::{self, Dedupe, Index};
@@ -171,47 +171,45 @@ pub async fn build(
             sink: sink.name().to_string(),
             source: Box::new(source),
         };
-        let target = match sink {
-            SinkSpec::Parquet(p) => {
-                let storage = Storage::new(&p.location, &p.storage).map_err(storage_error)?;
-                probes.push((p.name.clone(), storage.clone()));
-                Target::Parquet {
-                    storage,
-                    partition_by: p.partition_by.clone(),
-                }
-            }
-            SinkSpec::Delta(d) => {
-                let storage = Storage::new(&d.location, &d.storage).map_err(storage_error)?;
-                probes.push((d.name.clone(), storage));
-                Target::Delta(d.clone())
-            }
-            SinkSpec::Https(h) => {
-                let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|problem| {
-                    RunError::Sink {
-                        pipeline: spec.name.clone(),
-                        sink: h.name.clone(),
-                        problem,
-                    }
-                })?;
-                runners.push(SinkTask::Https(HttpsRunner {
-                    signer: Arc::new(signer),
+        if let SinkSpec::Https(h) = sink {
+            let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|problem| {
+                RunError::Sink {
                     pipeline: spec.name.clone(),
-                    spec: h.clone(),
-                    log: log.clone(),
-                    dead_letters: dead_letters.clone(),
-                    abandon: shutdown.abandon.clone(),
-                    health: sink_health,
-                }));
-                continue;
-            }
-        };
+                    sink: h.name.clone(),
+                    problem,
+                }
+            })?;
+            runners.push(SinkTask::Https(HttpsRunner {
+                signer: Arc::new(signer),
+                pipeline: spec.name.clone(),
+                spec: h.clone(),
+                log: log.clone(),
+                dead_letters: dead_letters.clone(),
+                abandon: shutdown.abandon.clone(),
+                health: sink_health,
+            }));
+            continue;
+        }
+        let tables = crate::sink::table_sink(sink, spec)
+            .expect("every sink but HTTPS writes tables")
+            .map_err(storage_error)?;
+        if let Some(location) = sink.location() {
+            let storage = Storage::new(location, sink.storage_options()).map_err(storage_error)?;
+            probes.push((sink.name().to_string(), storage));
+        }
         runners.push(SinkTask::Columnar(Runner {
             pipeline: spec.name.clone(),
             sink: sink.name().to_string(),
             log: log.clone(),
             encoder: encoder.clone(),
+            declared: spec
+                .route
+                .as_ref()
+                .map(|r| r.declared.clone())
+                .unwrap_or_default(),
             policy: spec.batch,
-            target,
+            tables,
+            route: spec.route.clone(),
             dead_letters: dead_letters.clone(),
             abandon: shutdown.abandon.clone(),
             health: sink_health,
@@ -275,6 +273,10 @@ pub async fn build(
                         dedupe,
                         body_timeout: global.server.body_timeout,
                         metrics: crate::source::webhook::RouteMetrics::new(&spec.name),
+                        topic_header: match spec.route.as_ref().map(|r| &r.by) {
+                            Some(crate::config::route::RouteBy::Header(h)) => Some(h.clone()),
+                            _ => None,
+                        },
                     },
                 )),
                 None,
@@ -322,25 +324,35 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
         return 0;
     }
     let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
-    let mut outputs: Vec<(&str, Output)> = vec![(
+    let describe = |e: StorageError| format!("{:#}", anyhow::Error::from(e));
+    let mut outputs: Vec<(&str, Result<Box<dyn TableSink>, String>)> = Vec::new();
+    // Dead-letter files are named by offsets like a Parquet sink's.
+    let dead = crate::config::spec::ParquetSinkSpec {
+        name: "_dead_letters".into(),
+        location: dead_letters,
+        partition_by: Vec::new(),
+        storage: Default::default(),
+    };
+    outputs.push((
         "_dead_letters",
-        Output::Files(dead_letters, Default::default()),
-    )];
+        parquet::ParquetSink::new(&dead, false)
+            .map(|s| Box::new(s) as Box<dyn TableSink>)
+            .map_err(describe),
+    ));
     for sink in &spec.sinks {
-        match sink {
-            SinkSpec::Delta(d) => outputs.push((&d.name, Output::Delta(d))),
-            SinkSpec::Parquet(p) => outputs.push((
-                &p.name,
-                Output::Files(p.location.clone(), p.storage.clone()),
-            )),
-            // Deliveries carry event ids, not offsets: nothing to read.
-            SinkSpec::Https(_) => {}
+        // Deliveries carry event ids, not offsets: nothing to read.
+        if let Some(tables) = crate::sink::table_sink(sink, spec) {
+            outputs.push((sink.name(), tables.map_err(describe)));
         }
     }
     let reads = outputs.iter().map(|(name, output)| async move {
-        let read = tokio::time::timeout(FLOOR_WAIT, output.end_offset(&spec.name)).await;
-        let read =
-            read.unwrap_or_else(|_| Err(format!("no answer within {} s", FLOOR_WAIT.as_secs())));
+        let read = match output {
+            Err(e) => Err(e.clone()),
+            Ok(tables) => tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
+                .await
+                .unwrap_or_else(|_| Err(SinkError::Internal(format!("no answer within {} s", FLOOR_WAIT.as_secs()))))
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+        };
         (*name, read)
     });
     let mut floor = 0;
@@ -362,37 +374,6 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
 
 /// How long start-up reads an output's highest offset when the log is new.
 const FLOOR_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Something a pipeline wrote that is named or versioned by log offsets.
-enum Output<'a> {
-    Delta(&'a crate::config::spec::DeltaSinkSpec),
-    Files(
-        crate::config::Location,
-        std::collections::BTreeMap<String, String>,
-    ),
-}
-
-impl Output<'_> {
-    /// The offset after the highest one this output holds (0 if none).
-    async fn end_offset(&self, pipeline: &str) -> Result<u64, String> {
-        match self {
-            Output::Delta(d) => DeltaSink::resume_offset(pipeline, d)
-                .await
-                .map(|r| r.unwrap_or(0))
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
-            Output::Files(location, options) => {
-                let describe = |e: StorageError| format!("{:#}", anyhow::Error::from(e));
-                let storage = Storage::new(location, options).map_err(describe)?;
-                let names = storage.list().await.map_err(describe)?;
-                Ok(names
-                    .iter()
-                    .filter_map(|n| parquet::end_offset(n))
-                    .max()
-                    .unwrap_or(0))
-            }
-        }
-    }
-}
 
 fn spawn_runners(pipeline: &str, runners: Vec<SinkTask>, shutdown: &Shutdown) {
     for runner in runners {

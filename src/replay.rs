@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{BooleanArray, RecordBatch};
+use arrow_array::{Array, BooleanArray, RecordBatch};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
@@ -46,16 +46,26 @@ struct Replayed<'a> {
     received_at_us: i64,
     #[serde(borrow)]
     event: &'a RawValue,
+    /// The routing value the event was received with, if any.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    topic: Option<Cow<'a, str>>,
 }
 
 /// The log record that replays `event` (raw JSON) to `sinks`.
-pub fn wrap(id: Uuid, received_at_us: i64, event: &RawValue, sinks: &[&str]) -> Event {
+pub fn wrap(
+    id: Uuid,
+    received_at_us: i64,
+    event: &RawValue,
+    topic: Option<&str>,
+    sinks: &[&str],
+) -> Event {
     let envelope = Envelope {
         replay: Replayed {
             sinks: sinks.iter().map(|s| Cow::Borrowed(*s)).collect(),
             id,
             received_at_us,
             event,
+            topic: topic.map(Cow::Borrowed),
         },
     };
     let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
@@ -74,6 +84,7 @@ pub fn unwrap_for(sink: &str, event: Event) -> Event {
             received_at_us: envelope.replay.received_at_us,
             kind: crate::event::RecordKind::Event,
             payload: Bytes::copy_from_slice(envelope.replay.event.get().as_bytes()),
+            topic: envelope.replay.topic.map(|t| std::sync::Arc::from(t.as_ref())),
         },
         Ok(_) => event,
         Err(e) => {
@@ -224,6 +235,8 @@ fn select(
             vec!["_received_at missing; left in place".into()],
         );
     };
+    // Written since routing: the header value the event came with.
+    let topics = column("topic");
     let mut events = Vec::new();
     let mut mask = Vec::with_capacity(batch.num_rows());
     let mut problems = Vec::new();
@@ -251,7 +264,8 @@ fn select(
             });
         match parsed {
             Ok((id, raw)) => {
-                events.push(wrap(id, at, raw, &[sink]));
+                let topic = topics.filter(|t| t.is_valid(row)).map(|t| t.value(row));
+                events.push(wrap(id, at, raw, topic, &[sink]));
                 mask.push(true);
             }
             Err(e) => {
@@ -272,7 +286,7 @@ mod tests {
         let raw: &RawValue =
             serde_json::from_str(r#"{"customers": {"id": 7, "note": "ü"}}"#).unwrap();
         let id = Uuid::now_v7();
-        let record = wrap(id, 42, raw, &["delta"]);
+        let record = wrap(id, 42, raw, Some("push"), &["delta"]);
         assert!(record.is_state() && record.is_replay());
         let other = unwrap_for("parquet", record.clone());
         assert!(other.is_state(), "another sink skips it");
@@ -284,6 +298,7 @@ mod tests {
             raw.get().as_bytes(),
             "the original bytes"
         );
+        assert_eq!(mine.topic.as_deref(), Some("push"), "and its routing value");
         // Plain events and other state records pass through.
         let plain = Event::new(Bytes::from_static(b"{}"));
         assert_eq!(unwrap_for("delta", plain.clone()), plain);

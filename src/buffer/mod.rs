@@ -203,13 +203,13 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         end = end.max(floor);
         create_segment(&log_dir, end)?;
         bases.push(end);
-    } else if tail.format != segment::Format::V2 {
+    } else if tail.format != segment::Format::V3 {
         // Appends go on in the current format, in a segment of their own.
         if tail.last_records == 0 {
             let empty = bases.pop().expect("a last segment");
             fs::remove_file(segment::path(&log_dir, empty))?;
         }
-        info!(log = %log_dir.display(), end, "Continuing a log of format 1 in a new segment.");
+        info!(log = %log_dir.display(), end, "Continuing a log of an older format in a new segment.");
         create_segment(&log_dir, end)?;
         bases.push(end);
     }

@@ -5,11 +5,16 @@
 //! `{base:020}.log`, and holds:
 //!
 //! ```text
-//! magic "TRBLOG\0\x02" (8 bytes)
+//! magic "TRBLOG\0\x03" (8 bytes)
 //! record*: len u32 LE | crc32c u32 LE | body (len bytes)
-//! body:    flags u8 | event id (16 bytes, UUID) | received_at µs i64 LE | payload (JSON bytes)
+//! body:    flags u8 | event id (16 bytes, UUID) | received_at µs i64 LE
+//!          | topic len u8 | topic (UTF-8) | payload (JSON bytes)
 //! flags:   bits 0-6 the record's kind (RecordKind), bit 7 set on the last record of its append
 //! ```
+//!
+//! The topic is the routing value a request header gave (`[route] header`),
+//! empty when there is none. Format 2 (`TRBLOG\0\x02`, no topic) is read too
+//! and, like format 1, continued in a new segment.
 //!
 //! Every record says on disk what it is and whether its append ended with it,
 //! so recovery cuts a torn append whole (a power cut can keep part of one
@@ -34,22 +39,29 @@ use uuid::Uuid;
 use crate::event::{Event, RecordKind, DEDUPE_PREFIX, REPLAY_PREFIX};
 
 /// Identifies a tributary log segment and its format version (the one written).
-pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x02";
+pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x03";
+/// Format 2: records without a topic (read, never written).
+const MAGIC_V2: [u8; 8] = *b"TRBLOG\0\x02";
 /// Format 1: records without a flags byte (read, never written).
 const MAGIC_V1: [u8; 8] = *b"TRBLOG\0\x01";
 /// Bytes before the first record.
 pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 /// `len` + `crc` before each body.
 pub const RECORD_HEADER_LEN: usize = 8;
-/// Flags + event id + received_at, before the payload.
-const BODY_FIXED_LEN: usize = 25;
+/// Flags + event id + received_at + topic length, before the topic.
+const BODY_FIXED_LEN: usize = 26;
+/// Flags + event id + received_at, before the payload, in format 2.
+const BODY_FIXED_LEN_V2: usize = 25;
 /// Event id + received_at, before the payload, in format 1.
 const BODY_FIXED_LEN_V1: usize = 24;
 /// Flag bit: the record is the last of its append.
 const END_OF_APPEND: u8 = 0x80;
 // A record's body must stay within MAX_BODY_LEN, or a reader would take it
 // for corruption.
-const _: () = assert!(crate::event::MAX_PAYLOAD_BYTES + BODY_FIXED_LEN <= MAX_BODY_LEN as usize);
+const _: () = assert!(
+    crate::event::MAX_PAYLOAD_BYTES + BODY_FIXED_LEN + crate::event::MAX_TOPIC_BYTES
+        <= MAX_BODY_LEN as usize
+);
 /// Largest body accepted when reading; anything larger is corruption.
 const MAX_BODY_LEN: u32 = 1 << 30;
 /// Read-ahead of segment readers.
@@ -78,13 +90,16 @@ pub enum Format {
     V1,
     /// Records that carry their kind and the end of their append.
     V2,
+    /// Records that also carry a topic (the one written).
+    V3,
 }
 
 impl Format {
     fn fixed_len(self) -> usize {
         match self {
             Format::V1 => BODY_FIXED_LEN_V1,
-            Format::V2 => BODY_FIXED_LEN,
+            Format::V2 => BODY_FIXED_LEN_V2,
+            Format::V3 => BODY_FIXED_LEN,
         }
     }
 }
@@ -95,6 +110,8 @@ fn read_magic(r: &mut impl Read, path: &Path) -> io::Result<Format> {
     let format = if !read_exact_or_eof(r, &mut magic)? {
         None
     } else if magic == MAGIC {
+        Some(Format::V3)
+    } else if magic == MAGIC_V2 {
         Some(Format::V2)
     } else if magic == MAGIC_V1 {
         Some(Format::V1)
@@ -115,7 +132,9 @@ fn read_magic(r: &mut impl Read, path: &Path) -> io::Result<Format> {
 /// Appends the on-disk form of `event` to `out`; `end_of_append` marks the
 /// last record of an append.
 pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
-    let body_len = BODY_FIXED_LEN + event.payload.len();
+    let topic = event.topic.as_deref().unwrap_or("").as_bytes();
+    let topic = &topic[..topic.len().min(crate::event::MAX_TOPIC_BYTES)];
+    let body_len = BODY_FIXED_LEN + topic.len() + event.payload.len();
     let start = out.len();
     out.reserve(RECORD_HEADER_LEN + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -124,6 +143,8 @@ pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
     out.push(event.kind as u8 | end);
     out.extend_from_slice(event.id.as_bytes());
     out.extend_from_slice(&event.received_at_us.to_le_bytes());
+    out.push(topic.len() as u8);
+    out.extend_from_slice(topic);
     out.extend_from_slice(&event.payload);
     let crc = crc32c::crc32c(&out[start + RECORD_HEADER_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -134,16 +155,25 @@ pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
 /// kind is unknown (written by a newer version).
 fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
     let (kind, end, fixed) = match format {
-        Format::V2 => (
+        Format::V2 | Format::V3 => (
             RecordKind::from_byte(body[0] & !END_OF_APPEND)?,
             body[0] & END_OF_APPEND != 0,
-            &body[1..BODY_FIXED_LEN],
+            &body[1..BODY_FIXED_LEN_V2],
         ),
         Format::V1 => (RecordKind::Event, true, &body[..BODY_FIXED_LEN_V1]),
     };
     let id = Uuid::from_bytes(fixed[..16].try_into().expect("16 bytes of id"));
     let received_at_us = i64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes of time"));
-    let payload = Bytes::from(body).slice(format.fixed_len()..);
+    let (topic, start) = match format {
+        Format::V3 => {
+            let len = body[BODY_FIXED_LEN - 1] as usize;
+            let topic = body.get(BODY_FIXED_LEN..BODY_FIXED_LEN + len)?;
+            let topic = std::str::from_utf8(topic).ok()?;
+            ((!topic.is_empty()).then(|| std::sync::Arc::from(topic)), BODY_FIXED_LEN + len)
+        }
+        _ => (None, format.fixed_len()),
+    };
+    let payload = Bytes::from(body).slice(start..);
     // Format 1 marked every non-event with a nil id and told them apart by payload.
     let kind = match format {
         Format::V1 if id.is_nil() && payload.starts_with(REPLAY_PREFIX) => RecordKind::Replay,
@@ -156,6 +186,7 @@ fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
         received_at_us,
         kind,
         payload,
+        topic,
     };
     Some((event, end))
 }
@@ -366,6 +397,7 @@ mod tests {
             received_at_us: 1_700_000_000_000_000 + n as i64,
             kind: RecordKind::Event,
             payload: Bytes::from(format!("{{\"n\":{n}}}")),
+            topic: None,
         }
     }
 
@@ -471,14 +503,18 @@ mod tests {
         let mut bytes = MAGIC.to_vec();
         let records: Vec<Event> = kinds
             .iter()
-            .map(|&kind| Event { kind, ..event(7) })
+            .map(|&kind| Event {
+                kind,
+                topic: (kind == RecordKind::Event).then(|| "push".into()),
+                ..event(7)
+            })
             .collect();
         for (i, e) in records.iter().enumerate() {
             encode(e, i == 1, &mut bytes);
         }
         File::create(&p).unwrap().write_all(&bytes).unwrap();
         let s = scan(&p).unwrap();
-        assert_eq!((s.records, s.format, s.whole.0), (4, Format::V2, 2));
+        assert_eq!((s.records, s.format, s.whole.0), (4, Format::V3, 2));
         assert_eq!(s.last_poll_state, Some((1, records[1].payload.clone())));
         let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
         for e in &records {
@@ -493,6 +529,29 @@ mod tests {
         unknown[body - 4..body].copy_from_slice(&crc.to_le_bytes());
         File::create(&p).unwrap().write_all(&unknown).unwrap();
         assert_eq!(scan(&p).unwrap().torn, Some("unknown record kind"));
+    }
+
+    #[test]
+    fn a_format_2_segment_is_read_without_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), 0);
+        let mut bytes = MAGIC_V2.to_vec();
+        for (flags, payload) in [(0x00u8, &b"{\"a\":1}"[..]), (0x81, b"{\"cursor\":1}")] {
+            let mut body = vec![flags];
+            body.extend_from_slice(&[9; 16]);
+            body.extend_from_slice(&5i64.to_le_bytes());
+            body.extend_from_slice(payload);
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        File::create(&p).unwrap().write_all(&bytes).unwrap();
+        let s = scan(&p).unwrap();
+        assert_eq!((s.records, s.format, s.whole.0, s.torn), (2, Format::V2, 2, None));
+        let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
+        let first = r.read().unwrap();
+        assert_eq!((first.kind, &first.payload[..], first.topic), (RecordKind::Event, &b"{\"a\":1}"[..], None));
+        assert_eq!(r.read().unwrap().kind, RecordKind::PollState);
     }
 
     #[test]

@@ -281,7 +281,7 @@ async fn a_log_of_format_1_is_read_and_continued_in_a_new_segment() {
     );
     assert!(
         segment::path(&log_dir, 2).exists(),
-        "new appends go into a segment of format 2"
+        "new appends go into a segment of the current format"
     );
     drop((appender, log));
     let (_appender, log) = open(options_in(dir.path())).unwrap();

@@ -121,6 +121,12 @@ fn pipeline(p: &PipelineSpec) -> Table {
         "sink".into(),
         Value::Array(p.sinks.iter().map(sink).collect()),
     );
+    if let Some(route) = &p.route {
+        // Derived from the spec itself: nothing to keep in step by hand.
+        if let Ok(value) = Value::try_from(route) {
+            t.insert("route".into(), value);
+        }
+    }
     t
 }
 

@@ -7,6 +7,7 @@ pub mod explain;
 mod https;
 pub mod poll;
 pub mod raw;
+pub mod route;
 mod server;
 mod sinks;
 pub mod spec;
@@ -165,9 +166,8 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
 
     let mut schemas = validate::SchemaDocs::new();
     for (_, raw) in &raws {
-        let Some(name) = raw.schema.as_deref().filter(|s| *s != "infer") else {
-            continue;
-        };
+        let routed = raw.route.iter().flat_map(route::schema_files);
+        for name in raw.schema.as_deref().filter(|s| *s != "infer").into_iter().chain(routed) {
         let path = root.join(name);
         if schemas.contains_key(&path) {
             continue;
@@ -178,6 +178,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                 serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
             });
         schemas.insert(path, doc);
+        }
     }
 
     let pipelines = validate::pipelines(&global, &raws, &schemas, &root, &mut errors);

@@ -78,6 +78,8 @@ pub struct RawPipeline {
     pub batch: Option<RawBatch>,
     /// Limits of the durable buffer.
     pub buffer: Option<RawBuffer>,
+    /// One table per event type.
+    pub route: Option<super::route::RawRoute>,
     /// Where the events go; at least one.
     #[serde(default)]
     pub sink: Vec<RawSink>,

@@ -59,6 +59,8 @@ pub struct PipelineSpec {
     pub buffer_max_bytes: u64,
     /// Where the events go.
     pub sinks: Vec<SinkSpec>,
+    /// One table per event type, if routed.
+    pub route: Option<super::route::RouteSpec>,
 }
 
 /// A trigger.
@@ -348,6 +350,16 @@ impl SinkSpec {
             SinkSpec::Parquet(p) => &p.name,
             SinkSpec::Delta(d) => &d.name,
             SinkSpec::Https(h) => &h.name,
+        }
+    }
+
+    /// The object-store settings of a table sink (empty for HTTPS).
+    pub fn storage_options(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        match self {
+            SinkSpec::Parquet(p) => &p.storage,
+            SinkSpec::Delta(d) => &d.storage,
+            SinkSpec::Https(_) => &NONE,
         }
     }
 

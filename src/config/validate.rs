@@ -194,6 +194,10 @@ fn pipeline(
         }
     }
     let source = source(raw.source.as_ref(), e);
+    let route = raw.route.as_ref().and_then(|r| {
+        let webhook = matches!(raw.source, Some(RawSource::Webhook(_)));
+        super::route::route(r, webhook, schemas, root, e)
+    });
     let batch = batch(raw, e);
     let buffer_max_bytes = match raw.buffer.as_ref().and_then(|b| b.max_bytes.as_ref()) {
         None => DEFAULT_BUFFER_BYTES,
@@ -273,6 +277,7 @@ fn pipeline(
         batch: batch?,
         buffer_max_bytes,
         sinks,
+        route,
     })
 }
 
@@ -304,18 +309,29 @@ fn record_schema(
     if path == "infer" {
         return Some(Arc::new(Schema::empty()));
     }
+    schema_file(path, "schema", schemas, root, e)
+}
+
+/// The record schema in the JSON Schema file `path` (named at `key`).
+pub(super) fn schema_file(
+    path: &str,
+    key: &str,
+    schemas: &SchemaDocs,
+    root: &Path,
+    e: &mut Errors<'_>,
+) -> Option<Arc<Schema>> {
     let resolved = root.join(path);
     match schemas.get(&resolved) {
         None => {
             e.push(
-                "schema",
+                key,
                 format!("{} was not read", resolved.display()),
                 "check the path",
             );
             None
         }
         Some(Err(problem)) => {
-            e.push("schema", format!("cannot use {}: {problem}", resolved.display()), "fix the path (relative paths start at the directory of tributary.toml) or the file's JSON");
+            e.push(key, format!("cannot use {}: {problem}", resolved.display()), "fix the path (relative paths start at the directory of tributary.toml) or the file's JSON");
             None
         }
         Some(Ok(doc)) => match schema::from_json_schema(doc) {

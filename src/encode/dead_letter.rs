@@ -21,6 +21,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// The event's original bytes.
     pub raw: bytes::Bytes,
+    /// The routing value it was received with (a request header's), if any.
+    pub topic: Option<std::sync::Arc<str>>,
 }
 
 impl DeadLetter {
@@ -31,6 +33,7 @@ impl DeadLetter {
             received_at_us: event.received_at_us,
             reason: reason.into(),
             raw: event.payload.clone(),
+            topic: event.topic.clone(),
         }
     }
 }
@@ -48,6 +51,7 @@ pub fn schema() -> SchemaRef {
         Field::new("sink", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("raw", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, true),
     ]))
 }
 
@@ -73,6 +77,9 @@ pub fn batch(pipeline: &str, sink: &str, dead: &[DeadLetter]) -> RecordBatch {
         // lossy conversion only guards the invariant.
         Arc::new(StringArray::from_iter_values(
             dead.iter().map(|d| String::from_utf8_lossy(&d.raw)),
+        )),
+        Arc::new(StringArray::from_iter(
+            dead.iter().map(|d| d.topic.as_deref()),
         )),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns match the dead-letter schema")

@@ -1,7 +1,9 @@
 //! Sinks: where a pipeline's events end up. A runner per sink reads the
 //! pipeline's log from the sink's own committed offset, gathers a batch
-//! ([`batch`]), encodes it, writes it through [`storage`] and only then
-//! commits the offset. A Delta table ([`delta`]) is its own progress record.
+//! ([`batch`]), encodes it, writes it to its tables ([`table`]: Parquet
+//! files, [`delta`] tables) and only then commits the offset. A Delta table
+//! is its own progress record. The HTTPS sink ([`https`]) posts each event.
+//! [`table_sink`] is the one place that maps a sink kind to its code.
 
 pub mod batch;
 pub mod delta;
@@ -11,9 +13,12 @@ pub mod parquet;
 pub mod partition;
 pub mod runner;
 pub mod storage;
+pub mod table;
 pub mod task;
 
 use std::io;
+
+use crate::config::{PipelineSpec, SinkSpec};
 
 use crate::error::{Classify, ErrorKind};
 pub use storage::{Storage, StorageError};
@@ -63,5 +68,27 @@ impl Classify for SinkError {
             SinkError::Disabled(_) => ErrorKind::Permanent,
             SinkError::Internal(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The table sink a sink spec describes; `None` for the HTTPS sink, which
+/// posts events instead of writing tables. Adding a kind of table sink means
+/// one arm here and an implementation of [`table::TableSink`].
+pub fn table_sink(
+    spec: &SinkSpec,
+    pipeline: &PipelineSpec,
+) -> Option<Result<Box<dyn table::TableSink>, StorageError>> {
+    let routed = pipeline.route.is_some();
+    match spec {
+        SinkSpec::Parquet(p) => Some(
+            parquet::ParquetSink::new(p, routed)
+                .map(|s| Box::new(s) as Box<dyn table::TableSink>),
+        ),
+        SinkSpec::Delta(d) => Some(Ok(Box::new(delta::DeltaTables::new(
+            &pipeline.name,
+            d,
+            routed,
+        )))),
+        SinkSpec::Https(_) => None,
     }
 }

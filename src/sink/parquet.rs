@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
@@ -15,6 +16,14 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use arrow_schema::{Schema, SchemaRef};
+use futures::future::BoxFuture;
+use tracing::info;
+
+use super::table::{routed_tables, Opened, Table, TableSink, Written, UNROUTED};
+use super::{SinkError, Storage, StorageError};
+use crate::config::spec::ParquetSinkSpec;
+use crate::encode::Encoder;
 
 /// Hive's value for a null partition key (what Spark, Trino and DuckDB expect).
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -149,13 +158,168 @@ pub fn serialise(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes,
     Ok(Bytes::from(writer.into_inner()?))
 }
 
+/// Where a Parquet sink with `schema = "infer"` keeps the record schema its
+/// files use (Arrow's JSON form), relative to the table's location. Written
+/// before the first file that uses it and read at start, so every file of
+/// the table gives a column the same type. Table globs (`**/*.parquet`) do
+/// not see it.
+pub const SCHEMA_FILE: &str = "_tributary/schema.json";
+
+/// The Parquet sink: hive-partitioned files named by offset range, under its
+/// location (or, routed, under `<location>/<table>/`).
+pub struct ParquetSink {
+    spec: ParquetSinkSpec,
+    routed: bool,
+    storage: Storage,
+}
+
+impl ParquetSink {
+    /// The sink of `spec`; `routed` writes one table per route value.
+    pub fn new(spec: &ParquetSinkSpec, routed: bool) -> Result<Self, StorageError> {
+        Ok(Self {
+            storage: Storage::new(&spec.location, &spec.storage)?,
+            spec: spec.clone(),
+            routed,
+        })
+    }
+
+    /// The storage of the sink's location (what the admin API probes).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    async fn open_table(&self, name: &str, encoder: &Encoder) -> Result<Opened, SinkError> {
+        let storage = if name == UNROUTED {
+            self.storage.clone()
+        } else {
+            Storage::new(&self.spec.location.join(name), &self.spec.storage)?
+        };
+        let mut encoder = encoder.clone();
+        if encoder.infers() {
+            if let Some(bytes) = storage.read(SCHEMA_FILE).await? {
+                let schema: Schema = serde_json::from_slice(&bytes).map_err(|e| {
+                    SinkError::Setup(format!(
+                        "{storage}/{SCHEMA_FILE} is not a schema tributary wrote ({e}); it holds the column types of every file of this table, so restore it from a backup rather than delete it"
+                    ))
+                })?;
+                info!(table = %storage, columns = schema.fields().len(), "Loaded the schema earlier runs inferred.");
+                encoder = encoder.with_record_schema(Arc::new(schema));
+            }
+        }
+        Ok(Opened {
+            table: Box::new(ParquetTable {
+                storage,
+                partition_by: self.spec.partition_by.clone(),
+                props: writer_properties(),
+            }),
+            encoder,
+            resume: None,
+        })
+    }
+}
+
+impl TableSink for ParquetSink {
+    fn open<'a>(
+        &'a self,
+        name: &'a str,
+        encoder: &'a Encoder,
+        _start: u64,
+    ) -> BoxFuture<'a, Result<Opened, SinkError>> {
+        Box::pin(self.open_table(name, encoder))
+    }
+
+    fn existing(&self) -> BoxFuture<'_, Result<Vec<String>, SinkError>> {
+        Box::pin(async move {
+            if !self.routed {
+                return Ok(Vec::new());
+            }
+            let names = self.storage.list().await?;
+            let names: Vec<String> = names.iter().map(|n| self.storage.relative(n)).collect();
+            Ok(routed_tables(&names, |rest| {
+                rest.ends_with(".parquet") || rest == SCHEMA_FILE
+            }))
+        })
+    }
+
+    fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>> {
+        Box::pin(async move {
+            let names = self.storage.list().await?;
+            Ok(names.iter().filter_map(|n| end_offset(n)).max().unwrap_or(0))
+        })
+    }
+}
+
+/// One table of a Parquet sink.
+struct ParquetTable {
+    storage: Storage,
+    partition_by: Vec<String>,
+    props: WriterProperties,
+}
+
+impl Table for ParquetTable {
+    fn describe(&self) -> String {
+        self.storage.to_string()
+    }
+
+    fn partition_by(&self) -> &[String] {
+        &self.partition_by
+    }
+
+    fn merge_on(&self) -> Option<&[String]> {
+        None
+    }
+
+    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec_pretty(schema.as_ref())
+                .map_err(|e| SinkError::Internal(format!("cannot write the schema: {e}")))?;
+            self.storage.put(SCHEMA_FILE, Bytes::from(json)).await?;
+            Ok(())
+        })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        range: &'a Range<u64>,
+    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+        Box::pin(async move {
+            if batch.num_rows() == 0 {
+                return Ok(Written::default());
+            }
+            let (batch_, partition_by, range_, props) = (
+                batch.clone(),
+                self.partition_by.clone(),
+                range.clone(),
+                self.props.clone(),
+            );
+            let made = tokio::task::spawn_blocking(move || {
+                super::runner::background_priority();
+                files(&batch_, &partition_by, &range_, &props)
+            })
+            .await
+            .map_err(|e| SinkError::Internal(format!("the Parquet task failed: {e}")))??;
+            let mut written = Written::default();
+            for (name, body) in made {
+                written.files += 1;
+                written.bytes += body.len();
+                self.storage.put(&name, body).await?;
+            }
+            Ok(written)
+        })
+    }
+
+    fn upkeep(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::{Date32Array, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use std::sync::Arc;
 
     #[test]
     fn file_names_give_back_their_offsets() {

@@ -8,23 +8,22 @@
 //! the same object names are rewritten with the same rows; only then does it
 //! read on. The committed offset moves only after every object is durable.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::parquet::file::properties::WriterProperties;
 use arrow_array::RecordBatch;
-use arrow_schema::{Schema, SchemaRef};
-use bytes::Bytes;
+use arrow_schema::SchemaRef;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
-use super::delta::{DeltaError, DeltaSink, Opened};
+use super::delta::DeltaError;
+use super::table::{Router, Table, TableSink, UNROUTED};
 use super::{parquet, partition, SinkError, Storage};
 use crate::buffer::Log;
-use crate::config::spec::DeltaSinkSpec;
-use crate::encode::{dead_letter, Encoder};
+use crate::encode::{dead_letter, DeadLetter, Encoded, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
 use crate::replay;
@@ -32,17 +31,12 @@ use crate::sink::health::SinkHealth;
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
-/// Where a Parquet sink with `schema = "infer"` keeps the record schema its
-/// files use (Arrow's JSON form), relative to its location. Written before
-/// the first file that uses it and read at start, so every file of the table
-/// gives a column the same type. Table globs (`**/*.parquet`) do not see it.
-pub const SCHEMA_FILE: &str = "_tributary/schema.json";
 /// First step and ceiling of the (fully jittered) wait between retries of a
 /// failed upload or commit.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Everything a columnar sink runner needs.
+/// Everything a table sink runner needs.
 pub struct Runner {
     /// Pipeline name, for logs and dead letters.
     pub pipeline: String,
@@ -50,12 +44,17 @@ pub struct Runner {
     pub sink: String,
     /// The pipeline's log.
     pub log: Log,
-    /// Converts events to rows.
+    /// Converts events to rows: the pipeline's encoder, which each table
+    /// adapts to its own columns when it opens.
     pub encoder: Arc<Encoder>,
+    /// Tables with a declared schema of their own (`[route] schemas`).
+    pub declared: BTreeMap<String, SchemaRef>,
     /// When to flush.
     pub policy: BatchPolicy,
-    /// Where the rows go.
-    pub target: Target,
+    /// Where the rows go: Parquet files or Delta tables.
+    pub tables: Box<dyn TableSink>,
+    /// `[route]`: one table per event type; `None` writes one table.
+    pub route: Option<crate::config::route::RouteSpec>,
     /// Where dead letters go (`<lake>/_dead_letters/<pipeline>`).
     pub dead_letters: Storage,
     /// Cancelled when shutdown's grace period is over; retries stop on it.
@@ -64,73 +63,68 @@ pub struct Runner {
     pub health: Arc<SinkHealth>,
 }
 
-/// Where a runner's rows go.
-pub enum Target {
-    /// Hive-partitioned Parquet files, named by offset range.
-    Parquet {
-        /// Where the files go.
-        storage: Storage,
-        /// Hive partition columns.
-        partition_by: Vec<String>,
-    },
-    /// A Delta table; opened when the runner starts.
-    Delta(DeltaSinkSpec),
-    /// The open Delta table.
-    DeltaOpen(Box<DeltaSink>),
+/// A table the runner has open, with the encoder of its rows.
+struct Open {
+    table: Box<dyn Table>,
+    encoder: Arc<Encoder>,
 }
 
-/// What the conversion of one flush produced for its target.
-enum Payload {
-    Files(Vec<(String, Bytes)>),
-    Rows(RecordBatch),
+/// The runner's state while it runs.
+struct Running {
+    config: Runner,
+    open: HashMap<String, Open>,
+    router: Option<Router>,
 }
 
 impl Runner {
     /// Runs until the log closes; flushes what it holds on the way out.
-    pub async fn run(mut self) -> Result<(), SinkError> {
-        let props = parquet::writer_properties();
+    pub async fn run(self) -> Result<(), SinkError> {
         let state = self.log.sink_state(&self.sink);
         let mut next = state.committed;
-        if let Target::Parquet { storage, .. } = &self.target {
-            if self.encoder.infers() {
-                let storage = storage.clone();
-                if let Some(schema) = self.load_schema(&storage).await? {
-                    self.encoder = Arc::new(self.encoder.with_record_schema(schema));
-                }
-            }
-        }
-        if let Target::Delta(spec) = &self.target {
-            let (table, opened) = self.open_with_retry(spec.clone(), next).await?;
-            let infer = self.encoder.infers() && spec.add_columns;
-            self.encoder = Arc::new(
-                Encoder::clone(&self.encoder)
-                    .inferring(infer)
-                    .with_record_schema(opened.record_schema),
-            );
-            if let Some(resume) = opened.resume {
-                if resume > self.log.end() {
-                    return Err(DeltaError::AheadOfLog {
-                        table: table.url().to_string(),
-                        resume,
-                        log_end: self.log.end(),
+        let mut running = Running {
+            open: HashMap::new(),
+            router: None,
+            config: self,
+        };
+        match &running.config.route {
+            None => {
+                // The one table is opened now: it may say where to resume.
+                let resume = running.open_table(UNROUTED, next).await?;
+                if let Some(resume) = resume {
+                    if resume > next {
+                        let me = &running.config;
+                        info!(pipeline = %me.pipeline, sink = %me.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
+                        running.ledger(move |log, sink| log.commit(sink, resume)).await?;
+                        next = resume;
+                    } else if resume < next {
+                        let me = &running.config;
+                        warn!(pipeline = %me.pipeline, sink = %me.sink, committed = next, table = resume, "The table's txn is behind the sink's progress (was the table replaced?); events in between are not written again.");
                     }
-                    .into());
-                }
-                if resume > next {
-                    info!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
-                    self.ledger(move |log, sink| log.commit(sink, resume))
-                        .await?;
-                    next = resume;
-                } else if resume < next {
-                    warn!(pipeline = %self.pipeline, sink = %self.sink, committed = next, table = resume, "The table's txn is behind the sink's progress (was the table replaced?); events in between are not written again.");
                 }
             }
-            self.target = Target::DeltaOpen(Box::new(table));
+            Some(route) => {
+                let route = route.clone();
+                let mut backoff = Backoff::new(&running.config, "Cannot list the sink's tables");
+                let existing = loop {
+                    match running.config.tables.existing().await {
+                        Ok(found) => break found,
+                        Err(e) => backoff.pause(e).await?,
+                    }
+                };
+                running.router = Some(Router::new(&route, existing));
+            }
         }
-        if let Some((first, end)) = state.pending {
-            if first == next && end <= self.log.end() {
-                info!(pipeline = %self.pipeline, sink = %self.sink, first, end, "Re-flushing the range a crash interrupted.");
-                let mut reader = self.log.reader(first);
+        running.go(state.pending, next).await
+    }
+}
+
+impl Running {
+    async fn go(mut self, pending: Option<(u64, u64)>, mut next: u64) -> Result<(), SinkError> {
+        let me = &self.config;
+        if let Some((first, end)) = pending {
+            if first == next && end <= me.log.end() {
+                info!(pipeline = %me.pipeline, sink = %me.sink, first, end, "Re-flushing the range a crash interrupted.");
+                let mut reader = me.log.reader(first);
                 let mut events = Vec::with_capacity((end - first) as usize);
                 while reader.position() < end {
                     let want = (end - reader.position()) as usize;
@@ -140,15 +134,16 @@ impl Runner {
                             .await
                             .map_err(SinkError::Log)?
                             .into_iter()
-                            .map(|e| replay::unwrap_for(&self.sink, e)),
+                            .map(|e| replay::unwrap_for(&me.sink, e)),
                     );
                 }
-                self.flush(first..end, events, &props).await?;
+                self.flush(first..end, events).await?;
                 next = end;
             }
         }
-        let mut reader = self.log.reader(next);
-        let mut batch = Batch::new(self.policy, next);
+        let me = &self.config;
+        let mut reader = me.log.reader(next);
+        let mut batch = Batch::new(me.policy, next);
         loop {
             let deadline = batch.deadline();
             tokio::select! {
@@ -156,128 +151,197 @@ impl Runner {
                     if !more {
                         if !batch.is_empty() {
                             let (range, events) = batch.take();
-                            self.flush(range, events, &props).await?;
+                            self.flush(range, events).await?;
                         }
-                        debug!(pipeline = %self.pipeline, sink = %self.sink, "Log closed; sink runner done.");
+                        debug!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Log closed; sink runner done.");
                         return Ok(());
                     }
                     let events = reader.read(batch.room().clamp(1, READ_CHUNK)).await.map_err(SinkError::Log)?;
                     for event in events {
                         // A replayed dead letter becomes its event again for this sink.
-                        batch.push(replay::unwrap_for(&self.sink, event));
+                        batch.push(replay::unwrap_for(&self.config.sink, event));
                         if batch.is_full() {
                             let (range, events) = batch.take();
-                            self.flush(range, events, &props).await?;
+                            self.flush(range, events).await?;
                         }
                     }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     let (range, events) = batch.take();
-                    self.flush(range, events, &props).await?;
+                    self.flush(range, events).await?;
                 }
             }
         }
     }
 
+    /// Opens table `name` (retrying transient failures) and keeps it open;
+    /// returns where the table says the sink should resume.
+    async fn open_table(&mut self, name: &str, start: u64) -> Result<Option<u64>, SinkError> {
+        let me = &self.config;
+        let base = match me.declared.get(name) {
+            // A routed table with a schema file of its own.
+            Some(schema) => Encoder::clone(&me.encoder)
+                .inferring(false)
+                .with_record_schema(schema.clone()),
+            None => Encoder::clone(&me.encoder),
+        };
+        let mut backoff = Backoff::new(me, "Cannot open the table");
+        let opened = loop {
+            match me.tables.open(name, &base, start).await {
+                Ok(opened) => break opened,
+                Err(e) => backoff.pause(e).await?,
+            }
+        };
+        let me = &self.config;
+        if let Some(resume) = opened.resume {
+            if resume > me.log.end() {
+                return Err(DeltaError::AheadOfLog {
+                    table: opened.table.describe(),
+                    resume,
+                    log_end: me.log.end(),
+                }
+                .into());
+            }
+        }
+        if name != UNROUTED {
+            info!(pipeline = %me.pipeline, sink = %me.sink, table = %opened.table.describe(), "Opened a routed table.");
+        }
+        self.open.insert(
+            name.to_string(),
+            Open {
+                table: opened.table,
+                encoder: Arc::new(opened.encoder),
+            },
+        );
+        Ok(opened.resume)
+    }
+
     /// Writes one batch and commits its offsets.
-    async fn flush(
-        &mut self,
-        range: Range<u64>,
-        events: Vec<Event>,
-        props: &WriterProperties,
-    ) -> Result<(), SinkError> {
+    async fn flush(&mut self, range: Range<u64>, events: Vec<Event>) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let pending = range.clone();
         self.ledger(move |log, sink| log.begin(sink, pending.clone()))
             .await?;
 
-        let encoder = self.encoder.clone();
-        let (partition_by, columns, keys) = match &self.target {
-            Target::Parquet { partition_by, .. } => {
-                (Some(partition_by.clone()), partition_by.clone(), None)
+        // Each event's table; the one table of an unrouted sink always gets
+        // its write, so a Delta table's txn moves even when no row does.
+        let mut groups: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        match &mut self.router {
+            None => {
+                groups.insert(UNROUTED.to_string(), events);
             }
-            Target::DeltaOpen(table) => (
-                None,
-                table.partition_by().to_vec(),
-                table.merge_on().map(<[String]>::to_vec),
-            ),
-            Target::Delta(_) => (None, Vec::new(), None),
-        };
-        let (props, file_range) = (props.clone(), range.clone());
-        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
-        let (payload, dead_file, rows, dead, grown) = tokio::task::spawn_blocking(move || {
-            background_priority();
-            let mut encoded = encoder.encode(&events);
-            set_aside_unfit_rows(&mut encoded, &events, &columns, keys.as_deref())?;
-            let rows = encoded.batch.num_rows();
-            let payload = match partition_by {
-                Some(_) if rows == 0 => Payload::Files(Vec::new()),
-                Some(partition_by) => Payload::Files(parquet::files(
-                    &encoded.batch,
-                    &partition_by,
-                    &file_range,
-                    &props,
-                )?),
-                None => Payload::Rows(encoded.batch),
-            };
-            let dead_file = if encoded.dead.is_empty() {
-                None
-            } else {
-                let batch = dead_letter::batch(&pipeline, &sink, &encoded.dead);
-                Some((
-                    parquet::file_name(&format!("{sink}-"), &file_range),
-                    parquet::serialise(&batch, &props)?,
-                ))
-            };
-            let dead = encoded.dead.len();
-            Ok::<_, SinkError>((payload, dead_file, rows, dead, encoded.grown))
-        })
-        .await
-        .map_err(|e| {
-            SinkError::Parquet(::parquet::errors::ParquetError::External(Box::new(e)))
-        })??;
-
-        if let Some(grown) = grown {
-            info!(pipeline = %self.pipeline, sink = %self.sink, columns = grown.fields().len(), "New record fields; the schema gains columns.");
-            if let Target::Parquet { storage, .. } = &self.target {
-                // Durable before the first file that uses it (a Delta commit
-                // carries its own schema).
-                let json = serde_json::to_vec_pretty(grown.as_ref())
-                    .map_err(|e| SinkError::Internal(format!("cannot write the schema: {e}")))?;
-                self.put_with_retry(storage, SCHEMA_FILE, Bytes::from(json))
-                    .await?;
-            }
-            self.encoder = Arc::new(self.encoder.with_record_schema(grown));
-        }
-        if let Some((name, body)) = dead_file {
-            warn!(pipeline = %self.pipeline, sink = %self.sink, dead_letters = dead, location = %format!("{}/{name}", self.dead_letters), "Events did not fit the schema; kept as dead letters.");
-            self.put_with_retry(&self.dead_letters, &name, body).await?;
-            self.health.dead_letters(dead as u64);
-            metrics::counter!("tributary_dead_letters_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone(), "reason" => "schema").increment(dead as u64);
-        }
-        let (mut file_count, mut bytes) = (0, 0);
-        let writing = std::time::Instant::now();
-        match payload {
-            Payload::Files(files) => {
-                let Target::Parquet { storage, .. } = &self.target else {
-                    unreachable!("files are made for Parquet targets only");
-                };
-                (file_count, bytes) = (files.len(), files.iter().map(|(_, b)| b.len()).sum());
-                for (name, body) in files {
-                    self.put_with_retry(storage, &name, body).await?;
+            Some(router) => {
+                for event in events.into_iter().filter(|e| !e.is_state()) {
+                    groups.entry(router.table_of(&event)).or_default().push(event);
                 }
             }
-            Payload::Rows(batch) => self.commit_with_retry(batch, range.end - 1).await?,
+        }
+        for name in groups.keys() {
+            if !self.open.contains_key(name) {
+                self.open_table(name, range.start).await?;
+            }
+        }
+        let jobs: Vec<Job> = groups
+            .into_iter()
+            .map(|(name, events)| {
+                let open = &self.open[&name];
+                Job {
+                    encoder: open.encoder.clone(),
+                    partition_by: open.table.partition_by().to_vec(),
+                    merge_on: open.table.merge_on().map(<[String]>::to_vec),
+                    name,
+                    events,
+                }
+            })
+            .collect();
+        let encoded = tokio::task::spawn_blocking(move || {
+            background_priority();
+            jobs.into_iter()
+                .map(|job| {
+                    let mut encoded = job.encoder.encode(&job.events);
+                    set_aside_unfit_rows(
+                        &mut encoded,
+                        &job.events,
+                        &job.partition_by,
+                        job.merge_on.as_deref(),
+                    )?;
+                    Ok((job.name, encoded))
+                })
+                .collect::<Result<Vec<(String, Encoded)>, SinkError>>()
+        })
+        .await
+        .map_err(|e| SinkError::Internal(format!("the conversion task failed: {e}")))??;
+
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut writes: Vec<(String, RecordBatch)> = Vec::with_capacity(encoded.len());
+        for (name, mut encoded) in encoded {
+            if let Some(grown) = encoded.grown.take() {
+                let me = &self.config;
+                info!(pipeline = %me.pipeline, sink = %me.sink, table = %name, columns = grown.fields().len(), "New record fields; the schema gains columns.");
+                let mut backoff = Backoff::new(me, "Cannot record the table's schema");
+                let open = self.open.get_mut(&name).expect("an open table");
+                loop {
+                    match open.table.keep_schema(&grown).await {
+                        Ok(()) => break,
+                        Err(e) => backoff.pause(e).await?,
+                    }
+                }
+                open.encoder = Arc::new(open.encoder.with_record_schema(grown));
+            }
+            dead.append(&mut encoded.dead);
+            writes.push((name, encoded.batch));
+        }
+        let me = &self.config;
+        let dead_count = dead.len();
+        if !dead.is_empty() {
+            let batch = dead_letter::batch(&me.pipeline, &me.sink, &dead);
+            let name = parquet::file_name(&format!("{}-", me.sink), &range);
+            let body = tokio::task::spawn_blocking(move || {
+                parquet::serialise(&batch, &parquet::writer_properties())
+            })
+            .await
+            .map_err(|e| SinkError::Internal(format!("the dead-letter task failed: {e}")))??;
+            warn!(pipeline = %me.pipeline, sink = %me.sink, dead_letters = dead_count, location = %format!("{}/{name}", me.dead_letters), "Events did not fit the schema; kept as dead letters.");
+            let mut backoff = Backoff::new(me, "Upload failed");
+            loop {
+                match me.dead_letters.put(&name, body.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => backoff.pause(e).await?,
+                }
+            }
+            me.health.dead_letters(dead_count as u64);
+            metrics::counter!("tributary_dead_letters_total", "pipeline" => me.pipeline.clone(), "sink" => me.sink.clone(), "reason" => "schema").increment(dead_count as u64);
+        }
+
+        let writing = std::time::Instant::now();
+        let (mut rows, mut files, mut bytes) = (0, 0, 0);
+        let mut written_tables = Vec::new();
+        for (name, batch) in writes {
+            let mut backoff = Backoff::new(&self.config, "Write failed");
+            let open = self.open.get_mut(&name).expect("an open table");
+            let written = loop {
+                match open.table.write(&batch, &range).await {
+                    Ok(written) => break written,
+                    Err(e) => backoff.pause(e).await?,
+                }
+            };
+            rows += batch.num_rows();
+            files += written.files;
+            bytes += written.bytes;
+            if batch.num_rows() > 0 {
+                written_tables.push(name);
+            }
         }
         let write_millis = writing.elapsed().as_millis() as u64;
 
         // Metrics first: once the progress moves, a reader of /metrics that
         // sees the lag at 0 must also see this flush counted.
+        let me = &self.config;
         let labels = [
-            ("pipeline", self.pipeline.clone()),
-            ("sink", self.sink.clone()),
+            ("pipeline", me.pipeline.clone()),
+            ("sink", me.sink.clone()),
         ];
-        metrics::histogram!("tributary_flush_events", &labels).record((rows + dead) as f64);
+        metrics::histogram!("tributary_flush_events", &labels).record((rows + dead_count) as f64);
         metrics::histogram!("tributary_flush_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("tributary_commit_seconds", &labels)
@@ -285,71 +349,19 @@ impl Runner {
         metrics::counter!("tributary_sink_rows_total", &labels).increment(rows as u64);
         let end = range.end;
         self.ledger(move |log, sink| log.commit(sink, end)).await?;
-        self.health.committed();
+        let me = &self.config;
+        me.health.committed();
         info!(
-            pipeline = %self.pipeline, sink = %self.sink, first = range.start, end = range.end,
-            rows, dead_letters = dead, files = file_count, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
+            pipeline = %me.pipeline, sink = %me.sink, first = range.start, end = range.end,
+            rows, dead_letters = dead_count, files, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );
-        if rows > 0 {
-            if let Target::DeltaOpen(table) = &mut self.target {
-                table.upkeep().await;
+        for name in written_tables {
+            if let Some(open) = self.open.get_mut(&name) {
+                open.table.upkeep().await;
             }
         }
         Ok(())
-    }
-
-    /// The schema an earlier run of this Parquet sink inferred and wrote, if
-    /// any, retrying transient failures until shutdown gives up.
-    async fn load_schema(&self, storage: &Storage) -> Result<Option<SchemaRef>, SinkError> {
-        let mut backoff = Backoff::new(self, "Cannot read the sink's schema");
-        let bytes = loop {
-            match storage.read(SCHEMA_FILE).await {
-                Ok(bytes) => break bytes,
-                Err(e) => backoff.pause(e).await?,
-            }
-        };
-        let Some(bytes) = bytes else { return Ok(None) };
-        let schema: Schema = serde_json::from_slice(&bytes).map_err(|e| {
-            SinkError::Setup(format!(
-                "{storage}/{SCHEMA_FILE} is not a schema tributary wrote ({e}); it holds the column types of every file of this table, so restore it from a backup rather than delete it"
-            ))
-        })?;
-        info!(pipeline = %self.pipeline, sink = %self.sink, columns = schema.fields().len(), "Loaded the schema earlier runs inferred.");
-        Ok(Some(Arc::new(schema)))
-    }
-
-    /// Opens (or creates) the Delta table, retrying transient failures (an
-    /// unreachable S3 endpoint at start) until shutdown gives up.
-    async fn open_with_retry(
-        &self,
-        spec: DeltaSinkSpec,
-        start: u64,
-    ) -> Result<(DeltaSink, Opened), SinkError> {
-        let mut backoff = Backoff::new(self, "Cannot open the Delta table");
-        loop {
-            let schema = self.encoder.table_schema();
-            match DeltaSink::open(&self.pipeline, spec.clone(), schema, start).await {
-                Ok(opened) => return Ok(opened),
-                Err(e) => backoff.pause(e).await?,
-            }
-        }
-    }
-
-    /// Commits rows to the Delta table, retrying transient failures like
-    /// [`Self::put_with_retry`]; every try first asks the table's txn whether
-    /// an earlier one already landed.
-    async fn commit_with_retry(&mut self, batch: RecordBatch, last: u64) -> Result<(), SinkError> {
-        let mut backoff = Backoff::new(self, "Delta commit failed");
-        let Target::DeltaOpen(table) = &mut self.target else {
-            unreachable!("rows are made for Delta targets only");
-        };
-        loop {
-            match table.commit(batch.clone(), last).await {
-                Ok(()) => return Ok(()),
-                Err(e) => backoff.pause(e).await?,
-            }
-        }
     }
 
     /// Runs a ledger update (it fsyncs) off the async threads, retrying a
@@ -359,9 +371,9 @@ impl Runner {
         update: impl Fn(&Log, &str) -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Result<(), SinkError> {
         let update = Arc::new(update);
-        let mut backoff = Backoff::new(self, "Cannot record the sink's progress");
+        let mut backoff = Backoff::new(&self.config, "Cannot record the sink's progress");
         loop {
-            let (log, sink, update) = (self.log.clone(), self.sink.clone(), update.clone());
+            let (log, sink, update) = (self.config.log.clone(), self.config.sink.clone(), update.clone());
             let done = tokio::task::spawn_blocking(move || update(&log, &sink))
                 .await
                 .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?;
@@ -371,24 +383,15 @@ impl Runner {
             }
         }
     }
+}
 
-    /// Uploads one object, retrying transient failures with exponential
-    /// backoff until it succeeds or shutdown gives up on it.
-    async fn put_with_retry(
-        &self,
-        storage: &Storage,
-        name: &str,
-        body: Bytes,
-    ) -> Result<(), SinkError> {
-        let mut backoff = Backoff::new(self, "Upload failed");
-        loop {
-            // The upload itself is never cancelled half-way; only the wait between tries is.
-            match storage.put(name, body.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) => backoff.pause(e).await?,
-            }
-        }
-    }
+/// The conversion of one table's share of a flush.
+struct Job {
+    name: String,
+    encoder: Arc<Encoder>,
+    events: Vec<Event>,
+    partition_by: Vec<String>,
+    merge_on: Option<Vec<String>>,
 }
 
 /// A failed write of the sink's progress file: worth retrying (a full disk

@@ -225,6 +225,21 @@ impl Storage {
         }
     }
 
+    /// A name as [`Storage::list`] returns it, relative to this location (as
+    /// [`Storage::put`] takes it).
+    pub fn relative(&self, name: &str) -> String {
+        match self {
+            Storage::Local(_) => name.to_string(),
+            Storage::Object { prefix, .. } => {
+                let prefix = prefix.as_ref();
+                name.strip_prefix(prefix)
+                    .map(|rest| rest.trim_start_matches('/'))
+                    .unwrap_or(name)
+                    .to_string()
+            }
+        }
+    }
+
     /// Names (relative paths) of every object below this location.
     pub async fn list(&self) -> Result<Vec<String>, StorageError> {
         match self {

@@ -29,12 +29,21 @@ fn runner(dir: &Path, log: Log, policy: BatchPolicy) -> Runner {
         sink: "parquet".into(),
         log,
         encoder: Arc::new(Encoder::new(schema, "", "test")),
+        declared: Default::default(),
         policy,
-        target: Target::Parquet {
-            storage: Storage::new(&Location::Local(dir.join("table")), &Default::default())
-                .unwrap(),
-            partition_by: vec![],
-        },
+        tables: Box::new(
+            super::super::parquet::ParquetSink::new(
+                &crate::config::spec::ParquetSinkSpec {
+                    name: "parquet".into(),
+                    location: Location::Local(dir.join("table")),
+                    partition_by: vec![],
+                    storage: Default::default(),
+                },
+                false,
+            )
+            .unwrap(),
+        ),
+        route: None,
         dead_letters: Storage::new(&Location::Local(dir.join("dead")), &Default::default())
             .unwrap(),
         abandon: CancellationToken::new(),
@@ -106,7 +115,7 @@ async fn a_crash_between_upload_and_commit_replays_the_same_range() {
     appender.append(events(0..8)).await.unwrap();
     // A previous run recorded a flush of 0..3, uploaded it and crashed before committing.
     log.begin("parquet", 0..3).unwrap();
-    let mut before = runner(
+    let before = runner(
         dir.path(),
         log.clone(),
         policy(100, Duration::from_secs(3600)),
@@ -172,11 +181,15 @@ async fn an_idle_batch_flushes_at_max_age() {
 impl Runner {
     /// Writes a batch exactly as a flush would, then "crashes" before the
     /// commit by restoring the previous ledger state.
-    async fn flush_for_test(&mut self, range: Range<u64>, events: Vec<Event>) {
+    async fn flush_for_test(self, range: Range<u64>, events: Vec<Event>) {
         let state = self.log.sink_state(&self.sink);
-        self.flush(range, events, &parquet::writer_properties())
-            .await
-            .unwrap();
-        self.log.commit(&self.sink, state.committed).unwrap();
+        let (log, sink) = (self.log.clone(), self.sink.clone());
+        let mut running = Running {
+            config: self,
+            open: HashMap::new(),
+            router: None,
+        };
+        running.flush(range, events).await.unwrap();
+        log.commit(&sink, state.committed).unwrap();
     }
 }

@@ -303,6 +303,7 @@ impl Poller {
                         received_at_us,
                         kind: RecordKind::Event,
                         payload,
+                        topic: None,
                     })
                     .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");

@@ -56,6 +56,9 @@ pub struct Route {
     pub body_timeout: std::time::Duration,
     /// Counters of this path, registered once (they are on every request's path).
     pub metrics: RouteMetrics,
+    /// `[route] header`: the (lower-case) request header whose value is kept
+    /// with every event of the request, for routing to a table.
+    pub topic_header: Option<String>,
 }
 
 /// The Prometheus counters of one webhook path.
@@ -256,11 +259,18 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         }
     };
     let received_at_us = now_us();
+    let topic: Option<Arc<str>> = route
+        .topic_header
+        .as_deref()
+        .and_then(|name| head.headers.get(name))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| crate::event::topic_of(v.trim()));
     let make = |payload| Event {
         id: Uuid::now_v7(),
         received_at_us,
         kind: RecordKind::Event,
         payload,
+        topic: topic.clone(),
     };
     let Some(dedupe) = &route.dedupe else {
         let events: Vec<Event> = payloads.into_iter().map(make).collect();

@@ -1,0 +1,218 @@
+//! Table sinks: the one plug-in point for a sink that writes rows in batches.
+//! Parquet files ([`super::parquet::ParquetSink`]) and Delta tables
+//! ([`super::delta::DeltaTables`]) implement [`TableSink`]; one runner
+//! ([`super::runner::Runner`]) drives either. A new kind of table (Iceberg,
+//! say) implements these two traits and adds one arm to [`super::build`].
+//!
+//! A sink writes one table, or with `[route]` one table per event type
+//! ([`Router`]): each routed table lives under the sink's location in a
+//! directory named after its route value, with its own schema and, for
+//! Delta, its own `txn` app id (`tributary/<pipeline>/<sink>/<table>`).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use futures::future::BoxFuture;
+
+use super::SinkError;
+use crate::config::route::{table_name, RouteBy, RouteSpec};
+use crate::encode::{pointer, Encoder};
+use crate::event::Event;
+
+/// The name of the one table of a sink without `[route]`: its location itself.
+pub const UNROUTED: &str = "";
+
+/// A kind of table sink: opens its tables.
+pub trait TableSink: Send + Sync {
+    /// Opens the table `name` ([`UNROUTED`] or a routed table's name),
+    /// creating it if it does not exist; `encoder` is what the pipeline would
+    /// encode its rows with, `start` the first offset the runner may write.
+    fn open<'a>(
+        &'a self,
+        name: &'a str,
+        encoder: &'a Encoder,
+        start: u64,
+    ) -> BoxFuture<'a, Result<Opened, SinkError>>;
+
+    /// The routed tables that exist already (found in storage at start), so
+    /// that `route.max_tables` counts them after a restart.
+    fn existing(&self) -> BoxFuture<'_, Result<Vec<String>, SinkError>>;
+
+    /// The offset after the highest one any of this sink's tables holds (0
+    /// if none): where a new log must start if the old one was lost.
+    fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>>;
+}
+
+/// An open table and how to encode its rows.
+pub struct Opened {
+    /// The table.
+    pub table: Box<dyn Table>,
+    /// The encoder for its rows: the table's own columns (a Delta table's, a
+    /// Parquet sink's inferred schema), on the pipeline's settings.
+    pub encoder: Encoder,
+    /// The first offset the table does not hold, if it records one (Delta's txn).
+    pub resume: Option<u64>,
+}
+
+/// What one write stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// Objects written (Parquet files; 0 for a Delta commit, which counts its own).
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: usize,
+}
+
+/// One open table.
+pub trait Table: Send + Sync {
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+    /// Columns whose values name directories (rows whose values cannot are dead letters).
+    fn partition_by(&self) -> &[String];
+    /// Primary key columns in merge mode (rows with a null key are dead letters).
+    fn merge_on(&self) -> Option<&[String]>;
+    /// Makes the record schema an inferring encoder grew durable before the
+    /// first write that uses it (Parquet keeps it in a file; a Delta commit
+    /// carries its schema).
+    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Writes the rows of log offsets `range` (possibly none). Writing the
+    /// same range again changes nothing: the runner retries and re-flushes
+    /// with this.
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        range: &'a Range<u64>,
+    ) -> BoxFuture<'a, Result<Written, SinkError>>;
+    /// Maintenance after a write with rows (checkpoints, compaction); never fails the flush.
+    fn upkeep(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// Picks each event's table from `[route]`: the value of a request header
+/// (kept with the event) or of a JSON pointer, made a table name
+/// ([`table_name`]). New names make new tables up to `max_tables`; events
+/// without a usable value, and new values beyond the cap, go to the
+/// default table.
+#[derive(Debug)]
+pub struct Router {
+    by: RouteBy,
+    pointer: Vec<String>,
+    max_tables: usize,
+    default_table: String,
+    known: BTreeSet<String>,
+}
+
+impl Router {
+    /// A router for `spec` that already knows the tables `existing`.
+    pub fn new(spec: &RouteSpec, existing: impl IntoIterator<Item = String>) -> Self {
+        let pointer = match &spec.by {
+            RouteBy::Pointer(p) => pointer::tokens(p),
+            RouteBy::Header(_) => Vec::new(),
+        };
+        Self {
+            by: spec.by.clone(),
+            pointer,
+            max_tables: spec.max_tables,
+            default_table: spec.default_table.clone(),
+            known: existing
+                .into_iter()
+                .filter(|t| *t != spec.default_table)
+                .collect(),
+        }
+    }
+
+    /// The table `event` goes to.
+    pub fn table_of(&mut self, event: &Event) -> String {
+        let name = match &self.by {
+            RouteBy::Header(_) => event.topic.as_deref().and_then(table_name),
+            RouteBy::Pointer(_) => self.value(&event.payload).as_deref().and_then(table_name),
+        };
+        match name {
+            Some(name) if self.known.contains(&name) => name,
+            Some(name) if self.known.len() < self.max_tables && name != self.default_table => {
+                self.known.insert(name.clone());
+                name
+            }
+            _ => self.default_table.clone(),
+        }
+    }
+
+    /// The text of the scalar at the route's pointer in `payload`.
+    fn value(&self, payload: &[u8]) -> Option<String> {
+        let bytes = pointer::value(payload, &self.pointer).ok()?.ok()?;
+        match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The directory names under `names` (object paths relative to a sink's
+/// location) that are routed tables: their first path component, if it is
+/// a table name and `is_table` says the rest marks a table.
+pub fn routed_tables(names: &[String], is_table: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = BTreeSet::new();
+    for name in names {
+        if let Some((first, rest)) = name.split_once('/') {
+            if table_name(first).as_deref() == Some(first) && is_table(rest) {
+                found.insert(first.to_string());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn spec(by: RouteBy, max_tables: usize) -> RouteSpec {
+        RouteSpec {
+            by,
+            max_tables,
+            default_table: "other".into(),
+            schemas: Default::default(),
+            declared: Default::default(),
+        }
+    }
+
+    #[test]
+    fn routes_by_header_and_by_pointer_with_a_cap() {
+        let mut by_header = Router::new(&spec(RouteBy::Header("x-github-event".into()), 2), ["push".to_string()]);
+        let event = |topic: Option<&str>| Event::new(Bytes::from_static(b"{}")).with_topic(topic);
+        assert_eq!(by_header.table_of(&event(Some("push"))), "push");
+        assert_eq!(by_header.table_of(&event(Some("Pull Request"))), "pull_request");
+        assert_eq!(by_header.table_of(&event(Some("issues"))), "other", "beyond max_tables");
+        assert_eq!(by_header.table_of(&event(Some("pull_request"))), "pull_request");
+        assert_eq!(by_header.table_of(&event(None)), "other");
+        assert_eq!(by_header.table_of(&event(Some("../"))), "other");
+
+        let mut by_pointer = Router::new(&spec(RouteBy::Pointer("/event/type".into()), 10), []);
+        let body = |json: &'static str| Event::new(Bytes::from_static(json.as_bytes()));
+        assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": "app_mention"}}"#)), "app_mention");
+        assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": 7}}"#)), "7");
+        assert_eq!(by_pointer.table_of(&body(r#"{"event": {}}"#)), "other");
+        assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": {"a": 1}}}"#)), "other");
+        assert_eq!(by_pointer.table_of(&body(r#"["no object"]"#)), "other");
+    }
+
+    #[test]
+    fn finds_routed_tables_in_listings() {
+        let names: Vec<String> = [
+            "push/_delta_log/00000000000000000000.json",
+            "push/part-1.parquet",
+            "issues/_received_date=2024-01-01/part-00000000000000000000-00000000000000000003.parquet",
+            "_tributary/schema.json",
+            "part-00000000000000000000-00000000000000000003.parquet",
+            "Bad Name/_delta_log/0.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(routed_tables(&names, |rest| rest.starts_with("_delta_log/")), ["push"]);
+        assert_eq!(routed_tables(&names, |rest| rest.ends_with(".parquet")), ["issues", "push"]);
+    }
+}
