@@ -317,8 +317,8 @@ impl Running {
         let (mut rows, mut files, mut bytes) = (0, 0, 0);
         let mut written_tables = Vec::new();
         for (name, batch) in writes {
-            let mut backoff = Backoff::new(&self.config, "Write failed");
             let open = self.open.get_mut(&name).expect("an open table");
+            let mut backoff = Backoff::new(&self.config, open.table.write_failed());
             let written = loop {
                 match open.table.write(&batch, &range).await {
                     Ok(written) => break written,

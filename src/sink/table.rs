@@ -85,6 +85,10 @@ pub trait Table: Send + Sync {
         batch: &'a RecordBatch,
         range: &'a Range<u64>,
     ) -> BoxFuture<'a, Result<Written, SinkError>>;
+    /// What a failed write is called in logs and in the sink's health.
+    fn write_failed(&self) -> &'static str {
+        "Upload failed"
+    }
     /// Maintenance after a write with rows (checkpoints, compaction); never fails the flush.
     fn upkeep(&mut self) -> BoxFuture<'_, ()>;
 }

@@ -454,6 +454,10 @@ impl Table for DeltaSink {
         DeltaSink::merge_on(self)
     }
 
+    fn write_failed(&self) -> &'static str {
+        "Delta commit failed"
+    }
+
     fn keep_schema<'a>(&'a mut self, _schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>> {
         // The commit that first uses it carries it.
         Box::pin(async { Ok(()) })
