@@ -9,7 +9,9 @@ put back at its pointer. Nulls, `{}` and `[]` as object members count as
 absent on both sides; every other value must be equal (1 == 1.0).
 
 Usage: read_corpus.py INPUT.json, where INPUT holds
-  {"tables": [{"name", "parquet": dir, "delta": dir}], "originals": {event id: record}}
+  {"tables": [{"name", "ids": [event id], "parquet": dir, "delta": dir}],
+   "originals": {event id: record}}
+Every row must be in the table whose "ids" name it.
 Prints {"readers": {reader: {"rows", "missing", "duplicates", "mismatches",
 "examples", "error"}}, "tables": {name: {"columns", "rows_with_extra", "extra_values"}}}.
 """
@@ -98,7 +100,8 @@ def first_difference(a, b, path=""):
     return None
 
 
-def compare(rows, ids_wanted):
+def compare(tagged, ids_wanted, ids_by_table):
+    rows = [row for _, row in tagged]
     counts = Counter(r["_event_id"] for r in rows)
     report = {
         "rows": len(rows),
@@ -109,8 +112,12 @@ def compare(rows, ids_wanted):
         "examples": [],
         "error": None,
     }
-    for row in rows:
+    for table, row in tagged:
         event_id = row["_event_id"]
+        if event_id not in ids_by_table[table]:
+            report["mismatches"] += 1
+            report["examples"].append(f"{event_id}: in table {table}, where it does not belong")
+            continue
         if event_id not in originals:
             report["examples"].append(f"{event_id}: a row no accepted event has")
             report["mismatches"] += 1
@@ -169,12 +176,12 @@ for name, read in readers.items():
     rows, wanted, error = [], set(), None
     for table in spec["tables"]:
         try:
-            rows.extend(read(table))
+            rows.extend((table["name"], row) for row in read(table))
         except Exception as e:  # reported, and the test fails on it
             error = f"{table['name']}: {type(e).__name__}: {e}"[:600]
             traceback.print_exc()
         wanted |= ids_by_table[table["name"]]
-    report = compare(rows, wanted)
+    report = compare(rows, wanted, ids_by_table)
     report["error"] = error
     out["readers"][name] = report
 
