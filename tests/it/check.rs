@@ -39,6 +39,23 @@ fn every_shipped_pipeline_passes_check() {
 }
 
 #[test]
+fn the_shipped_provider_pipelines_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["check", "--pipelines", "examples/providers"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok:") && stdout.contains("4 pipeline"), "{stdout}");
+}
+
+#[test]
 fn broken_configs_report_every_error_with_file_key_and_fix() {
     let project = Project::new();
     project.write(

@@ -29,3 +29,5 @@ mod hardening;
 mod faults;
 // Published payloads of five providers, inferred, in three orders across kill -9: every value read back by four engines.
 mod corpus;
+// The shipped GitHub, Shopify, Stripe and Slack pipelines: signed real payloads, one table per event type, redeliveries once.
+mod providers;
