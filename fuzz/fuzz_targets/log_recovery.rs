@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         .enable_all()
         .build()
         .unwrap();
-    for magic in [segment::MAGIC, *b"TRBLOG\0\x01"] {
+    for magic in [segment::MAGIC, *b"TRBLOG\0\x02", *b"TRBLOG\0\x01"] {
         // tmpfs where there is one: recovery fsyncs, and a disk would make
         // each execution take milliseconds.
         let dir = tempfile::tempdir_in("/dev/shm")
