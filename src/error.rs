@@ -20,3 +20,41 @@ pub trait Classify {
     /// The class of this error.
     fn kind(&self) -> ErrorKind;
 }
+
+/// An error and its causes on one line, `outer: cause: root`, each cause
+/// once: a cause whose text the message already holds (an error that prints
+/// its source itself) is not repeated. The library's one way to print an
+/// error chain; the binary uses `anyhow`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the table failed: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the sink stopped")]
+    struct Outer(#[source] Repeats);
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let root = std::io::Error::other("disk full");
+        let error = Outer(Repeats(root));
+        assert_eq!(chain(&error), "the sink stopped: opening the table failed: disk full");
+    }
+}

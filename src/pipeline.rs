@@ -324,7 +324,7 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
         return 0;
     }
     let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
-    let describe = |e: StorageError| format!("{:#}", anyhow::Error::from(e));
+    let describe = |e: StorageError| crate::error::chain(&e);
     let mut outputs: Vec<(&str, Result<Box<dyn TableSink>, String>)> = Vec::new();
     // Dead-letter files are named by offsets like a Parquet sink's.
     let dead = crate::config::spec::ParquetSinkSpec {
@@ -351,7 +351,7 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
             Ok(tables) => tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
                 .await
                 .unwrap_or_else(|_| Err(SinkError::Internal(format!("no answer within {} s", FLOOR_WAIT.as_secs()))))
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+                .map_err(|e| crate::error::chain(&e)),
         };
         (*name, read)
     });
@@ -384,7 +384,7 @@ fn spawn_runners(pipeline: &str, runners: Vec<SinkTask>, shutdown: &Shutdown) {
         };
         shutdown.tasks.spawn(async move {
             if let Err(e) = runner.run().await {
-                let message = format!("{:#}", anyhow::Error::from(e));
+                let message = crate::error::chain(&e);
                 health.stopped(&message);
                 error!(pipeline = %pipeline, sink = %sink, error = %message, "Sink stopped; its events stay in the log until the next start.");
             }

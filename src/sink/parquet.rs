@@ -321,6 +321,36 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    #[tokio::test]
+    async fn an_inferred_schema_is_kept_and_reloaded_per_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ParquetSinkSpec {
+            name: "parquet".into(),
+            location: crate::config::Location::Local(dir.path().join("t")),
+            partition_by: vec![],
+            storage: Default::default(),
+        };
+        let sink = ParquetSink::new(&spec, true).unwrap();
+        let fresh = Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
+        let opened = sink.open("push", &fresh, 0).await.unwrap();
+        assert_eq!(opened.encoder.record_schema().fields().len(), 1, "only _extra");
+        let grown = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("_extra", DataType::Utf8, true),
+        ]));
+        let mut table = opened.table;
+        table.keep_schema(&grown).await.unwrap();
+        assert!(dir.path().join("t/push").join(SCHEMA_FILE).is_file());
+        // After a restart the table encodes with what it kept, not from nothing.
+        let again = sink.open("push", &fresh, 0).await.unwrap();
+        assert_eq!(again.encoder.record_schema(), &grown);
+        assert_eq!(sink.existing().await.unwrap(), ["push"]);
+        // A declared schema ignores a kept one.
+        let declared = Encoder::new(Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])), "", "test");
+        let opened = sink.open("push", &declared, 0).await.unwrap();
+        assert_eq!(opened.encoder.record_schema().field(0).name(), "n");
+    }
+
     #[test]
     fn file_names_give_back_their_offsets() {
         let name = file_name("part-", &(100..103));

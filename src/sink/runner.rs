@@ -445,7 +445,7 @@ impl Backoff {
         if error.kind() != ErrorKind::Transient {
             return Err(error.into());
         }
-        let error = format!("{:#}", anyhow::Error::from(error));
+        let error = crate::error::chain(&error);
         let wait = crate::http_retry::full_jitter(self.tries, RETRY_MIN, RETRY_MAX);
         warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = wait.as_millis() as u64, "{}; retrying.", self.what);
         self.health.failed(&format!("{}: {error}", self.what));

@@ -50,7 +50,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How one delivery ended.
 enum Outcome {
     Delivered,
-    Dead(String),
+    /// Not delivered: why, and the dead-letter metric's class ("rejected"
+    /// by the receiver, or "expired" after max_retry_duration).
+    Dead(String, &'static str),
     /// 410 Gone: the receiver asked not to be called again.
     Gone(String),
     /// Shutdown's grace period ended while it was retrying.
@@ -184,9 +186,8 @@ impl HttpsRunner {
                     let (offset, event, outcome) = joined.map_err(|e| SinkError::Internal(format!("a delivery task failed: {e}")))?;
                     match outcome {
                         Outcome::Delivered => {}
-                        Outcome::Dead(reason) => {
+                        Outcome::Dead(reason, class) => {
                             warn!(pipeline = %self.pipeline, sink = %name, offset, reason = %reason, "Event not delivered; kept as a dead letter.");
-                            let class = if reason.starts_with("gave up") { "expired" } else { "rejected" };
                             metrics::counter!("tributary_dead_letters_total", "pipeline" => self.pipeline.clone(), "sink" => name.clone(), "reason" => class).increment(1);
                             self.dead_letter(offset, &event, reason).await?;
                             self.health.dead_letters(1);
@@ -331,12 +332,13 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                     ),
                     Class::Gone => return Outcome::Gone(answer),
                     Class::Redirect { .. } => {
-                        return Outcome::Dead(format!(
-                            "{answer} (redirects are not followed; point url at the final address)"
-                        ))
+                        return Outcome::Dead(
+                            format!("{answer} (redirects are not followed; point url at the final address)"),
+                            "rejected",
+                        )
                     }
                     Class::Done | Class::Unauthorized | Class::Permanent => {
-                        return Outcome::Dead(answer)
+                        return Outcome::Dead(answer, "rejected")
                     }
                 }
             }
@@ -354,11 +356,14 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             .saturating_sub(started.elapsed());
         let wait = wait.min(left);
         if left.is_zero() {
-            return Outcome::Dead(format!(
-                "gave up after {} tries over {:?} (max_retry_duration); last: {why}",
-                tries + 1,
-                started.elapsed()
-            ));
+            return Outcome::Dead(
+                format!(
+                    "gave up after {} tries over {:?} (max_retry_duration); last: {why}",
+                    tries + 1,
+                    started.elapsed()
+                ),
+                "expired",
+            );
         }
         if tries == 0 || tries % 10 == 0 {
             info!(id = %id, error = %why, retry_in_ms = wait.as_millis() as u64, tries = tries + 1, "Delivery failed; retrying.");

@@ -167,7 +167,7 @@ impl Poller {
                 Err(e) => {
                     failures += 1;
                     wait_from = Some(started);
-                    error!(pipeline = %self.pipeline, failures, error = %format!("{:#}", anyhow::Error::from(e)), "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
+                    error!(pipeline = %self.pipeline, failures, error = %crate::error::chain(&e), "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
                 }
             }
         }

@@ -346,7 +346,7 @@ fn check_signature(
 }
 
 fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Response {
-    warn!(pipeline = %route.pipeline, error = %format!("{:#}", anyhow::Error::from(e)), "Append failed; answering 503.");
+    warn!(pipeline = %route.pipeline, error = %crate::error::chain(&e), "Append failed; answering 503.");
     retry_later(format!(
         "the events could not be made durable in pipeline {}; nothing was stored, retry later",
         route.pipeline
