@@ -6,6 +6,10 @@
 //! and `<data_dir>/<pipeline>/sinks/<sink>.json` progress files ([`ledger`]).
 //!
 //! # Invariants
+//! The contract sources and sinks use is [`contract`]'s ([`Log`],
+//! [`Appender`], [`Reader`]); this module is its file implementation, the
+//! embedded default.
+//!
 //! * **Durable before acknowledged.** [`Appender::append`] returns offsets only
 //!   after the records are written and `fdatasync`ed. Concurrent appends share
 //!   one fsync (group commit): a single writer thread takes every request that
@@ -31,6 +35,7 @@
 //! * **Segments go once every sink passed them.** A segment is deleted when the
 //!   lowest committed offset over all sinks reaches the next segment's base.
 
+mod contract;
 pub mod ledger;
 mod recover;
 pub mod segment;
@@ -43,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -51,6 +57,8 @@ use crate::event::Event;
 use ledger::{sync_dir, Ledger, SinkState};
 use segment::SegmentReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
+
+pub use contract::{Appender, Log, LogAppend, LogRead, LogStore, Reader};
 
 /// Append requests waiting for the writer thread. Bounded so that a stalled
 /// disk pushes back on the HTTP handlers (they await a slot) instead of
@@ -120,7 +128,7 @@ struct Shared {
     /// The segments before the last one when the log was opened.
     older_at_open: Vec<u64>,
     /// The next offset to assign (published with the progress, for
-    /// [`Appender::is_full`]).
+    /// [`LogAppend::is_full`]).
     end: AtomicU64,
     /// Writes that failed and were cut from the log: a reader whose read-ahead
     /// went past the log's end drops it when this changes (the bytes it
@@ -140,19 +148,19 @@ impl Shared {
     }
 }
 
-/// The write side of a log, held by sources. When every `Appender` is dropped,
-/// the writer thread finishes and readers see the log as closed.
-#[derive(Clone)]
-pub struct Appender {
+/// The write side of the file log. When it is dropped (with the last
+/// [`Appender`] holding it), the writer thread finishes and readers see the
+/// log as closed.
+struct FileAppender {
     shared: Arc<Shared>,
     /// To the writer thread; bounded (see [`APPEND_QUEUE`]); closed when the last
     /// `Appender` drops.
     tx: mpsc::Sender<Append>,
 }
 
-/// The read side of a log, held by sink runners.
+/// The read side of the file log.
 #[derive(Clone)]
-pub struct Log {
+struct FileLog {
     shared: Arc<Shared>,
     /// Published by the writer after each fsync.
     progress: watch::Receiver<Progress>,
@@ -163,7 +171,8 @@ struct Append {
     reply: oneshot::Sender<Result<Range<u64>, AppendError>>,
 }
 
-/// Opens (recovering if needed) the log in `options.dir` and starts its writer thread.
+/// Opens (recovering if needed) the file log in `options.dir` and starts its
+/// writer thread.
 pub fn open(options: Options) -> io::Result<(Appender, Log)> {
     let log_dir = options.dir.join("log");
     ledger::create_dirs_durably(&log_dir)?;
@@ -270,17 +279,87 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         .name("tributary-log".into())
         .spawn(move || writer.run(rx))?;
     Ok((
-        Appender {
+        Appender::new(Arc::new(FileAppender {
             shared: shared.clone(),
             tx,
-        },
-        Log { shared, progress },
+        })),
+        Log::new(Arc::new(FileLog { shared, progress })),
     ))
 }
 
-impl Appender {
+impl LogAppend for FileAppender {
+    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>> {
+        Box::pin(FileAppender::append(self, events))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        FileAppender::disk_bytes(self)
+    }
+
+    fn is_full(&self, max_bytes: u64) -> bool {
+        FileAppender::is_full(self, max_bytes)
+    }
+
+    fn is_closed(&self) -> bool {
+        FileAppender::is_closed(self)
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        FileAppender::writable(self)
+    }
+}
+
+impl LogStore for FileLog {
+    fn reader(&self, from: u64) -> Box<dyn LogRead> {
+        Box::new(FileLog::reader(self, from))
+    }
+
+    fn end(&self) -> u64 {
+        FileLog::end(self)
+    }
+
+    fn last_state(&self) -> io::Result<Option<(u64, bytes::Bytes)>> {
+        FileLog::last_state(self)
+    }
+
+    fn sink_state(&self, sink: &str) -> SinkState {
+        FileLog::sink_state(self, sink)
+    }
+
+    fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()> {
+        FileLog::begin(self, sink, range)
+    }
+
+    fn commit(&self, sink: &str, offset: u64) -> io::Result<()> {
+        FileLog::commit(self, sink, offset)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        FileLog::disk_bytes(self)
+    }
+
+    fn is_full(&self, max_bytes: u64) -> bool {
+        FileLog::is_full(self, max_bytes)
+    }
+}
+
+impl LogRead for FileReader {
+    fn wait(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(FileReader::wait(self))
+    }
+
+    fn position(&self) -> u64 {
+        FileReader::position(self)
+    }
+
+    fn read(&mut self, max: usize) -> BoxFuture<'_, io::Result<Vec<Event>>> {
+        Box::pin(FileReader::read(self, max))
+    }
+}
+
+impl FileAppender {
     /// Appends `events` durably; returns their offsets once they survive a power cut.
-    pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
+    async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
         if let Some(big) = events
             .iter()
             .map(|e| e.payload.len())
@@ -327,10 +406,10 @@ impl Appender {
     }
 }
 
-impl Log {
+impl FileLog {
     /// A reader starting at `from`.
-    pub fn reader(&self, from: u64) -> Reader {
-        Reader {
+    fn reader(&self, from: u64) -> FileReader {
+        FileReader {
             log: self.clone(),
             next: from,
             segment: None,
@@ -390,7 +469,7 @@ impl Log {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
-    /// See [`Appender::is_full`].
+    /// See [`LogAppend::is_full`].
     pub fn is_full(&self, max_bytes: u64) -> bool {
         self.shared.is_full(max_bytes)
     }
@@ -418,19 +497,19 @@ impl Log {
     }
 }
 
-/// Reads a log in order from an offset.
-pub struct Reader {
-    log: Log,
+/// Reads the file log in order from an offset.
+struct FileReader {
+    log: FileLog,
     next: u64,
     segment: Option<SegmentReader>,
     /// [`Shared::cut_writes`] when the segment reader last read ahead.
     cut_writes: u64,
 }
 
-impl Reader {
+impl FileReader {
     /// Waits until at least one durable event is past the reader; returns
     /// false once the log is closed and fully read. Cancel-safe.
-    pub async fn wait(&mut self) -> bool {
+    async fn wait(&mut self) -> bool {
         let next = self.next;
         match self
             .log
@@ -444,12 +523,12 @@ impl Reader {
     }
 
     /// Offset of the next event this reader returns.
-    pub fn position(&self) -> u64 {
+    fn position(&self) -> u64 {
         self.next
     }
 
     /// Reads up to `max` durable events (none if there are none yet).
-    pub async fn read(&mut self, max: usize) -> io::Result<Vec<Event>> {
+    async fn read(&mut self, max: usize) -> io::Result<Vec<Event>> {
         let end = self.log.end();
         let want = (end.saturating_sub(self.next)).min(max as u64) as usize;
         if want == 0 {

@@ -1,0 +1,175 @@
+//! The log contract: what sources and sinks need of a pipeline's log, and
+//! nothing of how it is stored. Sources append events and get their offsets
+//! once the events are durable; each sink reads from an offset, in order,
+//! and records its own progress (`begin` a flush, `commit` after it). The
+//! file log in [`super`] is the embedded implementation; another (a
+//! replicated one) implements [`LogStore`], [`LogRead`] and [`LogAppend`]
+//! and hands out these handles, and no source or sink changes.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::ledger::SinkState;
+use super::AppendError;
+use crate::event::Event;
+
+/// The write side of a log, as a log implements it.
+pub trait LogAppend: Send + Sync {
+    /// Appends `events` durably, as one append; their offsets once durable.
+    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>>;
+    /// Bytes the log holds.
+    fn disk_bytes(&self) -> u64;
+    /// Whether new appends should wait: the log holds `max_bytes` or more
+    /// and a consumer is behind.
+    fn is_full(&self, max_bytes: u64) -> bool;
+    /// Whether appends are no longer taken.
+    fn is_closed(&self) -> bool;
+    /// Whether this process can write the log (for `/readyz`).
+    fn writable(&self) -> io::Result<()>;
+}
+
+/// The read side of a log, as a log implements it.
+pub trait LogStore: Send + Sync {
+    /// A reader starting at offset `from`.
+    fn reader(&self, from: u64) -> Box<dyn LogRead>;
+    /// The next offset to be assigned; everything below is durable.
+    fn end(&self) -> u64;
+    /// The newest poll-state record and its offset, if the log holds one.
+    fn last_state(&self) -> io::Result<Option<(u64, Bytes)>>;
+    /// The recorded progress of `sink`.
+    fn sink_state(&self, sink: &str) -> SinkState;
+    /// Records that `sink` is about to write `range` (see [`super::ledger`]).
+    fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()>;
+    /// Records that `sink` holds everything below `offset`; what every
+    /// consumer passed may then go.
+    fn commit(&self, sink: &str, offset: u64) -> io::Result<()>;
+    /// Bytes the log holds.
+    fn disk_bytes(&self) -> u64;
+    /// See [`LogAppend::is_full`].
+    fn is_full(&self, max_bytes: u64) -> bool;
+}
+
+/// One reader of a log, as a log implements it.
+pub trait LogRead: Send {
+    /// Waits until a durable event is past the reader; false once the log is
+    /// closed and fully read. Cancel-safe.
+    fn wait(&mut self) -> BoxFuture<'_, bool>;
+    /// The offset of the next event this reader returns.
+    fn position(&self) -> u64;
+    /// Up to `max` durable events (none if there are none yet).
+    fn read(&mut self, max: usize) -> BoxFuture<'_, io::Result<Vec<Event>>>;
+}
+
+/// The write side of a pipeline's log, held by its source. When every
+/// `Appender` is dropped the log closes: readers see its end.
+#[derive(Clone)]
+pub struct Appender(Arc<dyn LogAppend>);
+
+impl Appender {
+    /// A handle on `log`.
+    pub fn new(log: Arc<dyn LogAppend>) -> Self {
+        Self(log)
+    }
+
+    /// Appends `events` durably; returns their offsets once they survive a
+    /// crash of this process (and, for the file log, a power cut).
+    pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
+        self.0.append(events).await
+    }
+
+    /// Bytes the log holds.
+    pub fn disk_bytes(&self) -> u64 {
+        self.0.disk_bytes()
+    }
+
+    /// Whether new appends should wait (see [`LogAppend::is_full`]).
+    pub fn is_full(&self, max_bytes: u64) -> bool {
+        self.0.is_full(max_bytes)
+    }
+
+    /// Whether appends are no longer taken.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    /// Whether this process can write the log.
+    pub fn writable(&self) -> io::Result<()> {
+        self.0.writable()
+    }
+}
+
+/// The read side of a pipeline's log, held by its sinks.
+#[derive(Clone)]
+pub struct Log(Arc<dyn LogStore>);
+
+impl Log {
+    /// A handle on `log`.
+    pub fn new(log: Arc<dyn LogStore>) -> Self {
+        Self(log)
+    }
+
+    /// A reader starting at `from`.
+    pub fn reader(&self, from: u64) -> Reader {
+        Reader(self.0.reader(from))
+    }
+
+    /// The next offset to be assigned; everything below is durable.
+    pub fn end(&self) -> u64 {
+        self.0.end()
+    }
+
+    /// The newest poll-state record and its offset, if any.
+    pub fn last_state(&self) -> io::Result<Option<(u64, Bytes)>> {
+        self.0.last_state()
+    }
+
+    /// The recorded progress of `sink`.
+    pub fn sink_state(&self, sink: &str) -> SinkState {
+        self.0.sink_state(sink)
+    }
+
+    /// Records that `sink` is about to write `range`.
+    pub fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()> {
+        self.0.begin(sink, range)
+    }
+
+    /// Records that `sink` holds everything below `offset`.
+    pub fn commit(&self, sink: &str, offset: u64) -> io::Result<()> {
+        self.0.commit(sink, offset)
+    }
+
+    /// Bytes the log holds.
+    pub fn disk_bytes(&self) -> u64 {
+        self.0.disk_bytes()
+    }
+
+    /// See [`LogAppend::is_full`].
+    pub fn is_full(&self, max_bytes: u64) -> bool {
+        self.0.is_full(max_bytes)
+    }
+}
+
+/// Reads a log in order from an offset.
+pub struct Reader(Box<dyn LogRead>);
+
+impl Reader {
+    /// Waits until a durable event is past the reader; false once the log is
+    /// closed and fully read. Cancel-safe.
+    pub async fn wait(&mut self) -> bool {
+        self.0.wait().await
+    }
+
+    /// The offset of the next event this reader returns.
+    pub fn position(&self) -> u64 {
+        self.0.position()
+    }
+
+    /// Up to `max` durable events (none if there are none yet).
+    pub async fn read(&mut self, max: usize) -> io::Result<Vec<Event>> {
+        self.0.read(max).await
+    }
+}
