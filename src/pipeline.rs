@@ -21,10 +21,7 @@ use crate::sink::runner::Runner;
 use crate::sink::table::TableSink;
 use crate::sink::{parquet, SinkError, Storage, StorageError};
 use crate::source::poll::state::RunState;
-use crate::source::poll::{PollError, Poller};
-use crate::source::webhook::dedupe::{self, Dedupe, Index};
-use crate::source::webhook::verify::Verifier;
-use crate::source::webhook::Route;
+use crate::source::poll::PollError;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
 /// spans several segments (so consumed ones can be freed), large enough that
@@ -66,13 +63,15 @@ pub enum RunError {
         #[source]
         source: PollError,
     },
-    /// A source cannot start as configured (e.g. its verification secret is not set).
-    #[error("source of pipeline {pipeline}: {problem}")]
+    /// A source cannot start (its verification secret is not set, its
+    /// state or remembered ids cannot be read).
+    #[error("source of pipeline {pipeline}")]
     Source {
         /// Pipeline name.
         pipeline: String,
-        /// What is wrong and the fix.
-        problem: String,
+        /// What went wrong.
+        #[source]
+        source: crate::source::SourceError,
     },
     /// A sink cannot start as configured (e.g. its signing secret is not set).
     #[error("sink {sink} of pipeline {pipeline}: {problem}")]
@@ -103,14 +102,10 @@ pub enum RunError {
 
 /// A pipeline ready to start.
 pub struct Built {
-    /// Its webhook path, if its source is a webhook.
-    pub route: Option<(String, Route)>,
-    /// Its poller, if its source polls.
-    pub poller: Option<Poller>,
+    /// Its source, and the tasks that run beside it.
+    pub source: crate::source::Built,
     /// One runner per sink.
     pub runners: Vec<SinkTask>,
-    /// Journals a webhook's delivery ids, if it dedupes.
-    pub index: Option<Index>,
     /// What the admin API sees of it.
     pub view: PipelineView,
 }
@@ -127,10 +122,6 @@ pub async fn build(
     floor: u64,
 ) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
-    let dedupe_spec = match &spec.source {
-        SourceSpec::Webhook(w) => w.dedupe.as_ref(),
-        SourceSpec::Poll(_) => None,
-    };
     let options = buffer::Options {
         dir: dir.clone(),
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
@@ -138,7 +129,7 @@ pub async fn build(
             .sinks
             .iter()
             .map(|s| s.name().to_string())
-            .chain(dedupe_spec.map(|_| dedupe::CONSUMER.to_string()))
+            .chain(crate::source::consumers(&spec.source))
             .collect(),
         floor,
     };
@@ -215,87 +206,34 @@ pub async fn build(
             health: sink_health,
         }));
     }
-    let mut index = None;
-    let mut view = PipelineView {
+    let source = crate::source::build(
+        spec,
+        global,
+        &dir,
+        appender.clone(),
+        &log,
+        shutdown.stop.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Source {
+        pipeline: spec.name.clone(),
+        source,
+    })?;
+    let view = PipelineView {
         name: spec.name.clone(),
-        source: match spec.source {
-            SourceSpec::Webhook(_) => "webhook",
-            SourceSpec::Poll(_) => "poll",
-        },
+        source: crate::source::kind(&spec.source),
         sinks: health,
         probes,
         log: log.clone(),
-        appender: appender.clone(),
+        appender,
         dead_letters,
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
-        dedupe: None,
-    };
-    let (route, poller) = match &spec.source {
-        SourceSpec::Webhook(w) => {
-            let verifier = match &w.verify {
-                None => None,
-                Some(v) => Some(Arc::new(Verifier::new(v).map_err(|problem| {
-                    RunError::Source {
-                        pipeline: spec.name.clone(),
-                        problem,
-                    }
-                })?)),
-            };
-            let dedupe = match &w.dedupe {
-                None => None,
-                Some(d) => {
-                    let dedupe = Arc::new(Dedupe::new(d));
-                    index = Some(
-                        dedupe
-                            .load(&dir, &log, crate::event::now_us())
-                            .await
-                            .map_err(|source| RunError::Buffer {
-                                pipeline: spec.name.clone(),
-                                dir: dir.display().to_string(),
-                                source,
-                            })?,
-                    );
-                    view.dedupe = Some(dedupe.clone());
-                    Some(dedupe)
-                }
-            };
-            (
-                Some((
-                    w.path.clone(),
-                    Route {
-                        pipeline: spec.name.clone(),
-                        max_body: w.max_body,
-                        max_buffer: spec.buffer_max_bytes,
-                        appender,
-                        verifier,
-                        limiter: w.rate_limit.map(crate::source::webhook::RateLimiter::new),
-                        dedupe,
-                        body_timeout: global.server.body_timeout,
-                        metrics: crate::source::webhook::RouteMetrics::new(&spec.name),
-                        topic_header: match spec.route.as_ref().map(|r| &r.by) {
-                            Some(crate::config::route::RouteBy::Header(h)) => Some(h.clone()),
-                            _ => None,
-                        },
-                    },
-                )),
-                None,
-            )
-        }
-        SourceSpec::Poll(p) => {
-            let poller = Poller::new(spec, p, appender, &log, &dir, shutdown.stop.clone())
-                .map_err(|source| RunError::Poll {
-                    pipeline: spec.name.clone(),
-                    source,
-                })?;
-            (None, Some(poller))
-        }
+        dedupe: source.dedupe.clone(),
     };
     Ok(Built {
-        route,
-        poller,
+        source,
         runners,
-        index,
         view,
     })
 }
@@ -419,7 +357,9 @@ pub async fn poll_once(
     // The view holds an appender; the log must close once the poller is done.
     drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);
-    let mut poller = built.poller.expect("a poll pipeline has a poller");
+    let crate::source::Source::Poll(mut poller) = built.source.source else {
+        return Err(RunError::NotPolled(format!("pipeline {pipeline} is not polled")));
+    };
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {
         Shutdown::signal().await;
@@ -477,22 +417,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         let floor = offset_floor(spec, &config.global).await;
         let built = build(spec, &config.global, &shutdown, floor).await?;
         views.push(built.view);
-        if let Some((path, route)) = built.route {
-            routes.insert(path, route);
-        }
-        if let Some(poller) = built.poller {
+        match built.source.source {
+            crate::source::Source::Webhook { path, route } => {
+                routes.insert(path, route);
+            }
             // It ends on shutdown, dropping its appender, which closes the log.
-            shutdown.tasks.spawn(poller.run_forever());
+            crate::source::Source::Poll(poller) => {
+                shutdown.tasks.spawn(poller.run_forever());
+            }
+        }
+        for task in built.source.tasks {
+            shutdown.tasks.spawn(task);
         }
         spawn_runners(&spec.name, built.runners, &shutdown);
-        if let Some(index) = built.index {
-            let pipeline = spec.name.clone();
-            shutdown.tasks.spawn(async move {
-                if let Err(e) = index.run().await {
-                    error!(pipeline = %pipeline, error = %e, "The dedupe journal failed; delivery ids stay in the log (it keeps growing) until the next start.");
-                }
-            });
-        }
     }
     let admin = Arc::new(Admin {
         token,
