@@ -32,6 +32,15 @@ fn table(pairs: Vec<(&str, Value)>) -> Value {
     Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
+/// A spec as `check --explain` prints it (its `Serialize` form), with its `type`.
+fn tagged<T: serde::Serialize>(ty: &str, spec: &T) -> Value {
+    let mut value = Value::try_from(spec).unwrap_or_else(|e| text(format!("cannot show: {e}")));
+    if let Value::Table(t) = &mut value {
+        t.insert("type".into(), text(ty));
+    }
+    value
+}
+
 fn location(l: &Location) -> Value {
     match l {
         Location::Local(p) => text(p.display()),
@@ -305,48 +314,9 @@ fn source(source: &SourceSpec) -> Value {
 
 fn sink(sink: &SinkSpec) -> Value {
     match sink {
-        SinkSpec::Parquet(p) => table(vec![
-            ("type", text("parquet")),
-            ("name", text(&p.name)),
-            ("uri", location(&p.location)),
-            ("partition_by", list(&p.partition_by)),
-            (
-                "storage_keys",
-                list(&p.storage.keys().map(|k| k.as_str()).collect::<Vec<_>>()),
-            ),
-        ]),
-        SinkSpec::Delta(d) => table(vec![
-            ("type", text("delta")),
-            ("name", text(&d.name)),
-            ("uri", location(&d.location)),
-            ("partition_by", list(&d.partition_by)),
-            (
-                "mode",
-                text(if d.merge_on.is_some() {
-                    "merge"
-                } else {
-                    "append"
-                }),
-            ),
-            (
-                "schema_evolution",
-                text(if d.add_columns { "add_columns" } else { "off" }),
-            ),
-            (
-                "checkpoint_interval",
-                Value::Integer(d.checkpoint_interval as i64),
-            ),
-            ("target_file_size", size(d.target_file_size)),
-            (
-                "compact_min_files",
-                Value::Integer(d.compact_min_files as i64),
-            ),
-            ("vacuum_retention", duration(d.vacuum_retention)),
-            (
-                "storage_keys",
-                list(&d.storage.keys().map(|k| k.as_str()).collect::<Vec<_>>()),
-            ),
-        ]),
+        // Derived from the specs: a new key cannot be forgotten here.
+        SinkSpec::Parquet(p) => tagged("parquet", p),
+        SinkSpec::Delta(d) => tagged("delta", d),
         SinkSpec::Https(h) => {
             let signing = match &h.signing {
                 SigningSpec::StandardWebhooks { secret_envs } => table(vec![

@@ -9,7 +9,7 @@ pub mod poll;
 pub mod raw;
 pub mod route;
 mod server;
-mod sinks;
+pub mod sink;
 pub mod spec;
 pub mod units;
 pub mod validate;

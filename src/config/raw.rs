@@ -384,45 +384,8 @@ impl OneOrMany {
     }
 }
 
-/// `[[sink]]` with `type = "parquet"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawParquetSink {
-    /// Sink name, unique in the pipeline; defaults to the type.
-    pub name: Option<String>,
-    /// Where the files go: a local path, `file://…` or `s3://bucket/prefix`.
-    pub uri: Option<String>,
-    /// Columns whose values name the hive-style directories.
-    pub partition_by: Option<Vec<String>>,
-    /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
-    pub storage: Option<BTreeMap<String, toml::Value>>,
-}
-
-/// `[[sink]]` with `type = "delta"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDeltaSink {
-    /// Sink name, unique in the pipeline; defaults to the type.
-    pub name: Option<String>,
-    /// The table: a local path, `file://…` or `s3://bucket/prefix`.
-    pub uri: Option<String>,
-    /// Partition columns of a new table.
-    pub partition_by: Option<Vec<String>>,
-    /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
-    pub storage: Option<BTreeMap<String, toml::Value>>,
-    /// `"append"` (default) or `"merge"` (upsert on `primary_key`).
-    pub mode: Option<String>,
-    /// `"add_columns"` (default) or `"off"`.
-    pub schema_evolution: Option<String>,
-    /// Write a checkpoint every this many commits (default 10).
-    pub checkpoint_interval: Option<u64>,
-    /// Size compaction aims for, e.g. `"128MiB"`.
-    pub target_file_size: Option<RawSize>,
-    /// Compact once this many files are below half the target size (default 16; 0 = never).
-    pub compact_min_files: Option<u64>,
-    /// How long vacuum keeps files a commit removed, e.g. `"7d"`.
-    pub vacuum_retention: Option<String>,
-}
+pub use super::sink::delta::RawDeltaSink;
+pub use super::sink::parquet::RawParquetSink;
 
 /// A size: a string with a unit (`"64MiB"`) or a plain number of bytes.
 #[derive(Debug, Clone, Deserialize)]

@@ -448,43 +448,8 @@ pub enum KeySource {
     File(PathBuf),
 }
 
-/// `type = "delta"`.
-#[derive(Debug, Clone)]
-pub struct DeltaSinkSpec {
-    /// Unique within the pipeline; names its progress and its `txn` app id.
-    pub name: String,
-    /// The table's location.
-    pub location: Location,
-    /// Partition columns of a new table (an existing table keeps its own).
-    pub partition_by: Vec<String>,
-    /// Object-store settings, keys as object_store names them.
-    pub storage: BTreeMap<String, String>,
-    /// Append every row, or upsert on these key columns (`mode = "merge"`).
-    pub merge_on: Option<Vec<String>>,
-    /// Whether new schema fields become new (nullable) table columns.
-    pub add_columns: bool,
-    /// A checkpoint every this many commits.
-    pub checkpoint_interval: u64,
-    /// Size compaction aims for, in bytes.
-    pub target_file_size: u64,
-    /// Compact once this many files are below half the target (0 = never).
-    pub compact_min_files: u64,
-    /// How long vacuum keeps the files a commit removed.
-    pub vacuum_retention: Duration,
-}
-
-/// `type = "parquet"`.
-#[derive(Debug, Clone)]
-pub struct ParquetSinkSpec {
-    /// Unique within the pipeline; names its progress file.
-    pub name: String,
-    /// Where the files go.
-    pub location: Location,
-    /// Hive-style partition columns, outermost first.
-    pub partition_by: Vec<String>,
-    /// Object-store settings, keys as object_store names them.
-    pub storage: BTreeMap<String, String>,
-}
+pub use super::sink::delta::DeltaSinkSpec;
+pub use super::sink::parquet::ParquetSinkSpec;
 
 /// A place in storage.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use arrow_schema::Schema;
 
 use super::raw::{RawGlobal, RawPipeline, RawSink, RawSize, RawSource};
-use super::sinks;
+use super::sink;
 use super::spec::{GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
@@ -221,7 +221,7 @@ fn pipeline(
     let mut sink_names = HashSet::new();
     for (i, raw_sink) in raw.sink.iter().enumerate() {
         let key = format!("sink[{i}]");
-        let table = name.as_deref().map(|n| sinks::Table {
+        let table = name.as_deref().map(|n| sink::Table {
             global,
             pipeline: n,
             schema: known,
@@ -231,10 +231,10 @@ fn pipeline(
         });
         let spec = match raw_sink {
             RawSink::Parquet(p) => table
-                .and_then(|t| sinks::parquet(&t, &key, p, e))
+                .and_then(|t| sink::parquet::validate(&t, &key, p, e))
                 .map(SinkSpec::Parquet),
             RawSink::Delta(d) => table
-                .and_then(|t| sinks::delta(&t, &key, d, e))
+                .and_then(|t| sink::delta::validate(&t, &key, d, e))
                 .map(SinkSpec::Delta),
             RawSink::Https(h) => super::https::sink(&key, h, root, e).map(SinkSpec::Https),
         };

@@ -1,0 +1,184 @@
+//! The table sinks' configuration, one file per kind ([`parquet`],
+//! [`delta`]): each holds its raw TOML form, its typed spec (which
+//! `check --explain` prints through `Serialize`), its defaults and its
+//! checks. This file holds what they share: name, uri, partition_by, storage.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_schema::{DataType, Schema};
+
+use serde::Serializer;
+
+use super::spec::{GlobalSpec, Location};
+use super::units::format_size;
+use super::validate::{valid_name, Errors};
+use crate::schema::METADATA_COLUMNS;
+
+pub mod delta;
+pub mod parquet;
+
+/// Object-store keys a `storage` table may set; credentials only through `*_env`.
+const STORAGE_KEYS: [&str; 7] = [
+    "endpoint",
+    "region",
+    "allow_http",
+    "virtual_hosted_style_request",
+    "access_key_id_env",
+    "secret_access_key_env",
+    "session_token_env",
+];
+/// What a sink's checks need to know about its pipeline.
+pub struct Table<'a> {
+    pub global: &'a GlobalSpec,
+    pub pipeline: &'a str,
+    pub schema: Option<&'a Schema>,
+    /// `schema = "infer"`: no record column is known before events arrive.
+    pub infer: bool,
+    pub primary_key: &'a [String],
+    pub root: &'a Path,
+}
+
+/// The keys parquet and delta sinks share.
+pub(super) struct Common {
+    pub(super) name: String,
+    pub(super) location: Option<Location>,
+    pub(super) partition_by: Vec<String>,
+    pub(super) storage: BTreeMap<String, String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn common(
+    t: &Table<'_>,
+    key: &str,
+    ty: &str,
+    name: Option<&String>,
+    uri: Option<&str>,
+    partition_by: Option<&Vec<String>>,
+    storage: Option<&BTreeMap<String, toml::Value>>,
+    e: &mut Errors<'_>,
+) -> Common {
+    let name = name.cloned().unwrap_or_else(|| ty.to_string());
+    if !valid_name(&name) {
+        e.push(
+            format!("{key}.name"),
+            format!("\"{name}\" is not a valid name"),
+            "use lower-case letters, digits, '_' or '-'",
+        );
+    }
+    let location = match uri {
+        None => Some(t.global.lake.join(t.pipeline)),
+        Some(uri) => match Location::parse(uri, t.root) {
+            Ok(l) => Some(l),
+            Err((problem, fix)) => {
+                e.push(format!("{key}.uri"), problem, fix);
+                None
+            }
+        },
+    };
+    let partition_by = partition_by
+        .cloned()
+        .unwrap_or_else(|| vec!["_received_date".to_string()]);
+    for (i, column) in partition_by.iter().enumerate() {
+        let at = format!("{key}.partition_by[{i}]");
+        if column == "_received_date" || column == "_source" {
+            continue;
+        }
+        if METADATA_COLUMNS.contains(&column.as_str()) {
+            e.push(
+                at,
+                format!("\"{column}\" has one value per event"),
+                "partition by _received_date instead",
+            );
+            continue;
+        }
+        if t.infer {
+            e.push(
+                at,
+                format!("with schema = \"infer\", column \"{column}\" may be missing from a batch"),
+                "partition by _received_date or _source, or name a JSON Schema file",
+            );
+            continue;
+        }
+        match t.schema.map(|s| s.field_with_name(column)) {
+            Some(Ok(f)) if partitionable(f.data_type()) => {}
+            Some(Ok(f)) => e.push(
+                at,
+                format!("column \"{column}\" is a {}", f.data_type()),
+                "partition by a string, integer, boolean or date column",
+            ),
+            Some(Err(_)) => e.push(
+                at,
+                format!("column \"{column}\" is not a top-level property of the schema"),
+                "name a property of the schema or _received_date",
+            ),
+            None => {}
+        }
+    }
+    let mut options = BTreeMap::new();
+    for (k, v) in storage.into_iter().flatten() {
+        let at = format!("{key}.storage.{k}");
+        if !STORAGE_KEYS.contains(&k.as_str()) {
+            let fix = if k.contains("secret") || k.contains("key") || k.contains("token") {
+                format!("never write credentials in TOML: set the AWS_* environment variables, or {k}_env = \"NAME_OF_ENV_VAR\"")
+            } else {
+                format!("use one of {}", STORAGE_KEYS.join(", "))
+            };
+            e.push(at, format!("unknown storage key \"{k}\""), fix);
+            continue;
+        }
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                e.push(at, "must be a string or a boolean", "");
+                continue;
+            }
+        };
+        options.insert(k.clone(), value);
+    }
+    if !options.is_empty() && matches!(location, Some(Location::Local(_))) {
+        e.push(
+            format!("{key}.storage"),
+            "storage settings apply to s3:// locations only",
+            "remove the storage table or use an s3:// uri",
+        );
+    }
+    Common {
+        name,
+        location,
+        partition_by,
+        storage: options,
+    }
+}
+
+
+fn partitionable(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32
+    )
+}
+
+/// `check --explain`'s forms of the spec fields.
+pub(super) fn location<S: Serializer>(l: &Location, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Location::Local(p) => s.collect_str(&p.display()),
+        Location::S3 { .. } => s.collect_str(l),
+    }
+}
+
+/// The storage keys set (their values may name credentials' variables only,
+/// but print the keys alone).
+pub(super) fn keys<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.keys())
+}
+
+pub(super) fn size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_size(*n))
+}
+
+pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}

@@ -1,0 +1,68 @@
+//! `[[sink]] type = "parquet"`: raw form, spec, checks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{common, Table};
+use crate::config::spec::Location;
+use crate::config::validate::Errors;
+
+/// `[[sink]]` with `type = "parquet"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParquetSink {
+    /// Sink name, unique in the pipeline; defaults to the type.
+    pub name: Option<String>,
+    /// Where the files go: a local path, `file://…` or `s3://bucket/prefix`.
+    pub uri: Option<String>,
+    /// Columns whose values name the hive-style directories.
+    pub partition_by: Option<Vec<String>>,
+    /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
+    pub storage: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// `type = "parquet"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParquetSinkSpec {
+    /// Unique within the pipeline; names its progress file.
+    pub name: String,
+    /// Where the files go.
+    #[serde(rename = "uri", serialize_with = "super::location")]
+    pub location: Location,
+    /// Hive-style partition columns, outermost first.
+    pub partition_by: Vec<String>,
+    /// Object-store settings, keys as object_store names them.
+    #[serde(rename = "storage_keys", serialize_with = "super::keys")]
+    pub storage: BTreeMap<String, String>,
+}
+
+/// `type = "parquet"`.
+pub(in crate::config) fn validate(
+    t: &Table<'_>,
+    key: &str,
+    raw: &RawParquetSink,
+    e: &mut Errors<'_>,
+) -> Option<ParquetSinkSpec> {
+    let start = e.list.len();
+    let c = common(
+        t,
+        key,
+        "parquet",
+        raw.name.as_ref(),
+        raw.uri.as_deref(),
+        raw.partition_by.as_ref(),
+        raw.storage.as_ref(),
+        e,
+    );
+    if e.list.len() > start {
+        return None;
+    }
+    Some(ParquetSinkSpec {
+        name: c.name,
+        location: c.location?,
+        partition_by: c.partition_by,
+        storage: c.storage,
+    })
+}
+
