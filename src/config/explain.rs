@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::spec::{
-    AuthSpec, Config, DedupeBy, KeyPlace, KeySource, Location, Paginate, PipelineSpec, Schedule,
-    Secret, SigningSpec, SinkSpec, SourceSpec, VerifyScheme,
+    AuthSpec, Config, DedupeBy, KeyPlace, Location, Paginate, PipelineSpec, Schedule,
+    Secret, SinkSpec, SourceSpec, VerifyScheme,
 };
 use super::units::format_size;
 
@@ -317,47 +317,6 @@ fn sink(sink: &SinkSpec) -> Value {
         // Derived from the specs: a new key cannot be forgotten here.
         SinkSpec::Parquet(p) => tagged("parquet", p),
         SinkSpec::Delta(d) => tagged("delta", d),
-        SinkSpec::Https(h) => {
-            let signing = match &h.signing {
-                SigningSpec::StandardWebhooks { secret_envs } => table(vec![
-                    ("scheme", text("standard-webhooks")),
-                    ("secret_env", list(secret_envs)),
-                ]),
-                SigningSpec::Rsa { key, header } => table(vec![
-                    ("scheme", text("rsa-sha256")),
-                    match key {
-                        KeySource::Env(e) => ("key_env", text(e)),
-                        KeySource::File(f) => ("key_file", text(f.display())),
-                    },
-                    ("header", text(header)),
-                ]),
-                SigningSpec::Hmac {
-                    secret_envs,
-                    header,
-                    prefix,
-                    base64,
-                } => table(vec![
-                    ("scheme", text("hmac-sha256")),
-                    ("secret_env", list(secret_envs)),
-                    ("header", text(header)),
-                    ("prefix", text(prefix)),
-                    ("encoding", text(if *base64 { "base64" } else { "hex" })),
-                ]),
-            };
-            let mut t = vec![
-                ("type", text("https")),
-                ("name", text(&h.name)),
-                ("url", text(&h.url)),
-                ("signing", signing),
-                ("concurrency", Value::Integer(h.concurrency as i64)),
-                ("timeout", duration(h.timeout)),
-                ("max_retry_duration", duration(h.max_retry_duration)),
-                ("ordered", Value::Boolean(h.ordered)),
-            ];
-            if let Some(ca) = &h.ca_file {
-                t.push(("ca_file", text(ca.display())));
-            }
-            table(t)
-        }
+        SinkSpec::Https(h) => tagged("https", h),
     }
 }

@@ -4,7 +4,7 @@
 
 mod dedupe;
 pub mod explain;
-mod https;
+mod verify;
 pub mod poll;
 pub mod raw;
 pub mod route;

@@ -320,49 +320,7 @@ pub enum RawSink {
     Https(RawHttpsSink),
 }
 
-/// `[[sink]]` with `type = "https"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHttpsSink {
-    /// Sink name, unique in the pipeline; defaults to the type.
-    pub name: Option<String>,
-    /// The receiver, `https://…`.
-    pub url: Option<String>,
-    /// Permit `http://` (loopback and tests).
-    pub allow_http: Option<bool>,
-    /// Extra trusted CA certificates (PEM), besides the system roots.
-    pub ca_file: Option<String>,
-    /// How each POST is signed.
-    pub signing: Option<RawSigning>,
-    /// Deliveries in flight at once (default 32).
-    pub concurrency: Option<u64>,
-    /// Longest wait for one answer, e.g. `"15s"`.
-    pub timeout: Option<String>,
-    /// How long an event is retried before it becomes a dead letter, e.g. `"24h"`.
-    pub max_retry_duration: Option<String>,
-    /// Deliver one at a time, in log order.
-    pub ordered: Option<bool>,
-}
-
-/// `signing` of an HTTPS sink.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSigning {
-    /// `"standard-webhooks"` (default), `"rsa-sha256"` or `"hmac-sha256"`.
-    pub scheme: Option<String>,
-    /// Env var(s) holding the secret(s); several sign with each (rotation).
-    pub secret_env: Option<OneOrMany>,
-    /// Env var holding a PEM private key (`rsa-sha256`).
-    pub key_env: Option<String>,
-    /// File holding a PEM private key (`rsa-sha256`).
-    pub key_file: Option<String>,
-    /// Signature header (`rsa-sha256`, `hmac-sha256`).
-    pub header: Option<String>,
-    /// Written before an HMAC signature, e.g. `"sha256="`.
-    pub prefix: Option<String>,
-    /// `"hex"` (default) or `"base64"` for `hmac-sha256`.
-    pub encoding: Option<String>,
-}
+pub use super::sink::https::{RawHttpsSink, RawSigning};
 
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]

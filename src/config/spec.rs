@@ -373,82 +373,8 @@ impl SinkSpec {
     }
 }
 
-/// `type = "https"`.
-#[derive(Debug, Clone)]
-pub struct HttpsSinkSpec {
-    /// Unique within the pipeline; names its progress.
-    pub name: String,
-    /// The receiver's URL exactly as configured (what `rsa-sha256` signs).
-    pub url: String,
-    /// Extra trusted CA certificates (PEM file).
-    pub ca_file: Option<PathBuf>,
-    /// How each POST is signed.
-    pub signing: SigningSpec,
-    /// Deliveries in flight at once.
-    pub concurrency: usize,
-    /// Longest wait for one answer.
-    pub timeout: Duration,
-    /// How long an event is retried before it becomes a dead letter.
-    pub max_retry_duration: Duration,
-    /// One at a time, in log order.
-    pub ordered: bool,
-}
-
-impl SigningSpec {
-    /// The env vars this signing reads its secrets or key from.
-    pub fn secret_envs(&self) -> Vec<&str> {
-        match self {
-            SigningSpec::StandardWebhooks { secret_envs }
-            | SigningSpec::Hmac { secret_envs, .. } => {
-                secret_envs.iter().map(String::as_str).collect()
-            }
-            SigningSpec::Rsa {
-                key: KeySource::Env(name),
-                ..
-            } => vec![name.as_str()],
-            SigningSpec::Rsa { .. } => vec![],
-        }
-    }
-}
-
-/// How an HTTPS sink signs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SigningSpec {
-    /// Standard Webhooks; env vars of `whsec_`/`whsk_` secrets.
-    StandardWebhooks {
-        /// Env vars, one secret each.
-        secret_envs: Vec<String>,
-    },
-    /// RSA PKCS#1 v1.5 SHA-256 of method + url + body, hex.
-    Rsa {
-        /// Where the PEM key is.
-        key: KeySource,
-        /// Signature header.
-        header: String,
-    },
-    /// HMAC-SHA256 of the body.
-    Hmac {
-        /// Env vars, one secret each.
-        secret_envs: Vec<String>,
-        /// Signature header.
-        header: String,
-        /// Written before the signature.
-        prefix: String,
-        /// Base64 instead of hex.
-        base64: bool,
-    },
-}
-
-/// Where a private key is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// An env var holding the PEM.
-    Env(String),
-    /// A PEM file.
-    File(PathBuf),
-}
-
 pub use super::sink::delta::DeltaSinkSpec;
+pub use super::sink::https::{HttpsSinkSpec, KeySource, SigningSpec};
 pub use super::sink::parquet::ParquetSinkSpec;
 
 /// A place in storage.

@@ -236,7 +236,7 @@ fn pipeline(
             RawSink::Delta(d) => table
                 .and_then(|t| sink::delta::validate(&t, &key, d, e))
                 .map(SinkSpec::Delta),
-            RawSink::Https(h) => super::https::sink(&key, h, root, e).map(SinkSpec::Https),
+            RawSink::Https(h) => sink::https::validate(&key, h, root, e).map(SinkSpec::Https),
         };
         if let Some(spec) = spec {
             if let Some(other) = sinks
@@ -360,7 +360,7 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
         Some(RawSource::Poll(p)) => return super::poll::source(p, e),
         Some(RawSource::Webhook(w)) => w,
     };
-    let verify = raw.verify.as_ref().and_then(|v| super::https::verify(v, e));
+    let verify = raw.verify.as_ref().and_then(|v| super::verify::verify(v, e));
     let path = match raw.path.as_deref() {
         None => {
             e.push(

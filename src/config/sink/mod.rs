@@ -17,6 +17,7 @@ use super::validate::{valid_name, Errors};
 use crate::schema::METADATA_COLUMNS;
 
 pub mod delta;
+pub mod https;
 pub mod parquet;
 
 /// Object-store keys a `storage` table may set; credentials only through `*_env`.

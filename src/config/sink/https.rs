@@ -1,12 +1,148 @@
-//! Validation of `[[sink]]` with `type = "https"` and of a webhook's
-//! `verify` (both signature settings).
+//! `[[sink]] type = "https"`: raw form, spec, defaults, checks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawHttpsSink, RawSigning, RawVerify};
-use super::spec::{HttpsSinkSpec, KeySource, SigningSpec, VerifyScheme, VerifySpec};
-use super::validate::{positive_duration, valid_name, Errors};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::config::raw::OneOrMany;
+use crate::config::validate::{positive_duration, valid_name, Errors};
+
+/// `[[sink]]` with `type = "https"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpsSink {
+    /// Sink name, unique in the pipeline; defaults to the type.
+    pub name: Option<String>,
+    /// The receiver, `https://…`.
+    pub url: Option<String>,
+    /// Permit `http://` (loopback and tests).
+    pub allow_http: Option<bool>,
+    /// Extra trusted CA certificates (PEM), besides the system roots.
+    pub ca_file: Option<String>,
+    /// How each POST is signed.
+    pub signing: Option<RawSigning>,
+    /// Deliveries in flight at once (default 32).
+    pub concurrency: Option<u64>,
+    /// Longest wait for one answer, e.g. `"15s"`.
+    pub timeout: Option<String>,
+    /// How long an event is retried before it becomes a dead letter, e.g. `"24h"`.
+    pub max_retry_duration: Option<String>,
+    /// Deliver one at a time, in log order.
+    pub ordered: Option<bool>,
+}
+
+/// `signing` of an HTTPS sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    /// `"standard-webhooks"` (default), `"rsa-sha256"` or `"hmac-sha256"`.
+    pub scheme: Option<String>,
+    /// Env var(s) holding the secret(s); several sign with each (rotation).
+    pub secret_env: Option<OneOrMany>,
+    /// Env var holding a PEM private key (`rsa-sha256`).
+    pub key_env: Option<String>,
+    /// File holding a PEM private key (`rsa-sha256`).
+    pub key_file: Option<String>,
+    /// Signature header (`rsa-sha256`, `hmac-sha256`).
+    pub header: Option<String>,
+    /// Written before an HMAC signature, e.g. `"sha256="`.
+    pub prefix: Option<String>,
+    /// `"hex"` (default) or `"base64"` for `hmac-sha256`.
+    pub encoding: Option<String>,
+}
+
+/// `type = "https"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpsSinkSpec {
+    /// Unique within the pipeline; names its progress.
+    pub name: String,
+    /// The receiver's URL exactly as configured (what `rsa-sha256` signs).
+    pub url: String,
+    /// Extra trusted CA certificates (PEM file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How each POST is signed.
+    pub signing: SigningSpec,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Longest wait for one answer.
+    #[serde(serialize_with = "super::duration")]
+    pub timeout: Duration,
+    /// How long an event is retried before it becomes a dead letter.
+    #[serde(serialize_with = "super::duration")]
+    pub max_retry_duration: Duration,
+    /// One at a time, in log order.
+    pub ordered: bool,
+}
+
+impl SigningSpec {
+    /// The env vars this signing reads its secrets or key from.
+    pub fn secret_envs(&self) -> Vec<&str> {
+        match self {
+            SigningSpec::StandardWebhooks { secret_envs }
+            | SigningSpec::Hmac { secret_envs, .. } => {
+                secret_envs.iter().map(String::as_str).collect()
+            }
+            SigningSpec::Rsa {
+                key: KeySource::Env(name),
+                ..
+            } => vec![name.as_str()],
+            SigningSpec::Rsa { .. } => vec![],
+        }
+    }
+}
+
+/// How an HTTPS sink signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "scheme")]
+pub enum SigningSpec {
+    /// Standard Webhooks; env vars of `whsec_`/`whsk_` secrets.
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks {
+        /// Env vars, one secret each.
+        #[serde(rename = "secret_env")]
+        secret_envs: Vec<String>,
+    },
+    /// RSA PKCS#1 v1.5 SHA-256 of method + url + body, hex.
+    #[serde(rename = "rsa-sha256")]
+    Rsa {
+        /// Where the PEM key is.
+        #[serde(flatten)]
+        key: KeySource,
+        /// Signature header.
+        header: String,
+    },
+    /// HMAC-SHA256 of the body.
+    #[serde(rename = "hmac-sha256")]
+    Hmac {
+        /// Env vars, one secret each.
+        #[serde(rename = "secret_env")]
+        secret_envs: Vec<String>,
+        /// Signature header.
+        header: String,
+        /// Written before the signature.
+        prefix: String,
+        /// Base64 instead of hex.
+        #[serde(rename = "encoding", serialize_with = "encoding")]
+        base64: bool,
+    },
+}
+
+/// Where a private key is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum KeySource {
+    /// An env var holding the PEM.
+    #[serde(rename = "key_env")]
+    Env(String),
+    /// A PEM file.
+    #[serde(rename = "key_file")]
+    File(PathBuf),
+}
+
+fn encoding<S: Serializer>(base64: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *base64 { "base64" } else { "hex" })
+}
 
 /// Default `concurrency`.
 pub const DEFAULT_CONCURRENCY: u64 = 32;
@@ -27,7 +163,7 @@ const RESERVED: [&str; 6] = [
 pub const DEFAULT_HEADER: &str = "X-Tributary-Signature";
 
 /// Validates an HTTPS sink.
-pub(super) fn sink(
+pub(in crate::config) fn validate(
     key: &str,
     raw: &RawHttpsSink,
     root: &Path,
@@ -251,89 +387,3 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
     }
 }
 
-/// Default `verify.tolerance`.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
-
-/// Validates a webhook's `verify`.
-pub(super) fn verify(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> {
-    let start = e.list.len();
-    let scheme_name = raw.scheme.as_deref().unwrap_or("");
-    let generic = scheme_name == "hmac";
-    for (key, set) in [
-        ("header", raw.header.is_some()),
-        ("prefix", raw.prefix.is_some()),
-        ("encoding", raw.encoding.is_some()),
-    ] {
-        if set && !generic {
-            e.push(
-                format!("source.verify.{key}"),
-                format!("is used only by scheme = \"hmac\", not \"{scheme_name}\""),
-                "remove it: the provider's scheme fixes its header and encoding",
-            );
-        }
-    }
-    let scheme = match scheme_name {
-        "shopify" => Some(VerifyScheme::Shopify),
-        "github" => Some(VerifyScheme::Github),
-        "stripe" => Some(VerifyScheme::Stripe),
-        "slack" => Some(VerifyScheme::Slack),
-        "standard-webhooks" | "svix" => Some(VerifyScheme::StandardWebhooks),
-        "hubspot-v3" => Some(VerifyScheme::HubspotV3),
-        "hmac" => {
-            let header = raw.header.clone().unwrap_or_default();
-            if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                e.push(
-                    "source.verify.header",
-                    "missing or not a header name",
-                    "name the header that carries the signature, e.g. header = \"X-Signature\"",
-                );
-            }
-            let base64 = match raw.encoding.as_deref() {
-                None | Some("hex") => false,
-                Some("base64") => true,
-                Some(other) => {
-                    e.push(
-                        "source.verify.encoding",
-                        format!("unknown encoding \"{other}\""),
-                        "use \"hex\" or \"base64\"",
-                    );
-                    false
-                }
-            };
-            Some(VerifyScheme::Hmac {
-                header: header.to_ascii_lowercase(),
-                prefix: raw.prefix.clone().unwrap_or_default(),
-                base64,
-            })
-        }
-        "" => {
-            e.push("source.verify.scheme", "missing", "add scheme = \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
-            None
-        }
-        other => {
-            e.push("source.verify.scheme", format!("unknown scheme \"{other}\""), "use \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
-            None
-        }
-    };
-    let secret_envs = match &raw.secret_env {
-        Some(list) if !list.to_vec().is_empty() && list.to_vec().iter().all(|n| !n.is_empty()) => {
-            list.to_vec()
-        }
-        _ => {
-            e.push("source.verify.secret_env", "missing", "name the env var that holds the provider's webhook secret, e.g. secret_env = \"SHOPIFY_WEBHOOK_SECRET\"; several for rotation");
-            Vec::new()
-        }
-    };
-    let tolerance = positive_duration(
-        raw.tolerance.as_deref(),
-        "source.verify.tolerance",
-        DEFAULT_TOLERANCE,
-        "5m",
-        e,
-    );
-    (e.list.len() == start).then_some(VerifySpec {
-        scheme: scheme?,
-        secret_envs,
-        tolerance,
-    })
-}
