@@ -315,17 +315,18 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
         assert!(!log.contains("panicked"), "{log}");
         // For the closing note: how much fit no typed column, one table per
         // provider against one table per event type.
-        let mut sums = [(0, 0, 0); 2];
+        let mut sums = [(0, 0, 0, 0); 2];
         for (name, t) in report["tables"].as_object().unwrap() {
             let routed = usize::from(name.contains("_routed/"));
             sums[routed].0 += 1;
             sums[routed].1 += t["extra_values"].as_u64().unwrap();
-            sums[routed].2 += t["rows_with_extra"].as_u64().unwrap();
+            sums[routed].2 += t["extra_leaves"].as_u64().unwrap();
+            sums[routed].3 += t["rows_with_extra"].as_u64().unwrap();
         }
-        summaries.push(format!(
-            "seed {seed:#x}: {} tables, {} values in _extra ({} rows); routed: {} tables, {} values in _extra ({} rows)",
-            sums[0].0, sums[0].1, sums[0].2, sums[1].0, sums[1].1, sums[1].2
-        ));
+        let line = |(tables, values, leaves, rows): (u64, u64, u64, u64)| {
+            format!("{tables} tables, {values} entries in _extra in {rows} rows, {leaves} of them with a value (the rest [], {{}} or null)")
+        };
+        summaries.push(format!("seed {seed:#x}: one table per provider: {}; per event type: {}", line(sums[0]), line(sums[1])));
     }
     eprintln!("corpus: {}", summaries.join("\n        "));
 }

@@ -78,6 +78,14 @@ def rebuild(row):
     return record, len(extras)
 
 
+def has_leaf(value):
+    if isinstance(value, dict):
+        return any(has_leaf(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_leaf(v) for v in value)
+    return value is not None
+
+
 def first_difference(a, b, path=""):
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
@@ -192,6 +200,9 @@ for table in spec["tables"]:
         "columns": len(rows.column_names),
         "rows_with_extra": len(extras),
         "extra_values": sum(len(e) for e in extras),
+        # Entries holding a leaf value (not only [], {} or nulls of a field
+        # no column exists for yet): the values that met another type.
+        "extra_leaves": sum(1 for e in extras for v in e.values() if has_leaf(v)),
     }
 print(json.dumps(out))
 sys.stdout.flush()
