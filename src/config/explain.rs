@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::spec::{
-    AuthSpec, Config, DedupeBy, KeyPlace, Location, Paginate, PipelineSpec, Schedule,
-    Secret, SinkSpec, SourceSpec, VerifyScheme,
+    AuthSpec, Config, KeyPlace, Location, Paginate, PipelineSpec, Schedule,
+    Secret, SinkSpec, SourceSpec,
 };
 use super::units::format_size;
 
@@ -141,57 +141,7 @@ fn pipeline(p: &PipelineSpec) -> Table {
 
 fn source(source: &SourceSpec) -> Value {
     match source {
-        SourceSpec::Webhook(w) => {
-            let mut t = vec![
-                ("type", text("webhook")),
-                ("path", text(&w.path)),
-                ("max_body", size(w.max_body)),
-            ];
-            if let Some(rate) = w.rate_limit {
-                t.push(("rate_limit", Value::Float(rate)));
-            }
-            if let Some(v) = &w.verify {
-                let scheme = match &v.scheme {
-                    VerifyScheme::Shopify => "shopify",
-                    VerifyScheme::Github => "github",
-                    VerifyScheme::Stripe => "stripe",
-                    VerifyScheme::Slack => "slack",
-                    VerifyScheme::StandardWebhooks => "standard-webhooks",
-                    VerifyScheme::HubspotV3 => "hubspot-v3",
-                    VerifyScheme::Hmac { .. } => "hmac",
-                };
-                let mut verify = vec![
-                    ("scheme", text(scheme)),
-                    ("secret_env", list(&v.secret_envs)),
-                    ("tolerance", duration(v.tolerance)),
-                ];
-                if let VerifyScheme::Hmac {
-                    header,
-                    prefix,
-                    base64,
-                } = &v.scheme
-                {
-                    verify.push(("header", text(header)));
-                    verify.push(("prefix", text(prefix)));
-                    verify.push(("encoding", text(if *base64 { "base64" } else { "hex" })));
-                }
-                t.push(("verify", table(verify)));
-            }
-            t.push((
-                "dedupe",
-                match &w.dedupe {
-                    None => Value::Boolean(false),
-                    Some(d) => {
-                        let by = match &d.by {
-                            DedupeBy::Headers(h) => ("header", list(h)),
-                            DedupeBy::Pointer(p) => ("pointer", text(p)),
-                        };
-                        table(vec![by, ("window", duration(d.window))])
-                    }
-                },
-            ));
-            table(t)
-        }
+        SourceSpec::Webhook(w) => tagged("webhook", w),
         SourceSpec::Poll(p) => {
             let mut t = vec![("type", text("poll"))];
             match &p.schedule {

@@ -2,14 +2,13 @@
 //! files they name. Two phases: `raw` (what serde reads) → `validate` (pure,
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
-mod dedupe;
 pub mod explain;
-mod verify;
 pub mod poll;
 pub mod raw;
 pub mod route;
 mod server;
 pub mod sink;
+pub mod source;
 pub mod spec;
 pub mod units;
 pub mod validate;

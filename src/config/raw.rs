@@ -232,61 +232,9 @@ pub struct RawPaginate {
     pub start: Option<u64>,
 }
 
-/// `[source]` with `type = "webhook"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWebhook {
-    /// URL path that receives the POSTs, e.g. `"/hooks/shopify/customers"`.
-    pub path: Option<String>,
-    /// Largest accepted request body, e.g. `"10MiB"`.
-    pub max_body: Option<RawSize>,
-    /// Provider signature verification.
-    pub verify: Option<RawVerify>,
-    /// Most requests per second this path accepts (burst: one second's worth); more get 429.
-    pub rate_limit: Option<f64>,
-    /// Provider retries stored once, by delivery id.
-    pub dedupe: Option<RawDedupe>,
-}
-
-/// `source.dedupe`: `false`, `true`, or a table.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawDedupe {
-    /// `true` (the scheme's delivery id) or `false` (off).
-    Switch(bool),
-    /// Where the id is and how long it is remembered.
-    Table(RawDedupeTable),
-}
-
-/// `source.dedupe = { … }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDedupeTable {
-    /// Request header carrying the delivery id.
-    pub header: Option<String>,
-    /// JSON pointer to each event's id, e.g. `"/id"` (Stripe).
-    pub pointer: Option<String>,
-    /// How long an id is remembered, e.g. `"24h"`.
-    pub window: Option<String>,
-}
-
-/// `source.verify` of a webhook.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawVerify {
-    /// `shopify`, `github`, `stripe`, `slack`, `standard-webhooks`, `hubspot-v3` or `hmac`.
-    pub scheme: Option<String>,
-    /// Env var(s) of the secret(s); several for rotation.
-    pub secret_env: Option<OneOrMany>,
-    /// How far a signed timestamp may be from now, e.g. `"5m"`.
-    pub tolerance: Option<String>,
-    /// `hmac`: the signature header.
-    pub header: Option<String>,
-    /// `hmac`: text before the signature, e.g. `"sha256="`.
-    pub prefix: Option<String>,
-    /// `hmac`: `"hex"` (default) or `"base64"`.
-    pub encoding: Option<String>,
-}
+pub use super::source::dedupe::{RawDedupe, RawDedupeTable};
+pub use super::source::verify::RawVerify;
+pub use super::source::webhook::RawWebhook;
 
 /// `[batch]`: a flush happens when any limit is reached.
 #[derive(Debug, Default, Deserialize)]

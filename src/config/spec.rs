@@ -262,75 +262,9 @@ pub enum Paginate {
     },
 }
 
-/// `type = "webhook"`.
-#[derive(Debug, Clone)]
-pub struct WebhookSpec {
-    /// URL path, starting with `/`.
-    pub path: String,
-    /// Largest accepted body in bytes.
-    pub max_body: u64,
-    /// Provider signature verification, if configured.
-    pub verify: Option<VerifySpec>,
-    /// Requests per second accepted (burst: one second's worth), if limited.
-    pub rate_limit: Option<f64>,
-    /// Repeated deliveries stored once, if on.
-    pub dedupe: Option<DedupeSpec>,
-}
-
-/// `source.dedupe`, defaulted from the verify scheme.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DedupeSpec {
-    /// Where a delivery's id is.
-    pub by: DedupeBy,
-    /// How long an id is remembered (also across restarts).
-    pub window: Duration,
-}
-
-/// Where a delivery's id is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DedupeBy {
-    /// The first of these request headers (lower-case) that is present: one id per request.
-    Headers(Vec<String>),
-    /// A JSON pointer into each event: one id per event.
-    Pointer(String),
-}
-
-/// `source.verify`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifySpec {
-    /// The provider's scheme.
-    pub scheme: VerifyScheme,
-    /// Env vars of the secrets (rotation: any verifies).
-    pub secret_envs: Vec<String>,
-    /// How far a signed timestamp may be from now.
-    pub tolerance: Duration,
-}
-
-/// A provider's signature scheme.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VerifyScheme {
-    /// `X-Shopify-Hmac-Sha256`.
-    Shopify,
-    /// `X-Hub-Signature-256`.
-    Github,
-    /// `Stripe-Signature`.
-    Stripe,
-    /// `X-Slack-Signature` v0.
-    Slack,
-    /// `webhook-*` / `svix-*`.
-    StandardWebhooks,
-    /// `X-HubSpot-Signature-v3`.
-    HubspotV3,
-    /// A generic HMAC-SHA256 of the body.
-    Hmac {
-        /// Header name.
-        header: String,
-        /// Text before the signature.
-        prefix: String,
-        /// Base64 instead of hex.
-        base64: bool,
-    },
-}
+pub use super::source::dedupe::{DedupeBy, DedupeSpec};
+pub use super::source::verify::{VerifyScheme, VerifySpec};
+pub use super::source::webhook::WebhookSpec;
 
 /// A sink.
 #[derive(Debug, Clone)]

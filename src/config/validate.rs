@@ -12,7 +12,7 @@ use arrow_schema::Schema;
 
 use super::raw::{RawGlobal, RawPipeline, RawSink, RawSize, RawSource};
 use super::sink;
-use super::spec::{GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec, WebhookSpec};
+use super::spec::{GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
 use crate::schema;
@@ -20,8 +20,6 @@ use crate::sink::batch::BatchPolicy;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default `source.max_body`: 10 MiB, enough for Shopify's and GitHub's largest payloads.
-pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 /// Default `batch.max_events`.
 pub const DEFAULT_MAX_EVENTS: u64 = 10_000;
 /// Default `batch.max_bytes`.
@@ -32,8 +30,6 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
 pub const DEFAULT_BUFFER_BYTES: u64 = 1 << 30;
 /// Smallest `buffer.max_bytes`: a few segments must fit.
 pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
-/// Paths the HTTP server keeps for itself.
-const RESERVED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api"];
 
 /// A parsed schema document, by the path the pipeline named.
 pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, String>>;
@@ -360,79 +356,7 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
         Some(RawSource::Poll(p)) => return super::poll::source(p, e),
         Some(RawSource::Webhook(w)) => w,
     };
-    let verify = raw.verify.as_ref().and_then(|v| super::verify::verify(v, e));
-    let path = match raw.path.as_deref() {
-        None => {
-            e.push(
-                "source.path",
-                "missing",
-                "add path = \"/hooks/<app>/<topic>\"",
-            );
-            None
-        }
-        Some(p) if !p.starts_with('/') || p.contains(['?', '#', ' ']) => {
-            e.push(
-                "source.path",
-                format!("\"{p}\" is not a URL path"),
-                "start it with '/' and leave out query strings, e.g. \"/hooks/shopify/customers\"",
-            );
-            None
-        }
-        Some(p)
-            if RESERVED_PATHS
-                .iter()
-                .any(|r| p == *r || p.starts_with(&format!("{r}/"))) =>
-        {
-            e.push(
-                "source.path",
-                format!("\"{p}\" is reserved for tributary's own endpoints"),
-                "choose a path under /hooks/",
-            );
-            None
-        }
-        Some(p) => Some(p.to_string()),
-    };
-    let max_body = match &raw.max_body {
-        None => DEFAULT_MAX_BODY,
-        Some(s) => size(s, "source.max_body", e).unwrap_or(DEFAULT_MAX_BODY),
-    };
-    if max_body == 0 {
-        e.push(
-            "source.max_body",
-            "must be above zero",
-            "set e.g. \"10MiB\"",
-        );
-    } else if max_body > crate::event::MAX_PAYLOAD_BYTES as u64 {
-        e.push(
-            "source.max_body",
-            format!("{max_body} bytes is more than one log record holds"),
-            "set at most \"1023MiB\"",
-        );
-    }
-    if let Some(rate) = raw.rate_limit {
-        if !(rate.is_finite() && rate > 0.0) {
-            e.push(
-                "source.rate_limit",
-                format!("{rate} is not a rate"),
-                "set requests per second above zero, e.g. rate_limit = 100",
-            );
-        }
-    }
-    if raw.verify.is_some() && verify.is_none() {
-        return None;
-    }
-    let dedupe_errors = e.list.len();
-    let dedupe = super::dedupe::dedupe(raw.dedupe.as_ref(), verify.as_ref().map(|v| &v.scheme), e);
-    if e.list.len() > dedupe_errors {
-        return None;
-    }
-    Some(SourceSpec::Webhook(WebhookSpec {
-        path: path?,
-        max_body,
-        verify,
-        rate_limit: raw.rate_limit,
-        dedupe,
-    }))
+    super::source::webhook::validate(raw, e).map(SourceSpec::Webhook)
 }
 
 fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {

@@ -176,10 +176,10 @@ pub(super) fn keys<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<
     s.collect_seq(m.keys())
 }
 
-pub(super) fn size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+pub(in crate::config) fn size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_size(*n))
 }
 
-pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(in crate::config) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
 }

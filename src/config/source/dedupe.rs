@@ -1,11 +1,56 @@
-//! Validation of a webhook's `dedupe`: on by default for the verify schemes
+//! A webhook's `dedupe` (raw form, spec, checks): on by default for the verify schemes
 //! whose deliveries carry an id, off otherwise unless configured.
 
 use std::time::Duration;
 
-use super::raw::RawDedupe;
-use super::spec::{DedupeBy, DedupeSpec, VerifyScheme};
-use super::validate::{positive_duration, Errors};
+use serde::{Deserialize, Serialize};
+
+use super::verify::VerifyScheme;
+use crate::config::validate::{positive_duration, Errors};
+
+/// `source.dedupe`: `false`, `true`, or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDedupe {
+    /// `true` (the scheme's delivery id) or `false` (off).
+    Switch(bool),
+    /// Where the id is and how long it is remembered.
+    Table(RawDedupeTable),
+}
+
+/// `source.dedupe = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupeTable {
+    /// Request header carrying the delivery id.
+    pub header: Option<String>,
+    /// JSON pointer to each event's id, e.g. `"/id"` (Stripe).
+    pub pointer: Option<String>,
+    /// How long an id is remembered, e.g. `"24h"`.
+    pub window: Option<String>,
+}
+
+/// `source.dedupe`, defaulted from the verify scheme.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DedupeSpec {
+    /// Where a delivery's id is.
+    #[serde(flatten)]
+    pub by: DedupeBy,
+    /// How long an id is remembered (also across restarts).
+    #[serde(serialize_with = "crate::config::sink::duration")]
+    pub window: Duration,
+}
+
+/// Where a delivery's id is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DedupeBy {
+    /// The first of these request headers (lower-case) that is present: one id per request.
+    #[serde(rename = "header")]
+    Headers(Vec<String>),
+    /// A JSON pointer into each event: one id per event.
+    #[serde(rename = "pointer")]
+    Pointer(String),
+}
 
 /// Default `source.dedupe.window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -24,7 +69,7 @@ fn scheme_headers(scheme: Option<&VerifyScheme>) -> Option<Vec<String>> {
 }
 
 /// Validates `source.dedupe` given the source's verify scheme.
-pub(super) fn dedupe(
+pub(in crate::config) fn validate(
     raw: Option<&RawDedupe>,
     scheme: Option<&VerifyScheme>,
     e: &mut Errors<'_>,

@@ -1,16 +1,81 @@
-//! A webhook's `verify`: checks and defaults.
+//! A webhook's `verify`: raw form, spec, defaults and checks.
 
 use std::time::Duration;
 
-use super::raw::RawVerify;
-use super::spec::{VerifyScheme, VerifySpec};
-use super::validate::{positive_duration, Errors};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::config::raw::OneOrMany;
+use crate::config::validate::{positive_duration, Errors};
+
+/// `source.verify` of a webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// `shopify`, `github`, `stripe`, `slack`, `standard-webhooks`, `hubspot-v3` or `hmac`.
+    pub scheme: Option<String>,
+    /// Env var(s) of the secret(s); several for rotation.
+    pub secret_env: Option<OneOrMany>,
+    /// How far a signed timestamp may be from now, e.g. `"5m"`.
+    pub tolerance: Option<String>,
+    /// `hmac`: the signature header.
+    pub header: Option<String>,
+    /// `hmac`: text before the signature, e.g. `"sha256="`.
+    pub prefix: Option<String>,
+    /// `hmac`: `"hex"` (default) or `"base64"`.
+    pub encoding: Option<String>,
+}
+
+/// `source.verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifySpec {
+    /// The provider's scheme.
+    #[serde(flatten)]
+    pub scheme: VerifyScheme,
+    /// Env vars of the secrets (rotation: any verifies).
+    #[serde(rename = "secret_env")]
+    pub secret_envs: Vec<String>,
+    /// How far a signed timestamp may be from now.
+    #[serde(serialize_with = "crate::config::sink::duration")]
+    pub tolerance: Duration,
+}
+
+/// A provider's signature scheme.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case")]
+pub enum VerifyScheme {
+    /// `X-Shopify-Hmac-Sha256`.
+    Shopify,
+    /// `X-Hub-Signature-256`.
+    Github,
+    /// `Stripe-Signature`.
+    Stripe,
+    /// `X-Slack-Signature` v0.
+    Slack,
+    /// `webhook-*` / `svix-*`.
+    StandardWebhooks,
+    /// `X-HubSpot-Signature-v3`.
+    HubspotV3,
+    /// A generic HMAC-SHA256 of the body.
+    Hmac {
+        /// Header name.
+        header: String,
+        /// Text before the signature.
+        prefix: String,
+        /// Base64 instead of hex.
+        #[serde(rename = "encoding", serialize_with = "encoding")]
+        base64: bool,
+    },
+}
+
+fn encoding<S: Serializer>(base64: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *base64 { "base64" } else { "hex" })
+}
 
 /// Default `verify.tolerance`.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Validates a webhook's `verify`.
-pub(super) fn verify(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> {
+pub(in crate::config) fn validate(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> {
     let start = e.list.len();
     let scheme_name = raw.scheme.as_deref().unwrap_or("");
     let generic = scheme_name == "hmac";
