@@ -31,8 +31,12 @@ fn main() {
     let encoder = if schema_file == "infer" {
         // Steady state of `schema = "infer"`: the schema the first flush
         // grew; every flush still observes, fits and decodes each record.
-        let cold = Encoder::new(Arc::new(arrow_schema::Schema::empty()), "", "bench").inferring(true);
-        let grown = cold.encode(&events[..BATCH.min(events.len())]).grown.expect("a schema");
+        let cold =
+            Encoder::new(Arc::new(arrow_schema::Schema::empty()), "", "bench").inferring(true);
+        let grown = cold
+            .encode(&events[..BATCH.min(events.len())])
+            .grown
+            .expect("a schema");
         Arc::new(cold.with_record_schema(grown))
     } else {
         let doc: serde_json::Value =

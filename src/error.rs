@@ -55,6 +55,9 @@ mod tests {
     fn a_chain_names_each_cause_once() {
         let root = std::io::Error::other("disk full");
         let error = Outer(Repeats(root));
-        assert_eq!(chain(&error), "the sink stopped: opening the table failed: disk full");
+        assert_eq!(
+            chain(&error),
+            "the sink stopped: opening the table failed: disk full"
+        );
     }
 }

@@ -288,7 +288,12 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
             Err(e) => Err(e.clone()),
             Ok(tables) => tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
                 .await
-                .unwrap_or_else(|_| Err(SinkError::Internal(format!("no answer within {} s", FLOOR_WAIT.as_secs()))))
+                .unwrap_or_else(|_| {
+                    Err(SinkError::Internal(format!(
+                        "no answer within {} s",
+                        FLOOR_WAIT.as_secs()
+                    )))
+                })
                 .map_err(|e| crate::error::chain(&e)),
         };
         (*name, read)
@@ -358,7 +363,9 @@ pub async fn poll_once(
     drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);
     let crate::source::Source::Poll(mut poller) = built.source.source else {
-        return Err(RunError::NotPolled(format!("pipeline {pipeline} is not polled")));
+        return Err(RunError::NotPolled(format!(
+            "pipeline {pipeline} is not polled"
+        )));
     };
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {

@@ -84,7 +84,10 @@ pub fn unwrap_for(sink: &str, event: Event) -> Event {
             received_at_us: envelope.replay.received_at_us,
             kind: crate::event::RecordKind::Event,
             payload: Bytes::copy_from_slice(envelope.replay.event.get().as_bytes()),
-            topic: envelope.replay.topic.map(|t| std::sync::Arc::from(t.as_ref())),
+            topic: envelope
+                .replay
+                .topic
+                .map(|t| std::sync::Arc::from(t.as_ref())),
         },
         Ok(_) => event,
         Err(e) => {

@@ -160,7 +160,10 @@ fn type_of(
                 return (None, nullable);
             }
             if named.len() != 1 {
-                errors.push(err(&key, "a \"type\" list needs a type besides \"null\", e.g. [\"null\", \"string\"]"));
+                errors.push(err(
+                    &key,
+                    "a \"type\" list needs a type besides \"null\", e.g. [\"null\", \"string\"]",
+                ));
                 return (None, nullable);
             }
             (named.pop(), nullable)
@@ -334,9 +337,10 @@ fn any_json(obj: &Map<String, Value>) -> Option<bool> {
     }
     let types = obj.get("type")?.as_array()?;
     let named = types.iter().filter(|t| t.as_str() != Some("null")).count();
-    let known = types
-        .iter()
-        .all(|t| t.as_str().is_some_and(|t| t == "null" || TYPES.contains(&t)));
+    let known = types.iter().all(|t| {
+        t.as_str()
+            .is_some_and(|t| t == "null" || TYPES.contains(&t))
+    });
     (named > 1 && known).then(|| types.iter().any(|t| t.as_str() == Some("null")))
 }
 
@@ -345,7 +349,10 @@ fn any_json(obj: &Map<String, Value>) -> Option<bool> {
 fn field(name: &str, data_type: DataType, nullable: bool, json: bool) -> Field {
     let field = Field::new(name, data_type, nullable);
     if json {
-        let marker = [(crate::encode::infer::JSON_TEXT.to_string(), "true".to_string())];
+        let marker = [(
+            crate::encode::infer::JSON_TEXT.to_string(),
+            "true".to_string(),
+        )];
         field.with_metadata(marker.into_iter().collect())
     } else {
         field

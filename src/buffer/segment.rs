@@ -169,7 +169,10 @@ fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
             let len = body[BODY_FIXED_LEN - 1] as usize;
             let topic = body.get(BODY_FIXED_LEN..BODY_FIXED_LEN + len)?;
             let topic = std::str::from_utf8(topic).ok()?;
-            ((!topic.is_empty()).then(|| std::sync::Arc::from(topic)), BODY_FIXED_LEN + len)
+            (
+                (!topic.is_empty()).then(|| std::sync::Arc::from(topic)),
+                BODY_FIXED_LEN + len,
+            )
         }
         _ => (None, format.fixed_len()),
     };
@@ -547,10 +550,16 @@ mod tests {
         }
         File::create(&p).unwrap().write_all(&bytes).unwrap();
         let s = scan(&p).unwrap();
-        assert_eq!((s.records, s.format, s.whole.0, s.torn), (2, Format::V2, 2, None));
+        assert_eq!(
+            (s.records, s.format, s.whole.0, s.torn),
+            (2, Format::V2, 2, None)
+        );
         let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
         let first = r.read().unwrap();
-        assert_eq!((first.kind, &first.payload[..], first.topic), (RecordKind::Event, &b"{\"a\":1}"[..], None));
+        assert_eq!(
+            (first.kind, &first.payload[..], first.topic),
+            (RecordKind::Event, &b"{\"a\":1}"[..], None)
+        );
         assert_eq!(r.read().unwrap().kind, RecordKind::PollState);
     }
 

@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::spec::{
-    AuthSpec, Config, KeyPlace, Location, Paginate, PipelineSpec, Schedule,
-    Secret, SinkSpec, SourceSpec,
-};
+use super::spec::{Config, Location, PipelineSpec, SinkSpec, SourceSpec};
 use super::units::format_size;
 
 fn text(s: impl ToString) -> Value {
@@ -142,123 +139,7 @@ fn pipeline(p: &PipelineSpec) -> Table {
 fn source(source: &SourceSpec) -> Value {
     match source {
         SourceSpec::Webhook(w) => tagged("webhook", w),
-        SourceSpec::Poll(p) => {
-            let mut t = vec![("type", text("poll"))];
-            match &p.schedule {
-                Schedule::Cron(c) => t.push(("schedule", text(c))),
-                Schedule::Every(d) => t.push(("every", duration(*d))),
-            }
-            t.extend([
-                ("jitter", duration(p.jitter)),
-                ("url", text(&p.url)),
-                ("method", text(if p.post { "POST" } else { "GET" })),
-                ("timeout", duration(p.timeout)),
-                ("max_response", size(p.max_response)),
-                ("max_retries", Value::Integer(p.max_retries.into())),
-                ("max_pages", Value::Integer(p.max_pages as i64)),
-                ("records", text(&p.records)),
-            ]);
-            let header_names: Vec<&str> = p.headers.iter().map(|(k, _)| k.as_str()).collect();
-            t.push(("header_names", list(&header_names)));
-            let auth = match &p.auth {
-                AuthSpec::None => table(vec![("type", text("none"))]),
-                AuthSpec::Bearer { token_env } => table(vec![
-                    ("type", text("bearer")),
-                    ("token_env", text(token_env)),
-                ]),
-                AuthSpec::Basic {
-                    username,
-                    password_env,
-                } => table(vec![
-                    ("type", text("basic")),
-                    match username {
-                        Secret::Plain(u) => ("username", text(u)),
-                        Secret::Env(e) => ("username_env", text(e)),
-                    },
-                    ("password_env", text(password_env)),
-                ]),
-                AuthSpec::ApiKey { key_env, place } => table(vec![
-                    ("type", text("api_key")),
-                    ("key_env", text(key_env)),
-                    match place {
-                        KeyPlace::Header(h) => ("header", text(h)),
-                        KeyPlace::Query(q) => ("query", text(q)),
-                    },
-                ]),
-                AuthSpec::Oauth2 {
-                    token_url,
-                    client_id_env,
-                    client_secret_env,
-                    refresh_token_env,
-                    scopes,
-                } => {
-                    let mut a = vec![
-                        ("type", text("oauth2")),
-                        ("token_url", text(token_url)),
-                        ("client_id_env", text(client_id_env)),
-                        ("client_secret_env", text(client_secret_env)),
-                        ("scopes", list(scopes)),
-                    ];
-                    if let Some(r) = refresh_token_env {
-                        a.push(("refresh_token_env", text(r)));
-                    }
-                    table(a)
-                }
-            };
-            t.push(("auth", auth));
-            if let Some(c) = &p.cursor {
-                let mut cursor = vec![
-                    ("field", text(&c.field)),
-                    ("lookback", duration(c.lookback)),
-                ];
-                if let Some(param) = &c.param {
-                    cursor.push(("param", text(param)));
-                }
-                if let Some(start) = &c.start {
-                    cursor.push(("start", text(start)));
-                }
-                t.push(("cursor", table(cursor)));
-            }
-            let paginate = match &p.paginate {
-                Paginate::None => table(vec![("type", text("none"))]),
-                Paginate::Link => table(vec![("type", text("link"))]),
-                Paginate::Cursor { next, param } => {
-                    let mut c = vec![("type", text("cursor")), ("next", text(next))];
-                    if let Some(param) = param {
-                        c.push(("param", text(param)));
-                    }
-                    table(c)
-                }
-                Paginate::Offset {
-                    limit,
-                    limit_param,
-                    offset_param,
-                } => table(vec![
-                    ("type", text("offset")),
-                    ("limit", Value::Integer(*limit as i64)),
-                    ("limit_param", text(limit_param)),
-                    ("offset_param", text(offset_param)),
-                ]),
-                Paginate::Page {
-                    param,
-                    start,
-                    limit,
-                } => {
-                    let mut c = vec![
-                        ("type", text("page")),
-                        ("param", text(param)),
-                        ("start", Value::Integer(*start as i64)),
-                    ];
-                    if let Some((limit, limit_param)) = limit {
-                        c.push(("limit", Value::Integer(*limit as i64)));
-                        c.push(("limit_param", text(limit_param)));
-                    }
-                    table(c)
-                }
-            };
-            t.push(("paginate", paginate));
-            table(t)
-        }
+        SourceSpec::Poll(p) => tagged("poll", p.as_ref()),
     }
 }
 

@@ -3,7 +3,6 @@
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
 pub mod explain;
-pub mod poll;
 pub mod raw;
 pub mod route;
 mod server;
@@ -166,17 +165,23 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
     let mut schemas = validate::SchemaDocs::new();
     for (_, raw) in &raws {
         let routed = raw.route.iter().flat_map(route::schema_files);
-        for name in raw.schema.as_deref().filter(|s| *s != "infer").into_iter().chain(routed) {
-        let path = root.join(name);
-        if schemas.contains_key(&path) {
-            continue;
-        }
-        let doc = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
-            });
-        schemas.insert(path, doc);
+        for name in raw
+            .schema
+            .as_deref()
+            .filter(|s| *s != "infer")
+            .into_iter()
+            .chain(routed)
+        {
+            let path = root.join(name);
+            if schemas.contains_key(&path) {
+                continue;
+            }
+            let doc = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+                });
+            schemas.insert(path, doc);
         }
     }
 

@@ -2,8 +2,6 @@
 //! defaulted or checked yet. Required keys are `Option` so that validation can
 //! name a missing key together with its fix instead of a bare serde message.
 
-use std::collections::BTreeMap;
-
 use std::path::Path;
 
 use serde::Deserialize;
@@ -95,144 +93,10 @@ pub enum RawSource {
     Poll(Box<RawPoll>),
 }
 
-/// `[source]` with `type = "poll"`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPoll {
-    /// Cron expression with seconds, e.g. `"0 */5 * * * *"`.
-    pub schedule: Option<String>,
-    /// A fixed interval instead of `schedule`, e.g. `"5m"`.
-    pub every: Option<String>,
-    /// Up to this much random delay before each run, e.g. `"30s"`.
-    pub jitter: Option<String>,
-    /// The list endpoint, `https://…`.
-    pub url: Option<String>,
-    /// `"GET"` (default) or `"POST"`.
-    pub method: Option<String>,
-    /// JSON body of a POST (a TOML table); strings may hold `{cursor}` and `{page_token}`.
-    pub body: Option<toml::Table>,
-    /// Extra request headers.
-    pub headers: Option<BTreeMap<String, String>>,
-    /// Query parameters; values may hold `{cursor}` and `{page_token}`.
-    pub query: Option<BTreeMap<String, String>>,
-    /// Permit `http://` URLs (loopback and tests).
-    pub allow_http: Option<bool>,
-    /// Longest wait for one response, e.g. `"30s"`.
-    pub timeout: Option<String>,
-    /// Largest accepted response body, e.g. `"50MiB"`.
-    pub max_response: Option<RawSize>,
-    /// Retries of a failing request before the run fails (default 5).
-    pub max_retries: Option<u32>,
-    /// Most pages one run fetches (default 10000).
-    pub max_pages: Option<u64>,
-    /// How requests authenticate.
-    pub auth: Option<RawAuth>,
-    /// JSON pointer to the array of records in a response.
-    pub records: Option<String>,
-    /// The incremental cursor.
-    pub cursor: Option<RawCursor>,
-    /// How to reach the next page.
-    pub paginate: Option<RawPaginate>,
-}
-
-/// `source.auth`, tagged by `type`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RawAuth {
-    /// `Authorization: Bearer <token>`.
-    Bearer(RawBearer),
-    /// HTTP basic auth.
-    Basic(RawBasic),
-    /// A key in a header or a query parameter.
-    ApiKey(RawApiKey),
-    /// OAuth 2 client credentials or refresh token.
-    Oauth2(RawOauth2),
-}
-
-/// `auth.type = "bearer"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBearer {
-    /// Env var holding the token.
-    pub token_env: Option<String>,
-}
-
-/// `auth.type = "basic"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBasic {
-    /// The user name (not a secret).
-    pub username: Option<String>,
-    /// Or an env var holding it.
-    pub username_env: Option<String>,
-    /// Env var holding the password.
-    pub password_env: Option<String>,
-}
-
-/// `auth.type = "api_key"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApiKey {
-    /// Env var holding the key.
-    pub key_env: Option<String>,
-    /// Send it in this header…
-    pub header: Option<String>,
-    /// …or in this query parameter.
-    pub query: Option<String>,
-}
-
-/// `auth.type = "oauth2"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawOauth2 {
-    /// The token endpoint.
-    pub token_url: Option<String>,
-    /// Env var holding the client id.
-    pub client_id_env: Option<String>,
-    /// Env var holding the client secret.
-    pub client_secret_env: Option<String>,
-    /// Env var holding a refresh token (refresh-token grant; without it, client credentials).
-    pub refresh_token_env: Option<String>,
-    /// Scopes asked for.
-    pub scopes: Option<Vec<String>>,
-}
-
-/// `source.cursor`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCursor {
-    /// Record field (name or JSON pointer) whose largest value is the next lower bound.
-    pub field: Option<String>,
-    /// Query parameter that carries the lower bound.
-    pub param: Option<String>,
-    /// Lower bound of the first run.
-    pub start: Option<toml::Value>,
-    /// Go back this far from the lower bound, for late updates, e.g. `"5m"`.
-    pub lookback: Option<String>,
-}
-
-/// `source.paginate`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPaginate {
-    /// `"cursor"`, `"link"`, `"offset"`, `"page"` or `"none"`.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// `cursor`: JSON pointer to the next page token.
-    pub next: Option<String>,
-    /// `cursor`: query parameter of the token; `page`: of the page number.
-    pub param: Option<String>,
-    /// `offset`/`page`: records per page.
-    pub limit: Option<u64>,
-    /// `offset`/`page`: query parameter of the page size.
-    pub limit_param: Option<String>,
-    /// `offset`: query parameter of the offset.
-    pub offset_param: Option<String>,
-    /// `page`: number of the first page (default 1).
-    pub start: Option<u64>,
-}
-
 pub use super::source::dedupe::{RawDedupe, RawDedupeTable};
+pub use super::source::poll::{
+    RawApiKey, RawAuth, RawBasic, RawBearer, RawCursor, RawOauth2, RawPaginate, RawPoll,
+};
 pub use super::source::verify::RawVerify;
 pub use super::source::webhook::RawWebhook;
 

@@ -119,7 +119,12 @@ pub(super) fn route(
             );
             None
         }
-        (Some(h), None) if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+        (Some(h), None)
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
             e.push(
                 "route.header",
                 format!("\"{h}\" is not a header name"),
@@ -198,7 +203,10 @@ mod tests {
             ("push", Some("push")),
             ("orders/create", Some("orders_create")),
             ("Push Hook", Some("push_hook")),
-            ("customer.subscription.created", Some("customer_subscription_created")),
+            (
+                "customer.subscription.created",
+                Some("customer_subscription_created"),
+            ),
             ("  ../../etc/passwd ", Some("etc_passwd")),
             ("Ünïcode-Ström", Some("n_code_str_m")),
             ("///", None),

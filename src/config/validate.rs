@@ -353,7 +353,7 @@ fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
             );
             return None;
         }
-        Some(RawSource::Poll(p)) => return super::poll::source(p, e),
+        Some(RawSource::Poll(p)) => return super::source::poll::source(p, e),
         Some(RawSource::Webhook(w)) => w,
     };
     super::source::webhook::validate(raw, e).map(SourceSpec::Webhook)

@@ -147,8 +147,16 @@ impl Shape {
     /// Fields for the observed keys that `existing` does not have and that
     /// can be columns, in name order. At the top level (`record`) the
     /// metadata column names and `_extra` are taken.
-    fn new_fields(&self, existing: &[Arc<Field>], budget: &mut usize, record: bool) -> Vec<Arc<Field>> {
-        let mut taken: Vec<String> = existing.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+    fn new_fields(
+        &self,
+        existing: &[Arc<Field>],
+        budget: &mut usize,
+        record: bool,
+    ) -> Vec<Arc<Field>> {
+        let mut taken: Vec<String> = existing
+            .iter()
+            .map(|f| f.name().to_ascii_lowercase())
+            .collect();
         if record {
             taken.extend(METADATA_COLUMNS.iter().map(|m| m.to_string()));
             taken.push(EXTRA_COLUMN.to_string());
@@ -201,7 +209,9 @@ impl Shape {
             }
             DataType::List(item) if self.arrays > 0 => {
                 let grown = self.items.as_ref()?.grow(item.data_type(), budget)?;
-                Some(DataType::List(Arc::new(item.as_ref().clone().with_data_type(grown))))
+                Some(DataType::List(Arc::new(
+                    item.as_ref().clone().with_data_type(grown),
+                )))
             }
             _ => None,
         }
@@ -278,7 +288,9 @@ pub fn is_json_text(field: &Field) -> bool {
 
 /// Whether any column, at any depth, holds JSON text.
 pub fn has_json_text(fields: &Fields) -> bool {
-    fields.iter().any(|f| is_json_text(f) || nested_json_text(f.data_type()))
+    fields
+        .iter()
+        .any(|f| is_json_text(f) || nested_json_text(f.data_type()))
 }
 
 fn nested_json_text(data_type: &DataType) -> bool {
@@ -304,7 +316,12 @@ pub enum Misfit {
 /// Fits `record` (a JSON object) to `schema`: writes JSON-text columns' values
 /// as text and, with [`Misfit::ToExtra`], moves every value that does not fit
 /// its column into `extra`, keyed by its JSON pointer.
-pub fn fit(record: &mut Map<String, Value>, schema: &Schema, misfit: Misfit, extra: &mut Map<String, Value>) {
+pub fn fit(
+    record: &mut Map<String, Value>,
+    schema: &Schema,
+    misfit: Misfit,
+    extra: &mut Map<String, Value>,
+) {
     let mut fitting = Fitting {
         path: String::new(),
         extra,
@@ -356,7 +373,8 @@ impl Fitting<'_> {
             (DataType::Int64, v) => v.is_i64(),
             (DataType::Float64, Value::Number(n)) => {
                 n.is_f64()
-                    || n.as_i64().is_some_and(|i| i.unsigned_abs() <= EXACT_IN_DOUBLE)
+                    || n.as_i64()
+                        .is_some_and(|i| i.unsigned_abs() <= EXACT_IN_DOUBLE)
                     || n.as_u64().is_some_and(|u| u <= EXACT_IN_DOUBLE)
             }
             (DataType::Boolean, v) => v.is_boolean(),
@@ -374,7 +392,13 @@ impl Fitting<'_> {
                 }
                 true
             }
-            (DataType::Float64 | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_), _) => false,
+            (
+                DataType::Float64
+                | DataType::Struct(_)
+                | DataType::List(_)
+                | DataType::LargeList(_),
+                _,
+            ) => false,
             // Types only a declared schema or an existing table gives
             // (timestamps, dates, maps, narrower numbers): the decoder
             // decides, and a value it cannot read makes the event a dead

@@ -155,7 +155,12 @@ impl Encoder {
     /// The path of inferred schemas and of declared JSON-text columns: each
     /// record is parsed, the schema grows from the whole flush (inferring),
     /// and every record is fitted to it before decoding.
-    fn encode_values(&self, events: Vec<&Event>, records: &[&[u8]], mut dead: Vec<DeadLetter>) -> Encoded {
+    fn encode_values(
+        &self,
+        events: Vec<&Event>,
+        records: &[&[u8]],
+        mut dead: Vec<DeadLetter>,
+    ) -> Encoded {
         let mut good: Vec<&Event> = Vec::with_capacity(events.len());
         let mut values: Vec<serde_json::Map<String, serde_json::Value>> =
             Vec::with_capacity(events.len());
@@ -166,7 +171,10 @@ impl Encoder {
                     values.push(map);
                 }
                 Ok(_) => dead.push(DeadLetter::new(event, "the record is not a JSON object")),
-                Err(e) => dead.push(DeadLetter::new(event, format!("the record is not JSON: {e}"))),
+                Err(e) => dead.push(DeadLetter::new(
+                    event,
+                    format!("the record is not JSON: {e}"),
+                )),
             }
         }
         let grown = if self.infer {
@@ -226,7 +234,10 @@ impl Encoder {
     }
 
     /// Decodes parsed records that are all expected to fit.
-    fn decode_values(&self, records: &[serde_json::Map<String, serde_json::Value>]) -> Result<RecordBatch, ArrowError> {
+    fn decode_values(
+        &self,
+        records: &[serde_json::Map<String, serde_json::Value>],
+    ) -> Result<RecordBatch, ArrowError> {
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(records.len().max(1))
             .build_decoder()?;

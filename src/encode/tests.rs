@@ -155,11 +155,25 @@ fn an_inferring_encoder_adds_columns_for_new_fields_in_the_same_flush() {
     let next = encoder.with_record_schema(grown);
     let out = next.encode(&[event(r#"{"id": "three"}"#), event(r#"{"id": 4}"#)]);
     assert!(out.grown.is_none());
-    assert!(out.dead.is_empty(), "a value of another type is kept, not refused");
-    let ids = out.batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    assert!(
+        out.dead.is_empty(),
+        "a value of another type is kept, not refused"
+    );
+    let ids = out
+        .batch
+        .column_by_name("id")
+        .unwrap()
+        .as_primitive::<Int64Type>();
     assert_eq!(ids.iter().collect::<Vec<_>>(), [None, Some(4)]);
-    let extra = out.batch.column_by_name("_extra").unwrap().as_string::<i32>();
-    assert_eq!(extra.iter().collect::<Vec<_>>(), [Some(r#"{"/id":"three"}"#), None]);
+    let extra = out
+        .batch
+        .column_by_name("_extra")
+        .unwrap()
+        .as_string::<i32>();
+    assert_eq!(
+        extra.iter().collect::<Vec<_>>(),
+        [Some(r#"{"/id":"three"}"#), None]
+    );
 }
 
 #[test]
@@ -171,13 +185,23 @@ fn a_declared_json_text_column_takes_any_value() {
     let schema = Arc::new(crate::schema::from_json_schema(&doc).unwrap());
     let encoder = Encoder::new(schema, "", "webhook:/x");
     let out = encoder.encode(&[
-        event(r#"{"id": 1, "payload": {"a": [1, {"b": null}]}, "tags": ["x", 2], "undeclared": 5}"#),
+        event(
+            r#"{"id": 1, "payload": {"a": [1, {"b": null}]}, "tags": ["x", 2], "undeclared": 5}"#,
+        ),
         event(r#"{"id": 2, "payload": "text", "tags": null}"#),
         event(r#"{"id": 3}"#),
         event(r#"{"id": "three", "payload": 3}"#),
     ]);
-    assert_eq!(out.dead.len(), 1, "a declared integer column still refuses text");
-    let payload = out.batch.column_by_name("payload").unwrap().as_string::<i32>();
+    assert_eq!(
+        out.dead.len(),
+        1,
+        "a declared integer column still refuses text"
+    );
+    let payload = out
+        .batch
+        .column_by_name("payload")
+        .unwrap()
+        .as_string::<i32>();
     assert_eq!(
         payload.iter().collect::<Vec<_>>(),
         [Some(r#"{"a":[1,{"b":null}]}"#), Some(r#""text""#), None]
@@ -186,5 +210,8 @@ fn a_declared_json_text_column_takes_any_value() {
     let first = tags.value(0);
     let first: Vec<_> = first.as_string::<i32>().iter().collect();
     assert_eq!(first, [Some(r#""x""#), Some("2")]);
-    assert!(out.batch.column_by_name("_extra").is_none(), "declared schemas have no _extra");
+    assert!(
+        out.batch.column_by_name("_extra").is_none(),
+        "declared schemas have no _extra"
+    );
 }

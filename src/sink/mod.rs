@@ -81,8 +81,7 @@ pub fn table_sink(
     let routed = pipeline.route.is_some();
     match spec {
         SinkSpec::Parquet(p) => Some(
-            parquet::ParquetSink::new(p, routed)
-                .map(|s| Box::new(s) as Box<dyn table::TableSink>),
+            parquet::ParquetSink::new(p, routed).map(|s| Box::new(s) as Box<dyn table::TableSink>),
         ),
         SinkSpec::Delta(d) => Some(Ok(Box::new(delta::DeltaTables::new(
             &pipeline.name,

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::ArrowError;
+use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use arrow_schema::{Schema, SchemaRef};
-use futures::future::BoxFuture;
 use tracing::info;
 
 use super::table::{routed_tables, Opened, Table, TableSink, Written, UNROUTED};
@@ -244,7 +244,11 @@ impl TableSink for ParquetSink {
     fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>> {
         Box::pin(async move {
             let names = self.storage.list().await?;
-            Ok(names.iter().filter_map(|n| end_offset(n)).max().unwrap_or(0))
+            Ok(names
+                .iter()
+                .filter_map(|n| end_offset(n))
+                .max()
+                .unwrap_or(0))
         })
     }
 }
@@ -269,7 +273,10 @@ impl Table for ParquetTable {
         None
     }
 
-    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn keep_schema<'a>(
+        &'a mut self,
+        schema: &'a SchemaRef,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let json = serde_json::to_vec_pretty(schema.as_ref())
                 .map_err(|e| SinkError::Internal(format!("cannot write the schema: {e}")))?;
@@ -333,7 +340,11 @@ mod tests {
         let sink = ParquetSink::new(&spec, true).unwrap();
         let fresh = Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
         let opened = sink.open("push", &fresh, 0).await.unwrap();
-        assert_eq!(opened.encoder.record_schema().fields().len(), 1, "only _extra");
+        assert_eq!(
+            opened.encoder.record_schema().fields().len(),
+            1,
+            "only _extra"
+        );
         let grown = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("_extra", DataType::Utf8, true),
@@ -346,7 +357,11 @@ mod tests {
         assert_eq!(again.encoder.record_schema(), &grown);
         assert_eq!(sink.existing().await.unwrap(), ["push"]);
         // A declared schema ignores a kept one.
-        let declared = Encoder::new(Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])), "", "test");
+        let declared = Encoder::new(
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])),
+            "",
+            "test",
+        );
         let opened = sink.open("push", &declared, 0).await.unwrap();
         assert_eq!(opened.encoder.record_schema().field(0).name(), "n");
     }

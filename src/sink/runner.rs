@@ -94,7 +94,9 @@ impl Runner {
                     if resume > next {
                         let me = &running.config;
                         info!(pipeline = %me.pipeline, sink = %me.sink, committed = next, table = resume, "The table already holds events the sink had not recorded; resuming after them.");
-                        running.ledger(move |log, sink| log.commit(sink, resume)).await?;
+                        running
+                            .ledger(move |log, sink| log.commit(sink, resume))
+                            .await?;
                         next = resume;
                     } else if resume < next {
                         let me = &running.config;
@@ -232,7 +234,10 @@ impl Running {
             }
             Some(router) => {
                 for event in events.into_iter().filter(|e| !e.is_state()) {
-                    groups.entry(router.table_of(&event)).or_default().push(event);
+                    groups
+                        .entry(router.table_of(&event))
+                        .or_default()
+                        .push(event);
                 }
             }
         }
@@ -337,10 +342,7 @@ impl Running {
         // Metrics first: once the progress moves, a reader of /metrics that
         // sees the lag at 0 must also see this flush counted.
         let me = &self.config;
-        let labels = [
-            ("pipeline", me.pipeline.clone()),
-            ("sink", me.sink.clone()),
-        ];
+        let labels = [("pipeline", me.pipeline.clone()), ("sink", me.sink.clone())];
         metrics::histogram!("tributary_flush_events", &labels).record((rows + dead_count) as f64);
         metrics::histogram!("tributary_flush_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
@@ -373,7 +375,11 @@ impl Running {
         let update = Arc::new(update);
         let mut backoff = Backoff::new(&self.config, "Cannot record the sink's progress");
         loop {
-            let (log, sink, update) = (self.config.log.clone(), self.config.sink.clone(), update.clone());
+            let (log, sink, update) = (
+                self.config.log.clone(),
+                self.config.sink.clone(),
+                update.clone(),
+            );
             let done = tokio::task::spawn_blocking(move || update(&log, &sink))
                 .await
                 .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?;

@@ -76,7 +76,8 @@ pub trait Table: Send + Sync {
     /// Makes the record schema an inferring encoder grew durable before the
     /// first write that uses it (Parquet keeps it in a file; a Delta commit
     /// carries its schema).
-    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef)
+        -> BoxFuture<'a, Result<(), SinkError>>;
     /// Writes the rows of log offsets `range` (possibly none). Writing the
     /// same range again changes nothing: the runner retries and re-flushes
     /// with this.
@@ -186,21 +187,40 @@ mod tests {
 
     #[test]
     fn routes_by_header_and_by_pointer_with_a_cap() {
-        let mut by_header = Router::new(&spec(RouteBy::Header("x-github-event".into()), 2), ["push".to_string()]);
+        let mut by_header = Router::new(
+            &spec(RouteBy::Header("x-github-event".into()), 2),
+            ["push".to_string()],
+        );
         let event = |topic: Option<&str>| Event::new(Bytes::from_static(b"{}")).with_topic(topic);
         assert_eq!(by_header.table_of(&event(Some("push"))), "push");
-        assert_eq!(by_header.table_of(&event(Some("Pull Request"))), "pull_request");
-        assert_eq!(by_header.table_of(&event(Some("issues"))), "other", "beyond max_tables");
-        assert_eq!(by_header.table_of(&event(Some("pull_request"))), "pull_request");
+        assert_eq!(
+            by_header.table_of(&event(Some("Pull Request"))),
+            "pull_request"
+        );
+        assert_eq!(
+            by_header.table_of(&event(Some("issues"))),
+            "other",
+            "beyond max_tables"
+        );
+        assert_eq!(
+            by_header.table_of(&event(Some("pull_request"))),
+            "pull_request"
+        );
         assert_eq!(by_header.table_of(&event(None)), "other");
         assert_eq!(by_header.table_of(&event(Some("../"))), "other");
 
         let mut by_pointer = Router::new(&spec(RouteBy::Pointer("/event/type".into()), 10), []);
         let body = |json: &'static str| Event::new(Bytes::from_static(json.as_bytes()));
-        assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": "app_mention"}}"#)), "app_mention");
+        assert_eq!(
+            by_pointer.table_of(&body(r#"{"event": {"type": "app_mention"}}"#)),
+            "app_mention"
+        );
         assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": 7}}"#)), "7");
         assert_eq!(by_pointer.table_of(&body(r#"{"event": {}}"#)), "other");
-        assert_eq!(by_pointer.table_of(&body(r#"{"event": {"type": {"a": 1}}}"#)), "other");
+        assert_eq!(
+            by_pointer.table_of(&body(r#"{"event": {"type": {"a": 1}}}"#)),
+            "other"
+        );
         assert_eq!(by_pointer.table_of(&body(r#"["no object"]"#)), "other");
     }
 
@@ -216,7 +236,13 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        assert_eq!(routed_tables(&names, |rest| rest.starts_with("_delta_log/")), ["push"]);
-        assert_eq!(routed_tables(&names, |rest| rest.ends_with(".parquet")), ["issues", "push"]);
+        assert_eq!(
+            routed_tables(&names, |rest| rest.starts_with("_delta_log/")),
+            ["push"]
+        );
+        assert_eq!(
+            routed_tables(&names, |rest| rest.ends_with(".parquet")),
+            ["issues", "push"]
+        );
     }
 }

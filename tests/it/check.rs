@@ -52,7 +52,10 @@ fn the_shipped_provider_pipelines_pass_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("ok:") && stdout.contains("4 pipeline"), "{stdout}");
+    assert!(
+        stdout.starts_with("ok:") && stdout.contains("4 pipeline"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -169,8 +169,16 @@ async fn post(project: &Project, payloads: &[Payload], accepted: &mut BTreeMap<S
             .count();
         let chunk = &payloads[i..i + take];
         for routed in [false, true] {
-            let pipeline = if routed { format!("{provider}_routed") } else { provider.clone() };
-            let path = if routed { format!("/hooks/{provider}/routed") } else { format!("/hooks/{provider}") };
+            let pipeline = if routed {
+                format!("{provider}_routed")
+            } else {
+                provider.clone()
+            };
+            let path = if routed {
+                format!("/hooks/{provider}/routed")
+            } else {
+                format!("/hooks/{provider}")
+            };
             let mut request = match round % 3 {
                 0 => client.post(project.url(&path)).json(&chunk[0].body),
                 1 => client
@@ -225,7 +233,11 @@ async fn post(project: &Project, payloads: &[Payload], accepted: &mut BTreeMap<S
 async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
     let corpus = corpus();
     let mut summaries = Vec::new();
-    for seed in [0x9e37_79b9_7f4a_7c15_u64, 0x2545_f491_4f6c_dd1d, 0x1656_67b1_9e37_79f9] {
+    for seed in [
+        0x9e37_79b9_7f4a_7c15_u64,
+        0x2545_f491_4f6c_dd1d,
+        0x1656_67b1_9e37_79f9,
+    ] {
         let mut payloads = corpus.clone();
         shuffle(&mut payloads, seed);
         let project = Project::new();
@@ -241,24 +253,35 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
         assert!(server.terminate().success());
         let server = project.start().await;
         post(&project, &payloads[2 * third..], &mut accepted).await;
-        assert!(server.terminate().success(), "clean stop flushes everything");
+        assert!(
+            server.terminate().success(),
+            "clean stop flushes everything"
+        );
         assert_eq!(accepted.len(), 2 * payloads.len());
 
         // Every table the test expects: each pipeline's one table, and each
         // routed table, with the ids it must hold.
         let mut tables: BTreeMap<(String, String), Vec<&String>> = BTreeMap::new();
         for (id, a) in &accepted {
-            tables.entry((a.pipeline.clone(), a.table.clone())).or_default().push(id);
+            tables
+                .entry((a.pipeline.clone(), a.table.clone()))
+                .or_default()
+                .push(id);
         }
         let tables: Vec<Value> = tables
             .iter()
             .map(|((pipeline, table), ids)| {
                 let (parquet, delta) = if table.is_empty() {
-                    (project.table_dir_of(pipeline), project.table_dir_of(&format!("{pipeline}_delta")))
+                    (
+                        project.table_dir_of(pipeline),
+                        project.table_dir_of(&format!("{pipeline}_delta")),
+                    )
                 } else {
                     (
                         project.table_dir_of(pipeline).join(table),
-                        project.table_dir_of(&format!("{pipeline}_delta")).join(table),
+                        project
+                            .table_dir_of(&format!("{pipeline}_delta"))
+                            .join(table),
                     )
                 };
                 serde_json::json!({
@@ -271,11 +294,12 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
             .collect();
         for provider in PROVIDERS {
             // Exactly the expected routed tables exist, no more.
-            let mut found: Vec<String> = std::fs::read_dir(project.table_dir_of(&format!("{provider}_routed_delta")))
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
+            let mut found: Vec<String> =
+                std::fs::read_dir(project.table_dir_of(&format!("{provider}_routed_delta")))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
             found.sort();
             let mut expected: Vec<String> = accepted
                 .values()
@@ -284,7 +308,10 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
                 .collect();
             expected.sort();
             expected.dedup();
-            assert_eq!(found, expected, "{provider}: one Delta table per event type");
+            assert_eq!(
+                found, expected,
+                "{provider}: one Delta table per event type"
+            );
         }
         let input = serde_json::json!({
             "tables": tables,
@@ -295,8 +322,16 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
         let report = read_corpus(&input_file);
 
         for (reader, r) in report["readers"].as_object().unwrap() {
-            assert!(r["error"].is_null(), "{reader} could not read the tables: {}", r["error"]);
-            assert_eq!(r["rows"], accepted.len(), "{reader}: one row per accepted event: {r}");
+            assert!(
+                r["error"].is_null(),
+                "{reader} could not read the tables: {}",
+                r["error"]
+            );
+            assert_eq!(
+                r["rows"],
+                accepted.len(),
+                "{reader}: one row per accepted event: {r}"
+            );
             assert_eq!(r["missing_count"], 0, "{reader}: {r}");
             assert_eq!(r["duplicates"], serde_json::json!([]), "{reader}: {r}");
             assert_eq!(
@@ -326,13 +361,20 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
         let line = |(tables, values, leaves, rows): (u64, u64, u64, u64)| {
             format!("{tables} tables, {values} entries in _extra in {rows} rows, {leaves} of them with a value (the rest [], {{}} or null)")
         };
-        summaries.push(format!("seed {seed:#x}: one table per provider: {}; per event type: {}", line(sums[0]), line(sums[1])));
+        summaries.push(format!(
+            "seed {seed:#x}: one table per provider: {}; per event type: {}",
+            line(sums[0]),
+            line(sums[1])
+        ));
     }
     eprintln!("corpus: {}", summaries.join("\n        "));
 }
 
 fn read_corpus(input: &Path) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/read_corpus.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/support/read_corpus.py"
+    );
     let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
         .args([script, input.to_str().unwrap()])

@@ -266,7 +266,12 @@ async fn an_inferred_schema_gains_a_column_when_a_new_field_appears() {
     assert!(server.terminate().success(), "log:\n{}", project.log());
 
     let table = project.path().join("lake/people");
-    let view = read_delta(table.to_str().unwrap(), &[], &["id", "name", "tier", "_extra"], &[]);
+    let view = read_delta(
+        table.to_str().unwrap(),
+        &[],
+        &["id", "name", "tier", "_extra"],
+        &[],
+    );
     view.assert_exactly(&acked);
     let mut rows: Vec<_> = view
         .rows
@@ -285,7 +290,12 @@ async fn an_inferred_schema_gains_a_column_when_a_new_field_appears() {
     assert_eq!(
         rows,
         [
-            (None, null.clone(), null.clone(), r#"{"/id":"three"}"#.into()),
+            (
+                None,
+                null.clone(),
+                null.clone(),
+                r#"{"/id":"three"}"#.into()
+            ),
             (Some(1), "a".into(), null.clone(), null.clone()),
             (Some(2), "b".into(), "gold".into(), null.clone()),
         ],

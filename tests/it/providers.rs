@@ -34,20 +34,30 @@ fn hex(bytes: &[u8]) -> String {
 /// the test's secret, and a delivery id.
 fn signed(provider: &str, event: &str, body: &[u8], delivery: &str) -> Vec<(String, String)> {
     let secret = |var: &str| SECRETS.iter().find(|(v, _)| *v == var).unwrap().1;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let h = |k: &str, v: String| (k.to_string(), v);
     match provider {
         "github" => vec![
             h("X-GitHub-Event", event.into()),
             h("X-GitHub-Delivery", delivery.into()),
-            h("X-Hub-Signature-256", format!("sha256={}", hex(&hmac(secret("GITHUB_WEBHOOK_SECRET"), body)))),
+            h(
+                "X-Hub-Signature-256",
+                format!(
+                    "sha256={}",
+                    hex(&hmac(secret("GITHUB_WEBHOOK_SECRET"), body))
+                ),
+            ),
         ],
         "shopify" => vec![
             h("X-Shopify-Topic", event.into()),
             h("X-Shopify-Webhook-Id", delivery.into()),
             h(
                 "X-Shopify-Hmac-Sha256",
-                base64::engine::general_purpose::STANDARD.encode(hmac(secret("SHOPIFY_WEBHOOK_SECRET"), body)),
+                base64::engine::general_purpose::STANDARD
+                    .encode(hmac(secret("SHOPIFY_WEBHOOK_SECRET"), body)),
             ),
         ],
         "stripe" => {
@@ -61,7 +71,10 @@ fn signed(provider: &str, event: &str, body: &[u8], delivery: &str) -> Vec<(Stri
             signed.extend_from_slice(body);
             vec![
                 h("X-Slack-Request-Timestamp", now.to_string()),
-                h("X-Slack-Signature", format!("v0={}", hex(&hmac(secret("SLACK_SIGNING_SECRET"), &signed)))),
+                h(
+                    "X-Slack-Signature",
+                    format!("v0={}", hex(&hmac(secret("SLACK_SIGNING_SECRET"), &signed))),
+                ),
             ]
         }
     }
@@ -71,10 +84,19 @@ fn signed(provider: &str, event: &str, body: &[u8], delivery: &str) -> Vec<(Stri
 fn table_of(provider: &str, event: &str, body: &Value) -> String {
     let value = match provider {
         "github" | "shopify" => Some(event.to_string()),
-        "stripe" => body.pointer("/type").and_then(Value::as_str).map(String::from),
-        _ => body.pointer("/event/type").and_then(Value::as_str).map(String::from),
+        "stripe" => body
+            .pointer("/type")
+            .and_then(Value::as_str)
+            .map(String::from),
+        _ => body
+            .pointer("/event/type")
+            .and_then(Value::as_str)
+            .map(String::from),
     };
-    value.as_deref().and_then(table_name).unwrap_or_else(|| "other".into())
+    value
+        .as_deref()
+        .and_then(table_name)
+        .unwrap_or_else(|| "other".into())
 }
 
 #[tokio::test]
@@ -82,7 +104,9 @@ async fn the_shipped_provider_pipelines_route_verify_and_dedupe_real_payloads() 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let project = Project::new();
     for provider in ["github", "shopify", "stripe", "slack"] {
-        let text = std::fs::read_to_string(root.join(format!("examples/providers/{provider}.toml"))).unwrap();
+        let text =
+            std::fs::read_to_string(root.join(format!("examples/providers/{provider}.toml")))
+                .unwrap();
         project.write(&format!("pipelines/{provider}.toml"), &text);
     }
     let server = project.start_with_env(&SECRETS).await;
@@ -110,11 +134,19 @@ async fn the_shipped_provider_pipelines_route_verify_and_dedupe_real_payloads() 
                 request = request.header(k, v);
             }
             let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 202, "{file}: {}", response.text().await.unwrap());
+            assert_eq!(
+                response.status(),
+                202,
+                "{file}: {}",
+                response.text().await.unwrap()
+            );
             let answer: Value = response.json().await.unwrap();
             let ids = accepted_ids(&answer);
             if attempt == 1 && matches!(provider, "github" | "shopify") {
-                assert_eq!(answer["duplicate"], true, "{file}: a redelivery is recognised: {answer}");
+                assert_eq!(
+                    answer["duplicate"], true,
+                    "{file}: a redelivery is recognised: {answer}"
+                );
             }
             if ids.is_empty() {
                 duplicates += 1;
@@ -148,11 +180,22 @@ async fn the_shipped_provider_pipelines_route_verify_and_dedupe_real_payloads() 
         let app_id = format!("tributary/{provider}/delta/{table}");
         let view = read_delta(dir.to_str().unwrap(), &[&app_id], &[], &[]);
         view.assert_exactly(ids);
-        assert!(view.txn[&app_id].is_some(), "{provider}/{table} has its own txn");
+        assert!(
+            view.txn[&app_id].is_some(),
+            "{provider}/{table} has its own txn"
+        );
     }
     for (provider, count) in &tables_per_provider {
-        let found = std::fs::read_dir(project.table_dir_of(provider)).unwrap().count();
-        assert_eq!(found, *count, "{provider}: one table per event type, no other");
+        let found = std::fs::read_dir(project.table_dir_of(provider))
+            .unwrap()
+            .count();
+        assert_eq!(
+            found, *count,
+            "{provider}: one table per event type, no other"
+        );
     }
-    assert!(tables_per_provider["github"] >= 30, "{tables_per_provider:?}");
+    assert!(
+        tables_per_provider["github"] >= 30,
+        "{tables_per_provider:?}"
+    );
 }

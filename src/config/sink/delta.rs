@@ -82,7 +82,11 @@ pub struct DeltaSinkSpec {
 }
 
 fn mode<S: Serializer>(merge_on: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if merge_on.is_some() { "merge" } else { "append" })
+    s.serialize_str(if merge_on.is_some() {
+        "merge"
+    } else {
+        "append"
+    })
 }
 
 fn evolution<S: Serializer>(add_columns: &bool, s: S) -> Result<S::Ok, S::Error> {
@@ -205,4 +209,3 @@ fn target_size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> u64 {
         None => DEFAULT_TARGET_FILE_SIZE,
     }
 }
-

@@ -386,4 +386,3 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
         }
     }
 }
-

@@ -154,7 +154,6 @@ pub(super) fn common(
     }
 }
 
-
 fn partitionable(t: &DataType) -> bool {
     matches!(
         t,

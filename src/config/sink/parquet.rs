@@ -65,4 +65,3 @@ pub(in crate::config) fn validate(
         storage: c.storage,
     })
 }
-

@@ -1,9 +1,10 @@
-//! The webhook source's configuration, one file per component: the source
-//! itself ([`webhook`]), its signature check ([`verify`]) and its retry
-//! dedupe ([`dedupe`]); each holds its raw form, spec, defaults and checks,
-//! and `check --explain` prints the spec through `Serialize`. The poll
-//! source's are in [`super::poll`].
+//! The sources' configuration, one file per component: a webhook
+//! ([`webhook`]) with its signature check ([`verify`]) and retry dedupe
+//! ([`dedupe`]), and a poll source ([`poll`]). Each holds its raw form,
+//! spec, defaults and checks; `check --explain` prints the spec through
+//! `Serialize`.
 
 pub mod dedupe;
+pub mod poll;
 pub mod verify;
 pub mod webhook;

@@ -59,7 +59,10 @@ fn dedupe_or_off<S: Serializer>(dedupe: &Option<DedupeSpec>, s: S) -> Result<S::
 
 /// Checks a webhook source.
 pub(in crate::config) fn validate(raw: &RawWebhook, e: &mut Errors<'_>) -> Option<WebhookSpec> {
-    let verify = raw.verify.as_ref().and_then(|v| super::verify::validate(v, e));
+    let verify = raw
+        .verify
+        .as_ref()
+        .and_then(|v| super::verify::validate(v, e));
     let path = match raw.path.as_deref() {
         None => {
             e.push(
@@ -121,7 +124,8 @@ pub(in crate::config) fn validate(raw: &RawWebhook, e: &mut Errors<'_>) -> Optio
         return None;
     }
     let dedupe_errors = e.list.len();
-    let dedupe = super::dedupe::validate(raw.dedupe.as_ref(), verify.as_ref().map(|v| &v.scheme), e);
+    let dedupe =
+        super::dedupe::validate(raw.dedupe.as_ref(), verify.as_ref().map(|v| &v.scheme), e);
     if e.list.len() > dedupe_errors {
         return None;
     }
@@ -133,4 +137,3 @@ pub(in crate::config) fn validate(raw: &RawWebhook, e: &mut Errors<'_>) -> Optio
         dedupe,
     })
 }
-

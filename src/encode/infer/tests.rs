@@ -42,7 +42,13 @@ fn nulls_and_empty_containers_never_fix_a_type() {
         &records(&[json!({"a": null, "b": [], "c": {}, "d": {"e": null}, "f": [[], {}]})]),
     );
     assert!(schema.is_none(), "{schema:?}");
-    let schema = grown(&empty(), &[json!({"a": null, "b": [], "c": {}}), json!({"a": 1, "b": ["x"], "c": {"k": true}})]);
+    let schema = grown(
+        &empty(),
+        &[
+            json!({"a": null, "b": [], "c": {}}),
+            json!({"a": 1, "b": ["x"], "c": {"k": true}}),
+        ],
+    );
     assert_eq!(
         shape_of(&schema),
         [
@@ -61,36 +67,58 @@ fn integers_and_fractions_widen_to_double_in_any_order() {
         vec![json!({"n": 2.5}), json!({"n": 1})],
     ] {
         let schema = grown(&empty(), &values);
-        assert_eq!(schema.field_with_name("n").unwrap().data_type(), &DataType::Float64);
+        assert_eq!(
+            schema.field_with_name("n").unwrap().data_type(),
+            &DataType::Float64
+        );
         let (_, extra) = fitted(&schema, json!({"n": 1}));
         assert_eq!(extra, json!({}), "an integer fits a double exactly");
         let (_, extra) = fitted(&schema, json!({"n": 9007199254740993_u64}));
-        assert_eq!(extra, json!({"/n": 9007199254740993_u64}), "but not above 2^53");
+        assert_eq!(
+            extra,
+            json!({"/n": 9007199254740993_u64}),
+            "but not above 2^53"
+        );
     }
 }
 
 #[test]
 fn the_most_frequent_kind_wins_and_the_rest_is_kept_in_extra() {
-    let a = [json!({"id": 1}), json!({"id": 2}), json!({"id": "gid://shop/3"})];
+    let a = [
+        json!({"id": 1}),
+        json!({"id": 2}),
+        json!({"id": "gid://shop/3"}),
+    ];
     let mut b = a.clone();
     b.reverse();
     let (sa, sb) = (grown(&empty(), &a), grown(&empty(), &b));
     assert_eq!(sa, sb, "arrival order does not matter");
-    assert_eq!(sa.field_with_name("id").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(
+        sa.field_with_name("id").unwrap().data_type(),
+        &DataType::Int64
+    );
     let (record, extra) = fitted(&sa, json!({"id": "gid://shop/3"}));
     assert_eq!(record, json!({"id": null}));
     assert_eq!(extra, json!({"/id": "gid://shop/3"}));
     // A tie: string before number.
     let schema = grown(&empty(), &[json!({"x": 1}), json!({"x": "1"})]);
-    assert_eq!(schema.field_with_name("x").unwrap().data_type(), &DataType::Utf8);
+    assert_eq!(
+        schema.field_with_name("x").unwrap().data_type(),
+        &DataType::Utf8
+    );
 }
 
 #[test]
 fn an_existing_column_keeps_its_type_and_structs_gain_fields() {
-    let first = grown(&empty(), &[json!({"data": {"object": {"id": "ch_1", "amount": 100}}, "n": 1})]);
+    let first = grown(
+        &empty(),
+        &[json!({"data": {"object": {"id": "ch_1", "amount": 100}}, "n": 1})],
+    );
     let next = grown(
         &first,
-        &[json!({"data": {"object": {"id": "cus_1", "email": "a@x", "amount": "12.00"}}, "n": 1.5, "m": 2})],
+        &[
+            json!({"data": {"object": {"id": "cus_1", "email": "a@x", "amount": "12.00"}}, "n": 1.5, "m": 2}),
+        ],
     );
     assert_eq!(
         shape_of(&next),
@@ -109,20 +137,35 @@ fn an_existing_column_keeps_its_type_and_structs_gain_fields() {
         &next,
         json!({"data": {"object": {"id": "cus_1", "email": "a@x", "amount": "12.00"}}, "n": 1.5}),
     );
-    assert_eq!(record, json!({"data": {"object": {"id": "cus_1", "email": "a@x", "amount": null}}, "n": null}));
+    assert_eq!(
+        record,
+        json!({"data": {"object": {"id": "cus_1", "email": "a@x", "amount": null}}, "n": null})
+    );
     assert_eq!(extra, json!({"/data/object/amount": "12.00", "/n": 1.5}));
 }
 
 #[test]
 fn list_items_are_fitted_one_by_one() {
-    let schema = grown(&empty(), &[json!({"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]})]);
-    let schema = grown(&schema, &[json!({"items": [{"sku": "c", "price": "1.00"}]})]);
+    let schema = grown(
+        &empty(),
+        &[json!({"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]})],
+    );
+    let schema = grown(
+        &schema,
+        &[json!({"items": [{"sku": "c", "price": "1.00"}]})],
+    );
     let (record, extra) = fitted(
         &schema,
         json!({"items": [{"sku": "c", "qty": "two", "price": "1.00"}, 7], "tags": "x"}),
     );
-    assert_eq!(record, json!({"items": [{"sku": "c", "qty": null, "price": "1.00"}, null]}));
-    assert_eq!(extra, json!({"/items/0/qty": "two", "/items/1": 7, "/tags": "x"}));
+    assert_eq!(
+        record,
+        json!({"items": [{"sku": "c", "qty": null, "price": "1.00"}, null]})
+    );
+    assert_eq!(
+        extra,
+        json!({"/items/0/qty": "two", "/items/1": 7, "/tags": "x"})
+    );
 }
 
 #[test]
@@ -151,13 +194,22 @@ fn deep_values_and_too_many_fields_go_to_extra() {
         deep = json!({"d": deep});
     }
     let schema = grown(&empty(), &[json!({"deep": deep.clone(), "x": 1})]);
-    assert!(schema.field_with_name("deep").is_err(), "no column for what is too deep");
+    assert!(
+        schema.field_with_name("deep").is_err(),
+        "no column for what is too deep"
+    );
     let (_, extra) = fitted(&schema, json!({"deep": deep.clone()}));
     assert_eq!(extra, json!({"/deep": deep}));
 
-    let wide: Map<String, Value> = (0..MAX_FIELDS + 10).map(|i| (format!("k{i:05}"), json!(i))).collect();
+    let wide: Map<String, Value> = (0..MAX_FIELDS + 10)
+        .map(|i| (format!("k{i:05}"), json!(i)))
+        .collect();
     let schema = grown(&empty(), &[Value::Object(wide.clone())]);
-    assert_eq!(schema.fields().len(), MAX_FIELDS, "the cap counts _extra too");
+    assert_eq!(
+        schema.fields().len(),
+        MAX_FIELDS,
+        "the cap counts _extra too"
+    );
     let (_, extra) = fitted(&schema, Value::Object(wide));
     assert_eq!(extra.as_object().unwrap().len(), 11);
 }
@@ -171,11 +223,18 @@ fn every_value_is_kept_somewhere() {
         "b": {"c": {"d": true, "e": [null, 1.5]}},
         "f": 18446744073709551615_u64,
     });
-    let schema = grown(&empty(), &[json!({"a": [1], "b": {"c": {"d": "x"}}, "f": 1})]);
+    let schema = grown(
+        &empty(),
+        &[json!({"a": [1], "b": {"c": {"d": "x"}}, "f": 1})],
+    );
     let (mut record, extra) = fitted(&schema, original.clone());
     for (pointer, value) in extra.as_object().unwrap() {
         let mut at = &mut record;
-        let tokens: Vec<String> = pointer.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+        let tokens: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
         for (i, token) in tokens.iter().enumerate() {
             let last = i + 1 == tokens.len();
             at = match at {

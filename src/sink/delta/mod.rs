@@ -41,12 +41,12 @@ use url::Url;
 
 use super::table::{routed_tables, Opened as TableOpened, Table, TableSink, Written, UNROUTED};
 use super::{parquet as files, SinkError, Storage, StorageError};
-use crate::encode::Encoder;
-use futures::future::BoxFuture;
 use crate::config::spec::DeltaSinkSpec;
 use crate::config::Location;
+use crate::encode::Encoder;
 use crate::error::{Classify, ErrorKind};
 use crate::schema::METADATA_COLUMNS;
+use futures::future::BoxFuture;
 
 /// Why a table operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -406,7 +406,9 @@ impl DeltaTables {
         let storage = Storage::new(&self.spec.location, &self.spec.storage)?;
         let names = storage.list().await?;
         let names: Vec<String> = names.iter().map(|n| storage.relative(n)).collect();
-        Ok(routed_tables(&names, |rest| rest.starts_with("_delta_log/")))
+        Ok(routed_tables(&names, |rest| {
+            rest.starts_with("_delta_log/")
+        }))
     }
 }
 
@@ -458,7 +460,10 @@ impl Table for DeltaSink {
         "Delta commit failed"
     }
 
-    fn keep_schema<'a>(&'a mut self, _schema: &'a SchemaRef) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn keep_schema<'a>(
+        &'a mut self,
+        _schema: &'a SchemaRef,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         // The commit that first uses it carries it.
         Box::pin(async { Ok(()) })
     }

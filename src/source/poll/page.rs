@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::state::PageRef;
-use crate::config::poll::{CURSOR, PAGE_TOKEN};
+use crate::config::source::poll::{CURSOR, PAGE_TOKEN};
 use crate::config::spec::{Paginate, PollSpec};
 use crate::encode::pointer;
 
@@ -98,8 +98,8 @@ pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request 
                     _ => *start,
                 };
                 query.append_pair(param, &page.to_string());
-                if let Some((size, size_param)) = limit {
-                    query.append_pair(size_param, &size.to_string());
+                if let Some(limit) = limit {
+                    query.append_pair(&limit.limit_param, &limit.limit.to_string());
                 }
             }
             _ => {}
@@ -383,9 +383,7 @@ pub fn next(
                 PageRef::Page(p) => *p,
                 _ => *start,
             };
-            let short = limit
-                .as_ref()
-                .is_some_and(|(size, _)| (fetched as u64) < *size);
+            let short = limit.as_ref().is_some_and(|l| (fetched as u64) < l.limit);
             (fetched > 0 && !short).then(|| PageRef::Page(page + 1))
         }
     }

@@ -61,7 +61,10 @@ fn requests_carry_the_cursor_and_the_page() {
     let page = spec(Paginate::Page {
         param: "page".into(),
         start: 1,
-        limit: Some((20, "per_page".into())),
+        limit: Some(crate::config::spec::PageLimit {
+            limit: 20,
+            limit_param: "per_page".into(),
+        }),
     });
     assert!(request(&page, &PageRef::First, None)
         .url
