@@ -4,10 +4,11 @@
 //!
 //! ```text
 //!  trigger                      log (one per pipeline)         per-sink task                    output
-//!  webhook (HTTP POST) ──┐                                  ┌─ batch → encode (Arrow) ──► parquet → object store
-//!    verify, dedupe      ├─► append ──► local segments ─────┼─ batch → encode (Arrow) ──► delta   → object store
-//!  poll (cron + pager) ──┘   (fsync, then ack)              └─ per event ──────────────► https   → signed POST
-//!                                                             each sink keeps its own progress
+//!  webhook (HTTP POST) ──┐                                  ┌─ batch → route → encode ──► parquet → object store
+//!    verify, dedupe      ├─► append ──► local segments ─────┼─ batch → route → encode ──► delta   → object store
+//!  poll (cron + pager) ──┘   (fsync, then ack)              └─ per event ─────────────► https   → signed POST
+//!                                                             each sink keeps its own progress;
+//!                                                             [route]: one table per event type
 //!  admin: /healthz, /readyz, /metrics, /api/… (status, replay of dead letters)
 //! ```
 //!
@@ -25,7 +26,17 @@
 //!   version = its last offset), so the table itself says where to resume.
 //!   HTTPS deliveries carry a stable `webhook-id` (at least once).
 //! * Rows no write could store (a partition value too long for a path, a null
-//!   merge key) and events that fit no column are dead letters with a reason.
+//!   merge key) and events that fit no declared column are dead letters with a
+//!   reason. An inferred schema keeps every value: what fits no typed column
+//!   goes to `_extra` at its JSON pointer ([`encode::infer`]).
+//!
+//! # Plug-in points
+//! * A table sink implements [`sink::table::TableSink`] and
+//!   [`sink::table::Table`], with one arm in [`sink::table_sink`] and its
+//!   config in `config/sink/<kind>.rs`.
+//! * A source is built in [`source::build`], its config in `config/source/`.
+//! * A log implements the contract in [`buffer`] (`LogStore`, `LogRead`,
+//!   `LogAppend`); the segment log is the embedded one.
 //!
 //! # Glossary
 //! * **event** — one JSON value received by a source, with its id and arrival time.
@@ -41,11 +52,13 @@
 //! * [`config`] — TOML and JSON Schema files → validated, fully defaulted specs.
 //! * [`schema`] — JSON Schema → Arrow schema.
 //! * [`event`] — the unit the log stores, and its record kinds.
-//! * [`buffer`] — the durable, append-only log: group commit, recovery, per-consumer progress.
+//! * [`buffer`] — the log contract, and the durable, append-only segment log:
+//!   group commit, recovery, per-consumer progress.
 //! * [`source`] — triggers: the webhook receiver (body, verify, dedupe) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
-//! * [`sink`] — storage, batch policy, the table-sink runner (Parquet, Delta), the
-//!   HTTPS sink, and each sink's health as the admin API shows it.
+//! * [`sink`] — storage, batch policy, table sinks (Parquet, Delta) behind one
+//!   trait and one runner, routing, the HTTPS sink, and each sink's health as
+//!   the admin API shows it.
 //! * [`http_retry`] — the one retry policy of every outbound HTTP call.
 //! * [`replay`] — dead letters back into the log.
 //! * [`pipeline`] — wires each pipeline: source → log → one task per sink.
