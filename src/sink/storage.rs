@@ -178,7 +178,7 @@ impl Storage {
                 prefix,
                 display,
             } => {
-                let path = ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'));
+                let path = object_path(prefix, relative);
                 store
                     .put(&path, PutPayload::from(bytes))
                     .await
@@ -210,7 +210,7 @@ impl Storage {
                 prefix,
                 display,
             } => {
-                let path = ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'));
+                let path = object_path(prefix, relative);
                 let failed = |source| StorageError::Object {
                     action: "read",
                     path: format!("{display}/{relative}"),
@@ -377,6 +377,11 @@ impl Storage {
 }
 
 /// Every file below `dir`, as paths relative to `root` (nothing if `dir` is missing).
+/// The object path of `relative` under `prefix`.
+fn object_path(prefix: &ObjectPath, relative: &str) -> ObjectPath {
+    ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'))
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,

@@ -331,12 +331,14 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                         answer,
                     ),
                     Class::Gone => return Outcome::Gone(answer),
-                    Class::Redirect { .. } => return Outcome::Dead(
-                        format!(
+                    Class::Redirect { .. } => {
+                        return Outcome::Dead(
+                            format!(
                             "{answer} (redirects are not followed; point url at the final address)"
                         ),
-                        "rejected",
-                    ),
+                            "rejected",
+                        )
+                    }
                     Class::Done | Class::Unauthorized | Class::Permanent => {
                         return Outcome::Dead(answer, "rejected")
                     }
