@@ -61,6 +61,28 @@ pub enum Command {
     /// goes back to the sink that dead-lettered it, with its `_event_id`;
     /// its file is removed once the re-append is durable.
     Replay(ReplayArgs),
+    /// Query every table the pipelines write with SQL (DataFusion, built in):
+    /// `<pipeline>` and `<pipeline>_<sink>` for each Parquet and Delta sink,
+    /// `<pipeline>_<sink>_<table>` for routed tables, `<pipeline>_dead_letters`.
+    /// Without a query, reads queries from standard input (one per `;`).
+    /// Read-only: works while `tributary run` is running.
+    Sql(SqlArgs),
+}
+
+/// `tributary sql`.
+#[derive(Debug, Clone, Args)]
+pub struct SqlArgs {
+    /// The query; without one, queries are read from standard input.
+    pub query: Option<String>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = crate::sql::Format::Table)]
+    pub format: crate::sql::Format,
+    /// Write the result to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `tributary check`.

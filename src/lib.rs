@@ -64,6 +64,7 @@
 //! * [`pipeline`] — wires each pipeline: source → log → one task per sink.
 //! * [`server`] — the accept loop, TLS, webhook routes and the admin API.
 //! * [`admin_client`] — the client of the admin API (`tributary status`, `replay`).
+//! * [`sql`] — `tributary sql`: every table, queried with the built-in DataFusion.
 //! * [`telemetry`], [`shutdown`], [`error`], [`cli`] — metrics, the cancellation
 //!   tree, error classes, the command line.
 
@@ -82,4 +83,5 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod telemetry;

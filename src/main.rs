@@ -94,7 +94,98 @@ fn main() -> ExitCode {
             Ok(config) => replay(&config, &args),
             Err(errors) => print_config_errors(&errors),
         },
+        Command::Sql(args) => match config::load(&args.config.paths()) {
+            Ok(config) => sql(&config, &args),
+            Err(errors) => print_config_errors(&errors),
+        },
     }
+}
+
+/// `tributary sql`: one query, or one per `;` from standard input.
+fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
+    use std::io::{BufRead, Write};
+    use tributary::sql;
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    if args.format == sql::Format::Parquet && args.output.is_none() {
+        eprintln!("error: --format parquet writes a file: add --output FILE");
+        return ExitCode::from(2);
+    }
+    runtime.block_on(async {
+        let (ctx, tables) = match sql::session(config).await {
+            Ok(session) => session,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut out: Box<dyn Write> = match &args.output {
+            None => Box::new(std::io::stdout().lock()),
+            Some(path) => match std::fs::File::create(path) {
+                Ok(file) => Box::new(std::io::BufWriter::new(file)),
+                Err(e) => {
+                    eprintln!("error: cannot create {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        match &args.query {
+            Some(query) => {
+                if let Err(e) = sql::answer(&ctx, query, args.format, &mut out).await {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            None => {
+                // Each query runs as soon as its `;` is read; a failing one
+                // is reported and the next still runs, as in a prompt.
+                let interactive = std::io::stdin().is_terminal();
+                if interactive {
+                    eprintln!(
+                        "tables: {}",
+                        tables
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    eprintln!("end each query with ';', Ctrl-D to quit");
+                }
+                let mut failed = false;
+                let mut text = String::new();
+                for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                    text.push_str(&line);
+                    text.push('\n');
+                    while let Some(end) = text.find(';') {
+                        let query = text[..end].trim().to_string();
+                        text.drain(..=end);
+                        if query.is_empty() {
+                            continue;
+                        }
+                        if let Err(e) = sql::answer(&ctx, &query, args.format, &mut out).await {
+                            eprintln!("error: {e}");
+                            failed = true;
+                        }
+                    }
+                }
+                if !text.trim().is_empty() {
+                    if let Err(e) = sql::answer(&ctx, text.trim(), args.format, &mut out).await {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+                if failed {
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let Err(e) = out.flush() {
+            eprintln!("error: cannot write the result: {e}");
+            return ExitCode::FAILURE;
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_config_errors(errors: &[config::ConfigError]) -> ExitCode {

@@ -31,3 +31,5 @@ mod faults;
 mod corpus;
 // The shipped GitHub, Shopify, Stripe and Slack pipelines: signed real payloads, one table per event type, redeliveries once.
 mod providers;
+// `tributary sql`: the rows DuckDB and delta-rs read, in every output format; bad queries exit 1.
+mod sql;

@@ -399,6 +399,27 @@ impl DeltaTables {
         })
     }
 
+    /// The table `name` as it is now, for reading (`tributary sql`); `None`
+    /// if it does not exist. Creates nothing.
+    pub async fn read(&self, name: &str) -> Result<Option<DeltaTable>, DeltaError> {
+        let spec = self.spec_of(name);
+        if let Location::Local(dir) = &spec.location {
+            if !dir.join("_delta_log").is_dir() {
+                return Ok(None);
+            }
+        }
+        let (builder, url, _) = builder(&spec)?;
+        let mut table = builder.build().map_err(table_error(&url))?;
+        run_on(&table_runtime(), &url, async move {
+            match table.load().await {
+                Ok(()) => Ok(Some(table)),
+                Err(DeltaTableError::NotATable(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     async fn tables(&self) -> Result<Vec<String>, SinkError> {
         if !self.routed {
             return Ok(Vec::new());
