@@ -121,6 +121,28 @@ async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
     );
     let all: HashSet<String> = acked_a.union(&acked_b).cloned().collect();
     view.assert_exactly(&all);
+    // `tributary sql` reads the S3 table with the sink's own storage settings.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "sql",
+            "SELECT count(*) AS n, count(DISTINCT _event_id) AS ids FROM shopify_customers",
+            "--format",
+            "json",
+        ])
+        .current_dir(a.path())
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        counted,
+        serde_json::json!([{"n": all.len(), "ids": all.len()}])
+    );
     assert_eq!(view.txn[app_a], Some(299));
     assert_eq!(view.txn[app_b], Some(299));
     let compactions = [&a, &b]

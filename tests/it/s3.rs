@@ -45,6 +45,34 @@ async fn parquet_files_land_in_an_s3_bucket() {
     }
     assert_eq!(seen.len(), acked.len(), "every event once");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), acked);
+
+    // `tributary sql` lists the hive-partitioned files on S3 as one table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "sql",
+            "SELECT _event_id FROM shopify_customers",
+            "--format",
+            "ndjson",
+        ])
+        .current_dir(project.path())
+        .envs(AWS_KEYS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["_event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
