@@ -71,6 +71,7 @@ pub fn api(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .route("/status", get(status_page))
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/{name}/replay", post(replay_dead_letters))
         .with_state(admin)
@@ -177,6 +178,38 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
         },
         "sinks": sinks,
     })
+}
+
+/// The status page: one static page from the binary that polls
+/// `/api/pipelines`. It holds no data itself; without `admin.token_env` it
+/// is served on this machine only (like the API), with a token it is served
+/// to anyone and asks for the token, which its requests to the API carry.
+pub async fn status_page(
+    State(admin): State<Arc<Admin>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if admin.token.is_none() {
+        if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+            return refused;
+        }
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                ),
+            ),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 async fn pipelines(

@@ -43,9 +43,14 @@ pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
     }
 }
 
-/// The admin listener's router: `/healthz` and the admin API.
+/// The admin listener's router: `/healthz`, the admin API, and the status
+/// page at `/` (also at `/status`).
 pub fn admin_router(admin: Arc<admin::Admin>) -> Router {
+    let page = Router::new()
+        .route("/", get(admin::status_page))
+        .with_state(admin.clone());
     admin::api(admin)
+        .merge(page)
         .route("/healthz", get(healthz))
         .fallback(|| async {
             webhook::error(

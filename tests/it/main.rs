@@ -33,3 +33,5 @@ mod corpus;
 mod providers;
 // `tributary sql`: the rows DuckDB and delta-rs read, in every output format; bad queries exit 1.
 mod sql;
+// The status page in headless Chromium: a healthy and a failing sink, as the admin API reports them.
+mod page;

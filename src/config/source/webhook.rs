@@ -12,7 +12,7 @@ use crate::config::validate::{size, Errors};
 /// Default `source.max_body`: 10 MiB, enough for Shopify's and GitHub's largest payloads.
 pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 /// Paths the HTTP server keeps for itself.
-const RESERVED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api"];
+const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/api", "/status"];
 
 /// `[source]` with `type = "webhook"`.
 #[derive(Debug, Deserialize)]
