@@ -442,6 +442,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         token,
         pipelines: views,
         metrics,
+        config: Some(Arc::new(config.clone())),
     });
     let limits = server::Limits {
         header_timeout: settings.header_timeout,

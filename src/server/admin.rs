@@ -37,6 +37,8 @@ pub struct Admin {
     pub pipelines: Vec<PipelineView>,
     /// Renders the metrics page.
     pub metrics: PrometheusHandle,
+    /// The configuration, for reading tables (`/api/pipelines/{name}/sample`).
+    pub config: Option<Arc<crate::config::Config>>,
 }
 
 /// One pipeline as the admin API sees it.
@@ -74,6 +76,11 @@ pub fn api(admin: Arc<Admin>) -> Router {
         .route("/status", get(status_page))
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/{name}/replay", post(replay_dead_letters))
+        .route("/api/pipelines/{name}/sample", get(sample))
+        .route(
+            "/api/pipelines/{name}/dead_letters",
+            get(dead_letter_reasons),
+        )
         .with_state(admin)
 }
 
@@ -323,6 +330,127 @@ async fn readyz(
 
 /// Re-feeds a pipeline's dead letters; answers NDJSON progress lines, the
 /// last one `{"done": true, …}` or `{"error": …}`.
+/// The newest rows (at most 20, by `_received_at`) of one of the pipeline's
+/// tables (`tributary sql` names it); without `table`, the names of its
+/// tables.
+async fn sample(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    uri: axum::http::Uri,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+        return refused;
+    }
+    let (ctx, tables) = match pipeline_session(&admin, &name).await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let table = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "table")
+        .map(|(_, v)| v.into_owned());
+    let Some(table) = table else {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        return Json(json!({ "tables": names })).into_response();
+    };
+    if !tables.iter().any(|t| t.name == table) {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {name} has no table {table}; GET this path without ?table= for its tables"),
+        );
+    }
+    let sql = format!("SELECT * FROM \"{table}\" ORDER BY _received_at DESC LIMIT 20");
+    rows(&ctx, &sql).await
+}
+
+/// The pipeline's dead letters counted by sink and reason.
+async fn dead_letter_reasons(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+        return refused;
+    }
+    let (ctx, tables) = match pipeline_session(&admin, &name).await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let table = format!("{name}_dead_letters");
+    if !tables.iter().any(|t| t.name == table) {
+        return Json(json!([])).into_response();
+    }
+    let sql = format!(
+        "SELECT sink, reason, count(*) AS count FROM \"{table}\" GROUP BY sink, reason ORDER BY count DESC LIMIT 100"
+    );
+    rows(&ctx, &sql).await
+}
+
+/// A SQL session over the tables of pipeline `name` only.
+async fn pipeline_session(
+    admin: &Admin,
+    name: &str,
+) -> Result<
+    (
+        deltalake::datafusion::prelude::SessionContext,
+        Vec<crate::sql::Registered>,
+    ),
+    Response,
+> {
+    let Some(config) = admin.config.as_ref() else {
+        return Err(webhook::error(
+            StatusCode::NOT_FOUND,
+            "no tables to read here",
+        ));
+    };
+    let Some(pipeline) = config.pipelines.iter().find(|p| p.name == name) else {
+        return Err(webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        ));
+    };
+    let only = crate::config::Config {
+        global: config.global.clone(),
+        pipelines: vec![pipeline.clone()],
+    };
+    crate::sql::session(&only).await.map_err(|e| {
+        webhook::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the tables: {e}"),
+        )
+    })
+}
+
+/// The result of `sql` as a JSON array of row objects.
+async fn rows(ctx: &deltalake::datafusion::prelude::SessionContext, sql: &str) -> Response {
+    let batches = match crate::sql::query(ctx, sql).await {
+        Ok(batches) => batches,
+        Err(e) => {
+            return webhook::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the table: {e}"),
+            )
+        }
+    };
+    let mut out = Vec::new();
+    if let Err(e) = crate::sql::write(&batches, crate::sql::Format::Json, &mut out) {
+        return webhook::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    if out.is_empty() {
+        out = b"[]".to_vec();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        out,
+    )
+        .into_response()
+}
+
 async fn replay_dead_letters(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -425,6 +553,7 @@ mod tests {
             metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
                 .build_recorder()
                 .handle(),
+            config: None,
         }
     }
 

@@ -83,6 +83,13 @@ uri = "blocked/table"
     );
     let server = project.start().await;
     post_customers(&project, 0, 3, 5).await;
+    let bad = reqwest::Client::new()
+        .post(project.url("/hooks/shopify/customers"))
+        .json(&serde_json::json!({"customers": {"id": "not a number"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 202);
     let stuck = reqwest::Client::new()
         .post(project.url("/hooks/stuck"))
         .json(&shopify_customer(1))
@@ -111,7 +118,7 @@ uri = "blocked/table"
     loop {
         let body = api().await;
         let (ok, failing) = (sink_of(&body, "shopify_customers"), sink_of(&body, "stuck"));
-        if ok["committed_offset"] == 15 && ok["lag_events"] == 0 && failing["state"] == "failing" {
+        if ok["committed_offset"] == 16 && ok["lag_events"] == 0 && failing["state"] == "failing" {
             break;
         }
         assert!(started.elapsed().as_secs() < 30, "never settled: {body}");
@@ -130,7 +137,10 @@ uri = "blocked/table"
 
     let healthy = section(&dom, "shopify_customers");
     let expected = sink_of(&body, "shopify_customers");
-    assert_eq!(cell(healthy, "parquet", "state"), expected["state"].as_str().unwrap());
+    assert_eq!(
+        cell(healthy, "parquet", "state"),
+        expected["state"].as_str().unwrap()
+    );
     assert_ne!(expected["state"], "failing");
     assert_eq!(
         cell(healthy, "parquet", "num committed"),
@@ -172,5 +182,52 @@ uri = "blocked/table"
         std::fs::copy(&shot, &keep).unwrap();
         eprintln!("screenshot: {keep}");
     }
+    // What the page's table panel fetches: the tables, their newest rows,
+    // and the dead letters by reason.
+    let get = |path: &str| {
+        let url = project.url(path);
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    let tables: Value = get("/api/pipelines/shopify_customers/sample")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        tables["tables"],
+        serde_json::json!([
+            "shopify_customers_parquet",
+            "shopify_customers",
+            "shopify_customers_dead_letters"
+        ])
+    );
+    let rows: Value = get("/api/pipelines/shopify_customers/sample?table=shopify_customers")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 15);
+    let times: Vec<&str> = rows
+        .iter()
+        .map(|r| r["_received_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let missing = get("/api/pipelines/shopify_customers/sample?table=nope").await;
+    assert_eq!(missing.status(), 404);
+    let reasons: Value = get("/api/pipelines/shopify_customers/dead_letters")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reasons.as_array().unwrap().len(), 1, "{reasons}");
+    assert_eq!(reasons[0]["count"], 1);
+    assert!(
+        reasons[0]["reason"].as_str().unwrap().contains("id"),
+        "{reasons}"
+    );
     server.kill9();
 }
