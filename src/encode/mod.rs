@@ -161,14 +161,21 @@ impl Encoder {
         records: &[&[u8]],
         mut dead: Vec<DeadLetter>,
     ) -> Encoded {
+        // A record that fits the schema as it is is decoded from its bytes;
+        // only the others are parsed into a tree, grow the schema and are
+        // fitted (for a settled schema: none).
         let mut good: Vec<&Event> = Vec::with_capacity(events.len());
-        let mut values: Vec<serde_json::Map<String, serde_json::Value>> =
-            Vec::with_capacity(events.len());
+        let mut rows: Vec<Row> = Vec::with_capacity(events.len());
         for (event, record) in events.into_iter().zip(records) {
+            if !self.json_text && infer::fits_as_is(record, &self.record_schema) {
+                good.push(event);
+                rows.push(Row::AsIs(record));
+                continue;
+            }
             match serde_json::from_slice(record) {
                 Ok(serde_json::Value::Object(map)) => {
                     good.push(event);
-                    values.push(map);
+                    rows.push(Row::Fitted(map, None));
                 }
                 Ok(_) => dead.push(DeadLetter::new(event, "the record is not a JSON object")),
                 Err(e) => dead.push(DeadLetter::new(
@@ -177,8 +184,16 @@ impl Encoder {
                 )),
             }
         }
+        // Only records that did not fit can hold new fields, so observing
+        // them alone decides the same types as observing all.
         let grown = if self.infer {
-            infer::grow(&self.record_schema, &values)
+            let mut shape = infer::Shape::default();
+            for row in &rows {
+                if let Row::Fitted(map, _) = row {
+                    shape.observe_object(map, 0);
+                }
+            }
+            infer::grow_by(&self.record_schema, &shape)
         } else {
             None
         };
@@ -189,38 +204,47 @@ impl Encoder {
         } else {
             infer::Misfit::Leave
         };
-        let mut extras: Vec<Option<String>> = Vec::with_capacity(values.len());
-        for value in &mut values {
-            let mut extra = serde_json::Map::new();
-            infer::fit(value, &this.record_schema, misfit, &mut extra);
-            extras.push((!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()));
+        for row in &mut rows {
+            if let Row::Fitted(map, extra_text) = row {
+                let mut extra = serde_json::Map::new();
+                infer::fit(map, &this.record_schema, misfit, &mut extra);
+                *extra_text =
+                    (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string());
+            }
         }
-        let columns = match this.decode_values(&values) {
+        let columns = match this.decode_rows(&rows) {
             Ok(batch) => batch,
             Err(_) => {
-                let mut rows = Vec::with_capacity(values.len());
-                let mut kept = Vec::with_capacity(values.len());
-                let mut kept_extras = Vec::with_capacity(values.len());
-                for ((event, value), extra) in good.iter().zip(&values).zip(extras) {
-                    match this.decode_values(std::slice::from_ref(value)) {
-                        Ok(row) => {
-                            rows.push(row);
+                let mut batches = Vec::with_capacity(rows.len());
+                let mut kept = Vec::with_capacity(rows.len());
+                let mut kept_rows = Vec::with_capacity(rows.len());
+                for (event, row) in good.iter().zip(rows) {
+                    match this.decode_rows(std::slice::from_ref(&row)) {
+                        Ok(batch) => {
+                            batches.push(batch);
                             kept.push(*event);
-                            kept_extras.push(extra);
+                            kept_rows.push(row);
                         }
                         Err(e) => dead.push(DeadLetter::new(event, describe(&e))),
                     }
                 }
                 good = kept;
-                extras = kept_extras;
-                arrow_select::concat::concat_batches(&this.record_schema, &rows)
+                rows = kept_rows;
+                arrow_select::concat::concat_batches(&this.record_schema, &batches)
                     .expect("rows decoded with one schema concatenate")
             }
         };
         let columns = match this.record_schema.index_of(infer::EXTRA_COLUMN) {
             Ok(i) if this.infer => {
+                let extras: StringArray = rows
+                    .iter()
+                    .map(|row| match row {
+                        Row::Fitted(_, extra) => extra.as_deref(),
+                        Row::AsIs(_) => None,
+                    })
+                    .collect();
                 let mut arrays = columns.columns().to_vec();
-                arrays[i] = Arc::new(StringArray::from(extras));
+                arrays[i] = Arc::new(extras);
                 RecordBatch::try_new(this.record_schema.clone(), arrays)
                     .expect("the _extra column is text")
             }
@@ -233,15 +257,24 @@ impl Encoder {
         }
     }
 
-    /// Decodes parsed records that are all expected to fit.
-    fn decode_values(
-        &self,
-        records: &[serde_json::Map<String, serde_json::Value>],
-    ) -> Result<RecordBatch, ArrowError> {
+    /// Decodes rows in order, each from its bytes or its fitted tree.
+    fn decode_rows(&self, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
-            .with_batch_size(records.len().max(1))
+            .with_batch_size(rows.len().max(1))
             .build_decoder()?;
-        decoder.serialize(records)?;
+        for row in rows {
+            match row {
+                Row::AsIs(bytes) => {
+                    let read = decoder.decode(bytes)?;
+                    if read != bytes.len() || decoder.has_partial_record() {
+                        return Err(ArrowError::JsonError(
+                            "the record is not one complete JSON object".into(),
+                        ));
+                    }
+                }
+                Row::Fitted(map, _) => decoder.serialize(std::slice::from_ref(map))?,
+            }
+        }
         Ok(decoder
             .flush()?
             .unwrap_or_else(|| RecordBatch::new_empty(self.record_schema.clone())))
@@ -295,6 +328,14 @@ impl Encoder {
         RecordBatch::try_new(self.table_schema.clone(), arrays)
             .expect("metadata and decoded columns match the table schema")
     }
+}
+
+/// One record of an inferred (or JSON-text) flush on its way to the decoder.
+enum Row<'a> {
+    /// Fits the schema as it is: decoded from its bytes.
+    AsIs(&'a [u8]),
+    /// Parsed and fitted; its `_extra` text, if anything did not fit.
+    Fitted(serde_json::Map<String, serde_json::Value>, Option<String>),
 }
 
 /// A dead-letter reason from an arrow-json error, without the crate's prefix.

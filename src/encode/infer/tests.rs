@@ -253,3 +253,65 @@ fn every_value_is_kept_somewhere() {
     }
     assert_eq!(record, original);
 }
+
+#[test]
+fn values_without_a_leaf_are_null_not_extra() {
+    let schema = grown(&empty(), &[json!({"o": {"a": 1}, "l": [1], "s": "x"})]);
+    let (record, extra) = fitted(
+        &schema,
+        json!({"o": [], "l": {}, "s": [null], "new": [], "newer": {"x": null}}),
+    );
+    assert_eq!(record, json!({"o": null, "l": null, "s": null}));
+    assert_eq!(extra, json!({}));
+}
+
+#[test]
+fn a_record_is_decoded_as_is_only_when_fitting_would_change_nothing() {
+    let schema = grown(
+        &empty(),
+        &[json!({"id": 1, "n": 1.5, "s": "x", "b": true, "o": {"a": 1}, "l": [{"k": "v"}]})],
+    );
+    let as_is = |v: Value| fits_as_is(v.to_string().as_bytes(), &schema);
+    assert!(as_is(json!({"id": 2, "n": 3, "s": "y", "b": false, "o": {}, "l": []})));
+    assert!(as_is(json!({"id": null, "unknown": null, "empty": [], "o": {"a": null}})));
+    assert!(as_is(json!({"l": [{"k": "a\"b", "other": []}]})));
+    for misfit in [
+        json!({"id": "1"}),
+        json!({"id": 1.0}),
+        json!({"n": 9007199254740993_u64}),
+        json!({"s": 1}),
+        json!({"o": []}),
+        json!({"l": [1]}),
+        json!({"unknown": 1}),
+        json!({"o": {"a": 1, "b": "new"}}),
+        json!({"_extra": "x"}),
+    ] {
+        assert!(!as_is(misfit.clone()), "{misfit} needs fitting");
+    }
+}
+
+#[test]
+fn published_payloads_that_fit_as_is_are_left_unchanged_by_fit() {
+    // Every corpus payload, against the schema grown from all of them and
+    // from half of them: whenever the fast check says "as is", fit() finds
+    // nothing to move (it may only drop unknown keys without a value).
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus");
+    let mut payloads = Vec::new();
+    for provider in std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        for file in std::fs::read_dir(provider.path()).unwrap().flatten() {
+            payloads.push(std::fs::read(file.path()).unwrap());
+        }
+    }
+    let values: Vec<Value> = payloads.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    for schema in [grown(&empty(), &values), grown(&empty(), &values[..values.len() / 2])] {
+        let mut as_is = 0;
+        for (bytes, value) in payloads.iter().zip(&values) {
+            if fits_as_is(bytes, &schema) {
+                as_is += 1;
+                let (_, extra) = fitted(&schema, value.clone());
+                assert_eq!(extra, json!({}), "{}", String::from_utf8_lossy(bytes));
+            }
+        }
+        assert!(as_is > 0);
+    }
+}
