@@ -154,6 +154,19 @@ fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
                 }
                 let mut failed = false;
                 let mut text = String::new();
+                let prompt = |text: &str| {
+                    if interactive {
+                        eprint!(
+                            "{}",
+                            if text.trim().is_empty() {
+                                "sql> "
+                            } else {
+                                "  -> "
+                            }
+                        );
+                    }
+                };
+                prompt(&text);
                 for line in std::io::stdin().lock().lines().map_while(Result::ok) {
                     text.push_str(&line);
                     text.push('\n');
@@ -168,6 +181,7 @@ fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
                             failed = true;
                         }
                     }
+                    prompt(&text);
                 }
                 if !text.trim().is_empty() {
                     if let Err(e) = sql::answer(&ctx, text.trim(), args.format, &mut out).await {

@@ -479,17 +479,18 @@ impl<'de> serde::de::DeserializeSeed<'de> for Check<'_> {
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         match self.data_type {
             // Types the decoder judges itself (timestamps, dates, maps…).
-            Some(t) if !matches!(
-                t,
-                DataType::Utf8
-                    | DataType::LargeUtf8
-                    | DataType::Utf8View
-                    | DataType::Int64
-                    | DataType::Float64
-                    | DataType::Boolean
-                    | DataType::List(_)
-                    | DataType::LargeList(_)
-            ) =>
+            Some(t)
+                if !matches!(
+                    t,
+                    DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Int64
+                        | DataType::Float64
+                        | DataType::Boolean
+                        | DataType::List(_)
+                        | DataType::LargeList(_)
+                ) =>
             {
                 serde::de::IgnoredAny::deserialize(d).map(|_| true)
             }
@@ -565,7 +566,10 @@ impl<'de> serde::de::Visitor<'de> for Check<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let Some(fields) = self.fields else {
-            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
             return Ok(false);
         };
         let mut fits = true;

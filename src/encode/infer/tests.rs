@@ -272,8 +272,12 @@ fn a_record_is_decoded_as_is_only_when_fitting_would_change_nothing() {
         &[json!({"id": 1, "n": 1.5, "s": "x", "b": true, "o": {"a": 1}, "l": [{"k": "v"}]})],
     );
     let as_is = |v: Value| fits_as_is(v.to_string().as_bytes(), &schema);
-    assert!(as_is(json!({"id": 2, "n": 3, "s": "y", "b": false, "o": {}, "l": []})));
-    assert!(as_is(json!({"id": null, "unknown": null, "empty": [], "o": {"a": null}})));
+    assert!(as_is(
+        json!({"id": 2, "n": 3, "s": "y", "b": false, "o": {}, "l": []})
+    ));
+    assert!(as_is(
+        json!({"id": null, "unknown": null, "empty": [], "o": {"a": null}})
+    ));
     assert!(as_is(json!({"l": [{"k": "a\"b", "other": []}]})));
     for misfit in [
         json!({"id": "1"}),
@@ -297,13 +301,23 @@ fn published_payloads_that_fit_as_is_are_left_unchanged_by_fit() {
     // nothing to move (it may only drop unknown keys without a value).
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus");
     let mut payloads = Vec::new();
-    for provider in std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().is_dir()) {
+    for provider in std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+    {
         for file in std::fs::read_dir(provider.path()).unwrap().flatten() {
             payloads.push(std::fs::read(file.path()).unwrap());
         }
     }
-    let values: Vec<Value> = payloads.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
-    for schema in [grown(&empty(), &values), grown(&empty(), &values[..values.len() / 2])] {
+    let values: Vec<Value> = payloads
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    for schema in [
+        grown(&empty(), &values),
+        grown(&empty(), &values[..values.len() / 2]),
+    ] {
         let mut as_is = 0;
         for (bytes, value) in payloads.iter().zip(&values) {
             if fits_as_is(bytes, &schema) {
