@@ -122,17 +122,15 @@ async fn two_processes_append_to_one_s3_table_and_lose_no_commit() {
     let all: HashSet<String> = acked_a.union(&acked_b).cloned().collect();
     view.assert_exactly(&all);
     // `tributary sql` reads the S3 table with the sink's own storage settings.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args([
+    let out = a.command_with_env(
+        &[
             "sql",
             "SELECT count(*) AS n, count(DISTINCT _event_id) AS ids FROM shopify_customers",
             "--format",
             "json",
-        ])
-        .current_dir(a.path())
-        .envs(env)
-        .output()
-        .unwrap();
+        ],
+        &env,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -47,17 +47,15 @@ async fn parquet_files_land_in_an_s3_bucket() {
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), acked);
 
     // `tributary sql` lists the hive-partitioned files on S3 as one table.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args([
+    let out = project.command_with_env(
+        &[
             "sql",
             "SELECT _event_id FROM shopify_customers",
             "--format",
             "ndjson",
-        ])
-        .current_dir(project.path())
-        .envs(AWS_KEYS)
-        .output()
-        .unwrap();
+        ],
+        &AWS_KEYS,
+    );
     assert!(
         out.status.success(),
         "{}",

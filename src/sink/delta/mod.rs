@@ -20,6 +20,7 @@
 mod compact;
 pub mod merge;
 mod sync;
+mod tables;
 mod upkeep;
 
 use std::path::PathBuf;
@@ -39,14 +40,12 @@ use parquet::file::properties::WriterProperties;
 use tracing::{info, warn};
 use url::Url;
 
-use super::table::{routed_tables, Opened as TableOpened, Table, TableSink, Written, UNROUTED};
-use super::{parquet as files, SinkError, Storage, StorageError};
+use super::{parquet as files, Storage, StorageError};
 use crate::config::spec::DeltaSinkSpec;
 use crate::config::Location;
-use crate::encode::Encoder;
 use crate::error::{Classify, ErrorKind};
 use crate::schema::METADATA_COLUMNS;
-use futures::future::BoxFuture;
+pub use tables::DeltaTables;
 
 /// Why a table operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -345,163 +344,6 @@ impl DeltaSink {
         })?;
         self.synced = Some(to);
         Ok(())
-    }
-}
-
-/// The Delta sink: one table at its location, or (routed) one table per
-/// route value at `<location>/<table>`, each with its own txn app id.
-pub struct DeltaTables {
-    pipeline: String,
-    spec: DeltaSinkSpec,
-    routed: bool,
-}
-
-impl DeltaTables {
-    /// The sink of `spec` in `pipeline`; `routed` writes one table per route value.
-    pub fn new(pipeline: &str, spec: &DeltaSinkSpec, routed: bool) -> Self {
-        Self {
-            pipeline: pipeline.to_string(),
-            spec: spec.clone(),
-            routed,
-        }
-    }
-
-    /// The spec of table `name`: its location, and a sink name that makes
-    /// its txn app id `tributary/<pipeline>/<sink>/<table>`.
-    fn spec_of(&self, name: &str) -> DeltaSinkSpec {
-        if name == UNROUTED {
-            return self.spec.clone();
-        }
-        let mut spec = self.spec.clone();
-        spec.location = spec.location.join(name);
-        spec.name = format!("{}/{name}", spec.name);
-        spec
-    }
-
-    async fn open_table(
-        &self,
-        name: &str,
-        encoder: &Encoder,
-        start: u64,
-    ) -> Result<TableOpened, SinkError> {
-        let spec = self.spec_of(name);
-        let add_columns = spec.add_columns;
-        let (table, opened) =
-            DeltaSink::open(&self.pipeline, spec, encoder.table_schema(), start).await?;
-        let encoder = encoder
-            .clone()
-            .inferring(encoder.infers() && add_columns)
-            .with_record_schema(opened.record_schema);
-        Ok(TableOpened {
-            table: Box::new(table),
-            encoder,
-            resume: opened.resume,
-        })
-    }
-
-    /// The table `name` as it is now, for reading (`tributary sql`); `None`
-    /// if it does not exist. Creates nothing.
-    pub async fn read(&self, name: &str) -> Result<Option<DeltaTable>, DeltaError> {
-        let spec = self.spec_of(name);
-        if let Location::Local(dir) = &spec.location {
-            if !dir.join("_delta_log").is_dir() {
-                return Ok(None);
-            }
-        }
-        let (builder, url, _) = builder(&spec)?;
-        let mut table = builder.build().map_err(table_error(&url))?;
-        run_on(&table_runtime(), &url, async move {
-            match table.load().await {
-                Ok(()) => Ok(Some(table)),
-                Err(DeltaTableError::NotATable(_)) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-    }
-
-    async fn tables(&self) -> Result<Vec<String>, SinkError> {
-        if !self.routed {
-            return Ok(Vec::new());
-        }
-        let storage = Storage::new(&self.spec.location, &self.spec.storage)?;
-        let names = storage.list().await?;
-        let names: Vec<String> = names.iter().map(|n| storage.relative(n)).collect();
-        Ok(routed_tables(&names, |rest| {
-            rest.starts_with("_delta_log/")
-        }))
-    }
-}
-
-impl TableSink for DeltaTables {
-    fn open<'a>(
-        &'a self,
-        name: &'a str,
-        encoder: &'a Encoder,
-        start: u64,
-    ) -> BoxFuture<'a, Result<TableOpened, SinkError>> {
-        Box::pin(self.open_table(name, encoder, start))
-    }
-
-    fn existing(&self) -> BoxFuture<'_, Result<Vec<String>, SinkError>> {
-        Box::pin(self.tables())
-    }
-
-    fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>> {
-        Box::pin(async move {
-            let names = if self.routed {
-                self.tables().await?
-            } else {
-                vec![UNROUTED.to_string()]
-            };
-            let mut end = 0;
-            for name in names {
-                let resume = DeltaSink::resume_offset(&self.pipeline, &self.spec_of(&name)).await?;
-                end = end.max(resume.unwrap_or(0));
-            }
-            Ok(end)
-        })
-    }
-}
-
-impl Table for DeltaSink {
-    fn describe(&self) -> String {
-        self.url.to_string()
-    }
-
-    fn partition_by(&self) -> &[String] {
-        DeltaSink::partition_by(self)
-    }
-
-    fn merge_on(&self) -> Option<&[String]> {
-        DeltaSink::merge_on(self)
-    }
-
-    fn write_failed(&self) -> &'static str {
-        "Delta commit failed"
-    }
-
-    fn keep_schema<'a>(
-        &'a mut self,
-        _schema: &'a SchemaRef,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        // The commit that first uses it carries it.
-        Box::pin(async { Ok(()) })
-    }
-
-    fn write<'a>(
-        &'a mut self,
-        batch: &'a RecordBatch,
-        range: &'a std::ops::Range<u64>,
-    ) -> BoxFuture<'a, Result<Written, SinkError>> {
-        Box::pin(async move {
-            self.commit(batch.clone(), range.end - 1).await?;
-            Ok(Written::default())
-        })
-    }
-
-    fn upkeep(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(DeltaSink::upkeep(self))
     }
 }
 

@@ -100,13 +100,20 @@ path = "/hooks/shopify/customers"
         self.path().join("lake").join(pipeline)
     }
 
-    /// Runs `tributary <args>` to completion in the project directory.
-    pub fn command(&self, args: &[&str]) -> std::process::Output {
+    /// Runs `tributary <args>` to completion in the project directory, with
+    /// extra environment variables.
+    pub fn command_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.path())
             .output()
             .expect("run tributary")
+    }
+
+    /// Runs `tributary <args>` to completion in the project directory.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        self.command_with_env(args, &[])
     }
 
     /// Starts `tributary run` and waits until it answers `/healthz`.
