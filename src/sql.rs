@@ -90,18 +90,12 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
                 SinkSpec::Https(_) => continue,
             };
             let tables: Vec<String> = if pipeline.route.is_some() {
-                let storage = Storage::new(location, options)
-                    .map_err(|e| table_error(&pipeline.name, location, e))?;
-                let names: Vec<String> = match storage.list().await {
-                    Ok(names) => names.iter().map(|n| storage.relative(n)).collect(),
-                    Err(_) => Vec::new(),
-                };
-                let marker: fn(&str) -> bool = if kind == "delta" {
-                    |rest| rest.starts_with("_delta_log/")
-                } else {
-                    |rest| rest.ends_with(".parquet")
-                };
-                crate::sink::table::routed_tables(&names, marker)
+                // The sink itself knows which routed tables exist.
+                match crate::sink::table_sink(sink, pipeline) {
+                    Some(Ok(tables)) => tables.existing().await.unwrap_or_default(),
+                    Some(Err(e)) => return Err(table_error(&pipeline.name, location, e)),
+                    None => Vec::new(),
+                }
             } else {
                 vec![UNROUTED.to_string()]
             };

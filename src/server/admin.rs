@@ -328,8 +328,6 @@ async fn readyz(
         .into_response()
 }
 
-/// Re-feeds a pipeline's dead letters; answers NDJSON progress lines, the
-/// last one `{"done": true, …}` or `{"error": …}`.
 /// The newest rows (at most 20, by `_received_at`) of one of the pipeline's
 /// tables (`tributary sql` names it); without `table`, the names of its
 /// tables.
@@ -340,10 +338,7 @@ async fn sample(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
-        return refused;
-    }
-    let (ctx, tables) = match pipeline_session(&admin, &name).await {
+    let (ctx, tables) = match pipeline_session(&admin, &name, &headers, peer.as_deref()).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -371,10 +366,7 @@ async fn dead_letter_reasons(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
-        return refused;
-    }
-    let (ctx, tables) = match pipeline_session(&admin, &name).await {
+    let (ctx, tables) = match pipeline_session(&admin, &name, &headers, peer.as_deref()).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -388,10 +380,13 @@ async fn dead_letter_reasons(
     rows(&ctx, &sql).await
 }
 
-/// A SQL session over the tables of pipeline `name` only.
+/// A SQL session over the tables of pipeline `name` only, for a request
+/// the admin API answers (see [`refusal`]).
 async fn pipeline_session(
     admin: &Admin,
     name: &str,
+    headers: &HeaderMap,
+    peer: Option<&Peer>,
 ) -> Result<
     (
         deltalake::datafusion::prelude::SessionContext,
@@ -399,6 +394,9 @@ async fn pipeline_session(
     ),
     Response,
 > {
+    if let Some(refused) = refusal(admin, headers, peer) {
+        return Err(refused);
+    }
     let Some(config) = admin.config.as_ref() else {
         return Err(webhook::error(
             StatusCode::NOT_FOUND,
@@ -451,6 +449,8 @@ async fn rows(ctx: &deltalake::datafusion::prelude::SessionContext, sql: &str) -
         .into_response()
 }
 
+/// Re-feeds a pipeline's dead letters; answers NDJSON progress lines, the
+/// last one `{"done": true, …}` or `{"error": …}`.
 async fn replay_dead_letters(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
