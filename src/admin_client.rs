@@ -10,6 +10,66 @@ use serde_json::Value;
 use crate::config::GlobalSpec;
 use crate::replay::Filter;
 
+/// Why a client command failed; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server's certificate file cannot be read.
+    #[error("cannot read tls.cert {}: {source}", path.display())]
+    ReadCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The certificate file or the client cannot be used.
+    #[error("tls.cert {}: {source}", path.display())]
+    Cert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What reqwest said.
+        source: reqwest::Error,
+    },
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+    /// `admin.token_env` names an unset variable.
+    #[error("admin.token_env names {0}, which is not set here; export the admin token")]
+    Token(String),
+    /// No server answers.
+    #[error("cannot reach tributary at {base} ({source}); is `tributary run` running with this configuration?")]
+    Unreachable {
+        /// The admin API's base URL.
+        base: String,
+        /// What reqwest said.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("the server answered {status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The `error` of its JSON body.
+        message: String,
+    },
+    /// The answer could not be read.
+    #[error("the server's answer could not be read: {0}")]
+    Answer(#[source] reqwest::Error),
+    /// A line of the answer is not JSON.
+    #[error("the server's answer is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The replay failed on the server.
+    #[error("{0}")]
+    Replay(String),
+    /// The answer ended early.
+    #[error("the server ended the replay without a result; check its log")]
+    NoResult,
+    /// `--since` does not parse.
+    #[error(
+        "--since {0:?} is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration (2h)"
+    )]
+    Since(String),
+}
+
 /// The admin API's base URL and a client for it.
 pub struct AdminClient {
     base: String,
@@ -31,7 +91,7 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 
 impl AdminClient {
     /// The client for the server `global` configures.
-    pub fn new(global: &GlobalSpec) -> Result<Self, String> {
+    pub fn new(global: &GlobalSpec) -> Result<Self, ClientError> {
         let server = &global.server;
         let mut builder = reqwest::Client::builder().no_proxy();
         let base = match server.admin_listen {
@@ -42,11 +102,18 @@ impl AdminClient {
                     None => format!("http://{address}"),
                     Some((cert, _)) => {
                         // Trust the server's own certificate file (self-signed or its chain).
-                        let pem = std::fs::read(cert)
-                            .map_err(|e| format!("cannot read tls.cert {}: {e}", cert.display()))?;
-                        for c in reqwest::Certificate::from_pem_bundle(&pem)
-                            .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
-                        {
+                        let pem = std::fs::read(cert).map_err(|source| ClientError::ReadCert {
+                            path: cert.clone(),
+                            source,
+                        })?;
+                        let certs =
+                            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                                ClientError::Cert {
+                                    path: cert.clone(),
+                                    source,
+                                }
+                            })?;
+                        for c in certs {
                             builder = builder.add_root_certificate(c);
                         }
                         format!("https://{address}")
@@ -56,13 +123,9 @@ impl AdminClient {
         };
         let token = match &server.admin_token_env {
             None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                format!(
-                    "admin.token_env names {var}, which is not set here; export the admin token"
-                )
-            })?),
+            Some(var) => Some(std::env::var(var).map_err(|_| ClientError::Token(var.clone()))?),
         };
-        let client = builder.build().map_err(|e| e.to_string())?;
+        let client = builder.build().map_err(ClientError::Build)?;
         Ok(Self {
             base,
             client,
@@ -78,30 +141,34 @@ impl AdminClient {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-        let response = request.send().await.map_err(|e| {
-            format!(
-                "cannot reach tributary at {} ({e}); is `tributary run` running with this configuration?",
-                self.base
-            )
-        })?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(format!(
-            "the server answered {status}: {}",
-            body["error"].as_str().unwrap_or("(no message)")
-        ))
+        Err(ClientError::Refused {
+            status,
+            message: body["error"].as_str().unwrap_or("(no message)").to_string(),
+        })
     }
 
     /// `GET /api/pipelines`.
-    pub async fn pipelines(&self) -> Result<Value, String> {
+    pub async fn pipelines(&self) -> Result<Value, ClientError> {
         let response = self
             .send(self.request(reqwest::Method::GET, "/api/pipelines"))
             .await?;
-        response.json().await.map_err(|e| e.to_string())
+        response.json().await.map_err(ClientError::Answer)
     }
 
     /// `POST /api/pipelines/{name}/replay`; `progress` sees each progress
@@ -111,7 +178,7 @@ impl AdminClient {
         pipeline: &str,
         filter: &Filter,
         progress: &mut dyn FnMut(&Value),
-    ) -> Result<Value, String> {
+    ) -> Result<Value, ClientError> {
         let request = self
             .request(
                 reqwest::Method::POST,
@@ -120,31 +187,33 @@ impl AdminClient {
             .json(filter);
         let mut response = self.send(request).await?;
         let mut pending = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = response.chunk().await.map_err(ClientError::Answer)? {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                let value: Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+                let value: Value = serde_json::from_slice(&line).map_err(ClientError::NotJson)?;
                 if let Some(p) = value.get("progress") {
                     progress(p);
                 } else if let Some(e) = value.get("error") {
-                    return Err(e.as_str().unwrap_or("replay failed").to_string());
+                    return Err(ClientError::Replay(
+                        e.as_str().unwrap_or("replay failed").to_string(),
+                    ));
                 } else if value.get("done").is_some() {
                     return Ok(value["result"].clone());
                 }
             }
         }
-        Err("the server ended the replay without a result; check its log".into())
+        Err(ClientError::NoResult)
     }
 }
 
 /// `--since`: an RFC 3339 time or a duration back from now, as µs since the epoch.
-pub fn parse_since(text: &str) -> Result<i64, String> {
+pub fn parse_since(text: &str) -> Result<i64, ClientError> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(time.timestamp_micros());
     }
     let back = crate::config::units::parse_duration(text)
-        .map_err(|_| format!("--since {text:?} is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration (2h)"))?;
+        .map_err(|_| ClientError::Since(text.to_string()))?;
     Ok(crate::event::now_us() - back.as_micros() as i64)
 }
 

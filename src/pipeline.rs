@@ -73,22 +73,35 @@ pub enum RunError {
         #[source]
         source: crate::source::SourceError,
     },
-    /// A sink cannot start as configured (e.g. its signing secret is not set).
-    #[error("sink {sink} of pipeline {pipeline}: {problem}")]
-    Sink {
+    /// An HTTPS sink cannot sign as configured (e.g. its secret is not set).
+    #[error("sink {sink} of pipeline {pipeline}: {source}")]
+    Signing {
         /// Pipeline name.
         pipeline: String,
         /// Sink name.
         sink: String,
         /// What is wrong and the fix.
-        problem: String,
+        source: crate::sink::https::signing::SigningError,
+    },
+    /// `tributary poll` named no pipeline there is.
+    #[error("no pipeline is named {name}; the pipelines are: {}", names.join(", "))]
+    NoPipeline {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        names: Vec<String>,
     },
     /// `tributary poll` named a pipeline that does not poll.
-    #[error("{0}")]
+    #[error(
+        "pipeline {0} is fed by a webhook, not polled; `tributary poll` runs poll sources only"
+    )]
     NotPolled(String),
-    /// The HTTP server cannot start as configured (TLS files, admin token).
+    /// The TLS files cannot serve.
     #[error("the HTTP server cannot start: {0}")]
-    ServerSetup(String),
+    Tls(#[source] crate::server::TlsError),
+    /// `admin.token_env` names an unset variable.
+    #[error("the HTTP server cannot start: admin.token_env names the env var {0}, which is not set; set it to the admin API's bearer token")]
+    AdminToken(String),
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
     Server {
@@ -163,11 +176,11 @@ pub async fn build(
             source: Box::new(source),
         };
         if let SinkSpec::Https(h) = sink {
-            let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|problem| {
-                RunError::Sink {
+            let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|source| {
+                RunError::Signing {
                     pipeline: spec.name.clone(),
                     sink: h.name.clone(),
-                    problem,
+                    source,
                 }
             })?;
             runners.push(SinkTask::Https(HttpsRunner {
@@ -262,8 +275,7 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
         return 0;
     }
     let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
-    let describe = |e: StorageError| crate::error::chain(&e);
-    let mut outputs: Vec<(&str, Result<Box<dyn TableSink>, String>)> = Vec::new();
+    let mut outputs: Vec<(&str, Result<Box<dyn TableSink>, StorageError>)> = Vec::new();
     // Dead-letter files are named by offsets like a Parquet sink's.
     let dead = crate::config::spec::ParquetSinkSpec {
         name: "_dead_letters".into(),
@@ -273,27 +285,20 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     };
     outputs.push((
         "_dead_letters",
-        parquet::ParquetSink::new(&dead, false)
-            .map(|s| Box::new(s) as Box<dyn TableSink>)
-            .map_err(describe),
+        parquet::ParquetSink::new(&dead, false).map(|s| Box::new(s) as Box<dyn TableSink>),
     ));
     for sink in &spec.sinks {
         // Deliveries carry event ids, not offsets: nothing to read.
         if let Some(tables) = crate::sink::table_sink(sink, spec) {
-            outputs.push((sink.name(), tables.map_err(describe)));
+            outputs.push((sink.name(), tables));
         }
     }
     let reads = outputs.iter().map(|(name, output)| async move {
         let read = match output {
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(crate::error::chain(e)),
             Ok(tables) => tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
                 .await
-                .unwrap_or_else(|_| {
-                    Err(SinkError::Internal(format!(
-                        "no answer within {} s",
-                        FLOOR_WAIT.as_secs()
-                    )))
-                })
+                .unwrap_or(Err(SinkError::NoAnswer(FLOOR_WAIT)))
                 .map_err(|e| crate::error::chain(&e)),
         };
         (*name, read)
@@ -346,16 +351,13 @@ pub async fn poll_once(
     progress: &mut (dyn FnMut(&RunState) + Send),
 ) -> Result<RunState, RunError> {
     let Some(spec) = config.pipelines.iter().find(|p| p.name == pipeline) else {
-        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
-        return Err(RunError::NotPolled(format!(
-            "no pipeline is named {pipeline}; the pipelines are: {}",
-            names.join(", ")
-        )));
+        return Err(RunError::NoPipeline {
+            name: pipeline.to_string(),
+            names: config.pipelines.iter().map(|p| p.name.clone()).collect(),
+        });
     };
     if !matches!(spec.source, SourceSpec::Poll(_)) {
-        return Err(RunError::NotPolled(format!(
-            "pipeline {pipeline} is fed by a webhook, not polled; `tributary poll` runs poll sources only"
-        )));
+        return Err(RunError::NotPolled(pipeline.to_string()));
     }
     let floor = offset_floor(spec, &config.global).await;
     let built = build(spec, &config.global, &shutdown, floor).await?;
@@ -363,9 +365,7 @@ pub async fn poll_once(
     drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);
     let crate::source::Source::Poll(mut poller) = built.source.source else {
-        return Err(RunError::NotPolled(format!(
-            "pipeline {pipeline} is not polled"
-        )));
+        return Err(RunError::NotPolled(pipeline.to_string()));
     };
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {
@@ -393,17 +393,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let settings = &config.global.server;
     let tls = match &settings.tls {
         None => None,
-        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(RunError::ServerSetup)?),
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(RunError::Tls)?),
     };
     let token = match &settings.admin_token_env {
         None => None,
         Some(var) => match std::env::var(var) {
             Ok(token) if !token.is_empty() => Some(token),
-            _ => {
-                return Err(RunError::ServerSetup(format!(
-                    "admin.token_env names the env var {var}, which is not set; set it to the admin API's bearer token"
-                )))
-            }
+            _ => return Err(RunError::AdminToken(var.clone())),
         },
     };
     let bind = |listen| async move {

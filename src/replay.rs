@@ -121,6 +121,63 @@ pub struct Progress {
     pub problems: Vec<String>,
 }
 
+/// Why a replay stopped (files already replayed stay replayed).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The dead-letter store cannot be listed.
+    #[error("cannot list the dead letters in {store}")]
+    List {
+        /// The store.
+        store: String,
+        /// What storage said.
+        source: crate::sink::StorageError,
+    },
+    /// A file cannot be read.
+    #[error("cannot read dead-letter file {name}")]
+    Get {
+        /// The file.
+        name: String,
+        /// What storage said.
+        source: crate::sink::StorageError,
+    },
+    /// The log refused the replayed events.
+    #[error("cannot append the replayed events to the log")]
+    Append(#[source] crate::buffer::AppendError),
+    /// A fully replayed file cannot be deleted.
+    #[error("replayed {name} but cannot delete it")]
+    Delete {
+        /// The file.
+        name: String,
+        /// What storage said.
+        source: crate::sink::StorageError,
+    },
+    /// The rest of a partly replayed file cannot be encoded.
+    #[error("cannot rewrite {name}")]
+    Encode {
+        /// The file.
+        name: String,
+        /// What parquet said.
+        source: parquet::errors::ParquetError,
+    },
+    /// The rest of a partly replayed file cannot be written.
+    #[error("replayed part of {name} but cannot rewrite it")]
+    Rewrite {
+        /// The file.
+        name: String,
+        /// What storage said.
+        source: crate::sink::StorageError,
+    },
+}
+
+/// Not a dead-letter file.
+#[derive(Debug, thiserror::Error)]
+enum NotDeadLetters {
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
 /// Replays the dead letters of one pipeline stored in `storage` (its
 /// `<lake>/_dead_letters/<pipeline>/`) into its log; `sinks` are the
 /// pipeline's current sinks. Calls `progress` after each file.
@@ -130,11 +187,14 @@ pub async fn run(
     appender: &Appender,
     filter: &Filter,
     progress: &mut (dyn FnMut(&Progress) + Send),
-) -> Result<Progress, String> {
+) -> Result<Progress, ReplayError> {
     let mut names: Vec<String> = storage
         .list()
         .await
-        .map_err(|e| format!("cannot list the dead letters in {storage}: {e}"))?
+        .map_err(|source| ReplayError::List {
+            store: storage.to_string(),
+            source,
+        })?
         .into_iter()
         .filter(|n| n.ends_with(".parquet"))
         .collect();
@@ -146,10 +206,10 @@ pub async fn run(
     progress(&done);
     let known: HashSet<&str> = sinks.iter().map(String::as_str).collect();
     for name in &names {
-        let bytes = storage
-            .get(name)
-            .await
-            .map_err(|e| format!("cannot read dead-letter file {name}: {e}"))?;
+        let bytes = storage.get(name).await.map_err(|source| ReplayError::Get {
+            name: name.clone(),
+            source,
+        })?;
         let batch = match read(bytes) {
             Ok(batch) => batch,
             Err(e) => {
@@ -166,10 +226,7 @@ pub async fn run(
             .extend(problems.into_iter().map(|p| format!("{name}: {p}")));
         let replayed = events.len();
         if replayed > 0 {
-            appender
-                .append(events)
-                .await
-                .map_err(|e| format!("cannot append the replayed events to the log: {e}"))?;
+            appender.append(events).await.map_err(ReplayError::Append)?;
             let keep_mask: BooleanArray = replay_mask.iter().map(|r| Some(!r)).collect();
             let keep = arrow_select::filter::filter_record_batch(&batch, &keep_mask)
                 .expect("the mask fits the batch");
@@ -177,14 +234,25 @@ pub async fn run(
                 storage
                     .delete(name)
                     .await
-                    .map_err(|e| format!("replayed {name} but cannot delete it: {e}"))?;
+                    .map_err(|source| ReplayError::Delete {
+                        name: name.clone(),
+                        source,
+                    })?;
             } else {
-                let body = files::serialise(&keep, &files::writer_properties())
-                    .map_err(|e| format!("cannot rewrite {name}: {e}"))?;
+                let body =
+                    files::serialise(&keep, &files::writer_properties()).map_err(|source| {
+                        ReplayError::Encode {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
                 storage
                     .replace(name, body)
                     .await
-                    .map_err(|e| format!("replayed part of {name} but cannot rewrite it: {e}"))?;
+                    .map_err(|source| ReplayError::Rewrite {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
         }
         done.replayed += replayed;
@@ -195,17 +263,11 @@ pub async fn run(
     Ok(done)
 }
 
-fn read(bytes: Bytes) -> Result<RecordBatch, String> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?;
-    let batches: Vec<RecordBatch> = reader
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+fn read(bytes: Bytes) -> Result<RecordBatch, NotDeadLetters> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build())?;
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
     let schema = crate::encode::dead_letter::schema();
-    let batch =
-        arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
-    Ok(batch)
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
 /// The replay records for the rows of `batch` that match, a mask of those

@@ -57,11 +57,49 @@ pub enum SqlError {
         /// Where it is.
         location: String,
         /// What went wrong.
-        problem: String,
+        #[source]
+        problem: OpenError,
     },
     /// Writing the result failed.
     #[error("cannot write the result: {0}")]
-    Output(String),
+    Output(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `--format parquet` of an empty result.
+    #[error("cannot write the result: no rows to write")]
+    NoRows,
+}
+
+/// Why a table cannot be opened for queries.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The Delta table cannot be read.
+    #[error("{}", crate::error::chain(.0))]
+    Delta(#[source] crate::sink::delta::DeltaError),
+    /// The Parquet files' storage cannot be used.
+    #[error("{}", crate::error::chain(.0))]
+    Storage(#[source] crate::sink::StorageError),
+    /// DataFusion cannot register the files or the table.
+    #[error("{0}")]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    /// delta-rs cannot give a table provider.
+    #[error("{0}")]
+    DeltaTable(#[from] deltalake::DeltaTableError),
+    /// A local directory that cannot be resolved.
+    #[error("{}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A path that is no URL.
+    #[error("{} is not a directory path", .0.display())]
+    NotDirPath(std::path::PathBuf),
+    /// An S3 location whose storage is local (Storage::new never gives one).
+    #[error("an s3 location without an object store")]
+    NoStore,
+    /// A bucket or prefix that makes no URL.
+    #[error("{0}")]
+    Url(#[from] url::ParseError),
 }
 
 /// A table registered in the session, for `\d` and messages.
@@ -158,15 +196,11 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
     Ok((ctx, registered))
 }
 
-fn table_error(
-    pipeline: &str,
-    location: &Location,
-    e: impl std::error::Error + 'static,
-) -> SqlError {
+fn table_error(pipeline: &str, location: &Location, e: crate::sink::StorageError) -> SqlError {
     SqlError::Table {
         table: pipeline.to_string(),
         location: location.to_string(),
-        problem: crate::error::chain(&e),
+        problem: OpenError::Storage(e),
     }
 }
 
@@ -187,18 +221,12 @@ async fn delta(
     ctx: &SessionContext,
     tables: &DeltaTables,
     name: &str,
-) -> Result<Option<Provider>, String> {
-    let Some(table) = tables
-        .read(name)
-        .await
-        .map_err(|e| crate::error::chain(&e))?
-    else {
+) -> Result<Option<Provider>, OpenError> {
+    let Some(table) = tables.read(name).await.map_err(OpenError::Delta)? else {
         return Ok(None);
     };
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| e.to_string())?;
-    let provider = table.table_provider().await.map_err(|e| e.to_string())?;
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
     Ok(Some(provider))
 }
 
@@ -208,29 +236,26 @@ async fn parquet(
     location: &Location,
     options: &std::collections::BTreeMap<String, String>,
     partition_by: &[String],
-) -> Result<Option<Provider>, String> {
-    let storage = Storage::new(location, options).map_err(|e| crate::error::chain(&e))?;
+) -> Result<Option<Provider>, OpenError> {
+    let storage = Storage::new(location, options).map_err(OpenError::Storage)?;
     let names = storage.list().await.unwrap_or_default();
     if !names.iter().any(|n| n.ends_with(".parquet")) {
         return Ok(None);
     }
     let url = match (location, &storage) {
         (Location::Local(dir), _) => {
-            let dir = dir
-                .canonicalize()
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            Url::from_directory_path(&dir)
-                .map_err(|()| format!("{} is not a directory path", dir.display()))?
+            let dir = dir.canonicalize().map_err(|source| OpenError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            Url::from_directory_path(&dir).map_err(|()| OpenError::NotDirPath(dir.clone()))?
         }
         (Location::S3 { bucket, prefix }, Storage::Object { store, .. }) => {
-            let root = Url::parse(&format!("s3://{bucket}/")).map_err(|e| e.to_string())?;
+            let root = Url::parse(&format!("s3://{bucket}/"))?;
             ctx.register_object_store(&root, store.clone());
-            Url::parse(&format!("s3://{bucket}/{}/", prefix.trim_matches('/')))
-                .map_err(|e| e.to_string())?
+            Url::parse(&format!("s3://{bucket}/{}/", prefix.trim_matches('/')))?
         }
-        (Location::S3 { .. }, Storage::Local(_)) => {
-            return Err("an s3 location without an object store".into())
-        }
+        (Location::S3 { .. }, Storage::Local(_)) => return Err(OpenError::NoStore),
     };
     let listing = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
@@ -240,17 +265,12 @@ async fn parquet(
                 .map(|c| (c.clone(), DataType::Utf8))
                 .collect(),
         );
-    let path = deltalake::datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())
-        .map_err(|e| e.to_string())?;
-    let schema = listing
-        .infer_schema(&ctx.state(), &path)
-        .await
-        .map_err(|e| e.to_string())?;
+    let path = deltalake::datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())?;
+    let schema = listing.infer_schema(&ctx.state(), &path).await?;
     let config = deltalake::datafusion::datasource::listing::ListingTableConfig::new(path)
         .with_listing_options(listing)
         .with_schema(schema);
-    let table = deltalake::datafusion::datasource::listing::ListingTable::try_new(config)
-        .map_err(|e| e.to_string())?;
+    let table = deltalake::datafusion::datasource::listing::ListingTable::try_new(config)?;
     Ok(Some(Arc::new(table)))
 }
 
@@ -269,49 +289,51 @@ pub async fn answer(
 ) -> Result<(), SqlError> {
     let batches = self::query(ctx, query).await?;
     write(&batches, format, out)?;
-    out.flush().map_err(|e| SqlError::Output(e.to_string()))
+    out.flush().map_err(|e| SqlError::Output(e.into()))
 }
 
 /// Writes `batches` to `out` in `format`.
 pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Result<(), SqlError> {
-    let failed = |e: &dyn std::fmt::Display| SqlError::Output(e.to_string());
+    fn failed(e: impl std::error::Error + Send + Sync + 'static) -> SqlError {
+        SqlError::Output(Box::new(e))
+    }
     match format {
         Format::Table => {
-            let text = deltalake::arrow::util::pretty::pretty_format_batches(batches)
-                .map_err(|e| failed(&e))?;
-            writeln!(out, "{text}").map_err(|e| failed(&e))?;
+            let text =
+                deltalake::arrow::util::pretty::pretty_format_batches(batches).map_err(failed)?;
+            writeln!(out, "{text}").map_err(failed)?;
         }
         Format::Csv => {
             let mut writer = arrow_csv_writer(out);
             for batch in batches {
-                writer.write(batch).map_err(|e| failed(&e))?;
+                writer.write(batch).map_err(failed)?;
             }
         }
         Format::Json => {
             let mut writer = arrow_json::ArrayWriter::new(out);
             let refs: Vec<&RecordBatch> = batches.iter().collect();
-            writer.write_batches(&refs).map_err(|e| failed(&e))?;
-            writer.finish().map_err(|e| failed(&e))?;
+            writer.write_batches(&refs).map_err(failed)?;
+            writer.finish().map_err(failed)?;
         }
         Format::Ndjson => {
             let mut writer = arrow_json::LineDelimitedWriter::new(out);
             let refs: Vec<&RecordBatch> = batches.iter().collect();
-            writer.write_batches(&refs).map_err(|e| failed(&e))?;
-            writer.finish().map_err(|e| failed(&e))?;
+            writer.write_batches(&refs).map_err(failed)?;
+            writer.finish().map_err(failed)?;
         }
         Format::Parquet => {
             let Some(first) = batches.first() else {
-                return Err(SqlError::Output("no rows to write".into()));
+                return Err(SqlError::NoRows);
             };
             let mut buffer = Vec::new();
             let mut writer =
                 ::parquet::arrow::ArrowWriter::try_new(&mut buffer, first.schema(), None)
-                    .map_err(|e| failed(&e))?;
+                    .map_err(failed)?;
             for batch in batches {
-                writer.write(batch).map_err(|e| failed(&e))?;
+                writer.write(batch).map_err(failed)?;
             }
-            writer.close().map_err(|e| failed(&e))?;
-            out.write_all(&buffer).map_err(|e| failed(&e))?;
+            writer.close().map_err(failed)?;
+            out.write_all(&buffer).map_err(failed)?;
         }
     }
     Ok(())

@@ -177,10 +177,8 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
             let doc = std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|text| {
-                    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
-                });
+                .map_err(validate::SchemaDocError::from)
+                .and_then(|text| Ok(serde_json::from_str(&text)?));
             schemas.insert(path, doc);
         }
     }

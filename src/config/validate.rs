@@ -32,7 +32,18 @@ pub const DEFAULT_BUFFER_BYTES: u64 = 1 << 30;
 pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
 
 /// A parsed schema document, by the path the pipeline named.
-pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, String>>;
+pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, SchemaDocError>>;
+
+/// Why a schema file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaDocError {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// It is not JSON.
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// Collects errors for one file.
 pub(super) struct Errors<'a> {
@@ -390,7 +401,7 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
                 return None;
             }
             Err(problem) => {
-                e.push("batch.max_age", problem, "");
+                e.push("batch.max_age", problem.to_string(), "");
                 return None;
             }
         },
@@ -419,7 +430,7 @@ pub(super) fn positive_duration(
             default
         }
         Some(Err(problem)) => {
-            e.push(key, problem, "");
+            e.push(key, problem.to_string(), "");
             default
         }
     }
@@ -431,7 +442,7 @@ pub(super) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> 
         RawSize::Text(t) => match parse_size(t) {
             Ok(n) => Some(n),
             Err(problem) => {
-                e.push(key, problem, "");
+                e.push(key, problem.to_string(), "");
                 None
             }
         },

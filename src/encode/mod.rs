@@ -119,7 +119,7 @@ impl Encoder {
                     good.push(event);
                     records.push(record);
                 }
-                Err(reason) => dead.push(DeadLetter::new(event, reason)),
+                Err(reason) => dead.push(DeadLetter::new(event, reason.to_string())),
             }
         }
         if self.infer || self.json_text {

@@ -18,26 +18,38 @@ pub fn tokens(pointer: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why an event holds no record: a dead letter's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The event is not JSON.
+    #[error("the event is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// Nothing at `record_path` (the path up to the missing token).
+    #[error("record_path /{0} not found in the event")]
+    NotFound(String),
+    /// A scalar on the way to `record_path`.
+    #[error("record_path /{0}: the event has no object or array there")]
+    NotContainer(String),
+    /// An array where one record was expected.
+    #[error("the record is a JSON array, not an object; point record_path at one record")]
+    Array,
+    /// A scalar where one record was expected.
+    #[error("the record is not a JSON object")]
+    NotObject,
+}
+
 /// The bytes of the record at `tokens` in `payload`; it must be a JSON object.
-pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], String> {
+pub fn record<'a>(payload: &'a [u8], tokens: &[String]) -> Result<&'a [u8], RecordError> {
     let current = value(payload, tokens)
-        .map_err(|e| format!("the event is not valid JSON: {e}"))?
+        .map_err(RecordError::NotJson)?
         .map_err(|depth| match depth {
-            Missing::At(depth) => format!(
-                "record_path /{} not found in the event",
-                tokens[..=depth].join("/")
-            ),
-            Missing::NotContainer(depth) => format!(
-                "record_path /{}: the event has no object or array there",
-                tokens[..=depth].join("/")
-            ),
+            Missing::At(depth) => RecordError::NotFound(tokens[..=depth].join("/")),
+            Missing::NotContainer(depth) => RecordError::NotContainer(tokens[..=depth].join("/")),
         })?;
     match first_byte(current) {
         Some(b'{') => Ok(current),
-        Some(b'[') => {
-            Err("the record is a JSON array, not an object; point record_path at one record".into())
-        }
-        _ => Err("the record is not a JSON object".into()),
+        Some(b'[') => Err(RecordError::Array),
+        _ => Err(RecordError::NotObject),
     }
 }
 
@@ -165,15 +177,19 @@ mod tests {
         );
         assert!(record(event, &tokens("/orders"))
             .unwrap_err()
+            .to_string()
             .contains("/orders not found"));
         assert!(record(event, &tokens("/topic/x"))
             .unwrap_err()
+            .to_string()
             .contains("no object or array"));
         assert!(record(event, &tokens("/customers/a~0b/c~1d"))
             .unwrap_err()
+            .to_string()
             .contains("array"));
         assert!(record(b"42", &[])
             .unwrap_err()
+            .to_string()
             .contains("not a JSON object"));
     }
 

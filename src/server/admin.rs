@@ -521,6 +521,7 @@ async fn replay_dead_letters(
                 json!({ "done": true, "result": done })
             }
             Err(e) => {
+                let e = crate::error::chain(&e);
                 tracing::warn!(pipeline = %p.name, error = %e, "Replay failed.");
                 json!({ "error": e })
             }

@@ -40,32 +40,69 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
+/// Why the TLS files cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read or parsed.
+    #[error("tls.cert {}: {source}", path.display())]
+    Cert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What rustls-pki-types said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls.cert {}: no PEM certificate in the file", .0.display())]
+    NoCert(std::path::PathBuf),
+    /// The key file cannot be read or parsed.
+    #[error("tls.key {}: {source}", path.display())]
+    Key {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What rustls-pki-types said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate and key do not go together, or rustls refused them.
+    #[error("tls.cert {} and tls.key {} do not make a usable pair: {source}", cert.display(), key.display())]
+    Pair {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// rustls has no protocol version to offer.
+    #[error("TLS set-up: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
 /// A TLS acceptor from PEM files (certificate chain leaf first; a PKCS#8,
 /// PKCS#1 or SEC1 key), speaking HTTP/1.1. Uses ring, as the rest of tributary.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Cert {
+            path: cert.to_path_buf(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "tls.cert {}: no PEM certificate in the file",
-            cert.display()
-        ));
+        return Err(TlsError::NoCert(cert.to_path_buf()));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_path_buf(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            format!(
-                "tls.cert {} and tls.key {} do not make a usable pair: {e}",
-                cert.display(),
-                key.display()
-            )
+        .map_err(|source| TlsError::Pair {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))

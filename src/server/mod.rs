@@ -21,7 +21,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub use listen::{bind, serve, tls_acceptor, Limits, Peer};
+pub use listen::{bind, serve, tls_acceptor, Limits, Peer, TlsError};
 
 use crate::source::webhook::{self, Route};
 

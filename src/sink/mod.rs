@@ -50,6 +50,36 @@ pub enum SinkError {
     /// A task of the sink failed unexpectedly (a bug).
     #[error("{0}")]
     Internal(String),
+    /// A task of the sink panicked or was cancelled.
+    #[error("the {what} task failed")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// What tokio said.
+        source: tokio::task::JoinError,
+    },
+    /// A thread or runtime of the sink could not start.
+    #[error("cannot start the {what}")]
+    Start {
+        /// What could not start.
+        what: &'static str,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A Parquet table's schema file is not one tributary wrote.
+    #[error("{at} is not a schema tributary wrote ({source}); it holds the column types of every file of this table, so restore it from a backup rather than delete it")]
+    SchemaFile {
+        /// Where the file is.
+        at: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// The inferred schema could not be serialised.
+    #[error("cannot write the schema")]
+    WriteSchema(#[source] serde_json::Error),
+    /// The sink did not answer in time.
+    #[error("no answer within {} s", .0.as_secs())]
+    NoAnswer(std::time::Duration),
     /// Shutdown's grace period ended while a flush was still retrying.
     #[error("gave up retrying at shutdown; the events stay in the log for the next start")]
     Abandoned,
@@ -64,7 +94,11 @@ impl Classify for SinkError {
             | SinkError::Log(_)
             | SinkError::Ledger(_)
             | SinkError::Abandoned => ErrorKind::Internal,
-            SinkError::Setup(_) => ErrorKind::Config,
+            SinkError::Setup(_) | SinkError::SchemaFile { .. } => ErrorKind::Config,
+            SinkError::Task { .. }
+            | SinkError::Start { .. }
+            | SinkError::WriteSchema(_)
+            | SinkError::NoAnswer(_) => ErrorKind::Internal,
             SinkError::Disabled(_) => ErrorKind::Permanent,
             SinkError::Internal(_) => ErrorKind::Internal,
         }

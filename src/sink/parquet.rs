@@ -197,11 +197,11 @@ impl ParquetSink {
         let mut encoder = encoder.clone();
         if encoder.infers() {
             if let Some(bytes) = storage.read(SCHEMA_FILE).await? {
-                let schema: Schema = serde_json::from_slice(&bytes).map_err(|e| {
-                    SinkError::Setup(format!(
-                        "{storage}/{SCHEMA_FILE} is not a schema tributary wrote ({e}); it holds the column types of every file of this table, so restore it from a backup rather than delete it"
-                    ))
-                })?;
+                let schema: Schema =
+                    serde_json::from_slice(&bytes).map_err(|source| SinkError::SchemaFile {
+                        at: format!("{storage}/{SCHEMA_FILE}"),
+                        source,
+                    })?;
                 info!(table = %storage, columns = schema.fields().len(), "Loaded the schema earlier runs inferred.");
                 encoder = encoder.with_record_schema(Arc::new(schema));
             }
@@ -278,8 +278,8 @@ impl Table for ParquetTable {
         schema: &'a SchemaRef,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let json = serde_json::to_vec_pretty(schema.as_ref())
-                .map_err(|e| SinkError::Internal(format!("cannot write the schema: {e}")))?;
+            let json =
+                serde_json::to_vec_pretty(schema.as_ref()).map_err(SinkError::WriteSchema)?;
             self.storage.put(SCHEMA_FILE, Bytes::from(json)).await?;
             Ok(())
         })
@@ -305,7 +305,10 @@ impl Table for ParquetTable {
                 files(&batch_, &partition_by, &range_, &props)
             })
             .await
-            .map_err(|e| SinkError::Internal(format!("the Parquet task failed: {e}")))??;
+            .map_err(|source| SinkError::Task {
+                what: "Parquet",
+                source,
+            })??;
             let mut written = Written::default();
             for (name, body) in made {
                 written.files += 1;

@@ -275,7 +275,10 @@ impl Running {
                 .collect::<Result<Vec<(String, Encoded)>, SinkError>>()
         })
         .await
-        .map_err(|e| SinkError::Internal(format!("the conversion task failed: {e}")))??;
+        .map_err(|source| SinkError::Task {
+            what: "conversion",
+            source,
+        })??;
 
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut writes: Vec<(String, RecordBatch)> = Vec::with_capacity(encoded.len());
@@ -305,7 +308,10 @@ impl Running {
                 parquet::serialise(&batch, &parquet::writer_properties())
             })
             .await
-            .map_err(|e| SinkError::Internal(format!("the dead-letter task failed: {e}")))??;
+            .map_err(|source| SinkError::Task {
+                what: "dead-letter",
+                source,
+            })??;
             warn!(pipeline = %me.pipeline, sink = %me.sink, dead_letters = dead_count, location = %format!("{}/{name}", me.dead_letters), "Events did not fit the schema; kept as dead letters.");
             let mut backoff = Backoff::new(me, "Upload failed");
             loop {

@@ -30,6 +30,14 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    /// The store does not answer.
+    #[error("{location}: {source}")]
+    Unreachable {
+        /// The location.
+        location: String,
+        /// What object_store said.
+        source: object_store::Error,
+    },
     /// A `*_env` setting names a variable that is not set.
     #[error("storage setting {key} names the environment variable {var}, which is not set")]
     MissingEnv {
@@ -92,6 +100,7 @@ impl Classify for StorageError {
             StorageError::Put { .. }
             | StorageError::List { .. }
             | StorageError::Object { .. }
+            | StorageError::Unreachable { .. }
             | StorageError::Local { .. } => ErrorKind::Transient,
         }
     }
@@ -340,7 +349,7 @@ impl Storage {
     /// Whether the storage answers: an object store must answer a HEAD under
     /// the prefix (a missing object counts: the store answered); a local
     /// directory is made on first write, so it always counts.
-    pub async fn reachable(&self) -> Result<(), String> {
+    pub async fn reachable(&self) -> Result<(), StorageError> {
         match self {
             Storage::Local(_) => Ok(()),
             Storage::Object {
@@ -354,7 +363,10 @@ impl Storage {
                     .await
                 {
                     Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(format!("{display}: {e}")),
+                    Err(source) => Err(StorageError::Unreachable {
+                        location: display.clone(),
+                        source,
+                    }),
                 }
             }
         }

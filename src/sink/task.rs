@@ -32,20 +32,18 @@ impl SinkTask {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| {
-                        crate::sink::SinkError::Setup(format!(
-                            "cannot start the HTTPS sink's runtime: {e}"
-                        ))
+                    .map_err(|source| crate::sink::SinkError::Start {
+                        what: "HTTPS sink's runtime",
+                        source,
                     })?;
                 std::thread::Builder::new()
                     .name(format!("https-{}", r.spec.name))
                     .spawn(move || {
                         let _ = done.send(runtime.block_on(r.run()));
                     })
-                    .map_err(|e| {
-                        crate::sink::SinkError::Setup(format!(
-                            "cannot start the HTTPS sink's thread: {e}"
-                        ))
+                    .map_err(|source| crate::sink::SinkError::Start {
+                        what: "HTTPS sink's thread",
+                        source,
                     })?;
                 result.await.unwrap_or_else(|_| {
                     Err(crate::sink::SinkError::Internal(

@@ -46,8 +46,8 @@ pub struct Built {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// It cannot start as configured (a verification secret is not set).
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Secret(#[from] webhook::verify::SecretError),
     /// The poll source's state could not be kept.
     #[error(transparent)]
     Poll(#[from] poll::PollError),
@@ -87,9 +87,7 @@ pub async fn build(
         SourceSpec::Webhook(w) => {
             let verifier = match &w.verify {
                 None => None,
-                Some(v) => Some(Arc::new(
-                    webhook::verify::Verifier::new(v).map_err(SourceError::Setup)?,
-                )),
+                Some(v) => Some(Arc::new(webhook::verify::Verifier::new(v)?)),
             };
             let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
             let dedupe = match &w.dedupe {

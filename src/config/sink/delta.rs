@@ -169,7 +169,7 @@ pub(in crate::config) fn validate(
         Some(text) => parse_duration(text).unwrap_or_else(|problem| {
             e.push(
                 format!("{key}.vacuum_retention"),
-                problem,
+                problem.to_string(),
                 "the default is \"7d\"",
             );
             DEFAULT_VACUUM_RETENTION

@@ -30,7 +30,7 @@ use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
 use crate::encode::dead_letter::{self, DeadLetter};
 use crate::event::Event;
 use crate::http_retry::{classify, describe, excerpt, full_jitter, Class};
-use signing::Signer;
+use signing::{Signer, SigningError};
 
 use crate::sink::health::SinkHealth;
 
@@ -183,7 +183,7 @@ impl HttpsRunner {
                     }
                 }
                 Some(joined) = flying.join_next(), if !flying.is_empty() => {
-                    let (offset, event, outcome) = joined.map_err(|e| SinkError::Internal(format!("a delivery task failed: {e}")))?;
+                    let (offset, event, outcome) = joined.map_err(|source| SinkError::Task { what: "delivery", source })?;
                     match outcome {
                         Outcome::Delivered => {}
                         Outcome::Dead(reason, class) => {
@@ -268,11 +268,8 @@ impl HttpsRunner {
 /// The signer the spec asks for, secrets read from the environment now: a
 /// missing or unusable secret stops start-up rather than a sink that would
 /// hold the log back silently.
-pub fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
-    let env = |name: &String| {
-        std::env::var(name)
-            .map_err(|_| format!("env var {name} is not set; export the signing secret"))
-    };
+pub fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, SigningError> {
+    let env = |name: &String| std::env::var(name).map_err(|_| SigningError::Unset(name.clone()));
     match spec {
         SigningSpec::StandardWebhooks { secret_envs } => {
             Signer::standard_webhooks(&secret_envs.iter().map(env).collect::<Result<Vec<_>, _>>()?)
@@ -291,8 +288,12 @@ pub fn signer(spec: &SigningSpec, url: &str) -> Result<Signer, String> {
         SigningSpec::Rsa { key, header } => {
             let pem = match key {
                 KeySource::Env(name) => env(name)?.into_bytes(),
-                KeySource::File(path) => std::fs::read(path)
-                    .map_err(|e| format!("cannot read key_file {}: {e}", path.display()))?,
+                KeySource::File(path) => {
+                    std::fs::read(path).map_err(|source| SigningError::KeyFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
             };
             Signer::rsa(&pem, url, header)
         }

@@ -44,6 +44,46 @@ pub enum Signer {
     },
 }
 
+/// A secret or key that cannot sign; the message says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The env var holding a secret is not set.
+    #[error("env var {0} is not set; export the signing secret")]
+    Unset(String),
+    /// The key file cannot be read.
+    #[error("cannot read key_file {}: {source}", path.display())]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A `whsec_` secret whose rest is not base64.
+    #[error("a whsec_ secret is not base64 after the prefix ({0})")]
+    WhsecBase64(#[source] base64::DecodeError),
+    /// A `whsk_` key whose rest is not base64.
+    #[error("a whsk_ key is not base64 after the prefix ({0})")]
+    WhskBase64(#[source] base64::DecodeError),
+    /// A `whsk_` key of the wrong length.
+    #[error("a whsk_ key must hold a 32-byte Ed25519 seed (or seed + public key)")]
+    WhskSeed,
+    /// A Standard Webhooks secret with neither prefix.
+    #[error("a Standard Webhooks secret starts with whsec_ (or whsk_ for Ed25519)")]
+    SwPrefix,
+    /// Not PEM.
+    #[error("not a PEM private key ({0})")]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    /// PEM, but not an RSA key.
+    #[error("not an RSA key (PKCS#8 or PKCS#1 expected)")]
+    NotRsa,
+    /// An RSA key ring refuses.
+    #[error("not a usable RSA key ({0})")]
+    BadRsa(ring::error::KeyRejected),
+    /// A header name that HTTP does not allow.
+    #[error("\"{0}\" is not a header name")]
+    HeaderName(String),
+}
+
 /// A Standard Webhooks key.
 pub enum SwKey {
     /// `whsec_…`: symmetric.
@@ -54,48 +94,42 @@ pub enum SwKey {
 
 impl Signer {
     /// A Standard Webhooks signer from `whsec_` / `whsk_` secrets.
-    pub fn standard_webhooks(secrets: &[String]) -> Result<Self, String> {
+    pub fn standard_webhooks(secrets: &[String]) -> Result<Self, SigningError> {
         let keys = secrets
             .iter()
             .map(|s| {
                 if let Some(b64) = s.strip_prefix("whsec_") {
-                    let key = BASE64.decode(b64.trim()).map_err(|e| {
-                        format!("a whsec_ secret is not base64 after the prefix ({e})")
-                    })?;
+                    let key = BASE64
+                        .decode(b64.trim())
+                        .map_err(SigningError::WhsecBase64)?;
                     Ok(SwKey::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &key)))
                 } else if let Some(b64) = s.strip_prefix("whsk_") {
                     let key = BASE64
                         .decode(b64.trim())
-                        .map_err(|e| format!("a whsk_ key is not base64 after the prefix ({e})"))?;
+                        .map_err(SigningError::WhskBase64)?;
                     // The 32-byte seed, or seed + public key (64 bytes).
                     let seed = key.get(..32).filter(|_| key.len() == 32 || key.len() == 64);
                     let pair = seed
                         .and_then(|seed| Ed25519KeyPair::from_seed_unchecked(seed).ok())
-                        .ok_or(
-                            "a whsk_ key must hold a 32-byte Ed25519 seed (or seed + public key)",
-                        )?;
+                        .ok_or(SigningError::WhskSeed)?;
                     Ok(SwKey::Ed25519(Box::new(pair)))
                 } else {
-                    Err(
-                        "a Standard Webhooks secret starts with whsec_ (or whsk_ for Ed25519)"
-                            .to_string(),
-                    )
+                    Err(SigningError::SwPrefix)
                 }
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, SigningError>>()?;
         Ok(Signer::StandardWebhooks(keys))
     }
 
     /// An RSA signer from a PEM private key (PKCS#8 or PKCS#1).
-    pub fn rsa(pem: &[u8], url: &str, header: &str) -> Result<Self, String> {
-        let der = PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("not a PEM private key ({e})"))?;
+    pub fn rsa(pem: &[u8], url: &str, header: &str) -> Result<Self, SigningError> {
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(SigningError::NotPem)?;
         let key = match &der {
             PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
             PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
-            _ => return Err("not an RSA key (PKCS#8 or PKCS#1 expected)".into()),
+            _ => return Err(SigningError::NotRsa),
         }
-        .map_err(|e| format!("not a usable RSA key ({e})"))?;
+        .map_err(SigningError::BadRsa)?;
         let mut prefix = b"POST".to_vec();
         prefix.extend_from_slice(url.as_bytes());
         Ok(Signer::Rsa {
@@ -111,7 +145,7 @@ impl Signer {
         header: &str,
         prefix: &str,
         base64: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SigningError> {
         Ok(Signer::Hmac {
             keys: secrets
                 .iter()
@@ -218,8 +252,8 @@ impl Signer {
 /// The delivery id every scheme sends (receivers dedupe on it).
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 
-fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("\"{name}\" is not a header name"))
+fn header_name(name: &str) -> Result<HeaderName, SigningError> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| SigningError::HeaderName(name.to_string()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -47,6 +47,14 @@ pub enum PollError {
     /// The API refused the request (a 4xx other than 429): retrying will not help.
     #[error("{0}")]
     Rejected(String),
+    /// A response cannot be paged through.
+    #[error("{url}: {source}")]
+    Page {
+        /// The request's URL.
+        url: String,
+        /// What is wrong with the response.
+        source: page::PageError,
+    },
     /// The fetched page could not be appended to the log.
     #[error("the fetched records could not be made durable")]
     Append(#[source] AppendError),
@@ -246,10 +254,13 @@ impl Poller {
         let mut seen = HashSet::new();
         loop {
             let (url, response) = fetched?;
-            let (list, token) = self
-                .reader
-                .list(&response.body)
-                .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
+            let (list, token) =
+                self.reader
+                    .list(&response.body)
+                    .map_err(|source| PollError::Page {
+                        url: url.clone(),
+                        source,
+                    })?;
             let next = page::next(
                 &self.spec.paginate,
                 &run.next,
@@ -259,11 +270,16 @@ impl Poller {
             );
             if let Some(next) = &next {
                 if *next == run.next {
-                    return Err(PollError::Request(format!("{url}: the response points at the page just fetched as the next one; stopping so the run does not loop (check source.paginate)")));
+                    return Err(PollError::Page {
+                        url,
+                        source: page::PageError::Loop,
+                    });
                 }
                 if let PageRef::Url(link) = next {
-                    page::same_origin(&self.spec.url, link)
-                        .map_err(|problem| PollError::Request(format!("{url}: {problem}")))?;
+                    page::same_origin(&self.spec.url, link).map_err(|source| PollError::Page {
+                        url: url.clone(),
+                        source,
+                    })?;
                 }
             }
             run.pages += 1;

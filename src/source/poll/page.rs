@@ -154,16 +154,52 @@ fn fill_json(
     }
 }
 
+/// Why a response cannot be paged through.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// A next link to another origin.
+    #[error("the next link points at {0}, another origin than source.url; tributary does not send the source's credentials there")]
+    OtherOrigin(String),
+    /// A next link that is not a URL.
+    #[error("the next link \"{link}\" is not a URL ({source})")]
+    NotUrl {
+        /// The link as given.
+        link: String,
+        /// What the URL parser said.
+        source: url::ParseError,
+    },
+    /// The next page is the page just fetched.
+    #[error("the response points at the page just fetched as the next one; stopping so the run does not loop (check source.paginate)")]
+    Loop,
+    /// The body is not JSON.
+    #[error("the response is not JSON ({source}); it starts with {start:?}")]
+    NotJson {
+        /// What serde said.
+        source: serde_json::Error,
+        /// The body's first 80 bytes.
+        start: String,
+    },
+    /// Nothing at `records`.
+    #[error("the response has nothing at records = \"{0}\"")]
+    NoRecords(String),
+    /// `records` is not an array.
+    #[error("records = \"{0}\" is not an array in the response; point it at the list of records")]
+    NotArray(String),
+    /// The records array is not JSON.
+    #[error("the response is not JSON: {0}")]
+    BadArray(#[source] serde_json::Error),
+}
+
 /// Checks that a next link stays on the origin (scheme, host, port) of
 /// `source.url`: the request carries the source's credentials.
-pub fn same_origin(base: &url::Url, link: &str) -> Result<(), String> {
+pub fn same_origin(base: &url::Url, link: &str) -> Result<(), PageError> {
     match base.join(link) {
         Ok(next) if next.origin() == base.origin() => Ok(()),
-        Ok(next) => Err(format!(
-            "the next link points at {}, another origin than source.url; tributary does not send the source's credentials there",
-            next.origin().ascii_serialization()
-        )),
-        Err(e) => Err(format!("the next link \"{link}\" is not a URL ({e})")),
+        Ok(next) => Err(PageError::OtherOrigin(next.origin().ascii_serialization())),
+        Err(source) => Err(PageError::NotUrl {
+            link: link.to_string(),
+            source,
+        }),
     }
 }
 
@@ -204,7 +240,7 @@ impl Reader {
     pub fn list<'a>(
         &self,
         body: &'a [u8],
-    ) -> Result<(Vec<&'a RawValue>, Option<&'a [u8]>), String> {
+    ) -> Result<(Vec<&'a RawValue>, Option<&'a [u8]>), PageError> {
         let mut pointers = vec![self.records.clone()];
         pointers.extend(self.next.clone());
         let found = pointer::values(body, &pointers);
@@ -212,28 +248,17 @@ impl Reader {
             Some(bytes) => bytes,
             // Say precisely why: invalid JSON, or nothing at the pointer.
             None => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Err(e) => {
+                Err(source) => {
                     let start = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
-                    return Err(format!(
-                        "the response is not JSON ({e}); it starts with {start:?}"
-                    ));
+                    return Err(PageError::NotJson { source, start });
                 }
-                _ => {
-                    return Err(format!(
-                        "the response has nothing at records = \"{}\"",
-                        join(&self.records)
-                    ))
-                }
+                _ => return Err(PageError::NoRecords(join(&self.records))),
             },
         };
         if pointer::first_byte(array) != Some(b'[') {
-            return Err(format!(
-                "records = \"{}\" is not an array in the response; point it at the list of records",
-                join(&self.records)
-            ));
+            return Err(PageError::NotArray(join(&self.records)));
         }
-        let list =
-            serde_json::from_slice(array).map_err(|e| format!("the response is not JSON: {e}"))?;
+        let list = serde_json::from_slice(array).map_err(PageError::BadArray)?;
         Ok((list, found.get(1).copied().flatten()))
     }
 

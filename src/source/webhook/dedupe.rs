@@ -62,6 +62,11 @@ struct Record<'a> {
     dedupe: Vec<std::borrow::Cow<'a, str>>,
 }
 
+/// A delivery id longer than [`MAX_ID`]: the request is refused with 400.
+#[derive(Debug, thiserror::Error)]
+#[error("a delivery id is longer than {MAX_ID} bytes; check source.dedupe")]
+pub struct IdTooLong;
+
 /// The ids a request carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ids {
@@ -167,7 +172,7 @@ impl Dedupe {
     }
 
     /// The ids of a request with these headers and events.
-    pub fn ids(&self, headers: &HeaderMap, events: &[Bytes]) -> Result<Ids, String> {
+    pub fn ids(&self, headers: &HeaderMap, events: &[Bytes]) -> Result<Ids, IdTooLong> {
         let ids = match &self.by {
             DedupeBy::Headers(names) => Ids::Request(
                 names
@@ -184,9 +189,7 @@ impl Dedupe {
             Ids::Events(ids) => ids.iter().flatten().any(|i| i.len() > MAX_ID),
         };
         if too_long {
-            return Err(format!(
-                "a delivery id is longer than {MAX_ID} bytes; check source.dedupe"
-            ));
+            return Err(IdTooLong);
         }
         Ok(ids)
     }

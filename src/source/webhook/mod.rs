@@ -229,7 +229,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
                 check_signature(&verifier, &headers, &url, &body, now)
             })
             .await
-            .unwrap_or_else(|_| Err("the signature check did not finish".into()))
+            .unwrap_or(Err(verify::Rejected::Unfinished))
         };
         if let Err(reason) = verdict {
             debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
@@ -287,7 +287,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     };
     let ids = match dedupe.ids(&head.headers, &payloads) {
         Ok(ids) => ids,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(too_long) => return error(StatusCode::BAD_REQUEST, too_long.to_string()),
     };
     let claim = dedupe.claim(&ids, payloads.len(), received_at_us).await;
     let repeats = claim.fresh.iter().filter(|f| !**f).count();
@@ -335,7 +335,7 @@ fn check_signature(
     url: &str,
     body: &[u8],
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), verify::Rejected> {
     verifier.verify(&verify::Signed {
         headers,
         method: "POST",

@@ -27,6 +27,87 @@ use crate::config::spec::{VerifyScheme, VerifySpec};
 /// secret rotates; more only makes an unauthenticated request cost more.
 pub const MAX_CANDIDATES: usize = 8;
 
+/// Why a verifier cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret's env var is not set.
+    #[error("env var {0} is not set; export the provider's webhook secret")]
+    Unset(String),
+    /// A Standard Webhooks secret that is not base64.
+    #[error("env var {name}: a Standard Webhooks secret is base64 after whsec_ ({source})")]
+    NotBase64 {
+        /// The env var.
+        name: String,
+        /// What the decoder said.
+        source: base64::DecodeError,
+    },
+}
+
+/// Why a request is refused: the text of its 401 body. Names what is wrong,
+/// never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// A header the scheme needs is absent.
+    #[error("the {0} header is missing")]
+    Missing(String),
+    /// A header that is not visible ASCII.
+    #[error("the {0} header is not text")]
+    NotText(String),
+    /// A provider's header without its fixed prefix (`sha256=`, `v0=`).
+    #[error("{header} does not start with {prefix}")]
+    Prefix {
+        /// The header.
+        header: &'static str,
+        /// The prefix it must start with.
+        prefix: &'static str,
+    },
+    /// A configured (`hmac`) header without its configured prefix.
+    #[error("the {header} header does not start with {prefix:?}")]
+    HmacPrefix {
+        /// The header.
+        header: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// A signature header without one of its parts.
+    #[error("{header} has no {part}")]
+    NoPart {
+        /// The header.
+        header: &'static str,
+        /// The part, as the provider writes it.
+        part: &'static str,
+    },
+    /// A timestamp that is not a number of seconds.
+    #[error("{0} is not a Unix timestamp")]
+    NotTimestamp(&'static str),
+    /// HubSpot's millisecond timestamp that is not a number.
+    #[error("X-HubSpot-Request-Timestamp is not a number")]
+    NotMillis,
+    /// A signature that is not base64.
+    #[error("{0} is not base64")]
+    NotBase64(String),
+    /// A signature that is not hex.
+    #[error("{0} is not hex")]
+    NotHex(String),
+    /// More than [`MAX_CANDIDATES`] signatures.
+    #[error("{0} offers more than {MAX_CANDIDATES} signatures; send the current one (and the previous one while a secret rotates)")]
+    TooMany(&'static str),
+    /// The check itself failed to finish (its task panicked).
+    #[error("the signature check did not finish")]
+    Unfinished,
+    /// No key signs the body so.
+    #[error("the signature does not match the body (check the secret and that nothing rewrote the body)")]
+    Mismatch,
+    /// A signed timestamp too far from now.
+    #[error("the signed timestamp is {age} s away from now, beyond the {tolerance} s tolerance (a replay, or a clock off)")]
+    Stale {
+        /// Seconds between the timestamp and now.
+        age: u64,
+        /// The tolerance in seconds.
+        tolerance: u64,
+    },
+}
+
 /// A source's verifier, keys read from the environment when it starts.
 pub struct Verifier {
     scheme: VerifyScheme,
@@ -51,18 +132,19 @@ pub struct Signed<'a> {
 
 impl Verifier {
     /// The verifier `spec` asks for; an unset env var or unusable secret is an error.
-    pub fn new(spec: &VerifySpec) -> Result<Self, String> {
+    pub fn new(spec: &VerifySpec) -> Result<Self, SecretError> {
         let mut keys = Vec::new();
         for name in &spec.secret_envs {
-            let secret = std::env::var(name).map_err(|_| {
-                format!("env var {name} is not set; export the provider's webhook secret")
-            })?;
+            let secret = std::env::var(name).map_err(|_| SecretError::Unset(name.clone()))?;
             let bytes = match spec.scheme {
                 VerifyScheme::StandardWebhooks => {
                     let b64 = secret.strip_prefix("whsec_").unwrap_or(&secret);
-                    BASE64.decode(b64.trim()).map_err(|e| {
-                        format!("env var {name}: a Standard Webhooks secret is base64 after whsec_ ({e})")
-                    })?
+                    BASE64
+                        .decode(b64.trim())
+                        .map_err(|source| SecretError::NotBase64 {
+                            name: name.clone(),
+                            source,
+                        })?
                 }
                 _ => secret.into_bytes(),
             };
@@ -76,13 +158,13 @@ impl Verifier {
     }
 
     /// Checks a request; `Err` says why it is refused (for a 401 body).
-    pub fn verify(&self, r: &Signed<'_>) -> Result<(), String> {
-        let header = |name: &str| -> Result<&str, String> {
+    pub fn verify(&self, r: &Signed<'_>) -> Result<(), Rejected> {
+        let header = |name: &str| -> Result<&str, Rejected> {
             r.headers
                 .get(name)
-                .ok_or_else(|| format!("the {name} header is missing"))?
+                .ok_or_else(|| Rejected::Missing(name.to_string()))?
                 .to_str()
-                .map_err(|_| format!("the {name} header is not text"))
+                .map_err(|_| Rejected::NotText(name.to_string()))
         };
         match &self.scheme {
             VerifyScheme::Shopify => {
@@ -91,9 +173,10 @@ impl Verifier {
             }
             VerifyScheme::Github => {
                 let value = header("x-hub-signature-256")?;
-                let hex = value
-                    .strip_prefix("sha256=")
-                    .ok_or("X-Hub-Signature-256 does not start with sha256=")?;
+                let hex = value.strip_prefix("sha256=").ok_or(Rejected::Prefix {
+                    header: "X-Hub-Signature-256",
+                    prefix: "sha256=",
+                })?;
                 self.check(&[decode_hex(hex, "X-Hub-Signature-256")?], &[r.body])
             }
             VerifyScheme::Stripe => {
@@ -110,19 +193,29 @@ impl Verifier {
                         _ => {}
                     }
                 }
-                let t = t.ok_or("Stripe-Signature has no t= timestamp")?;
+                let t = t.ok_or(Rejected::NoPart {
+                    header: "Stripe-Signature",
+                    part: "t= timestamp",
+                })?;
                 self.fresh(parse_ts(t, "Stripe-Signature t")?, r.now)?;
                 if given.is_empty() {
-                    return Err("Stripe-Signature has no v1= signature".into());
+                    return Err(Rejected::NoPart {
+                        header: "Stripe-Signature",
+                        part: "v1= signature",
+                    });
                 }
                 self.check(&given, &[t.as_bytes(), b".", r.body])
             }
             VerifyScheme::Slack => {
                 let ts = header("x-slack-request-timestamp")?;
                 self.fresh(parse_ts(ts, "X-Slack-Request-Timestamp")?, r.now)?;
-                let hex = header("x-slack-signature")?
-                    .strip_prefix("v0=")
-                    .ok_or("X-Slack-Signature does not start with v0=")?;
+                let hex =
+                    header("x-slack-signature")?
+                        .strip_prefix("v0=")
+                        .ok_or(Rejected::Prefix {
+                            header: "X-Slack-Signature",
+                            prefix: "v0=",
+                        })?;
                 let given = decode_hex(hex, "X-Slack-Signature")?;
                 self.check(&[given], &[b"v0:", ts.as_bytes(), b":", r.body])
             }
@@ -142,15 +235,16 @@ impl Verifier {
                     }
                 }
                 if given.is_empty() {
-                    return Err("webhook-signature has no v1, signature".into());
+                    return Err(Rejected::NoPart {
+                        header: "webhook-signature",
+                        part: "v1, signature",
+                    });
                 }
                 self.check(&given, &[id.as_bytes(), b".", ts.as_bytes(), b".", r.body])
             }
             VerifyScheme::HubspotV3 => {
                 let ts = header("x-hubspot-request-timestamp")?;
-                let ms: i64 = ts
-                    .parse()
-                    .map_err(|_| "X-HubSpot-Request-Timestamp is not a number".to_string())?;
+                let ms: i64 = ts.parse().map_err(|_| Rejected::NotMillis)?;
                 self.fresh(ms / 1000, r.now)?;
                 let given =
                     decode_b64(header("x-hubspot-signature-v3")?, "X-HubSpot-Signature-v3")?;
@@ -163,9 +257,13 @@ impl Verifier {
                 base64,
             } => {
                 let value = header(name)?;
-                let text = value
-                    .strip_prefix(prefix.as_str())
-                    .ok_or_else(|| format!("the {name} header does not start with {prefix:?}"))?;
+                let text =
+                    value
+                        .strip_prefix(prefix.as_str())
+                        .ok_or_else(|| Rejected::HmacPrefix {
+                            header: name.clone(),
+                            prefix: prefix.clone(),
+                        })?;
                 let given = if *base64 {
                     decode_b64(text, name)?
                 } else {
@@ -179,7 +277,7 @@ impl Verifier {
     /// Whether any given signature matches any key: each key's MAC over the
     /// message (its parts in order) is computed once, then compared with
     /// every candidate in constant time.
-    fn check(&self, given: &[Vec<u8>], message: &[&[u8]]) -> Result<(), String> {
+    fn check(&self, given: &[Vec<u8>], message: &[&[u8]]) -> Result<(), Rejected> {
         let ok = self.keys.iter().any(|key| {
             let mut mac = hmac::Context::with_key(key);
             for part in message {
@@ -191,28 +289,24 @@ impl Verifier {
         if ok {
             Ok(())
         } else {
-            Err("the signature does not match the body (check the secret and that nothing rewrote the body)".into())
+            Err(Rejected::Mismatch)
         }
     }
 
-    fn fresh(&self, ts: i64, now: i64) -> Result<(), String> {
+    fn fresh(&self, ts: i64, now: i64) -> Result<(), Rejected> {
         let age = (now - ts).unsigned_abs();
-        if age > self.tolerance.as_secs() {
-            return Err(format!(
-                "the signed timestamp is {age} s away from now, beyond the {} s tolerance (a replay, or a clock off)",
-                self.tolerance.as_secs()
-            ));
+        let tolerance = self.tolerance.as_secs();
+        if age > tolerance {
+            return Err(Rejected::Stale { age, tolerance });
         }
         Ok(())
     }
 }
 
 /// Refuses one more candidate signature once [`MAX_CANDIDATES`] are taken.
-fn candidate(given: &[Vec<u8>], what: &str) -> Result<(), String> {
+fn candidate(given: &[Vec<u8>], what: &'static str) -> Result<(), Rejected> {
     if given.len() >= MAX_CANDIDATES {
-        return Err(format!(
-            "{what} offers more than {MAX_CANDIDATES} signatures; send the current one (and the previous one while a secret rotates)"
-        ));
+        return Err(Rejected::TooMany(what));
     }
     Ok(())
 }
@@ -223,26 +317,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
-fn parse_ts(text: &str, what: &str) -> Result<i64, String> {
+fn parse_ts(text: &str, what: &'static str) -> Result<i64, Rejected> {
     text.trim()
         .parse()
-        .map_err(|_| format!("{what} is not a Unix timestamp"))
+        .map_err(|_| Rejected::NotTimestamp(what))
 }
 
-fn decode_b64(text: &str, what: &str) -> Result<Vec<u8>, String> {
+fn decode_b64(text: &str, what: &str) -> Result<Vec<u8>, Rejected> {
     BASE64
         .decode(text.trim())
-        .map_err(|_| format!("{what} is not base64"))
+        .map_err(|_| Rejected::NotBase64(what.to_string()))
 }
 
-fn decode_hex(text: &str, what: &str) -> Result<Vec<u8>, String> {
+fn decode_hex(text: &str, what: &str) -> Result<Vec<u8>, Rejected> {
+    let not_hex = || Rejected::NotHex(what.to_string());
     let text = text.trim();
     if text.len() % 2 != 0 || !text.is_ascii() {
-        return Err(format!("{what} is not hex"));
+        return Err(not_hex());
     }
     (0..text.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("{what} is not hex")))
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| not_hex()))
         .collect()
 }
 

@@ -220,7 +220,7 @@ fn schedule(raw: &RawPoll, e: &mut Errors<'_>) -> Option<Schedule> {
                 None
             }
             Err(problem) => {
-                e.push("source.every", problem, "");
+                e.push("source.every", problem.to_string(), "");
                 None
             }
         },
@@ -232,7 +232,7 @@ fn duration(text: Option<&str>, key: &str, default: Duration, e: &mut Errors<'_>
         None => default,
         Some(Ok(d)) => d,
         Some(Err(problem)) => {
-            e.push(key, problem, "");
+            e.push(key, problem.to_string(), "");
             default
         }
     }

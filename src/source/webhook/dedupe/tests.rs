@@ -100,6 +100,7 @@ async fn pointer_ids_are_per_event_and_a_repeat_inside_one_request_counts() {
     assert!(d
         .ids(&HeaderMap::new(), &long)
         .unwrap_err()
+        .to_string()
         .contains("longer than 256"));
 }
 
