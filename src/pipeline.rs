@@ -275,7 +275,8 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
         return 0;
     }
     let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
-    let mut outputs: Vec<(&str, Result<Box<dyn TableSink>, StorageError>)> = Vec::new();
+    type Output<'a> = (&'a str, Result<Box<dyn TableSink>, StorageError>);
+    let mut outputs: Vec<Output> = Vec::new();
     // Dead-letter files are named by offsets like a Parquet sink's.
     let dead = crate::config::spec::ParquetSinkSpec {
         name: "_dead_letters".into(),
@@ -422,7 +423,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         views.push(built.view);
         match built.source.source {
             crate::source::Source::Webhook { path, route } => {
-                routes.insert(path, route);
+                routes.insert(path, *route);
             }
             // It ends on shutdown, dropping its appender, which closes the log.
             crate::source::Source::Poll(poller) => {

@@ -58,7 +58,7 @@ pub enum SqlError {
         location: String,
         /// What went wrong.
         #[source]
-        problem: OpenError,
+        problem: Box<OpenError>,
     },
     /// Writing the result failed.
     #[error("cannot write the result: {0}")]
@@ -171,7 +171,7 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
                         return Err(SqlError::Table {
                             table: names[0].clone(),
                             location: at.to_string(),
-                            problem,
+                            problem: Box::new(problem),
                         })
                     }
                 }
@@ -200,7 +200,7 @@ fn table_error(pipeline: &str, location: &Location, e: crate::sink::StorageError
     SqlError::Table {
         table: pipeline.to_string(),
         location: location.to_string(),
-        problem: OpenError::Storage(e),
+        problem: Box::new(OpenError::Storage(e)),
     }
 }
 

@@ -26,10 +26,10 @@ pub enum Source {
         /// The path.
         path: String,
         /// What answers it.
-        route: webhook::Route,
+        route: Box<webhook::Route>,
     },
     /// Runs until shutdown, or once (`tributary poll`).
-    Poll(poll::Poller),
+    Poll(Box<poll::Poller>),
 }
 
 /// A source and what it needs running beside it.
@@ -125,14 +125,16 @@ pub async fn build(
             Ok(Built {
                 source: Source::Webhook {
                     path: w.path.clone(),
-                    route,
+                    route: Box::new(route),
                 },
                 tasks,
                 dedupe,
             })
         }
         SourceSpec::Poll(p) => Ok(Built {
-            source: Source::Poll(poll::Poller::new(spec, p, appender, log, dir, stop)?),
+            source: Source::Poll(Box::new(poll::Poller::new(
+                spec, p, appender, log, dir, stop,
+            )?)),
             tasks: Vec::new(),
             dedupe: None,
         }),

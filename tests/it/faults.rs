@@ -306,7 +306,7 @@ async fn a_full_data_disk_answers_503_loses_nothing_and_recovers() {
     let (got, other) = join(clients).await;
     acked.extend(got);
     assert!(
-        other.iter().any(|s| *s == 503),
+        other.contains(&503),
         "a full disk never answered 503: {other:?}; log:\n{}",
         project.log()
     );
