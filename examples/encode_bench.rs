@@ -45,6 +45,16 @@ fn main() {
         let schema = Arc::new(tributary::schema::from_json_schema(&doc).expect("valid schema"));
         Arc::new(Encoder::new(schema, "", "bench"))
     };
+    // The inference check alone, on one thread: what `schema = "infer"`
+    // adds to each record that fits the schema as it is.
+    let check_secs = (schema_file == "infer").then(|| {
+        let schema = encoder.record_schema().clone();
+        let as_is = tributary::encode::infer::AsIs::new(&schema);
+        let started = Instant::now();
+        let fitting = events.iter().filter(|e| as_is.fits(&e.payload)).count();
+        assert_eq!(fitting, events.len(), "every record fits the grown schema");
+        started.elapsed().as_secs_f64()
+    });
     let chunks: Vec<Vec<Event>> = events.chunks(BATCH).map(|c| c.to_vec()).collect();
     let props = parquet::writer_properties();
     let partition_by = vec!["_received_date".to_string()];
@@ -89,5 +99,8 @@ fn main() {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
     let secs = started.elapsed().as_secs_f64();
-    println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}, \"rows_per_sec\": {:.0}, \"parquet_bytes\": {bytes}}}", rows as f64 / secs);
+    let check = check_secs
+        .map(|c| format!(", \"check_rows_per_sec\": {:.0}", events.len() as f64 / c))
+        .unwrap_or_default();
+    println!("{{\"rows\": {rows}, \"seconds\": {secs:.3}, \"rows_per_sec\": {:.0}, \"parquet_bytes\": {bytes}{check}}}", rows as f64 / secs);
 }

@@ -460,7 +460,7 @@ fn nested_fields(data_type: &DataType) -> usize {
 }
 
 mod as_is;
-pub use as_is::fits_as_is;
+pub use as_is::{fits_as_is, AsIs};
 
 #[cfg(test)]
 mod tests;

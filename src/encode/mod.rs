@@ -166,8 +166,9 @@ impl Encoder {
         // fitted (for a settled schema: none).
         let mut good: Vec<&Event> = Vec::with_capacity(events.len());
         let mut rows: Vec<Row> = Vec::with_capacity(events.len());
+        let as_is = infer::AsIs::new(&self.record_schema);
         for (event, record) in events.into_iter().zip(records) {
-            if !self.json_text && infer::fits_as_is(record, &self.record_schema) {
+            if !self.json_text && as_is.fits(record) {
                 good.push(event);
                 rows.push(Row::AsIs(record));
                 continue;
