@@ -41,12 +41,23 @@ pub enum SinkError {
     /// Writing to the Delta table failed.
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
-    /// The sink cannot work as configured (its client cannot be built).
-    #[error("{0}")]
-    Setup(String),
+    /// An HTTPS sink cannot work as configured (its client cannot be built).
+    #[error("HTTPS sink {sink}: {problem}")]
+    Setup {
+        /// The sink.
+        sink: String,
+        /// What is wrong.
+        #[source]
+        problem: https::SetupError,
+    },
     /// The receiver asked not to be called again (an HTTPS sink's 410 Gone).
-    #[error("{0}")]
-    Disabled(String),
+    #[error("HTTPS sink {sink}: the receiver answered 410 Gone ({reason})")]
+    Disabled {
+        /// The sink.
+        sink: String,
+        /// The receiver's answer, as it gave it.
+        reason: String,
+    },
     /// A task of the sink failed unexpectedly (a bug).
     #[error("{0}")]
     Internal(String),
@@ -94,12 +105,12 @@ impl Classify for SinkError {
             | SinkError::Log(_)
             | SinkError::Ledger(_)
             | SinkError::Abandoned => ErrorKind::Internal,
-            SinkError::Setup(_) | SinkError::SchemaFile { .. } => ErrorKind::Config,
+            SinkError::Setup { .. } | SinkError::SchemaFile { .. } => ErrorKind::Config,
             SinkError::Task { .. }
             | SinkError::Start { .. }
             | SinkError::WriteSchema(_)
             | SinkError::NoAnswer(_) => ErrorKind::Internal,
-            SinkError::Disabled(_) => ErrorKind::Permanent,
+            SinkError::Disabled { .. } => ErrorKind::Permanent,
             SinkError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -74,6 +74,39 @@ enum Want<'p, 's> {
     Bool,
     /// A type the decoder judges itself (timestamps, dates, maps…): any value.
     Any,
+    /// Nothing fits but null.
+    Never,
+}
+
+/// A field's [`Want`] without the plans (which its [`Plan`] holds).
+#[derive(Clone, Copy)]
+enum Kind<'s> {
+    /// JSON text: fit() always rewrites it.
+    JsonText,
+    Struct,
+    List(&'s DataType),
+    Text,
+    Int,
+    Double,
+    Bool,
+    Any,
+}
+
+impl<'s> Kind<'s> {
+    fn of(field: &'s std::sync::Arc<arrow_schema::Field>) -> Self {
+        if is_json_text(field) {
+            return Kind::JsonText;
+        }
+        match field.data_type() {
+            DataType::Struct(_) => Kind::Struct,
+            DataType::List(item) | DataType::LargeList(item) => Kind::List(item.data_type()),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Kind::Text,
+            DataType::Int64 => Kind::Int,
+            DataType::Float64 => Kind::Double,
+            DataType::Boolean => Kind::Bool,
+            _ => Kind::Any,
+        }
+    }
 }
 
 impl<'p, 's> Want<'p, 's> {
@@ -83,7 +116,8 @@ impl<'p, 's> Want<'p, 's> {
         match data_type {
             DataType::Struct(_) => match plan {
                 Some(plan) => Want::Struct(plan),
-                None => Want::Any,
+                // Plan::of gives every struct a plan; "no" if one had none.
+                None => Want::Never,
             },
             DataType::List(item) | DataType::LargeList(item) => Want::List(item.data_type(), plan),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Want::Text,
@@ -204,9 +238,21 @@ impl<'a> Scan<'a> {
                 after = index;
             }
             let fits = match index {
-                Some(i) if is_json_text(&plan.fields[i]) => false,
                 Some(i) => {
-                    let want = Want::of(plan.fields[i].data_type(), plan.below[i].as_ref());
+                    let want = match plan.kinds[i] {
+                        // JSON text is always rewritten by fit().
+                        Kind::JsonText => return false,
+                        Kind::Text => Want::Text,
+                        Kind::Int => Want::Int,
+                        Kind::Double => Want::Double,
+                        Kind::Bool => Want::Bool,
+                        Kind::Any => Want::Any,
+                        Kind::Struct => match &plan.below[i] {
+                            Some(below) => Want::Struct(below),
+                            None => return false,
+                        },
+                        Kind::List(item) => Want::List(item, plan.below[i].as_ref()),
+                    };
                     self.value(want, depth + 1)
                 }
                 // An unknown key: the decoder skips it, as fit() does when
@@ -492,11 +538,15 @@ enum Number {
 /// A struct's fields, the plans of the structs below them, and which
 /// field followed which in the objects seen so far.
 struct Plan<'s> {
+    /// The fields (the test oracle looks them up by name).
+    #[cfg_attr(not(test), allow(dead_code))]
     fields: &'s Fields,
     /// The fields' names.
     names: Vec<&'s [u8]>,
     /// Per field: the plan of the struct it holds (directly or in lists).
     below: Vec<Option<Plan<'s>>>,
+    /// Per field: what its values must be.
+    kinds: Vec<Kind<'s>>,
     /// The field whose key came after field `i` last time (at `i + 1`;
     /// the first key's at 0); `u32::MAX` if none yet.
     follow: Vec<Cell<u32>>,
@@ -507,6 +557,7 @@ impl<'s> Plan<'s> {
         Self {
             fields,
             names: fields.iter().map(|f| f.name().as_bytes()).collect(),
+            kinds: fields.iter().map(Kind::of).collect(),
             below: fields.iter().map(|f| Plan::of(f.data_type())).collect(),
             follow: (0..=fields.len()).map(|_| Cell::new(u32::MAX)).collect(),
         }

@@ -96,11 +96,41 @@ impl Shared {
     }
 }
 
+/// Why an HTTPS sink's client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `ca_file` cannot be read.
+    #[error("cannot read ca_file {}: {source}", path.display())]
+    ReadCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `ca_file` holds no usable certificate.
+    #[error("ca_file {}: {source}", path.display())]
+    Ca {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What reqwest said.
+        source: reqwest::Error,
+    },
+    /// The HTTP client cannot be built.
+    #[error("{0}")]
+    Client(#[source] reqwest::Error),
+    /// `url` is not a URL.
+    #[error("url: {0}")]
+    Url(#[source] url::ParseError),
+}
+
 impl HttpsRunner {
     /// Delivers until the log closes and every delivery in flight has ended.
     pub async fn run(self) -> Result<(), SinkError> {
         let name = self.spec.name.clone();
-        let setup = |why: String| SinkError::Setup(format!("HTTPS sink {name}: {why}"));
+        let setup = |problem: SetupError| SinkError::Setup {
+            sink: name.clone(),
+            problem,
+        };
         let mut builder = reqwest::Client::builder()
             .timeout(self.spec.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -111,19 +141,27 @@ impl HttpsRunner {
             .pool_max_idle_per_host(self.spec.concurrency)
             .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &self.spec.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("ca_file {}: {e}", ca.display())))?
-            {
+            let pem = std::fs::read(ca).map_err(|source| {
+                setup(SetupError::ReadCa {
+                    path: ca.clone(),
+                    source,
+                })
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                setup(SetupError::Ca {
+                    path: ca.clone(),
+                    source,
+                })
+            })?;
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| setup(e.to_string()))?;
+        let client = builder.build().map_err(|e| setup(SetupError::Client(e)))?;
         let shared = Arc::new(Shared {
             client,
             signer: self.signer.clone(),
-            url: reqwest::Url::parse(&self.spec.url).map_err(|e| setup(format!("url: {e}")))?,
+            url: reqwest::Url::parse(&self.spec.url).map_err(|e| setup(SetupError::Url(e)))?,
             spec: self.spec.clone(),
             abandon: self.abandon.clone(),
             health: self.health.clone(),
@@ -196,7 +234,7 @@ impl HttpsRunner {
                             error!(pipeline = %self.pipeline, sink = %name, url = %self.spec.url, answer = %why, "The receiver answered 410 Gone; this sink stops. Events stay in the log; fix the receiver and restart.");
                             self.health.stopped(&format!("the receiver answered 410 Gone ({why})"));
                             self.commit(committed).await?;
-                            return Err(SinkError::Disabled(format!("HTTPS sink {name}: the receiver answered 410 Gone ({why})")));
+                            return Err(SinkError::Disabled { sink: name.clone(), reason: why });
                         }
                         Outcome::Abandoned => {
                             self.commit(committed).await?;
