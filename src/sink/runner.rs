@@ -146,6 +146,10 @@ impl Running {
         let me = &self.config;
         let mut reader = me.log.reader(next);
         let mut batch = Batch::new(me.policy, next);
+        // A flush whose rows are being encoded while the one before it is
+        // written and committed: only while a full batch more is already in
+        // the log, so a quiet pipeline still commits each flush at once.
+        let mut ahead: Option<Prepared> = None;
         loop {
             let deadline = batch.deadline();
             tokio::select! {
@@ -153,7 +157,10 @@ impl Running {
                     if !more {
                         if !batch.is_empty() {
                             let (range, events) = batch.take();
-                            self.flush(range, events).await?;
+                            self.pipelined(&mut ahead, range, events, false).await?;
+                        }
+                        if let Some(last) = ahead.take() {
+                            self.finish(last).await?;
                         }
                         debug!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Log closed; sink runner done.");
                         return Ok(());
@@ -164,15 +171,40 @@ impl Running {
                         batch.push(replay::unwrap_for(&self.config.sink, event));
                         if batch.is_full() {
                             let (range, events) = batch.take();
-                            self.flush(range, events).await?;
+                            // Events after this batch, read or not yet.
+                            let backlog = self.config.log.end().saturating_sub(range.end)
+                                >= self.config.policy.max_events as u64;
+                            self.pipelined(&mut ahead, range, events, backlog).await?;
                         }
                     }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     let (range, events) = batch.take();
-                    self.flush(range, events).await?;
+                    self.pipelined(&mut ahead, range, events, false).await?;
                 }
             }
+        }
+    }
+
+    /// Starts encoding `range`, finishes the flush before it (if one is
+    /// ahead), then finishes this one too unless `keep` (a full batch more
+    /// is waiting in the log), in which case it stays ahead.
+    async fn pipelined(
+        &mut self,
+        ahead: &mut Option<Prepared>,
+        range: Range<u64>,
+        events: Vec<Event>,
+        keep: bool,
+    ) -> Result<(), SinkError> {
+        let prepared = self.prepare(range, events).await?;
+        if let Some(before) = ahead.take() {
+            self.finish(before).await?;
+        }
+        if keep {
+            *ahead = Some(prepared);
+            Ok(())
+        } else {
+            self.finish(prepared).await
         }
     }
 
@@ -220,11 +252,18 @@ impl Running {
 
     /// Writes one batch and commits its offsets.
     async fn flush(&mut self, range: Range<u64>, events: Vec<Event>) -> Result<(), SinkError> {
-        let started = std::time::Instant::now();
-        let pending = range.clone();
-        self.ledger(move |log, sink| log.begin(sink, pending.clone()))
-            .await?;
+        let prepared = self.prepare(range, events).await?;
+        self.finish(prepared).await
+    }
 
+    /// Groups a batch by table, opens new tables and starts encoding on the
+    /// blocking pool; changes nothing the sink has written or recorded.
+    async fn prepare(
+        &mut self,
+        range: Range<u64>,
+        events: Vec<Event>,
+    ) -> Result<Prepared, SinkError> {
+        let started = std::time::Instant::now();
         // Each event's table; the one table of an unrouted sink always gets
         // its write, so a Delta table's txn moves even when no row does.
         let mut groups: BTreeMap<String, Vec<Event>> = BTreeMap::new();
@@ -246,39 +285,69 @@ impl Running {
                 self.open_table(name, range.start).await?;
             }
         }
-        let jobs: Vec<Job> = groups
-            .into_iter()
+        let jobs = self.jobs(&groups);
+        let encoders = jobs.iter().map(|j| j.encoder.clone()).collect();
+        Ok(Prepared {
+            range,
+            started,
+            groups,
+            encoders,
+            encoding: tokio::task::spawn_blocking(move || encode(jobs)),
+        })
+    }
+
+    /// The encoding jobs of `groups`, with each table's current encoder.
+    fn jobs(&self, groups: &BTreeMap<String, Vec<Event>>) -> Vec<Job> {
+        groups
+            .iter()
             .map(|(name, events)| {
-                let open = &self.open[&name];
+                let open = &self.open[name];
                 Job {
                     encoder: open.encoder.clone(),
                     partition_by: open.table.partition_by().to_vec(),
                     merge_on: open.table.merge_on().map(<[String]>::to_vec),
-                    name,
-                    events,
+                    name: name.clone(),
+                    events: events.clone(),
                 }
             })
-            .collect();
-        let encoded = tokio::task::spawn_blocking(move || {
-            background_priority();
-            jobs.into_iter()
-                .map(|job| {
-                    let mut encoded = job.encoder.encode(&job.events);
-                    set_aside_unfit_rows(
-                        &mut encoded,
-                        &job.events,
-                        &job.partition_by,
-                        job.merge_on.as_deref(),
-                    )?;
-                    Ok((job.name, encoded))
-                })
-                .collect::<Result<Vec<(String, Encoded)>, SinkError>>()
-        })
-        .await
-        .map_err(|source| SinkError::Task {
+            .collect()
+    }
+
+    /// Records the flush as pending, writes its rows and dead letters, and
+    /// commits its offsets.
+    async fn finish(&mut self, prepared: Prepared) -> Result<(), SinkError> {
+        let Prepared {
+            range,
+            started,
+            groups,
+            encoders,
+            encoding,
+        } = prepared;
+        let pending = range.clone();
+        self.ledger(move |log, sink| log.begin(sink, pending.clone()))
+            .await?;
+        let mut encoded = encoding.await.map_err(|source| SinkError::Task {
             what: "conversion",
             source,
         })??;
+        // A flush before this one grew a table's schema after this one was
+        // encoded: encode it again with the grown schema.
+        let stale = groups
+            .keys()
+            .zip(&encoders)
+            .any(|(name, used)| !Arc::ptr_eq(used, &self.open[name].encoder));
+        if stale {
+            let me = &self.config;
+            info!(pipeline = %me.pipeline, sink = %me.sink, first = range.start, end = range.end, "A flush before this one grew the schema while this one was encoded; encoding it again.");
+            let jobs = self.jobs(&groups);
+            encoded = tokio::task::spawn_blocking(move || encode(jobs))
+                .await
+                .map_err(|source| SinkError::Task {
+                    what: "conversion",
+                    source,
+                })??;
+        }
+        drop(groups);
 
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut writes: Vec<(String, RecordBatch)> = Vec::with_capacity(encoded.len());
@@ -404,6 +473,35 @@ struct Job {
     events: Vec<Event>,
     partition_by: Vec<String>,
     merge_on: Option<Vec<String>>,
+}
+
+/// A flush between [`Running::prepare`] and [`Running::finish`]: its rows
+/// are being encoded.
+struct Prepared {
+    range: Range<u64>,
+    started: std::time::Instant,
+    /// The events of each table, kept to encode again if a schema grows.
+    groups: BTreeMap<String, Vec<Event>>,
+    /// The encoder each table's rows are being encoded with, in `groups` order.
+    encoders: Vec<Arc<Encoder>>,
+    encoding: tokio::task::JoinHandle<Result<Vec<(String, Encoded)>, SinkError>>,
+}
+
+/// Encodes each job's events, setting aside rows that cannot be written.
+fn encode(jobs: Vec<Job>) -> Result<Vec<(String, Encoded)>, SinkError> {
+    background_priority();
+    jobs.into_iter()
+        .map(|job| {
+            let mut encoded = job.encoder.encode(&job.events);
+            set_aside_unfit_rows(
+                &mut encoded,
+                &job.events,
+                &job.partition_by,
+                job.merge_on.as_deref(),
+            )?;
+            Ok((job.name, encoded))
+        })
+        .collect()
 }
 
 /// A failed write of the sink's progress file: worth retrying (a full disk

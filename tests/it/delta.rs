@@ -440,3 +440,73 @@ async fn compaction_reduces_files_and_keeps_every_row() {
         view.files, view.version
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_flushes_of_a_backlog_keep_every_value_while_the_schema_grows() {
+    // A backlog of 40 events, each group of 5 with a field the ones before
+    // lack: every flush grows the schema while the next one is already
+    // being encoded, which must then be encoded again.
+    let project = Project::new();
+    let pipeline = |batch: &str| {
+        project.write(
+            "pipelines/people.toml",
+            &format!(
+                "name = \"people\"\nschema = \"infer\"\n\
+                 [source]\ntype = \"webhook\"\npath = \"/people\"\n[batch]\n{batch}\n\
+                 [[sink]]\ntype = \"delta\"\n"
+            ),
+        )
+    };
+    pipeline("max_events = 1000\nmax_age = \"1h\"");
+    let server = project.start().await;
+    let events: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let mut event = serde_json::json!({"id": i});
+            event[format!("f{}", i / 5)] = serde_json::json!(format!("v{i}"));
+            event
+        })
+        .collect();
+    let acked: HashSet<String> = post_json(&project, serde_json::Value::Array(events))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(acked.len(), 40);
+    server.kill9();
+    assert_eq!(ledger_committed(&project, "people", "delta"), 0);
+
+    pipeline("max_events = 5\nmax_age = \"20ms\"");
+    let server = project.start().await;
+    eventually(&project, "all 40 events committed", || {
+        ledger_committed(&project, "people", "delta") == 40
+    })
+    .await;
+    assert!(server.terminate().success(), "log:\n{}", project.log());
+    assert!(
+        project.log().contains("encoding it again"),
+        "a flush was encoded ahead and again after the schema grew; log:\n{}",
+        project.log()
+    );
+
+    let columns: Vec<String> = std::iter::once("id".to_string())
+        .chain((0..8).map(|k| format!("f{k}")))
+        .collect();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let view = read_delta(
+        project.path().join("lake/people").to_str().unwrap(),
+        &[],
+        &columns,
+        &[],
+    );
+    view.assert_exactly(&acked);
+    for row in &view.rows {
+        let i = row["id"].as_i64().expect("an id");
+        for k in 0..8 {
+            let value = &row[&format!("f{k}")];
+            if k == i / 5 {
+                assert_eq!(value, &serde_json::json!(format!("v{i}")), "row {i}");
+            } else {
+                assert!(value.is_null(), "row {i}, f{k}: {value}");
+            }
+        }
+    }
+}
