@@ -272,70 +272,29 @@ impl<'a> Scan<'a> {
     /// A value with no non-null scalar anywhere in it (`null`, `[]`,
     /// `{"a": [null]}`…).
     fn leafless(&mut self, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        self.ws();
-        match self.peek() {
-            Some(b'n') => self.literal(b"null"),
-            Some(b'[') => {
-                self.i += 1;
-                if self.eat(b']') {
-                    return true;
-                }
-                loop {
-                    if !self.leafless(depth + 1) {
-                        return false;
-                    }
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.eat(b']');
-                }
-            }
-            Some(b'{') => {
-                self.i += 1;
-                if self.eat(b'}') {
-                    return true;
-                }
-                loop {
-                    self.ws();
-                    if self.peek() != Some(b'"')
-                        || self.string().is_none()
-                        || !self.eat(b':')
-                        || !self.leafless(depth + 1)
-                    {
-                        return false;
-                    }
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.eat(b'}');
-                }
-            }
-            _ => false,
-        }
+        self.skip_with(depth, true)
     }
 
     /// Skips any valid value.
     fn skip(&mut self, depth: usize) -> bool {
+        self.skip_with(depth, false)
+    }
+
+    /// Skips a valid value; with `leafless`, one holding no scalar but null.
+    fn skip_with(&mut self, depth: usize, leafless: bool) -> bool {
         if depth > MAX_DEPTH {
             return false;
         }
         self.ws();
         match self.peek() {
             Some(b'n') => self.literal(b"null"),
-            Some(b't') => self.literal(b"true"),
-            Some(b'f') => self.literal(b"false"),
-            Some(b'"') => self.string().is_some(),
-            Some(b'-' | b'0'..=b'9') => self.number().is_some(),
             Some(b'[') => {
                 self.i += 1;
                 if self.eat(b']') {
                     return true;
                 }
                 loop {
-                    if !self.skip(depth + 1) {
+                    if !self.skip_with(depth + 1, leafless) {
                         return false;
                     }
                     if self.eat(b',') {
@@ -354,7 +313,7 @@ impl<'a> Scan<'a> {
                     if self.peek() != Some(b'"')
                         || self.string().is_none()
                         || !self.eat(b':')
-                        || !self.skip(depth + 1)
+                        || !self.skip_with(depth + 1, leafless)
                     {
                         return false;
                     }
@@ -364,6 +323,11 @@ impl<'a> Scan<'a> {
                     return self.eat(b'}');
                 }
             }
+            _ if leafless => false,
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'"') => self.string().is_some(),
+            Some(b'-' | b'0'..=b'9') => self.number().is_some(),
             _ => false,
         }
     }
