@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -29,12 +28,11 @@ use crate::event::Event;
 use crate::replay;
 use crate::sink::health::SinkHealth;
 
+mod backoff;
+use backoff::Backoff;
+
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
-/// First step and ceiling of the (fully jittered) wait between retries of a
-/// failed upload or commit.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Everything a table sink runner needs.
 pub struct Runner {
@@ -519,53 +517,6 @@ impl Classify for LedgerWrite {
 impl From<LedgerWrite> for SinkError {
     fn from(e: LedgerWrite) -> Self {
         SinkError::Ledger(e.0)
-    }
-}
-
-/// Exponential backoff with full jitter ([`crate::http_retry::full_jitter`]) between the tries of a failing operation,
-/// until shutdown's grace period gives up on it.
-struct Backoff {
-    /// Failed tries so far: the exponent of the next wait.
-    tries: u32,
-    what: &'static str,
-    pipeline: String,
-    sink: String,
-    abandon: CancellationToken,
-    health: Arc<SinkHealth>,
-}
-
-impl Backoff {
-    fn new(runner: &Runner, what: &'static str) -> Self {
-        Self {
-            tries: 0,
-            what,
-            pipeline: runner.pipeline.clone(),
-            sink: runner.sink.clone(),
-            abandon: runner.abandon.clone(),
-            health: runner.health.clone(),
-        }
-    }
-
-    /// After a failed try: a transient error is logged and waited out; any
-    /// other error (or shutdown giving up) ends the retrying.
-    async fn pause<E>(&mut self, error: E) -> Result<(), SinkError>
-    where
-        E: Classify + Into<SinkError> + std::error::Error + Send + Sync + 'static,
-    {
-        if error.kind() != ErrorKind::Transient {
-            return Err(error.into());
-        }
-        let error = crate::error::chain(&error);
-        let wait = crate::http_retry::full_jitter(self.tries, RETRY_MIN, RETRY_MAX);
-        warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = wait.as_millis() as u64, "{}; retrying.", self.what);
-        self.health.failed(&format!("{}: {error}", self.what));
-        metrics::counter!("tributary_sink_retries_total", "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone()).increment(1);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
-        }
-        self.tries += 1;
-        Ok(())
     }
 }
 

@@ -393,6 +393,15 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Consumes one or more digits; false if there is none.
+    fn digits(&mut self) -> bool {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i > start
+    }
+
     /// A number as JSON writes it: an integer that fits 64 bits, or a
     /// fraction (with `.` or an exponent); `None` if malformed or larger.
     fn number(&mut self) -> Option<Number> {
@@ -418,11 +427,8 @@ impl<'a> Scan<'a> {
         let mut fraction = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+            if !self.digits() {
                 return None;
-            }
-            while let Some(b'0'..=b'9') = self.peek() {
-                self.i += 1;
             }
             fraction = true;
         }
@@ -431,11 +437,8 @@ impl<'a> Scan<'a> {
             if let Some(b'+' | b'-') = self.peek() {
                 self.i += 1;
             }
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+            if !self.digits() {
                 return None;
-            }
-            while let Some(b'0'..=b'9') = self.peek() {
-                self.i += 1;
             }
             fraction = true;
         }
