@@ -251,6 +251,26 @@ pub fn table(pipelines: &Value) -> String {
                 text(&s["dead_letters"]),
                 text(&s["last_error"]),
             ]);
+            // On a JetStream log: each partition, with the node writing it.
+            for u in p["partitions"].as_array().into_iter().flatten() {
+                if u["sink"] != s["name"] {
+                    continue;
+                }
+                rows.push([
+                    String::new(),
+                    String::new(),
+                    format!("  partition {}", text(&u["partition"])),
+                    u["owner"]
+                        .as_str()
+                        .map_or("unowned".into(), |o| format!("on {o}")),
+                    text(&u["committed"]),
+                    text(&u["lag_events"]),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
         }
     }
     let widths: Vec<usize> = (0..10)

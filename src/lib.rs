@@ -70,6 +70,7 @@
 
 pub mod admin_client;
 pub mod buffer;
+pub mod cluster;
 pub mod cli;
 pub mod config;
 pub mod encode;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::buffer;
+use crate::buffer::jetstream::Cluster;
 use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
 use crate::encode::Encoder;
 use crate::server::{
@@ -102,6 +103,15 @@ pub enum RunError {
     /// `admin.token_env` names an unset variable.
     #[error("the HTTP server cannot start: admin.token_env names the env var {0}, which is not set; set it to the admin API's bearer token")]
     AdminToken(String),
+    /// The JetStream cluster could not be used.
+    #[error("the JetStream log of pipeline {pipeline}")]
+    Cluster {
+        /// Pipeline name (empty for the connection).
+        pipeline: String,
+        /// What went wrong.
+        #[source]
+        source: crate::buffer::jetstream::ClusterError,
+    },
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
     Server {
@@ -117,8 +127,10 @@ pub enum RunError {
 pub struct Built {
     /// Its source, and the tasks that run beside it.
     pub source: crate::source::Built,
-    /// One runner per sink.
+    /// One runner per sink (file log).
     pub runners: Vec<SinkTask>,
+    /// On a JetStream log: each sink's partitions, run where their lease is held.
+    pub units: Vec<crate::cluster::SinkUnits>,
     /// What the admin API sees of it.
     pub view: PipelineView,
 }
@@ -133,8 +145,12 @@ pub async fn build(
     global: &GlobalSpec,
     shutdown: &Shutdown,
     floor: u64,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
+    if let Some(cluster) = cluster {
+        return build_clustered(spec, global, shutdown, cluster).await;
+    }
     let options = buffer::Options {
         dir: dir.clone(),
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
@@ -191,6 +207,7 @@ pub async fn build(
                 dead_letters: dead_letters.clone(),
                 abandon: shutdown.abandon.clone(),
                 health: sink_health,
+                partition: None,
             }));
             continue;
         }
@@ -217,6 +234,7 @@ pub async fn build(
             dead_letters: dead_letters.clone(),
             abandon: shutdown.abandon.clone(),
             health: sink_health,
+            partition: None,
         }));
     }
     let source = crate::source::build(
@@ -243,10 +261,193 @@ pub async fn build(
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
+        cluster: None,
     };
     Ok(Built {
         source,
         runners,
+        units: Vec::new(),
+        view,
+    })
+}
+
+/// [`build`] on a JetStream log: the pipeline's streams, an appender that
+/// publishes to them, and per sink the maker of its runner on one partition.
+async fn build_clustered(
+    spec: &PipelineSpec,
+    global: &GlobalSpec,
+    shutdown: &Shutdown,
+    cluster: &Arc<Cluster>,
+) -> Result<Built, RunError> {
+    let dedupe_window = match &spec.source {
+        SourceSpec::Webhook(w) => w.dedupe.as_ref().map(|d| d.window),
+        SourceSpec::Poll(_) => None,
+    };
+    let streams = cluster
+        .pipeline(spec, dedupe_window)
+        .await
+        .map_err(|source| RunError::Cluster {
+            pipeline: spec.name.clone(),
+            source,
+        })?;
+    let appender = buffer::Appender::new(Arc::new(buffer::jetstream::JetStreamAppender(
+        streams.clone(),
+    )));
+    let log = buffer::Log::new(Arc::new(crate::cluster::ClusterView(streams.clone())));
+    let encoder = Arc::new(
+        Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label())
+            .inferring(spec.infer_schema),
+    );
+    let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
+    let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
+        RunError::Storage {
+            pipeline: spec.name.clone(),
+            sink: "dead letters".into(),
+            source: Box::new(source),
+        }
+    })?;
+    let mut units = Vec::new();
+    let mut health = Vec::new();
+    let mut probes = Vec::new();
+    for sink in &spec.sinks {
+        let sink_health = Arc::new(SinkHealth::default());
+        health.push((sink.name().to_string(), sink_health.clone()));
+        let make: crate::cluster::MakeTask = match sink {
+            SinkSpec::Https(h) => {
+                let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|source| {
+                    RunError::Signing {
+                        pipeline: spec.name.clone(),
+                        sink: h.name.clone(),
+                        source,
+                    }
+                })?;
+                let (signer, pipeline, h) = (Arc::new(signer), spec.name.clone(), h.clone());
+                let (dead_letters, abandon, health) = (
+                    dead_letters.clone(),
+                    shutdown.abandon.clone(),
+                    sink_health.clone(),
+                );
+                Arc::new(move |log, partition| {
+                    SinkTask::Https(HttpsRunner {
+                        signer: signer.clone(),
+                        pipeline: pipeline.clone(),
+                        spec: h.clone(),
+                        log,
+                        dead_letters: dead_letters.clone(),
+                        abandon: abandon.clone(),
+                        health: health.clone(),
+                        partition: Some(partition),
+                    })
+                })
+            }
+            SinkSpec::Delta(d) => {
+                if let Some(location) = sink.location() {
+                    let storage =
+                        Storage::new(location, sink.storage_options()).map_err(|source| {
+                            RunError::Storage {
+                                pipeline: spec.name.clone(),
+                                sink: d.name.clone(),
+                                source: Box::new(source),
+                            }
+                        })?;
+                    probes.push((d.name.clone(), storage));
+                }
+                let template = Runner {
+                    pipeline: spec.name.clone(),
+                    sink: d.name.clone(),
+                    log: log.clone(),
+                    encoder: encoder.clone(),
+                    declared: spec
+                        .route
+                        .as_ref()
+                        .map(|r| r.declared.clone())
+                        .unwrap_or_default(),
+                    policy: spec.batch,
+                    tables: Box::new(crate::sink::delta::DeltaTables::new(
+                        &spec.name,
+                        d,
+                        spec.route.is_some(),
+                    )),
+                    route: spec.route.clone(),
+                    dead_letters: dead_letters.clone(),
+                    abandon: shutdown.abandon.clone(),
+                    health: sink_health.clone(),
+                    partition: None,
+                };
+                let template = Arc::new(template);
+                let d = d.clone();
+                Arc::new(move |log, partition| {
+                    // The txn app id of a partition: tributary/<pipeline>/<sink>/<partition>.
+                    let mut own = d.clone();
+                    own.name = format!("{}/{partition}", d.name);
+                    SinkTask::Columnar(Runner {
+                        pipeline: template.pipeline.clone(),
+                        sink: template.sink.clone(),
+                        log,
+                        encoder: template.encoder.clone(),
+                        declared: template.declared.clone(),
+                        policy: template.policy,
+                        tables: Box::new(crate::sink::delta::DeltaTables::new(
+                            &template.pipeline,
+                            &own,
+                            template.route.is_some(),
+                        )),
+                        route: template.route.clone(),
+                        dead_letters: template.dead_letters.clone(),
+                        abandon: template.abandon.clone(),
+                        health: template.health.clone(),
+                        partition: Some(partition),
+                    })
+                })
+            }
+            SinkSpec::Parquet(p) => {
+                return Err(RunError::Cluster {
+                    pipeline: spec.name.clone(),
+                    source: crate::buffer::jetstream::ClusterError::Setup {
+                        what: format!("sink {}", p.name),
+                        message: "Parquet sinks do not run on a JetStream log yet; use a Delta sink".into(),
+                    },
+                })
+            }
+        };
+        units.push(crate::cluster::SinkUnits {
+            pipeline: streams.clone(),
+            sink: sink.name().to_string(),
+            make,
+            health: sink_health,
+        });
+    }
+    let dir = global.data_dir.join(&spec.name);
+    let source = crate::source::build(
+        spec,
+        global,
+        &dir,
+        appender.clone(),
+        &log,
+        shutdown.stop.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Source {
+        pipeline: spec.name.clone(),
+        source,
+    })?;
+    let view = PipelineView {
+        name: spec.name.clone(),
+        source: crate::source::kind(&spec.source),
+        sinks: health,
+        probes,
+        log,
+        appender,
+        dead_letters,
+        max_buffer: spec.buffer_max_bytes,
+        replaying: Default::default(),
+        dedupe: source.dedupe.clone(),
+        cluster: Some(streams),
+    };
+    Ok(Built {
+        source,
+        runners: Vec::new(),
+        units,
         view,
     })
 }
@@ -361,7 +562,7 @@ pub async fn poll_once(
         return Err(RunError::NotPolled(pipeline.to_string()));
     }
     let floor = offset_floor(spec, &config.global).await;
-    let built = build(spec, &config.global, &shutdown, floor).await?;
+    let built = build(spec, &config.global, &shutdown, floor, None).await?;
     // The view holds an appender; the log must close once the poller is done.
     drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);
@@ -415,11 +616,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     };
     let listen = listener.local_addr().unwrap_or(config.global.listen);
 
+    let cluster = match &config.global.log {
+        crate::config::log::LogSpec::File => None,
+        crate::config::log::LogSpec::JetStream(js) => Some(Cluster::connect(js).await.map_err(
+            |source| RunError::Cluster {
+                pipeline: String::new(),
+                source,
+            },
+        )?),
+    };
     let mut routes = HashMap::new();
     let mut views = Vec::new();
+    let mut units = Vec::new();
     for spec in &config.pipelines {
-        let floor = offset_floor(spec, &config.global).await;
-        let built = build(spec, &config.global, &shutdown, floor).await?;
+        let floor = match cluster {
+            None => offset_floor(spec, &config.global).await,
+            Some(_) => 0,
+        };
+        let built = build(spec, &config.global, &shutdown, floor, cluster.as_ref()).await?;
+        units.extend(built.units);
         views.push(built.view);
         match built.source.source {
             crate::source::Source::Webhook { path, route } => {
@@ -434,6 +649,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             shutdown.tasks.spawn(task);
         }
         spawn_runners(&spec.name, built.runners, &shutdown);
+    }
+    if let Some(cluster) = &cluster {
+        crate::cluster::start(cluster.clone(), units, &shutdown);
     }
     let admin = Arc::new(Admin {
         token,

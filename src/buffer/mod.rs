@@ -36,6 +36,7 @@
 //!   lowest committed offset over all sinks reaches the next segment's base.
 
 mod contract;
+pub mod jetstream;
 pub mod ledger;
 mod recover;
 pub mod segment;
@@ -80,6 +81,9 @@ pub enum AppendError {
     /// A record is larger than a log record may be.
     #[error("a record of {0} bytes is larger than the log takes ({max} bytes)", max = crate::event::MAX_PAYLOAD_BYTES)]
     TooLarge(usize),
+    /// The JetStream cluster did not acknowledge (no quorum, unreachable, full).
+    #[error("JetStream did not store the events: {0}")]
+    Cluster(String),
 }
 
 impl Classify for AppendError {
@@ -88,6 +92,7 @@ impl Classify for AppendError {
             AppendError::Closed => ErrorKind::Internal,
             AppendError::Write(_) => ErrorKind::Transient,
             AppendError::TooLarge(_) => ErrorKind::Permanent,
+            AppendError::Cluster(_) => ErrorKind::Transient,
         }
     }
 }
@@ -401,7 +406,14 @@ impl FileAppender {
         if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
             Ok(())
         } else {
-            Err(io::Error::last_os_error())
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "its directory {} is not writable: {e}",
+                    self.shared.log_dir.display()
+                ),
+            ))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! collects every error) → `spec` (typed, defaulted). This file does the I/O.
 
 pub mod explain;
+pub mod log;
 pub mod raw;
 pub mod route;
 mod server;

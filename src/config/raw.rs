@@ -24,6 +24,8 @@ pub struct RawGlobal {
     pub tls: Option<RawTls>,
     /// Where the admin endpoints listen and who may call them.
     pub admin: Option<RawAdmin>,
+    /// Where the pipelines' logs live: local files or a JetStream cluster.
+    pub log: Option<super::log::RawLog>,
 }
 
 /// `[server]` in `tributary.toml`.
@@ -76,6 +78,8 @@ pub struct RawPipeline {
     pub batch: Option<RawBatch>,
     /// Limits of the durable buffer.
     pub buffer: Option<RawBuffer>,
+    /// Its partitions on a JetStream log.
+    pub log: Option<super::log::RawPipelineLog>,
     /// One table per event type.
     pub route: Option<super::route::RawRoute>,
     /// Where the events go; at least one.

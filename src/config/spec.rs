@@ -30,6 +30,8 @@ pub struct GlobalSpec {
     pub lake: Location,
     /// Connection limits, TLS and the admin endpoints.
     pub server: ServerSpec,
+    /// Where the pipelines' logs live.
+    pub log: super::log::LogSpec,
 }
 
 pub use super::server::ServerSpec;
@@ -56,6 +58,8 @@ pub struct PipelineSpec {
     pub batch: BatchPolicy,
     /// Disk the log may use before the source answers 503.
     pub buffer_max_bytes: u64,
+    /// Streams the events are spread over on a JetStream log (`[log] partitions`).
+    pub partitions: u32,
     /// Where the events go.
     pub sinks: Vec<SinkSpec>,
     /// One table per event type, if routed.

@@ -97,11 +97,13 @@ pub fn global(
             "give the admin endpoints another port, or remove admin.listen to serve them on listen",
         );
     }
+    let log = super::log::log(raw.log.as_ref(), &mut e);
     GlobalSpec {
         listen,
         data_dir,
         lake,
         server,
+        log,
     }
 }
 
@@ -217,6 +219,16 @@ fn pipeline(
             "set it to at least \"64KiB\" (the default is \"1GiB\")",
         );
     }
+    let partitions = super::log::partitions(raw.log.as_ref(), e);
+    if matches!(global.log, super::log::LogSpec::JetStream(_))
+        && matches!(raw.source, Some(RawSource::Poll(_)))
+    {
+        e.push(
+            "source.type",
+            "poll sources do not run on a JetStream log yet (log.type = \"jetstream\" in tributary.toml)",
+            "run poll pipelines on a node whose tributary.toml keeps the file log, or take this pipeline out of the cluster's pipelines/",
+        );
+    }
     let mut sinks = Vec::new();
     if raw.sink.is_empty() {
         e.push(
@@ -237,6 +249,14 @@ fn pipeline(
             root,
         });
         let spec = match raw_sink {
+            RawSink::Parquet(_) if matches!(global.log, super::log::LogSpec::JetStream(_)) => {
+                e.push(
+                    format!("{key}.type"),
+                    "Parquet sinks do not run on a JetStream log yet (log.type = \"jetstream\" in tributary.toml)",
+                    "use a Delta sink (type = \"delta\"), which several nodes write at once, exactly once per partition",
+                );
+                None
+            }
             RawSink::Parquet(p) => table
                 .and_then(|t| sink::parquet::validate(&t, &key, p, e))
                 .map(SinkSpec::Parquet),
@@ -283,6 +303,7 @@ fn pipeline(
         source: source?,
         batch: batch?,
         buffer_max_bytes,
+        partitions,
         sinks,
         route,
     })

@@ -63,6 +63,8 @@ pub struct PipelineView {
     pub replaying: AtomicBool,
     /// The webhook's remembered delivery ids, if it dedupes.
     pub dedupe: Option<Arc<crate::source::webhook::dedupe::Dedupe>>,
+    /// Its streams, on a JetStream log.
+    pub cluster: Option<Arc<crate::buffer::jetstream::Pipeline>>,
 }
 
 /// How long `/readyz` waits for a sink's storage to answer.
@@ -174,9 +176,14 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
     metrics::gauge!("tributary_log_bytes", &label).set(p.log.disk_bytes() as f64);
     metrics::gauge!("tributary_log_end_offset", &label).set(end as f64);
     metrics::gauge!("tributary_log_oldest_unconsumed_age_seconds", &label).set(oldest);
+    let partitions = p.cluster.as_ref().map(|c| {
+        let rows = c.statuses.lock().expect("status lock").clone();
+        json!(rows)
+    });
     json!({
         "name": p.name,
         "source": p.source,
+        "partitions": partitions,
         "log": {
             "end_offset": end,
             "disk_bytes": p.log.disk_bytes(),
@@ -270,7 +277,7 @@ async fn readyz(
             problems.push(format!("pipeline {}: its log is closed to appends", p.name));
         } else if let Err(e) = p.appender.writable() {
             problems.push(format!(
-                "pipeline {}: its log directory is not writable: {e}",
+                "pipeline {}: its log cannot take appends: {e}",
                 p.name
             ));
         }

@@ -59,6 +59,9 @@ pub struct Runner {
     pub abandon: CancellationToken,
     /// What the admin API shows of this sink.
     pub health: Arc<SinkHealth>,
+    /// The partition of a JetStream log this runner writes (its dead-letter
+    /// files are named by it: offsets repeat across partitions).
+    pub partition: Option<u32>,
 }
 
 /// A table the runner has open, with the encoder of its rows.
@@ -370,7 +373,11 @@ impl Running {
         let dead_count = dead.len();
         if !dead.is_empty() {
             let batch = dead_letter::batch(&me.pipeline, &me.sink, &dead);
-            let name = parquet::file_name(&format!("{}-", me.sink), &range);
+            let prefix = match me.partition {
+                None => format!("{}-", me.sink),
+                Some(p) => format!("{}-p{p}-", me.sink),
+            };
+            let name = parquet::file_name(&prefix, &range);
             let body = tokio::task::spawn_blocking(move || {
                 parquet::serialise(&batch, &parquet::writer_properties())
             })
@@ -427,7 +434,7 @@ impl Running {
         let me = &self.config;
         me.health.committed();
         info!(
-            pipeline = %me.pipeline, sink = %me.sink, first = range.start, end = range.end,
+            pipeline = %me.pipeline, sink = %me.sink, partition = ?me.partition, first = range.start, end = range.end,
             rows, dead_letters = dead_count, files, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );

@@ -90,8 +90,13 @@ pub async fn build(
                 Some(v) => Some(Arc::new(webhook::verify::Verifier::new(v)?)),
             };
             let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+            let clustered = matches!(global.log, crate::config::log::LogSpec::JetStream(_));
             let dedupe = match &w.dedupe {
                 None => None,
+                // On JetStream, the ids are the messages' Nats-Msg-Id: the
+                // streams' duplicate window (= dedupe.window) keeps them for
+                // every node; this node remembers what it took since it started.
+                Some(d) if clustered => Some(Arc::new(Dedupe::new(d))),
                 Some(d) => {
                     let dedupe = Arc::new(Dedupe::new(d));
                     let index = dedupe

@@ -75,6 +75,8 @@ pub struct HttpsRunner {
     pub signer: Arc<Signer>,
     /// What the admin API shows of this sink.
     pub health: Arc<SinkHealth>,
+    /// The JetStream partition it delivers (its dead letters are named by it).
+    pub partition: Option<u32>,
 }
 
 struct Shared {
@@ -285,7 +287,11 @@ impl HttpsRunner {
             &[DeadLetter::new(event, reason)],
         );
         let body = parquet::serialise(&batch, &parquet::writer_properties())?;
-        let name = parquet::file_name(&format!("{}-", self.spec.name), &(offset..offset + 1));
+        let prefix = match self.partition {
+            None => format!("{}-", self.spec.name),
+            Some(p) => format!("{}-p{p}-", self.spec.name),
+        };
+        let name = parquet::file_name(&prefix, &(offset..offset + 1));
         let mut wait = Duration::from_millis(100);
         loop {
             match self.dead_letters.put(&name, body.clone()).await {

@@ -48,6 +48,7 @@ fn runner(dir: &Path, log: Log, policy: BatchPolicy) -> Runner {
             .unwrap(),
         abandon: CancellationToken::new(),
         health: Default::default(),
+        partition: None,
     }
 }
 

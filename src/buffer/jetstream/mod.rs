@@ -1,0 +1,510 @@
+//! The log on a NATS JetStream cluster (`[log] type = "jetstream"`): every
+//! node takes webhooks and publishes their events to the pipeline's
+//! partitions, and each (pipeline, sink, partition) is written by one node
+//! at a time, the one holding its lease ([`owner`]).
+//!
+//! * A pipeline of `P` partitions has `P` streams, `TRIBUTARY_<pipeline>_<p>`
+//!   on subject `tributary.<pipeline>.<p>`, each replicated `replicas` times.
+//!   One stream per partition makes its sequence numbers the partition's
+//!   offsets, contiguous: offset = sequence − 1.
+//! * One message per event. A request's events are published together and
+//!   the `202` waits for every publish ack (JetStream acks after the quorum
+//!   stored it). `Nats-Msg-Id` is the delivery id when dedupe has one (a
+//!   provider's retry on any node is stored once within the stream's
+//!   duplicate window), otherwise the event id.
+//! * A sink's progress per partition (the ledger of the file log: committed
+//!   offset and pending range) lives in the KV bucket `tributary_progress`;
+//!   ownership in `tributary_leases` ([`owner`]). Messages every sink has
+//!   committed are purged from the stream.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::contract::LogAppend;
+use super::AppendError;
+use crate::config::log::JetStreamSpec;
+use crate::config::PipelineSpec;
+use crate::event::{Event, RecordKind};
+
+mod partition;
+
+pub use partition::PartitionLog;
+
+/// KV bucket of partition leases: `<pipeline>.<sink>.<partition>` → node id.
+const LEASES: &str = "tributary_leases";
+/// KV bucket of sink progress: `<pipeline>.<sink>.<partition>` → [`Progress`].
+const PROGRESS: &str = "tributary_progress";
+/// KV bucket of live nodes: `<node id>` → its name, renewed like a lease.
+const NODES: &str = "tributary_nodes";
+/// Longest a publish waits for JetStream's ack before the request gets 503.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+/// Shortest stream duplicate window (the dedupe window when longer).
+const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why the cluster could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No server answered.
+    #[error("cannot connect to the JetStream servers {servers}: {source}")]
+    Connect {
+        /// The URLs tried.
+        servers: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// A credentials env var is not set.
+    #[error("log.{key} names the env var {var}, which is not set; set it to the NATS {what}")]
+    Credential {
+        /// The key.
+        key: &'static str,
+        /// The variable.
+        var: String,
+        /// What it holds.
+        what: &'static str,
+    },
+    /// A stream or bucket could not be made or read.
+    #[error("JetStream {what}: {message}")]
+    Setup {
+        /// Which stream or bucket.
+        what: String,
+        /// The server's or client's answer.
+        message: String,
+    },
+}
+
+/// A connection to the cluster, shared by every pipeline of the process.
+pub struct Cluster {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    leases: kv::Store,
+    progress: kv::Store,
+    nodes: kv::Store,
+    /// This process's id in leases: the node name and a random suffix.
+    pub node: String,
+    /// The settings.
+    pub spec: JetStreamSpec,
+}
+
+impl Cluster {
+    /// Connects and makes (or finds) the buckets.
+    pub async fn connect(spec: &JetStreamSpec) -> Result<Arc<Self>, ClusterError> {
+        let env = |key: &'static str, var: &Option<String>, what: &'static str| match var {
+            None => Ok(None),
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(v)),
+                _ => Err(ClusterError::Credential {
+                    key,
+                    var: var.clone(),
+                    what,
+                }),
+            },
+        };
+        let user = env("user_env", &spec.user_env, "user name")?;
+        let password = env("password_env", &spec.password_env, "password")?;
+        let token = env("token_env", &spec.token_env, "token")?;
+        let suffix = &Uuid::new_v4().simple().to_string()[..8];
+        let node = format!("{}-{suffix}", key_safe(&spec.node));
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("tributary {node}"))
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect();
+        if let (Some(user), Some(password)) = (user, password) {
+            options = options.user_and_password(user, password);
+        }
+        if let Some(token) = token {
+            options = options.token(token);
+        }
+        let client = options
+            .connect(spec.servers.clone())
+            .await
+            .map_err(|source| ClusterError::Connect {
+                servers: spec.servers.join(", "),
+                source,
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(ACK_WAIT);
+        let bucket = |name: &str, max_age: Duration| kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            max_age,
+            num_replicas: spec.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let leases = ensure_bucket(&js, bucket(LEASES, spec.lease)).await?;
+        let progress = ensure_bucket(&js, bucket(PROGRESS, Duration::ZERO)).await?;
+        let nodes = ensure_bucket(&js, bucket(NODES, spec.lease)).await?;
+        info!(node = %node, servers = %spec.servers.join(", "), replicas = spec.replicas, "Connected to JetStream.");
+        Ok(Arc::new(Self {
+            js,
+            client,
+            leases,
+            progress,
+            nodes,
+            node,
+            spec: spec.clone(),
+        }))
+    }
+
+    /// Makes (or finds) the streams of `spec`'s partitions.
+    pub async fn pipeline(
+        self: &Arc<Self>,
+        spec: &PipelineSpec,
+        dedupe_window: Option<Duration>,
+    ) -> Result<Arc<Pipeline>, ClusterError> {
+        let mut streams = Vec::new();
+        let per_stream = (spec.buffer_max_bytes / u64::from(spec.partitions)).max(1 << 20);
+        for p in 0..spec.partitions {
+            let config = stream::Config {
+                name: stream_name(&spec.name, p),
+                subjects: vec![subject(&spec.name, p)],
+                max_bytes: per_stream as i64,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: self.spec.replicas,
+                duplicate_window: dedupe_window
+                    .unwrap_or_default()
+                    .max(MIN_DUPLICATE_WINDOW),
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            };
+            let what = format!("stream {}", config.name);
+            let made = retrying(&what, || async {
+                self.js
+                    .get_or_create_stream(config.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            streams.push(made);
+        }
+        let partitions = (0..spec.partitions)
+            .map(|_| PartitionStatus::default())
+            .collect();
+        Ok(Arc::new(Pipeline {
+            name: spec.name.clone(),
+            sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
+            cluster: self.clone(),
+            streams,
+            partitions,
+            closed: CancellationToken::new(),
+            statuses: Default::default(),
+        }))
+    }
+
+    /// The leases bucket.
+    pub fn leases(&self) -> &kv::Store {
+        &self.leases
+    }
+
+    /// The progress bucket.
+    pub fn progress(&self) -> &kv::Store {
+        &self.progress
+    }
+
+    /// The live nodes bucket.
+    pub fn nodes(&self) -> &kv::Store {
+        &self.nodes
+    }
+
+    /// Whether the client is connected to a server.
+    pub fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
+    let what = format!("bucket {}", config.bucket);
+    retrying(&what, || async {
+        match js.get_key_value(&config.bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => match js.create_key_value(config.clone()).await {
+                Ok(store) => Ok(store),
+                // Another node made it first.
+                Err(e) => js
+                    .get_key_value(&config.bucket)
+                    .await
+                    .map_err(|_| e.to_string()),
+            },
+        }
+    })
+    .await
+}
+
+/// How long start-up waits for the cluster to make a stream or bucket (a
+/// cluster that starts with the nodes elects its leaders meanwhile).
+const SETUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs `attempt` until it succeeds, once a second, for up to [`SETUP_WAIT`].
+async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(message) if started.elapsed() >= SETUP_WAIT => {
+                return Err(ClusterError::Setup {
+                    what: what.to_string(),
+                    message,
+                })
+            }
+            Err(message) => {
+                warn!(what, error = %message, "JetStream is not ready; trying again in 1 s.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One pipeline's streams, shared by its appender and its partition logs.
+pub struct Pipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// Its sinks' names (whose progress decides what is purged).
+    pub sinks: Vec<String>,
+    /// The connection.
+    pub cluster: Arc<Cluster>,
+    streams: Vec<stream::Stream>,
+    /// What the status task last saw of each partition.
+    pub partitions: Vec<PartitionStatus>,
+    /// Cancelled on shutdown: appends end, readers see the log's end.
+    pub closed: CancellationToken,
+    /// Each unit's owner and progress, as the status task last read them.
+    pub statuses: crate::cluster::Statuses,
+}
+
+/// The last seen end and size of one partition's stream.
+#[derive(Debug, Default)]
+pub struct PartitionStatus {
+    /// Next offset (the stream's last sequence).
+    pub end: AtomicU64,
+    /// Bytes the stream holds.
+    pub bytes: AtomicU64,
+}
+
+impl Pipeline {
+    /// Partitions.
+    pub fn count(&self) -> u32 {
+        self.streams.len() as u32
+    }
+
+    /// The last sequence (the end offset) and bytes of `partition`'s stream.
+    pub async fn stream_state(&self, partition: u32) -> Result<(u64, u64), ClusterError> {
+        let mut stream = self.streams[partition as usize].clone();
+        let info = stream.info().await.map_err(|e| ClusterError::Setup {
+            what: format!("stream {}", stream_name(&self.name, partition)),
+            message: e.to_string(),
+        })?;
+        Ok((info.state.last_sequence, info.state.bytes))
+    }
+
+    /// The key of `sink`'s lease and progress on `partition`.
+    pub fn key(&self, sink: &str, partition: u32) -> String {
+        format!("{}.{}.{partition}", key_safe(&self.name), key_safe(sink))
+    }
+}
+
+/// The append side: publishes each event to its partition.
+pub struct JetStreamAppender(pub Arc<Pipeline>);
+
+impl LogAppend for JetStreamAppender {
+    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>> {
+        async move {
+            let pipeline = &self.0;
+            if pipeline.closed.is_cancelled() {
+                return Err(AppendError::Closed);
+            }
+            let count = events.len() as u64;
+            let ids = delivery_ids(&events);
+            let mut rows = events
+                .into_iter()
+                .filter(|e| e.kind != RecordKind::DedupeIds)
+                .collect::<Vec<_>>();
+            let keys: Vec<String> = match &ids {
+                Some(ids) if ids.len() == rows.len() => ids.clone(),
+                Some(ids) if ids.len() == 1 => (0..rows.len())
+                    .map(|i| format!("{}#{i}", ids[0]))
+                    .collect(),
+                _ => rows.iter().map(|e| e.id.to_string()).collect(),
+            };
+            let mut acks = Vec::with_capacity(rows.len());
+            for (event, key) in rows.drain(..).zip(keys) {
+                let partition = crc32c::crc32c(key.as_bytes()) % pipeline.count();
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
+                let published = pipeline
+                    .cluster
+                    .js
+                    .publish_with_headers(
+                        subject(&pipeline.name, partition),
+                        headers,
+                        encode(&event),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                acks.push(published);
+            }
+            for ack in acks {
+                ack.await.map_err(unavailable)?;
+            }
+            Ok(0..count)
+        }
+        .boxed()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.0
+            .partitions
+            .iter()
+            .map(|p| p.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn is_full(&self, _max_bytes: u64) -> bool {
+        // A full stream refuses the publish itself (discard = new): 503.
+        false
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.closed.is_cancelled()
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.0.cluster.connected() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "no JetStream server of {} is reachable",
+                self.0.cluster.spec.servers.join(", ")
+            )))
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AppendError {
+    AppendError::Cluster(e.to_string())
+}
+
+/// The delivery ids a dedupe record at the end of an append holds.
+fn delivery_ids(events: &[Event]) -> Option<Vec<String>> {
+    let last = events.last().filter(|e| e.kind == RecordKind::DedupeIds)?;
+    #[derive(serde::Deserialize)]
+    struct Record {
+        dedupe: Vec<String>,
+    }
+    serde_json::from_slice::<Record>(&last.payload)
+        .ok()
+        .map(|r| r.dedupe)
+        .filter(|ids| !ids.is_empty())
+}
+
+/// The stream of `pipeline`'s partition `p`.
+fn stream_name(pipeline: &str, p: u32) -> String {
+    format!("TRIBUTARY_{pipeline}_{p}")
+}
+
+/// The subject of `pipeline`'s partition `p`.
+fn subject(pipeline: &str, p: u32) -> String {
+    format!("tributary.{pipeline}.{p}")
+}
+
+/// `name` with what a KV key or subject token cannot hold replaced.
+fn key_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Format version of a message's body.
+const VERSION: u8 = 1;
+
+/// An event as a message body: version, kind, id, arrival time, topic, payload.
+fn encode(event: &Event) -> Bytes {
+    let topic = event.topic.as_deref().unwrap_or("");
+    let mut out = BytesMut::with_capacity(28 + topic.len() + event.payload.len());
+    out.put_u8(VERSION);
+    out.put_u8(event.kind as u8);
+    out.put_slice(event.id.as_bytes());
+    out.put_i64_le(event.received_at_us);
+    out.put_u16_le(topic.len() as u16);
+    out.put_slice(topic.as_bytes());
+    out.put_slice(&event.payload);
+    out.freeze()
+}
+
+/// The event a message body holds.
+fn decode(body: Bytes) -> io::Result<Event> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("a JetStream message is not a tributary event: {what}"));
+    if body.len() < 28 || body[0] != VERSION {
+        return Err(bad("unknown format"));
+    }
+    let kind = RecordKind::from_byte(body[1]).ok_or_else(|| bad("unknown kind"))?;
+    let id = Uuid::from_slice(&body[2..18]).map_err(|_| bad("id"))?;
+    let received_at_us = i64::from_le_bytes(body[18..26].try_into().expect("8 bytes"));
+    let topic_len = u16::from_le_bytes([body[26], body[27]]) as usize;
+    if body.len() < 28 + topic_len {
+        return Err(bad("topic"));
+    }
+    let topic = (topic_len > 0)
+        .then(|| std::str::from_utf8(&body[28..28 + topic_len]).map(Arc::from))
+        .transpose()
+        .map_err(|_| bad("topic"))?;
+    Ok(Event {
+        id,
+        received_at_us,
+        kind,
+        payload: body.slice(28 + topic_len..),
+        topic,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_survives_its_message_body() {
+        let mut event = Event::new(Bytes::from_static(b"{\"a\":1}"));
+        event.topic = Some(Arc::from("orders/create"));
+        let back = decode(encode(&event)).unwrap();
+        assert_eq!(back.id, event.id);
+        assert_eq!(back.received_at_us, event.received_at_us);
+        assert_eq!(back.kind, event.kind);
+        assert_eq!(back.payload, event.payload);
+        assert_eq!(back.topic.as_deref(), Some("orders/create"));
+        let plain = Event::new(Bytes::from_static(b"[]"));
+        assert_eq!(decode(encode(&plain)).unwrap().topic, None);
+        assert!(decode(Bytes::from_static(b"\x02rest")).is_err());
+        assert!(decode(encode(&plain).slice(..20)).is_err());
+    }
+
+    #[test]
+    fn keys_and_names_hold_only_what_nats_takes() {
+        assert_eq!(key_safe("shop.orders"), "shop_orders");
+        assert_eq!(stream_name("shop-orders", 3), "TRIBUTARY_shop-orders_3");
+        assert_eq!(subject("shop", 0), "tributary.shop.0");
+    }
+}

