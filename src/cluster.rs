@@ -33,6 +33,8 @@ use crate::shutdown::Shutdown;
 use crate::sink::health::SinkHealth;
 use crate::sink::task::SinkTask;
 
+pub mod poll;
+
 /// Makes the runner of one unit on the log it is given.
 pub type MakeTask = Arc<dyn Fn(Log, u32) -> SinkTask + Send + Sync>;
 
@@ -59,7 +61,8 @@ struct Balance {
 
 impl Balance {
     fn fair(&self) -> usize {
-        self.total.div_ceil(self.live.load(Ordering::Relaxed).max(1))
+        self.total
+            .div_ceil(self.live.load(Ordering::Relaxed).max(1))
     }
 }
 
@@ -141,8 +144,10 @@ async fn unit(
             let node = Bytes::from(cluster.node.clone());
             if let Ok(revision) = cluster.leases().create(&key, node).await {
                 balance.owned.fetch_add(1, Ordering::Relaxed);
-                let gave_up =
-                    own(&cluster, &sink, partition, &key, revision, &balance, &shutdown).await;
+                let gave_up = own(
+                    &cluster, &sink, partition, &key, revision, &balance, &shutdown,
+                )
+                .await;
                 balance.owned.fetch_sub(1, Ordering::Relaxed);
                 if gave_up {
                     // Let another node take it before trying again.
@@ -177,8 +182,7 @@ async fn own(
     let mut renewed = Instant::now();
     // Cancelled on shutdown, or to give the unit up: the runner flushes and ends.
     let done = shutdown.stop.child_token();
-    let log = match PartitionLog::open(sink.pipeline.clone(), name, partition, done.clone()).await
-    {
+    let log = match PartitionLog::open(sink.pipeline.clone(), name, partition, done.clone()).await {
         Ok(log) => log,
         Err(e) => {
             warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "Cannot read the partition's progress; giving its lease back.");
@@ -344,7 +348,7 @@ impl LogStore for ClusterView {
     }
 
     fn last_state(&self) -> std::io::Result<Option<(u64, Bytes)>> {
-        Ok(None)
+        Ok(self.0.poll_state())
     }
 
     fn sink_state(&self, sink: &str) -> SinkState {
@@ -360,11 +364,15 @@ impl LogStore for ClusterView {
     }
 
     fn begin(&self, _sink: &str, _range: std::ops::Range<u64>) -> std::io::Result<()> {
-        Err(std::io::Error::other("the cluster view of a log is not written"))
+        Err(std::io::Error::other(
+            "the cluster view of a log is not written",
+        ))
     }
 
     fn commit(&self, _sink: &str, _offset: u64) -> std::io::Result<()> {
-        Err(std::io::Error::other("the cluster view of a log is not written"))
+        Err(std::io::Error::other(
+            "the cluster view of a log is not written",
+        ))
     }
 
     fn disk_bytes(&self) -> u64 {

@@ -70,8 +70,8 @@
 
 pub mod admin_client;
 pub mod buffer;
-pub mod cluster;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod encode;
 pub mod error;

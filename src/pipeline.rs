@@ -97,6 +97,11 @@ pub enum RunError {
         "pipeline {0} is fed by a webhook, not polled; `tributary poll` runs poll sources only"
     )]
     NotPolled(String),
+    /// `tributary poll` with the log on JetStream.
+    #[error(
+        "the log is on JetStream (log.type = \"jetstream\"): pipeline {0} is polled by the node that holds its poll lease, on schedule; `tributary poll` runs a poll on the file log only"
+    )]
+    PollOnCluster(String),
     /// The TLS files cannot serve.
     #[error("the HTTP server cannot start: {0}")]
     Tls(#[source] crate::server::TlsError),
@@ -131,6 +136,8 @@ pub struct Built {
     pub runners: Vec<SinkTask>,
     /// On a JetStream log: each sink's partitions, run where their lease is held.
     pub units: Vec<crate::cluster::SinkUnits>,
+    /// On a JetStream log: the poll source, run where its lease is held.
+    pub poll_leader: Option<crate::cluster::poll::PollLeader>,
     /// What the admin API sees of it.
     pub view: PipelineView,
 }
@@ -267,6 +274,7 @@ pub async fn build(
         source,
         runners,
         units: Vec::new(),
+        poll_leader: None,
         view,
     })
 }
@@ -405,7 +413,9 @@ async fn build_clustered(
                     pipeline: spec.name.clone(),
                     source: crate::buffer::jetstream::ClusterError::Setup {
                         what: format!("sink {}", p.name),
-                        message: "Parquet sinks do not run on a JetStream log yet; use a Delta sink".into(),
+                        message:
+                            "Parquet sinks do not run on a JetStream log yet; use a Delta sink"
+                                .into(),
                     },
                 })
             }
@@ -417,7 +427,13 @@ async fn build_clustered(
             health: sink_health,
         });
     }
-    let dir = global.data_dir.join(&spec.name);
+    // The poller's side copy of its state, apart from a file log's.
+    let dir = global.data_dir.join(&spec.name).join("jetstream");
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Buffer {
+        pipeline: spec.name.clone(),
+        dir: dir.display().to_string(),
+        source,
+    })?;
     let source = crate::source::build(
         spec,
         global,
@@ -442,12 +458,21 @@ async fn build_clustered(
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
-        cluster: Some(streams),
+        cluster: Some(streams.clone()),
     };
+    let poll_leader =
+        matches!(spec.source, SourceSpec::Poll(_)).then(|| crate::cluster::poll::PollLeader {
+            spec: spec.clone(),
+            pipeline: streams.clone(),
+            appender: view.appender.clone(),
+            log: view.log.clone(),
+            dir,
+        });
     Ok(Built {
         source,
         runners: Vec::new(),
         units,
+        poll_leader,
         view,
     })
 }
@@ -561,6 +586,9 @@ pub async fn poll_once(
     if !matches!(spec.source, SourceSpec::Poll(_)) {
         return Err(RunError::NotPolled(pipeline.to_string()));
     }
+    if matches!(config.global.log, crate::config::log::LogSpec::JetStream(_)) {
+        return Err(RunError::PollOnCluster(pipeline.to_string()));
+    }
     let floor = offset_floor(spec, &config.global).await;
     let built = build(spec, &config.global, &shutdown, floor, None).await?;
     // The view holds an appender; the log must close once the poller is done.
@@ -636,10 +664,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         let built = build(spec, &config.global, &shutdown, floor, cluster.as_ref()).await?;
         units.extend(built.units);
         views.push(built.view);
+        if let (Some(cluster), Some(leader)) = (&cluster, built.poll_leader) {
+            shutdown.tasks.spawn(crate::cluster::poll::lead(
+                cluster.clone(),
+                leader,
+                shutdown.clone(),
+            ));
+        }
         match built.source.source {
             crate::source::Source::Webhook { path, route } => {
                 routes.insert(path, *route);
             }
+            // On JetStream the poll leader runs its own poller.
+            crate::source::Source::Poll(_) if cluster.is_some() => {}
             // It ends on shutdown, dropping its appender, which closes the log.
             crate::source::Source::Poll(poller) => {
                 shutdown.tasks.spawn(poller.run_forever());

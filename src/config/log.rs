@@ -109,9 +109,8 @@ pub(super) fn log(raw: Option<&RawLog>, e: &mut Errors<'_>) -> LogSpec {
         );
     }
     for server in &servers {
-        let ok = url::Url::parse(server).is_ok_and(|u| {
-            matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some()
-        });
+        let ok = url::Url::parse(server)
+            .is_ok_and(|u| matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some());
         if !ok {
             e.push(
                 "log.servers",

@@ -220,15 +220,6 @@ fn pipeline(
         );
     }
     let partitions = super::log::partitions(raw.log.as_ref(), e);
-    if matches!(global.log, super::log::LogSpec::JetStream(_))
-        && matches!(raw.source, Some(RawSource::Poll(_)))
-    {
-        e.push(
-            "source.type",
-            "poll sources do not run on a JetStream log yet (log.type = \"jetstream\" in tributary.toml)",
-            "run poll pipelines on a node whose tributary.toml keeps the file log, or take this pipeline out of the cluster's pipelines/",
-        );
-    }
     let mut sinks = Vec::new();
     if raw.sink.is_empty() {
         e.push(

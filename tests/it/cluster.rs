@@ -31,7 +31,8 @@ impl Nats {
             .iter()
             .map(|(_, c, _)| format!("\"nats://127.0.0.1:{c}\""))
             .collect();
-        let binary = std::env::var("TRIBUTARY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let binary =
+            std::env::var("TRIBUTARY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let mut servers = Vec::new();
         for (i, (client, cluster, monitor)) in ports.iter().enumerate() {
             let store = dir.path().join(format!("n{i}"));
@@ -201,7 +202,10 @@ fn assert_every_acked_once(table: &str, acked: &HashSet<String>) -> HashMap<Stri
             twice.len(),
             twice.first()
         );
-        let missing: Vec<_> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|id| !counts.contains_key(*id))
+            .collect();
         assert!(
             missing.is_empty(),
             "{engine}: {} acknowledged events are missing, e.g. {:?}",
@@ -219,7 +223,10 @@ async fn wait_for_table(table: &Path, acked: &HashSet<String>, logs: &[&Project]
         let mut missing = acked.len();
         if table.join("_delta_log").is_dir() {
             let view = read_delta(table.to_str().unwrap(), &[], &[], &[]);
-            missing = acked.iter().filter(|id| !view.deltalake.contains_key(*id)).count();
+            missing = acked
+                .iter()
+                .filter(|id| !view.deltalake.contains_key(*id))
+                .count();
             if missing == 0 {
                 return;
             }
@@ -270,13 +277,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
     let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let tried = Arc::new(Mutex::new(HashSet::new()));
-    let loading = tokio::spawn(load(
-        targets.clone(),
-        600,
-        6,
-        acked.clone(),
-        tried.clone(),
-    ));
+    let loading = tokio::spawn(load(targets.clone(), 600, 6, acked.clone(), tried.clone()));
     // Mid-load: node 1 dies; clients keep posting to the other two.
     while acked.lock().unwrap().len() < 800 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -285,7 +286,11 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
     targets.lock().unwrap().remove(1);
     loading.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), 3000, "every request was acknowledged in the end");
+    assert_eq!(
+        acked.len(),
+        3000,
+        "every request was acknowledged in the end"
+    );
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[2]]).await;
     let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
     // Beyond the acknowledged: at most the requests in flight on the killed
@@ -305,7 +310,9 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
             .filter_map(|r| r["owner"].as_str().map(String::from))
             .collect();
         let caught_up = rows.len() == 6
-            && rows.iter().all(|r| r["lag_events"] == 0 && r["owner"].is_string())
+            && rows
+                .iter()
+                .all(|r| r["lag_events"] == 0 && r["owner"].is_string())
             && owners.iter().all(|o| !dead.contains(&format!("node={o}")));
         if caught_up {
             break;
@@ -317,8 +324,12 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
-        nodes[0].log().contains("This node now writes the partition")
-            && nodes[2].log().contains("This node now writes the partition"),
+        nodes[0]
+            .log()
+            .contains("This node now writes the partition")
+            && nodes[2]
+                .log()
+                .contains("This node now writes the partition"),
         "both live nodes write partitions"
     );
     // `tributary status` on one node lists every partition with its writer.
@@ -354,7 +365,11 @@ async fn a_nats_server_killed_mid_load_loses_nothing_acknowledged() {
     nats.kill9(0);
     loading.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), 2000, "intake went on with two of three servers");
+    assert_eq!(
+        acked.len(),
+        2000,
+        "intake went on with two of three servers"
+    );
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
     drop(servers);
@@ -380,7 +395,10 @@ async fn a_node_that_joins_takes_partitions_without_a_duplicate() {
         .count()
         < 6
     {
-        assert!(started.elapsed() < Duration::from_secs(60), "the first node never took every partition");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first node never took every partition"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     while acked.lock().unwrap().len() < 500 {
@@ -415,4 +433,111 @@ async fn a_node_that_joins_takes_partitions_without_a_duplicate() {
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
     assert!(second.log().contains("This node now writes the partition"));
     assert!(first.log().contains("Giving the partition to another node"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_leader_killed_mid_run_is_followed_without_a_page_lost_or_repeated() {
+    use crate::poll::{CURSOR, ITEM_SCHEMA};
+    use crate::support::fake_api::{FakeApi, Style};
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(3000, Style::Cursor).await;
+    api.set_page_size(50);
+    api.set_delay(Duration::from_millis(60));
+    let nodes: Vec<Project> = (0..2)
+        .map(|_| {
+            let project = node(&nats, lake.path());
+            std::fs::remove_file(project.path().join("pipelines/shopify_customers.toml")).unwrap();
+            project.write("schemas/item.json", ITEM_SCHEMA);
+            project.write(
+                "pipelines/items.toml",
+                &format!(
+                    r#"name = "items"
+schema = "schemas/item.json"
+
+[source]
+type = "poll"
+every = "1h"
+url = "{url}"
+allow_http = true
+records = "/results"
+{CURSOR}
+paginate = {{ type = "cursor", next = "/paging/next/after", param = "after" }}
+
+[log]
+partitions = 3
+
+[batch]
+max_age = "300ms"
+
+[[sink]]
+type = "delta"
+name = "delta"
+"#,
+                    url = api.url()
+                ),
+            );
+            project
+        })
+        .collect();
+    let mut servers: Vec<Option<Server>> = Vec::new();
+    for n in &nodes {
+        servers.push(Some(n.start().await));
+    }
+    // The leader, once it has stored some pages: kill it mid-run.
+    let leads = |p: &Project| p.log().contains("This node now runs the poll source");
+    let started = Instant::now();
+    let leader = loop {
+        if let Some(i) = (0..2).find(|i| leads(&nodes[*i])) {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no node became the poll leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while api.log().len() < 15 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[leader].take().unwrap().kill9();
+    let follower = 1 - leader;
+    eventually(
+        &nodes[follower],
+        "the other node to take the poll over",
+        || leads(&nodes[follower]),
+    )
+    .await;
+    let table = lake.path().join("items");
+    let started = Instant::now();
+    let view = loop {
+        if table.join("_delta_log").is_dir() {
+            let view = read_delta(table.to_str().unwrap(), &[], &["id"], &[]);
+            if view.rows.len() >= 3000 && view.duckdb.len() >= 3000 {
+                break view;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never finished on the follower:\n{}",
+            nodes[follower].log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    for row in &view.rows {
+        *counts.entry(row["id"].as_i64().unwrap()).or_default() += 1;
+    }
+    let expected: HashMap<i64, usize> = (1..=3000).map(|id| (id, 1)).collect();
+    assert!(
+        counts == expected,
+        "every record exactly once: {} rows, {} distinct",
+        view.rows.len(),
+        counts.len()
+    );
+    assert_eq!(view.duckdb.len(), 3000, "DuckDB reads the same rows");
+    assert!(
+        nodes[follower].log().contains("Resuming the poll run"),
+        "the follower resumed the leader's run instead of starting over"
+    );
 }

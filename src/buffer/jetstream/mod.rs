@@ -172,9 +172,7 @@ impl Cluster {
                 max_bytes: per_stream as i64,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: self.spec.replicas,
-                duplicate_window: dedupe_window
-                    .unwrap_or_default()
-                    .max(MIN_DUPLICATE_WINDOW),
+                duplicate_window: dedupe_window.unwrap_or_default().max(MIN_DUPLICATE_WINDOW),
                 storage: stream::StorageType::File,
                 allow_direct: true,
                 ..Default::default()
@@ -200,6 +198,7 @@ impl Cluster {
             partitions,
             closed: CancellationToken::new(),
             statuses: Default::default(),
+            poll_state: Default::default(),
         }))
     }
 
@@ -227,7 +226,10 @@ impl Cluster {
     }
 }
 
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
     let what = format!("bucket {}", config.bucket);
     retrying(&what, || async {
         match js.get_key_value(&config.bucket).await {
@@ -288,6 +290,9 @@ pub struct Pipeline {
     pub closed: CancellationToken,
     /// Each unit's owner and progress, as the status task last read them.
     pub statuses: crate::cluster::Statuses,
+    /// A poll source's state as its leader loaded or last stored it, with
+    /// its revision in the progress bucket.
+    poll_state: std::sync::Mutex<Option<(u64, Bytes)>>,
 }
 
 /// The last seen end and size of one partition's stream.
@@ -315,6 +320,57 @@ impl Pipeline {
         Ok((info.state.last_sequence, info.state.bytes))
     }
 
+    /// The key of the poll source's lease and of its state.
+    pub fn poll_key(&self) -> String {
+        format!("{}._poll", key_safe(&self.name))
+    }
+
+    /// Reads the poll state from the progress bucket (a new leader does,
+    /// before it starts the poller).
+    pub async fn load_poll_state(&self) -> Result<(), ClusterError> {
+        let entry = self
+            .cluster
+            .progress
+            .entry(self.poll_key())
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("the poll state of {}", self.name),
+                message: e.to_string(),
+            })?;
+        *self.poll_state.lock().expect("poll state lock") = entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (e.revision, e.value));
+        Ok(())
+    }
+
+    /// The poll state as loaded or last stored, with its revision.
+    pub fn poll_state(&self) -> Option<(u64, Bytes)> {
+        self.poll_state.lock().expect("poll state lock").clone()
+    }
+
+    /// Stores the poll state `payload` if the stored one is still the one
+    /// this node last saw; returns its revision.
+    async fn store_poll_state(&self, payload: Bytes) -> Result<u64, AppendError> {
+        let key = self.poll_key();
+        let seen = self.poll_state().map(|(revision, _)| revision);
+        let stored = match seen {
+            Some(revision) => self
+                .cluster
+                .progress
+                .update(&key, payload.clone(), revision)
+                .await
+                .map_err(unavailable)?,
+            None => self
+                .cluster
+                .progress
+                .create(&key, payload.clone())
+                .await
+                .map_err(unavailable)?,
+        };
+        *self.poll_state.lock().expect("poll state lock") = Some((stored, payload));
+        Ok(stored)
+    }
+
     /// The key of `sink`'s lease and progress on `partition`.
     pub fn key(&self, sink: &str, partition: u32) -> String {
         format!("{}.{}.{partition}", key_safe(&self.name), key_safe(sink))
@@ -333,15 +389,30 @@ impl LogAppend for JetStreamAppender {
             }
             let count = events.len() as u64;
             let ids = delivery_ids(&events);
+            // A poll page: stored after its records, their ids made from it.
+            let poll_state = events
+                .last()
+                .filter(|e| e.kind == RecordKind::PollState)
+                .map(|e| e.payload.clone());
             let mut rows = events
                 .into_iter()
-                .filter(|e| e.kind != RecordKind::DedupeIds)
+                .filter(|e| !matches!(e.kind, RecordKind::DedupeIds | RecordKind::PollState))
                 .collect::<Vec<_>>();
-            let keys: Vec<String> = match &ids {
-                Some(ids) if ids.len() == rows.len() => ids.clone(),
-                Some(ids) if ids.len() == 1 => (0..rows.len())
-                    .map(|i| format!("{}#{i}", ids[0]))
-                    .collect(),
+            let keys: Vec<String> = match (&ids, &poll_state) {
+                (_, Some(state)) => {
+                    let digest = ring::digest::digest(&ring::digest::SHA256, state);
+                    let page: String = digest.as_ref()[..12]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    (0..rows.len())
+                        .map(|i| format!("poll-{page}-{i}"))
+                        .collect()
+                }
+                (Some(ids), None) if ids.len() == rows.len() => ids.clone(),
+                (Some(ids), None) if ids.len() == 1 => {
+                    (0..rows.len()).map(|i| format!("{}#{i}", ids[0])).collect()
+                }
                 _ => rows.iter().map(|e| e.id.to_string()).collect(),
             };
             let mut acks = Vec::with_capacity(rows.len());
@@ -363,6 +434,12 @@ impl LogAppend for JetStreamAppender {
             }
             for ack in acks {
                 ack.await.map_err(unavailable)?;
+            }
+            if let Some(state) = poll_state {
+                // The offsets end at the state's revision: the poller's side
+                // copy of the state is then ordered with the stored one.
+                let revision = pipeline.store_poll_state(state).await?;
+                return Ok((revision + 1).saturating_sub(count)..revision + 1);
             }
             Ok(0..count)
         }
@@ -457,7 +534,12 @@ fn encode(event: &Event) -> Bytes {
 
 /// The event a message body holds.
 fn decode(body: Bytes) -> io::Result<Event> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("a JetStream message is not a tributary event: {what}"));
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a JetStream message is not a tributary event: {what}"),
+        )
+    };
     if body.len() < 28 || body[0] != VERSION {
         return Err(bad("unknown format"));
     }

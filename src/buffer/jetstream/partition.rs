@@ -291,6 +291,14 @@ impl LogRead for PartitionReader {
     fn read(&mut self, max: usize) -> BoxFuture<'_, io::Result<Vec<Event>>> {
         async move {
             let mut out = Vec::new();
+            // What lies below the stream's end is durable: wait for the
+            // consumer to deliver it (a re-flush reads without waiting).
+            if self.peeked.is_none()
+                && self.position < self.end.load(Ordering::Relaxed)
+                && !LogRead::wait(self).await
+            {
+                return Ok(out);
+            }
             while out.len() < max {
                 if let Some(event) = self.peeked.take() {
                     self.position += 1;

@@ -16,7 +16,7 @@ mod examples;
 // The backfill benchmark (ignored; scripts/bench runs it).
 mod bench;
 
-const ITEM_SCHEMA: &str = r#"{
+pub(crate) const ITEM_SCHEMA: &str = r#"{
   "type": "object",
   "properties": {
     "id": {"type": "integer"},
@@ -27,7 +27,7 @@ const ITEM_SCHEMA: &str = r#"{
   "required": ["id", "updated_at"]
 }"#;
 
-const CURSOR: &str =
+pub(crate) const CURSOR: &str =
     r#"cursor = { field = "updated_at", param = "updated_after", start = "2023-01-01T00:00:00Z" }"#;
 
 /// Writes the `items` poll pipeline: `source` TOML in `[source]`, `sinks` as `[[sink]]` tables.
