@@ -82,6 +82,29 @@ pub fn explain(config: &Config) -> String {
         admin.push(("token_env", text(env)));
     }
     global.insert("admin".into(), table(admin));
+    let log = match &g.log {
+        super::log::LogSpec::File => table(vec![("type", text("file"))]),
+        super::log::LogSpec::JetStream(js) => {
+            let mut pairs = vec![
+                ("type", text("jetstream")),
+                ("servers", list(&js.servers)),
+                ("replicas", Value::Integer(js.replicas as i64)),
+                ("lease", duration(js.lease)),
+                ("node", text(&js.node)),
+            ];
+            for (key, env) in [
+                ("user_env", &js.user_env),
+                ("password_env", &js.password_env),
+                ("token_env", &js.token_env),
+            ] {
+                if let Some(env) = env {
+                    pairs.push((key, text(env)));
+                }
+            }
+            table(pairs)
+        }
+    };
+    global.insert("log".into(), log);
     let mut out = String::from("# tributary.toml (effective)\n");
     out.push_str(&toml::to_string(&global).unwrap_or_default());
     for p in &config.pipelines {
@@ -122,6 +145,14 @@ fn pipeline(p: &PipelineSpec) -> Table {
     t.insert(
         "buffer".into(),
         table(vec![("max_bytes", size(p.buffer_max_bytes))]),
+    );
+    // Used on a JetStream log only.
+    t.insert(
+        "log".into(),
+        table(vec![(
+            "partitions",
+            Value::Integer(i64::from(p.partitions)),
+        )]),
     );
     t.insert(
         "sink".into(),

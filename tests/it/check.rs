@@ -234,6 +234,7 @@ fn explain_prints_the_effective_config_with_every_default() {
         "max_pages = 10000",
         "checkpoint_interval = ",
         "dedupe = ",
+        "partitions = 6",
     ] {
         assert!(text.contains(default), "{default:?} missing from:\n{text}");
     }

@@ -77,8 +77,15 @@ impl Nats {
                     }
                 }
                 assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "the nats-servers did not become healthy"
+                    started.elapsed() < Duration::from_secs(90),
+                    "the nats-servers did not become healthy; their logs:\n{}",
+                    (0..3)
+                        .map(
+                            |i| fs::read_to_string(nats._dir.path().join(format!("n{i}.log")))
+                                .unwrap_or_default()
+                        )
+                        .collect::<Vec<_>>()
+                        .join("\n-----\n")
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -540,4 +547,59 @@ name = "delta"
         nodes[follower].log().contains("Resuming the poll run"),
         "the follower resumed the leader's run instead of starting over"
     );
+}
+
+#[test]
+fn check_names_each_mistake_in_the_jetstream_settings() {
+    let project = Project::new();
+    project.write(
+        "tributary.toml",
+        "[log]\ntype = \"jetstream\"\nservers = [\"http://127.0.0.1:4222\"]\nreplicas = 2\nlease = \"1s\"\nuser_env = \"NATS_USER\"\n",
+    );
+    project.shopify_pipeline("", "");
+    project.write(
+        "pipelines/shopify_customers.toml",
+        &std::fs::read_to_string(project.path().join("pipelines/shopify_customers.toml"))
+            .unwrap()
+            .replace("[batch]", "[log]\npartitions = 0\n\n[batch]"),
+    );
+    let out = project.command(&["check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "log.servers: \"http://127.0.0.1:4222\" is not a nats:// URL",
+        "log.replicas: 2 copies cannot keep a quorum",
+        "log.lease: is below 3s",
+        "log.password_env: user_env and password_env come together",
+        "log.partitions: 0 is out of range",
+        "sink[0].type: Parquet sinks do not run on a JetStream log yet",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // Fixed, it passes without a server to talk to.
+    project.write(
+        "tributary.toml",
+        "[log]\ntype = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
+    );
+    project.shopify_delta("", "");
+    let out = project.command(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The defaults it filled in: one server holds one copy.
+    let out = project.command(&["check", "--explain"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for default in [
+        "type = \"jetstream\"",
+        "replicas = 1",
+        "lease = \"15s\"",
+        "partitions = 6",
+    ] {
+        assert!(text.contains(default), "{default:?} missing from:\n{text}");
+    }
 }
