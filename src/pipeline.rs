@@ -409,14 +409,47 @@ async fn build_clustered(
                 })
             }
             SinkSpec::Parquet(p) => {
-                return Err(RunError::Cluster {
+                let tables = crate::sink::parquet::ParquetSink::new(p, spec.route.is_some())
+                    .map_err(|source| RunError::Storage {
+                        pipeline: spec.name.clone(),
+                        sink: p.name.clone(),
+                        source: Box::new(source),
+                    })?;
+                probes.push((p.name.clone(), tables.storage().clone()));
+                let template = Arc::new(Runner {
                     pipeline: spec.name.clone(),
-                    source: crate::buffer::jetstream::ClusterError::Setup {
-                        what: format!("sink {}", p.name),
-                        message:
-                            "Parquet sinks do not run on a JetStream log yet; use a Delta sink"
-                                .into(),
-                    },
+                    sink: p.name.clone(),
+                    log: log.clone(),
+                    encoder: encoder.clone(),
+                    declared: spec
+                        .route
+                        .as_ref()
+                        .map(|r| r.declared.clone())
+                        .unwrap_or_default(),
+                    policy: spec.batch,
+                    tables: Box::new(tables.clone()),
+                    route: spec.route.clone(),
+                    dead_letters: dead_letters.clone(),
+                    abandon: shutdown.abandon.clone(),
+                    health: sink_health.clone(),
+                    partition: None,
+                });
+                Arc::new(move |log, partition| {
+                    SinkTask::Columnar(Runner {
+                        pipeline: template.pipeline.clone(),
+                        sink: template.sink.clone(),
+                        log,
+                        encoder: template.encoder.clone(),
+                        declared: template.declared.clone(),
+                        policy: template.policy,
+                        // Files named by partition: offsets repeat across partitions.
+                        tables: Box::new(tables.clone().in_partition(partition)),
+                        route: template.route.clone(),
+                        dead_letters: template.dead_letters.clone(),
+                        abandon: template.abandon.clone(),
+                        health: template.health.clone(),
+                        partition: Some(partition),
+                    })
                 })
             }
         };

@@ -240,11 +240,13 @@ fn pipeline(
             root,
         });
         let spec = match raw_sink {
-            RawSink::Parquet(_) if matches!(global.log, super::log::LogSpec::JetStream(_)) => {
+            RawSink::Parquet(_)
+                if infer_schema && matches!(global.log, super::log::LogSpec::JetStream(_)) =>
+            {
                 e.push(
                     format!("{key}.type"),
-                    "Parquet sinks do not run on a JetStream log yet (log.type = \"jetstream\" in tributary.toml)",
-                    "use a Delta sink (type = \"delta\"), which several nodes write at once, exactly once per partition",
+                    "a Parquet sink with schema = \"infer\" does not run on a JetStream log (each node would keep its own inferred schema file in the one table)",
+                    "declare the schema (schema = \"schemas/….json\"), or use a Delta sink, whose commits carry the schema",
                 );
                 None
             }

@@ -93,7 +93,18 @@ pub fn files(
     range: &Range<u64>,
     props: &WriterProperties,
 ) -> Result<Vec<(String, Bytes)>, ParquetError> {
-    let name = file_name("part-", range);
+    files_named(batch, partition_by, "part-", range, props)
+}
+
+/// [`files`], each named `<prefix><first>-<last>.parquet`.
+fn files_named(
+    batch: &RecordBatch,
+    partition_by: &[String],
+    prefix: &str,
+    range: &Range<u64>,
+    props: &WriterProperties,
+) -> Result<Vec<(String, Bytes)>, ParquetError> {
+    let name = file_name(prefix, range);
     if partition_by.is_empty() {
         return Ok(vec![(name, serialise(batch, props)?)]);
     }
@@ -167,10 +178,14 @@ pub const SCHEMA_FILE: &str = "_tributary/schema.json";
 
 /// The Parquet sink: hive-partitioned files named by offset range, under its
 /// location (or, routed, under `<location>/<table>/`).
+#[derive(Clone)]
 pub struct ParquetSink {
     spec: ParquetSinkSpec,
     routed: bool,
     storage: Storage,
+    /// Starts each file name: `part-`, or `part-p<N>-` on a JetStream
+    /// partition (offsets repeat across partitions).
+    prefix: String,
 }
 
 impl ParquetSink {
@@ -180,7 +195,15 @@ impl ParquetSink {
             storage: Storage::new(&spec.location, &spec.storage)?,
             spec: spec.clone(),
             routed,
+            prefix: "part-".into(),
         })
+    }
+
+    /// The sink writing partition `partition` of a JetStream log: its files
+    /// are named `part-p<partition>-<first>-<last>.parquet`.
+    pub fn in_partition(mut self, partition: u32) -> Self {
+        self.prefix = format!("part-p{partition}-");
+        self
     }
 
     /// The storage of the sink's location (what the admin API probes).
@@ -211,6 +234,7 @@ impl ParquetSink {
                 storage,
                 partition_by: self.spec.partition_by.clone(),
                 props: writer_properties(),
+                prefix: self.prefix.clone(),
             }),
             encoder,
             resume: None,
@@ -258,6 +282,7 @@ struct ParquetTable {
     storage: Storage,
     partition_by: Vec<String>,
     props: WriterProperties,
+    prefix: String,
 }
 
 impl Table for ParquetTable {
@@ -294,15 +319,16 @@ impl Table for ParquetTable {
             if batch.num_rows() == 0 {
                 return Ok(Written::default());
             }
-            let (batch_, partition_by, range_, props) = (
+            let (batch_, partition_by, range_, props, prefix) = (
                 batch.clone(),
                 self.partition_by.clone(),
                 range.clone(),
                 self.props.clone(),
+                self.prefix.clone(),
             );
             let made = tokio::task::spawn_blocking(move || {
                 super::runner::background_priority();
-                files(&batch_, &partition_by, &range_, &props)
+                files_named(&batch_, &partition_by, &prefix, &range_, &props)
             })
             .await
             .map_err(|source| SinkError::Task {

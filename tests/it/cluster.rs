@@ -114,6 +114,11 @@ impl Drop for Nats {
 /// A tributary node: its own project directory (listen port, data dir), the
 /// same pipeline file and the same table as every other node.
 fn node(nats: &Nats, lake: &Path) -> Project {
+    node_with(nats, lake, "")
+}
+
+/// [`node`] with `extra` TOML after the pipeline's Delta sink (another sink).
+fn node_with(nats: &Nats, lake: &Path, extra: &str) -> Project {
     let project = Project::new();
     project.write(
         "tributary.toml",
@@ -130,7 +135,8 @@ fn node(nats: &Nats, lake: &Path) -> Project {
     );
     project.write(
         "pipelines/shopify_customers.toml",
-        r#"name = "shopify_customers"
+        &format!(
+            r#"name = "shopify_customers"
 schema = "schemas/shopify_customer.json"
 record_path = "/customers"
 
@@ -148,7 +154,9 @@ max_age = "500ms"
 [[sink]]
 type = "delta"
 name = "delta"
-"#,
+{extra}
+"#
+        ),
     );
     project
 }
@@ -161,11 +169,10 @@ async fn load(
     requests: usize,
     clients: usize,
     acked: Arc<Mutex<HashSet<String>>>,
-    tried: Arc<Mutex<HashSet<u64>>>,
 ) {
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (targets, acked, tried) = (targets.clone(), acked.clone(), tried.clone());
+        let (targets, acked) = (targets.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -174,7 +181,6 @@ async fn load(
             for r in (c..requests).step_by(clients) {
                 let first = r as u64 * 5;
                 let body: Vec<_> = (first..first + 5).map(shopify_customer).collect();
-                tried.lock().unwrap().extend(first..first + 5);
                 for attempt in 0.. {
                     let urls = targets.lock().unwrap().clone();
                     let url = &urls[(r + attempt) % urls.len()];
@@ -283,8 +289,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
     }
     let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
     let acked = Arc::new(Mutex::new(HashSet::new()));
-    let tried = Arc::new(Mutex::new(HashSet::new()));
-    let loading = tokio::spawn(load(targets.clone(), 600, 6, acked.clone(), tried.clone()));
+    let loading = tokio::spawn(load(targets.clone(), 600, 6, acked.clone()));
     // Mid-load: node 1 dies; clients keep posting to the other two.
     while acked.lock().unwrap().len() < 800 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -356,15 +361,22 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
 async fn a_nats_server_killed_mid_load_loses_nothing_acknowledged() {
     let mut nats = Nats::start().await;
     let lake = tempfile::tempdir().unwrap();
-    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    // Beside the Delta table, a Parquet sink (its files named by partition).
+    let parquet = lake.path().join("shopify_parquet");
+    let extra = format!(
+        "\n[[sink]]\ntype = \"parquet\"\nname = \"parquet\"\nuri = \"{}\"\n",
+        parquet.display()
+    );
+    let nodes: Vec<Project> = (0..2)
+        .map(|_| node_with(&nats, lake.path(), &extra))
+        .collect();
     let mut servers = Vec::new();
     for n in &nodes {
         servers.push(n.start().await);
     }
     let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
     let acked = Arc::new(Mutex::new(HashSet::new()));
-    let tried = Arc::new(Mutex::new(HashSet::new()));
-    let loading = tokio::spawn(load(targets, 400, 4, acked.clone(), tried.clone()));
+    let loading = tokio::spawn(load(targets, 400, 4, acked.clone()));
     while acked.lock().unwrap().len() < 500 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -379,6 +391,30 @@ async fn a_nats_server_killed_mid_load_loses_nothing_acknowledged() {
     );
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    let started = Instant::now();
+    while !{
+        let counts = id_counts(&parquet);
+        acked.iter().all(|id| counts.contains_key(id))
+    } {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the Parquet sink never held every acknowledged event"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (reader, counts) in [
+        ("parquet", id_counts(&parquet)),
+        ("duckdb", duckdb_id_counts(&parquet)),
+    ] {
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "{reader}: an event is in the Parquet files twice"
+        );
+        assert!(
+            acked.iter().all(|id| counts.contains_key(id)),
+            "{reader}: an acked event is missing"
+        );
+    }
     drop(servers);
 }
 
@@ -391,8 +427,7 @@ async fn a_node_that_joins_takes_partitions_without_a_duplicate() {
     let _a = first.start().await;
     let targets = Arc::new(Mutex::new(vec![hook(&first)]));
     let acked = Arc::new(Mutex::new(HashSet::new()));
-    let tried = Arc::new(Mutex::new(HashSet::new()));
-    let loading = tokio::spawn(load(targets.clone(), 400, 4, acked.clone(), tried.clone()));
+    let loading = tokio::spawn(load(targets.clone(), 400, 4, acked.clone()));
     // The first node owns all six partitions before the second starts.
     let started = Instant::now();
     while partitions(&first)
@@ -561,7 +596,11 @@ fn check_names_each_mistake_in_the_jetstream_settings() {
         "pipelines/shopify_customers.toml",
         &std::fs::read_to_string(project.path().join("pipelines/shopify_customers.toml"))
             .unwrap()
-            .replace("[batch]", "[log]\npartitions = 0\n\n[batch]"),
+            .replace("[batch]", "[log]\npartitions = 0\n\n[batch]")
+            .replace(
+                "schema = \"schemas/shopify_customer.json\"",
+                "schema = \"infer\"",
+            ),
     );
     let out = project.command(&["check"]);
     assert!(!out.status.success());
@@ -572,7 +611,7 @@ fn check_names_each_mistake_in_the_jetstream_settings() {
         "log.lease: is below 3s",
         "log.password_env: user_env and password_env come together",
         "log.partitions: 0 is out of range",
-        "sink[0].type: Parquet sinks do not run on a JetStream log yet",
+        "sink[0].type: a Parquet sink with schema = \"infer\" does not run on a JetStream log",
     ] {
         assert!(
             stderr.contains(expected),
@@ -602,4 +641,51 @@ fn check_names_each_mistake_in_the_jetstream_settings() {
     ] {
         assert!(text.contains(default), "{default:?} missing from:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_sink_delivers_every_acknowledged_event_across_a_node_kill() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let receiving = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(receiving.path(), "standard-webhooks", SECRET).await;
+    let https = format!(
+        "\n[[sink]]\ntype = \"https\"\nurl = \"{}\"\nallow_http = true\nsigning = {{ secret_env = \"SIGNING_SECRET\" }}\n",
+        receiver.url
+    );
+    let nodes: Vec<Project> = (0..2)
+        .map(|_| node_with(&nats, lake.path(), &https))
+        .collect();
+    let mut servers = Vec::new();
+    for n in &nodes {
+        servers.push(Some(n.start_with_env(&[("SIGNING_SECRET", SECRET)]).await));
+    }
+    let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let loading = tokio::spawn(load(targets.clone(), 200, 4, acked.clone()));
+    while acked.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[0].take().unwrap().kill9();
+    targets.lock().unwrap().remove(0);
+    loading.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1000);
+    let started = Instant::now();
+    while !acked.is_subset(&receiver.delivered_ids()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} acknowledged events never delivered; log:\n{}",
+            acked.difference(&receiver.delivered_ids()).count(),
+            nodes[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        receiver.deliveries().iter().all(|d| d.verified),
+        "every delivery's signature verifies"
+    );
+    wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[1]]).await;
+    assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
 }
