@@ -24,6 +24,8 @@ use crate::sink::{parquet, SinkError, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::PollError;
 
+mod clustered;
+
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
 /// spans several segments (so consumed ones can be freed), large enough that
 /// rolling is rare.
@@ -156,7 +158,7 @@ pub async fn build(
 ) -> Result<Built, RunError> {
     let dir = global.data_dir.join(&spec.name);
     if let Some(cluster) = cluster {
-        return build_clustered(spec, global, shutdown, cluster).await;
+        return clustered::build(spec, global, shutdown, cluster).await;
     }
     let options = buffer::Options {
         dir: dir.clone(),
@@ -174,19 +176,7 @@ pub async fn build(
         dir: dir.display().to_string(),
         source,
     })?;
-    let encoder = Arc::new(
-        Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label())
-            .inferring(spec.infer_schema),
-    );
-    let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
-    // One store for the pipeline's dead letters: every sink and the replay share it.
-    let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
-        RunError::Storage {
-            pipeline: spec.name.clone(),
-            sink: "dead letters".into(),
-            source: Box::new(source),
-        }
-    })?;
+    let (encoder, dead_letters) = encoder_and_dead_letters(spec, global)?;
     let mut runners = Vec::new();
     let mut health = Vec::new();
     let mut probes = Vec::new();
@@ -279,29 +269,12 @@ pub async fn build(
     })
 }
 
-/// [`build`] on a JetStream log: the pipeline's streams, an appender that
-/// publishes to them, and per sink the maker of its runner on one partition.
-async fn build_clustered(
+/// The pipeline's encoder, and the one store of its dead letters (every
+/// sink and the replay share it).
+fn encoder_and_dead_letters(
     spec: &PipelineSpec,
     global: &GlobalSpec,
-    shutdown: &Shutdown,
-    cluster: &Arc<Cluster>,
-) -> Result<Built, RunError> {
-    let dedupe_window = match &spec.source {
-        SourceSpec::Webhook(w) => w.dedupe.as_ref().map(|d| d.window),
-        SourceSpec::Poll(_) => None,
-    };
-    let streams = cluster
-        .pipeline(spec, dedupe_window)
-        .await
-        .map_err(|source| RunError::Cluster {
-            pipeline: spec.name.clone(),
-            source,
-        })?;
-    let appender = buffer::Appender::new(Arc::new(buffer::jetstream::JetStreamAppender(
-        streams.clone(),
-    )));
-    let log = buffer::Log::new(Arc::new(crate::cluster::ClusterView(streams.clone())));
+) -> Result<(Arc<Encoder>, Storage), RunError> {
     let encoder = Arc::new(
         Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label())
             .inferring(spec.infer_schema),
@@ -314,200 +287,7 @@ async fn build_clustered(
             source: Box::new(source),
         }
     })?;
-    let mut units = Vec::new();
-    let mut health = Vec::new();
-    let mut probes = Vec::new();
-    for sink in &spec.sinks {
-        let sink_health = Arc::new(SinkHealth::default());
-        health.push((sink.name().to_string(), sink_health.clone()));
-        let make: crate::cluster::MakeTask = match sink {
-            SinkSpec::Https(h) => {
-                let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|source| {
-                    RunError::Signing {
-                        pipeline: spec.name.clone(),
-                        sink: h.name.clone(),
-                        source,
-                    }
-                })?;
-                let (signer, pipeline, h) = (Arc::new(signer), spec.name.clone(), h.clone());
-                let (dead_letters, abandon, health) = (
-                    dead_letters.clone(),
-                    shutdown.abandon.clone(),
-                    sink_health.clone(),
-                );
-                Arc::new(move |log, partition| {
-                    SinkTask::Https(HttpsRunner {
-                        signer: signer.clone(),
-                        pipeline: pipeline.clone(),
-                        spec: h.clone(),
-                        log,
-                        dead_letters: dead_letters.clone(),
-                        abandon: abandon.clone(),
-                        health: health.clone(),
-                        partition: Some(partition),
-                    })
-                })
-            }
-            SinkSpec::Delta(d) => {
-                if let Some(location) = sink.location() {
-                    let storage =
-                        Storage::new(location, sink.storage_options()).map_err(|source| {
-                            RunError::Storage {
-                                pipeline: spec.name.clone(),
-                                sink: d.name.clone(),
-                                source: Box::new(source),
-                            }
-                        })?;
-                    probes.push((d.name.clone(), storage));
-                }
-                let template = Runner {
-                    pipeline: spec.name.clone(),
-                    sink: d.name.clone(),
-                    log: log.clone(),
-                    encoder: encoder.clone(),
-                    declared: spec
-                        .route
-                        .as_ref()
-                        .map(|r| r.declared.clone())
-                        .unwrap_or_default(),
-                    policy: spec.batch,
-                    tables: Box::new(crate::sink::delta::DeltaTables::new(
-                        &spec.name,
-                        d,
-                        spec.route.is_some(),
-                    )),
-                    route: spec.route.clone(),
-                    dead_letters: dead_letters.clone(),
-                    abandon: shutdown.abandon.clone(),
-                    health: sink_health.clone(),
-                    partition: None,
-                };
-                let template = Arc::new(template);
-                let d = d.clone();
-                Arc::new(move |log, partition| {
-                    // The txn app id of a partition: tributary/<pipeline>/<sink>/<partition>.
-                    let mut own = d.clone();
-                    own.name = format!("{}/{partition}", d.name);
-                    SinkTask::Columnar(Runner {
-                        pipeline: template.pipeline.clone(),
-                        sink: template.sink.clone(),
-                        log,
-                        encoder: template.encoder.clone(),
-                        declared: template.declared.clone(),
-                        policy: template.policy,
-                        tables: Box::new(crate::sink::delta::DeltaTables::new(
-                            &template.pipeline,
-                            &own,
-                            template.route.is_some(),
-                        )),
-                        route: template.route.clone(),
-                        dead_letters: template.dead_letters.clone(),
-                        abandon: template.abandon.clone(),
-                        health: template.health.clone(),
-                        partition: Some(partition),
-                    })
-                })
-            }
-            SinkSpec::Parquet(p) => {
-                let tables = crate::sink::parquet::ParquetSink::new(p, spec.route.is_some())
-                    .map_err(|source| RunError::Storage {
-                        pipeline: spec.name.clone(),
-                        sink: p.name.clone(),
-                        source: Box::new(source),
-                    })?;
-                probes.push((p.name.clone(), tables.storage().clone()));
-                let template = Arc::new(Runner {
-                    pipeline: spec.name.clone(),
-                    sink: p.name.clone(),
-                    log: log.clone(),
-                    encoder: encoder.clone(),
-                    declared: spec
-                        .route
-                        .as_ref()
-                        .map(|r| r.declared.clone())
-                        .unwrap_or_default(),
-                    policy: spec.batch,
-                    tables: Box::new(tables.clone()),
-                    route: spec.route.clone(),
-                    dead_letters: dead_letters.clone(),
-                    abandon: shutdown.abandon.clone(),
-                    health: sink_health.clone(),
-                    partition: None,
-                });
-                Arc::new(move |log, partition| {
-                    SinkTask::Columnar(Runner {
-                        pipeline: template.pipeline.clone(),
-                        sink: template.sink.clone(),
-                        log,
-                        encoder: template.encoder.clone(),
-                        declared: template.declared.clone(),
-                        policy: template.policy,
-                        // Files named by partition: offsets repeat across partitions.
-                        tables: Box::new(tables.clone().in_partition(partition)),
-                        route: template.route.clone(),
-                        dead_letters: template.dead_letters.clone(),
-                        abandon: template.abandon.clone(),
-                        health: template.health.clone(),
-                        partition: Some(partition),
-                    })
-                })
-            }
-        };
-        units.push(crate::cluster::SinkUnits {
-            pipeline: streams.clone(),
-            sink: sink.name().to_string(),
-            make,
-            health: sink_health,
-        });
-    }
-    // The poller's side copy of its state, apart from a file log's.
-    let dir = global.data_dir.join(&spec.name).join("jetstream");
-    std::fs::create_dir_all(&dir).map_err(|source| RunError::Buffer {
-        pipeline: spec.name.clone(),
-        dir: dir.display().to_string(),
-        source,
-    })?;
-    let source = crate::source::build(
-        spec,
-        global,
-        &dir,
-        appender.clone(),
-        &log,
-        shutdown.stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Source {
-        pipeline: spec.name.clone(),
-        source,
-    })?;
-    let view = PipelineView {
-        name: spec.name.clone(),
-        source: crate::source::kind(&spec.source),
-        sinks: health,
-        probes,
-        log,
-        appender,
-        dead_letters,
-        max_buffer: spec.buffer_max_bytes,
-        replaying: Default::default(),
-        dedupe: source.dedupe.clone(),
-        cluster: Some(streams.clone()),
-    };
-    let poll_leader =
-        matches!(spec.source, SourceSpec::Poll(_)).then(|| crate::cluster::poll::PollLeader {
-            spec: spec.clone(),
-            pipeline: streams.clone(),
-            appender: view.appender.clone(),
-            log: view.log.clone(),
-            dir,
-        });
-    Ok(Built {
-        source,
-        runners: Vec::new(),
-        units,
-        poll_leader,
-        view,
-    })
+    Ok((encoder, dead_letters))
 }
 
 /// The first offset a new log may assign: after the highest one the
