@@ -376,11 +376,7 @@ impl LogStore for ClusterView {
     }
 
     fn disk_bytes(&self) -> u64 {
-        self.0
-            .partitions
-            .iter()
-            .map(|p| p.bytes.load(Ordering::Relaxed))
-            .sum()
+        self.0.bytes()
     }
 
     fn is_full(&self, _max_bytes: u64) -> bool {

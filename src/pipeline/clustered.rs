@@ -113,24 +113,12 @@ pub(super) async fn build(
                     // The txn app id of a partition: tributary/<pipeline>/<sink>/<partition>.
                     let mut own = d.clone();
                     own.name = format!("{}/{partition}", d.name);
-                    SinkTask::Columnar(Runner {
-                        pipeline: template.pipeline.clone(),
-                        sink: template.sink.clone(),
-                        log,
-                        encoder: template.encoder.clone(),
-                        declared: template.declared.clone(),
-                        policy: template.policy,
-                        tables: Box::new(crate::sink::delta::DeltaTables::new(
-                            &template.pipeline,
-                            &own,
-                            template.route.is_some(),
-                        )),
-                        route: template.route.clone(),
-                        dead_letters: template.dead_letters.clone(),
-                        abandon: template.abandon.clone(),
-                        health: template.health.clone(),
-                        partition: Some(partition),
-                    })
+                    let tables = crate::sink::delta::DeltaTables::new(
+                        &template.pipeline,
+                        &own,
+                        template.route.is_some(),
+                    );
+                    SinkTask::Columnar(template.on_partition(log, partition, Box::new(tables)))
                 })
             }
             SinkSpec::Parquet(p) => {
@@ -160,21 +148,9 @@ pub(super) async fn build(
                     partition: None,
                 });
                 Arc::new(move |log, partition| {
-                    SinkTask::Columnar(Runner {
-                        pipeline: template.pipeline.clone(),
-                        sink: template.sink.clone(),
-                        log,
-                        encoder: template.encoder.clone(),
-                        declared: template.declared.clone(),
-                        policy: template.policy,
-                        // Files named by partition: offsets repeat across partitions.
-                        tables: Box::new(tables.clone().in_partition(partition)),
-                        route: template.route.clone(),
-                        dead_letters: template.dead_letters.clone(),
-                        abandon: template.abandon.clone(),
-                        health: template.health.clone(),
-                        partition: Some(partition),
-                    })
+                    // Files named by partition: offsets repeat across partitions.
+                    let tables = Box::new(tables.clone().in_partition(partition));
+                    SinkTask::Columnar(template.on_partition(log, partition, tables))
                 })
             }
         };

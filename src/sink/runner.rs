@@ -78,6 +78,25 @@ struct Running {
 }
 
 impl Runner {
+    /// This runner's sink on `partition` of a JetStream log: reading `log`,
+    /// writing `tables`.
+    pub fn on_partition(&self, log: Log, partition: u32, tables: Box<dyn TableSink>) -> Runner {
+        Runner {
+            pipeline: self.pipeline.clone(),
+            sink: self.sink.clone(),
+            log,
+            encoder: self.encoder.clone(),
+            declared: self.declared.clone(),
+            policy: self.policy,
+            tables,
+            route: self.route.clone(),
+            dead_letters: self.dead_letters.clone(),
+            abandon: self.abandon.clone(),
+            health: self.health.clone(),
+            partition: Some(partition),
+        }
+    }
+
     /// Runs until the log closes; flushes what it holds on the way out.
     pub async fn run(self) -> Result<(), SinkError> {
         let state = self.log.sink_state(&self.sink);

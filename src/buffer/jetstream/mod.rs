@@ -305,6 +305,14 @@ pub struct PartitionStatus {
 }
 
 impl Pipeline {
+    /// Bytes its streams held when the status task last looked.
+    pub fn bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Partitions.
     pub fn count(&self) -> u32 {
         self.streams.len() as u32
@@ -447,11 +455,7 @@ impl LogAppend for JetStreamAppender {
     }
 
     fn disk_bytes(&self) -> u64 {
-        self.0
-            .partitions
-            .iter()
-            .map(|p| p.bytes.load(Ordering::Relaxed))
-            .sum()
+        self.0.bytes()
     }
 
     fn is_full(&self, _max_bytes: u64) -> bool {
