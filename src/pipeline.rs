@@ -111,7 +111,7 @@ pub enum RunError {
     #[error("the HTTP server cannot start: admin.token_env names the env var {0}, which is not set; set it to the admin API's bearer token")]
     AdminToken(String),
     /// The JetStream cluster could not be used.
-    #[error("the JetStream log of pipeline {pipeline}")]
+    #[error("the JetStream log{}", of_pipeline(.pipeline))]
     Cluster {
         /// Pipeline name (empty for the connection).
         pipeline: String,
@@ -271,6 +271,15 @@ pub async fn build(
 
 /// The pipeline's encoder, and the one store of its dead letters (every
 /// sink and the replay share it).
+/// " of pipeline NAME", or nothing for the connection every pipeline shares.
+fn of_pipeline(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" of pipeline {name}")
+    }
+}
+
 fn encoder_and_dead_letters(
     spec: &PipelineSpec,
     global: &GlobalSpec,

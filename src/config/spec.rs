@@ -91,7 +91,8 @@ impl SourceSpec {
 
 pub use super::source::dedupe::{DedupeBy, DedupeSpec};
 pub use super::source::poll::{
-    AuthSpec, CursorSpec, KeyPlace, PageLimit, Paginate, PollSpec, Schedule, Secret,
+    AuthSpec, CursorSpec, Ends, KeyPlace, PageLimit, Paginate, PollSpec, Schedule, Secret,
+    SignatureMethod,
 };
 pub use super::source::verify::{VerifyScheme, VerifySpec};
 pub use super::source::webhook::WebhookSpec;

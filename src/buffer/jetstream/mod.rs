@@ -73,6 +73,14 @@ pub enum ClusterError {
         /// What it holds.
         what: &'static str,
     },
+    /// The server is older than the client library can talk to.
+    #[error("nats-server {version} at {servers} is too old: tributary needs 2.10 or newer (tested with 2.15); upgrade the servers")]
+    TooOld {
+        /// The version the server announced.
+        version: String,
+        /// The URLs.
+        servers: String,
+    },
     /// A stream or bucket could not be made or read.
     #[error("JetStream {what}: {message}")]
     Setup {
@@ -142,6 +150,20 @@ impl Cluster {
             storage: stream::StorageType::File,
             ..Default::default()
         };
+        // async-nats cannot read a 2.9 server's JetStream answers (its
+        // buckets would fail with "data did not match any variant"): say so.
+        let waited = std::time::Instant::now();
+        while client.server_info().version.is_empty() && waited.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let version = client.server_info().version;
+        if too_old(&version) {
+            return Err(ClusterError::TooOld {
+                version,
+                servers: spec.servers.join(", "),
+            });
+        }
         let leases = ensure_bucket(&js, bucket(LEASES, spec.lease)).await?;
         let progress = ensure_bucket(&js, bucket(PROGRESS, Duration::ZERO)).await?;
         let nodes = ensure_bucket(&js, bucket(NODES, spec.lease)).await?;
@@ -245,6 +267,18 @@ async fn ensure_bucket(
         }
     })
     .await
+}
+
+/// Whether a server's announced version is below 2.10 (empty: not known).
+fn too_old(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (2, 10),
+        _ => false,
+    }
 }
 
 /// How long start-up waits for the cluster to make a stream or bucket (a
@@ -570,6 +604,16 @@ fn decode(body: Bytes) -> io::Result<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_older_than_2_10_are_told_apart() {
+        assert!(too_old("2.9.10"));
+        assert!(too_old("v2.9.25"));
+        assert!(!too_old("2.10.0"));
+        assert!(!too_old("2.15.1"));
+        assert!(!too_old("3.0.0"));
+        assert!(!too_old(""), "an unknown version is not refused");
+    }
 
     #[test]
     fn an_event_survives_its_message_body() {

@@ -1,6 +1,6 @@
 //! The poll source's HTTP client: authentication (secrets read from the
 //! environment at each run; OAuth 2 tokens cached and refreshed before expiry
-//! and once on a 401), a cap on response size, and retries: 429 and 503 wait
+//! and once on a 401; OAuth 1.0a signatures made per try), a cap on response size, and retries: 429 and 503 wait
 //! as `Retry-After` says, other 5xx, timeouts and connection errors back off
 //! exponentially with full jitter, any other 4xx fails the run at once.
 
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::oauth1;
 use super::page::Request;
 use super::PollError;
 use crate::config::spec::{AuthSpec, KeyPlace, PollSpec, Secret};
@@ -265,6 +266,31 @@ impl Client {
                     AUTHORIZATION,
                     header(&format!("Bearer {token}"), "the OAuth token")?,
                 );
+            }
+            AuthSpec::Oauth1 {
+                consumer_key_env,
+                consumer_secret_env,
+                token_env,
+                token_secret_env,
+                realm,
+                signature_method,
+            } => {
+                // Signed last, over the final URL; every try gets its own nonce.
+                let (consumer_key, consumer_secret) =
+                    (env(consumer_key_env)?, env(consumer_secret_env)?);
+                let (token, token_secret) = (env(token_env)?, env(token_secret_env)?);
+                let creds = oauth1::Credentials {
+                    consumer_key: &consumer_key,
+                    consumer_secret: &consumer_secret,
+                    token: &token,
+                    token_secret: &token_secret,
+                    realm: realm.as_deref(),
+                    method: *signature_method,
+                };
+                let method = if spec.post { "POST" } else { "GET" };
+                let value = oauth1::authorization(method, &url, &[], &creds, &oauth1::Once::now());
+                builder_headers
+                    .insert(AUTHORIZATION, header(&value, "the OAuth 1.0a credentials")?);
             }
         }
         let mut builder = if spec.post {

@@ -13,6 +13,7 @@
 //! runs.
 
 pub mod client;
+pub mod oauth1;
 pub mod page;
 pub mod schedule;
 pub mod state;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::buffer::{AppendError, Appender, Log};
-use crate::config::spec::{Paginate, PipelineSpec, PollSpec};
+use crate::config::spec::{PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event, RecordKind};
 use client::Client;
@@ -101,13 +102,14 @@ impl Poller {
             state::save(&side, offset, &state, true).map_err(PollError::State)?;
         }
         let record = pointer::tokens(&pipeline.record_path);
+        let [next, has_more, total, links] = page::Reader::signals_of(&spec.paginate);
         let reader = page::Reader {
             records: pointer::tokens(&spec.records),
             cursor: spec.cursor.as_ref().map(|c| pointer::tokens(&c.field)),
-            next: match &spec.paginate {
-                Paginate::Cursor { next, .. } => Some(pointer::tokens(next)),
-                _ => None,
-            },
+            next,
+            has_more,
+            total,
+            links,
             primary_key: pipeline
                 .primary_key
                 .iter()
@@ -254,7 +256,7 @@ impl Poller {
         let mut seen = HashSet::new();
         loop {
             let (url, response) = fetched?;
-            let (list, token) =
+            let (list, signals) =
                 self.reader
                     .list(&response.body)
                     .map_err(|source| PollError::Page {
@@ -264,7 +266,7 @@ impl Poller {
             let next = page::next(
                 &self.spec.paginate,
                 &run.next,
-                token,
+                &signals,
                 &response.headers,
                 list.len(),
             );

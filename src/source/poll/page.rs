@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::state::PageRef;
 use crate::config::source::poll::{CURSOR, PAGE_TOKEN};
-use crate::config::spec::{Paginate, PollSpec};
+use crate::config::spec::{Ends, Paginate, PollSpec};
 use crate::encode::pointer;
 
 /// A request, before authentication.
@@ -75,6 +75,7 @@ pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request 
                     limit,
                     limit_param,
                     offset_param,
+                    ..
                 },
                 _,
             ) => {
@@ -90,6 +91,7 @@ pub fn request(spec: &PollSpec, at: &PageRef, lower: Option<&Value>) -> Request 
                     param,
                     start,
                     limit,
+                    ..
                 },
                 _,
             ) => {
@@ -231,19 +233,70 @@ pub struct Reader {
     pub primary_key: Vec<Vec<String>>,
     /// Tokens of the next-page token (`paginate.type = "cursor"`).
     pub next: Option<Vec<String>>,
+    /// Tokens of `paginate.has_more`, `paginate.total` and `paginate.links`.
+    pub has_more: Option<Vec<String>>,
+    /// See `has_more`.
+    pub total: Option<Vec<String>>,
+    /// See `has_more`.
+    pub links: Option<Vec<String>>,
 }
 
 impl Reader {
-    /// The records array of a response, each element as its bytes, and the
-    /// bytes of the next-page token (`paginate.next`) if the reader has one.
-    /// The response's top level is read once for both.
-    pub fn list<'a>(
-        &self,
-        body: &'a [u8],
-    ) -> Result<(Vec<&'a RawValue>, Option<&'a [u8]>), PageError> {
+    /// The reader of `paginate`'s top-level values (records and cursor aside).
+    pub fn signals_of(paginate: &Paginate) -> [Option<Vec<String>>; 4] {
+        let tokens = |p: &Option<String>| p.as_deref().map(pointer::tokens);
+        match paginate {
+            Paginate::None => [None, None, None, None],
+            Paginate::Cursor { next, ends, .. } => [
+                Some(pointer::tokens(next)),
+                tokens(&ends.has_more),
+                None,
+                None,
+            ],
+            Paginate::Link { links } => [None, None, None, tokens(links)],
+            Paginate::Offset { ends, .. } | Paginate::Page { ends, .. } => {
+                [None, tokens(&ends.has_more), tokens(&ends.total), None]
+            }
+        }
+    }
+}
+
+/// What a response says about the next page, each as the JSON bytes at its
+/// pointer (absent when the pointer is unset or finds nothing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Signals<'a> {
+    /// At `paginate.next`.
+    pub token: Option<&'a [u8]>,
+    /// At `paginate.has_more`.
+    pub has_more: Option<&'a [u8]>,
+    /// At `paginate.total`.
+    pub total: Option<&'a [u8]>,
+    /// At `paginate.links`.
+    pub links: Option<&'a [u8]>,
+}
+
+impl Reader {
+    /// The records array of a response, each element as its bytes, and what
+    /// the response says about the next page. The response's top level is
+    /// read once for all of them.
+    pub fn list<'a>(&self, body: &'a [u8]) -> Result<(Vec<&'a RawValue>, Signals<'a>), PageError> {
+        let optional = [&self.next, &self.has_more, &self.total, &self.links];
         let mut pointers = vec![self.records.clone()];
-        pointers.extend(self.next.clone());
+        pointers.extend(optional.iter().filter_map(|p| (*p).clone()));
         let found = pointer::values(body, &pointers);
+        let mut at = 1;
+        let mut signal = |p: &Option<Vec<String>>| {
+            p.as_ref().and_then(|_| {
+                at += 1;
+                found[at - 1]
+            })
+        };
+        let signals = Signals {
+            token: signal(&self.next),
+            has_more: signal(&self.has_more),
+            total: signal(&self.total),
+            links: signal(&self.links),
+        };
         let array = match found[0] {
             Some(bytes) => bytes,
             // Say precisely why: invalid JSON, or nothing at the pointer.
@@ -259,7 +312,7 @@ impl Reader {
             return Err(PageError::NotArray(join(&self.records)));
         }
         let list = serde_json::from_slice(array).map_err(PageError::BadArray)?;
-        Ok((list, found.get(1).copied().flatten()))
+        Ok((list, signals))
     }
 
     /// The records of `list` (elements of `body`); keys already in `seen` are
@@ -375,41 +428,75 @@ fn join(tokens: &[String]) -> String {
 }
 
 /// The next page after `at`, from the response (`None`: the run is done):
-/// `token` is what the response holds at `paginate.next` (see [`Reader::list`]).
+/// `signals` is what the response holds at the paginator's pointers (see
+/// [`Reader::list`]).
 pub fn next(
     paginate: &Paginate,
     at: &PageRef,
-    token: Option<&[u8]>,
+    signals: &Signals<'_>,
     headers: &HeaderMap,
     fetched: usize,
 ) -> Option<PageRef> {
+    // A flag that is not `true` ends the run, whatever else the page says.
+    let ended = |ends: &Ends| ends.has_more.is_some() && signals.has_more != Some(b"true");
+    let total = || {
+        serde_json::from_slice::<Value>(signals.total?)
+            .ok()
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+    };
     match paginate {
         Paginate::None => None,
-        Paginate::Cursor { .. } => match serde_json::from_slice::<Value>(token?).ok()? {
+        Paginate::Cursor { ends, .. } if ended(ends) => None,
+        Paginate::Cursor { .. } => match serde_json::from_slice::<Value>(signals.token?).ok()? {
             Value::String(s) if !s.is_empty() => Some(PageRef::Token(s)),
             Value::Number(n) => Some(PageRef::Token(n.to_string())),
             _ => None,
         },
-        Paginate::Link => headers
+        Paginate::Link { links: Some(_) } => {
+            let links: Vec<Value> = serde_json::from_slice(signals.links?).ok()?;
+            links.iter().find_map(|link| {
+                let rel = link.get("rel")?.as_str()?;
+                let is_next = rel
+                    .split_ascii_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case("next"));
+                let href = link.get("href")?.as_str()?;
+                (is_next && !href.is_empty()).then(|| PageRef::Url(href.to_string()))
+            })
+        }
+        Paginate::Link { links: None } => headers
             .get_all(reqwest::header::LINK)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(link_next)
             .map(PageRef::Url),
-        Paginate::Offset { limit, .. } => {
+        Paginate::Offset { ends, .. } | Paginate::Page { ends, .. } if ended(ends) => None,
+        Paginate::Offset { limit, ends, .. } => {
             let offset = match at {
                 PageRef::Offset(o) => *o,
                 _ => 0,
             };
-            (fetched as u64 >= *limit).then(|| PageRef::Offset(offset + fetched as u64))
+            let reached = offset + fetched as u64;
+            let more = fetched as u64 >= *limit
+                && !(ends.total.is_some() && total().is_none_or(|t| reached >= t));
+            more.then_some(PageRef::Offset(reached))
         }
-        Paginate::Page { start, limit, .. } => {
+        Paginate::Page {
+            start, limit, ends, ..
+        } => {
             let page = match at {
                 PageRef::Page(p) => *p,
                 _ => *start,
             };
             let short = limit.as_ref().is_some_and(|l| (fetched as u64) < l.limit);
-            (fetched > 0 && !short).then(|| PageRef::Page(page + 1))
+            // Magento answers a page past the last with the last page again:
+            // the total is what ends its runs.
+            let counted = match (limit, &ends.total) {
+                (Some(l), Some(_)) => {
+                    total().is_none_or(|t| (page + 1 - start).saturating_mul(l.limit) >= t)
+                }
+                _ => false,
+            };
+            (fetched > 0 && !short && !counted).then(|| PageRef::Page(page + 1))
         }
     }
 }
@@ -471,20 +558,28 @@ fn timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// `value` moved back by `lookback`: timestamps by the duration, integers
+/// `YYYY-MM-DD HH:MM:SS`, the text of a MySQL `DATETIME` (UTC in Magento).
+const SQL_DATETIME: &str = "%Y-%m-%d %H:%M:%S";
+
+/// `value` moved back by `lookback`: timestamps (RFC 3339, or
+/// `YYYY-MM-DD HH:MM:SS` kept in that form) by the duration, integers
 /// as epoch seconds (or milliseconds, above 10^11); anything else unchanged.
 pub fn minus(value: &Value, lookback: Duration) -> Value {
     if lookback.is_zero() {
         return value.clone();
     }
     match value {
-        Value::String(s) => match timestamp(s) {
-            Some(t) => Value::String(
-                (t - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero()))
-                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            ),
-            None => value.clone(),
-        },
+        Value::String(s) => {
+            let back = chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero());
+            if let Some(t) = timestamp(s) {
+                return Value::String((t - back).to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            }
+            // MySQL's form, as Magento writes `updated_at`: kept in that form.
+            match chrono::NaiveDateTime::parse_from_str(s, SQL_DATETIME) {
+                Ok(t) => Value::String((t - back).format(SQL_DATETIME).to_string()),
+                Err(_) => value.clone(),
+            }
+        }
         Value::Number(n) => match n.as_i64() {
             Some(i) if i.abs() >= 100_000_000_000 => Value::from(i - lookback.as_millis() as i64),
             Some(i) => Value::from(i - lookback.as_secs() as i64),

@@ -75,7 +75,7 @@ pub(in crate::config) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<Sou
             e.push(
                 key,
                 "credentials do not belong in the file",
-                "use auth = { type = \"bearer\", token_env = \"…\" } (or basic, api_key, oauth2)",
+                "use auth = { type = \"bearer\", token_env = \"…\" } (or basic, api_key, oauth2, oauth1)",
             );
         }
     }
@@ -358,6 +358,43 @@ fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec>
                 scopes: o.scopes.clone().unwrap_or_default(),
             })
         }
+        RawAuth::Oauth1(o) => {
+            let consumer_key_env = env_name(&o.consumer_key_env, "source.auth.consumer_key_env", e);
+            let consumer_secret_env =
+                env_name(&o.consumer_secret_env, "source.auth.consumer_secret_env", e);
+            let token_env = env_name(&o.token_env, "source.auth.token_env", e);
+            let token_secret_env = env_name(&o.token_secret_env, "source.auth.token_secret_env", e);
+            let signature_method = match o.signature_method.as_deref() {
+                None => Some(SignatureMethod::HmacSha256),
+                Some(m) if m.eq_ignore_ascii_case("HMAC-SHA256") => {
+                    Some(SignatureMethod::HmacSha256)
+                }
+                Some(m) if m.eq_ignore_ascii_case("HMAC-SHA1") => Some(SignatureMethod::HmacSha1),
+                Some(other) => {
+                    e.push(
+                        "source.auth.signature_method",
+                        format!("unknown signature method \"{other}\""),
+                        "use \"HMAC-SHA256\" (NetSuite) or \"HMAC-SHA1\" (Magento)",
+                    );
+                    None
+                }
+            };
+            if o.realm.as_deref().is_some_and(|r| r.trim().is_empty()) {
+                e.push(
+                    "source.auth.realm",
+                    "is empty",
+                    "set it to the account id (NetSuite: e.g. \"1234567_SB1\") or remove it",
+                );
+            }
+            Some(AuthSpec::Oauth1 {
+                consumer_key_env: consumer_key_env?,
+                consumer_secret_env: consumer_secret_env?,
+                token_env: token_env?,
+                token_secret_env: token_secret_env?,
+                realm: o.realm.clone().filter(|r| !r.trim().is_empty()),
+                signature_method: signature_method?,
+            })
+        }
     }
 }
 
@@ -408,10 +445,18 @@ fn cursor(raw: &RawCursor, uses_cursor: bool, e: &mut Errors<'_>) -> Option<Curs
 fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<Paginate> {
     let kind = raw.kind.as_deref().unwrap_or("none");
     let allowed: &[&str] = match kind {
-        "none" | "link" => &[],
-        "cursor" => &["next", "param"],
-        "offset" => &["limit", "limit_param", "offset_param"],
-        "page" => &["param", "start", "limit", "limit_param"],
+        "none" => &[],
+        "link" => &["links"],
+        "cursor" => &["next", "param", "has_more"],
+        "offset" => &["limit", "limit_param", "offset_param", "has_more", "total"],
+        "page" => &[
+            "param",
+            "start",
+            "limit",
+            "limit_param",
+            "has_more",
+            "total",
+        ],
         other => {
             e.push(
                 "source.paginate.type",
@@ -428,6 +473,9 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
         ("limit_param", raw.limit_param.is_some()),
         ("offset_param", raw.offset_param.is_some()),
         ("start", raw.start.is_some()),
+        ("has_more", raw.has_more.is_some()),
+        ("total", raw.total.is_some()),
+        ("links", raw.links.is_some()),
     ];
     let start = e.list.len();
     for (key, set) in given {
@@ -446,9 +494,35 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
             "set the page size the API allows, e.g. 100",
         );
     }
+    for (key, value, example) in [
+        ("has_more", &raw.has_more, "has_more = \"/hasMore\""),
+        ("total", &raw.total, "total = \"/total_count\""),
+        ("links", &raw.links, "links = \"/links\""),
+    ] {
+        if value.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            e.push(
+                format!("source.paginate.{key}"),
+                "is not a JSON pointer",
+                format!("start it with /, e.g. {example}"),
+            );
+        }
+    }
+    if kind == "page" && raw.total.is_some() && raw.limit.is_none() {
+        e.push(
+            "source.paginate.total",
+            "needs the page size to count pages against the total",
+            "add limit = 100 and limit_param = \"…\" (the page size the API is asked for)",
+        );
+    }
+    let ends = Ends {
+        has_more: raw.has_more.clone(),
+        total: raw.total.clone(),
+    };
     let paginate = match kind {
         "none" => Paginate::None,
-        "link" => Paginate::Link,
+        "link" => Paginate::Link {
+            links: raw.links.clone(),
+        },
         "cursor" => {
             let next = match raw.next.as_deref() {
                 Some(p) if p.starts_with('/') => p.to_string(),
@@ -471,6 +545,7 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
             Paginate::Cursor {
                 next,
                 param: raw.param.clone(),
+                ends,
             }
         }
         "offset" => {
@@ -486,6 +561,7 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
                 limit,
                 limit_param: raw.limit_param.clone().unwrap_or_else(|| "limit".into()),
                 offset_param: raw.offset_param.clone().unwrap_or_else(|| "offset".into()),
+                ends,
             }
         }
         _ => Paginate::Page {
@@ -495,6 +571,7 @@ fn paginate(raw: &RawPaginate, uses_token: bool, e: &mut Errors<'_>) -> Option<P
                 limit,
                 limit_param: raw.limit_param.clone().unwrap_or_else(|| "per_page".into()),
             }),
+            ends,
         },
     };
     (e.list.len() == start).then_some(paginate)

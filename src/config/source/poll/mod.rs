@@ -61,6 +61,26 @@ pub enum RawAuth {
     ApiKey(RawApiKey),
     /// OAuth 2 client credentials or refresh token.
     Oauth2(RawOauth2),
+    /// OAuth 1.0a signed requests (NetSuite token-based auth, Magento).
+    Oauth1(RawOauth1),
+}
+
+/// `auth.type = "oauth1"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOauth1 {
+    /// Env var holding the consumer key.
+    pub consumer_key_env: Option<String>,
+    /// Env var holding the consumer secret.
+    pub consumer_secret_env: Option<String>,
+    /// Env var holding the access token.
+    pub token_env: Option<String>,
+    /// Env var holding the token secret.
+    pub token_secret_env: Option<String>,
+    /// `realm` of the header (NetSuite: the account id).
+    pub realm: Option<String>,
+    /// `"HMAC-SHA256"` (default) or `"HMAC-SHA1"`.
+    pub signature_method: Option<String>,
 }
 
 /// `auth.type = "bearer"`.
@@ -144,6 +164,12 @@ pub struct RawPaginate {
     pub offset_param: Option<String>,
     /// `page`: number of the first page (default 1).
     pub start: Option<u64>,
+    /// `cursor`/`offset`/`page`: JSON pointer to a flag; the run ends when it is not `true`.
+    pub has_more: Option<String>,
+    /// `offset`/`page`: JSON pointer to the total record count; the run ends once it is reached.
+    pub total: Option<String>,
+    /// `link`: JSON pointer to an array of `{"rel", "href"}` links in the body (instead of the `Link` header).
+    pub links: Option<String>,
 }
 
 /// `type = "poll"`.
@@ -215,6 +241,18 @@ impl PollSpec {
                 envs.extend(refresh_token_env.as_deref());
                 envs
             }
+            AuthSpec::Oauth1 {
+                consumer_key_env,
+                consumer_secret_env,
+                token_env,
+                token_secret_env,
+                ..
+            } => vec![
+                consumer_key_env.as_str(),
+                consumer_secret_env.as_str(),
+                token_env.as_str(),
+                token_secret_env.as_str(),
+            ],
         }
     }
 }
@@ -272,6 +310,43 @@ pub enum AuthSpec {
         /// Scopes.
         scopes: Vec<String>,
     },
+    /// OAuth 1.0a: each request signed (RFC 5849) in its `Authorization` header.
+    Oauth1 {
+        /// Env var of the consumer key.
+        consumer_key_env: String,
+        /// Env var of the consumer secret.
+        consumer_secret_env: String,
+        /// Env var of the access token.
+        token_env: String,
+        /// Env var of the token secret.
+        token_secret_env: String,
+        /// `realm` in the header (not signed).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        realm: Option<String>,
+        /// HMAC-SHA256 or HMAC-SHA1.
+        signature_method: SignatureMethod,
+    },
+}
+
+/// An OAuth 1.0a signature method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SignatureMethod {
+    /// HMAC-SHA256 (NetSuite requires it).
+    #[serde(rename = "HMAC-SHA256")]
+    HmacSha256,
+    /// HMAC-SHA1 (RFC 5849's own; Magento's default).
+    #[serde(rename = "HMAC-SHA1")]
+    HmacSha1,
+}
+
+impl SignatureMethod {
+    /// The name `oauth_signature_method` carries.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignatureMethod::HmacSha256 => "HMAC-SHA256",
+            SignatureMethod::HmacSha1 => "HMAC-SHA1",
+        }
+    }
 }
 
 /// A value written in TOML or read from an env var (a basic-auth user name).
@@ -324,9 +399,17 @@ pub enum Paginate {
         /// Query parameter (unless `{page_token}` is used).
         #[serde(skip_serializing_if = "Option::is_none")]
         param: Option<String>,
+        /// Where the response says the run is over.
+        #[serde(flatten)]
+        ends: Ends,
     },
-    /// `Link: <…>; rel="next"` (RFC 8288).
-    Link,
+    /// `Link: <…>; rel="next"` (RFC 8288), or the `rel = "next"` entry of a
+    /// links array in the body.
+    Link {
+        /// JSON pointer to the links array; none: the `Link` header.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        links: Option<String>,
+    },
     /// `limit` + `offset`, stopping on a short page.
     Offset {
         /// Page size.
@@ -335,6 +418,9 @@ pub enum Paginate {
         limit_param: String,
         /// Query parameter of the offset.
         offset_param: String,
+        /// Where the response says the run is over.
+        #[serde(flatten)]
+        ends: Ends,
     },
     /// Page numbers, stopping on an empty (or short) page.
     Page {
@@ -345,7 +431,22 @@ pub enum Paginate {
         /// Page size and its parameter, if sent.
         #[serde(flatten)]
         limit: Option<PageLimit>,
+        /// Where the response says the run is over.
+        #[serde(flatten)]
+        ends: Ends,
     },
+}
+
+/// Stop conditions a response carries, besides a short or empty page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ends {
+    /// JSON pointer to a flag (`hasMore`); the run ends when it is not `true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_more: Option<String>,
+    /// JSON pointer to the total number of records (`total_count`); the run
+    /// ends once the pages so far reach it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
 }
 
 /// The page size a page-number paginator sends.

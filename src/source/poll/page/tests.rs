@@ -5,7 +5,7 @@ use reqwest::header::{HeaderMap, HeaderValue, LINK};
 use serde_json::json;
 
 use super::*;
-use crate::config::spec::{AuthSpec, CursorSpec, Schedule};
+use crate::config::spec::{AuthSpec, CursorSpec, Ends, Schedule};
 
 fn spec(paginate: Paginate) -> PollSpec {
     PollSpec {
@@ -38,6 +38,7 @@ fn requests_carry_the_cursor_and_the_page() {
     let cursor = spec(Paginate::Cursor {
         next: "/paging/next/after".into(),
         param: Some("after".into()),
+        ends: Ends::default(),
     });
     assert_eq!(
         request(&cursor, &PageRef::First, Some(&lower)).url.as_str(),
@@ -53,6 +54,7 @@ fn requests_carry_the_cursor_and_the_page() {
         limit: 50,
         limit_param: "limit".into(),
         offset_param: "offset".into(),
+        ends: Ends::default(),
     });
     assert!(request(&offset, &PageRef::Offset(100), None)
         .url
@@ -65,13 +67,14 @@ fn requests_carry_the_cursor_and_the_page() {
             limit: 20,
             limit_param: "per_page".into(),
         }),
+        ends: Ends::default(),
     });
     assert!(request(&page, &PageRef::First, None)
         .url
         .as_str()
         .ends_with("page=1&per_page=20"));
     // A next link replaces the whole URL, relative links resolve against the endpoint.
-    let link = spec(Paginate::Link);
+    let link = spec(Paginate::Link { links: None });
     assert_eq!(
         request(
             &link,
@@ -89,6 +92,7 @@ fn templates_fill_placeholders_and_drop_empty_ones() {
     let mut s = spec(Paginate::Cursor {
         next: "/next".into(),
         param: None,
+        ends: Ends::default(),
     });
     s.cursor.as_mut().unwrap().param = None;
     s.query = vec![
@@ -121,17 +125,21 @@ fn next_pages_for_every_style() {
         cursor: None,
         primary_key: vec![],
         next: Some(pointer::tokens("/paging/next/after")),
+        has_more: None,
+        total: None,
+        links: None,
     };
-    let token = |body: &'static [u8]| reader.list(body).ok().and_then(|(_, t)| t);
+    let token = |body: &'static [u8]| reader.list(body).map(|(_, s)| s).unwrap_or_default();
     let cursor = Paginate::Cursor {
         next: "/paging/next/after".into(),
         param: Some("after".into()),
+        ends: Ends::default(),
     };
     assert_eq!(
         next(
             &cursor,
             &PageRef::First,
-            token(br#"{"results":[1],"paging":{"next":{"after":"42"}}}"#),
+            &token(br#"{"results":[1],"paging":{"next":{"after":"42"}}}"#),
             &none,
             10
         ),
@@ -141,7 +149,7 @@ fn next_pages_for_every_style() {
         next(
             &cursor,
             &PageRef::First,
-            token(br#"{"paging":{"next":{"after":7}},"results":[]}"#),
+            &token(br#"{"paging":{"next":{"after":7}},"results":[]}"#),
             &none,
             10
         ),
@@ -151,7 +159,7 @@ fn next_pages_for_every_style() {
         next(
             &cursor,
             &PageRef::First,
-            token(br#"{"results":[]}"#),
+            &token(br#"{"results":[]}"#),
             &none,
             0
         ),
@@ -161,7 +169,7 @@ fn next_pages_for_every_style() {
         next(
             &cursor,
             &PageRef::First,
-            token(br#"{"results":[],"paging":{"next":{"after":""}}}"#),
+            &token(br#"{"results":[],"paging":{"next":{"after":""}}}"#),
             &none,
             0
         ),
@@ -174,33 +182,71 @@ fn next_pages_for_every_style() {
         HeaderValue::from_static(r#"<https://s.example/p?page_info=a>; rel="previous", <https://s.example/p?page_info=b>; rel="next""#),
     );
     assert_eq!(
-        next(&Paginate::Link, &PageRef::First, None, &links, 5),
+        next(
+            &Paginate::Link { links: None },
+            &PageRef::First,
+            &Signals::default(),
+            &links,
+            5
+        ),
         Some(PageRef::Url("https://s.example/p?page_info=b".into()))
     );
-    assert_eq!(next(&Paginate::Link, &PageRef::First, None, &none, 5), None);
+    assert_eq!(
+        next(
+            &Paginate::Link { links: None },
+            &PageRef::First,
+            &Signals::default(),
+            &none,
+            5
+        ),
+        None
+    );
 
     let offset = Paginate::Offset {
         limit: 10,
         limit_param: "limit".into(),
         offset_param: "offset".into(),
+        ends: Ends::default(),
     };
     assert_eq!(
-        next(&offset, &PageRef::Offset(20), None, &none, 10),
+        next(
+            &offset,
+            &PageRef::Offset(20),
+            &Signals::default(),
+            &none,
+            10
+        ),
         Some(PageRef::Offset(30))
     );
-    assert_eq!(next(&offset, &PageRef::Offset(20), None, &none, 9), None);
+    assert_eq!(
+        next(&offset, &PageRef::Offset(20), &Signals::default(), &none, 9),
+        None
+    );
 
     let page = Paginate::Page {
         param: "page".into(),
         start: 1,
         limit: None,
+        ends: Ends::default(),
     };
     assert_eq!(
-        next(&page, &PageRef::First, None, &none, 3),
+        next(&page, &PageRef::First, &Signals::default(), &none, 3),
         Some(PageRef::Page(2))
     );
-    assert_eq!(next(&page, &PageRef::Page(4), None, &none, 0), None);
-    assert_eq!(next(&Paginate::None, &PageRef::First, None, &none, 3), None);
+    assert_eq!(
+        next(&page, &PageRef::Page(4), &Signals::default(), &none, 0),
+        None
+    );
+    assert_eq!(
+        next(
+            &Paginate::None,
+            &PageRef::First,
+            &Signals::default(),
+            &none,
+            3
+        ),
+        None
+    );
 }
 
 #[test]
@@ -230,6 +276,9 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
         cursor: Some(pointer::tokens("/updated_at")),
         primary_key: vec![pointer::tokens("/id")],
         next: None,
+        has_more: None,
+        total: None,
+        links: None,
     };
     let body = Bytes::from_static(
         br#"{"items": [{"id": 1, "updated_at": "2024-01-02T00:00:00+02:00"}, {"id":2,"updated_at":"2024-01-01T23:00:00Z"}, {"id": 1, "updated_at": "x"}]}"#,
@@ -329,7 +378,101 @@ fn cursor_values_order_and_look_back() {
     );
     assert_eq!(minus(&json!("abc"), Duration::from_secs(1)), json!("abc"));
     assert_eq!(
+        minus(&json!("2024-01-01 00:01:00"), Duration::from_secs(120)),
+        json!("2023-12-31 23:59:00"),
+        "Magento's updated_at keeps its form"
+    );
+    assert_eq!(
         minus(&json!("2024-01-01T00:05:00Z"), Duration::ZERO),
         json!("2024-01-01T00:05:00Z")
+    );
+}
+
+/// NetSuite's SuiteQL (`hasMore`, a `links` array) and Magento's search
+/// (`total_count`, which answers a page past the last with the last page).
+#[test]
+fn a_flag_a_total_or_a_links_array_ends_or_continues_a_run() {
+    let none = HeaderMap::new();
+    let reader = Reader {
+        records: pointer::tokens("/items"),
+        cursor: None,
+        primary_key: vec![],
+        next: None,
+        has_more: Some(pointer::tokens("/hasMore")),
+        total: Some(pointer::tokens("/total_count")),
+        links: Some(pointer::tokens("/links")),
+    };
+    let signals = |body: &'static [u8]| reader.list(body).map(|(_, s)| s).unwrap();
+    let ends = |has_more: bool, total: bool| Ends {
+        has_more: has_more.then(|| "/hasMore".into()),
+        total: total.then(|| "/total_count".into()),
+    };
+    let offset = Paginate::Offset {
+        limit: 2,
+        limit_param: "limit".into(),
+        offset_param: "offset".into(),
+        ends: ends(true, false),
+    };
+    let more = signals(
+        br#"{"links":[],"count":2,"hasMore":true,"items":[1,2],"offset":0,"totalResults":5}"#,
+    );
+    assert_eq!(
+        next(&offset, &PageRef::First, &more, &none, 2),
+        Some(PageRef::Offset(2))
+    );
+    let last = signals(
+        br#"{"links":[],"count":2,"hasMore":false,"items":[1,2],"offset":2,"totalResults":4}"#,
+    );
+    assert_eq!(
+        next(&offset, &PageRef::Offset(2), &last, &none, 2),
+        None,
+        "hasMore false ends a full page"
+    );
+    let missing = signals(br#"{"items":[1,2]}"#);
+    assert_eq!(
+        next(&offset, &PageRef::First, &missing, &none, 2),
+        None,
+        "no flag: the run ends"
+    );
+
+    let page = Paginate::Page {
+        param: "searchCriteria[currentPage]".into(),
+        start: 1,
+        limit: Some(crate::config::spec::PageLimit {
+            limit: 2,
+            limit_param: "searchCriteria[pageSize]".into(),
+        }),
+        ends: ends(false, true),
+    };
+    let of = |total: &'static [u8]| signals(total);
+    let five = of(br#"{"items":[1,2],"search_criteria":{},"total_count":5}"#);
+    assert_eq!(
+        next(&page, &PageRef::First, &five, &none, 2),
+        Some(PageRef::Page(2))
+    );
+    assert_eq!(
+        next(&page, &PageRef::Page(2), &five, &none, 2),
+        Some(PageRef::Page(3))
+    );
+    assert_eq!(next(&page, &PageRef::Page(3), &five, &none, 1), None);
+    let four = of(br#"{"items":[3,4],"total_count":"4"}"#);
+    assert_eq!(
+        next(&page, &PageRef::Page(2), &four, &none, 2),
+        None,
+        "a full last page ends by the total"
+    );
+
+    let linked = Paginate::Link {
+        links: Some("/links".into()),
+    };
+    let body = br#"{"links":[{"rel":"previous","href":"https://x.example/q?offset=0"},{"rel":"next","href":"https://x.example/q?limit=2&offset=4"},{"rel":"self","href":"https://x.example/q?offset=2"}],"items":[1,2]}"#;
+    assert_eq!(
+        next(&linked, &PageRef::First, &signals(body), &none, 2),
+        Some(PageRef::Url("https://x.example/q?limit=2&offset=4".into()))
+    );
+    let end = br#"{"links":[{"rel":"self","href":"https://x.example/q"}],"items":[1]}"#;
+    assert_eq!(
+        next(&linked, &PageRef::First, &signals(end), &none, 1),
+        None
     );
 }
