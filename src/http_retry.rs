@@ -90,7 +90,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// The start of a body, for error messages.
 pub fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    let text = String::from_utf8_lossy(&body[..body.len().min(600)]);
     let text = text.trim();
     if text.is_empty() {
         "empty body".into()

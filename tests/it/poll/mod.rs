@@ -15,6 +15,8 @@ use crate::support::*;
 mod examples;
 // The backfill benchmark (ignored; scripts/bench runs it).
 mod bench;
+// NetSuite and Magento (OAuth 1.0a) against fakes that verify with oauthlib.
+mod erp;
 
 pub(crate) const ITEM_SCHEMA: &str = r#"{
   "type": "object",
@@ -554,63 +556,81 @@ type = "parquet"
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poll_waits_while_the_buffer_is_full_and_goes_on_once_the_sink_catches_up() {
+#[test]
+fn oauth1_and_the_new_stop_conditions_are_checked_by_name() {
     let project = Project::new();
-    let api = FakeApi::start(3000, Style::Cursor).await;
-    api.set_page_size(100);
-    // 30 pages of about 10 KB into a 64 KiB buffer whose sink cannot write
-    // (its directory is a file): the run must wait, not fill the disk.
-    items_pipeline(
-        &project,
-        &api,
-        &format!("{CURSOR}\npaginate = {{ type = \"cursor\", next = \"/paging/next/after\", param = \"after\" }}"),
-        &format!("[buffer]\nmax_bytes = \"64KiB\"\n\n{PARQUET}"),
-    );
-    project.write("lake/items", "not a directory");
-    let stderr = std::fs::File::create(project.path().join("poll.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["poll", "items"])
-        .current_dir(project.path())
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let poll_log = || std::fs::read_to_string(project.path().join("poll.log")).unwrap_or_default();
-    let started = std::time::Instant::now();
-    while !poll_log().contains("The buffer is full") {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the poll never waited for the full buffer: {}",
-            poll_log()
+    project.write("schemas/item.json", ITEM_SCHEMA);
+    let write = |auth: &str, paginate: &str| {
+        project.write(
+            "pipelines/items.toml",
+            &format!(
+                r#"name = "items"
+schema = "schemas/item.json"
+
+[source]
+type = "poll"
+every = "1h"
+url = "https://api.example.com/items"
+records = "/items"
+{auth}
+{paginate}
+
+[[sink]]
+type = "parquet"
+"#
+            ),
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let asked = api.log().len();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        api.log().len(),
-        asked,
-        "no page is fetched while the buffer is full"
-    );
-    assert!(asked < 30, "the run stopped early: {asked} pages asked for");
-    std::fs::remove_file(project.path().join("lake/items")).unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the poll never finished: {}",
-            poll_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let out = project.command(&["check"]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    assert!(status.success(), "{}", poll_log());
-    assert_eq!(
-        id_counts_of(&project.table_dir_of("items")),
-        once_each(3000)
+    let stderr = write(
+        r#"auth = { type = "oauth1", consumer_key_env = "CK", token_env = "TK", token_secret_env = "TS", signature_method = "RSA-SHA1", realm = "" }"#,
+        r#"paginate = { type = "page", total = "total_count", links = "/links" }"#,
     );
+    for expected in [
+        "source.auth.consumer_secret_env: missing",
+        "source.auth.signature_method: unknown signature method \"RSA-SHA1\"",
+        "use \"HMAC-SHA256\" (NetSuite) or \"HMAC-SHA1\" (Magento)",
+        "source.auth.realm: is empty",
+        "source.paginate.total: is not a JSON pointer",
+        "source.paginate.total: needs the page size",
+        "source.paginate.links: is not used by type = \"page\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    let stderr = write(
+        r#"auth = { type = "oauth1", consumer_key_env = "CK", consumer_secret_env = "CS", token_env = "TK", token_secret_env = "TS" }"#,
+        r#"paginate = { type = "link", has_more = "/hasMore" }"#,
+    );
+    assert!(
+        stderr.contains("source.paginate.has_more: is not used by type = \"link\""),
+        "{stderr}"
+    );
+    // A valid one passes, and --explain shows the method but no secret.
+    write(
+        r#"auth = { type = "oauth1", realm = "123_SB1", consumer_key_env = "CK", consumer_secret_env = "CS", token_env = "TK", token_secret_env = "TS" }"#,
+        r#"paginate = { type = "offset", limit = 10, has_more = "/hasMore", total = "/totalResults" }"#,
+    );
+    let out = project.command(&["check", "--explain"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "type = \"oauth1\"",
+        "signature_method = \"HMAC-SHA256\"",
+        "realm = \"123_SB1\"",
+        "has_more = \"/hasMore\"",
+        "total = \"/totalResults\"",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
 }
