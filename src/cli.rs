@@ -1,4 +1,4 @@
-//! The command line: `tributary run | check | poll | status | replay`.
+//! The command line: `tributary run | check | poll | status | replay | sql | register`.
 
 use std::path::PathBuf;
 
@@ -67,6 +67,50 @@ pub enum Command {
     /// Without a query, reads queries from standard input (one per `;`).
     /// Read-only: works while `tributary run` is running.
     Sql(SqlArgs),
+    /// Subscribe a webhook pipeline with its provider (by its verify scheme:
+    /// GitHub, Stripe or Shopify): creates the subscription, or finds it and
+    /// changes nothing, or updates its URL. Credentials from the environment
+    /// (GITHUB_TOKEN, STRIPE_API_KEY, SHOPIFY_ACCESS_TOKEN, or --token-env).
+    Register(RegisterArgs),
+}
+
+/// `tributary register`.
+#[derive(Debug, Clone, Args)]
+pub struct RegisterArgs {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The public https:// URL the provider will POST to; its path ends with
+    /// the pipeline's `path`.
+    #[arg(long, value_name = "URL", required_unless_present = "list")]
+    pub url: Option<String>,
+    /// Event types, comma-separated: GitHub events and Stripe event types
+    /// (default: all, `*`), Shopify topics such as orders/create (required).
+    #[arg(long, value_name = "EVENTS", value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// GitHub: the repository, OWNER/NAME.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: Option<String>,
+    /// GitHub: an organisation (instead of --repo).
+    #[arg(long, value_name = "ORG", conflicts_with = "repo")]
+    pub org: Option<String>,
+    /// Shopify: the shop's domain, your-shop.myshopify.com.
+    #[arg(long, value_name = "DOMAIN")]
+    pub shop: Option<String>,
+    /// The provider's API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// The env var holding the provider API credential.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Read what exists and print the writes, without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only list the subscriptions that deliver to this pipeline.
+    #[arg(long)]
+    pub list: bool,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `tributary sql`.

@@ -78,6 +78,7 @@ pub mod error;
 pub mod event;
 pub mod http_retry;
 pub mod pipeline;
+pub mod register;
 pub mod replay;
 pub mod schema;
 pub mod server;

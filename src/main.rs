@@ -98,6 +98,52 @@ fn main() -> ExitCode {
             Ok(config) => sql(&config, &args),
             Err(errors) => print_config_errors(&errors),
         },
+        Command::Register(args) => match config::load(&args.config.paths()) {
+            Ok(config) => register(&config, args),
+            Err(errors) => print_config_errors(&errors),
+        },
+    }
+}
+
+/// `tributary register`.
+fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
+    use tributary::register::{self, RegisterError};
+    let Some(pipeline) = config.pipelines.iter().find(|p| p.name == args.pipeline) else {
+        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "error: no pipeline named {} (there are: {})",
+            args.pipeline,
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let request = register::Request {
+        url: args.url,
+        events: args.events,
+        repo: args.repo,
+        org: args.org,
+        shop: args.shop,
+        api: args.api,
+        token_env: args.token_env,
+        dry_run: args.dry_run,
+        list: args.list,
+    };
+    match runtime.block_on(register::register(pipeline, &request)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ (RegisterError::Usage(_) | RegisterError::Env { .. })) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -36,3 +36,5 @@ mod providers;
 mod sql;
 // The status page in headless Chromium: a healthy and a failing sink, as the admin API reports them.
 mod page;
+// `tributary register` against fakes of GitHub's, Stripe's and Shopify's subscription APIs.
+mod register;

@@ -1,0 +1,757 @@
+//! `tributary register`: creates, finds or updates the provider's webhook
+//! subscription for a webhook pipeline, chosen by its `verify` scheme —
+//! GitHub (repository or organisation hooks, REST), Stripe (webhook
+//! endpoints) and Shopify (Admin GraphQL webhook subscriptions).
+//!
+//! Idempotent: a subscription is the pipeline's when its URL's path ends with
+//! the pipeline's `path` (Stripe: also its `tributary_pipeline` metadata), so
+//! a second run finds it and changes nothing, and a run with a new host
+//! updates it in place. `--dry-run` reads what exists and prints the writes it
+//! would make. Credentials come from the environment and never reach the
+//! output; Stripe's signing secret, which it returns once, is printed once
+//! with the env var to store it in and is not written to disk.
+
+use std::fmt::Write as _;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::config::spec::{PipelineSpec, SourceSpec, VerifyScheme};
+use crate::http_retry::{describe, excerpt};
+
+/// What to register, from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The public URL the provider will POST to.
+    pub url: Option<String>,
+    /// Event types (GitHub events, Stripe event types, Shopify topics).
+    pub events: Vec<String>,
+    /// GitHub: `owner/name`.
+    pub repo: Option<String>,
+    /// GitHub: an organisation.
+    pub org: Option<String>,
+    /// Shopify: `your-shop.myshopify.com`.
+    pub shop: Option<String>,
+    /// The provider's API base (GitHub Enterprise, tests).
+    pub api: Option<String>,
+    /// The env var holding the API credential (else the provider's usual one).
+    pub token_env: Option<String>,
+    /// Print the writes instead of making them.
+    pub dry_run: bool,
+    /// Only list the subscriptions that exist.
+    pub list: bool,
+}
+
+/// Why registering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The command line or the pipeline does not say enough.
+    #[error("{0}")]
+    Usage(String),
+    /// An env var is not set.
+    #[error("the env var {var} is not set; set it to {what}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// The provider could not be reached.
+    #[error("{provider}: {method} {path} failed: {why}")]
+    Transport {
+        /// Provider.
+        provider: &'static str,
+        /// Method.
+        method: Method,
+        /// Path (no query: it never holds secrets here, but stays short).
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The provider refused.
+    #[error("{provider}: {method} {path} answered {status}: {body}")]
+    Refused {
+        /// Provider.
+        provider: &'static str,
+        /// Method.
+        method: Method,
+        /// Path.
+        path: String,
+        /// Status.
+        status: StatusCode,
+        /// The start of its body.
+        body: String,
+    },
+}
+
+/// The provider a pipeline registers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Github,
+    Stripe,
+    Shopify,
+}
+
+impl Provider {
+    fn name(self) -> &'static str {
+        match self {
+            Provider::Github => "GitHub",
+            Provider::Stripe => "Stripe",
+            Provider::Shopify => "Shopify",
+        }
+    }
+
+    fn token_env(self) -> &'static str {
+        match self {
+            Provider::Github => "GITHUB_TOKEN",
+            Provider::Stripe => "STRIPE_API_KEY",
+            Provider::Shopify => "SHOPIFY_ACCESS_TOKEN",
+        }
+    }
+}
+
+/// The Shopify Admin API version the requests use.
+const SHOPIFY_API_VERSION: &str = "2024-10";
+
+/// One HTTP client with the provider's credential.
+struct Api {
+    provider: Provider,
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    dry_run: bool,
+    out: String,
+}
+
+impl Api {
+    /// Sends one request; a write in a dry run is printed instead (`None`).
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Option<Value>, RegisterError> {
+        let write = method != Method::GET && !is_read(&body);
+        if write && self.dry_run {
+            let shown = match &body {
+                Some(Body::Json(v)) => redact(v).to_string(),
+                Some(Body::Form(pairs)) => pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                self.out,
+                "dry run: would send {method} {}{path} {shown}",
+                self.base
+            );
+            return Ok(None);
+        }
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        request = match self.provider {
+            Provider::Github => request
+                .header(AUTHORIZATION, format!("Bearer {}", self.token))
+                .header(ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28"),
+            Provider::Stripe => request.header(AUTHORIZATION, format!("Bearer {}", self.token)),
+            Provider::Shopify => request.header("X-Shopify-Access-Token", &self.token),
+        };
+        request = match body {
+            Some(Body::Json(v)) => request
+                .header(CONTENT_TYPE, "application/json")
+                .body(v.to_string()),
+            Some(Body::Form(pairs)) => request
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(
+                    url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(pairs)
+                        .finish(),
+                ),
+            None => request,
+        };
+        let path_only = path.split('?').next().unwrap_or(path).to_string();
+        let response = request.send().await.map_err(|e| RegisterError::Transport {
+            provider: self.provider.name(),
+            method: method.clone(),
+            path: path_only.clone(),
+            why: describe(e),
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| RegisterError::Transport {
+                provider: self.provider.name(),
+                method: method.clone(),
+                path: path_only.clone(),
+                why: describe(e),
+            })?;
+        if !status.is_success() {
+            return Err(RegisterError::Refused {
+                provider: self.provider.name(),
+                method,
+                path: path_only,
+                status,
+                body: excerpt(&bytes),
+            });
+        }
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // GraphQL reports errors with a 200.
+        if let Some(errors) = value.get("errors").filter(|e| !e.is_null()) {
+            return Err(RegisterError::Refused {
+                provider: self.provider.name(),
+                method,
+                path: path_only,
+                status,
+                body: errors.to_string(),
+            });
+        }
+        Ok(Some(value))
+    }
+}
+
+/// A request body.
+enum Body {
+    Json(Value),
+    Form(Vec<(String, String)>),
+}
+
+/// A GraphQL query (not a mutation) is a read, though it is a POST.
+fn is_read(body: &Option<Body>) -> bool {
+    matches!(body, Some(Body::Json(v)) if v["query"].as_str().is_some_and(|q| q.trim_start().starts_with("query")))
+}
+
+/// A JSON body with secrets masked, for a dry run's output.
+fn redact(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if k == "secret" {
+                        json!("********")
+                    } else {
+                        redact(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether `url`'s path is the pipeline's (ends with its `path`).
+fn ours(url: &str, path: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.path()
+            .trim_end_matches('/')
+            .ends_with(path.trim_end_matches('/'))
+    })
+}
+
+/// Registers (or lists) `pipeline`'s subscription; returns what it printed.
+pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, RegisterError> {
+    let SourceSpec::Webhook(webhook) = &pipeline.source else {
+        return Err(RegisterError::Usage(format!(
+            "pipeline {} polls; only webhook pipelines subscribe with a provider",
+            pipeline.name
+        )));
+    };
+    let Some(verify) = &webhook.verify else {
+        return Err(RegisterError::Usage(format!(
+            "pipeline {} has no source.verify, so its provider is unknown; register knows scheme = \"github\", \"stripe\" and \"shopify\"",
+            pipeline.name
+        )));
+    };
+    let provider = match verify.scheme {
+        VerifyScheme::Github => Provider::Github,
+        VerifyScheme::Stripe => Provider::Stripe,
+        VerifyScheme::Shopify => Provider::Shopify,
+        _ => {
+            return Err(RegisterError::Usage(format!(
+                "pipeline {} verifies another provider's scheme; register knows github, stripe and shopify: subscribe {} in the provider's console",
+                pipeline.name, webhook.path
+            )))
+        }
+    };
+    let url = match (&req.url, req.list) {
+        (Some(url), _) => {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| RegisterError::Usage(format!("--url {url} is not a URL ({e})")))?;
+            if parsed.scheme() != "https" {
+                return Err(RegisterError::Usage(format!(
+                    "--url {url} is not https; providers deliver to public https:// addresses"
+                )));
+            }
+            if !ours(url, &webhook.path) {
+                return Err(RegisterError::Usage(format!(
+                    "--url {url} does not end with the pipeline's path {}; tributary answers only there (add the path to the URL)",
+                    webhook.path
+                )));
+            }
+            Some(url.clone())
+        }
+        (None, true) => None,
+        (None, false) => {
+            return Err(RegisterError::Usage(format!(
+                "add --url https://<public host>{} (the address the provider will POST to)",
+                webhook.path
+            )))
+        }
+    };
+    let token_env = req
+        .token_env
+        .clone()
+        .unwrap_or_else(|| provider.token_env().to_string());
+    let token = std::env::var(&token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or(RegisterError::Env {
+        var: token_env,
+        what: match provider {
+            Provider::Github => {
+                "a GitHub token that may administer the repository's (or organisation's) webhooks"
+            }
+            Provider::Stripe => {
+                "a Stripe secret key (sk_…) or a restricted key with webhook endpoint write access"
+            }
+            Provider::Shopify => {
+                "the Admin API access token of an app with the topics' read scopes"
+            }
+        },
+    })?;
+    let base = match (provider, &req.api, &req.shop) {
+        (_, Some(api), _) => {
+            let parsed = url::Url::parse(api)
+                .map_err(|e| RegisterError::Usage(format!("--api {api} is not a URL ({e})")))?;
+            let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            if parsed.scheme() != "https" && !loopback {
+                return Err(RegisterError::Usage(format!(
+                    "--api {api} is not https; the API credential goes only over https (plain http only to this machine)"
+                )));
+            }
+            api.trim_end_matches('/').to_string()
+        }
+        (Provider::Github, None, _) => "https://api.github.com".into(),
+        (Provider::Stripe, None, _) => "https://api.stripe.com".into(),
+        (Provider::Shopify, None, Some(shop)) => format!("https://{shop}"),
+        (Provider::Shopify, None, None) => {
+            return Err(RegisterError::Usage(
+                "Shopify: add --shop your-shop.myshopify.com".into(),
+            ))
+        }
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| RegisterError::Usage(format!("cannot build the HTTP client: {e}")))?;
+    let mut api = Api {
+        provider,
+        http,
+        base,
+        token,
+        dry_run: req.dry_run,
+        out: String::new(),
+    };
+    let secret_env = verify.secret_envs.first().cloned().unwrap_or_default();
+    match provider {
+        Provider::Github => {
+            github(
+                &mut api,
+                pipeline,
+                &webhook.path,
+                url.as_deref(),
+                req,
+                &secret_env,
+            )
+            .await?
+        }
+        Provider::Stripe => {
+            stripe(
+                &mut api,
+                pipeline,
+                &webhook.path,
+                url.as_deref(),
+                req,
+                &secret_env,
+            )
+            .await?
+        }
+        Provider::Shopify => shopify(&mut api, &webhook.path, url.as_deref(), req).await?,
+    }
+    Ok(api.out)
+}
+
+async fn github(
+    api: &mut Api,
+    pipeline: &PipelineSpec,
+    path: &str,
+    url: Option<&str>,
+    req: &Request,
+    secret_env: &str,
+) -> Result<(), RegisterError> {
+    let hooks = match (&req.repo, &req.org) {
+        (Some(repo), None) if repo.split('/').count() == 2 => format!("/repos/{repo}/hooks"),
+        (None, Some(org)) => format!("/orgs/{org}/hooks"),
+        _ => return Err(RegisterError::Usage(
+            "GitHub: add --repo OWNER/NAME (repository hooks) or --org ORG (organisation hooks)"
+                .into(),
+        )),
+    };
+    let existing = api
+        .send(Method::GET, &format!("{hooks}?per_page=100"), None)
+        .await?
+        .unwrap_or_default();
+    let hooks_list = existing.as_array().cloned().unwrap_or_default();
+    let mine: Vec<&Value> = hooks_list
+        .iter()
+        .filter(|h| h["config"]["url"].as_str().is_some_and(|u| ours(u, path)))
+        .collect();
+    let Some(url) = url else {
+        list(
+            api,
+            mine.iter().map(|h| {
+                format!(
+                    "GitHub hook {}: {} events={} active={}",
+                    h["id"],
+                    h["config"]["url"].as_str().unwrap_or(""),
+                    h["events"],
+                    h["active"]
+                )
+            }),
+        );
+        return Ok(());
+    };
+    let events: Vec<String> = if req.events.is_empty() {
+        vec!["*".into()]
+    } else {
+        req.events.clone()
+    };
+    let secret = std::env::var(secret_env).ok().filter(|s| !s.is_empty()).ok_or(RegisterError::Env {
+        var: secret_env.to_string(),
+        what: "the webhook secret (source.verify.secret_env): GitHub signs with it, tributary verifies with it",
+    })?;
+    let config = json!({"url": url, "content_type": "json", "insecure_ssl": "0", "secret": secret});
+    match mine.first() {
+        None => {
+            let body = json!({"name": "web", "active": true, "events": events, "config": config});
+            if let Some(created) = api
+                .send(Method::POST, &hooks, Some(Body::Json(body)))
+                .await?
+            {
+                let _ = writeln!(
+                    api.out,
+                    "created: GitHub hook {} for pipeline {} → {url} (events {})",
+                    created["id"],
+                    pipeline.name,
+                    events.join(",")
+                );
+            }
+        }
+        Some(hook) => {
+            let same_events = hook["events"].as_array().is_some_and(|e| {
+                let mut have: Vec<&str> = e.iter().filter_map(Value::as_str).collect();
+                let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
+                have.sort_unstable();
+                want.sort_unstable();
+                have == want
+            });
+            let unchanged = hook["config"]["url"] == url
+                && hook["config"]["content_type"] == "json"
+                && hook["active"] == true
+                && same_events;
+            if unchanged {
+                let _ = writeln!(
+                    api.out,
+                    "unchanged: GitHub hook {} already delivers to {url}",
+                    hook["id"]
+                );
+            } else {
+                let body = json!({"active": true, "events": events, "config": config});
+                let id = hook["id"].clone();
+                let old = hook["config"]["url"].as_str().unwrap_or("").to_string();
+                if api
+                    .send(
+                        Method::PATCH,
+                        &format!("{hooks}/{id}"),
+                        Some(Body::Json(body)),
+                    )
+                    .await?
+                    .is_some()
+                {
+                    let _ = writeln!(
+                        api.out,
+                        "updated: GitHub hook {id}: {old} → {url} (events {})",
+                        events.join(",")
+                    );
+                }
+            }
+            for extra in &mine[1..] {
+                let _ = writeln!(api.out, "note: GitHub hook {} also delivers to this pipeline ({}); delete it if it is stale", extra["id"], extra["config"]["url"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn stripe(
+    api: &mut Api,
+    pipeline: &PipelineSpec,
+    path: &str,
+    url: Option<&str>,
+    req: &Request,
+    secret_env: &str,
+) -> Result<(), RegisterError> {
+    let existing = api
+        .send(Method::GET, "/v1/webhook_endpoints?limit=100", None)
+        .await?
+        .unwrap_or_default();
+    let endpoints = existing["data"].as_array().cloned().unwrap_or_default();
+    let mine: Vec<&Value> = endpoints
+        .iter()
+        .filter(|e| {
+            e["metadata"]["tributary_pipeline"] == pipeline.name.as_str()
+                || e["url"].as_str().is_some_and(|u| ours(u, path))
+        })
+        .collect();
+    let Some(url) = url else {
+        list(
+            api,
+            mine.iter().map(|e| {
+                format!(
+                    "Stripe endpoint {}: {} events={} status={}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["url"].as_str().unwrap_or(""),
+                    e["enabled_events"],
+                    e["status"].as_str().unwrap_or("")
+                )
+            }),
+        );
+        return Ok(());
+    };
+    let events: Vec<String> = if req.events.is_empty() {
+        vec!["*".into()]
+    } else {
+        req.events.clone()
+    };
+    let mut form = vec![("url".to_string(), url.to_string())];
+    form.extend(
+        events
+            .iter()
+            .map(|e| ("enabled_events[]".to_string(), e.clone())),
+    );
+    form.push(("metadata[tributary_pipeline]".into(), pipeline.name.clone()));
+    match mine.first() {
+        None => {
+            form.push((
+                "description".into(),
+                format!("tributary pipeline {}", pipeline.name),
+            ));
+            if let Some(created) = api
+                .send(
+                    Method::POST,
+                    "/v1/webhook_endpoints",
+                    Some(Body::Form(form)),
+                )
+                .await?
+            {
+                let _ = writeln!(
+                    api.out,
+                    "created: Stripe endpoint {} for pipeline {} → {url} (events {})",
+                    created["id"].as_str().unwrap_or(""),
+                    pipeline.name,
+                    events.join(",")
+                );
+                if let Some(secret) = created["secret"].as_str() {
+                    let _ = writeln!(
+                        api.out,
+                        "Stripe's signing secret for it, shown only now (tributary does not store it):\n  {secret_env}={secret}\nSet {secret_env} to it where tributary runs (source.verify.secret_env), then restart tributary."
+                    );
+                }
+            }
+        }
+        Some(endpoint) => {
+            let mut have: Vec<&str> = endpoint["enabled_events"]
+                .as_array()
+                .map(|e| e.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
+            have.sort_unstable();
+            want.sort_unstable();
+            let id = endpoint["id"].as_str().unwrap_or("").to_string();
+            if endpoint["url"] == url
+                && have == want
+                && endpoint["metadata"]["tributary_pipeline"] == pipeline.name.as_str()
+            {
+                let _ = writeln!(
+                    api.out,
+                    "unchanged: Stripe endpoint {id} already delivers to {url}"
+                );
+            } else {
+                let old = endpoint["url"].as_str().unwrap_or("").to_string();
+                if api
+                    .send(
+                        Method::POST,
+                        &format!("/v1/webhook_endpoints/{id}"),
+                        Some(Body::Form(form)),
+                    )
+                    .await?
+                    .is_some()
+                {
+                    let _ = writeln!(api.out, "updated: Stripe endpoint {id}: {old} → {url} (events {}); its signing secret is unchanged", events.join(","));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shopify's GraphQL enum for a topic: `orders/create` → `ORDERS_CREATE`.
+fn shopify_topic(topic: &str) -> String {
+    topic
+        .trim()
+        .replace(['/', '.', '-'], "_")
+        .to_ascii_uppercase()
+}
+
+async fn shopify(
+    api: &mut Api,
+    path: &str,
+    url: Option<&str>,
+    req: &Request,
+) -> Result<(), RegisterError> {
+    let graphql = format!("/admin/api/{SHOPIFY_API_VERSION}/graphql.json");
+    let query = json!({"query": "query { webhookSubscriptions(first: 250) { edges { node { id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } } } } } }"});
+    let existing = api
+        .send(Method::POST, &graphql, Some(Body::Json(query)))
+        .await?
+        .unwrap_or_default();
+    let nodes: Vec<Value> = existing["data"]["webhookSubscriptions"]["edges"]
+        .as_array()
+        .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
+        .unwrap_or_default();
+    let mine: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| {
+            n["endpoint"]["callbackUrl"]
+                .as_str()
+                .is_some_and(|u| ours(u, path))
+        })
+        .collect();
+    let Some(url) = url else {
+        list(
+            api,
+            mine.iter().map(|n| {
+                format!(
+                    "Shopify subscription {}: {} → {}",
+                    n["id"].as_str().unwrap_or(""),
+                    n["topic"].as_str().unwrap_or(""),
+                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
+                )
+            }),
+        );
+        return Ok(());
+    };
+    if req.events.is_empty() {
+        return Err(RegisterError::Usage(
+            "Shopify subscribes topic by topic: add --events orders/create,orders/update (the topics this pipeline takes)".into(),
+        ));
+    }
+    for topic in &req.events {
+        let topic = shopify_topic(topic);
+        let found = mine.iter().find(|n| n["topic"] == topic.as_str());
+        let (mutation, variables, verb) = match found {
+            Some(n) if n["endpoint"]["callbackUrl"] == url => {
+                let _ = writeln!(api.out, "unchanged: Shopify subscription {} ({topic}) already delivers to {url}", n["id"].as_str().unwrap_or(""));
+                continue;
+            }
+            Some(n) => (
+                "mutation update($id: ID!, $webhookSubscription: WebhookSubscriptionInput!) { webhookSubscriptionUpdate(id: $id, webhookSubscription: $webhookSubscription) { webhookSubscription { id } userErrors { field message } } }",
+                json!({"id": n["id"], "webhookSubscription": {"callbackUrl": url}}),
+                "webhookSubscriptionUpdate",
+            ),
+            None => (
+                "mutation create($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) { webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) { webhookSubscription { id } userErrors { field message } } }",
+                json!({"topic": topic, "webhookSubscription": {"callbackUrl": url, "format": "JSON"}}),
+                "webhookSubscriptionCreate",
+            ),
+        };
+        let body = json!({"query": mutation, "variables": variables});
+        let Some(answer) = api
+            .send(Method::POST, &graphql, Some(Body::Json(body)))
+            .await?
+        else {
+            continue;
+        };
+        let result = &answer["data"][verb];
+        if let Some(errors) = result["userErrors"].as_array().filter(|e| !e.is_empty()) {
+            return Err(RegisterError::Refused {
+                provider: "Shopify",
+                method: Method::POST,
+                path: graphql.clone(),
+                status: StatusCode::OK,
+                body: format!("{verb} for {topic}: {}", Value::Array(errors.clone())),
+            });
+        }
+        let id = result["webhookSubscription"]["id"].as_str().unwrap_or("");
+        match found {
+            Some(n) => {
+                let _ = writeln!(
+                    api.out,
+                    "updated: Shopify subscription {id} ({topic}): {} → {url}",
+                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    api.out,
+                    "created: Shopify subscription {id} ({topic}) → {url}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(api.out, "note: Shopify signs deliveries with the app's client secret: source.verify.secret_env must hold it");
+    Ok(())
+}
+
+fn list(api: &mut Api, lines: impl Iterator<Item = String>) {
+    let mut any = false;
+    for line in lines {
+        any = true;
+        let _ = writeln!(api.out, "{line}");
+    }
+    if !any {
+        let _ = writeln!(
+            api.out,
+            "no {} subscription delivers to this pipeline yet",
+            api.provider.name()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_is_the_pipelines_by_its_path_and_topics_map_to_shopifys_enum() {
+        assert!(ours("https://a.example/hooks/github", "/hooks/github"));
+        assert!(ours(
+            "https://b.example/prefix/hooks/github/",
+            "/hooks/github"
+        ));
+        assert!(!ours("https://a.example/hooks/stripe", "/hooks/github"));
+        assert!(!ours("not a url", "/hooks/github"));
+        assert_eq!(shopify_topic("orders/create"), "ORDERS_CREATE");
+        assert_eq!(shopify_topic("app/uninstalled"), "APP_UNINSTALLED");
+        let masked = redact(&json!({"config": {"url": "u", "secret": "s3cret"}}));
+        assert_eq!(masked["config"]["secret"], "********");
+    }
+}
