@@ -437,3 +437,66 @@ async fn a_wrong_oauth1_secret_fails_the_run_with_the_providers_answer() {
     );
     assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
 }
+
+/// SuiteQL paged by the `rel = "next"` entry of the body's `links` array
+/// instead of offsets: the next link carries its own query, is re-signed,
+/// and the body goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netsuite_pages_can_follow_the_next_link_of_the_body() {
+    let project = Project::new();
+    let fake = ErpFake::start(project.path(), "netsuite", 320, 0).await;
+    shipped(
+        &project,
+        "netsuite_customers",
+        "netsuite_customer",
+        &[
+            (
+                "url = ",
+                format!(
+                    "url = \"{}/services/rest/query/v1/suiteql\"\nallow_http = true\nquery = {{ limit = \"50\" }}",
+                    fake.base
+                ),
+            ),
+            (
+                "auth = ",
+                format!(
+                    r#"auth = {{ type = "oauth1", realm = "{REALM}", consumer_key_env = "CK", consumer_secret_env = "CS", token_env = "TK", token_secret_env = "TS" }}"#
+                ),
+            ),
+            ("paginate = ", r#"paginate = { type = "link", links = "/links" }"#.into()),
+        ],
+    );
+    let out = project.command_with_env(
+        &["poll", "netsuite_customers"],
+        &[
+            ("CK", CONSUMER_KEY),
+            ("CS", CONSUMER_SECRET),
+            ("TK", TOKEN),
+            ("TS", TOKEN_SECRET),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = fake.requests();
+    let paths: Vec<&str> = requests
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    assert!(
+        paths[1].ends_with("?limit=50&offset=50") && paths[6].ends_with("offset=300"),
+        "{paths:?}"
+    );
+    assert!(requests
+        .iter()
+        .all(|r| r["valid"] == true && r["body"].as_str().unwrap().contains("SELECT")));
+    assert_eq!(
+        text_id_counts(&project.table_dir_of("netsuite_customers")),
+        (1..=320)
+            .map(|i| (i.to_string(), 1))
+            .collect::<HashMap<_, _>>()
+    );
+}
