@@ -689,3 +689,84 @@ async fn the_https_sink_delivers_every_acknowledged_event_across_a_node_kill() {
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[1]]).await;
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
 }
+
+/// A node paused (SIGSTOP) longer than its leases while it writes: the other
+/// node takes its partitions over and resumes from the table; when the paused
+/// node wakes up mid-flush it must not write a row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    let paused = nodes[0].start().await;
+    let other = nodes[1].start().await;
+    let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let loading = tokio::spawn(load(targets.clone(), 900, 4, acked.clone()));
+    // Both nodes write (3 + 3) before the pause.
+    let started = Instant::now();
+    while !(nodes[0]
+        .log()
+        .contains("This node now writes the partition")
+        && nodes[1]
+            .log()
+            .contains("This node now writes the partition")
+        && acked.lock().unwrap().len() >= 1000)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "both nodes never wrote"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    paused.signal("STOP");
+    targets.lock().unwrap().remove(0);
+    // Past the lease (3 s) and the other node's takeover of every partition.
+    let started = Instant::now();
+    loop {
+        let rows = partitions(&nodes[1]).await;
+        let owners: HashSet<String> = rows
+            .iter()
+            .filter_map(|r| r["owner"].as_str().map(String::from))
+            .collect();
+        if rows.len() == 6
+            && owners.len() == 1
+            && nodes[1]
+                .log()
+                .contains(&format!("node={}", owners.iter().next().unwrap()))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the other node never took every partition: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    paused.signal("CONT");
+    targets.lock().unwrap().push(hook(&nodes[0]));
+    loading.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(
+        acked.len(),
+        4500,
+        "every request was acknowledged in the end"
+    );
+    wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
+    let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "nothing was published without an answer"
+    );
+    let woke = nodes[0].log();
+    for line in woke.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+        println!("paused node: {}", &line[..line.len().min(400)]);
+    }
+    assert!(
+        woke.contains("Another node holds the partition's lease now")
+            || woke.contains("Cannot renew the partition's lease in time"),
+        "the paused node noticed it lost its leases:\n{woke}"
+    );
+    drop((paused, other));
+}

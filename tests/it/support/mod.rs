@@ -194,6 +194,16 @@ impl Server {
         self.child.wait().expect("reap");
     }
 
+    /// Sends `signal` (e.g. `"STOP"`, `"CONT"`): a paused process keeps its
+    /// sockets and state but runs nothing, as a VM or GC pause would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
