@@ -34,6 +34,7 @@ use crate::sink::health::SinkHealth;
 use crate::sink::task::SinkTask;
 
 pub mod poll;
+pub mod schema;
 
 /// Makes the runner of one unit on the log it is given.
 pub type MakeTask = Arc<dyn Fn(Log, u32) -> SinkTask + Send + Sync>;

@@ -240,16 +240,6 @@ fn pipeline(
             root,
         });
         let spec = match raw_sink {
-            RawSink::Parquet(_)
-                if infer_schema && matches!(global.log, super::log::LogSpec::JetStream(_)) =>
-            {
-                e.push(
-                    format!("{key}.type"),
-                    "a Parquet sink with schema = \"infer\" does not run on a JetStream log (each node would keep its own inferred schema file in the one table)",
-                    "declare the schema (schema = \"schemas/….json\"), or use a Delta sink, whose commits carry the schema",
-                );
-                None
-            }
             RawSink::Parquet(p) => table
                 .and_then(|t| sink::parquet::validate(&t, &key, p, e))
                 .map(SinkSpec::Parquet),

@@ -266,6 +266,71 @@ pub fn grow_by(schema: &SchemaRef, shape: &Shape) -> Option<SchemaRef> {
     )))
 }
 
+/// `theirs` folded into `ours`: every column of `ours` as it is, then the
+/// columns (and nested struct fields, also inside lists) that only `theirs`
+/// has; `_extra` stays last. `None` when `ours` has them all already. The
+/// writers of one table on a JetStream log agree on its schema through this:
+/// the first to record a column fixes its type, and a writer that inferred
+/// another one encodes again, its values of the other kind going to `_extra`.
+pub fn merge(ours: &SchemaRef, theirs: &SchemaRef) -> Option<SchemaRef> {
+    let (mut fields, changed) = merge_fields(ours.fields(), theirs.fields());
+    if !changed {
+        return None;
+    }
+    if let Some(i) = fields.iter().position(|f| f.name() == EXTRA_COLUMN) {
+        let extra = fields.remove(i);
+        fields.push(extra);
+    }
+    Some(Arc::new(Schema::new_with_metadata(
+        fields,
+        ours.metadata().clone(),
+    )))
+}
+
+fn merge_fields(ours: &Fields, theirs: &Fields) -> (Vec<Arc<Field>>, bool) {
+    let mut changed = false;
+    let mut fields: Vec<Arc<Field>> = ours
+        .iter()
+        .map(|field| {
+            let grown = theirs
+                .find(field.name())
+                .and_then(|(_, t)| merge_type(field.data_type(), t.data_type()));
+            match grown {
+                Some(data_type) => {
+                    changed = true;
+                    Arc::new(field.as_ref().clone().with_data_type(data_type))
+                }
+                None => field.clone(),
+            }
+        })
+        .collect();
+    for field in theirs.iter() {
+        // Names clash when case is ignored (Delta column names).
+        let lower = field.name().to_ascii_lowercase();
+        if fields
+            .iter()
+            .any(|f| f.name().to_ascii_lowercase() == lower)
+        {
+            continue;
+        }
+        changed = true;
+        fields.push(field.clone());
+    }
+    (fields, changed)
+}
+
+fn merge_type(ours: &DataType, theirs: &DataType) -> Option<DataType> {
+    match (ours, theirs) {
+        (DataType::Struct(a), DataType::Struct(b)) => {
+            let (fields, changed) = merge_fields(a, b);
+            changed.then(|| DataType::Struct(fields.into()))
+        }
+        (DataType::List(a), DataType::List(b)) => merge_type(a.data_type(), b.data_type())
+            .map(|t| DataType::List(Arc::new(a.as_ref().clone().with_data_type(t)))),
+        _ => None,
+    }
+}
+
 /// `schema` with the `_extra` column at the end, if it lacks one.
 pub fn with_extra(schema: &SchemaRef) -> SchemaRef {
     if schema.field_with_name(EXTRA_COLUMN).is_ok() {

@@ -39,6 +39,8 @@ pub(super) async fn build(
     )));
     let log = buffer::Log::new(Arc::new(crate::cluster::ClusterView(streams.clone())));
     let (encoder, dead_letters) = encoder_and_dead_letters(spec, global)?;
+    // With an inferred schema, a table's writers agree on it in JetStream.
+    let agree = spec.infer_schema.then(|| cluster.progress().clone());
     let mut units = Vec::new();
     let mut health = Vec::new();
     let mut probes = Vec::new();
@@ -109,6 +111,7 @@ pub(super) async fn build(
                 };
                 let template = Arc::new(template);
                 let d = d.clone();
+                let agree = agree.clone();
                 Arc::new(move |log, partition| {
                     // The txn app id of a partition: tributary/<pipeline>/<sink>/<partition>.
                     let mut own = d.clone();
@@ -118,7 +121,8 @@ pub(super) async fn build(
                         &own,
                         template.route.is_some(),
                     );
-                    SinkTask::Columnar(template.on_partition(log, partition, Box::new(tables)))
+                    let tables = agreed(Box::new(tables), &agree, &template.pipeline, &d.name);
+                    SinkTask::Columnar(template.on_partition(log, partition, tables))
                 })
             }
             SinkSpec::Parquet(p) => {
@@ -147,9 +151,11 @@ pub(super) async fn build(
                     health: sink_health.clone(),
                     partition: None,
                 });
+                let agree = agree.clone();
                 Arc::new(move |log, partition| {
                     // Files named by partition: offsets repeat across partitions.
                     let tables = Box::new(tables.clone().in_partition(partition));
+                    let tables = agreed(tables, &agree, &template.pipeline, &template.sink);
                     SinkTask::Columnar(template.on_partition(log, partition, tables))
                 })
             }
@@ -209,4 +215,22 @@ pub(super) async fn build(
         poll_leader,
         view,
     })
+}
+
+/// `tables`, agreeing on inferred schemas through `kv` when there is one.
+fn agreed(
+    tables: Box<dyn crate::sink::table::TableSink>,
+    kv: &Option<async_nats::jetstream::kv::Store>,
+    pipeline: &str,
+    sink: &str,
+) -> Box<dyn crate::sink::table::TableSink> {
+    match kv {
+        Some(kv) => Box::new(crate::cluster::schema::AgreedSchemas::new(
+            tables,
+            kv.clone(),
+            pipeline,
+            sink,
+        )),
+        None => tables,
+    }
 }

@@ -85,6 +85,14 @@ pub enum SinkError {
         /// What serde said.
         source: serde_json::Error,
     },
+    /// The shared schema of a table on a JetStream log could not be read or recorded.
+    #[error("the table's shared schema in JetStream ({key}): {message}")]
+    SharedSchema {
+        /// Its key in the progress bucket.
+        key: String,
+        /// What JetStream said.
+        message: String,
+    },
     /// The inferred schema could not be serialised.
     #[error("cannot write the schema")]
     WriteSchema(#[source] serde_json::Error),
@@ -106,6 +114,7 @@ impl Classify for SinkError {
             | SinkError::Ledger(_)
             | SinkError::Abandoned => ErrorKind::Internal,
             SinkError::Setup { .. } | SinkError::SchemaFile { .. } => ErrorKind::Config,
+            SinkError::SharedSchema { .. } => ErrorKind::Transient,
             SinkError::Task { .. }
             | SinkError::Start { .. }
             | SinkError::WriteSchema(_)

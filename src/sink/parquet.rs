@@ -301,12 +301,12 @@ impl Table for ParquetTable {
     fn keep_schema<'a>(
         &'a mut self,
         schema: &'a SchemaRef,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<SchemaRef, SinkError>> {
         Box::pin(async move {
             let json =
                 serde_json::to_vec_pretty(schema.as_ref()).map_err(SinkError::WriteSchema)?;
             self.storage.put(SCHEMA_FILE, Bytes::from(json)).await?;
-            Ok(())
+            Ok(schema.clone())
         })
     }
 

@@ -367,27 +367,42 @@ impl Running {
                     source,
                 })??;
         }
-        drop(groups);
-
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut writes: Vec<(String, RecordBatch)> = Vec::with_capacity(encoded.len());
         for (name, mut encoded) in encoded {
-            if let Some(grown) = encoded.grown.take() {
+            // Each round records a grown schema; a table shared with other
+            // writers may answer with a schema that types a column otherwise,
+            // and the rows are encoded again with it (which grows nothing
+            // more, as it holds every column: at most a few rounds).
+            while let Some(grown) = encoded.grown.take() {
                 let me = &self.config;
                 info!(pipeline = %me.pipeline, sink = %me.sink, table = %name, columns = grown.fields().len(), "New record fields; the schema gains columns.");
                 let mut backoff = Backoff::new(me, "Cannot record the table's schema");
                 let open = self.open.get_mut(&name).expect("an open table");
-                loop {
+                let agreed = loop {
                     match open.table.keep_schema(&grown).await {
-                        Ok(()) => break,
+                        Ok(agreed) => break agreed,
                         Err(e) => backoff.pause(e).await?,
                     }
+                };
+                open.encoder = Arc::new(open.encoder.with_record_schema(agreed.clone()));
+                if agreed != grown {
+                    info!(pipeline = %me.pipeline, sink = %me.sink, table = %name, "Another writer of the table recorded its schema first; encoding this flush again with the table's.");
+                    let mut jobs = self.jobs(&groups);
+                    jobs.retain(|job| job.name == name);
+                    let again = tokio::task::spawn_blocking(move || encode(jobs))
+                        .await
+                        .map_err(|source| SinkError::Task {
+                            what: "conversion",
+                            source,
+                        })??;
+                    encoded = again.into_iter().next().expect("one job, one result").1;
                 }
-                open.encoder = Arc::new(open.encoder.with_record_schema(grown));
             }
             dead.append(&mut encoded.dead);
             writes.push((name, encoded.batch));
         }
+        drop(groups);
         let me = &self.config;
         let dead_count = dead.len();
         if !dead.is_empty() {

@@ -75,9 +75,14 @@ pub trait Table: Send + Sync {
     fn merge_on(&self) -> Option<&[String]>;
     /// Makes the record schema an inferring encoder grew durable before the
     /// first write that uses it (Parquet keeps it in a file; a Delta commit
-    /// carries its schema).
-    fn keep_schema<'a>(&'a mut self, schema: &'a SchemaRef)
-        -> BoxFuture<'a, Result<(), SinkError>>;
+    /// carries its schema), and returns the schema to encode with: `schema`
+    /// itself, or, where several writers share the table (a JetStream log),
+    /// the one they agreed on, which holds every column of `schema` but may
+    /// type some differently (the rows are then encoded again).
+    fn keep_schema<'a>(
+        &'a mut self,
+        schema: &'a SchemaRef,
+    ) -> BoxFuture<'a, Result<SchemaRef, SinkError>>;
     /// Writes the rows of log offsets `range` (possibly none). Writing the
     /// same range again changes nothing: the runner retries and re-flushes
     /// with this.

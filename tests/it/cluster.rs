@@ -611,7 +611,6 @@ fn check_names_each_mistake_in_the_jetstream_settings() {
         "log.lease: is below 3s",
         "log.password_env: user_env and password_env come together",
         "log.partitions: 0 is out of range",
-        "sink[0].type: a Parquet sink with schema = \"infer\" does not run on a JetStream log",
     ] {
         assert!(
             stderr.contains(expected),
@@ -760,7 +759,10 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
         "nothing was published without an answer"
     );
     let woke = nodes[0].log();
-    for line in woke.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+    for line in woke
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
         println!("paused node: {}", &line[..line.len().min(400)]);
     }
     assert!(
@@ -769,4 +771,180 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
         "the paused node noticed it lost its leases:\n{woke}"
     );
     drop((paused, other));
+}
+
+/// `schema = "infer"` with a Parquet and a Delta sink written by six
+/// partitions on two nodes: events whose `v` is an integer or a string at
+/// random, so the partitions' first flushes infer different types. The
+/// writers agree in JetStream: every Parquet file gives `v` one type, the
+/// Delta table took every commit, and each `v` is in its column or in `_extra`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_schemas_agree_across_the_writers_of_a_table() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    for project in &nodes {
+        project.write(
+            "pipelines/shopify_customers.toml",
+            &format!(
+                r#"name = "events"
+schema = "infer"
+
+[source]
+type = "webhook"
+path = "/hooks/events"
+
+[log]
+partitions = 6
+
+[batch]
+max_events = 40
+max_age = "300ms"
+
+[[sink]]
+type = "parquet"
+name = "files"
+uri = "{lake}/events_parquet"
+
+[[sink]]
+type = "delta"
+name = "table"
+uri = "{lake}/events_delta"
+"#,
+                lake = lake.path().display()
+            ),
+        );
+    }
+    let servers = [nodes[0].start().await, nodes[1].start().await];
+    let client = reqwest::Client::new();
+    let mut rng = rand::rng();
+    let mut posts = Vec::new();
+    for i in 0..480u64 {
+        use rand::Rng;
+        let v = if rng.random_bool(0.5) {
+            serde_json::json!(i)
+        } else {
+            serde_json::json!(format!("s{i}"))
+        };
+        let nested = if rng.random_bool(0.5) {
+            serde_json::json!({"a": i})
+        } else {
+            serde_json::json!({"b": format!("x{i}")})
+        };
+        let url = nodes[(i % 2) as usize].url("/hooks/events");
+        posts.push(
+            client
+                .post(url)
+                .json(&serde_json::json!({"id": i, "v": v, "obj": nested}))
+                .send(),
+        );
+        if posts.len() == 16 {
+            for answer in futures::future::join_all(posts.drain(..)).await {
+                assert_eq!(answer.unwrap().status(), 202);
+            }
+        }
+    }
+    for answer in futures::future::join_all(posts).await {
+        assert_eq!(answer.unwrap().status(), 202);
+    }
+    let files_dir = lake.path().join("events_parquet");
+    let table = lake.path().join("events_delta");
+    let started = Instant::now();
+    loop {
+        let rows: usize = read_parquet(&files_dir).iter().map(|b| b.num_rows()).sum();
+        let committed = table.join("_delta_log").is_dir()
+            && read_delta(table.to_str().unwrap(), &[], &[], &[])
+                .deltalake
+                .len()
+                == 480;
+        if rows == 480 && committed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{rows} Parquet rows; logs:\n{}\n-----\n{}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Parquet: one type per column across every file.
+    let mut types: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut ids = HashMap::new();
+    for file in parquet_files(&files_dir) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            fs::File::open(&file).unwrap(),
+        )
+        .unwrap();
+        for field in reader.schema().fields() {
+            types
+                .entry(field.name().clone())
+                .or_default()
+                .insert(field.data_type().to_string());
+        }
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let id = batch.column_by_name("id").unwrap();
+            let id = arrow_cast::display::ArrayFormatter::try_new(id.as_ref(), &Default::default())
+                .unwrap();
+            for row in 0..batch.num_rows() {
+                *ids.entry(id.value(row).to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    for (column, kinds) in &types {
+        assert_eq!(
+            kinds.len(),
+            1,
+            "column {column} has several types across files: {kinds:?}"
+        );
+    }
+    assert_eq!(ids.len(), 480);
+    assert!(ids.values().all(|&n| n == 1));
+    // Every v is in its column or in _extra, in both sinks (DuckDB reads the files).
+    let v_type = types["v"].iter().next().unwrap().clone();
+    let missing = duckdb_count(
+        &files_dir,
+        "SELECT count(*) FROM read_parquet(?, union_by_name = true) WHERE v IS NULL AND (_extra IS NULL OR _extra NOT LIKE '%\"/v\"%')",
+    );
+    assert_eq!(missing, 0, "every v kept (v typed {v_type})");
+    let view = read_delta(table.to_str().unwrap(), &[], &["id", "v", "_extra"], &[]);
+    assert_eq!(view.rows.len(), 480);
+    assert_eq!(view.duckdb.len(), 480);
+    let lost = view
+        .rows
+        .iter()
+        .filter(|r| r["v"].is_null() && !r["_extra"].as_str().is_some_and(|x| x.contains("\"/v\"")))
+        .count();
+    assert_eq!(lost, 0, "every v kept in the Delta table");
+    let agreed = nodes[0].log() + &nodes[1].log();
+    println!(
+        "re-encoded flushes after another writer's schema: {}",
+        agreed
+            .matches("Another writer of the table recorded its schema first")
+            .count()
+    );
+    drop(servers);
+}
+
+/// The one number `sql` gives when DuckDB runs it with `?` = every Parquet file under `dir`.
+fn duckdb_count(dir: &Path, sql: &str) -> i64 {
+    let script = r#"
+import sys, duckdb
+print(duckdb.sql(sys.argv[2], params=[sys.argv[1] + "/**/*.parquet"]).fetchone()[0])
+"#;
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-c", script, dir.to_str().unwrap(), sql])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a number")
 }

@@ -541,7 +541,7 @@ fn subject(pipeline: &str, p: u32) -> String {
 }
 
 /// `name` with what a KV key or subject token cannot hold replaced.
-fn key_safe(name: &str) -> String {
+pub(crate) fn key_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

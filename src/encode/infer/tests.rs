@@ -466,3 +466,49 @@ fn the_byte_scanner_says_as_is_only_where_serde_does() {
     let deep = format!("{{\"unknown\": {}{}}}", "[".repeat(200), "]".repeat(200));
     assert!(!fits_as_is(deep.as_bytes(), &schema));
 }
+
+#[test]
+fn merged_schemas_keep_the_first_type_of_a_column_and_gain_the_rest() {
+    let ours = grown(
+        &empty(),
+        &[json!({"id": 1, "v": 5, "user": {"name": "a"}, "tags": [{"k": "x"}], "Email": "a"})],
+    );
+    let theirs = grown(
+        &empty(),
+        &[
+            json!({"id": 2, "v": "five", "w": true, "user": {"age": 3}, "tags": [{"n": 1}], "email": "b"}),
+        ],
+    );
+    let merged = merge(&ours, &theirs).expect("theirs adds columns");
+    let shape = shape_of(&merged);
+    let of = |name: &str| {
+        shape
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        of("v"),
+        shape_of(&ours).iter().find(|(n, _)| n == "v").unwrap().1,
+        "v keeps our type"
+    );
+    assert!(
+        of("user").contains("name") && of("user").contains("age"),
+        "{}",
+        of("user")
+    );
+    assert!(
+        of("tags").contains("k") && of("tags").contains("n"),
+        "{}",
+        of("tags")
+    );
+    assert!(shape.iter().any(|(n, _)| n == "w"));
+    assert!(
+        !shape.iter().any(|(n, _)| n == "email"),
+        "email clashes with Email when case is ignored"
+    );
+    assert_eq!(merged.fields().last().unwrap().name(), EXTRA_COLUMN);
+    assert!(merge(&merged, &theirs).is_none(), "nothing more to add");
+    assert!(merge(&merged, &ours).is_none());
+}

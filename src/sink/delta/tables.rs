@@ -150,10 +150,10 @@ impl Table for DeltaSink {
 
     fn keep_schema<'a>(
         &'a mut self,
-        _schema: &'a SchemaRef,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        schema: &'a SchemaRef,
+    ) -> BoxFuture<'a, Result<SchemaRef, SinkError>> {
         // The commit that first uses it carries it.
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(schema.clone()) })
     }
 
     fn write<'a>(
