@@ -88,9 +88,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// How much of a body an error message quotes: enough for a provider's error
+/// code after its prose (NetSuite's `o:errorCode` follows ~250 bytes of it).
+pub const EXCERPT_BYTES: usize = 600;
+
 /// The start of a body, for error messages.
 pub fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(600)]);
+    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]);
     let text = text.trim();
     if text.is_empty() {
         "empty body".into()
@@ -181,6 +185,6 @@ mod tests {
             assert!(wait <= Duration::from_millis(100 << tries.min(6)).min(Duration::from_secs(5)));
         }
         assert_eq!(excerpt(b"  "), "empty body");
-        assert_eq!(excerpt(&[b'a'; 1000]).len(), 300);
+        assert_eq!(excerpt(&[b'a'; 1000]).len(), EXCERPT_BYTES);
     }
 }
