@@ -294,6 +294,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
     while acked.lock().unwrap().len() < 800 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let killed_at = chrono::Utc::now();
     servers[1].take().unwrap().kill9();
     targets.lock().unwrap().remove(1);
     loading.await.unwrap();
@@ -335,6 +336,16 @@ async fn a_node_killed_mid_load_loses_nothing_and_its_partitions_move() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // How long the killed node's partitions went without a writer (reported, not asserted).
+    let taken: Vec<f64> = [&nodes[0], &nodes[2]]
+        .iter()
+        .flat_map(|n| n.log().lines().map(String::from).collect::<Vec<_>>())
+        .filter(|l| l.contains("This node now writes the partition"))
+        .filter_map(|l| chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok())
+        .map(|t| (t.with_timezone(&chrono::Utc) - killed_at).num_milliseconds() as f64 / 1000.0)
+        .filter(|s| *s > 0.0)
+        .collect();
+    println!("takeovers after the kill (lease 3 s): {taken:?} s");
     assert!(
         nodes[0]
             .log()
