@@ -77,8 +77,10 @@ pub enum Command {
 /// `tributary register`.
 #[derive(Debug, Clone, Args)]
 pub struct RegisterArgs {
-    /// The pipeline's name.
-    pub pipeline: String,
+    /// The pipeline's name (with --list and no name: every webhook pipeline
+    /// whose provider register knows).
+    #[arg(required_unless_present = "list")]
+    pub pipeline: Option<String>,
     /// The public https:// URL the provider will POST to; its path ends with
     /// the pipeline's `path`.
     #[arg(long, value_name = "URL", required_unless_present = "list")]

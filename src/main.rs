@@ -105,21 +105,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each line of `text` indented by two spaces.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 /// `tributary register`.
 fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
     use tributary::register::{self, RegisterError};
-    let Some(pipeline) = config.pipelines.iter().find(|p| p.name == args.pipeline) else {
-        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
-        eprintln!(
-            "error: no pipeline named {} (there are: {})",
-            args.pipeline,
-            names.join(", ")
-        );
-        return ExitCode::from(2);
+    let pipelines: Vec<&tributary::config::PipelineSpec> = match &args.pipeline {
+        Some(name) => match config.pipelines.iter().find(|p| &p.name == name) {
+            Some(p) => vec![p],
+            None => {
+                let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+                eprintln!(
+                    "error: no pipeline named {name} (there are: {})",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => config
+            .pipelines
+            .iter()
+            .filter(|p| register::provider_of(p).is_some())
+            .collect(),
     };
+    if pipelines.is_empty() {
+        println!("no webhook pipeline verifies with github, stripe or shopify: nothing to list");
+        return ExitCode::SUCCESS;
+    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
+    if args.pipeline.is_none() {
+        // --list over every pipeline, one section each; a pipeline whose
+        // provider needs a flag that is missing says so and the rest go on.
+        let mut failed = false;
+        for pipeline in pipelines {
+            println!("{}:", pipeline.name);
+            let request = register::Request {
+                repo: args.repo.clone(),
+                org: args.org.clone(),
+                shop: args.shop.clone(),
+                api: args.api.clone(),
+                token_env: args.token_env.clone(),
+                list: true,
+                ..Default::default()
+            };
+            match runtime.block_on(register::register(pipeline, &request)) {
+                Ok(out) => print!("{}", indent(&out)),
+                Err(e) => {
+                    println!("  skipped: {e}");
+                    failed |= !matches!(e, RegisterError::Usage(_) | RegisterError::Env { .. });
+                }
+            }
+        }
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let pipeline = pipelines[0];
     let request = register::Request {
         url: args.url,
         events: args.events,

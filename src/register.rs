@@ -245,6 +245,19 @@ fn redact(v: &Value) -> Value {
     }
 }
 
+/// The provider `register` subscribes `pipeline` with, from its verify scheme.
+pub fn provider_of(pipeline: &PipelineSpec) -> Option<&'static str> {
+    let SourceSpec::Webhook(webhook) = &pipeline.source else {
+        return None;
+    };
+    match webhook.verify.as_ref()?.scheme {
+        VerifyScheme::Github => Some("GitHub"),
+        VerifyScheme::Stripe => Some("Stripe"),
+        VerifyScheme::Shopify => Some("Shopify"),
+        _ => None,
+    }
+}
+
 /// Whether `url`'s path is the pipeline's (ends with its `path`).
 fn ours(url: &str, path: &str) -> bool {
     url::Url::parse(url).is_ok_and(|u| {
@@ -268,10 +281,10 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
             pipeline.name
         )));
     };
-    let provider = match verify.scheme {
-        VerifyScheme::Github => Provider::Github,
-        VerifyScheme::Stripe => Provider::Stripe,
-        VerifyScheme::Shopify => Provider::Shopify,
+    let provider = match provider_of(pipeline) {
+        Some("GitHub") => Provider::Github,
+        Some("Stripe") => Provider::Stripe,
+        Some("Shopify") => Provider::Shopify,
         _ => {
             return Err(RegisterError::Usage(format!(
                 "pipeline {} verifies another provider's scheme; register knows github, stripe and shopify: subscribe {} in the provider's console",

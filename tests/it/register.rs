@@ -412,3 +412,51 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_without_a_pipeline_shows_every_registrable_pipeline() {
+    let project = Project::new();
+    let fake = Fake::start(project.path()).await;
+    webhook_pipeline(&project, "gh", "github", "GH_SECRET");
+    webhook_pipeline(&project, "payments", "stripe", "STRIPE_WEBHOOK_SECRET");
+    webhook_pipeline(&project, "slack", "slack", "SLACK_SECRET");
+    let env = [("GH_SECRET", "s")];
+    let (code, _, err) = register(
+        &project,
+        &[
+            "gh",
+            "--url",
+            "https://a.example/hooks/gh",
+            "--repo",
+            "octo/hello",
+            "--api",
+            &fake.api,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = register(
+        &project,
+        &["--list", "--repo", "octo/hello", "--api", &fake.api],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("gh:\n  GitHub hook") && out.contains("https://a.example/hooks/gh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("payments:\n  no Stripe subscription delivers to this pipeline yet"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("slack"),
+        "register does not know slack's API: {out}"
+    );
+    let (code, out, _) = register(&project, &["--list", "--api", &fake.api], &env);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("gh:\n  skipped: GitHub: add --repo OWNER/NAME"),
+        "{out}"
+    );
+}
