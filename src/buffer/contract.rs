@@ -21,6 +21,21 @@ use crate::event::Event;
 pub trait LogAppend: Send + Sync {
     /// Appends `events` durably, as one append; their offsets once durable.
     fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>>;
+    /// Like [`LogAppend::append`], and says for each of `events` whether the
+    /// log already held it and dropped this copy (a replicated log's own
+    /// duplicate window: a provider's retry that another node stored). The
+    /// default: a log without such a window, nothing dropped.
+    fn append_deduped(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Result<(Range<u64>, Vec<bool>), AppendError>> {
+        let count = events.len();
+        Box::pin(async move {
+            self.append(events)
+                .await
+                .map(|range| (range, vec![false; count]))
+        })
+    }
     /// Bytes the log holds.
     fn disk_bytes(&self) -> u64;
     /// Whether new appends should wait: the log holds `max_bytes` or more
@@ -79,6 +94,15 @@ impl Appender {
     /// crash of this process (and, for the file log, a power cut).
     pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
         self.0.append(events).await
+    }
+
+    /// Appends `events` and says which the log dropped as already stored
+    /// (see [`LogAppend::append_deduped`]).
+    pub async fn append_deduped(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<(Range<u64>, Vec<bool>), AppendError> {
+        self.0.append_deduped(events).await
     }
 
     /// Bytes the log holds.

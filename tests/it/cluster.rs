@@ -959,3 +959,42 @@ print(duckdb.sql(sys.argv[2], params=[sys.argv[1] + "/**/*.parquet"]).fetchone()
         .parse()
         .expect("a number")
 }
+
+/// A provider's retry of one delivery, sent to another node: the stream's
+/// duplicate window drops it, and that node answers it as a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_node_is_answered_as_a_duplicate_and_stored_once() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    for project in &nodes {
+        let file = project.path().join("pipelines/shopify_customers.toml");
+        let text = fs::read_to_string(&file).unwrap().replace(
+            "path = \"/hooks/shopify/customers\"",
+            "path = \"/hooks/shopify/customers\"\ndedupe = { header = \"X-Request-Id\" }",
+        );
+        fs::write(&file, text).unwrap();
+    }
+    let _servers = [nodes[0].start().await, nodes[1].start().await];
+    let client = reqwest::Client::new();
+    let body: Vec<_> = (0..5).map(shopify_customer).collect();
+    let post = |node: &Project| {
+        client
+            .post(hook(node))
+            .header("X-Request-Id", "delivery-1")
+            .json(&body)
+            .send()
+    };
+    let first: serde_json::Value = post(&nodes[0]).await.unwrap().json().await.unwrap();
+    assert_eq!(first["accepted"], 5, "{first}");
+    let answer = post(&nodes[1]).await.unwrap();
+    assert_eq!(answer.status(), 202);
+    let again: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(again["accepted"], 0, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["duplicates"], 5, "{again}");
+    let acked: HashSet<String> = accepted_ids(&first).into_iter().collect();
+    wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
+    let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
+    assert_eq!(seen.len(), 5, "the retry added nothing");
+}

@@ -424,68 +424,14 @@ pub struct JetStreamAppender(pub Arc<Pipeline>);
 
 impl LogAppend for JetStreamAppender {
     fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>> {
-        async move {
-            let pipeline = &self.0;
-            if pipeline.closed.is_cancelled() {
-                return Err(AppendError::Closed);
-            }
-            let count = events.len() as u64;
-            let ids = delivery_ids(&events);
-            // A poll page: stored after its records, their ids made from it.
-            let poll_state = events
-                .last()
-                .filter(|e| e.kind == RecordKind::PollState)
-                .map(|e| e.payload.clone());
-            let mut rows = events
-                .into_iter()
-                .filter(|e| !matches!(e.kind, RecordKind::DedupeIds | RecordKind::PollState))
-                .collect::<Vec<_>>();
-            let keys: Vec<String> = match (&ids, &poll_state) {
-                (_, Some(state)) => {
-                    let digest = ring::digest::digest(&ring::digest::SHA256, state);
-                    let page: String = digest.as_ref()[..12]
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                    (0..rows.len())
-                        .map(|i| format!("poll-{page}-{i}"))
-                        .collect()
-                }
-                (Some(ids), None) if ids.len() == rows.len() => ids.clone(),
-                (Some(ids), None) if ids.len() == 1 => {
-                    (0..rows.len()).map(|i| format!("{}#{i}", ids[0])).collect()
-                }
-                _ => rows.iter().map(|e| e.id.to_string()).collect(),
-            };
-            let mut acks = Vec::with_capacity(rows.len());
-            for (event, key) in rows.drain(..).zip(keys) {
-                let partition = crc32c::crc32c(key.as_bytes()) % pipeline.count();
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
-                let published = pipeline
-                    .cluster
-                    .js
-                    .publish_with_headers(
-                        subject(&pipeline.name, partition),
-                        headers,
-                        encode(&event),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                acks.push(published);
-            }
-            for ack in acks {
-                ack.await.map_err(unavailable)?;
-            }
-            if let Some(state) = poll_state {
-                // The offsets end at the state's revision: the poller's side
-                // copy of the state is then ordered with the stored one.
-                let revision = pipeline.store_poll_state(state).await?;
-                return Ok((revision + 1).saturating_sub(count)..revision + 1);
-            }
-            Ok(0..count)
-        }
-        .boxed()
+        async move { self.publish(events).await.map(|(range, _)| range) }.boxed()
+    }
+
+    fn append_deduped(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Result<(Range<u64>, Vec<bool>), AppendError>> {
+        self.publish(events).boxed()
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -510,6 +456,75 @@ impl LogAppend for JetStreamAppender {
                 self.0.cluster.spec.servers.join(", ")
             )))
         }
+    }
+}
+
+impl JetStreamAppender {
+    /// Publishes `events` (one message each) and waits for every ack; says
+    /// which the duplicate window dropped.
+    async fn publish(&self, events: Vec<Event>) -> Result<(Range<u64>, Vec<bool>), AppendError> {
+        let pipeline = &self.0;
+        if pipeline.closed.is_cancelled() {
+            return Err(AppendError::Closed);
+        }
+        let count = events.len() as u64;
+        let ids = delivery_ids(&events);
+        // A poll page: stored after its records, their ids made from it.
+        let poll_state = events
+            .last()
+            .filter(|e| e.kind == RecordKind::PollState)
+            .map(|e| e.payload.clone());
+        let mut rows = events
+            .into_iter()
+            .filter(|e| !matches!(e.kind, RecordKind::DedupeIds | RecordKind::PollState))
+            .collect::<Vec<_>>();
+        let keys: Vec<String> = match (&ids, &poll_state) {
+            (_, Some(state)) => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, state);
+                let page: String = digest.as_ref()[..12]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                (0..rows.len())
+                    .map(|i| format!("poll-{page}-{i}"))
+                    .collect()
+            }
+            (Some(ids), None) if ids.len() == rows.len() => ids.clone(),
+            (Some(ids), None) if ids.len() == 1 => {
+                (0..rows.len()).map(|i| format!("{}#{i}", ids[0])).collect()
+            }
+            _ => rows.iter().map(|e| e.id.to_string()).collect(),
+        };
+        let mut acks = Vec::with_capacity(rows.len());
+        for (event, key) in rows.drain(..).zip(keys) {
+            let partition = crc32c::crc32c(key.as_bytes()) % pipeline.count();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
+            let published = pipeline
+                .cluster
+                .js
+                .publish_with_headers(subject(&pipeline.name, partition), headers, encode(&event))
+                .await
+                .map_err(unavailable)?;
+            acks.push(published);
+        }
+        // Which publishes the stream's duplicate window dropped: stored
+        // before (another node took the provider's earlier try).
+        let mut duplicates = Vec::with_capacity(count as usize);
+        for ack in acks {
+            duplicates.push(ack.await.map_err(unavailable)?.duplicate);
+        }
+        duplicates.resize(count as usize, false);
+        if let Some(state) = poll_state {
+            // The offsets end at the state's revision: the poller's side
+            // copy of the state is then ordered with the stored one.
+            let revision = pipeline.store_poll_state(state).await?;
+            return Ok((
+                (revision + 1).saturating_sub(count)..revision + 1,
+                duplicates,
+            ));
+        }
+        Ok((0..count, duplicates))
     }
 }
 

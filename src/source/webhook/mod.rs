@@ -274,7 +274,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     };
     let Some(dedupe) = &route.dedupe else {
         let events: Vec<Event> = payloads.into_iter().map(make).collect();
-        let accepted = accepted_body(&events, None);
+        let accepted = accepted_body(events.iter().map(|e| &e.id), None);
         let count = events.len() as u64;
         if !events.is_empty() {
             if let Err(e) = route.appender.append(events).await {
@@ -299,7 +299,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         .collect();
     // Every event a repeat (or the request's id was): nothing new to store.
     let duplicate = repeats > 0 && events.is_empty();
-    let accepted = accepted_body(&events, Some((repeats, duplicate)));
+    let accepted = accepted_body(events.iter().map(|e| &e.id), Some((repeats, duplicate)));
     if duplicate {
         debug!(pipeline = %route.pipeline, "A repeated delivery id; answering 202 without storing.");
         dedupe.settle(claim, true, received_at_us);
@@ -308,20 +308,38 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
     // The ids travel in the same durable append as the events. The append and
     // its settling run on their own task: a client that hangs up cannot leave
     // an id claimed but never settled.
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     events.push(claim.record());
     let (appender, dedupe) = (route.appender.clone(), dedupe.clone());
     let stored = tokio::spawn(async move {
-        let result = appender.append(events).await;
+        let result = appender.append_deduped(events).await;
         dedupe.settle(claim, result.is_ok(), received_at_us);
         result
     })
     .await;
     match stored {
-        Ok(Ok(range)) => {
+        Ok(Ok((range, dropped))) => {
             // The range includes the ids' state record.
             route.metrics.events.increment(range.end - range.start - 1);
             route.metrics.bytes.increment(bytes.len() as u64);
-            accepted_response(accepted)
+            if !dropped.iter().any(|d| *d) {
+                return accepted_response(accepted);
+            }
+            // A replicated log held some already (a retry another node
+            // stored): they were not stored again, and are answered so.
+            let kept: Vec<&Uuid> = ids
+                .iter()
+                .zip(&dropped)
+                .filter(|(_, d)| !**d)
+                .map(|(id, _)| id)
+                .collect();
+            let again = ids.len() - kept.len();
+            debug!(pipeline = %route.pipeline, duplicates = again, "The log's duplicate window dropped events another node stored.");
+            let duplicate = kept.is_empty();
+            accepted_response(accepted_body(
+                kept.into_iter(),
+                Some((repeats + again, duplicate)),
+            ))
         }
         Ok(Err(e)) => append_failed(route, e),
         Err(_) => append_failed(route, crate::buffer::AppendError::Closed),
@@ -368,18 +386,21 @@ fn accepted_response(body: String) -> Response {
 /// `{"accepted": n, "ids": [...]}`, written directly: it is on every request's
 /// path and the ids need no escaping. With dedupe, `"duplicates": k` counts
 /// events not stored again and `"duplicate": true` marks a repeated delivery.
-fn accepted_body(events: &[Event], repeats: Option<(usize, bool)>) -> String {
-    let mut body = String::with_capacity(32 + events.len() * (uuid::fmt::Hyphenated::LENGTH + 3));
+fn accepted_body<'a>(
+    ids: impl ExactSizeIterator<Item = &'a Uuid>,
+    repeats: Option<(usize, bool)>,
+) -> String {
+    let mut body = String::with_capacity(32 + ids.len() * (uuid::fmt::Hyphenated::LENGTH + 3));
     body.push_str("{\"accepted\":");
-    body.push_str(&events.len().to_string());
+    body.push_str(&ids.len().to_string());
     body.push_str(",\"ids\":[");
     let mut text = Uuid::encode_buffer();
-    for (i, event) in events.iter().enumerate() {
+    for (i, id) in ids.enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push('"');
-        body.push_str(event.id.hyphenated().encode_lower(&mut text));
+        body.push_str(id.hyphenated().encode_lower(&mut text));
         body.push('"');
     }
     body.push(']');
@@ -429,13 +450,14 @@ mod tests {
         let events: Vec<Event> = (0..3)
             .map(|i| Event::new(bytes::Bytes::from(format!("{{\"i\":{i}}}"))))
             .collect();
-        let body: serde_json::Value = serde_json::from_str(&accepted_body(&events, None)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&accepted_body(events.iter().map(|e| &e.id), None)).unwrap();
         assert_eq!(body["accepted"], 3);
         let ids: Vec<String> = events
             .iter()
             .map(|e| e.id.hyphenated().to_string())
             .collect();
         assert_eq!(body["ids"], serde_json::json!(ids));
-        assert_eq!(accepted_body(&[], None), r#"{"accepted":0,"ids":[]}"#);
+        assert_eq!(accepted_body([].iter(), None), r#"{"accepted":0,"ids":[]}"#);
     }
 }
