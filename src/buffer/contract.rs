@@ -17,6 +17,10 @@ use super::ledger::SinkState;
 use super::AppendError;
 use crate::event::Event;
 
+/// An append's offsets, and for each event whether the log dropped it as
+/// already stored (see [`LogAppend::append_deduped`]).
+pub type Deduped = (Range<u64>, Vec<bool>);
+
 /// The write side of a log, as a log implements it.
 pub trait LogAppend: Send + Sync {
     /// Appends `events` durably, as one append; their offsets once durable.
@@ -25,10 +29,7 @@ pub trait LogAppend: Send + Sync {
     /// log already held it and dropped this copy (a replicated log's own
     /// duplicate window: a provider's retry that another node stored). The
     /// default: a log without such a window, nothing dropped.
-    fn append_deduped(
-        &self,
-        events: Vec<Event>,
-    ) -> BoxFuture<'_, Result<(Range<u64>, Vec<bool>), AppendError>> {
+    fn append_deduped(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Deduped, AppendError>> {
         let count = events.len();
         Box::pin(async move {
             self.append(events)
@@ -98,10 +99,7 @@ impl Appender {
 
     /// Appends `events` and says which the log dropped as already stored
     /// (see [`LogAppend::append_deduped`]).
-    pub async fn append_deduped(
-        &self,
-        events: Vec<Event>,
-    ) -> Result<(Range<u64>, Vec<bool>), AppendError> {
+    pub async fn append_deduped(&self, events: Vec<Event>) -> Result<Deduped, AppendError> {
         self.0.append_deduped(events).await
     }
 

@@ -59,7 +59,7 @@ use ledger::{sync_dir, Ledger, SinkState};
 use segment::SegmentReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
-pub use contract::{Appender, Log, LogAppend, LogRead, LogStore, Reader};
+pub use contract::{Appender, Deduped, Log, LogAppend, LogRead, LogStore, Reader};
 
 /// Append requests waiting for the writer thread. Bounded so that a stalled
 /// disk pushes back on the HTTP handlers (they await a slot) instead of

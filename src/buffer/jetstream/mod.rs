@@ -430,7 +430,7 @@ impl LogAppend for JetStreamAppender {
     fn append_deduped(
         &self,
         events: Vec<Event>,
-    ) -> BoxFuture<'_, Result<(Range<u64>, Vec<bool>), AppendError>> {
+    ) -> BoxFuture<'_, Result<crate::buffer::Deduped, AppendError>> {
         self.publish(events).boxed()
     }
 
@@ -462,7 +462,7 @@ impl LogAppend for JetStreamAppender {
 impl JetStreamAppender {
     /// Publishes `events` (one message each) and waits for every ack; says
     /// which the duplicate window dropped.
-    async fn publish(&self, events: Vec<Event>) -> Result<(Range<u64>, Vec<bool>), AppendError> {
+    async fn publish(&self, events: Vec<Event>) -> Result<crate::buffer::Deduped, AppendError> {
         let pipeline = &self.0;
         if pipeline.closed.is_cancelled() {
             return Err(AppendError::Closed);
