@@ -100,6 +100,24 @@ impl Nats {
             child.wait().unwrap();
         }
     }
+
+    /// Starts a killed server again, with its configuration and store.
+    fn restart(&mut self, i: usize) {
+        let binary =
+            std::env::var("TRIBUTARY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let config = self._dir.path().join(format!("n{i}.conf"));
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join(format!("n{i}.log")))
+            .unwrap();
+        let child = Command::new(&binary)
+            .args(["-c", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server");
+        self.servers[i] = Some(child);
+    }
 }
 
 impl Drop for Nats {
@@ -997,4 +1015,63 @@ async fn a_retry_on_another_node_is_answered_as_a_duplicate_and_stored_once() {
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
     let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
     assert_eq!(seen.len(), 5, "the retry added nothing");
+}
+
+/// Two of three nats-servers killed: no quorum, so webhooks get 503 with
+/// Retry-After (nothing acknowledged that is not stored); when they come
+/// back, intake resumes by itself and every acknowledged event lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_webhooks_get_503_and_intake_resumes_by_itself() {
+    let mut nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let project = node(&nats, lake.path());
+    let _server = project.start().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut acked = HashSet::new();
+    let mut n = 0u64;
+    let mut post = || {
+        n += 1;
+        let body: Vec<_> = (n * 5..n * 5 + 5).map(shopify_customer).collect();
+        client.post(hook(&project)).json(&body).send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 202);
+    acked.extend(accepted_ids(&first.json().await.unwrap()));
+    nats.kill9(1);
+    nats.kill9(2);
+    // Without a quorum no publish is acknowledged: the answer is 503.
+    let started = Instant::now();
+    let refused = loop {
+        if let Ok(answer) = post().await {
+            if answer.status() == 503 {
+                break answer;
+            }
+            assert_eq!(answer.status(), 202, "only 202 or 503");
+            acked.extend(accepted_ids(&answer.json().await.unwrap()));
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "never a 503 without a quorum");
+    };
+    assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    println!("503 without a quorum after {:.1} s: {body}", started.elapsed().as_secs_f64());
+    nats.restart(1);
+    nats.restart(2);
+    let back = Instant::now();
+    loop {
+        if let Ok(answer) = post().await {
+            if answer.status() == 202 {
+                acked.extend(accepted_ids(&answer.json().await.unwrap()));
+                break;
+            }
+        }
+        assert!(back.elapsed() < Duration::from_secs(120), "intake never resumed:\n{}", project.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("intake resumed {:.1} s after the servers restarted", back.elapsed().as_secs_f64());
+    wait_for_table(&table_dir(lake.path()), &acked, &[&project]).await;
+    assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
 }
