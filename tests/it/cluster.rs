@@ -1052,12 +1052,25 @@ async fn without_a_quorum_webhooks_get_503_and_intake_resumes_by_itself() {
             assert_eq!(answer.status(), 202, "only 202 or 503");
             acked.extend(accepted_ids(&answer.json().await.unwrap()));
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "never a 503 without a quorum");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "never a 503 without a quorum"
+        );
     };
-    assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "{:?}",
+        refused.headers()
+    );
     let body: serde_json::Value = refused.json().await.unwrap();
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
-    println!("503 without a quorum after {:.1} s: {body}", started.elapsed().as_secs_f64());
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    println!(
+        "503 without a quorum after {:.1} s: {body}",
+        started.elapsed().as_secs_f64()
+    );
     nats.restart(1);
     nats.restart(2);
     let back = Instant::now();
@@ -1068,10 +1081,17 @@ async fn without_a_quorum_webhooks_get_503_and_intake_resumes_by_itself() {
                 break;
             }
         }
-        assert!(back.elapsed() < Duration::from_secs(120), "intake never resumed:\n{}", project.log());
+        assert!(
+            back.elapsed() < Duration::from_secs(120),
+            "intake never resumed:\n{}",
+            project.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("intake resumed {:.1} s after the servers restarted", back.elapsed().as_secs_f64());
+    println!(
+        "intake resumed {:.1} s after the servers restarted",
+        back.elapsed().as_secs_f64()
+    );
     wait_for_table(&table_dir(lake.path()), &acked, &[&project]).await;
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
 }

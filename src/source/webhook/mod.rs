@@ -365,10 +365,20 @@ fn check_signature(
 
 fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Response {
     warn!(pipeline = %route.pipeline, error = %crate::error::chain(&e), "Append failed; answering 503.");
-    retry_later(format!(
-        "the events could not be made durable in pipeline {}; nothing was stored, retry later",
-        route.pipeline
-    ))
+    let message = match e {
+        // Some events of the request may be stored already (their publishes
+        // were acknowledged before one failed): a retry with the same
+        // delivery id is stored once within the streams' duplicate window.
+        crate::buffer::AppendError::Cluster(_) => format!(
+            "the JetStream cluster did not acknowledge every event of this request in pipeline {} (no quorum, or no server reachable); retry later",
+            route.pipeline
+        ),
+        _ => format!(
+            "the events could not be made durable in pipeline {}; nothing was stored, retry later",
+            route.pipeline
+        ),
+    };
+    retry_later(message)
 }
 
 fn accepted_response(body: String) -> Response {
