@@ -376,7 +376,7 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
     let secret_env = verify.secret_envs.first().cloned().unwrap_or_default();
     match provider {
         Provider::Github => {
-            github(
+            github::github(
                 &mut api,
                 pipeline,
                 &webhook.path,
@@ -387,7 +387,7 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
             .await?
         }
         Provider::Stripe => {
-            stripe(
+            stripe::stripe(
                 &mut api,
                 pipeline,
                 &webhook.path,
@@ -397,341 +397,9 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
             )
             .await?
         }
-        Provider::Shopify => shopify(&mut api, &webhook.path, url.as_deref(), req).await?,
+        Provider::Shopify => shopify::shopify(&mut api, &webhook.path, url.as_deref(), req).await?,
     }
     Ok(api.out)
-}
-
-async fn github(
-    api: &mut Api,
-    pipeline: &PipelineSpec,
-    path: &str,
-    url: Option<&str>,
-    req: &Request,
-    secret_env: &str,
-) -> Result<(), RegisterError> {
-    let hooks = match (&req.repo, &req.org) {
-        (Some(repo), None) if repo.split('/').count() == 2 => format!("/repos/{repo}/hooks"),
-        (None, Some(org)) => format!("/orgs/{org}/hooks"),
-        _ => return Err(RegisterError::Usage(
-            "GitHub: add --repo OWNER/NAME (repository hooks) or --org ORG (organisation hooks)"
-                .into(),
-        )),
-    };
-    let existing = api
-        .send(Method::GET, &format!("{hooks}?per_page=100"), None)
-        .await?
-        .unwrap_or_default();
-    let hooks_list = existing.as_array().cloned().unwrap_or_default();
-    let mine: Vec<&Value> = hooks_list
-        .iter()
-        .filter(|h| h["config"]["url"].as_str().is_some_and(|u| ours(u, path)))
-        .collect();
-    let Some(url) = url else {
-        list(
-            api,
-            mine.iter().map(|h| {
-                format!(
-                    "GitHub hook {}: {} events={} active={}",
-                    h["id"],
-                    h["config"]["url"].as_str().unwrap_or(""),
-                    h["events"],
-                    h["active"]
-                )
-            }),
-        );
-        return Ok(());
-    };
-    let events: Vec<String> = if req.events.is_empty() {
-        vec!["*".into()]
-    } else {
-        req.events.clone()
-    };
-    let secret = std::env::var(secret_env).ok().filter(|s| !s.is_empty()).ok_or(RegisterError::Env {
-        var: secret_env.to_string(),
-        what: "the webhook secret (source.verify.secret_env): GitHub signs with it, tributary verifies with it",
-    })?;
-    let config = json!({"url": url, "content_type": "json", "insecure_ssl": "0", "secret": secret});
-    match mine.first() {
-        None => {
-            let body = json!({"name": "web", "active": true, "events": events, "config": config});
-            if let Some(created) = api
-                .send(Method::POST, &hooks, Some(Body::Json(body)))
-                .await?
-            {
-                let _ = writeln!(
-                    api.out,
-                    "created: GitHub hook {} for pipeline {} → {url} (events {})",
-                    created["id"],
-                    pipeline.name,
-                    events.join(",")
-                );
-            }
-        }
-        Some(hook) => {
-            let same_events = hook["events"].as_array().is_some_and(|e| {
-                let mut have: Vec<&str> = e.iter().filter_map(Value::as_str).collect();
-                let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
-                have.sort_unstable();
-                want.sort_unstable();
-                have == want
-            });
-            let unchanged = hook["config"]["url"] == url
-                && hook["config"]["content_type"] == "json"
-                && hook["active"] == true
-                && same_events;
-            if unchanged {
-                let _ = writeln!(
-                    api.out,
-                    "unchanged: GitHub hook {} already delivers to {url}",
-                    hook["id"]
-                );
-            } else {
-                let body = json!({"active": true, "events": events, "config": config});
-                let id = hook["id"].clone();
-                let old = hook["config"]["url"].as_str().unwrap_or("").to_string();
-                if api
-                    .send(
-                        Method::PATCH,
-                        &format!("{hooks}/{id}"),
-                        Some(Body::Json(body)),
-                    )
-                    .await?
-                    .is_some()
-                {
-                    let _ = writeln!(
-                        api.out,
-                        "updated: GitHub hook {id}: {old} → {url} (events {})",
-                        events.join(",")
-                    );
-                }
-            }
-            for extra in &mine[1..] {
-                let _ = writeln!(api.out, "note: GitHub hook {} also delivers to this pipeline ({}); delete it if it is stale", extra["id"], extra["config"]["url"].as_str().unwrap_or(""));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn stripe(
-    api: &mut Api,
-    pipeline: &PipelineSpec,
-    path: &str,
-    url: Option<&str>,
-    req: &Request,
-    secret_env: &str,
-) -> Result<(), RegisterError> {
-    let existing = api
-        .send(Method::GET, "/v1/webhook_endpoints?limit=100", None)
-        .await?
-        .unwrap_or_default();
-    let endpoints = existing["data"].as_array().cloned().unwrap_or_default();
-    let mine: Vec<&Value> = endpoints
-        .iter()
-        .filter(|e| {
-            e["metadata"]["tributary_pipeline"] == pipeline.name.as_str()
-                || e["url"].as_str().is_some_and(|u| ours(u, path))
-        })
-        .collect();
-    let Some(url) = url else {
-        list(
-            api,
-            mine.iter().map(|e| {
-                format!(
-                    "Stripe endpoint {}: {} events={} status={}",
-                    e["id"].as_str().unwrap_or(""),
-                    e["url"].as_str().unwrap_or(""),
-                    e["enabled_events"],
-                    e["status"].as_str().unwrap_or("")
-                )
-            }),
-        );
-        return Ok(());
-    };
-    let events: Vec<String> = if req.events.is_empty() {
-        vec!["*".into()]
-    } else {
-        req.events.clone()
-    };
-    let mut form = vec![("url".to_string(), url.to_string())];
-    form.extend(
-        events
-            .iter()
-            .map(|e| ("enabled_events[]".to_string(), e.clone())),
-    );
-    form.push(("metadata[tributary_pipeline]".into(), pipeline.name.clone()));
-    match mine.first() {
-        None => {
-            form.push((
-                "description".into(),
-                format!("tributary pipeline {}", pipeline.name),
-            ));
-            if let Some(created) = api
-                .send(
-                    Method::POST,
-                    "/v1/webhook_endpoints",
-                    Some(Body::Form(form)),
-                )
-                .await?
-            {
-                let _ = writeln!(
-                    api.out,
-                    "created: Stripe endpoint {} for pipeline {} → {url} (events {})",
-                    created["id"].as_str().unwrap_or(""),
-                    pipeline.name,
-                    events.join(",")
-                );
-                if let Some(secret) = created["secret"].as_str() {
-                    let _ = writeln!(
-                        api.out,
-                        "Stripe's signing secret for it, shown only now (tributary does not store it):\n  {secret_env}={secret}\nSet {secret_env} to it where tributary runs (source.verify.secret_env), then restart tributary."
-                    );
-                }
-            }
-        }
-        Some(endpoint) => {
-            let mut have: Vec<&str> = endpoint["enabled_events"]
-                .as_array()
-                .map(|e| e.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
-            have.sort_unstable();
-            want.sort_unstable();
-            let id = endpoint["id"].as_str().unwrap_or("").to_string();
-            if endpoint["url"] == url
-                && have == want
-                && endpoint["metadata"]["tributary_pipeline"] == pipeline.name.as_str()
-            {
-                let _ = writeln!(
-                    api.out,
-                    "unchanged: Stripe endpoint {id} already delivers to {url}"
-                );
-            } else {
-                let old = endpoint["url"].as_str().unwrap_or("").to_string();
-                if api
-                    .send(
-                        Method::POST,
-                        &format!("/v1/webhook_endpoints/{id}"),
-                        Some(Body::Form(form)),
-                    )
-                    .await?
-                    .is_some()
-                {
-                    let _ = writeln!(api.out, "updated: Stripe endpoint {id}: {old} → {url} (events {}); its signing secret is unchanged", events.join(","));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Shopify's GraphQL enum for a topic: `orders/create` → `ORDERS_CREATE`.
-fn shopify_topic(topic: &str) -> String {
-    topic
-        .trim()
-        .replace(['/', '.', '-'], "_")
-        .to_ascii_uppercase()
-}
-
-async fn shopify(
-    api: &mut Api,
-    path: &str,
-    url: Option<&str>,
-    req: &Request,
-) -> Result<(), RegisterError> {
-    let graphql = format!("/admin/api/{SHOPIFY_API_VERSION}/graphql.json");
-    let query = json!({"query": "query { webhookSubscriptions(first: 250) { edges { node { id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } } } } } }"});
-    let existing = api
-        .send(Method::POST, &graphql, Some(Body::Json(query)))
-        .await?
-        .unwrap_or_default();
-    let nodes: Vec<Value> = existing["data"]["webhookSubscriptions"]["edges"]
-        .as_array()
-        .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
-        .unwrap_or_default();
-    let mine: Vec<&Value> = nodes
-        .iter()
-        .filter(|n| {
-            n["endpoint"]["callbackUrl"]
-                .as_str()
-                .is_some_and(|u| ours(u, path))
-        })
-        .collect();
-    let Some(url) = url else {
-        list(
-            api,
-            mine.iter().map(|n| {
-                format!(
-                    "Shopify subscription {}: {} → {}",
-                    n["id"].as_str().unwrap_or(""),
-                    n["topic"].as_str().unwrap_or(""),
-                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
-                )
-            }),
-        );
-        return Ok(());
-    };
-    if req.events.is_empty() {
-        return Err(RegisterError::Usage(
-            "Shopify subscribes topic by topic: add --events orders/create,orders/update (the topics this pipeline takes)".into(),
-        ));
-    }
-    for topic in &req.events {
-        let topic = shopify_topic(topic);
-        let found = mine.iter().find(|n| n["topic"] == topic.as_str());
-        let (mutation, variables, verb) = match found {
-            Some(n) if n["endpoint"]["callbackUrl"] == url => {
-                let _ = writeln!(api.out, "unchanged: Shopify subscription {} ({topic}) already delivers to {url}", n["id"].as_str().unwrap_or(""));
-                continue;
-            }
-            Some(n) => (
-                "mutation update($id: ID!, $webhookSubscription: WebhookSubscriptionInput!) { webhookSubscriptionUpdate(id: $id, webhookSubscription: $webhookSubscription) { webhookSubscription { id } userErrors { field message } } }",
-                json!({"id": n["id"], "webhookSubscription": {"callbackUrl": url}}),
-                "webhookSubscriptionUpdate",
-            ),
-            None => (
-                "mutation create($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) { webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) { webhookSubscription { id } userErrors { field message } } }",
-                json!({"topic": topic, "webhookSubscription": {"callbackUrl": url, "format": "JSON"}}),
-                "webhookSubscriptionCreate",
-            ),
-        };
-        let body = json!({"query": mutation, "variables": variables});
-        let Some(answer) = api
-            .send(Method::POST, &graphql, Some(Body::Json(body)))
-            .await?
-        else {
-            continue;
-        };
-        let result = &answer["data"][verb];
-        if let Some(errors) = result["userErrors"].as_array().filter(|e| !e.is_empty()) {
-            return Err(RegisterError::Refused {
-                provider: "Shopify",
-                method: Method::POST,
-                path: graphql.clone(),
-                status: StatusCode::OK,
-                body: format!("{verb} for {topic}: {}", Value::Array(errors.clone())),
-            });
-        }
-        let id = result["webhookSubscription"]["id"].as_str().unwrap_or("");
-        match found {
-            Some(n) => {
-                let _ = writeln!(
-                    api.out,
-                    "updated: Shopify subscription {id} ({topic}): {} → {url}",
-                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    api.out,
-                    "created: Shopify subscription {id} ({topic}) → {url}"
-                );
-            }
-        }
-    }
-    let _ = writeln!(api.out, "note: Shopify signs deliveries with the app's client secret: source.verify.secret_env must hold it");
-    Ok(())
 }
 
 fn list(api: &mut Api, lines: impl Iterator<Item = String>) {
@@ -749,6 +417,19 @@ fn list(api: &mut Api, lines: impl Iterator<Item = String>) {
     }
 }
 
+/// Whether two lists of event names hold the same names, in any order.
+fn same_set(have: &[&str], want: &[String]) -> bool {
+    let mut have = have.to_vec();
+    let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    have == want
+}
+
+mod github;
+mod shopify;
+mod stripe;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,8 +443,8 @@ mod tests {
         ));
         assert!(!ours("https://a.example/hooks/stripe", "/hooks/github"));
         assert!(!ours("not a url", "/hooks/github"));
-        assert_eq!(shopify_topic("orders/create"), "ORDERS_CREATE");
-        assert_eq!(shopify_topic("app/uninstalled"), "APP_UNINSTALLED");
+        assert_eq!(shopify::shopify_topic("orders/create"), "ORDERS_CREATE");
+        assert_eq!(shopify::shopify_topic("app/uninstalled"), "APP_UNINSTALLED");
         let masked = redact(&json!({"config": {"url": "u", "secret": "s3cret"}}));
         assert_eq!(masked["config"]["secret"], "********");
     }

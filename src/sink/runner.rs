@@ -150,14 +150,18 @@ impl Running {
                 let mut events = Vec::with_capacity((end - first) as usize);
                 while reader.position() < end {
                     let want = (end - reader.position()) as usize;
-                    events.extend(
-                        reader
-                            .read(want.min(READ_CHUNK))
-                            .await
-                            .map_err(SinkError::Log)?
-                            .into_iter()
-                            .map(|e| replay::unwrap_for(&me.sink, e)),
-                    );
+                    let chunk = reader
+                        .read(want.min(READ_CHUNK))
+                        .await
+                        .map_err(SinkError::Log)?;
+                    // A log closed meanwhile (a JetStream partition given to
+                    // another node) reads nothing more: stop, and leave the
+                    // range pending for the next writer, rather than spin.
+                    if chunk.is_empty() && !reader.wait().await {
+                        info!(pipeline = %me.pipeline, sink = %me.sink, first, end, "The log closed during the re-flush; its next writer re-flushes the range.");
+                        return Ok(());
+                    }
+                    events.extend(chunk.into_iter().map(|e| replay::unwrap_for(&me.sink, e)));
                 }
                 self.flush(first..end, events).await?;
                 next = end;
