@@ -215,24 +215,13 @@ pub async fn build(
             let storage = Storage::new(location, sink.storage_options()).map_err(storage_error)?;
             probes.push((sink.name().to_string(), storage));
         }
-        runners.push(SinkTask::Columnar(Runner {
-            pipeline: spec.name.clone(),
-            sink: sink.name().to_string(),
-            log: log.clone(),
-            encoder: encoder.clone(),
-            declared: spec
-                .route
-                .as_ref()
-                .map(|r| r.declared.clone())
-                .unwrap_or_default(),
-            policy: spec.batch,
+        runners.push(SinkTask::Columnar(table_runner(
+            spec,
+            (&log, &encoder, &dead_letters, shutdown),
+            sink.name(),
             tables,
-            route: spec.route.clone(),
-            dead_letters: dead_letters.clone(),
-            abandon: shutdown.abandon.clone(),
-            health: sink_health,
-            partition: None,
-        }));
+            sink_health,
+        )));
     }
     let source = crate::source::build(
         spec,
@@ -271,6 +260,35 @@ pub async fn build(
 
 /// The pipeline's encoder, and the one store of its dead letters (every
 /// sink and the replay share it).
+/// The table-sink runner of `sink` on `log` with the pipeline's encoder and
+/// dead-letter storage (on a JetStream log: the template of its partitions).
+fn table_runner(
+    spec: &PipelineSpec,
+    (log, encoder, dead_letters, shutdown): (&buffer::Log, &Arc<Encoder>, &Storage, &Shutdown),
+    sink: &str,
+    tables: Box<dyn TableSink>,
+    health: Arc<SinkHealth>,
+) -> Runner {
+    Runner {
+        pipeline: spec.name.clone(),
+        sink: sink.to_string(),
+        log: log.clone(),
+        encoder: encoder.clone(),
+        declared: spec
+            .route
+            .as_ref()
+            .map(|r| r.declared.clone())
+            .unwrap_or_default(),
+        policy: spec.batch,
+        tables,
+        route: spec.route.clone(),
+        dead_letters: dead_letters.clone(),
+        abandon: shutdown.abandon.clone(),
+        health,
+        partition: None,
+    }
+}
+
 /// " of pipeline NAME", or nothing for the connection every pipeline shares.
 fn of_pipeline(name: &str) -> String {
     if name.is_empty() {

@@ -12,7 +12,6 @@ use crate::server::admin::PipelineView;
 use crate::shutdown::Shutdown;
 use crate::sink::health::SinkHealth;
 use crate::sink::https::HttpsRunner;
-use crate::sink::runner::Runner;
 use crate::sink::task::SinkTask;
 use crate::sink::Storage;
 
@@ -87,28 +86,17 @@ pub(super) async fn build(
                         })?;
                     probes.push((d.name.clone(), storage));
                 }
-                let template = Runner {
-                    pipeline: spec.name.clone(),
-                    sink: d.name.clone(),
-                    log: log.clone(),
-                    encoder: encoder.clone(),
-                    declared: spec
-                        .route
-                        .as_ref()
-                        .map(|r| r.declared.clone())
-                        .unwrap_or_default(),
-                    policy: spec.batch,
-                    tables: Box::new(crate::sink::delta::DeltaTables::new(
+                let template = super::table_runner(
+                    spec,
+                    (&log, &encoder, &dead_letters, shutdown),
+                    &d.name,
+                    Box::new(crate::sink::delta::DeltaTables::new(
                         &spec.name,
                         d,
                         spec.route.is_some(),
                     )),
-                    route: spec.route.clone(),
-                    dead_letters: dead_letters.clone(),
-                    abandon: shutdown.abandon.clone(),
-                    health: sink_health.clone(),
-                    partition: None,
-                };
+                    sink_health.clone(),
+                );
                 let template = Arc::new(template);
                 let d = d.clone();
                 let agree = agree.clone();
@@ -133,24 +121,13 @@ pub(super) async fn build(
                         source: Box::new(source),
                     })?;
                 probes.push((p.name.clone(), tables.storage().clone()));
-                let template = Arc::new(Runner {
-                    pipeline: spec.name.clone(),
-                    sink: p.name.clone(),
-                    log: log.clone(),
-                    encoder: encoder.clone(),
-                    declared: spec
-                        .route
-                        .as_ref()
-                        .map(|r| r.declared.clone())
-                        .unwrap_or_default(),
-                    policy: spec.batch,
-                    tables: Box::new(tables.clone()),
-                    route: spec.route.clone(),
-                    dead_letters: dead_letters.clone(),
-                    abandon: shutdown.abandon.clone(),
-                    health: sink_health.clone(),
-                    partition: None,
-                });
+                let template = Arc::new(super::table_runner(
+                    spec,
+                    (&log, &encoder, &dead_letters, shutdown),
+                    &p.name,
+                    Box::new(tables.clone()),
+                    sink_health.clone(),
+                ));
                 let agree = agree.clone();
                 Arc::new(move |log, partition| {
                     // Files named by partition: offsets repeat across partitions.
