@@ -8,6 +8,7 @@
 //! holds back the rest of its batch. Nothing here panics on input.
 
 pub mod dead_letter;
+pub mod fast;
 pub mod infer;
 pub mod pointer;
 
@@ -260,6 +261,17 @@ impl Encoder {
 
     /// Decodes rows in order, each from its bytes or its fitted tree.
     fn decode_rows(&self, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
+        // A settled inferred schema: every record as it is, in one pass.
+        let as_is: Option<Vec<&[u8]>> = rows
+            .iter()
+            .map(|row| match row {
+                Row::AsIs(bytes) => Some(*bytes),
+                Row::Fitted(..) => None,
+            })
+            .collect();
+        if let Some(batch) = as_is.and_then(|records| fast::decode(&self.record_schema, &records)) {
+            return Ok(batch);
+        }
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(rows.len().max(1))
             .build_decoder()?;
@@ -283,6 +295,9 @@ impl Encoder {
 
     /// Decodes records that are all expected to fit.
     fn decode(&self, records: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
+        if let Some(batch) = fast::decode(&self.record_schema, records) {
+            return Ok(batch);
+        }
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(records.len().max(1))
             .build_decoder()?;
