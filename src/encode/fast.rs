@@ -29,6 +29,20 @@ const MAX_SKIP_DEPTH: usize = 64;
 /// The rows of `records` as a batch of `schema`, or `None` where arrow-json
 /// must decide (see the module documentation).
 pub fn decode(schema: &SchemaRef, records: &[&[u8]]) -> Option<RecordBatch> {
+    decode_as(schema, records, false)
+}
+
+/// With `schema = "infer"`: the rows of `records` if each is stored exactly
+/// as it is, so inference has nothing to grow and nothing for `_extra`.
+/// Stricter than [`decode`] (and than [`super::infer::AsIs`], which it
+/// replaces for such a flush): a key the schema does not have (unless it
+/// holds nothing but nulls and empty containers), an escaped key, an
+/// `_extra` key, or an integer a double cannot hold exactly declines.
+pub fn decode_fitting(schema: &SchemaRef, records: &[&[u8]]) -> Option<RecordBatch> {
+    decode_as(schema, records, true)
+}
+
+fn decode_as(schema: &SchemaRef, records: &[&[u8]], strict: bool) -> Option<RecordBatch> {
     let mut root = Struct::new(schema.fields(), records.len())?;
     let mut scratch = Vec::new();
     for record in records {
@@ -36,6 +50,7 @@ pub fn decode(schema: &SchemaRef, records: &[&[u8]]) -> Option<RecordBatch> {
             bytes: record,
             at: 0,
             scratch: &mut scratch,
+            strict,
         };
         cursor.whitespace();
         if cursor.peek()? != b'{' {
@@ -104,6 +119,9 @@ struct Struct {
     seen: Vec<bool>,
     /// Whether any field is required (a null object then goes to arrow-json).
     required: bool,
+    /// The field index of each key position in the last object read
+    /// (`usize::MAX` for a key the schema does not have).
+    order: Vec<usize>,
 }
 
 impl Struct {
@@ -118,6 +136,7 @@ impl Struct {
             nulls: NullBufferBuilder::new(capacity),
             seen: vec![false; fields.len()],
             required: fields.iter().any(|f| !f.is_nullable()),
+            order: Vec::with_capacity(fields.len()),
         })
     }
 
@@ -126,7 +145,7 @@ impl Struct {
         cursor.at += 1;
         self.seen.iter_mut().for_each(|s| *s = false);
         cursor.whitespace();
-        let mut next_guess = 0;
+        let mut position = 0;
         if cursor.peek()? == b'}' {
             cursor.at += 1;
         } else {
@@ -134,17 +153,27 @@ impl Struct {
                 cursor.whitespace();
                 let index = {
                     let key = cursor.key()?;
-                    // Keys mostly come in the schema's order: try the next one first.
-                    if self
-                        .fields
-                        .get(next_guess)
-                        .is_some_and(|f| f.name().as_bytes() == key)
-                    {
-                        Some(next_guess)
-                    } else {
-                        self.fields.iter().position(|f| f.name().as_bytes() == key)
+                    // Records of a kind list their keys in one order: try
+                    // the field the previous record had at this position.
+                    let guess = self.order.get(position).copied();
+                    match guess.filter(|&g| {
+                        self.fields
+                            .get(g)
+                            .is_some_and(|f| f.name().as_bytes() == key)
+                    }) {
+                        Some(g) => Some(g),
+                        None => {
+                            let found = self.fields.iter().position(|f| f.name().as_bytes() == key);
+                            let remembered = found.unwrap_or(usize::MAX);
+                            match self.order.get_mut(position) {
+                                Some(slot) => *slot = remembered,
+                                None => self.order.push(remembered),
+                            }
+                            found
+                        }
                     }
                 };
+                position += 1;
                 cursor.whitespace();
                 if cursor.peek()? != b':' {
                     return None;
@@ -157,9 +186,10 @@ impl Struct {
                             return None;
                         }
                         self.columns[i].value(cursor, self.fields[i].is_nullable())?;
-                        next_guess = i + 1;
                     }
-                    None => cursor.skip_value()?,
+                    // Under inference a key the schema lacks may only hold
+                    // nothing (what fit() would drop).
+                    None => cursor.skip_value(cursor.strict)?,
                 }
                 cursor.whitespace();
                 match cursor.peek()? {
@@ -279,6 +309,12 @@ impl Column {
             }
             Column::Float { values, nulls } => {
                 let text = cursor.number()?;
+                if cursor.strict && !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                    let int: i64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+                    if int.unsigned_abs() > super::infer::EXACT_IN_DOUBLE {
+                        return None;
+                    }
+                }
                 // The shortest correctly rounded value, as lexical-core's.
                 values.push(std::str::from_utf8(text).ok()?.parse().ok()?);
                 nulls.append_non_null();
@@ -443,6 +479,8 @@ struct Cursor<'a> {
     at: usize,
     /// Unescaped text of a string with escapes.
     scratch: &'a mut Vec<u8>,
+    /// See [`decode_fitting`].
+    strict: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -467,6 +505,11 @@ impl<'a> Cursor<'a> {
 
     /// An object key's text (unescaped into the scratch buffer if needed).
     fn key(&mut self) -> Option<&[u8]> {
+        if self.strict {
+            let (start, end, escaped) = self.raw_string()?;
+            let key = &self.bytes[start..end];
+            return (!escaped && key != super::infer::EXTRA_COLUMN.as_bytes()).then_some(key);
+        }
         self.text()
     }
 
@@ -560,8 +603,10 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(text).ok()?.parse().ok()
     }
 
-    /// Skips any JSON value, strictly: what is not JSON declines.
-    fn skip_value(&mut self) -> Decline {
+    /// Skips any JSON value, strictly: what is not JSON declines. With
+    /// `leafless`, so does any scalar but null (a value inference keeps
+    /// nothing of: `null`, `[]`, `{"a": [null]}`).
+    fn skip_value(&mut self, leafless: bool) -> Decline {
         // The open containers, innermost last: bit `d` set for an object.
         let mut objects = 0u64;
         let mut depth = 0usize;
@@ -586,12 +631,13 @@ impl<'a> Cursor<'a> {
                     }
                     self.at += 1;
                 }
+                b'n' => self.literal(b"null")?,
+                _ if leafless => return None,
                 b'"' => {
                     self.raw_string()?;
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
-                b'n' => self.literal(b"null")?,
                 _ => {
                     self.number()?;
                 }

@@ -47,7 +47,7 @@ pub const MAX_FIELDS: usize = 4000;
 const NOT_IN_NAMES: &[char] = &[' ', ',', ';', '{', '}', '(', ')', '\n', '\t', '='];
 
 /// Above this magnitude an integer is not exact in a double.
-const EXACT_IN_DOUBLE: u64 = 1 << 53;
+pub(crate) const EXACT_IN_DOUBLE: u64 = 1 << 53;
 
 /// What one flush's values say about one position in the record.
 #[derive(Debug, Default)]

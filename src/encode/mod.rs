@@ -162,6 +162,17 @@ impl Encoder {
         records: &[&[u8]],
         mut dead: Vec<DeadLetter>,
     ) -> Encoded {
+        // A settled schema: the whole flush as it is, in one pass per record
+        // (what the check below and the decoder would do in two).
+        if self.infer && !self.json_text {
+            if let Some(columns) = fast::decode_fitting(&self.record_schema, records) {
+                return Encoded {
+                    batch: self.with_metadata(&events, columns),
+                    dead,
+                    grown: None,
+                };
+            }
+        }
         // A record that fits the schema as it is is decoded from its bytes;
         // only the others are parsed into a tree, grow the schema and are
         // fitted (for a settled schema: none).

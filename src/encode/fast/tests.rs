@@ -283,3 +283,90 @@ fn required_fields_inside_objects_and_lists_are_left_to_arrow_json() {
     let map = schema(vec![Field::new("n", DataType::Int32, true)]);
     assert!(decode(&map, &[br#"{"n": 1}"#]).is_none());
 }
+
+#[test]
+fn a_flush_taken_as_it_is_under_inference_is_what_the_check_and_arrow_json_make() {
+    // decode_fitting replaces "AsIs::fits, then decode" for a settled
+    // inferred schema: what it takes, the check must call fitting, and the
+    // rows must be arrow-json's (with `_extra` null, as the old route set it).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus");
+    let (mut taken, mut fitting, mut total) = (0, 0, 0);
+    for provider in ["github", "gitlab", "shopify", "slack", "stripe"] {
+        let mut payloads = Vec::new();
+        for entry in std::fs::read_dir(root.join(provider)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                payloads.push(std::fs::read(path).unwrap());
+            }
+        }
+        let events: Vec<crate::event::Event> = payloads
+            .iter()
+            .map(|p| crate::event::Event::new(bytes::Bytes::from(p.clone())))
+            .collect();
+        let cold =
+            crate::encode::Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
+        let grown = cold.encode(&events).grown.expect("a schema grows");
+        let settled = cold.with_record_schema(grown);
+        let schema = settled.record_schema().clone();
+        let as_is = crate::encode::infer::AsIs::new(&schema);
+        for record in &payloads {
+            total += 1;
+            fitting += usize::from(as_is.fits(record));
+            if let Some(fast) = decode_fitting(&schema, &[record.as_slice()]) {
+                taken += 1;
+                assert!(
+                    as_is.fits(record),
+                    "taken but not fitting: {}",
+                    String::from_utf8_lossy(record)
+                );
+                let reference = arrow_json(&schema, &[record.as_slice()]).unwrap();
+                assert_eq!(fast, reference);
+                let extra = fast
+                    .column_by_name(crate::encode::infer::EXTRA_COLUMN)
+                    .unwrap();
+                assert_eq!(extra.null_count(), 1);
+            }
+        }
+        // The settled encoder takes the whole flush this way or the old one:
+        // the same rows either way.
+        let encoded = settled.encode(&events);
+        assert!(encoded.grown.is_none() && encoded.dead.is_empty());
+        assert_eq!(encoded.batch.num_rows(), events.len());
+    }
+    eprintln!(
+        "decode_fitting took {taken} of {total} corpus payloads; the check calls {fitting} fitting"
+    );
+    assert!(
+        taken * 10 >= fitting * 9,
+        "decode_fitting took {taken}, the check {fitting}"
+    );
+    // What inference would change is declined.
+    let s = schema(vec![
+        Field::new("n", DataType::Float64, true),
+        Field::new(crate::encode::infer::EXTRA_COLUMN, DataType::Utf8, true),
+    ]);
+    assert!(decode_fitting(&s, &[br#"{"n": 9007199254740992}"#]).is_some());
+    assert!(agrees(
+        &s,
+        &[br#"{"n": 1, "none": null, "empty": [{}, [null]]}"#]
+    ));
+    assert!(decode_fitting(&s, &[br#"{"n": 1, "none": null, "empty": [{}, [null]]}"#]).is_some());
+    for record in [
+        &br#"{"n": 9007199254740993}"#[..],
+        br#"{"other": 1}"#,
+        br#"{"other": [null, {"a": "x"}]}"#,
+        br#"{"_extra": "x"}"#,
+        br#"{"\u006e": 1}"#,
+    ] {
+        assert!(
+            decode_fitting(&s, &[record]).is_none(),
+            "{}",
+            String::from_utf8_lossy(record)
+        );
+        assert!(
+            decode(&s, &[record]).is_some(),
+            "the lenient decoder takes {}",
+            String::from_utf8_lossy(record)
+        );
+    }
+}
