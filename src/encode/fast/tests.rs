@@ -59,6 +59,38 @@ fn declared(file: &str) -> SchemaRef {
     Arc::new(crate::schema::from_json_schema(&doc).unwrap())
 }
 
+fn events_of(payloads: &[Vec<u8>]) -> Vec<crate::event::Event> {
+    payloads
+        .iter()
+        .map(|p| crate::event::Event::new(bytes::Bytes::from(p.clone())))
+        .collect()
+}
+
+/// Each provider's published payloads in the corpus, with the settled
+/// inferring encoder they grow (its record schema ends with `_extra`).
+fn corpus() -> Vec<(Vec<Vec<u8>>, crate::encode::Encoder)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus");
+    ["github", "gitlab", "shopify", "slack", "stripe"]
+        .into_iter()
+        .map(|provider| {
+            let mut payloads = Vec::new();
+            for entry in std::fs::read_dir(root.join(provider)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    payloads.push(std::fs::read(path).unwrap());
+                }
+            }
+            let cold =
+                crate::encode::Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
+            let grown = cold
+                .encode(&events_of(&payloads))
+                .grown
+                .expect("a schema grows");
+            (payloads, cold.with_record_schema(grown))
+        })
+        .collect()
+}
+
 fn schema(fields: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
@@ -97,23 +129,9 @@ fn shopify_customers_take_the_fast_path_and_decode_as_arrow_json_does() {
 fn every_corpus_payload_decodes_the_same_with_its_inferred_schema() {
     // Real payloads providers publish: infer each provider's schema, then
     // decode its payloads both ways.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus");
     let (mut taken, mut total) = (0, 0);
-    for provider in ["github", "gitlab", "shopify", "slack", "stripe"] {
-        let mut payloads = Vec::new();
-        for entry in std::fs::read_dir(root.join(provider)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "json") {
-                payloads.push(std::fs::read(path).unwrap());
-            }
-        }
-        let events: Vec<crate::event::Event> = payloads
-            .iter()
-            .map(|p| crate::event::Event::new(bytes::Bytes::from(p.clone())))
-            .collect();
-        let cold =
-            crate::encode::Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
-        let grown = cold.encode(&events).grown.expect("a schema grows");
+    for (payloads, settled) in corpus() {
+        let grown = settled.record_schema();
         // Without the JSON-text columns inference makes for mixed values.
         let fields: Vec<Field> = grown
             .fields()
@@ -289,24 +307,9 @@ fn a_flush_taken_as_it_is_under_inference_is_what_the_check_and_arrow_json_make(
     // decode_fitting replaces "AsIs::fits, then decode" for a settled
     // inferred schema: what it takes, the check must call fitting, and the
     // rows must be arrow-json's (with `_extra` null, as the old route set it).
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus");
     let (mut taken, mut fitting, mut total) = (0, 0, 0);
-    for provider in ["github", "gitlab", "shopify", "slack", "stripe"] {
-        let mut payloads = Vec::new();
-        for entry in std::fs::read_dir(root.join(provider)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "json") {
-                payloads.push(std::fs::read(path).unwrap());
-            }
-        }
-        let events: Vec<crate::event::Event> = payloads
-            .iter()
-            .map(|p| crate::event::Event::new(bytes::Bytes::from(p.clone())))
-            .collect();
-        let cold =
-            crate::encode::Encoder::new(Arc::new(Schema::empty()), "", "test").inferring(true);
-        let grown = cold.encode(&events).grown.expect("a schema grows");
-        let settled = cold.with_record_schema(grown);
+    for (payloads, settled) in corpus() {
+        let events = events_of(&payloads);
         let schema = settled.record_schema().clone();
         let as_is = crate::encode::infer::AsIs::new(&schema);
         for record in &payloads {
