@@ -187,14 +187,8 @@ impl Struct {
                     // nothing (what fit() would drop).
                     None => cursor.skip_value(cursor.strict)?,
                 }
-                cursor.whitespace();
-                match cursor.peek()? {
-                    b',' => cursor.at += 1,
-                    b'}' => {
-                        cursor.at += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !cursor.another(b'}')? {
+                    break;
                 }
             }
         }
@@ -362,14 +356,8 @@ impl Column {
                         cursor.whitespace();
                         child.value(cursor, item.is_nullable())?;
                         count += 1;
-                        cursor.whitespace();
-                        match cursor.peek()? {
-                            b',' => cursor.at += 1,
-                            b']' => {
-                                cursor.at += 1;
-                                break;
-                            }
-                            _ => return None,
+                        if !cursor.another(b']')? {
+                            break;
                         }
                     }
                 }

@@ -272,17 +272,6 @@ impl Encoder {
 
     /// Decodes rows in order, each from its bytes or its fitted tree.
     fn decode_rows(&self, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
-        // A settled inferred schema: every record as it is, in one pass.
-        let as_is: Option<Vec<&[u8]>> = rows
-            .iter()
-            .map(|row| match row {
-                Row::AsIs(bytes) => Some(*bytes),
-                Row::Fitted(..) => None,
-            })
-            .collect();
-        if let Some(batch) = as_is.and_then(|records| fast::decode(&self.record_schema, &records)) {
-            return Ok(batch);
-        }
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(rows.len().max(1))
             .build_decoder()?;

@@ -207,6 +207,23 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// After an item of an object or array: true on a comma (another item
+    /// follows), false on `close` (consumed); anything else declines.
+    pub(super) fn another(&mut self, close: u8) -> Option<bool> {
+        self.whitespace();
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                Some(true)
+            }
+            b if b == close => {
+                self.at += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
     /// Skips an object member's key and its colon.
     fn member_key(&mut self) -> Decline {
         self.whitespace();
