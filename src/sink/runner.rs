@@ -186,6 +186,9 @@ impl Running {
                         if let Some(last) = ahead.take() {
                             self.finish(last).await?;
                         }
+                        for open in self.open.values_mut() {
+                            open.table.settle().await;
+                        }
                         debug!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Log closed; sink runner done.");
                         return Ok(());
                     }

@@ -95,8 +95,13 @@ pub trait Table: Send + Sync {
     fn write_failed(&self) -> &'static str {
         "Upload failed"
     }
-    /// Maintenance after a write with rows (checkpoints, compaction); never fails the flush.
+    /// Maintenance after a write with rows (checkpoints, compaction); never
+    /// fails the flush, and may go on beside the next writes.
     fn upkeep(&mut self) -> BoxFuture<'_, ()>;
+    /// Waits for maintenance still running (the runner is done).
+    fn settle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Picks each event's table from `[route]`: the value of a request header

@@ -4,12 +4,17 @@
 //! its conflict check ignores removes without `dataChange`: two writers that
 //! compact the same files at once both commit, and every row of those files
 //! is then in the table twice (seen here with two writers on one S3 table).
-//! So this compaction commits with no rebase at all: if any commit landed
-//! after the version it read, the commit fails and the caller starts over
-//! from the new version. Concurrent appends are never lost (the compaction
-//! removes only the files it read) and no row is ever doubled.
+//! So this compaction never lets delta-rs rebase it. If commits landed after
+//! the version it read, it reloads the table and commits its actions again
+//! on the new version only if every file it removes is still there (and the
+//! schema is unchanged): the commits between only appended. If any of its
+//! files is gone (another compaction, a merge), the caller starts over from
+//! the new version. Concurrent appends are never lost (the compaction
+//! removes only the files it read) and no row is ever doubled; a commit on
+//! an exact version is create-only, so the check and the commit cannot be
+//! overtaken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::{new_null_array, ArrayRef, RecordBatch, StringArray};
@@ -31,6 +36,10 @@ pub struct Compacted {
 }
 
 type PartitionKey = Vec<(String, Option<String>)>;
+
+/// How often a compaction commits again on top of commits that only
+/// appended, before it gives up until the next upkeep.
+const REBASES: usize = 20;
 
 /// Size tier of a file: files within a factor of 16 of each other share one.
 fn tier(size: u64) -> u32 {
@@ -93,18 +102,61 @@ pub async fn small_files(
         predicate: None,
         target_size: target as i64,
     };
-    CommitBuilder::default()
-        .with_actions(actions)
-        .with_max_retries(0)
-        .build(Some(state), table.log_store(), operation)
-        .await?;
+    let removed_paths: HashSet<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove(r) => Some(r.path.clone()),
+            _ => None,
+        })
+        .collect();
+    let (read_version, read_schema) = (state.version(), state.snapshot().arrow_schema());
     let mut table = table;
-    table.update_incremental(None).await?;
-    Ok(Some(Compacted {
-        table,
-        removed,
-        added,
-    }))
+    for _ in 0..REBASES {
+        // Commits that landed since the version it read: if every file this
+        // compaction removes is still in the table and the schema is the one
+        // it read, they only appended, and its actions go on top of them.
+        table.update_incremental(None).await?;
+        let now = table.snapshot()?;
+        if now.version() != read_version {
+            let live = now
+                .log_data()
+                .iter()
+                .filter(|f| removed_paths.contains(f.path().as_ref()))
+                .count();
+            if live != removed_paths.len() || now.snapshot().arrow_schema() != read_schema {
+                return Err(DeltaTableError::Generic(
+                    "compaction: another commit removed a file it rewrote, or changed the schema"
+                        .into(),
+                ));
+            }
+        }
+        let committed = CommitBuilder::default()
+            .with_actions(actions.clone())
+            .with_max_retries(0)
+            .build(Some(now), table.log_store(), operation.clone())
+            .await;
+        let tried_on = now.version();
+        match committed {
+            Ok(_) => {
+                table.update_incremental(None).await?;
+                return Ok(Some(Compacted {
+                    table,
+                    removed,
+                    added,
+                }));
+            }
+            Err(e) => {
+                // Not a lost race unless a commit took the version.
+                table.update_incremental(None).await?;
+                if table.version() == Some(tried_on) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Err(DeltaTableError::Generic(
+        "compaction: other commits kept taking the next version".into(),
+    ))
 }
 
 /// A file's rows with the table's columns: partition values from the file's
@@ -137,6 +189,97 @@ fn to_table_schema(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    use deltalake::kernel::StructType;
+    use deltalake::protocol::SaveMode;
+    use deltalake::DeltaTableBuilder;
+
+    async fn append(table: DeltaTable, ids: std::ops::Range<i64>) -> DeltaTable {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))])
+            .unwrap();
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .unwrap()
+    }
+
+    /// Every id in the table's active files, read from the files themselves.
+    async fn ids(table: &DeltaTable) -> Vec<i64> {
+        let store = table.log_store().object_store(None);
+        let mut ids = Vec::new();
+        for file in table.snapshot().unwrap().log_data().iter() {
+            let bytes = store
+                .get(&file.object_store_path())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let batch = batch.unwrap();
+                let column = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                ids.extend(column.values().iter().copied());
+            }
+        }
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_commits_over_appends_but_never_removes_a_file_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+        let columns: StructType = (&schema).try_into_kernel().unwrap();
+        let mut table = DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns(columns.fields().cloned())
+            .await
+            .unwrap();
+        for i in 0..4 {
+            table = append(table, i * 10..i * 10 + 10).await;
+        }
+        // Two compactions read version 4; an append lands after they read.
+        let (first, second) = (table.clone(), table.clone());
+        table = append(table, 40..50).await;
+        let props = WriterProperties::default();
+
+        let done = small_files(first, 1 << 30, 4, props.clone())
+            .await
+            .unwrap()
+            .expect("four small files are due");
+        assert_eq!((done.removed, done.added), (4, 1));
+        assert_eq!(
+            done.table.version(),
+            Some(6),
+            "committed on top of the append"
+        );
+        assert_eq!(ids(&done.table).await, (0..50).collect::<Vec<_>>());
+        assert_eq!(done.table.snapshot().unwrap().log_data().iter().count(), 2);
+
+        // The second one's files are gone: it must fail, not double the rows.
+        assert!(small_files(second, 1 << 30, 4, props).await.is_err());
+        table.update_incremental(None).await.unwrap();
+        assert_eq!(table.version(), Some(6));
+        assert_eq!(ids(&table).await, (0..50).collect::<Vec<_>>());
+    }
+
     #[test]
     fn tiers_group_sizes_within_a_factor_of_sixteen() {
         use super::tier;

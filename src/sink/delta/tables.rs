@@ -170,4 +170,8 @@ impl Table for DeltaSink {
     fn upkeep(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(DeltaSink::upkeep(self))
     }
+
+    fn settle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(DeltaSink::settle(self))
+    }
 }

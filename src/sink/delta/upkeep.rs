@@ -35,7 +35,26 @@ pub struct State {
     removed: bool,
 }
 
-/// Runs what is due after one commit; returns the table as it now is.
+impl State {
+    /// Counts one commit of this sink.
+    pub fn committed(&mut self) {
+        self.commits += 1;
+    }
+
+    /// Takes in what an upkeep that ran beside the sink's commits did:
+    /// `started` is this state as that upkeep began, `ended` its copy after.
+    pub fn absorb(&mut self, started: &State, ended: State) {
+        if ended.commits < started.commits {
+            // It wrote a checkpoint: count only the commits made since it began.
+            self.commits = self.commits.saturating_sub(started.commits);
+        }
+        self.removed |= ended.removed;
+        self.vacuumed = ended.vacuumed.max(self.vacuumed);
+    }
+}
+
+/// Runs what is due after the sink's commits ([`State::committed`]);
+/// returns the table as it now is.
 pub async fn run(
     mut table: DeltaTable,
     spec: &DeltaSinkSpec,
@@ -43,7 +62,6 @@ pub async fn run(
     state: &mut State,
     url: &Url,
 ) -> DeltaTable {
-    state.commits += 1;
     if state.commits >= spec.checkpoint_interval {
         match checkpoints::create_checkpoint(&table, None).await {
             Ok(()) => {
