@@ -186,8 +186,15 @@ impl Running {
                         if let Some(last) = ahead.take() {
                             self.finish(last).await?;
                         }
+                        // Upkeep still running (a compaction) ends before
+                        // the runner, unless shutdown's grace period ends
+                        // first: it is safe to cut at any point.
+                        let abandon = self.config.abandon.clone();
                         for open in self.open.values_mut() {
-                            open.table.settle().await;
+                            tokio::select! {
+                                _ = open.table.settle() => {}
+                                _ = abandon.cancelled() => break,
+                            }
                         }
                         debug!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Log closed; sink runner done.");
                         return Ok(());
