@@ -125,8 +125,8 @@ pub struct DeltaSink {
     props: WriterProperties,
     runtime: tokio::runtime::Handle,
     upkeep: upkeep::State,
-    /// An upkeep running beside the commits (append mode), with the state it began from.
-    upkeeping: Option<(upkeep::State, tokio::task::JoinHandle<upkeep::State>)>,
+    /// An upkeep running beside the commits (append mode).
+    upkeeping: Option<upkeep::Beside>,
     /// The newest version whose files are known to be fsynced.
     synced: Option<u64>,
     /// The table's partition columns (an existing table's, not the spec's).
@@ -319,65 +319,28 @@ impl DeltaSink {
     /// compaction would make a merge that read the same files fail.
     pub async fn upkeep(&mut self) {
         self.upkeep.committed();
-        if self.spec.merge_on.is_some() {
-            return self.upkeep_inline().await;
-        }
-        if self
-            .upkeeping
-            .as_ref()
-            .is_some_and(|(_, u)| !u.is_finished())
-        {
+        if self.upkeeping.as_ref().is_some_and(|u| !u.is_finished()) {
             return;
         }
         self.settle().await;
-        let table = self.table.clone();
-        let (spec, props, started) = (self.spec.clone(), self.props.clone(), self.upkeep.clone());
-        let (url, local) = (self.url.clone(), self.local.clone());
-        let mut state = started.clone();
-        let handle = self.runtime.spawn(async move {
-            let from = table.version();
-            let table = upkeep::run(table, &spec, props, &mut state, &url).await;
-            // What it wrote (a checkpoint of `from`, a compaction) on disk
-            // before anything relies on it.
-            if let (Some(dir), Some(from), Some(to)) = (local, from, table.version()) {
-                let synced =
-                    tokio::task::spawn_blocking(move || sync::versions(&dir, from, to)).await;
-                if !matches!(synced, Ok(Ok(()))) {
-                    warn!(table = %url, "Failed to fsync the files upkeep wrote; the next commit syncs them.");
-                }
-            }
-            state
-        });
-        self.upkeeping = Some((started, handle));
+        self.upkeeping = Some(upkeep::Beside::start(
+            &self.runtime,
+            self.table.clone(),
+            self.spec.clone(),
+            self.props.clone(),
+            self.upkeep.clone(),
+            self.url.clone(),
+            self.local.clone(),
+        ));
+        if self.spec.merge_on.is_some() {
+            self.settle().await;
+        }
     }
 
     /// Waits for an upkeep running beside the commits, and takes in what it did.
     pub async fn settle(&mut self) {
-        if let Some((started, handle)) = self.upkeeping.take() {
-            if let Ok(ended) = handle.await {
-                self.upkeep.absorb(&started, ended);
-            }
-        }
-    }
-
-    /// Upkeep between two commits (merge mode).
-    async fn upkeep_inline(&mut self) {
-        let table = self.table.clone();
-        let (spec, props, mut state) = (self.spec.clone(), self.props.clone(), self.upkeep.clone());
-        let url = self.url.clone();
-        let result = self
-            .runtime
-            .spawn(async move {
-                let table = upkeep::run(table, &spec, props, &mut state, &url).await;
-                (table, state)
-            })
-            .await;
-        if let Ok((table, state)) = result {
-            self.table = table;
-            self.upkeep = state;
-            if let Err(e) = self.sync_local().await {
-                warn!(table = %self.url, error = %e, "Failed to fsync the table's new files; trying again after the next commit.");
-            }
+        if let Some(beside) = self.upkeeping.take() {
+            beside.settle(&mut self.upkeep).await;
         }
     }
 

@@ -9,6 +9,7 @@
 //! a row. Upkeep failures are logged and retried after a later commit; upkeep
 //! never holds back data.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use deltalake::checkpoints;
@@ -43,13 +44,62 @@ impl State {
 
     /// Takes in what an upkeep that ran beside the sink's commits did:
     /// `started` is this state as that upkeep began, `ended` its copy after.
-    pub fn absorb(&mut self, started: &State, ended: State) {
+    fn absorb(&mut self, started: &State, ended: State) {
         if ended.commits < started.commits {
             // It wrote a checkpoint: count only the commits made since it began.
             self.commits = self.commits.saturating_sub(started.commits);
         }
         self.removed |= ended.removed;
         self.vacuumed = ended.vacuumed.max(self.vacuumed);
+    }
+}
+
+/// An upkeep running beside the sink's commits, with the state it began from.
+pub struct Beside {
+    started: State,
+    handle: tokio::task::JoinHandle<State>,
+}
+
+impl Beside {
+    /// Starts upkeep of `table` on `runtime`; on local disk (`local`) it
+    /// fsyncs what it wrote (a checkpoint, a compaction) before it ends.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        table: DeltaTable,
+        spec: DeltaSinkSpec,
+        props: WriterProperties,
+        started: State,
+        url: Url,
+        local: Option<PathBuf>,
+    ) -> Beside {
+        let mut state = started.clone();
+        let handle = runtime.spawn(async move {
+            let from = table.version();
+            let table = run(table, &spec, props, &mut state, &url).await;
+            let wrote = table.version() != from || state.commits == 0;
+            if let (true, Some(dir), Some(from), Some(to)) = (wrote, local, from, table.version()) {
+                let synced =
+                    tokio::task::spawn_blocking(move || super::sync::versions(&dir, from, to))
+                        .await;
+                if !matches!(synced, Ok(Ok(()))) {
+                    warn!(table = %url, "Failed to fsync the files upkeep wrote; the next commit syncs them.");
+                }
+            }
+            state
+        });
+        Beside { started, handle }
+    }
+
+    /// Whether it has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for it to end and takes what it did into `state`.
+    pub async fn settle(self, state: &mut State) {
+        if let Ok(ended) = self.handle.await {
+            state.absorb(&self.started, ended);
+        }
     }
 }
 
