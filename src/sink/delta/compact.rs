@@ -111,12 +111,20 @@ pub async fn small_files(
         .collect();
     let (read_version, read_schema) = (state.version(), state.snapshot().arrow_schema());
     let mut table = table;
+    // The version a commit was tried on and why it failed.
+    let mut lost: Option<(u64, DeltaTableError)> = None;
     for _ in 0..REBASES {
+        table.update_incremental(None).await?;
+        let now = table.snapshot()?;
+        if let Some((tried_on, e)) = lost.take() {
+            // Not a lost race unless a commit took the version.
+            if now.version() == tried_on {
+                return Err(e);
+            }
+        }
         // Commits that landed since the version it read: if every file this
         // compaction removes is still in the table and the schema is the one
         // it read, they only appended, and its actions go on top of them.
-        table.update_incremental(None).await?;
-        let now = table.snapshot()?;
         if now.version() != read_version {
             let live = now
                 .log_data()
@@ -135,7 +143,6 @@ pub async fn small_files(
             .with_max_retries(0)
             .build(Some(now), table.log_store(), operation.clone())
             .await;
-        let tried_on = now.version();
         match committed {
             Ok(_) => {
                 table.update_incremental(None).await?;
@@ -145,13 +152,7 @@ pub async fn small_files(
                     added,
                 }));
             }
-            Err(e) => {
-                // Not a lost race unless a commit took the version.
-                table.update_incremental(None).await?;
-                if table.version() == Some(tried_on) {
-                    return Err(e);
-                }
-            }
+            Err(e) => lost = Some((now.version(), e)),
         }
     }
     Err(DeltaTableError::Generic(
