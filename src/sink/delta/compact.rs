@@ -1,4 +1,5 @@
-//! Compaction of small files, committed only on the table version it read.
+//! Compaction of small files, committed on the version it read or on one
+//! whose commits since only appended.
 //!
 //! delta-rs's own `optimize` rebases its commit over concurrent commits, and
 //! its conflict check ignores removes without `dataChange`: two writers that

@@ -4,9 +4,9 @@
 //! `vacuum_retention` ago, at most hourly, once this sink has removed files
 //! (by compaction, or by a merge rewriting them).
 //!
-//! Compaction commits only on the version it read (see [`super::compact`]):
-//! a concurrent append makes it start over, never lose the append or double
-//! a row. Upkeep failures are logged and retried after a later commit; upkeep
+//! Compaction commits on top of concurrent appends only if every file it
+//! removes is still in the table (see [`super::compact`]); otherwise it starts
+//! over. It never loses an append or doubles a row. Upkeep failures are logged and retried after a later commit; upkeep
 //! never holds back data.
 
 use std::path::PathBuf;
@@ -139,7 +139,7 @@ pub async fn run(
 const COMPACT_TRIES: usize = 5;
 
 /// Rewrites small files into files of about the target size (see
-/// [`compact`](super::compact) for why it never rebases over other commits).
+/// [`compact`](super::compact) for why it never lets delta-rs rebase it).
 async fn compact(
     mut table: DeltaTable,
     spec: &DeltaSinkSpec,
