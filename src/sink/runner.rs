@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::batch::{Batch, BatchPolicy};
 use super::delta::DeltaError;
 use super::table::{Router, Table, TableSink, UNROUTED};
-use super::{parquet, partition, SinkError, Storage};
+use super::{parquet, SinkError, Storage};
 use crate::buffer::Log;
 use crate::encode::{dead_letter, DeadLetter, Encoded, Encoder};
 use crate::error::{Classify, ErrorKind};
@@ -29,7 +29,10 @@ use crate::replay;
 use crate::sink::health::SinkHealth;
 
 mod backoff;
+mod convert;
 use backoff::Backoff;
+pub(super) use convert::background_priority;
+use convert::{encode, Job};
 
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
@@ -519,15 +522,6 @@ impl Running {
     }
 }
 
-/// The conversion of one table's share of a flush.
-struct Job {
-    name: String,
-    encoder: Arc<Encoder>,
-    events: Vec<Event>,
-    partition_by: Vec<String>,
-    merge_on: Option<Vec<String>>,
-}
-
 /// A flush between [`Running::prepare`] and [`Running::finish`]: its rows
 /// are being encoded.
 struct Prepared {
@@ -538,23 +532,6 @@ struct Prepared {
     /// The encoder each table's rows are being encoded with, in `groups` order.
     encoders: Vec<Arc<Encoder>>,
     encoding: tokio::task::JoinHandle<Result<Vec<(String, Encoded)>, SinkError>>,
-}
-
-/// Encodes each job's events, setting aside rows that cannot be written.
-fn encode(jobs: Vec<Job>) -> Result<Vec<(String, Encoded)>, SinkError> {
-    background_priority();
-    jobs.into_iter()
-        .map(|job| {
-            let mut encoded = job.encoder.encode(&job.events);
-            set_aside_unfit_rows(
-                &mut encoded,
-                &job.events,
-                &job.partition_by,
-                job.merge_on.as_deref(),
-            )?;
-            Ok((job.name, encoded))
-        })
-        .collect()
 }
 
 /// A failed write of the sink's progress file: worth retrying (a full disk
@@ -573,70 +550,6 @@ impl From<LedgerWrite> for SinkError {
     fn from(e: LedgerWrite) -> Self {
         SinkError::Ledger(e.0)
     }
-}
-
-/// Moves the rows that no write could store from the batch to the dead
-/// letters, with the reason: partition values that cannot name a directory
-/// (see [`partition`]), and null primary keys in merge mode. One such row
-/// must never fail its whole flush, again and again.
-fn set_aside_unfit_rows(
-    encoded: &mut crate::encode::Encoded,
-    events: &[Event],
-    partition_by: &[String],
-    merge_on: Option<&[String]>,
-) -> Result<(), SinkError> {
-    let arrow = |e| SinkError::Parquet(::parquet::errors::ParquetError::from(e));
-    let mut unfit = partition::unfit_rows(&encoded.batch, partition_by).map_err(arrow)?;
-    if let Some(keys) = merge_on {
-        for (row, why) in super::delta::merge::null_key_rows(&encoded.batch, keys) {
-            if !unfit.iter().any(|(r, _)| *r == row) {
-                unfit.push((row, why));
-            }
-        }
-    }
-    if unfit.is_empty() {
-        return Ok(());
-    }
-    let mut keep = vec![true; encoded.batch.num_rows()];
-    let ids = encoded
-        .batch
-        .column_by_name(crate::schema::METADATA_COLUMNS[0])
-        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
-        .ok_or_else(|| SinkError::Internal("a batch without its _event_id column".into()))?;
-    for (row, reason) in unfit {
-        let id = uuid::Uuid::parse_str(ids.value(row)).ok();
-        let Some(event) = events.iter().find(|e| Some(e.id) == id) else {
-            return Err(SinkError::Internal(format!("row {row} has no event")));
-        };
-        keep[row] = false;
-        encoded
-            .dead
-            .push(crate::encode::DeadLetter::new(event, reason));
-    }
-    let mask = arrow_array::BooleanArray::from(keep);
-    encoded.batch =
-        arrow_select::filter::filter_record_batch(&encoded.batch, &mask).map_err(arrow)?;
-    Ok(())
-}
-
-/// Lowers the calling blocking-pool thread's scheduling priority (nice +10)
-/// before CPU-heavy conversion. Acknowledging webhooks is the latency users
-/// see, so it wins the CPU; conversion takes what is left, and the durable
-/// buffer absorbs the difference (a full buffer answers 503). Linux applies
-/// `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only.
-pub(super) fn background_priority() {
-    thread_local! {
-        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    LOWERED.with(|lowered| {
-        if !lowered.replace(true) {
-            // SAFETY: setpriority takes no pointers; it only changes this thread's nice value.
-            #[cfg(target_os = "linux")]
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-            }
-        }
-    });
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
