@@ -11,6 +11,11 @@ use tributary::cli::{Cli, Command, LogFormat, ReplayArgs};
 use tributary::config::{self, Config};
 use tributary::shutdown::Shutdown;
 
+/// mimalloc instead of glibc's malloc: the request path and the encoders
+/// allocate per event, and glibc's arenas cost ~6% of the ingest's CPU here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // delta-rs logs every snapshot at info and a missing metric at every merge,
