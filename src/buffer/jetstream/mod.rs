@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +37,10 @@ use crate::config::log::JetStreamSpec;
 use crate::config::PipelineSpec;
 use crate::event::{Event, RecordKind};
 
+mod message;
 mod partition;
 
+use message::{decode, encode};
 pub use partition::PartitionLog;
 
 /// KV bucket of partition leases: `<pipeline>.<sink>.<partition>` → node id.
@@ -568,54 +570,6 @@ pub(crate) fn key_safe(name: &str) -> String {
         .collect()
 }
 
-/// Format version of a message's body.
-const VERSION: u8 = 1;
-
-/// An event as a message body: version, kind, id, arrival time, topic, payload.
-fn encode(event: &Event) -> Bytes {
-    let topic = event.topic.as_deref().unwrap_or("");
-    let mut out = BytesMut::with_capacity(28 + topic.len() + event.payload.len());
-    out.put_u8(VERSION);
-    out.put_u8(event.kind as u8);
-    out.put_slice(event.id.as_bytes());
-    out.put_i64_le(event.received_at_us);
-    out.put_u16_le(topic.len() as u16);
-    out.put_slice(topic.as_bytes());
-    out.put_slice(&event.payload);
-    out.freeze()
-}
-
-/// The event a message body holds.
-fn decode(body: Bytes) -> io::Result<Event> {
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a JetStream message is not a tributary event: {what}"),
-        )
-    };
-    if body.len() < 28 || body[0] != VERSION {
-        return Err(bad("unknown format"));
-    }
-    let kind = RecordKind::from_byte(body[1]).ok_or_else(|| bad("unknown kind"))?;
-    let id = Uuid::from_slice(&body[2..18]).map_err(|_| bad("id"))?;
-    let received_at_us = i64::from_le_bytes(body[18..26].try_into().expect("8 bytes"));
-    let topic_len = u16::from_le_bytes([body[26], body[27]]) as usize;
-    if body.len() < 28 + topic_len {
-        return Err(bad("topic"));
-    }
-    let topic = (topic_len > 0)
-        .then(|| std::str::from_utf8(&body[28..28 + topic_len]).map(Arc::from))
-        .transpose()
-        .map_err(|_| bad("topic"))?;
-    Ok(Event {
-        id,
-        received_at_us,
-        kind,
-        payload: body.slice(28 + topic_len..),
-        topic,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,22 +582,6 @@ mod tests {
         assert!(!too_old("2.15.1"));
         assert!(!too_old("3.0.0"));
         assert!(!too_old(""), "an unknown version is not refused");
-    }
-
-    #[test]
-    fn an_event_survives_its_message_body() {
-        let mut event = Event::new(Bytes::from_static(b"{\"a\":1}"));
-        event.topic = Some(Arc::from("orders/create"));
-        let back = decode(encode(&event)).unwrap();
-        assert_eq!(back.id, event.id);
-        assert_eq!(back.received_at_us, event.received_at_us);
-        assert_eq!(back.kind, event.kind);
-        assert_eq!(back.payload, event.payload);
-        assert_eq!(back.topic.as_deref(), Some("orders/create"));
-        let plain = Event::new(Bytes::from_static(b"[]"));
-        assert_eq!(decode(encode(&plain)).unwrap().topic, None);
-        assert!(decode(Bytes::from_static(b"\x02rest")).is_err());
-        assert!(decode(encode(&plain).slice(..20)).is_err());
     }
 
     #[test]
