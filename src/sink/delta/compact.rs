@@ -7,13 +7,19 @@
 //! is then in the table twice (seen here with two writers on one S3 table).
 //! So this compaction never lets delta-rs rebase it. If commits landed after
 //! the version it read, it reloads the table and commits its actions again
-//! on the new version only if every file it removes is still there (and the
-//! schema is unchanged): the commits between only appended. If any of its
-//! files is gone (another compaction, a merge), the caller starts over from
-//! the new version. Concurrent appends are never lost (the compaction
-//! removes only the files it read) and no row is ever doubled; a commit on
-//! an exact version is create-only, so the check and the commit cannot be
-//! overtaken.
+//! on the new version only if every file it removes is still there, without
+//! a deletion vector, and the schema is unchanged: the commits between only
+//! appended. If any of its files is gone or was changed (another
+//! compaction, a merge, a delete), the caller starts over from the new
+//! version. Concurrent appends are never lost (the compaction removes only
+//! the files it read); a commit on an exact version is create-only, so the
+//! check and the commit cannot be overtaken.
+//!
+//! The other way round, a merge that read files a compaction removed does
+//! not commit over it: delta-rs ignores the removes there too, but the
+//! compacted file holds rows its predicate matches, so the merge fails with
+//! a conflict (`ConcurrentAppend`) and its flush is retried on the new
+//! version (tested below).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -49,11 +55,11 @@ fn tier(size: u64) -> u32 {
 
 /// Size-tiered compaction: in each partition, once `min_files` files below
 /// half of `target` share a size tier, they are rewritten into files of up to
-/// `target` bytes, all in one commit on the version `table` holds. A
-/// compacted file lands in a higher tier, so each byte is rewritten a few
-/// times (log16 of target / flush size), never once per compaction.
-/// `Ok(None)`: nothing is due. A commit that lost a race fails (the caller
-/// reloads and tries again).
+/// `target` bytes, in one commit. A compacted file lands in a higher tier, so
+/// each byte is rewritten a few times (log16 of target / flush size), never
+/// once per compaction. It commits on the version `table` holds, or on a
+/// later one whose commits only appended, up to [`REBASES`] times; otherwise
+/// it fails (the caller reloads and tries again). `Ok(None)`: nothing is due.
 pub async fn small_files(
     table: DeltaTable,
     target: u64,
@@ -124,13 +130,17 @@ pub async fn small_files(
             }
         }
         // Commits that landed since the version it read: if every file this
-        // compaction removes is still in the table and the schema is the one
-        // it read, they only appended, and its actions go on top of them.
+        // compaction removes is still in the table as it read it (no deletion
+        // vector since) and the schema is the one it read, they only
+        // appended, and its actions go on top of them.
         if now.version() != read_version {
             let live = now
                 .log_data()
                 .iter()
-                .filter(|f| removed_paths.contains(f.path().as_ref()))
+                .filter(|f| {
+                    removed_paths.contains(f.path().as_ref())
+                        && f.deletion_vector_descriptor().is_none()
+                })
                 .count();
             if live != removed_paths.len() || now.snapshot().arrow_schema() != read_schema {
                 return Err(DeltaTableError::Generic(
@@ -280,6 +290,86 @@ mod tests {
         table.update_incremental(None).await.unwrap();
         assert_eq!(table.version(), Some(6));
         assert_eq!(ids(&table).await, (0..50).collect::<Vec<_>>());
+    }
+
+    /// `(id, _received_at)` rows `ids`, all received at `at` µs.
+    fn keyed(ids: std::ops::Range<i64>, at: i64) -> RecordBatch {
+        use arrow_array::TimestampMicrosecondArray;
+        let n = ids.end - ids.start;
+        RecordBatch::try_new(
+            Arc::new(keyed_schema()),
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids)),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![at; n as usize]).with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn keyed_schema() -> Schema {
+        Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "_received_at",
+                DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+        ])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merge_that_read_files_a_compaction_removed_is_redone_not_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let columns: StructType = (&keyed_schema()).try_into_kernel().unwrap();
+        let mut table = DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns(columns.fields().cloned())
+            .await
+            .unwrap();
+        for i in 0..4 {
+            table = table
+                .write(vec![keyed(i * 10..i * 10 + 10, 1)])
+                .with_save_mode(SaveMode::Append)
+                .await
+                .unwrap();
+        }
+        // A merge reads version 4 (another partition's sink, or another
+        // process); a compaction commits version 5 before the merge commits.
+        let stale = table.clone();
+        let keys = vec!["id".to_string()];
+        let props = WriterProperties::default();
+        let done = small_files(table, 1 << 30, 4, props.clone())
+            .await
+            .unwrap()
+            .expect("four small files are due");
+        assert_eq!(done.table.version(), Some(5));
+        let merge = |table: DeltaTable| {
+            super::super::merge::upsert(
+                table,
+                keyed(5..6, 2),
+                &keys,
+                false,
+                Default::default(),
+                props.clone(),
+            )
+        };
+        // The merge rewrites a file the compaction removed: it must fail with
+        // a conflict (its flush is then redone), not keep the compacted copy
+        // of id 5 beside the new one.
+        assert!(merge(stale).await.is_err(), "the stale merge committed");
+        let mut table = done.table;
+        table.update_incremental(None).await.unwrap();
+        assert_eq!(table.version(), Some(5));
+        assert_eq!(ids(&table).await, (0..40).collect::<Vec<_>>());
+        // Redone on the new version, it replaces id 5 once.
+        let table = merge(table).await.unwrap();
+        assert_eq!(ids(&table).await, (0..40).collect::<Vec<_>>());
     }
 
     #[test]

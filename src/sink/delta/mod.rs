@@ -314,9 +314,11 @@ impl DeltaSink {
     /// In append mode upkeep runs beside the next flushes (a compaction of
     /// 16 files took ~0.75 s, during which the sink used to stop): its
     /// compaction commits on top of the sink's appends (see [`compact`]).
-    /// One upkeep runs at a time; what falls due meanwhile runs after the
-    /// next commit. In merge mode upkeep still runs between commits, as a
-    /// compaction would make a merge that read the same files fail.
+    /// One upkeep of this sink runs at a time (the sinks of other partitions
+    /// or processes may run theirs); what falls due meanwhile runs after the
+    /// next commit. In merge mode upkeep still runs between this sink's
+    /// commits: its next merge would otherwise conflict with the compaction
+    /// (see [`compact`]) and be redone.
     pub async fn upkeep(&mut self) {
         self.upkeep.committed();
         if self.upkeeping.as_ref().is_some_and(|u| !u.is_finished()) {

@@ -5,9 +5,10 @@
 //! (by compaction, or by a merge rewriting them).
 //!
 //! Compaction commits on top of concurrent appends only if every file it
-//! removes is still in the table (see [`super::compact`]); otherwise it starts
-//! over. It never loses an append or doubles a row. Upkeep failures are logged and retried after a later commit; upkeep
-//! never holds back data.
+//! removes is still in the table as it read it (see [`super::compact`]);
+//! otherwise it starts over. It never loses an append, and a merge that read
+//! the files it removed conflicts and is redone. Upkeep failures are logged
+//! and retried after a later commit; upkeep never holds back data.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,8 +98,11 @@ impl Beside {
 
     /// Waits for it to end and takes what it did into `state`.
     pub async fn settle(self, state: &mut State) {
-        if let Ok(ended) = self.handle.await {
-            state.absorb(&self.started, ended);
+        match self.handle.await {
+            Ok(ended) => state.absorb(&self.started, ended),
+            Err(e) => {
+                warn!(error = %e, "Table upkeep ended abnormally; it runs again after the next commit.")
+            }
         }
     }
 }
