@@ -34,6 +34,10 @@ use backoff::Backoff;
 pub(super) use convert::background_priority;
 use convert::{encode, Job};
 
+/// Longest wait for a table's upkeep when the log closes (shutdown's grace
+/// period is 30 s; every event is committed by then).
+const UPKEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest chunk read from the log at once, to bound memory between flushes.
 const READ_CHUNK: usize = 4096;
 
@@ -190,14 +194,20 @@ impl Running {
                             self.finish(last).await?;
                         }
                         // Upkeep still running (a compaction) ends before
-                        // the runner, unless shutdown's grace period ends
-                        // first: it is safe to cut at any point.
-                        let abandon = self.config.abandon.clone();
-                        for open in self.open.values_mut() {
-                            tokio::select! {
-                                _ = open.table.settle() => {}
-                                _ = abandon.cancelled() => break,
+                        // the runner, for up to UPKEEP_WAIT: it is safe to cut
+                        // at any point, and every event is committed already,
+                        // so a long one (a vacuum listing a large bucket) must
+                        // not hold shutdown to its grace period.
+                        let waited = tokio::time::timeout(UPKEEP_WAIT, async {
+                            for open in self.open.values_mut() {
+                                open.table.settle().await;
                             }
+                        });
+                        tokio::select! {
+                            ended = waited => if ended.is_err() {
+                                info!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Table upkeep still running at shutdown; it is cut and runs again after the next start's commits.");
+                            },
+                            _ = self.config.abandon.cancelled() => {}
                         }
                         debug!(pipeline = %self.config.pipeline, sink = %self.config.sink, "Log closed; sink runner done.");
                         return Ok(());
