@@ -220,6 +220,20 @@ mod tests {
             .unwrap()
     }
 
+    /// A new, empty local table with `schema`'s columns in `dir`.
+    async fn create(dir: &std::path::Path, schema: &Schema) -> DeltaTable {
+        let url = url::Url::from_directory_path(dir).unwrap();
+        let columns: StructType = schema.try_into_kernel().unwrap();
+        DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns(columns.fields().cloned())
+            .await
+            .unwrap()
+    }
+
     /// Every id in the table's active files, read from the files themselves.
     async fn ids(table: &DeltaTable) -> Vec<i64> {
         let store = table.log_store().object_store(None);
@@ -253,17 +267,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_compaction_commits_over_appends_but_never_removes_a_file_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
         let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
-        let columns: StructType = (&schema).try_into_kernel().unwrap();
-        let mut table = DeltaTableBuilder::from_url(url)
-            .unwrap()
-            .build()
-            .unwrap()
-            .create()
-            .with_columns(columns.fields().cloned())
-            .await
-            .unwrap();
+        let mut table = create(dir.path(), &schema).await;
         for i in 0..4 {
             table = append(table, i * 10..i * 10 + 10).await;
         }
@@ -322,16 +327,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_merge_that_read_files_a_compaction_removed_is_redone_not_doubled() {
         let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let columns: StructType = (&keyed_schema()).try_into_kernel().unwrap();
-        let mut table = DeltaTableBuilder::from_url(url)
-            .unwrap()
-            .build()
-            .unwrap()
-            .create()
-            .with_columns(columns.fields().cloned())
-            .await
-            .unwrap();
+        let mut table = create(dir.path(), &keyed_schema()).await;
         for i in 0..4 {
             table = table
                 .write(vec![keyed(i * 10..i * 10 + 10, 1)])
