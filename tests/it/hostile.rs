@@ -256,23 +256,6 @@ async fn every_bad_request_gets_its_answer_while_a_good_client_gets_202s() {
     assert!(stored.iter().all(|id| counts.get(id) == Some(&1)));
 }
 
-/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
-/// (`server.pem`, `server.key`), made by openssl.
-fn certificates(dir: &std::path::Path) {
-    let script = "set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout server.key -out server.csr
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem";
-    let status = std::process::Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_listen_and_an_admin_listener_with_a_bearer_token() {
     let project = Project::new();

@@ -113,6 +113,52 @@ async fn rsa_and_hmac_signatures_verify() {
     assert!(receiver.deliveries().iter().all(|d| d.verified));
 }
 
+/// Over TLS: a receiver whose certificate a private CA signed is trusted
+/// through `ca_file` and gets every event signed; a sink without that CA
+/// refuses the receiver's certificate, delivers nothing and logs why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_trusts_ca_file_and_an_unknown_issuer_is_refused_with_the_reason() {
+    let project = Project::new();
+    let certs = project.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    let receiver = Receiver::start_tls(project.path(), "standard-webhooks", SECRET, &certs).await;
+    assert!(receiver.url.starts_with("https://"));
+    pipeline(
+        &project,
+        &receiver.url,
+        "{ secret_env = \"SIGNING_SECRET\" }",
+        "ca_file = \"certs/ca.pem\"",
+    );
+    let server = project.start_with_env(&[("SIGNING_SECRET", SECRET)]).await;
+    let acked = post_customers(&project, 1, 10, 2).await;
+    all_delivered(&project, &receiver, &acked).await;
+    assert!(receiver.deliveries().iter().all(|d| d.verified));
+    drop(server);
+
+    // The same receiver without ca_file: its CA is not among the system's.
+    let stranger = Project::new();
+    pipeline(
+        &stranger,
+        &receiver.url,
+        "{ secret_env = \"SIGNING_SECRET\" }",
+        "",
+    );
+    let _server = stranger.start_with_env(&[("SIGNING_SECRET", SECRET)]).await;
+    let before = receiver.deliveries().len();
+    post_customers(&stranger, 1, 2, 1).await;
+    eventually(&stranger, "a delivery failing on the certificate", || {
+        let log = stranger.log();
+        log.contains("Delivery failed; retrying.") && log.contains("UnknownIssuer")
+    })
+    .await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        before,
+        "nothing reached the receiver"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_retried_a_400_is_a_dead_letter_and_a_410_stops_the_sink() {
     let project = Project::new();

@@ -12,6 +12,7 @@
 //! * Progress: the committed offset is the lowest offset not yet delivered
 //!   or dead-lettered; a restart resumes there (at-least-once).
 
+pub mod client;
 pub mod signing;
 
 use std::collections::BTreeSet;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::StatusCode;
+use hyper::http::{HeaderValue, StatusCode};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -29,7 +30,9 @@ use crate::buffer::Log;
 use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
 use crate::encode::dead_letter::{self, DeadLetter};
 use crate::event::Event;
-use crate::http_retry::{classify, describe, excerpt, full_jitter, Class};
+use crate::http_retry::{classify, excerpt, full_jitter, Class};
+use client::Client;
+pub use client::SetupError;
 use signing::{Signer, SigningError};
 
 use crate::sink::health::SinkHealth;
@@ -80,9 +83,8 @@ pub struct HttpsRunner {
 }
 
 struct Shared {
-    client: reqwest::Client,
+    client: Client,
     signer: Arc<Signer>,
-    url: reqwest::Url,
     spec: HttpsSinkSpec,
     abandon: CancellationToken,
     health: Arc<SinkHealth>,
@@ -98,33 +100,6 @@ impl Shared {
     }
 }
 
-/// Why an HTTPS sink's client cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// `ca_file` cannot be read.
-    #[error("cannot read ca_file {}: {source}", path.display())]
-    ReadCa {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// `ca_file` holds no usable certificate.
-    #[error("ca_file {}: {source}", path.display())]
-    Ca {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What reqwest said.
-        source: reqwest::Error,
-    },
-    /// The HTTP client cannot be built.
-    #[error("{0}")]
-    Client(#[source] reqwest::Error),
-    /// `url` is not a URL.
-    #[error("url: {0}")]
-    Url(#[source] url::ParseError),
-}
-
 impl HttpsRunner {
     /// Delivers until the log closes and every delivery in flight has ended.
     pub async fn run(self) -> Result<(), SinkError> {
@@ -133,37 +108,10 @@ impl HttpsRunner {
             sink: name.clone(),
             problem,
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(self.spec.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // This sink retries by its own rules; no proxy unless configured
-            // (both spare per-request work).
-            .retry(reqwest::retry::never())
-            .no_proxy()
-            .pool_max_idle_per_host(self.spec.concurrency)
-            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &self.spec.ca_file {
-            let pem = std::fs::read(ca).map_err(|source| {
-                setup(SetupError::ReadCa {
-                    path: ca.clone(),
-                    source,
-                })
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                setup(SetupError::Ca {
-                    path: ca.clone(),
-                    source,
-                })
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|e| setup(SetupError::Client(e)))?;
+        let client = Client::new(&self.spec).map_err(setup)?;
         let shared = Arc::new(Shared {
             client,
             signer: self.signer.clone(),
-            url: reqwest::Url::parse(&self.spec.url).map_err(|e| setup(SetupError::Url(e)))?,
             spec: self.spec.clone(),
             abandon: self.abandon.clone(),
             health: self.health.clone(),
@@ -184,7 +132,11 @@ impl HttpsRunner {
         let mut flying: JoinSet<(u64, Event, Outcome)> = JoinSet::new();
         let mut pending: std::collections::VecDeque<(u64, Event)> = Default::default();
         let mut open = true;
-        let mut last_commit = Instant::now();
+        // One timer for the periodic commit, reset at each commit: a new
+        // timer per loop turn (per delivery) would register and cancel one
+        // in the timer wheel every time.
+        let commit_due = tokio::time::sleep(COMMIT_EVERY);
+        tokio::pin!(commit_due);
         loop {
             if self.abandon.is_cancelled() {
                 // Shutdown's grace period is over: start nothing new.
@@ -245,18 +197,20 @@ impl HttpsRunner {
                     }
                     done.insert(offset);
                 }
-                _ = tokio::time::sleep(COMMIT_EVERY), if committed > recorded => {}
+                () = &mut commit_due, if committed > recorded => {}
             }
             while done.first() == Some(&committed) {
                 done.pop_first();
                 committed += 1;
             }
             if committed > recorded
-                && (last_commit.elapsed() >= COMMIT_EVERY
-                    || (flying.is_empty() && pending.is_empty()))
+                && (commit_due.is_elapsed() || (flying.is_empty() && pending.is_empty()))
             {
                 self.commit(committed).await?;
-                (recorded, last_commit) = (committed, Instant::now());
+                recorded = committed;
+                commit_due
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + COMMIT_EVERY);
             }
         }
         if committed > recorded {
@@ -351,15 +305,16 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
     let mut tries: u32 = 0;
     loop {
         let timestamp = chrono::Utc::now().timestamp();
-        let mut request = shared
+        let signed = shared
+            .signer
+            .headers(&id, timestamp, &event.payload)
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, HeaderValue::try_from(value).ok()?)));
+        let (wait, why) = match shared
             .client
-            .post(shared.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(Bytes::clone(&event.payload));
-        for (name, value) in shared.signer.headers(&id, timestamp, &event.payload) {
-            request = request.header(name, value);
-        }
-        let (wait, why) = match request.send().await {
+            .post(signed, Bytes::clone(&event.payload))
+            .await
+        {
             Ok(response) => {
                 let status = response.status();
                 shared.count(Some(status));
@@ -368,7 +323,10 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
                     shared.health.committed();
                     return Outcome::Delivered;
                 }
-                let answer = format!("{status}: {}", excerpt(&start_of(response).await));
+                let answer = format!(
+                    "{status}: {}",
+                    excerpt(&client::start_of(response, shared.spec.timeout).await)
+                );
                 match class {
                     // Retry-After: 0 (or a past date) must not make a hot loop.
                     Class::Retry { after } => (
@@ -391,7 +349,7 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             }
             Err(e) => {
                 shared.count(None);
-                (backoff(tries), describe(e))
+                (backoff(tries), e.to_string())
             }
         };
         shared.retries.increment(1);
@@ -426,16 +384,4 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
 /// Full jitter between tries.
 fn backoff(tries: u32) -> Duration {
     full_jitter(tries, BACKOFF_BASE, BACKOFF_CAP)
-}
-
-/// At most the first 300 bytes of an answer's body, for the dead letter's reason.
-async fn start_of(mut response: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while body.len() < 300 {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(300 - body.len())]),
-            _ => break,
-        }
-    }
-    body
 }

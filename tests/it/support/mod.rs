@@ -481,6 +481,23 @@ pub struct Delivery {
     pub body: String,
 }
 
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), made by openssl.
+pub fn certificates(dir: &std::path::Path) {
+    let script = "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem";
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+}
+
 /// The Python receiver (`receiver.py`) that verifies the HTTPS sink's signatures.
 pub struct Receiver {
     child: Child,
@@ -497,7 +514,26 @@ impl Receiver {
 
     /// Like [`Receiver::start`], on a given port (to bring a receiver back).
     pub async fn start_on(dir: &Path, scheme: &str, key: &str, port: u16) -> Self {
-        let url = format!("http://127.0.0.1:{port}/hook");
+        Self::start_with(dir, scheme, key, port, None).await
+    }
+
+    /// Like [`Receiver::start`], over TLS with the certificate and key that
+    /// [`certificates`] made in `certs` (its `ca.pem` signed them).
+    pub async fn start_tls(dir: &Path, scheme: &str, key: &str, certs: &Path) -> Self {
+        Self::start_with(dir, scheme, key, free_port(), Some(certs)).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        scheme: &str,
+        key: &str,
+        port: u16,
+        tls: Option<&Path>,
+    ) -> Self {
+        let url = format!(
+            "{}://127.0.0.1:{port}/hook",
+            if tls.is_some() { "https" } else { "http" }
+        );
         let (out, control) = (dir.join("deliveries.jsonl"), dir.join("control.json"));
         fs::write(&control, "{}").unwrap();
         let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -511,6 +547,16 @@ impl Receiver {
                 key,
                 &url,
             ])
+            .envs(tls.map(|certs| {
+                (
+                    "RECEIVER_TLS",
+                    format!(
+                        "{}:{}",
+                        certs.join("server.pem").display(),
+                        certs.join("server.key").display()
+                    ),
+                )
+            }))
             .stdout(Stdio::null())
             .spawn()
             .expect("receiver.py (scripts/test installs standardwebhooks and cryptography)");

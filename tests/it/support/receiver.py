@@ -14,6 +14,7 @@ Consumed answers are counted in CONTROL + ".used"; writing new content
 to CONTROL starts the lists afresh.
 
 Usage: receiver.py PORT OUT CONTROL SCHEME KEY [URL]
+  with RECEIVER_TLS=CERT_PEM:KEY_PEM in the environment: HTTPS with that certificate
   SCHEME standard-webhooks: KEY = the whsec_ secret
   SCHEME rsa-sha256: KEY = path of the public key PEM; URL = the sink's url
   SCHEME hmac-sha256: KEY = the secret (header X-Signature, prefix sha256=, hex)
@@ -149,5 +150,12 @@ class Server(ThreadingHTTPServer):
 
 
 server = Server(("127.0.0.1", int(port)), Handler)
+if os.environ.get("RECEIVER_TLS"):
+    import ssl
+
+    cert, private = os.environ["RECEIVER_TLS"].split(":")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, private)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
 server.daemon_threads = True
 server.serve_forever()
