@@ -16,7 +16,9 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::http::header::{
+    HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT,
+};
 use hyper::http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,6 +53,9 @@ pub enum SetupError {
     /// `url` is not a URL an HTTP client can call.
     #[error("url: {0}")]
     Url(String),
+    /// rustls refused the TLS settings.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Why a POST got no answer.
@@ -127,20 +132,28 @@ impl Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| SetupError::Url(e.to_string()))?
+            .map_err(|e| SetupError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(spec.timeout));
+        // TCP keepalive as reqwest set it: a kept connection a NAT dropped
+        // silently fails in ~1 min, not at the next delivery's timeout.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        // Over TLS, HTTP/2 when the receiver offers it (ALPN), else HTTP/1.1.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
-            .enable_http1()
+            .enable_all_versions()
             .wrap_connector(http);
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(spec.concurrency)
+            // Idle connections expire (90 s) on a timer, as under reqwest.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         let url = url::Url::parse(&spec.url).map_err(|e| SetupError::Url(e.to_string()))?;
         let authorization = (!url.username().is_empty() || url.password().is_some()).then(|| {
@@ -179,6 +192,7 @@ impl Client {
         let map = request.headers_mut();
         map.reserve(8);
         map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        map.insert(ACCEPT, HeaderValue::from_static("*/*"));
         map.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("tributary/", env!("CARGO_PKG_VERSION"))),
@@ -197,17 +211,30 @@ impl Client {
     }
 }
 
-/// At most the first 300 bytes of an answer's body, for a dead letter's
-/// reason; within `timeout`, as the whole delivery was.
-pub async fn start_of(response: Response<Incoming>, timeout: Duration) -> Vec<u8> {
+/// Most of an answer's body read to keep its connection: a body left unread
+/// closes the connection, and the next POST would open (and TLS-handshake) a
+/// new one.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// Reads an answer's body to its end (up to [`MAX_DRAIN`] bytes, within
+/// `timeout`: what is left of the delivery's) so its connection goes back to
+/// the pool; returns its first `keep` bytes (for a dead letter's reason).
+pub async fn read_answer(response: Response<Incoming>, keep: usize, timeout: Duration) -> Vec<u8> {
     let mut body = response.into_body();
     let mut start = Vec::new();
+    if hyper::body::Body::is_end_stream(&body) {
+        // No body (a 202 or 204, or Content-Length: 0): no timer either.
+        return start;
+    }
     let read = async {
-        while start.len() < 300 {
+        let mut seen = 0;
+        while seen < MAX_DRAIN {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        start.extend_from_slice(&data[..data.len().min(300 - start.len())]);
+                        let room = keep.saturating_sub(start.len()).min(data.len());
+                        start.extend_from_slice(&data[..room]);
+                        seen += data.len();
                     }
                 }
                 _ => break,
@@ -265,6 +292,68 @@ mod tests {
             text.contains(&path.display().to_string()) && text.contains("no certificate"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_when_the_answer_s_body_comes_later_and_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers every request on a connection; counts connections.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        // Each request is a head and a 2-byte body ("{}").
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if seen.len() < end + 6 {
+                                break;
+                            }
+                            seen.drain(..end + 6);
+                            // The head first, the body (20 kB) a moment later:
+                            // not yet read when the head is handed over.
+                            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 20000\r\n\r\n";
+                            if socket.write_all(head).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let mut body = b"{\"ok\": true".to_vec();
+                            body.resize(19_999, b' ');
+                            body.push(b'}');
+                            if socket.write_all(&body).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let client = Client::new(&spec(&url, None)).unwrap();
+        for _ in 0..5 {
+            let response = client.post([], Bytes::from_static(b"{}")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let start = read_answer(response, 4, Duration::from_secs(5)).await;
+            assert_eq!(start, b"{\"ok");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one kept-alive connection for five POSTs"
+        );
+        server.abort();
     }
 
     #[tokio::test]

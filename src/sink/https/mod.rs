@@ -47,6 +47,8 @@ const MIN_WAIT: Duration = Duration::from_millis(100);
 /// Most events read past the committed offset: a head event retrying for
 /// hours must not let the rest of the log pile up in memory.
 const MAX_AHEAD: u64 = 65_536;
+/// Longest wait for a delivered answer's body (read to keep its connection).
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// The committed offset is written at most this often while deliveries flow.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
@@ -305,11 +307,25 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
     let mut tries: u32 = 0;
     loop {
         let timestamp = chrono::Utc::now().timestamp();
+        // The values are base64, hex and digits after a prefix checked when
+        // the config was loaded; should one still not fit in a header, the
+        // event is a dead letter rather than an unsigned POST.
         let signed = shared
             .signer
             .headers(&id, timestamp, &event.payload)
             .into_iter()
-            .filter_map(|(name, value)| Some((name, HeaderValue::try_from(value).ok()?)));
+            .map(|(name, value)| HeaderValue::try_from(value).map(|value| (name, value)))
+            .collect::<Result<Vec<_>, _>>();
+        let signed = match signed {
+            Ok(signed) => signed,
+            Err(e) => {
+                return Outcome::Dead(
+                    format!("cannot sign: a signature header is not a valid header value ({e})"),
+                    "rejected",
+                )
+            }
+        };
+        let sent = Instant::now();
         let (wait, why) = match shared
             .client
             .post(signed, Bytes::clone(&event.payload))
@@ -318,14 +334,17 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
             Ok(response) => {
                 let status = response.status();
                 shared.count(Some(status));
+                let left = shared.spec.timeout.saturating_sub(sent.elapsed());
                 let class = classify(status, response.headers());
                 if class == Class::Done {
+                    // Delivered; its body is read only to keep the connection.
+                    client::read_answer(response, 0, left.min(DRAIN_WAIT)).await;
                     shared.health.committed();
                     return Outcome::Delivered;
                 }
                 let answer = format!(
                     "{status}: {}",
-                    excerpt(&client::start_of(response, shared.spec.timeout).await)
+                    excerpt(&client::read_answer(response, 300, left).await)
                 );
                 match class {
                     // Retry-After: 0 (or a past date) must not make a hot loop.
