@@ -92,7 +92,8 @@ pub struct Client {
 
 impl Client {
     /// The client `spec` asks for: the system's roots plus `ca_file`'s,
-    /// HTTP/1.1 with keep-alive, up to `concurrency` idle connections.
+    /// kept-alive connections (up to `concurrency` idle), HTTP/2 over TLS
+    /// when offered.
     pub fn new(spec: &HttpsSinkSpec) -> Result<Self, SetupError> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -168,7 +169,7 @@ impl Client {
             value.set_sensitive(true);
             value
         });
-        let mut bare = url.clone();
+        let mut bare = url;
         let _ = bare.set_username("");
         let _ = bare.set_password(None);
         let uri = Uri::try_from(bare.as_str()).map_err(|e| SetupError::Url(e.to_string()))?;
