@@ -115,6 +115,8 @@ struct Pool {
     idle: Mutex<Vec<(Instant, http1::SendRequest<Full<Bytes>>)>>,
     h2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
     max_idle: usize,
+    /// Whether the task that closes idle connections runs.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -138,9 +140,23 @@ impl Pool {
 
     fn release(&self, sender: http1::SendRequest<Full<Bytes>>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle && !sender.is_closed() {
-            idle.push((Instant::now(), sender));
+        if idle.len() >= self.max_idle {
+            // Connections the receiver closed make room first, then the
+            // least recently used.
+            idle.retain(|(_, s)| !s.is_closed());
+            if idle.len() >= self.max_idle {
+                idle.remove(0);
+            }
         }
+        idle.push((Instant::now(), sender));
+    }
+
+    /// Closes the connections idle for [`IDLE_TIMEOUT`] or closed by the
+    /// receiver.
+    fn prune(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        idle.retain(|(since, s)| now.duration_since(*since) < IDLE_TIMEOUT && !s.is_closed());
     }
 
     /// The shared HTTP/2 connection, while it is open.
@@ -274,6 +290,7 @@ impl Client {
                 idle: Mutex::new(Vec::with_capacity(spec.concurrency)),
                 h2: Mutex::new(None),
                 max_idle: spec.concurrency,
+                reaping: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -337,7 +354,11 @@ impl Client {
                 Sender::H2(mut h2) => {
                     *request.uri_mut() = self.uri.clone();
                     request.headers_mut().remove(HOST);
-                    h2.ready().await.map_err(Failure::Http)?;
+                    if h2.ready().await.is_err() {
+                        // Closed before this request went out: another.
+                        self.pool.h2.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        continue;
+                    }
                     match h2.try_send_request(request).await {
                         Ok(response) => Ok(Answer {
                             response,
@@ -360,6 +381,27 @@ impl Client {
     /// A new connection: TCP, then TLS for https (HTTP/2 if the receiver
     /// chose it), its I/O driven by a task of its own.
     async fn connect(&self) -> Result<Sender, Failure> {
+        if !self
+            .pool
+            .reaping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Idle connections close after IDLE_TIMEOUT even when the sink
+            // has nothing to send (checkout prunes only when it runs); the
+            // task ends with the client.
+            let pool = Arc::downgrade(&self.pool);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(IDLE_TIMEOUT / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    match pool.upgrade() {
+                        Some(pool) => pool.prune(),
+                        None => return,
+                    }
+                }
+            });
+        }
         let stream = self
             .connector
             .clone()
@@ -369,6 +411,10 @@ impl Client {
         if stream.connected().is_negotiated_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // A connection that stops answering is found by its pings,
+                // not by every delivery's timeout in turn.
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(15))
                 .handshake(stream)
                 .await
                 .map_err(Failure::Http)?;

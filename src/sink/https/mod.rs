@@ -52,6 +52,9 @@ const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// The committed offset is written at most this often while deliveries flow.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
+/// A ledger commit in flight.
+type Commit = tokio::task::JoinHandle<std::io::Result<()>>;
+
 /// How one delivery ended.
 enum Outcome {
     Delivered,
@@ -105,6 +108,19 @@ impl Shared {
 impl HttpsRunner {
     /// Delivers until the log closes and every delivery in flight has ended.
     pub async fn run(self) -> Result<(), SinkError> {
+        let mut writing = None;
+        let result = self.deliver_all(&mut writing).await;
+        // A commit still in flight after an error lands before this returns
+        // (never after a restart's or a new owner's); its own error adds
+        // nothing to the one returned.
+        if let Some(writing) = writing {
+            let _ = writing.await;
+        }
+        result
+    }
+
+    /// The delivery loop; `writing` holds the ledger commit in flight.
+    async fn deliver_all(&self, writing: &mut Option<Commit>) -> Result<(), SinkError> {
         let name = self.spec.name.clone();
         let setup = |problem: SetupError| SinkError::Setup {
             sink: name.clone(),
@@ -133,7 +149,6 @@ impl HttpsRunner {
         // (awaited in place, each commit held every delivery back for its
         // fsync, ~15% of the sink's time while ingest also fsynced).
         let mut recorded = committed;
-        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         let mut reader = self.log.reader(committed);
         let mut done = BTreeSet::new();
         let mut flying: JoinSet<(u64, Event, Outcome)> = JoinSet::new();
@@ -147,7 +162,7 @@ impl HttpsRunner {
         loop {
             if self.abandon.is_cancelled() {
                 // Shutdown's grace period is over: start nothing new.
-                self.last_commit(writing, committed).await?;
+                self.last_commit(writing.take(), committed, recorded).await?;
                 return Err(SinkError::Abandoned);
             }
             while flying.len() < limit {
@@ -194,11 +209,11 @@ impl HttpsRunner {
                         Outcome::Gone(why) => {
                             error!(pipeline = %self.pipeline, sink = %name, url = %self.spec.url, answer = %why, "The receiver answered 410 Gone; this sink stops. Events stay in the log; fix the receiver and restart.");
                             self.health.stopped(&format!("the receiver answered 410 Gone ({why})"));
-                            self.last_commit(writing, committed).await?;
+                            self.last_commit(writing.take(), committed, recorded).await?;
                             return Err(SinkError::Disabled { sink: name.clone(), reason: why });
                         }
                         Outcome::Abandoned => {
-                            self.last_commit(writing, committed).await?;
+                            self.last_commit(writing.take(), committed, recorded).await?;
                             return Err(SinkError::Abandoned);
                         }
                     }
@@ -206,7 +221,7 @@ impl HttpsRunner {
                 }
                 () = &mut commit_due, if committed > recorded && writing.is_none() => {}
                 written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
-                    writing = None;
+                    *writing = None;
                     written.map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?.map_err(SinkError::Ledger)?;
                 }
             }
@@ -219,7 +234,7 @@ impl HttpsRunner {
                 && (commit_due.is_elapsed() || (flying.is_empty() && pending.is_empty()))
             {
                 let (log, sink) = (self.log.clone(), name.clone());
-                writing = Some(tokio::task::spawn_blocking(move || {
+                *writing = Some(tokio::task::spawn_blocking(move || {
                     log.commit(&sink, committed)
                 }));
                 recorded = committed;
@@ -228,19 +243,19 @@ impl HttpsRunner {
                     .reset(tokio::time::Instant::now() + COMMIT_EVERY);
             }
         }
-        if writing.is_some() || committed > recorded {
-            self.last_commit(writing, committed).await?;
-        }
+        self.last_commit(writing.take(), committed, recorded).await?;
         debug!(pipeline = %self.pipeline, sink = %name, "Log closed; HTTPS sink done.");
         Ok(())
     }
 
-    /// Waits for the commit in flight, then commits `offset` (the one in
-    /// flight may hold a lower offset: it must not land after this one).
+    /// Waits for the commit in flight, then commits `offset` if it is past
+    /// `recorded` (the offset of the last commit started: the one in flight
+    /// may hold a lower offset, and must not land after this one).
     async fn last_commit(
         &self,
-        writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+        writing: Option<Commit>,
         offset: u64,
+        recorded: u64,
     ) -> Result<(), SinkError> {
         if let Some(writing) = writing {
             writing
@@ -248,7 +263,10 @@ impl HttpsRunner {
                 .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
                 .map_err(SinkError::Ledger)?;
         }
-        self.commit(offset).await
+        if offset > recorded {
+            self.commit(offset).await?;
+        }
+        Ok(())
     }
 
     async fn commit(&self, offset: u64) -> Result<(), SinkError> {
