@@ -356,7 +356,11 @@ impl Client {
                     request.headers_mut().remove(HOST);
                     if h2.ready().await.is_err() {
                         // Closed before this request went out: another.
-                        self.pool.h2.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        self.pool
+                            .h2
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .take();
                         continue;
                     }
                     match h2.try_send_request(request).await {
@@ -467,7 +471,8 @@ pub async fn read_answer(answer: Answer, keep: usize, timeout: Duration) -> Vec<
                     None => return true,
                 }
             }
-            false
+            // MAX_DRAIN read: reusable only if that was all of it.
+            hyper::body::Body::is_end_stream(&body)
         };
         ended = tokio::time::timeout(timeout, read).await.unwrap_or(false);
     }

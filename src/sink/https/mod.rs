@@ -162,7 +162,8 @@ impl HttpsRunner {
         loop {
             if self.abandon.is_cancelled() {
                 // Shutdown's grace period is over: start nothing new.
-                self.last_commit(writing.take(), committed, recorded).await?;
+                self.last_commit(writing.take(), committed, recorded)
+                    .await?;
                 return Err(SinkError::Abandoned);
             }
             while flying.len() < limit {
@@ -243,7 +244,8 @@ impl HttpsRunner {
                     .reset(tokio::time::Instant::now() + COMMIT_EVERY);
             }
         }
-        self.last_commit(writing.take(), committed, recorded).await?;
+        self.last_commit(writing.take(), committed, recorded)
+            .await?;
         debug!(pipeline = %self.pipeline, sink = %name, "Log closed; HTTPS sink done.");
         Ok(())
     }
