@@ -55,6 +55,15 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// A ledger commit in flight.
 type Commit = tokio::task::JoinHandle<std::io::Result<()>>;
 
+/// A finished commit's result.
+fn commit_result(
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), SinkError> {
+    joined
+        .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
+        .map_err(SinkError::Ledger)
+}
+
 /// How one delivery ended.
 enum Outcome {
     Delivered,
@@ -146,8 +155,8 @@ impl HttpsRunner {
         let mut committed = self.log.sink_state(&name).committed;
         // The highest offset whose commit has started, and the commit in
         // flight: deliveries go on while the ledger is written and fsynced
-        // (awaited in place, each commit held every delivery back for its
-        // fsync, ~15% of the sink's time while ingest also fsynced).
+        // (awaited in place, each commit held every delivery back for the
+        // length of its fsync).
         let mut recorded = committed;
         let mut reader = self.log.reader(committed);
         let mut done = BTreeSet::new();
@@ -223,7 +232,7 @@ impl HttpsRunner {
                 () = &mut commit_due, if committed > recorded && writing.is_none() => {}
                 written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                     *writing = None;
-                    written.map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?.map_err(SinkError::Ledger)?;
+                    commit_result(written)?;
                 }
             }
             while done.first() == Some(&committed) {
@@ -234,10 +243,7 @@ impl HttpsRunner {
                 && writing.is_none()
                 && (commit_due.is_elapsed() || (flying.is_empty() && pending.is_empty()))
             {
-                let (log, sink) = (self.log.clone(), name.clone());
-                *writing = Some(tokio::task::spawn_blocking(move || {
-                    log.commit(&sink, committed)
-                }));
+                *writing = Some(self.start_commit(committed));
                 recorded = committed;
                 commit_due
                     .as_mut()
@@ -260,10 +266,7 @@ impl HttpsRunner {
         recorded: u64,
     ) -> Result<(), SinkError> {
         if let Some(writing) = writing {
-            writing
-                .await
-                .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
-                .map_err(SinkError::Ledger)?;
+            commit_result(writing.await)?;
         }
         if offset > recorded {
             self.commit(offset).await?;
@@ -272,11 +275,13 @@ impl HttpsRunner {
     }
 
     async fn commit(&self, offset: u64) -> Result<(), SinkError> {
+        commit_result(self.start_commit(offset).await)
+    }
+
+    /// Writes the committed offset (and fsyncs it) off the runtime's thread.
+    fn start_commit(&self, offset: u64) -> Commit {
         let (log, sink) = (self.log.clone(), self.spec.name.clone());
         tokio::task::spawn_blocking(move || log.commit(&sink, offset))
-            .await
-            .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?
-            .map_err(SinkError::Ledger)
     }
 
     /// One dead letter, in a file named by its offset (a replay rewrites the same file).
