@@ -11,9 +11,15 @@
 //! a replay append ends with a state record, as poll and dedupe logs require.
 //!
 //! A dead-letter file is deleted (or rewritten without the replayed rows) only
-//! after the append holding its rows is durable; a crash in between replays
-//! those rows again next time, and a sink's exactly-once flushes then store
-//! them a second time (at-least-once for a replay interrupted by a crash).
+//! after the log acknowledged the append holding its rows; a crash in between
+//! replays those rows again next time. Each replay record has an id of its
+//! own, derived from the dead-letter file, the sink and the event's id
+//! ([`record_id`]): every record of one replay is told apart (JetStream keys
+//! its `Nats-Msg-Id` on it, so six dead letters are six messages), a replay
+//! of the same file after a crash is the same message again (stored once
+//! within the stream's duplicate window), and a dead letter written anew by a
+//! later flush, in another file, is replayed again. The replayed row keeps the
+//! event's original `_event_id`.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -51,8 +57,10 @@ struct Replayed<'a> {
     topic: Option<Cow<'a, str>>,
 }
 
-/// The log record that replays `event` (raw JSON) to `sinks`.
+/// The log record that replays `event` (raw JSON) to `sinks`; `record` is
+/// the record's own id (see [`record_id`]), `id` the event's.
 pub fn wrap(
+    record: Uuid,
     id: Uuid,
     received_at_us: i64,
     event: &RawValue,
@@ -70,7 +78,24 @@ pub fn wrap(
     };
     let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
     debug_assert!(payload.starts_with(crate::event::REPLAY_PREFIX));
-    Event::record(crate::event::RecordKind::Replay, Bytes::from(payload))
+    Event {
+        id: record,
+        ..Event::record(crate::event::RecordKind::Replay, Bytes::from(payload))
+    }
+}
+
+/// The id of the record that replays event `id` from dead-letter file
+/// `file` to `sink`: the same every time that dead letter is replayed, and
+/// another for every other dead letter.
+pub fn record_id(file: &str, sink: &str, id: Uuid) -> Uuid {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{file}\n{sink}\n{id}").as_bytes(),
+    );
+    let bytes: [u8; 16] = digest.as_ref()[..16]
+        .try_into()
+        .expect("a SHA-256 digest has 32 bytes");
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// The original event if `event` replays one to `sink`; otherwise `event` as it is.
@@ -221,7 +246,7 @@ pub async fn run(
                 continue;
             }
         };
-        let (events, replay_mask, problems) = select(&batch, filter, &known);
+        let (events, replay_mask, problems) = select(name, &batch, filter, &known);
         done.problems
             .extend(problems.into_iter().map(|p| format!("{name}: {p}")));
         let replayed = events.len();
@@ -273,6 +298,7 @@ fn read(bytes: Bytes) -> Result<RecordBatch, NotDeadLetters> {
 /// The replay records for the rows of `batch` that match, a mask of those
 /// rows, and why others were kept.
 fn select(
+    file: &str,
     batch: &RecordBatch,
     filter: &Filter,
     known: &HashSet<&str>,
@@ -330,7 +356,8 @@ fn select(
         match parsed {
             Ok((id, raw)) => {
                 let topic = topics.filter(|t| t.is_valid(row)).map(|t| t.value(row));
-                events.push(wrap(id, at, raw, topic, &[sink]));
+                let record = record_id(file, sink, id);
+                events.push(wrap(record, id, at, raw, topic, &[sink]));
                 mask.push(true);
             }
             Err(e) => {
@@ -351,8 +378,10 @@ mod tests {
         let raw: &RawValue =
             serde_json::from_str(r#"{"customers": {"id": 7, "note": "ü"}}"#).unwrap();
         let id = Uuid::now_v7();
-        let record = wrap(id, 42, raw, Some("push"), &["delta"]);
+        let own = record_id("dl-1.parquet", "delta", id);
+        let record = wrap(own, id, 42, raw, Some("push"), &["delta"]);
         assert!(record.is_state() && record.is_replay());
+        assert_eq!(record.id, own, "the record carries its own id");
         let other = unwrap_for("parquet", record.clone());
         assert!(other.is_state(), "another sink skips it");
         let mine = unwrap_for("delta", record);
@@ -372,5 +401,17 @@ mod tests {
             Bytes::from_static(b"{\"dedupe\":[]}"),
         );
         assert!(!state.is_replay());
+    }
+
+    #[test]
+    fn each_dead_letter_replays_under_an_id_of_its_own() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let id = record_id("dl-1.parquet", "delta", a);
+        assert!(!id.is_nil());
+        assert_eq!(id, record_id("dl-1.parquet", "delta", a), "again: the same");
+        assert_ne!(id, record_id("dl-1.parquet", "delta", b), "another event");
+        assert_ne!(id, record_id("dl-1.parquet", "parquet", a), "another sink");
+        assert_ne!(id, record_id("dl-2.parquet", "delta", a), "a later file");
+        assert_ne!(id, a, "never the event's own id (its message is stored already)");
     }
 }

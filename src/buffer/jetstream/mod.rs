@@ -11,7 +11,15 @@
 //!   the `202` waits for every publish ack (JetStream acks after the quorum
 //!   stored it). `Nats-Msg-Id` is the delivery id when dedupe has one (a
 //!   provider's retry on any node is stored once within the stream's
-//!   duplicate window), otherwise the event id.
+//!   duplicate window), otherwise the event id (a replayed dead letter: its
+//!   record's own id).
+//! * The duplicate window forgets a delivery id once its message is purged
+//!   and a server restarts (it rebuilds the window from the messages it
+//!   holds). So a webhook with dedupe also keeps each delivery id it
+//!   published in the KV bucket `tributary_dedupe_<pipeline>`, whose entries
+//!   live for the dedupe window: a publish first asks it, and an id found
+//!   there is a duplicate. The id is put there after the publish's ack, so a
+//!   crash between the two can at worst store a retry twice, never lose one.
 //! * A sink's progress per partition (the ledger of the file log: committed
 //!   offset and pending range) lives in the KV bucket `tributary_progress`;
 //!   ownership in `tributary_leases` ([`owner`]). Messages every sink has
@@ -214,7 +222,25 @@ impl Cluster {
         let partitions = (0..spec.partitions)
             .map(|_| PartitionStatus::default())
             .collect();
+        let delivered = match dedupe_window {
+            None => None,
+            Some(window) => Some(
+                ensure_bucket(
+                    &self.js,
+                    kv::Config {
+                        bucket: format!("tributary_dedupe_{}", key_safe(&spec.name)),
+                        history: 1,
+                        max_age: window,
+                        num_replicas: self.spec.replicas,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            ),
+        };
         Ok(Arc::new(Pipeline {
+            delivered,
             name: spec.name.clone(),
             sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
             cluster: self.clone(),
@@ -329,6 +355,8 @@ pub struct Pipeline {
     /// A poll source's state as its leader loaded or last stored it, with
     /// its revision in the progress bucket.
     poll_state: std::sync::Mutex<Option<(u64, Bytes)>>,
+    /// With dedupe: the delivery ids published within the dedupe window.
+    delivered: Option<kv::Store>,
 }
 
 /// The last seen end and size of one partition's stream.
@@ -495,10 +523,41 @@ impl JetStreamAppender {
             (Some(ids), None) if ids.len() == 1 => {
                 (0..rows.len()).map(|i| format!("{}#{i}", ids[0])).collect()
             }
-            _ => rows.iter().map(|e| e.id.to_string()).collect(),
+            // An event's own id; a replayed dead letter's record id (made
+            // from its file, sink and event: see `crate::replay::record_id`).
+            _ => rows
+                .iter()
+                .map(|e| match e.kind {
+                    RecordKind::Replay => format!("replay-{}", e.id),
+                    _ => e.id.to_string(),
+                })
+                .collect(),
+        };
+        // Delivery ids published before, even if their messages were
+        // purged and the servers restarted since.
+        let delivered = match (&ids, &poll_state, &pipeline.delivered) {
+            (Some(_), None, Some(store)) => Some(store),
+            _ => None,
+        };
+        let known = match delivered {
+            Some(store) => {
+                futures::future::try_join_all(keys.iter().map(|key| async move {
+                    store
+                        .get(delivered_key(key))
+                        .await
+                        .map(|found| found.is_some())
+                }))
+                .await
+                .map_err(unavailable)?
+            }
+            None => vec![false; keys.len()],
         };
         let mut acks = Vec::with_capacity(rows.len());
-        for (event, key) in rows.drain(..).zip(keys) {
+        for ((event, key), known) in rows.drain(..).zip(&keys).zip(&known) {
+            if *known {
+                acks.push(None);
+                continue;
+            }
             let partition = crc32c::crc32c(key.as_bytes()) % pipeline.count();
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
@@ -508,13 +567,26 @@ impl JetStreamAppender {
                 .publish_with_headers(subject(&pipeline.name, partition), headers, encode(&event))
                 .await
                 .map_err(unavailable)?;
-            acks.push(published);
+            acks.push(Some(published));
         }
         // Which publishes the stream's duplicate window dropped: stored
         // before (another node took the provider's earlier try).
         let mut duplicates = Vec::with_capacity(count as usize);
         for ack in acks {
-            duplicates.push(ack.await.map_err(unavailable)?.duplicate);
+            duplicates.push(match ack {
+                None => true,
+                Some(ack) => ack.await.map_err(unavailable)?.duplicate,
+            });
+        }
+        if let Some(store) = delivered {
+            let remembered = keys
+                .iter()
+                .zip(&known)
+                .filter(|(_, known)| !**known)
+                .map(|(key, _)| store.put(delivered_key(key), Bytes::from_static(b"1")));
+            if let Err(e) = futures::future::try_join_all(remembered).await {
+                warn!(pipeline = %pipeline.name, error = %e, "Stored a delivery but could not remember its id in JetStream; a retry after its message is purged and a server restarts would be stored again.");
+            }
         }
         duplicates.resize(count as usize, false);
         if let Some(state) = poll_state {
@@ -545,6 +617,16 @@ fn delivery_ids(events: &[Event]) -> Option<Vec<String>> {
         .ok()
         .map(|r| r.dedupe)
         .filter(|ids| !ids.is_empty())
+}
+
+/// The key of delivery key `key` in the dedupe bucket (a KV key holds only
+/// some characters; a delivery id may hold any).
+fn delivered_key(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The stream of `pipeline`'s partition `p`.

@@ -1,6 +1,16 @@
 //! One partition of a pipeline as one sink's log, while this node owns it:
 //! a reader is an ordered consumer from the sink's offset; the ledger is
 //! the sink's key in the progress bucket.
+//!
+//! The ledger is the write fence of sinks that have no transaction of their
+//! own (Parquet, HTTPS): every write of it is revision-checked against the
+//! revision this node read or last wrote. A node that was paused past its
+//! lease finds, when it wakes, that the next owner has written the key: its
+//! `begin` fails before it uploads a range the next owner did not record, and
+//! its `commit` fails, so its runner stops without moving the progress. A
+//! range it had recorded before the pause is one the next owner re-flushes
+//! under the same object names with the same rows, so an upload that slips
+//! through after the wake-up rewrites identical rows.
 
 use std::io;
 use std::ops::Range;
@@ -9,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -25,7 +36,10 @@ pub struct PartitionLog {
     pipeline: Arc<Pipeline>,
     partition: u32,
     key: String,
-    state: Mutex<SinkState>,
+    /// The sink's progress, and the key's revision this node read or last
+    /// wrote (0: the key does not exist yet). One lock: the runner's ledger
+    /// steps run one at a time.
+    state: Mutex<(SinkState, u64)>,
     /// Next offset (stream's last sequence), as last seen.
     end: Arc<AtomicU64>,
     /// Cancelled when this node gives the partition up: readers end.
@@ -45,48 +59,83 @@ impl PartitionLog {
         let recorded = pipeline
             .cluster
             .progress
-            .get(&key)
+            .entry(key.as_str())
             .await
             .map_err(io::Error::other)?;
-        let mut state: SinkState = match recorded {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
-            None => SinkState::default(),
+        let (mut state, revision): (SinkState, u64) = match recorded {
+            Some(entry) if entry.operation == kv::Operation::Put => (
+                serde_json::from_slice(&entry.value).map_err(io::Error::other)?,
+                entry.revision,
+            ),
+            Some(entry) => (SinkState::default(), entry.revision),
+            None => (SinkState::default(), 0),
         };
         let mut stream = pipeline.streams[partition as usize].clone();
         let info = stream.info().await.map_err(io::Error::other)?;
-        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        // Offsets below the stream's first were purged: every sink then had
-        // them (or this sink is new and starts at what is there).
-        let first_offset = first.saturating_sub(1);
-        if state.committed < first_offset && info.state.messages > 0 {
-            warn!(pipeline = %pipeline.name, sink, partition, committed = state.committed, first = first_offset, "The sink's progress is behind the stream's first event (a new sink?); it starts there.");
-            state.committed = first_offset;
-            state.pending = None;
-        }
+        let last = info.state.last_sequence;
         pipeline.partitions[partition as usize]
             .end
             .fetch_max(last, Ordering::Relaxed);
-        Ok(Self {
+        let log = Self {
             pipeline,
             partition,
             key,
-            state: Mutex::new(state),
+            state: Mutex::new((state.clone(), revision)),
             end: Arc::new(AtomicU64::new(last)),
             stop,
             runtime: tokio::runtime::Handle::current(),
-        })
+        };
+        // Offsets below the stream's first were purged: every sink then had
+        // them, or this sink is new and starts at what is there. An empty
+        // stream's first sequence is one past its last, so a sink added to
+        // an idle pipeline starts at the end. The move is recorded at once:
+        // purging waits for every sink's recorded progress.
+        let first_offset = info.state.first_sequence.saturating_sub(1);
+        if state.committed < first_offset {
+            warn!(pipeline = %log.pipeline.name, sink, partition, committed = state.committed, first = first_offset, "The sink's progress is behind the stream's first event (a new sink?); it starts there.");
+            state.committed = first_offset;
+            state.pending = None;
+            log.write(&state).await?;
+        }
+        Ok(log)
+    }
+
+    /// Writes `state` to the progress bucket if the key is still at the
+    /// revision this node read or last wrote.
+    async fn write(&self, state: &SinkState) -> io::Result<()> {
+        let body = Bytes::from(serde_json::to_vec(state).map_err(io::Error::other)?);
+        let progress = &self.pipeline.cluster.progress;
+        let seen = self.state.lock().expect("progress lock").1;
+        let fenced = || {
+            io::Error::other(format!(
+                "another node wrote the progress of {} since this node read it: this node lost the partition and stops writing it",
+                self.key
+            ))
+        };
+        let written = if seen == 0 {
+            progress
+                .create(self.key.as_str(), body)
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => fenced(),
+                    _ => io::Error::other(e),
+                })?
+        } else {
+            progress
+                .update(self.key.as_str(), body, seen)
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => fenced(),
+                    _ => io::Error::other(e),
+                })?
+        };
+        *self.state.lock().expect("progress lock") = (state.clone(), written);
+        Ok(())
     }
 
     fn record(&self, state: SinkState) -> io::Result<()> {
-        let body = Bytes::from(serde_json::to_vec(&state).map_err(io::Error::other)?);
-        let progress = self.pipeline.cluster.progress.clone();
-        let key = self.key.clone();
         // Called on the blocking pool (the runner's ledger step).
-        self.runtime
-            .block_on(async move { progress.put(key, body).await })
-            .map_err(io::Error::other)?;
-        *self.state.lock().expect("progress lock") = state;
-        Ok(())
+        self.runtime.block_on(self.write(&state))
     }
 
     /// Purges what every sink of the pipeline has committed on this partition.
@@ -139,7 +188,7 @@ impl LogStore for PartitionLog {
     }
 
     fn sink_state(&self, _sink: &str) -> SinkState {
-        self.state.lock().expect("progress lock").clone()
+        self.state.lock().expect("progress lock").0.clone()
     }
 
     fn begin(&self, _sink: &str, range: Range<u64>) -> io::Result<()> {

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+// Replay, a sink added to an idle pipeline, dedupe across server restarts,
+// the Parquet write fence.
+mod durability;
+
 /// Three nats-servers with JetStream, clustered on loopback.
 struct Nats {
     servers: Vec<Option<Child>>,
@@ -156,6 +160,18 @@ fn node(nats: &Nats, lake: &Path) -> Project {
 
 /// [`node`] with `extra` TOML after the pipeline's Delta sink (another sink).
 fn node_with(nats: &Nats, lake: &Path, extra: &str) -> Project {
+    node_of(
+        nats,
+        lake,
+        &format!(
+            "[log]\npartitions = 6\n\n[batch]\nmax_events = 200\nmax_age = \"500ms\"\n\n[[sink]]\ntype = \"delta\"\nname = \"delta\"\n{extra}\n"
+        ),
+    )
+}
+
+/// A node whose Shopify-customers pipeline ends with `tail` (its `[log]`,
+/// `[batch]` and sinks).
+fn node_of(nats: &Nats, lake: &Path, tail: &str) -> Project {
     let project = Project::new();
     project.write(
         "tributary.toml",
@@ -181,17 +197,7 @@ record_path = "/customers"
 type = "webhook"
 path = "/hooks/shopify/customers"
 
-[log]
-partitions = 6
-
-[batch]
-max_events = 200
-max_age = "500ms"
-
-[[sink]]
-type = "delta"
-name = "delta"
-{extra}
+{tail}
 "#
         ),
     );
@@ -534,8 +540,15 @@ async fn a_node_that_joins_takes_partitions_without_a_duplicate() {
     assert_eq!(acked.len(), 2000);
     wait_for_table(&table_dir(lake.path()), &acked, &[&first, &second]).await;
     assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
-    assert!(second.log().contains("This node now writes the partition"));
-    assert!(first.log().contains("Giving the partition to another node"));
+    // The owners above already showed the move; these say how it was made.
+    eventually(&second, "the second node writing", || {
+        second.log().contains("This node now writes the partition")
+    })
+    .await;
+    eventually(&first, "the first node giving partitions up", || {
+        first.log().contains("Giving the partition to another node")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,34 +596,65 @@ name = "delta"
             project
         })
         .collect();
+    // Each node named, so the lease says which one holds it.
+    for (i, n) in nodes.iter().enumerate() {
+        let config = fs::read_to_string(n.path().join("tributary.toml")).unwrap();
+        // The [log] table is the file's last: the key lands in it.
+        n.write(
+            "tributary.toml",
+            &format!("{config}node = \"poll-node-{i}\"\n"),
+        );
+    }
     let mut servers: Vec<Option<Server>> = Vec::new();
     for n in &nodes {
         servers.push(Some(n.start().await));
     }
-    // The leader, once it has stored some pages: kill it mid-run.
-    let leads = |p: &Project| p.log().contains("This node now runs the poll source");
+    // The poll leader is the node holding the pipeline's lease in the KV
+    // bucket tributary_leases (`items._poll` → `<node>-<random suffix>`).
+    let client = async_nats::connect(nats.urls.clone()).await.unwrap();
+    let leases = async_nats::jetstream::new(client)
+        .get_key_value("tributary_leases")
+        .await
+        .unwrap();
+    let holder = || async {
+        let value = leases.get("items._poll").await.unwrap();
+        value.and_then(|value| {
+            let node = String::from_utf8(value.to_vec()).unwrap();
+            (0..2usize).find(|i| node.starts_with(&format!("poll-node-{i}-")))
+        })
+    };
     let started = Instant::now();
     let leader = loop {
-        if let Some(i) = (0..2).find(|i| leads(&nodes[*i])) {
+        if let Some(i) = holder().await {
             break i;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "no node became the poll leader"
+            "no node took the poll lease"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    while api.log().len() < 15 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Once it has fetched some pages: kill it mid-run.
+    eventually(&nodes[leader], "the leader fetching pages", || {
+        api.log().len() >= 15
+    })
+    .await;
+    assert_eq!(
+        holder().await,
+        Some(leader),
+        "the lease holder is the one polling"
+    );
     servers[leader].take().unwrap().kill9();
     let follower = 1 - leader;
-    eventually(
-        &nodes[follower],
-        "the other node to take the poll over",
-        || leads(&nodes[follower]),
-    )
-    .await;
+    let started = Instant::now();
+    while holder().await != Some(follower) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the other node never took the poll lease over:\n{}",
+            nodes[follower].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let table = lake.path().join("items");
     let started = Instant::now();
     let view = loop {
@@ -639,9 +683,26 @@ name = "delta"
         counts.len()
     );
     assert_eq!(view.duckdb.len(), 3000, "DuckDB reads the same rows");
-    assert!(
-        nodes[follower].log().contains("Resuming the poll run"),
-        "the follower resumed the leader's run instead of starting over"
+    // The API saw one run begin: a single request without a page cursor
+    // (the leader's first page); the follower went on from the cursor the
+    // leader stored.
+    let cursors: Vec<Option<String>> = api
+        .log()
+        .iter()
+        .map(|request| {
+            let query = request
+                .path_and_query
+                .split_once('?')
+                .map_or("", |(_, q)| q);
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(key, _)| key == "after")
+                .map(|(_, value)| value.into_owned())
+        })
+        .collect();
+    let starts = cursors.iter().filter(|c| c.is_none()).count();
+    assert_eq!(
+        starts, 1,
+        "the follower resumed the leader's run instead of starting over: {cursors:?}"
     );
 }
 
@@ -821,18 +882,16 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
         "{} events in the table were never acknowledged",
         seen.len() - acked.len()
     );
-    let woke = nodes[0].log();
-    for line in woke
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-    {
-        println!("paused node: {}", &line[..line.len().min(400)]);
-    }
-    assert!(
+    // The woken node stops writing what it lost: it says so once its lease
+    // renewal or its next ledger write is refused (whichever comes first;
+    // a Delta commit refused by the table's txn may come before either).
+    eventually(&nodes[0], "the paused node noticed it lost its partitions", || {
+        let woke = nodes[0].log();
         woke.contains("Another node holds the partition's lease now")
-            || woke.contains("Cannot renew the partition's lease in time"),
-        "the paused node noticed it lost its leases:\n{woke}"
-    );
+            || woke.contains("Cannot renew the partition's lease in time")
+            || woke.contains("this node lost the partition")
+    })
+    .await;
     drop((paused, other));
 }
 
