@@ -299,7 +299,9 @@ impl Column {
             }
             Column::Float { values, nulls } => {
                 let text = cursor.number()?;
-                if cursor.strict && !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                // An integer a double may round: the encoder's exactness
+                // check decides (see `super::exact`).
+                if !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
                     let int: i64 = std::str::from_utf8(text).ok()?.parse().ok()?;
                     if int.unsigned_abs() > super::infer::EXACT_IN_DOUBLE {
                         return None;

@@ -5,9 +5,12 @@
 //! `_received_at`, `_received_date` and `_source` are added. The fast path
 //! decodes the whole flush at once; if that fails, every record is decoded on
 //! its own so one bad event becomes a dead letter with its reason and never
-//! holds back the rest of its batch. Nothing here panics on input.
+//! holds back the rest of its batch. A number arrow-json would store as
+//! another number (a fraction in an integer column) is a dead letter too
+//! ([`exact`]). Nothing here panics on input.
 
 pub mod dead_letter;
+pub mod exact;
 pub mod fast;
 pub mod infer;
 pub mod pointer;
@@ -210,6 +213,29 @@ impl Encoder {
         } else {
             None
         };
+        if grown.is_some() {
+            // A record that fit the old schema as it is may not fit the grown
+            // one (`"b": {}` skipped, then `"b"` inferred as text): fit it too.
+            let mut kept = Vec::with_capacity(good.len());
+            let mut fitted = Vec::with_capacity(rows.len());
+            for (event, row) in good.into_iter().zip(rows) {
+                match row {
+                    Row::AsIs(bytes) => match serde_json::from_slice(bytes) {
+                        Ok(serde_json::Value::Object(map)) => {
+                            kept.push(event);
+                            fitted.push(Row::Fitted(map, None));
+                        }
+                        _ => dead.push(DeadLetter::new(event, "the record is not a JSON object")),
+                    },
+                    row => {
+                        kept.push(event);
+                        fitted.push(row);
+                    }
+                }
+            }
+            good = kept;
+            rows = fitted;
+        }
         let grown_encoder = grown.clone().map(|s| self.with_record_schema(s));
         let this = grown_encoder.as_ref().unwrap_or(self);
         let misfit = if self.infer {
@@ -272,6 +298,16 @@ impl Encoder {
 
     /// Decodes rows in order, each from its bytes or its fitted tree.
     fn decode_rows(&self, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
+        if exact::has_numbers(self.record_schema.fields()) {
+            for row in rows {
+                // A record read as it is was checked exactly by `AsIs`.
+                if let Row::Fitted(map, _) = row {
+                    if let Some(why) = exact::misfit(self.record_schema.fields(), map) {
+                        return Err(ArrowError::JsonError(why));
+                    }
+                }
+            }
+        }
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(rows.len().max(1))
             .build_decoder()?;
@@ -297,6 +333,13 @@ impl Encoder {
     fn decode(&self, records: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
         if let Some(batch) = fast::decode(&self.record_schema, records) {
             return Ok(batch);
+        }
+        if exact::has_numbers(self.record_schema.fields()) {
+            for record in records {
+                if let Some(why) = exact::misfit_in(self.record_schema.fields(), record) {
+                    return Err(ArrowError::JsonError(why));
+                }
+            }
         }
         let mut decoder = ReaderBuilder::new(self.record_schema.clone())
             .with_batch_size(records.len().max(1))

@@ -215,3 +215,172 @@ fn a_declared_json_text_column_takes_any_value() {
         "declared schemas have no _extra"
     );
 }
+
+fn numbers_encoder(infer: bool) -> Encoder {
+    let schema = Schema::new(vec![
+        Field::new("orders_count", DataType::Int64, true),
+        Field::new("total", DataType::Float64, true),
+    ]);
+    let schema = if infer { Schema::empty() } else { schema };
+    Encoder::new(Arc::new(schema), "", "webhook:/x").inferring(infer)
+}
+
+#[test]
+fn a_fraction_in_a_declared_integer_column_is_a_dead_letter_not_a_cut_number() {
+    let events = [
+        event(r#"{"orders_count": 2.7}"#),
+        event(r#"{"orders_count": -0.5}"#),
+        event(r#"{"orders_count": 3}"#),
+        event(r#"{"orders_count": 4}"#),
+        event(r#"{"total": 9007199254740993}"#),
+    ];
+    // On its own (the fast path declines the flush) and among good records.
+    for flush in [&events[..1], &events[..]] {
+        let out = numbers_encoder(false).encode(flush);
+        let counts = out
+            .batch
+            .column_by_name("orders_count")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert!(
+            !counts.iter().any(|c| c == Some(2) || c == Some(0)),
+            "no cut number is stored: {counts:?}"
+        );
+        assert_eq!(out.batch.num_rows() + out.dead.len(), flush.len());
+    }
+    let out = numbers_encoder(false).encode(&events);
+    let counts = out
+        .batch
+        .column_by_name("orders_count")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(counts.iter().collect::<Vec<_>>(), [Some(3), Some(4)]);
+    let reasons: Vec<&str> = out.dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("/orders_count: 2.7 is not an integer"), "{}", reasons[0]);
+    assert!(reasons[1].contains("/orders_count: -0.5"), "{}", reasons[1]);
+    assert!(reasons[2].contains("/total: 9007199254740993"), "{}", reasons[2]);
+}
+
+#[test]
+fn under_inference_a_fraction_after_integers_keeps_its_value() {
+    let encoder = numbers_encoder(true);
+    let first = encoder.encode(&[event(r#"{"orders_count": 2}"#)]);
+    let encoder = encoder.with_record_schema(first.grown.expect("grew"));
+    let out = encoder.encode(&[event(r#"{"orders_count": 2.7}"#), event(r#"{"orders_count": -0.5}"#)]);
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+    let schema = out.grown.clone().unwrap_or_else(|| encoder.record_schema().clone());
+    let column = out.batch.column_by_name("orders_count").unwrap();
+    let kept: Vec<String> = match schema.field_with_name("orders_count").unwrap().data_type() {
+        DataType::Float64 => column
+            .as_primitive::<arrow_array::types::Float64Type>()
+            .iter()
+            .map(|v| format!("{v:?}"))
+            .collect(),
+        _ => {
+            let extra = out.batch.column_by_name("_extra").unwrap().as_string::<i32>();
+            extra.iter().map(|v| format!("{v:?}")).collect()
+        }
+    };
+    assert!(kept[0].contains("2.7") && kept[1].contains("-0.5"), "{kept:?}");
+}
+
+#[test]
+fn a_record_that_fit_the_old_schema_is_refitted_when_the_flush_grows_it() {
+    let encoder = Encoder::new(Arc::new(Schema::empty()), "", "webhook:/x").inferring(true);
+    let first = encoder.encode(&[event(r#"{"a": 1}"#)]);
+    let encoder = encoder.with_record_schema(first.grown.expect("grew"));
+    let out = encoder.encode(&[event(r#"{"a": 2, "b": {}}"#), event(r#"{"a": 3, "b": "x"}"#)]);
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+    assert_eq!(out.batch.num_rows(), 2);
+    let b = out.batch.column_by_name("b").unwrap().as_string::<i32>();
+    assert_eq!(b.iter().collect::<Vec<_>>(), [None, Some("x")]);
+}
+
+/// Doubles and integers of every kind, written as the shortest text that
+/// reads back to them (as providers' serialisers write them), come out of
+/// the encoder bit for bit: declared columns (fast path and arrow-json),
+/// inferred columns and `_extra`.
+#[test]
+fn every_number_round_trips_bit_exactly() {
+    use arrow_array::types::Float64Type;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7472_6962);
+    let mut doubles = vec![
+        116.470_000_008_121_13,
+        123_456_789.123_456_79,
+        0.1,
+        -0.0,
+        0.0,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -5e-324,
+        2.225_073_858_507_201e-308,
+        f64::MAX,
+        f64::MIN,
+        1e23,
+        9_007_199_254_740_991.0,
+    ];
+    doubles.extend((0..3000).map(|_| loop {
+        let v = f64::from_bits(rng.random::<u64>());
+        if v.is_finite() {
+            break v;
+        }
+    }));
+    doubles.extend((0..1000).map(|_| rng.random::<f64>() * 1e6));
+    let mut integers = vec![
+        i64::MIN,
+        i64::MAX,
+        0,
+        -1,
+        (1 << 53) - 1,
+        1 << 53,
+        (1 << 53) + 1,
+        -(1 << 53) - 1,
+    ];
+    integers.extend((0..2000).map(|_| rng.random::<i64>()));
+    // A double column written with a fraction or exponent where the value
+    // has one, as serde_json and JavaScript write them.
+    let text = |v: f64| serde_json::to_string(&v).unwrap();
+    let declared = |events: &[Event]| numbers_encoder(false).encode(events);
+    let doubles_in = |v: f64| event(&format!(r#"{{"total": {}}}"#, text(v)));
+    let integers_in = |v: i64| event(&format!(r#"{{"orders_count": {v}}}"#));
+    // Declared: the flush as a whole (fast path), then with a record only
+    // arrow-json reads (a number as text), so arrow-json decodes the flush.
+    for extra in [None, Some(event(r#"{"orders_count": "5"}"#))] {
+        let mut events: Vec<Event> = doubles.iter().map(|&v| doubles_in(v)).collect();
+        events.extend(integers.iter().map(|&v| integers_in(v)));
+        events.extend(extra.clone());
+        let out = declared(&events);
+        assert!(out.dead.is_empty(), "{:?}", out.dead.first());
+        assert_eq!(out.batch.num_rows(), events.len());
+        let totals = out.batch.column_by_name("total").unwrap().as_primitive::<Float64Type>();
+        for (i, &v) in doubles.iter().enumerate() {
+            assert_eq!(totals.value(i).to_bits(), v.to_bits(), "{} came back as {}", text(v), totals.value(i));
+        }
+        let counts = out.batch.column_by_name("orders_count").unwrap().as_primitive::<Int64Type>();
+        for (i, &v) in integers.iter().enumerate() {
+            assert_eq!(counts.value(doubles.len() + i), v);
+        }
+    }
+    // Inferred: a column of doubles, and doubles kept in `_extra` under a
+    // text column.
+    let encoder = Encoder::new(Arc::new(Schema::empty()), "", "webhook:/x").inferring(true);
+    let events: Vec<Event> = doubles.iter().map(|&v| event(&format!(r#"{{"v": {}, "w": "t"}}"#, text(v)))).collect();
+    let out = encoder.encode(&events);
+    assert!(out.dead.is_empty());
+    let values = out.batch.column_by_name("v").unwrap().as_primitive::<Float64Type>();
+    for (i, &v) in doubles.iter().enumerate() {
+        assert_eq!(values.value(i).to_bits(), v.to_bits(), "inferred {}", text(v));
+    }
+    let encoder = encoder.with_record_schema(out.grown.expect("grew"));
+    let events: Vec<Event> = doubles.iter().map(|&v| event(&format!(r#"{{"w": {}}}"#, text(v)))).collect();
+    let out = encoder.encode(&events);
+    assert!(out.dead.is_empty());
+    let extra = out.batch.column_by_name("_extra").unwrap().as_string::<i32>();
+    for (i, &v) in doubles.iter().enumerate() {
+        let kept: serde_json::Value = serde_json::from_str(extra.value(i)).unwrap();
+        let back = kept["/w"].as_f64().unwrap();
+        assert_eq!(back.to_bits(), v.to_bits(), "_extra kept {} as {}", text(v), extra.value(i));
+    }
+}
