@@ -217,7 +217,8 @@ pub fn parse_since(text: &str) -> Result<i64, ClientError> {
     Ok(crate::event::now_us() - back.as_micros() as i64)
 }
 
-/// The status table: one line per sink.
+/// The status table: one line per sink, and one for each poll source (its
+/// SINK `(source)`, its LAST_COMMIT the last successful run).
 pub fn table(pipelines: &Value) -> String {
     let mut rows = vec![[
         "PIPELINE",
@@ -232,13 +233,32 @@ pub fn table(pipelines: &Value) -> String {
         "LAST_ERROR",
     ]
     .map(String::from)];
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
     for p in pipelines["pipelines"].as_array().into_iter().flatten() {
-        for s in p["sinks"].as_array().into_iter().flatten() {
-            let text = |v: &Value| match v {
-                Value::String(s) => s.clone(),
-                Value::Null => "-".into(),
-                other => other.to_string(),
+        let poll = &p["poll"];
+        if poll.is_object() {
+            let error = match (poll["last_error"].as_str(), poll["failures"].as_u64()) {
+                (Some(e), Some(n)) => format!("{e} ({n} failure(s) since the last success)"),
+                _ => "-".into(),
             };
+            rows.push([
+                text(&p["name"]),
+                text(&p["source"]),
+                "(source)".into(),
+                text(&poll["state"]),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                text(&poll["last_success"]),
+                "-".into(),
+                error,
+            ]);
+        }
+        for s in p["sinks"].as_array().into_iter().flatten() {
             rows.push([
                 text(&p["name"]),
                 text(&p["source"]),
@@ -293,4 +313,43 @@ pub fn table(pipelines: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_poll_source_has_its_own_row_with_its_last_error() {
+        let answer = serde_json::json!({"pipelines": [{
+            "name": "hubspot_contacts",
+            "source": "poll",
+            "poll": {
+                "state": "failing",
+                "last_success": null,
+                "last_error": "env var HUBSPOT_TOKEN is not set",
+                "last_error_at": "2026-12-06T10:00:00+00:00",
+                "failures": 3,
+            },
+            "sinks": [{
+                "name": "delta", "state": "starting", "committed_offset": 0, "lag_events": 0,
+                "lag_seconds": 0.0, "last_commit": null, "dead_letters": 0, "last_error": null,
+            }],
+        }]});
+        let table = table(&answer);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[1].contains("(source)")
+                && lines[1].contains("failing")
+                && lines[1].ends_with(
+                    "env var HUBSPOT_TOKEN is not set (3 failure(s) since the last success)"
+                ),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("delta") && lines[2].contains("starting"),
+            "{table}"
+        );
+    }
 }

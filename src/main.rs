@@ -34,19 +34,21 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
     match cli.command {
-        Command::Check(args) => match config::load(&args.config.paths()) {
+        // `--explain` shows the files' effective settings; a plain check also
+        // names, as errors, the environment variables they need that are unset.
+        Command::Check(args) => match if args.explain {
+            config::load(&args.config.paths())
+        } else {
+            config::check(&args.config.paths())
+        } {
             Ok(config) => {
                 if args.explain {
                     print!("{}", config::explain::explain(&config));
                     return ExitCode::SUCCESS;
                 }
                 println!("ok: {} pipeline(s) valid", config.pipelines.len());
-                match &config.global.server.admin_token_env {
-                    Some(env) if std::env::var_os(env).is_none() => {
-                        println!("  note: env var {env} (admin.token_env) is not set; `tributary run` will not start without it");
-                    }
-                    Some(_) => {}
-                    None => println!("  note: no admin.token_env: /metrics, /api/… and /readyz's reasons answer only requests from this machine (loopback)"),
+                if config.global.server.admin_token_env.is_none() {
+                    println!("  note: no admin.token_env: /metrics, /api/… and /readyz's reasons answer only requests from this machine (loopback)");
                 }
                 for p in &config.pipelines {
                     println!(
@@ -55,29 +57,6 @@ fn main() -> ExitCode {
                         p.file.display(),
                         p.sinks.len()
                     );
-                    if let tributary::config::SourceSpec::Webhook(w) = &p.source {
-                        for env in w.verify.iter().flat_map(|v| &v.secret_envs) {
-                            if std::env::var_os(env).is_none() {
-                                println!("    note: env var {env} is not set; `tributary run` will not start without it");
-                            }
-                        }
-                    }
-                    if let tributary::config::SourceSpec::Poll(poll) = &p.source {
-                        for env in poll.secret_envs() {
-                            if std::env::var_os(env).is_none() {
-                                println!("    note: env var {env} is not set; its runs will fail until it is");
-                            }
-                        }
-                    }
-                    for sink in &p.sinks {
-                        if let tributary::config::SinkSpec::Https(h) = sink {
-                            for env in h.signing.secret_envs() {
-                                if std::env::var_os(env).is_none() {
-                                    println!("    note: env var {env} is not set; `tributary run` will not start sink {} without it", h.name);
-                                }
-                            }
-                        }
-                    }
                 }
                 ExitCode::SUCCESS
             }
@@ -200,7 +179,7 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
     }
 }
 
-/// `tributary sql`: one query, or one per `;` from standard input.
+/// `tributary sql`: one query, or one per `;` (as SQL reads it) from standard input.
 fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
     use std::io::{BufRead, Write};
     use tributary::sql;
@@ -269,12 +248,10 @@ fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
                 for line in std::io::stdin().lock().lines().map_while(Result::ok) {
                     text.push_str(&line);
                     text.push('\n');
-                    while let Some(end) = text.find(';') {
-                        let query = text[..end].trim().to_string();
-                        text.drain(..=end);
-                        if query.is_empty() {
-                            continue;
-                        }
+                    // A `;` in a string or a comment ends nothing.
+                    let (queries, rest) = sql::split(&text);
+                    text = rest.to_string();
+                    for query in queries {
                         if let Err(e) = sql::answer(&ctx, &query, args.format, &mut out).await {
                             eprintln!("error: {e}");
                             failed = true;
@@ -379,7 +356,12 @@ fn run(config: Config) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(tributary::pipeline::run(config, Shutdown::default())) {
+    let served = runtime.block_on(async {
+        // Before anything starts: a `systemctl reload` must not end the service.
+        Shutdown::ignore_hangups();
+        tributary::pipeline::run(config, Shutdown::default()).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));

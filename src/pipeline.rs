@@ -248,6 +248,10 @@ pub async fn build(
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
         cluster: None,
+        poll: match &source.source {
+            crate::source::Source::Poll(poller) => Some(poller.health()),
+            crate::source::Source::Webhook { .. } => None,
+        },
     };
     Ok(Built {
         source,
@@ -324,13 +328,19 @@ fn encoder_and_dead_letters(
 /// dead letters) overwrite files named by the same offsets. With an intact
 /// log it reads nothing.
 ///
+/// An output whose storage cannot be set up (a credential's variable not
+/// set) is an error: the pipeline cannot start, and no log is made for it,
+/// so a later start with the setting fixed still reads the outputs first.
+/// A bucket that does not exist holds nothing: it counts as empty.
+///
 /// The outputs are read at once, each for at most [`FLOOR_WAIT`], so an
-/// unreachable store never holds webhooks back. An output that cannot be read
-/// in time makes the clock the floor: the log starts at the current Unix time
-/// in microseconds, which no earlier log of this pipeline can have reached
-/// (it would have needed more than one offset per microsecond since its own
-/// start), so its offsets, and the object names made from them, are new.
-pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
+/// unreachable store never holds webhooks back. An output that exists but
+/// cannot be read in time makes the clock the floor: the log starts at the
+/// current Unix time in microseconds, which no earlier log of this pipeline
+/// can have reached (it would have needed more than one offset per
+/// microsecond since its own start), so its offsets, and the object names
+/// made from them, are new.
+pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> Result<u64, RunError> {
     let log_dir = global.data_dir.join(&spec.name).join("log");
     let intact = std::fs::read_dir(&log_dir).is_ok_and(|entries| {
         entries
@@ -338,10 +348,21 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
             .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
     });
     if intact {
-        return 0;
+        return Ok(0);
+    }
+    let storage_error = |sink: &str, source: StorageError| RunError::Storage {
+        pipeline: spec.name.clone(),
+        sink: sink.to_string(),
+        source: Box::new(source),
+    };
+    for sink in &spec.sinks {
+        if let Some(location) = sink.location() {
+            Storage::new(location, sink.storage_options())
+                .map_err(|e| storage_error(sink.name(), e))?;
+        }
     }
     let dead_letters = global.lake.join("_dead_letters").join(&spec.name);
-    type Output<'a> = (&'a str, Result<Box<dyn TableSink>, StorageError>);
+    type Output<'a> = (&'a str, Box<dyn TableSink>);
     let mut outputs: Vec<Output> = Vec::new();
     // Dead-letter files are named by offsets like a Parquet sink's.
     let dead = crate::config::spec::ParquetSinkSpec {
@@ -350,31 +371,35 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
         partition_by: Vec::new(),
         storage: Default::default(),
     };
-    outputs.push((
-        "_dead_letters",
-        parquet::ParquetSink::new(&dead, false).map(|s| Box::new(s) as Box<dyn TableSink>),
-    ));
+    let dead =
+        parquet::ParquetSink::new(&dead, false).map_err(|e| storage_error("dead letters", e))?;
+    outputs.push(("_dead_letters", Box::new(dead) as Box<dyn TableSink>));
     for sink in &spec.sinks {
         // Deliveries carry event ids, not offsets: nothing to read.
         if let Some(tables) = crate::sink::table_sink(sink, spec) {
-            outputs.push((sink.name(), tables));
+            outputs.push((
+                sink.name(),
+                tables.map_err(|e| storage_error(sink.name(), e))?,
+            ));
         }
     }
-    let reads = outputs.iter().map(|(name, output)| async move {
-        let read = match output {
-            Err(e) => Err(crate::error::chain(e)),
-            Ok(tables) => tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
-                .await
-                .unwrap_or(Err(SinkError::NoAnswer(FLOOR_WAIT)))
-                .map_err(|e| crate::error::chain(&e)),
-        };
+    let reads = outputs.iter().map(|(name, tables)| async move {
+        let read = tokio::time::timeout(FLOOR_WAIT, tables.end_offset())
+            .await
+            .unwrap_or(Err(SinkError::NoAnswer(FLOOR_WAIT)))
+            .map_err(|e| crate::error::chain(&e));
         (*name, read)
     });
     let mut floor = 0;
     for (name, read) in futures::future::join_all(reads).await {
         match read {
             Ok(end) => floor = floor.max(end),
+            Err(e) if crate::sink::storage::no_such_bucket(&e) => {
+                let e = crate::sink::storage::one_line(&e);
+                info!(pipeline = %spec.name, sink = %name, error = %e, "The log is new and the sink's bucket does not exist: it holds no earlier offsets.");
+            }
             Err(e) => {
+                let e = crate::sink::storage::one_line(&e);
                 let clock = crate::event::now_us().max(0) as u64;
                 warn!(pipeline = %spec.name, sink = %name, error = %e, floor = clock, "The log is new and what this sink already wrote cannot be read; its offsets start at the clock (µs since the epoch), so they cannot repeat an earlier log's.");
                 floor = floor.max(clock);
@@ -384,7 +409,7 @@ pub async fn offset_floor(spec: &PipelineSpec, global: &GlobalSpec) -> u64 {
     if floor > 0 {
         info!(pipeline = %spec.name, floor, "The log is new; offsets continue after those the outputs already hold.");
     }
-    floor
+    Ok(floor)
 }
 
 /// How long start-up reads an output's highest offset when the log is new.
@@ -429,7 +454,7 @@ pub async fn poll_once(
     if matches!(config.global.log, crate::config::log::LogSpec::JetStream(_)) {
         return Err(RunError::PollOnCluster(pipeline.to_string()));
     }
-    let floor = offset_floor(spec, &config.global).await;
+    let floor = offset_floor(spec, &config.global).await?;
     let built = build(spec, &config.global, &shutdown, floor, None).await?;
     // The view holds an appender; the log must close once the poller is done.
     drop(built.view);
@@ -498,7 +523,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let mut units = Vec::new();
     for spec in &config.pipelines {
         let floor = match cluster {
-            None => offset_floor(spec, &config.global).await,
+            None => offset_floor(spec, &config.global).await?,
             Some(_) => 0,
         };
         let built = build(spec, &config.global, &shutdown, floor, cluster.as_ref()).await?;
@@ -542,7 +567,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     };
     let admin_task = admin_listener.map(|listener| {
         let address = listener.local_addr().ok();
-        info!(admin = ?address, "Admin endpoints on their own listener.");
+        info!(
+            admin = address.map(tracing::field::display),
+            "Admin endpoints on their own listener."
+        );
         let app = server::admin_router(admin.clone());
         tokio::spawn(server::serve(
             listener,
@@ -577,4 +605,49 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");
     }
     served.map_err(|source| RunError::Server { listen, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipeline `text` in a fresh project (`pipelines/p.toml`).
+    fn project(text: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+        std::fs::write(dir.path().join("tributary.toml"), "").unwrap();
+        std::fs::write(dir.path().join("pipelines/p.toml"), text).unwrap();
+        let config = crate::config::load(&crate::config::Paths {
+            config: Some(dir.path().join("tributary.toml")),
+            pipelines: None,
+        })
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+        (dir, config)
+    }
+
+    const WEBHOOK: &str =
+        "name = \"p\"\nschema = \"infer\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/p\"\n";
+
+    #[tokio::test]
+    async fn a_brand_new_lake_starts_the_log_at_zero_not_at_the_clock() {
+        let (_dir, config) = project(&format!(
+            "{WEBHOOK}[[sink]]\ntype = \"parquet\"\n[[sink]]\ntype = \"delta\"\nuri = \"lake/p_delta\"\n"
+        ));
+        let floor = offset_floor(&config.pipelines[0], &config.global).await;
+        assert_eq!(floor.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_output_that_cannot_be_set_up_is_an_error_and_makes_no_log() {
+        let (_dir, config) = project(&format!(
+            "{WEBHOOK}[[sink]]\ntype = \"parquet\"\nuri = \"s3://lake/p\"\nstorage = {{ region = \"us-east-1\", access_key_id_env = \"TRIBUTARY_TEST_NEVER_SET_KEY_ID\" }}\n"
+        ));
+        let floor = offset_floor(&config.pipelines[0], &config.global).await;
+        let e = floor.expect_err("the credential is not set");
+        assert!(
+            crate::error::chain(&e).contains("TRIBUTARY_TEST_NEVER_SET_KEY_ID"),
+            "{e:?}"
+        );
+        assert!(!config.global.data_dir.join("p").exists(), "no log is made");
+    }
 }

@@ -3,11 +3,14 @@
 //! GitHub (repository or organisation hooks, REST), Stripe (webhook
 //! endpoints) and Shopify (Admin GraphQL webhook subscriptions).
 //!
-//! Idempotent: a subscription is the pipeline's when its URL's path ends with
-//! the pipeline's `path` (Stripe: also its `tributary_pipeline` metadata), so
-//! a second run finds it and changes nothing, and a run with a new host
-//! updates it in place. `--dry-run` reads what exists and prints the writes it
-//! would make. Credentials come from the environment and never reach the
+//! Idempotent: a subscription is the pipeline's when its URL is `--url` —
+//! the same scheme, host, port and path, a trailing `/` aside (Stripe: also
+//! when its `tributary_pipeline` metadata names the pipeline) — so a second
+//! run finds it and changes nothing, and another integration's subscription
+//! whose URL merely ends with the same path is never taken over. A run with a
+//! new host creates a new subscription and names the old one. `--list` shows
+//! every subscription whose URL ends with the pipeline's `path`. `--dry-run`
+//! reads what exists and prints the writes it would make. Credentials come from the environment and never reach the
 //! output; Stripe's signing secret, which it returns once, is printed once
 //! with the env var to store it in and is not written to disk.
 
@@ -258,13 +261,67 @@ pub fn provider_of(pipeline: &PipelineSpec) -> Option<&'static str> {
     }
 }
 
-/// Whether `url`'s path is the pipeline's (ends with its `path`).
-fn ours(url: &str, path: &str) -> bool {
+/// Whether `url`'s path ends with the pipeline's `path`: a subscription that
+/// may deliver to the pipeline (behind a proxy that adds a prefix, or at an
+/// address it had before), or another integration's with a path like it.
+fn ends_with_path(url: &str, path: &str) -> bool {
     url::Url::parse(url).is_ok_and(|u| {
         u.path()
             .trim_end_matches('/')
             .ends_with(path.trim_end_matches('/'))
     })
+}
+
+/// Whether two URLs are one address: the same scheme, host and port (a
+/// default port written or not) and path (a trailing `/` aside). Query,
+/// fragment and user info do not choose where tributary answers.
+fn same_address(a: &str, b: &str) -> bool {
+    fn address(url: &str) -> Option<(String, String, Option<u16>, String)> {
+        let u = url::Url::parse(url).ok()?;
+        Some((
+            u.scheme().to_string(),
+            u.host_str()?.to_string(),
+            u.port_or_known_default(),
+            u.path().trim_end_matches('/').to_string(),
+        ))
+    }
+    matches!((address(a), address(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// The subscriptions of `all` (`url_of` reads one's URL) for a pipeline
+/// served at `path`, sorted out: with `url`, `mine` holds those at that
+/// address (the pipeline's own, which `register` may update) and `others`
+/// those whose URL only ends with `path` (another integration's, or an
+/// address the pipeline had before), which it never changes; without `url`
+/// (`--list`), `mine` holds every one whose URL ends with `path`.
+fn sort_out<'a>(
+    all: &'a [Value],
+    url_of: impl Fn(&Value) -> Option<&str>,
+    path: &str,
+    url: Option<&str>,
+) -> Sorted<'a> {
+    let mut sorted = Sorted::default();
+    for subscription in all {
+        let Some(at) = url_of(subscription) else {
+            continue;
+        };
+        match url {
+            Some(url) if same_address(at, url) => sorted.mine.push(subscription),
+            _ if !ends_with_path(at, path) => {}
+            Some(_) => sorted.others.push(subscription),
+            None => sorted.mine.push(subscription),
+        }
+    }
+    sorted
+}
+
+/// Subscriptions as [`sort_out`] sorts them.
+#[derive(Default)]
+struct Sorted<'a> {
+    /// The pipeline's own.
+    mine: Vec<&'a Value>,
+    /// Those `register` leaves alone.
+    others: Vec<&'a Value>,
 }
 
 /// Registers (or lists) `pipeline`'s subscription; returns what it printed.
@@ -301,7 +358,7 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
                     "--url {url} is not https; providers deliver to public https:// addresses"
                 )));
             }
-            if !ours(url, &webhook.path) {
+            if !ends_with_path(url, &webhook.path) {
                 return Err(RegisterError::Usage(format!(
                     "--url {url} does not end with the pipeline's path {}; tributary answers only there (add the path to the URL)",
                     webhook.path
@@ -435,17 +492,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_subscription_is_the_pipelines_by_its_path_and_topics_map_to_shopifys_enum() {
-        assert!(ours("https://a.example/hooks/github", "/hooks/github"));
-        assert!(ours(
+    fn a_subscription_is_the_pipelines_by_its_whole_url_and_topics_map_to_shopifys_enum() {
+        assert!(ends_with_path(
             "https://b.example/prefix/hooks/github/",
             "/hooks/github"
         ));
-        assert!(!ours("https://a.example/hooks/stripe", "/hooks/github"));
-        assert!(!ours("not a url", "/hooks/github"));
+        assert!(!ends_with_path(
+            "https://a.example/hooks/stripe",
+            "/hooks/github"
+        ));
+        assert!(!ends_with_path("not a url", "/hooks/github"));
+        for same in [
+            "https://me.example/github",
+            "https://me.example/github/",
+            "HTTPS://ME.example:443/github",
+            "https://me.example/github?x=1",
+        ] {
+            assert!(same_address(same, "https://me.example/github"), "{same}");
+        }
+        for other in [
+            "http://me.example/github",
+            "https://me.example:8443/github",
+            "https://other.example/github",
+            "https://me.example/x/github",
+            "https://me.example/GitHub",
+            "not a url",
+        ] {
+            assert!(!same_address(other, "https://me.example/github"), "{other}");
+        }
         assert_eq!(shopify::shopify_topic("orders/create"), "ORDERS_CREATE");
         assert_eq!(shopify::shopify_topic("app/uninstalled"), "APP_UNINSTALLED");
         let masked = redact(&json!({"config": {"url": "u", "secret": "s3cret"}}));
         assert_eq!(masked["config"]["secret"], "********");
+    }
+
+    #[test]
+    fn another_integrations_hook_whose_path_ends_like_the_pipelines_is_not_taken() {
+        let hooks = vec![
+            json!({"id": 1, "config": {"url": "https://other.example/x/github"}}),
+            json!({"id": 2, "config": {"url": "https://me.example/github/"}}),
+            json!({"id": 3, "config": {"url": "https://old.example/github"}}),
+            json!({"id": 4, "config": {"url": "https://me.example/gitlab"}}),
+            json!({"id": 5, "config": {}}),
+        ];
+        let ids = |found: &[&Value]| {
+            found
+                .iter()
+                .map(|h| h["id"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let sorted = sort_out(
+            &hooks,
+            github::hook_url,
+            "/github",
+            Some("https://me.example/github"),
+        );
+        assert_eq!(ids(&sorted.mine), [2]);
+        assert_eq!(ids(&sorted.others), [1, 3], "left alone");
+        let sorted = sort_out(
+            &hooks,
+            github::hook_url,
+            "/github",
+            Some("https://new.example/github"),
+        );
+        assert!(sorted.mine.is_empty(), "a new hook is created");
+        assert_eq!(ids(&sorted.others), [1, 2, 3]);
+        let listed = sort_out(&hooks, github::hook_url, "/github", None);
+        assert_eq!(ids(&listed.mine), [1, 2, 3], "--list shows each");
     }
 }

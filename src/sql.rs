@@ -1,26 +1,34 @@
 //! `tributary sql`: every table the configuration writes, queried with the
 //! DataFusion engine the binary already links (through delta-rs), with no
 //! other install. Read-only: it opens no log and takes no lock, so it works
-//! while `tributary run` is running.
+//! while `tributary run` is running, and it runs only statements that read
+//! (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`, `SHOW`, `DESCRIBE`): DDL, DML and
+//! `COPY … TO` are refused before they run.
 //!
 //! Table names (lower-case; quote a name with `-` in it):
 //! * `<pipeline>_<sink>` for every Parquet and Delta sink, and `<pipeline>`
 //!   for the pipeline's first table sink;
 //! * with `[route]`, `<pipeline>_<sink>_<table>` for every routed table
 //!   found in storage, and `<pipeline>_<table>` for the first table sink's;
-//! * `<pipeline>_dead_letters`, if the pipeline has any.
+//! * `<pipeline>_dead_letters`, empty until the pipeline has a dead letter.
 //!
 //! Parquet sinks are hive-partitioned listing tables whose partition
 //! columns read as text; Delta tables go through delta-rs's provider.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
+use deltalake::datafusion::datasource::empty::EmptyTable;
 use deltalake::datafusion::datasource::file_format::parquet::ParquetFormat;
 use deltalake::datafusion::datasource::listing::ListingOptions;
-use deltalake::datafusion::prelude::SessionContext;
+use deltalake::datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
+use deltalake::datafusion::sql::sqlparser::tokenizer::{
+    Location as TextLocation, Token, TokenWithSpan, Tokenizer,
+};
 use url::Url;
 
 use crate::config::{Config, Location, SinkSpec};
@@ -49,6 +57,9 @@ pub enum SqlError {
     /// DataFusion refused or failed the query; its own message.
     #[error("{0}")]
     Query(#[from] deltalake::datafusion::error::DataFusionError),
+    /// The statement would write a file or a table, or change the session.
+    #[error("tributary sql only reads ({0}): run SELECT, WITH, VALUES, EXPLAIN, SHOW or DESCRIBE; to save a result, add --format and --output FILE")]
+    NotARead(deltalake::datafusion::error::DataFusionError),
     /// A table could not be opened.
     #[error("cannot open table {table} at {location}: {problem}")]
     Table {
@@ -113,9 +124,10 @@ pub struct Registered {
     pub location: String,
 }
 
-/// A session with every table of `config` registered.
+/// A session with every table of `config` registered (and
+/// `information_schema`, for `SHOW TABLES` and `SHOW COLUMNS`).
 pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>), SqlError> {
-    let ctx = SessionContext::new();
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     let mut registered = Vec::new();
     for pipeline in &config.pipelines {
         let mut first = true;
@@ -183,15 +195,25 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
             .lake
             .join("_dead_letters")
             .join(&pipeline.name);
-        if let Ok(Some(provider)) = parquet(&ctx, &dead, &Default::default(), &[]).await {
-            let name = sql_name(&[&pipeline.name, "dead_letters"]);
-            ctx.register_table(name.as_str(), provider)?;
-            registered.push(Registered {
-                name,
-                kind: "dead letters",
-                location: dead.to_string(),
-            });
-        }
+        let name = sql_name(&[&pipeline.name, "dead_letters"]);
+        let provider: Provider = match parquet(&ctx, &dead, &Default::default(), &[]).await {
+            Ok(Some(provider)) => provider,
+            // No dead letter yet: the documented name answers, with no rows.
+            Ok(None) => Arc::new(EmptyTable::new(crate::encode::dead_letter::schema())),
+            Err(problem) => {
+                return Err(SqlError::Table {
+                    table: name,
+                    location: dead.to_string(),
+                    problem: Box::new(problem),
+                })
+            }
+        };
+        ctx.register_table(name.as_str(), provider)?;
+        registered.push(Registered {
+            name,
+            kind: "dead letters",
+            location: dead.to_string(),
+        });
     }
     Ok((ctx, registered))
 }
@@ -274,10 +296,89 @@ async fn parquet(
     Ok(Some(Arc::new(table)))
 }
 
-/// Runs `query` and returns its batches.
+/// What a query may do: read. No DDL (`CREATE …`, `DROP …`), no DML
+/// (`INSERT`, `COPY … TO`, which write tables and files), no statements that
+/// change the session (`SET`, transactions).
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Runs `query` (one statement that reads) and returns its batches.
 pub async fn query(ctx: &SessionContext, query: &str) -> Result<Vec<RecordBatch>, SqlError> {
-    let frame = ctx.sql(query).await?;
+    // `SessionContext::sql_with_options` in two steps, so a refusal is told
+    // apart from a query that fails.
+    let plan = ctx.state().create_logical_plan(query).await?;
+    read_only().verify_plan(&plan).map_err(SqlError::NotARead)?;
+    let frame = ctx.execute_logical_plan(plan).await?;
     Ok(frame.collect().await?)
+}
+
+/// Splits `text` after each `;` that ends a statement: one the SQL tokenizer
+/// reads as a token of its own, not one inside a string, a quoted name or a
+/// comment. Returns the statements so ended (trimmed; those holding only
+/// blanks and comments left out) and the unfinished rest, empty when it holds
+/// only blanks and comments. Text that stops inside a string or a comment is
+/// unfinished from there on: more lines may close it.
+pub fn split(text: &str) -> (Vec<String>, &str) {
+    let dialect = GenericDialect {};
+    let mut tokens = Vec::new();
+    // On an error, `tokens` holds every token before it.
+    let unfinished = Tokenizer::new(&dialect, text)
+        .tokenize_with_location_into_buf(&mut tokens)
+        .is_err();
+    let mut ends = semicolon_offsets(text, &tokens).into_iter();
+    let mut statements = Vec::new();
+    let (mut start, mut meaningful) = (0, false);
+    for token in &tokens {
+        match token.token {
+            Token::SemiColon => {
+                // One entry per `;` token, in order; `None` (a location
+                // that is not at a `;`) leaves it inside the statement.
+                let Some(end) = ends.next().flatten() else {
+                    meaningful = true;
+                    continue;
+                };
+                if meaningful {
+                    statements.push(text[start..end].trim().to_string());
+                }
+                (start, meaningful) = (end + 1, false);
+            }
+            Token::Whitespace(_) | Token::EOF => {}
+            _ => meaningful = true,
+        }
+    }
+    let rest = if meaningful || unfinished {
+        &text[start..]
+    } else {
+        ""
+    };
+    (statements, rest)
+}
+
+/// The byte offset in `text` of each `;` token among `tokens`, in order. The
+/// tokenizer locates a token by line and column, both from 1, counting
+/// columns in characters; a location that is not at a `;` gives `None`.
+fn semicolon_offsets(text: &str, tokens: &[TokenWithSpan]) -> Vec<Option<usize>> {
+    let mut semicolons = HashMap::new();
+    let mut at = TextLocation::new(1, 1);
+    for (offset, c) in text.char_indices() {
+        if c == ';' {
+            semicolons.insert(at, offset);
+        }
+        at = if c == '\n' {
+            TextLocation::new(at.line + 1, 1)
+        } else {
+            TextLocation::new(at.line, at.column + 1)
+        };
+    }
+    tokens
+        .iter()
+        .filter(|t| t.token == Token::SemiColon)
+        .map(|t| semicolons.get(&t.span.start).copied())
+        .collect()
 }
 
 /// Runs `query` and writes its result to `out` in `format`, flushed.
@@ -343,4 +444,68 @@ fn arrow_csv_writer(out: &mut dyn Write) -> deltalake::arrow::csv::Writer<&mut d
     deltalake::arrow::csv::WriterBuilder::new()
         .with_header(true)
         .build(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_end_at_semicolons_the_tokenizer_reads_not_at_those_in_strings() {
+        let (done, rest) = split("select ';' as a; select 2;");
+        assert_eq!(done, ["select ';' as a", "select 2"]);
+        assert_eq!(rest, "");
+        // The last statement without its `;` is the unfinished rest.
+        let (done, rest) = split("select ';' as a; select 2");
+        assert_eq!(done, ["select ';' as a"]);
+        assert_eq!(rest.trim(), "select 2");
+        // In a quoted name and a comment, over lines, after characters of two bytes.
+        let text = "select 'é;' as \"x;y\" -- a; b\n  from t;\nselect 3;";
+        assert_eq!(
+            split(text).0,
+            ["select 'é;' as \"x;y\" -- a; b\n  from t", "select 3"]
+        );
+        // A string still open waits for the next line, `;` and all.
+        let (done, rest) = split("select 1; select 'a;\n");
+        assert_eq!(done, ["select 1"]);
+        assert_eq!(rest, " select 'a;\n");
+        let (done, _) = split("select 1; select 'a;\nb';\n");
+        assert_eq!(done, ["select 1", "select 'a;\nb'"]);
+        // Empty statements and a trailing comment are nothing to run.
+        let (done, rest) = split(";; select 1; -- done\n");
+        assert_eq!(done, ["select 1"]);
+        assert_eq!(rest, "");
+    }
+
+    #[tokio::test]
+    async fn only_statements_that_read_run() {
+        let ctx =
+            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.parquet");
+        let refused = [
+            format!("COPY (SELECT 1 AS a) TO '{}'", file.display()),
+            "CREATE TABLE t AS SELECT 1 AS a".to_string(),
+            "CREATE VIEW v AS SELECT 1 AS a".to_string(),
+            "SET datafusion.execution.batch_size = 1".to_string(),
+        ];
+        for statement in &refused {
+            let e = query(&ctx, statement).await.unwrap_err();
+            assert!(matches!(e, SqlError::NotARead(_)), "{statement}: {e}");
+            assert!(e.to_string().contains("only reads"), "{e}");
+        }
+        assert!(!file.exists(), "COPY wrote nothing");
+        assert!(!ctx.table_exist("t").unwrap(), "no table was created");
+        for read in [
+            "SELECT 1 AS a",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "VALUES (1), (2)",
+            "EXPLAIN SELECT 1",
+            "SHOW TABLES",
+        ] {
+            query(&ctx, read)
+                .await
+                .unwrap_or_else(|e| panic!("{read}: {e}"));
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! Configuration: `tributary.toml`, `pipelines/*.toml` and the JSON Schema
 //! files they name. Two phases: `raw` (what serde reads) → `validate` (pure,
-//! collects every error) → `spec` (typed, defaulted). This file does the I/O.
+//! collects every error) → `spec` (typed, defaulted). This file does the I/O;
+//! [`check`] also asks the environment for every variable the files name
+//! ([`env`]).
 
+pub mod env;
 pub mod explain;
 pub mod log;
 pub mod raw;
@@ -189,5 +192,20 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         Ok(Config { global, pipelines })
     } else {
         Err(errors)
+    }
+}
+
+/// What `tributary check` reports: [`load`]'s errors, or else every
+/// environment variable the files name that is not set (a secret, a
+/// credential), each an error. `run` reads the variables itself: it does
+/// not start without a webhook's, a sink's or the server's, and starts the
+/// other pipelines when a poll source's credential is missing.
+pub fn check(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
+    let config = load(paths)?;
+    let unset = env::unset(&config, |var| std::env::var_os(var).is_some());
+    if unset.is_empty() {
+        Ok(config)
+    } else {
+        Err(unset)
     }
 }

@@ -22,6 +22,8 @@ pub struct Config {
 /// `tributary.toml`, defaulted.
 #[derive(Debug, Clone)]
 pub struct GlobalSpec {
+    /// The file it came from (`tributary.toml` also when there is none), for messages.
+    pub file: PathBuf,
     /// Address of the HTTP server.
     pub listen: SocketAddr,
     /// Durable buffer and sink progress live here.

@@ -99,6 +99,7 @@ pub fn global(
     }
     let log = super::log::log(raw.log.as_ref(), &mut e);
     GlobalSpec {
+        file: file.to_path_buf(),
         listen,
         data_dir,
         lake,

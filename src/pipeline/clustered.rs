@@ -176,6 +176,8 @@ pub(super) async fn build(
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
         cluster: Some(streams.clone()),
+        // The poll source runs where its lease is held, with its own poller.
+        poll: None,
     };
     let poll_leader =
         matches!(spec.source, SourceSpec::Poll(_)).then(|| crate::cluster::poll::PollLeader {

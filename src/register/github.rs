@@ -5,8 +5,13 @@ use std::fmt::Write as _;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{list, ours, same_set, Api, Body, RegisterError, Request};
+use super::{list, same_set, sort_out, Api, Body, RegisterError, Request};
 use crate::config::spec::PipelineSpec;
+
+/// A hook's delivery URL.
+pub(super) fn hook_url(hook: &Value) -> Option<&str> {
+    hook["config"]["url"].as_str()
+}
 
 pub(super) async fn github(
     api: &mut Api,
@@ -29,10 +34,8 @@ pub(super) async fn github(
         .await?
         .unwrap_or_default();
     let hooks_list = existing.as_array().cloned().unwrap_or_default();
-    let mine: Vec<&Value> = hooks_list
-        .iter()
-        .filter(|h| h["config"]["url"].as_str().is_some_and(|u| ours(u, path)))
-        .collect();
+    let sorted = sort_out(&hooks_list, hook_url, path, url);
+    let mine = sorted.mine;
     let Some(url) = url else {
         list(
             api,
@@ -40,7 +43,7 @@ pub(super) async fn github(
                 format!(
                     "GitHub hook {}: {} events={} active={}",
                     h["id"],
-                    h["config"]["url"].as_str().unwrap_or(""),
+                    hook_url(h).unwrap_or(""),
                     h["events"],
                     h["active"]
                 )
@@ -73,6 +76,9 @@ pub(super) async fn github(
                     events.join(",")
                 );
             }
+            for other in &sorted.others {
+                let _ = writeln!(api.out, "note: GitHub hook {} delivers to {}, whose path also ends with {path}; it is left as it is (if it is this pipeline's old address, delete it)", other["id"], hook_url(other).unwrap_or(""));
+            }
         }
         Some(hook) => {
             let same_events = hook["events"].as_array().is_some_and(|e| {
@@ -92,7 +98,7 @@ pub(super) async fn github(
             } else {
                 let body = json!({"active": true, "events": events, "config": config});
                 let id = hook["id"].clone();
-                let old = hook["config"]["url"].as_str().unwrap_or("").to_string();
+                let old = hook_url(hook).unwrap_or("").to_string();
                 if api
                     .send(
                         Method::PATCH,
@@ -102,15 +108,20 @@ pub(super) async fn github(
                     .await?
                     .is_some()
                 {
+                    let moved = if old == url {
+                        String::new()
+                    } else {
+                        format!("{old} → ")
+                    };
                     let _ = writeln!(
                         api.out,
-                        "updated: GitHub hook {id}: {old} → {url} (events {})",
+                        "updated: GitHub hook {id}: {moved}{url} (events {})",
                         events.join(",")
                     );
                 }
             }
             for extra in &mine[1..] {
-                let _ = writeln!(api.out, "note: GitHub hook {} also delivers to this pipeline ({}); delete it if it is stale", extra["id"], extra["config"]["url"].as_str().unwrap_or(""));
+                let _ = writeln!(api.out, "note: GitHub hook {} also delivers to this pipeline ({}); delete it if it is stale", extra["id"], hook_url(extra).unwrap_or(""));
             }
         }
     }

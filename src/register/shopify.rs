@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{list, ours, Api, Body, RegisterError, Request, SHOPIFY_API_VERSION};
+use super::{list, sort_out, Api, Body, RegisterError, Request, SHOPIFY_API_VERSION};
+
+/// A subscription's delivery URL.
+fn callback_url(subscription: &Value) -> Option<&str> {
+    subscription["endpoint"]["callbackUrl"].as_str()
+}
 
 /// Shopify's GraphQL enum for a topic: `orders/create` → `ORDERS_CREATE`.
 pub(super) fn shopify_topic(topic: &str) -> String {
@@ -31,14 +36,8 @@ pub(super) async fn shopify(
         .as_array()
         .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
         .unwrap_or_default();
-    let mine: Vec<&Value> = nodes
-        .iter()
-        .filter(|n| {
-            n["endpoint"]["callbackUrl"]
-                .as_str()
-                .is_some_and(|u| ours(u, path))
-        })
-        .collect();
+    let sorted = sort_out(&nodes, callback_url, path, url);
+    let mine = sorted.mine;
     let Some(url) = url else {
         list(
             api,
@@ -47,7 +46,7 @@ pub(super) async fn shopify(
                     "Shopify subscription {}: {} → {}",
                     n["id"].as_str().unwrap_or(""),
                     n["topic"].as_str().unwrap_or(""),
-                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
+                    callback_url(n).unwrap_or("")
                 )
             }),
         );
@@ -100,7 +99,7 @@ pub(super) async fn shopify(
                 let _ = writeln!(
                     api.out,
                     "updated: Shopify subscription {id} ({topic}): {} → {url}",
-                    n["endpoint"]["callbackUrl"].as_str().unwrap_or("")
+                    callback_url(n).unwrap_or("")
                 );
             }
             None => {
@@ -110,6 +109,9 @@ pub(super) async fn shopify(
                 );
             }
         }
+    }
+    for other in &sorted.others {
+        let _ = writeln!(api.out, "note: Shopify subscription {} ({}) delivers to {}, whose path also ends with {path}; it is left as it is (if it is this pipeline's old address, delete it)", other["id"].as_str().unwrap_or(""), other["topic"].as_str().unwrap_or(""), callback_url(other).unwrap_or(""));
     }
     let _ = writeln!(api.out, "note: Shopify signs deliveries with the app's client secret: source.verify.secret_env must hold it");
     Ok(())

@@ -5,8 +5,13 @@ use std::fmt::Write as _;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{list, ours, same_set, Api, Body, RegisterError, Request};
+use super::{list, same_set, sort_out, Api, Body, RegisterError, Request};
 use crate::config::spec::PipelineSpec;
+
+/// An endpoint's delivery URL.
+fn endpoint_url(endpoint: &Value) -> Option<&str> {
+    endpoint["url"].as_str()
+}
 
 pub(super) async fn stripe(
     api: &mut Api,
@@ -21,13 +26,13 @@ pub(super) async fn stripe(
         .await?
         .unwrap_or_default();
     let endpoints = existing["data"].as_array().cloned().unwrap_or_default();
-    let mine: Vec<&Value> = endpoints
-        .iter()
-        .filter(|e| {
-            e["metadata"]["tributary_pipeline"] == pipeline.name.as_str()
-                || e["url"].as_str().is_some_and(|u| ours(u, path))
-        })
-        .collect();
+    // An endpoint tagged with the pipeline's name is its own, wherever it
+    // delivers (so a new host updates it); an untagged one only at `url`.
+    let (tagged, untagged): (Vec<Value>, Vec<Value>) = endpoints
+        .into_iter()
+        .partition(|e| e["metadata"]["tributary_pipeline"] == pipeline.name.as_str());
+    let sorted = sort_out(&untagged, endpoint_url, path, url);
+    let mine: Vec<&Value> = tagged.iter().chain(sorted.mine).collect();
     let Some(url) = url else {
         list(
             api,
@@ -82,6 +87,9 @@ pub(super) async fn stripe(
                         "Stripe's signing secret for it, shown only now (tributary does not store it):\n  {secret_env}={secret}\nSet {secret_env} to it where tributary runs (source.verify.secret_env), then restart tributary."
                     );
                 }
+            }
+            for other in &sorted.others {
+                let _ = writeln!(api.out, "note: Stripe endpoint {} delivers to {}, whose path also ends with {path}; it is left as it is", other["id"].as_str().unwrap_or(""), endpoint_url(other).unwrap_or(""));
             }
         }
         Some(endpoint) => {

@@ -4,17 +4,23 @@
 //! progress as NDJSON lines). With `admin.token_env` set, `/metrics` and every
 //! `/api/…` request need `Authorization: Bearer <token>`; without it they
 //! answer only requests from loopback, so a default install never shows its
-//! state, or takes a replay, from the network. `/healthz` and `/readyz` answer
-//! every probe; `/readyz` names its reasons (sink errors, storage locations)
-//! only to a request the API would answer. A replay must be sent as
-//! `application/json`, which a cross-site form cannot do without a preflight.
+//! state, or takes a replay, from the network. Without a token the API and the
+//! status page also want a loopback name in `Host` (else 421): a web page on
+//! this machine cannot read them through DNS rebinding, nor a reverse proxy
+//! on the host expose them; and a state-changing request (POST, …) from a web
+//! page of another origin is refused (403). `/metrics` asks only for a
+//! loopback peer: a scraper on this machine may name the host as it likes.
+//! `/healthz` and `/readyz` answer every probe; `/readyz` names its reasons
+//! (sink errors, storage locations) only to a request the API would answer. A
+//! replay must be sent as `application/json`, which a cross-site form cannot
+//! do without a preflight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -65,6 +71,8 @@ pub struct PipelineView {
     pub dedupe: Option<Arc<crate::source::webhook::dedupe::Dedupe>>,
     /// Its streams, on a JetStream log.
     pub cluster: Option<Arc<crate::buffer::jetstream::Pipeline>>,
+    /// How its poll source's runs go, if it polls (on this node).
+    pub poll: Option<Arc<crate::source::poll::health::PollHealth>>,
 }
 
 /// How long `/readyz` waits for a sink's storage to answer.
@@ -86,18 +94,76 @@ pub fn api(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-/// The refusal of a request without the admin token (when one is
-/// configured), or from another machine (when none is).
-fn refusal(admin: &Admin, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Response> {
-    let Some(token) = admin.token.as_ref() else {
-        if peer.is_some_and(|Peer(addr)| addr.ip().to_canonical().is_loopback()) {
-            return None;
-        }
+/// The refusal of a request without the admin token, when one is
+/// configured; when none is, of a request a web page or another machine
+/// could have made (see [`open_refusal`]).
+fn refusal(
+    admin: &Admin,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: Option<&Peer>,
+) -> Option<Response> {
+    match &admin.token {
+        Some(token) => token_refusal(token, headers),
+        None => open_refusal(method, headers, peer),
+    }
+}
+
+/// `/metrics`' refusal: the token's when one is configured; else that of a
+/// peer on another machine only, whatever `Host` a scraper on this machine
+/// names (the page holds counts, no rows, errors or locations).
+fn metrics_refusal(admin: &Admin, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Response> {
+    match &admin.token {
+        Some(token) => token_refusal(token, headers),
+        None => peer_refusal(peer),
+    }
+}
+
+/// Without a token, the refusal of a request from another machine, of one
+/// addressed by a name that is not loopback (a page on a rebinding domain, or
+/// a reverse proxy: both send their own `Host`), and of a state-changing one
+/// from a web page of another origin.
+fn open_refusal(method: &Method, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Response> {
+    if let Some(refused) = peer_refusal(peer) {
+        return Some(refused);
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(loopback_host) {
+        let has = match host {
+            Some(host) => format!("Host: {host}"),
+            None => "no Host header".to_string(),
+        };
+        return Some(webhook::error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("without admin.token_env the admin API answers only requests addressed to a loopback name (Host: localhost, 127.0.0.1 or [::1], any port), and this one has {has}; call it as http://127.0.0.1:<port>/…, or set admin.token_env (and send Authorization: Bearer <token>), as a reverse proxy in front of it needs"),
+        ));
+    }
+    let origin = headers.get(header::ORIGIN);
+    if !method.is_safe() && origin.is_some_and(|o| !o.to_str().is_ok_and(loopback_origin)) {
+        let from = origin
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("(unreadable)");
         return Some(webhook::error(
             StatusCode::FORBIDDEN,
-            "without admin.token_env the admin API answers only requests from this machine; set admin.token_env (and send Authorization: Bearer <token>), or call it on 127.0.0.1",
+            format!("without admin.token_env the admin API takes no {method} from a web page of another site (Origin: {from}); send it from this machine without an Origin header (as `tributary replay` does), or set admin.token_env (and send Authorization: Bearer <token>)"),
         ));
-    };
+    }
+    None
+}
+
+/// The refusal of a request from another machine.
+fn peer_refusal(peer: Option<&Peer>) -> Option<Response> {
+    if peer.is_some_and(|Peer(addr)| addr.ip().to_canonical().is_loopback()) {
+        return None;
+    }
+    Some(webhook::error(
+        StatusCode::FORBIDDEN,
+        "without admin.token_env the admin API answers only requests from this machine; set admin.token_env (and send Authorization: Bearer <token>), or call it on 127.0.0.1",
+    ))
+}
+
+/// The refusal of a request without `Authorization: Bearer <token>`.
+fn token_refusal(token: &str, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -117,6 +183,49 @@ fn refusal(admin: &Admin, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Re
             Some(response)
         }
     }
+}
+
+/// Whether a `Host` value (`name[:port]`, `[v6][:port]`) names this
+/// machine by a loopback name: `localhost`, 127.0.0.0/8 or `::1`.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, "")) => v6,
+            Some((v6, port)) if port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    loopback_name(name)
+}
+
+/// Whether an `Origin` value (`scheme://host[:port]`; `null` from a
+/// sandboxed page or a file) is a page served from this machine's loopback.
+fn loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|u| match u.host() {
+        Some(url::Host::Domain(name)) => loopback_name(name),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.to_canonical().is_loopback(),
+        None => false,
+    })
+}
+
+/// `localhost` (a trailing `.` allowed) or a loopback IP address.
+fn loopback_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// A port as a `Host` header may write it: digits, or none.
+fn is_port(port: &str) -> bool {
+    port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// How far behind a sink is: events, and seconds since the oldest it has not
@@ -180,9 +289,20 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
         let rows = c.statuses.lock().expect("status lock").clone();
         json!(rows)
     });
+    let poll = p.poll.as_ref().map(|h| {
+        let s = h.snapshot();
+        json!({
+            "state": s.state,
+            "last_success": rfc3339(s.last_success_us),
+            "last_error": s.last_error,
+            "last_error_at": rfc3339(s.last_error_us),
+            "failures": s.failures,
+        })
+    });
     json!({
         "name": p.name,
         "source": p.source,
+        "poll": poll,
         "partitions": partitions,
         "log": {
             "end_offset": end,
@@ -196,15 +316,17 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
 
 /// The status page: one static page from the binary that polls
 /// `/api/pipelines`. It holds no data itself; without `admin.token_env` it
-/// is served on this machine only (like the API), with a token it is served
-/// to anyone and asks for the token, which its requests to the API carry.
+/// is served on this machine only, to a loopback `Host` (like the API), with
+/// a token it is served to anyone and asks for the token, which its requests
+/// to the API carry.
 pub async fn status_page(
     State(admin): State<Arc<Admin>>,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
     if admin.token.is_none() {
-        if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+        if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
             return refused;
         }
     }
@@ -228,10 +350,11 @@ pub async fn status_page(
 
 async fn pipelines(
     State(admin): State<Arc<Admin>>,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+    if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
         return refused;
     }
     let mut list = Vec::new();
@@ -246,7 +369,7 @@ async fn metrics_page(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+    if let Some(refused) = metrics_refusal(&admin, &headers, peer.as_deref()) {
         return refused;
     }
     for p in &admin.pipelines {
@@ -265,9 +388,12 @@ async fn metrics_page(
 }
 
 /// Ready when every log can take appends, every sink's storage answers (a
-/// HEAD on S3) and no sink is failing or stopped; otherwise 503 with each reason.
+/// HEAD on S3) and no sink is failing or stopped; otherwise 503 with each
+/// reason. A failing poll source is listed among the problems but does not
+/// make the node unready.
 async fn readyz(
     State(admin): State<Arc<Admin>>,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
@@ -323,7 +449,21 @@ async fn readyz(
         StatusCode::SERVICE_UNAVAILABLE
     };
     let ready = problems.is_empty();
-    if refusal(&admin, &headers, peer.as_deref()).is_some() {
+    // A failing poll source is listed, but leaves the node ready: webhooks still work.
+    for p in &admin.pipelines {
+        let Some(s) = p.poll.as_ref().map(|h| h.snapshot()) else {
+            continue;
+        };
+        if s.failures > 0 {
+            problems.push(format!(
+                "pipeline {}: its poll source is failing ({} failure(s) since the last success): {}",
+                p.name,
+                s.failures,
+                s.last_error.as_deref().unwrap_or("no detail")
+            ));
+        }
+    }
+    if refusal(&admin, &method, &headers, peer.as_deref()).is_some() {
         // The reasons name storage locations and errors: for the operator only.
         let count = problems.len();
         return (status, Json(json!({ "ready": ready, "problems": count }))).into_response();
@@ -342,10 +482,12 @@ async fn sample(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     uri: axum::http::Uri,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let (ctx, tables) = match pipeline_session(&admin, &name, &headers, peer.as_deref()).await {
+    let session = pipeline_session(&admin, &name, &method, &headers, peer.as_deref());
+    let (ctx, tables) = match session.await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -370,10 +512,12 @@ async fn sample(
 async fn dead_letter_reasons(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let (ctx, tables) = match pipeline_session(&admin, &name, &headers, peer.as_deref()).await {
+    let session = pipeline_session(&admin, &name, &method, &headers, peer.as_deref());
+    let (ctx, tables) = match session.await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -392,6 +536,7 @@ async fn dead_letter_reasons(
 async fn pipeline_session(
     admin: &Admin,
     name: &str,
+    method: &Method,
     headers: &HeaderMap,
     peer: Option<&Peer>,
 ) -> Result<
@@ -401,7 +546,7 @@ async fn pipeline_session(
     ),
     Response,
 > {
-    if let Some(refused) = refusal(admin, headers, peer) {
+    if let Some(refused) = refusal(admin, method, headers, peer) {
         return Err(refused);
     }
     let Some(config) = admin.config.as_ref() else {
@@ -461,11 +606,12 @@ async fn rows(ctx: &deltalake::datafusion::prelude::SessionContext, sql: &str) -
 async fn replay_dead_letters(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
+    method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, peer.as_deref()) {
+    if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
         return refused;
     }
     let json = headers

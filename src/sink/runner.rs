@@ -495,7 +495,7 @@ impl Running {
         let me = &self.config;
         me.health.committed();
         info!(
-            pipeline = %me.pipeline, sink = %me.sink, partition = ?me.partition, first = range.start, end = range.end,
+            pipeline = %me.pipeline, sink = %me.sink, partition = me.partition, first = range.start, end = range.end,
             rows, dead_letters = dead_count, files, bytes, write_millis, millis = started.elapsed().as_millis() as u64,
             "Committed batch."
         );

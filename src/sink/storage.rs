@@ -31,7 +31,7 @@ pub enum StorageError {
         source: object_store::Error,
     },
     /// The store does not answer.
-    #[error("{location}: {source}")]
+    #[error("{location}: {}", one_line(&.source.to_string()))]
     Unreachable {
         /// The location.
         location: String,
@@ -388,12 +388,12 @@ impl Storage {
     }
 }
 
-/// Every file below `dir`, as paths relative to `root` (nothing if `dir` is missing).
 /// The object path of `relative` under `prefix`.
 fn object_path(prefix: &ObjectPath, relative: &str) -> ObjectPath {
     ObjectPath::from(format!("{prefix}/{relative}").trim_start_matches('/'))
 }
 
+/// Every file below `dir`, as paths relative to `root` (nothing if `dir` is missing).
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -418,6 +418,86 @@ impl std::fmt::Display for Storage {
             Storage::Object { display, .. } => f.write_str(display),
         }
     }
+}
+
+/// An S3 error answer (`<Error><Code>…</Code><Message>…</Message>…</Error>`),
+/// as an object store quotes it in its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Answer<'a> {
+    /// `NoSuchBucket`, `AccessDenied`, …
+    pub code: &'a str,
+    /// What the server says about it.
+    pub message: Option<&'a str>,
+    /// The bucket it names, if any.
+    pub bucket: Option<&'a str>,
+}
+
+impl std::fmt::Display for S3Answer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code)?;
+        if let Some(message) = self.message {
+            write!(f, ": {message}")?;
+        }
+        if let Some(bucket) = self.bucket {
+            write!(f, " (bucket {bucket})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The first S3 error answer in `text`, and the bytes it spans (its XML
+/// declaration included).
+fn s3_answer(text: &str) -> Option<(std::ops::Range<usize>, S3Answer<'_>)> {
+    const OPEN: &str = "<Error>";
+    const CLOSE: &str = "</Error>";
+    let open = text.find(OPEN)?;
+    let end = open + text[open..].find(CLOSE)? + CLOSE.len();
+    let start = match text[..open].trim_end().strip_suffix("?>") {
+        Some(before) => before.rfind("<?xml").unwrap_or(open),
+        None => open,
+    };
+    let body = &text[open..end];
+    let element = |name: &str| {
+        let (start_tag, end_tag) = (format!("<{name}>"), format!("</{name}>"));
+        let from = body.find(&start_tag)? + start_tag.len();
+        let to = from + body[from..].find(&end_tag)?;
+        Some(body[from..to].trim()).filter(|v| !v.is_empty())
+    };
+    let answer = S3Answer {
+        code: element("Code")?,
+        message: element("Message"),
+        bucket: element("BucketName"),
+    };
+    Some((start..end, answer))
+}
+
+/// `text` (an error and its causes) on one line: each S3 error answer in it
+/// (object stores quote the XML body of a failed request whole) becomes
+/// `Code: Message (bucket B)`, and line breaks become spaces, e.g.
+/// `… 404 Not Found: NoSuchBucket: The specified bucket does not exist (bucket lake)`.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((span, answer)) = s3_answer(rest) {
+        out.push_str(&rest[..span.start]);
+        out.push_str(&answer.to_string());
+        rest = &rest[span.end..];
+    }
+    out.push_str(rest);
+    if !out.contains(['\n', '\r']) {
+        return out;
+    }
+    out.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `text` (an error and its causes) holds S3's answer that the
+/// bucket does not exist: nothing can have been stored there.
+pub fn no_such_bucket(text: &str) -> bool {
+    s3_answer(text).is_some_and(|(_, answer)| answer.code == "NoSuchBucket")
 }
 
 /// Writes a file so that a crash leaves either nothing or the whole file at
@@ -447,6 +527,30 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PUT to a bucket that does not exist, as object_store reports moto's answer.
+    const NO_BUCKET: &str = "failed to write s3://lake/shopify_customers/part-1.parquet: Object at location shopify_customers/part-1.parquet not found: Error performing PUT http://127.0.0.1:9000/lake/shopify_customers/part-1.parquet in 3.1ms - Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n    <Code>NoSuchBucket</Code>\n    <Message>The specified bucket does not exist</Message>\n    <BucketName>lake</BucketName>\n    <RequestID>7a62c49f</RequestID>\n</Error>";
+
+    #[test]
+    fn an_s3_error_answer_is_told_on_one_line() {
+        assert_eq!(
+            one_line(NO_BUCKET),
+            "failed to write s3://lake/shopify_customers/part-1.parquet: Object at location shopify_customers/part-1.parquet not found: Error performing PUT http://127.0.0.1:9000/lake/shopify_customers/part-1.parquet in 3.1ms - Server returned non-2xx status code: 404 Not Found: NoSuchBucket: The specified bucket does not exist (bucket lake)"
+        );
+        assert!(no_such_bucket(NO_BUCKET));
+        // AWS's own answer, on one line without a declaration; and two in one chain.
+        let denied = "list failed: <Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>X</RequestId></Error>";
+        assert_eq!(one_line(denied), "list failed: AccessDenied: Access Denied");
+        assert!(!no_such_bucket(denied));
+        assert_eq!(
+            one_line(&format!("{denied}: {denied}")),
+            "list failed: AccessDenied: Access Denied: list failed: AccessDenied: Access Denied"
+        );
+        // Text without an answer is kept, its line breaks made spaces.
+        assert_eq!(one_line("connection refused"), "connection refused");
+        assert_eq!(one_line("a:\n  b\r\nc"), "a: b c");
+        assert_eq!(one_line("<Error>no code</Error>"), "<Error>no code</Error>");
+    }
 
     #[tokio::test]
     async fn local_put_creates_directories_and_replaces_whole_files() {

@@ -5,6 +5,19 @@ use std::path::Path;
 
 use crate::support::*;
 
+/// The variables the shipped poll pipelines read their credentials from.
+fn shipped_credentials(config: &tributary::config::Config) -> Vec<String> {
+    config
+        .pipelines
+        .iter()
+        .flat_map(|p| match &p.source {
+            tributary::config::SourceSpec::Poll(poll) => poll.secret_envs(),
+            tributary::config::SourceSpec::Webhook(_) => Vec::new(),
+        })
+        .map(String::from)
+        .collect()
+}
+
 #[test]
 fn every_shipped_pipeline_passes_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -25,8 +38,15 @@ fn every_shipped_pipeline_passes_check() {
     let shipped = std::fs::read_dir(root.join("pipelines")).unwrap().count();
     assert_eq!(config.pipelines.len(), shipped);
 
+    // With the credentials the poll examples name, `check` passes.
+    let credentials = shipped_credentials(&config);
+    assert!(
+        credentials.contains(&"HUBSPOT_TOKEN".to_string()),
+        "{credentials:?}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["check"])
+        .envs(credentials.iter().map(|v| (v, "set")))
         .current_dir(root)
         .output()
         .unwrap();
@@ -39,10 +59,82 @@ fn every_shipped_pipeline_passes_check() {
 }
 
 #[test]
+fn check_names_every_unset_variable_as_an_error() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = tributary::config::load(&tributary::config::Paths {
+        config: Some(root.join("tributary.toml")),
+        pipelines: None,
+    })
+    .unwrap();
+    // A fresh machine: none of the shipped credentials is set.
+    let credentials = shipped_credentials(&config);
+    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+    check.arg("check").current_dir(root);
+    for var in &credentials {
+        check.env_remove(var);
+    }
+    let out = check.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for var in &credentials {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("source.auth: ")
+                    && l.contains(&format!("env var {var} is not set"))),
+            "{var} not named in:\n{stderr}"
+        );
+    }
+    // `--explain` shows the files' effective settings without asking the environment.
+    let mut explain = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+    explain.args(["check", "--explain"]).current_dir(root);
+    for var in &credentials {
+        explain.env_remove(var);
+    }
+    assert!(explain.output().unwrap().status.success());
+
+    // A webhook's secret and a sink's S3 credential: errors too, by key.
+    let project = Project::new();
+    project.shopify_pipeline_with(
+        "",
+        "verify = { scheme = \"shopify\", secret_env = \"TRIBUTARY_TEST_UNSET_SHOP_SECRET\" }",
+        "type = \"parquet\"\nuri = \"s3://lake/customers\"\nstorage = { region = \"us-east-1\", access_key_id_env = \"TRIBUTARY_TEST_UNSET_KEY_ID\", secret_access_key_env = \"TRIBUTARY_TEST_UNSET_SECRET\" }",
+    );
+    let out = project.command(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "pipelines/shopify_customers.toml: source.verify.secret_env: env var TRIBUTARY_TEST_UNSET_SHOP_SECRET is not set",
+        "pipelines/shopify_customers.toml: sink[0].storage.access_key_id_env: env var TRIBUTARY_TEST_UNSET_KEY_ID is not set",
+        "pipelines/shopify_customers.toml: sink[0].storage.secret_access_key_env: env var TRIBUTARY_TEST_UNSET_SECRET is not set",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    let set = [
+        ("TRIBUTARY_TEST_UNSET_SHOP_SECRET", "s"),
+        ("TRIBUTARY_TEST_UNSET_KEY_ID", "k"),
+        ("TRIBUTARY_TEST_UNSET_SECRET", "s"),
+    ];
+    let out = project.command_with_env(&["check"], &set);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_shipped_provider_pipelines_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let secrets = [
+        "GITHUB_WEBHOOK_SECRET",
+        "SHOPIFY_WEBHOOK_SECRET",
+        "STRIPE_WEBHOOK_SECRET",
+        "SLACK_SIGNING_SECRET",
+    ];
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["check", "--pipelines", "examples/providers"])
+        .envs(secrets.iter().map(|v| (v, "whsec_c2VjcmV0")))
         .current_dir(root)
         .output()
         .unwrap();

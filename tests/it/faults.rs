@@ -314,18 +314,46 @@ async fn a_full_data_disk_answers_503_loses_nothing_and_recovers() {
         other.iter().all(|s| *s == 503),
         "only 503 besides 202: {other:?}"
     );
-    let (status, ready) = {
-        let r = reqwest::get(project.url("/readyz")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    println!("readyz while full: {status} {ready}");
+    // While the disk stays full the node is unready, and says which pipeline
+    // cannot go on (its sink cannot record its progress there).
+    let unready = ready_within(&project, 503).await;
+    assert_eq!(unready["ready"], false, "{unready}");
+    let problems = unready["problems"]
+        .as_array()
+        .expect("the problems, to loopback");
+    assert!(
+        problems.iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .starts_with("pipeline shopify_customers")),
+        "{unready}"
+    );
     // A crash while the disk is full, then space comes back.
     server.kill9();
     disk.free_ballast();
     let _server = project.start().await;
     acked.extend(post_customers(&project, 1_000_000, 5, 3).await);
     exactly_once_in_the_table(&project, &acked).await;
+    let ready = ready_within(&project, 200).await;
+    assert_eq!(ready["ready"], true, "{ready}");
     assert!(!project.log().contains("panicked"), "{}", project.log());
+}
+
+/// Polls `/readyz` until it answers `status` (30 s, a hang guard); its body.
+async fn ready_within(project: &Project, status: u16) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (got, body) = get_json(&project.url("/readyz")).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/readyz never answered {status}; last {got} {body}; log:\n{}",
+            project.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +420,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_data_dir_with_s3_unreachable_serves_within_seconds_and_overwrites_nothing() {
+async fn a_lost_data_dir_with_s3_unreachable_serves_while_s3_is_down_and_overwrites_nothing() {
     let moto = Moto::start().await;
     moto.bucket("lake").await;
     let proxy = FaultProxy::start(
@@ -415,33 +443,55 @@ async fn a_lost_data_dir_with_s3_unreachable_serves_within_seconds_and_overwrite
         ),
     );
     let server = project.start_with_env(&AWS_KEYS).await;
-    let mut acked = post_customers(&project, 0, 4, 5).await;
+    let first = post_customers(&project, 0, 4, 5).await;
     assert!(server.terminate().success(), "log:\n{}", project.log());
     // The data directory is lost and S3 does not answer: the new log cannot
     // read which offsets the old one used.
     std::fs::remove_dir_all(project.path().join("data")).unwrap();
     proxy.set_down(true);
-    let started = Instant::now();
+    let dropped = proxy.counts().down.load(Ordering::SeqCst);
+    let restarted_at_us = chrono::Utc::now().timestamp_micros() as u64;
+    // Start-up reads the outputs for a bounded time, never until S3 is back:
+    // the node answers and acknowledges while S3 still drops every request.
     let _server = project.start_with_env(&AWS_KEYS).await;
-    acked.extend(post_customers(&project, 1_000_000, 4, 5).await);
-    println!("served {:?} after start with S3 down", started.elapsed());
+    let second = post_customers(&project, 1_000_000, 4, 5).await;
     assert!(
-        project.log().contains("offsets start at the clock"),
-        "{}",
-        project.log()
+        proxy.counts().down.load(Ordering::SeqCst) > dropped,
+        "the restarted node asked S3 and got no answer before it served"
     );
     proxy.set_down(false);
     caught_up(&project, Duration::from_secs(120)).await;
-    let ids: Vec<String> = moto
-        .parquet_ids("parquet")
-        .await
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    let unique: HashSet<String> = ids.iter().cloned().collect();
+    let objects = moto.parquet_ids("parquet").await;
+    let ids: Vec<&String> = objects.iter().map(|(_, id)| id).collect();
+    let unique: HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
     assert_eq!(unique.len(), ids.len(), "no event twice");
+    let acked: HashSet<String> = first.union(&second).cloned().collect();
     assert_eq!(
         unique, acked,
         "the first log's objects were not overwritten"
     );
+    // Object names are offset ranges: the new log's start at the clock
+    // (µs at its start), beyond any offset the lost log could have used.
+    for (key, id) in &objects {
+        let offset = first_offset(key);
+        if second.contains(id) {
+            assert!(
+                offset >= restarted_at_us,
+                "{key}: an event of the new log below the clock at its start ({restarted_at_us})"
+            );
+        } else {
+            assert!(offset < restarted_at_us, "{key}: an event of the lost log");
+        }
+    }
+}
+
+/// The first offset in a Parquet object's name (`…/part-<first>-<last>.parquet`).
+fn first_offset(key: &str) -> u64 {
+    let name = key.rsplit('/').next().unwrap();
+    let range = name
+        .strip_prefix("part-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .unwrap_or_else(|| panic!("not a Parquet sink's object name: {key}"));
+    let (first, _last) = range.split_once('-').unwrap();
+    first.parse().unwrap()
 }

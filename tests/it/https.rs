@@ -113,6 +113,94 @@ async fn rsa_and_hmac_signatures_verify() {
     assert!(receiver.deliveries().iter().all(|d| d.verified));
 }
 
+/// Standard Webhooks' asymmetric signatures: a `whsk_` key (an Ed25519 seed
+/// `cryptography` made) signs `v1a` next to a `whsec_` secret's `v1`; the
+/// receiver checks the `v1a` one with `cryptography` and the `whpk_` public
+/// key alone, the `v1` one with the reference library. A receiver holding
+/// another public key verifies none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_signatures_verify_with_the_public_key_alone() {
+    let (private, public) = ed25519_pair();
+    let project = Project::new();
+    let receiver = Receiver::start(
+        project.path(),
+        "standard-webhooks",
+        &format!("{public} {SECRET}"),
+    )
+    .await;
+    pipeline(
+        &project,
+        &receiver.url,
+        "{ secret_env = [\"SIGNING_KEY\", \"SIGNING_SECRET\"] }",
+        "",
+    );
+    let server = project
+        .start_with_env(&[
+            ("SIGNING_KEY", private.as_str()),
+            ("SIGNING_SECRET", SECRET),
+        ])
+        .await;
+    let acked = post_customers(&project, 1, 5, 4).await;
+    all_delivered(&project, &receiver, &acked).await;
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 20);
+    assert!(
+        deliveries.iter().all(|d| d.verified),
+        "cryptography verifies every v1a signature with the public key, the reference library every v1"
+    );
+    assert!(server.terminate().success());
+    assert!(
+        !project.log().contains(&private["whsk_".len()..]),
+        "the private key never reaches the log"
+    );
+
+    let (_, stranger) = ed25519_pair();
+    let project = Project::new();
+    let receiver = Receiver::start(project.path(), "standard-webhooks", &stranger).await;
+    pipeline(
+        &project,
+        &receiver.url,
+        "{ secret_env = \"SIGNING_KEY\" }",
+        "",
+    );
+    let _server = project
+        .start_with_env(&[("SIGNING_KEY", private.as_str())])
+        .await;
+    let acked = post_customers(&project, 1, 2, 1).await;
+    all_delivered(&project, &receiver, &acked).await;
+    assert!(
+        receiver.deliveries().iter().all(|d| !d.verified),
+        "another public key verifies nothing"
+    );
+}
+
+/// A new Ed25519 key pair made by `cryptography` (receiver.py
+/// --gen-ed25519), as Standard Webhooks writes it: `whsk_` + the base64
+/// seed, `whpk_` + the base64 public key.
+fn ed25519_pair() -> (String, String) {
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/receiver.py"),
+            "--gen-ed25519",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "receiver.py --gen-ed25519 (scripts/test installs cryptography): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    let (private, public) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(
+        private.starts_with("whsk_") && public.starts_with("whpk_"),
+        "{text}"
+    );
+    (private, public)
+}
+
 /// Over TLS: a receiver whose certificate a private CA signed is trusted
 /// through `ca_file` and gets every event signed; a sink without that CA
 /// refuses the receiver's certificate, delivers nothing and logs why.
@@ -256,8 +344,38 @@ async fn kill_9_mid_delivery_redelivers_every_event_with_its_id() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
         server.kill9();
     }
+
+    // Then a kill that surely lands mid-delivery: the receiver holds each
+    // request 5 s before it answers, and the node is killed as soon as one
+    // has arrived, so no delivery in flight can have been answered.
+    receiver.control(serde_json::json!({"slow_ms": 5000}));
+    let server = project.start_with_env(&env).await;
+    let before = arrived(project.path());
+    acked.extend(post_customers(&project, 20_000, 4, 2).await);
+    eventually(&project, "a delivery held by the receiver", || {
+        arrived(project.path()).len() > before.len()
+    })
+    .await;
+    server.kill9();
+    let in_flight: HashSet<String> = arrived(project.path())[before.len()..]
+        .iter()
+        .cloned()
+        .collect();
+    receiver.control(serde_json::json!({}));
     let server = project.start_with_env(&env).await;
     all_delivered(&project, &receiver, &acked).await;
+    // The held requests are answered (to a node that is gone) and logged too.
+    eventually(&project, "every held delivery and its redelivery", || {
+        let ids: Vec<String> = receiver
+            .deliveries()
+            .into_iter()
+            .filter_map(|d| d.id)
+            .collect();
+        in_flight
+            .iter()
+            .all(|held| ids.iter().filter(|id| *id == held).count() >= 2)
+    })
+    .await;
     assert!(server.terminate().success());
 
     let deliveries = receiver.deliveries();
@@ -265,14 +383,32 @@ async fn kill_9_mid_delivery_redelivers_every_event_with_its_id() {
     // Every delivery carries the id of an event the log made durable (the
     // table holds them all), so a redelivery repeats its event's id.
     let durable: HashSet<String> = event_ids(&project.table_dir()).into_iter().collect();
-    let ids: Vec<String> = deliveries.iter().filter_map(|d| d.id.clone()).collect();
-    assert!(ids.iter().all(|id| durable.contains(id)));
-    let repeated = ids.len() - ids.iter().collect::<HashSet<_>>().len();
-    println!(
-        "kill -9 x10: {} events acknowledged, {} deliveries, {repeated} redeliveries",
-        acked.len(),
-        ids.len()
-    );
+    assert!(deliveries
+        .iter()
+        .all(|d| d.id.as_ref().is_some_and(|id| durable.contains(id))));
+    // A delivery the kill cut is sent again with the same id and the same body.
+    for held in &in_flight {
+        let bodies: Vec<&str> = deliveries
+            .iter()
+            .filter(|d| d.id.as_ref() == Some(held))
+            .map(|d| d.body.as_str())
+            .collect();
+        assert!(bodies.len() >= 2, "{held} was delivered again: {bodies:?}");
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0]),
+            "{held}: the same body each time: {bodies:?}"
+        );
+    }
+}
+
+/// The webhook-ids of the requests that reached the receiver in `dir`, in
+/// arrival order, answered or not (receiver.py's OUT + ".arrived").
+fn arrived(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("deliveries.jsonl.arrived"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

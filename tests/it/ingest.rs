@@ -11,7 +11,11 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_posts_land_exactly_once_in_parquet() {
     let project = Project::new();
-    project.shopify_pipeline("max_events = 500\nmax_age = \"200ms\"", "");
+    // A 1 MiB log has 128 KiB segments: the ~850 KB posted rolls it often.
+    project.shopify_pipeline(
+        "max_events = 500\nmax_age = \"200ms\"\n\n[buffer]\nmax_bytes = \"1MiB\"",
+        "",
+    );
     let server = project.start().await;
 
     // 8 clients × 40 requests; each request is a JSON array, an NDJSON body or one object.
@@ -102,18 +106,16 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
         .unwrap()
         .to_string_lossy()
         .starts_with("_received_date=")));
-    // Every consumed segment but the active one is gone.
-    let segments = std::fs::read_dir(project.path().join("data/shopify_customers/log"))
+    // The log rolled, and every consumed segment but the active one is gone.
+    let segments: Vec<u64> = std::fs::read_dir(project.path().join("data/shopify_customers/log"))
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "log")
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log").map(|n| n.parse().unwrap())
         })
-        .count();
-    assert_eq!(segments, 1);
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    assert!(segments[0] > 0, "the log never rolled past its first segment");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,4 +158,71 @@ async fn a_lost_data_directory_never_overwrites_parquet_files() {
         acked,
         "the second run's files did not replace the first run's"
     );
+}
+
+/// "202 only after fdatasync": `kill -9` keeps the page cache, so a missing
+/// sync would pass every crash test. Here strace makes every fdatasync and
+/// fsync of the running server fail (EIO): no request may be acknowledged
+/// then, while the same request was before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_acknowledged_while_its_sync_fails() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let project = Project::new();
+    project.shopify_pipeline("max_events = 500\nmax_age = \"200ms\"", "");
+    let server = project.start().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = project.url("/hooks/shopify/customers");
+    let before = client.post(&url).json(&shopify_customer(1)).send().await.unwrap();
+    assert_eq!(before.status(), 202, "acknowledged while syncs work");
+
+    let pid = server.pid();
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync,fsync"])
+        .args(["-e", "inject=fdatasync,fsync:error=EIO", "-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("strace (scripts/test installs it)");
+    // Attached once every thread of the server names strace as its tracer.
+    let traced = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|task| {
+                let status =
+                    std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+                status.contains(&format!("TracerPid:\t{}", strace.id()))
+            })
+    };
+    let started = Instant::now();
+    while !traced() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "strace never attached to every thread"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answers = Vec::new();
+    for n in 0..10 {
+        let status = client
+            .post(&url)
+            .json(&shopify_customer(100 + n))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        answers.push(status.map_err(|e| e.to_string()));
+    }
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert!(
+        answers.iter().all(|a| *a != Ok(202)),
+        "a request was acknowledged while its fdatasync failed: {answers:?}"
+    );
+    assert!(
+        answers.iter().any(|a| *a == Ok(503)),
+        "the failed appends are answered 503: {answers:?}"
+    );
+    drop(server);
 }

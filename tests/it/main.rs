@@ -36,5 +36,13 @@ mod providers;
 mod sql;
 // The status page in headless Chromium: a healthy and a failing sink, as the admin API reports them.
 mod page;
+// The admin API without a token: Host and Origin checked (DNS rebinding, cross-site POSTs); probes and webhooks untouched.
+mod admin_guard;
+// What an operator meets: SIGHUP logged and ignored; JSON log fields are plain values.
+mod ops;
+// A fresh machine's first start: poll credentials missing, a sink's credential unset, a bucket not made yet.
+mod first_start;
+// Values arrive exactly as sent: random doubles and integers, a published payload, read back by DuckDB and delta-rs.
+mod numbers;
 // `tributary register` against fakes of GitHub's, Stripe's and Shopify's subscription APIs.
 mod register;

@@ -1,6 +1,8 @@
 //! `tributary register` against fakes of the providers' subscription APIs
 //! (`support/provider_fake.py`): creates once, a second run changes nothing,
-//! a new URL updates the subscription in place, `--dry-run` writes nothing.
+//! new events update the subscription in place, a new host gets a new one
+//! (Stripe's, tagged with the pipeline, moves), another integration's
+//! subscription is never taken, `--dry-run` writes nothing.
 
 use std::process::{Child, Command, Stdio};
 
@@ -111,7 +113,7 @@ fn register(project: &Project, args: &[&str], env: &[(&str, &str)]) -> (i32, Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn github_hooks_are_created_once_found_again_and_moved_to_a_new_url() {
+async fn github_hooks_are_created_once_found_again_and_updated_at_their_url() {
     let project = Project::new();
     let fake = Fake::start(project.path()).await;
     webhook_pipeline(&project, "gh", "github", "GH_SECRET");
@@ -154,8 +156,8 @@ async fn github_hooks_are_created_once_found_again_and_moved_to_a_new_url() {
     assert_eq!(fake.writes().len(), 1, "a second run changes nothing");
 
     let (code, out, _) = run(with(
-        "https://b.example/hooks/gh",
-        &["--events", "push,pull_request", "--dry-run"],
+        "https://a.example/hooks/gh",
+        &["--events", "push", "--dry-run"],
     ));
     assert_eq!(code, 0);
     assert!(
@@ -168,14 +170,11 @@ async fn github_hooks_are_created_once_found_again_and_moved_to_a_new_url() {
     );
     assert_eq!(fake.writes().len(), 1, "a dry run writes nothing");
 
-    let (code, out, _) = run(with(
-        "https://b.example/hooks/gh",
-        &["--events", "push,pull_request"],
-    ));
+    let (code, out, _) = run(with("https://a.example/hooks/gh", &["--events", "push"]));
     assert_eq!(code, 0);
     assert!(
-        out.contains("updated: GitHub hook")
-            && out.contains("https://a.example/hooks/gh → https://b.example/hooks/gh"),
+        out.starts_with("updated: GitHub hook")
+            && out.contains(": https://a.example/hooks/gh (events push)"),
         "{out}"
     );
     let writes = fake.writes();
@@ -184,14 +183,32 @@ async fn github_hooks_are_created_once_found_again_and_moved_to_a_new_url() {
         (2, Some("PATCH"))
     );
 
+    // A new host is a new hook; the old one is named, not changed.
+    let (code, out, _) = run(with("https://b.example/hooks/gh", &["--events", "push"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("created: GitHub hook"), "{out}");
+    assert!(
+        out.contains("note: GitHub hook")
+            && out.contains("delivers to https://a.example/hooks/gh,"),
+        "{out}"
+    );
+    let writes = fake.writes();
+    assert_eq!(
+        (writes.len(), writes[2]["method"].as_str()),
+        (3, Some("POST"))
+    );
+
     let (code, out, _) = register(
         &project,
         &["gh", "--list", "--repo", "octo/hello", "--api", &fake.api],
         &env,
     );
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 1, "one hook: {out}");
-    assert!(out.contains("https://b.example/hooks/gh"), "{out}");
+    assert_eq!(out.lines().count(), 2, "two hooks: {out}");
+    assert!(
+        out.contains("https://a.example/hooks/gh") && out.contains("https://b.example/hooks/gh"),
+        "{out}"
+    );
 
     // Mistakes are named.
     let (code, _, err) = run(with("http://a.example/hooks/gh", &[]));
@@ -325,19 +342,43 @@ async fn shopify_subscriptions_are_made_per_topic_and_moved_together() {
     let (_, out, _) = register(&project, &args("https://a.example/hooks/orders"), &[]);
     assert_eq!(out.matches("unchanged:").count(), 2, "{out}");
     assert_eq!(fake.writes().len(), 2);
+    // A new host: new subscriptions; the old ones are named, not changed.
     let (_, out, _) = register(&project, &args("https://b.example/hooks/orders"), &[]);
+    assert_eq!(
+        out.matches("created: Shopify subscription").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("note: Shopify subscription").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(fake.writes().len(), 4);
+    assert!(fake.writes()[2..].iter().all(|w| w["body"]
+        .as_str()
+        .unwrap()
+        .contains("webhookSubscriptionCreate")));
+    // The same address with a trailing `/` is the same subscriptions, updated.
+    let (_, out, _) = register(&project, &args("https://b.example/hooks/orders/"), &[]);
     assert_eq!(
         out.matches("updated: Shopify subscription").count(),
         2,
         "{out}"
     );
-    assert!(fake.writes()[2..].iter().all(|w| w["body"]
+    assert_eq!(fake.writes().len(), 6);
+    assert!(fake.writes()[4..].iter().all(|w| w["body"]
         .as_str()
         .unwrap()
         .contains("webhookSubscriptionUpdate")));
     let (_, out, _) = register(&project, &["orders", "--list", "--api", &fake.api], &[]);
     assert_eq!(
-        out.matches("https://b.example/hooks/orders").count(),
+        out.matches("https://b.example/hooks/orders/").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("https://a.example/hooks/orders").count(),
         2,
         "{out}"
     );
@@ -375,6 +416,84 @@ async fn shopify_subscriptions_are_made_per_topic_and_moved_together() {
         code == 1 && err.contains("WebhookSubscriptionTopic"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_of_another_integration_whose_path_ends_the_same_is_left_alone() {
+    let project = Project::new();
+    let fake = Fake::start(project.path()).await;
+    for (name, path) in [("other", "/x/github"), ("gh", "/github")] {
+        project.write(
+            &format!("pipelines/{name}.toml"),
+            &format!(
+                r#"name = "{name}"
+schema = "infer"
+
+[source]
+type = "webhook"
+path = "{path}"
+verify = {{ scheme = "github", secret_env = "GH_SECRET" }}
+
+[[sink]]
+type = "parquet"
+"#
+            ),
+        );
+    }
+    let env = [("GH_SECRET", "gh-webhook-secret")];
+    let run = |pipeline: &str, url: &str| {
+        register(
+            &project,
+            &[
+                pipeline,
+                "--url",
+                url,
+                "--repo",
+                "octo/hello",
+                "--api",
+                &fake.api,
+            ],
+            &env,
+        )
+    };
+    let (code, out, err) = run("other", "https://other.example/x/github");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("created: GitHub hook"), "{out}");
+
+    let (code, out, err) = run("gh", "https://me.example/github");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("created: GitHub hook"), "{out}");
+    assert!(
+        out.contains("delivers to https://other.example/x/github,")
+            && out.contains("left as it is"),
+        "{out}"
+    );
+    let methods: Vec<String> = fake
+        .writes()
+        .iter()
+        .map(|w| w["method"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(methods, ["POST", "POST"], "the other hook was not changed");
+    let (code, out, _) = register(
+        &project,
+        &[
+            "other",
+            "--list",
+            "--repo",
+            "octo/hello",
+            "--api",
+            &fake.api,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("https://other.example/x/github") && !out.contains("me.example"),
+        "{out}"
+    );
+    let (_, out, _) = run("gh", "https://me.example/github");
+    assert!(out.starts_with("unchanged: GitHub hook"), "{out}");
+    assert_eq!(fake.writes().len(), 2);
 }
 
 #[test]

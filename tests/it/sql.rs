@@ -1,7 +1,9 @@
 //! `tributary sql` answers from the tables the pipelines wrote, with the same
 //! rows DuckDB and delta-rs read: Parquet, a merge-mode Delta table, dead
 //! letters and routed tables; a bad query gets DataFusion's message and exit
-//! code 1; queries also come one per `;` on standard input.
+//! code 1; queries also come one per `;` on standard input (not one in a
+//! string); statements that write are refused; the dead-letter table answers,
+//! empty, before the first dead letter.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -213,4 +215,73 @@ type = "delta"
         "{\"a\":3}\n{\"b\":2}\n"
     );
     assert_eq!(out.status.code(), Some(1), "a query failed");
+}
+
+#[test]
+fn sql_only_reads_and_every_documented_table_answers_before_the_first_event() {
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"200ms\"", "");
+
+    // Nothing has run: the dead-letter table is there, empty, with its columns.
+    assert!(rows(
+        &project,
+        "SELECT reason, raw FROM shopify_customers_dead_letters"
+    )
+    .is_empty());
+    let counted = rows(
+        &project,
+        "SELECT count(*) AS n, count(sink) AS sinks FROM shopify_customers_dead_letters",
+    );
+    assert_eq!(counted[0]["n"], 0);
+    let tables = sql(&project, &["SHOW TABLES", "--format", "csv"]);
+    assert!(
+        String::from_utf8_lossy(&tables.stdout).contains("shopify_customers_dead_letters"),
+        "{}",
+        String::from_utf8_lossy(&tables.stderr)
+    );
+
+    // Statements that write or change the session are refused before they run.
+    let file = project.path().join("copied.parquet");
+    for statement in [
+        format!("COPY (SELECT 1 AS a) TO '{}'", file.display()),
+        "INSERT INTO shopify_customers_dead_letters SELECT * FROM shopify_customers_dead_letters"
+            .to_string(),
+        "CREATE TABLE made AS SELECT 1 AS a".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        let out = sql(&project, &[statement.as_str()]);
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{statement}: {message}");
+        assert!(
+            message.contains("tributary sql only reads") && message.contains("--output"),
+            "{statement}: {message}"
+        );
+    }
+    assert!(!file.exists(), "COPY wrote no file");
+
+    // Standard input is split where SQL ends a statement, not at a `;` in a string.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["sql", "--format", "ndjson"])
+        .current_dir(project.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"select ';' as a; select 'x;\ny' as b; -- a comment; not a query\nselect 2 as c\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"a\":\";\"}\n{\"b\":\"x;\\ny\"}\n{\"c\":2}\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
 }

@@ -1,8 +1,15 @@
 //! Inbound signature verification end to end: signed posts are accepted,
 //! unsigned, wrongly signed or stale ones get 401 with the reason, and the
-//! table holds exactly the accepted events.
+//! table holds exactly the accepted events. Stripe, HubSpot v3, Shopify and
+//! generic HMAC requests are signed by `provider_sign.py`: Stripe's and
+//! HubSpot's own SDKs, and Python's hmac as Shopify documents it, so the
+//! verifier is checked against the providers' layout rather than its own.
 
 use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -285,6 +292,252 @@ async fn stripe_events_dedupe_by_a_pointer_and_dedupe_config_errors_name_the_fix
     );
     assert!(
         stderr.contains("source.dedupe.window: must be above zero"),
+        "{stderr}"
+    );
+}
+
+/// Runs `provider_sign.py` (with `python_args` before the script) on
+/// `requests`; its output as it is.
+fn run_provider_sign(python_args: &[&str], requests: &[Value]) -> std::process::Output {
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(&python)
+        .args(python_args)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/support/provider_sign.py"
+        ))
+        .env_remove("PYTHONPATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    // The script reads all of its input before it writes: no deadlock.
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(serde_json::to_string(requests).unwrap().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The headers `provider_sign.py` signs each of `requests` with (see its
+/// docstring), in order.
+pub(crate) fn sign_as_providers(requests: &[Value]) -> Vec<Vec<(String, String)>> {
+    let out = run_provider_sign(&[], requests);
+    assert!(
+        out.status.success(),
+        "provider_sign.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: Vec<serde_json::Map<String, Value>> =
+        serde_json::from_slice(&out.stdout).expect("provider_sign.py prints a JSON array");
+    assert_eq!(signed.len(), requests.len());
+    signed
+        .into_iter()
+        .map(|headers| {
+            headers
+                .into_iter()
+                .map(|(name, value)| (name, value.as_str().expect("a header value").to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Posts `body` with `headers`; the status and the answer's JSON.
+async fn post_signed(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    headers: &[(String, String)],
+) -> (u16, Value) {
+    let mut request = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// The Shopify pipeline of `project`, verifying with `verify` (the keys of
+/// `source.verify` but `secret_env`, which is PROVIDER_SECRET = `secret`),
+/// gets requests that `provider_sign.py` signed as `sign` says (its `body`
+/// and `timestamp` added here). Four signed as they are sent are stored; one
+/// whose body changed after signing is refused as not matching; one sent
+/// without the signature headers is refused as missing them. With `dated`,
+/// one correctly signed an hour ago is refused as stale; without, it is
+/// stored too. The table holds exactly the stored ones.
+async fn provider_signed_posts(
+    project: &Project,
+    verify: &str,
+    secret: &str,
+    sign: Value,
+    dated: bool,
+) {
+    project.shopify_pipeline(
+        "max_age = \"200ms\"",
+        &format!("verify = {{ {verify}, secret_env = \"PROVIDER_SECRET\" }}"),
+    );
+    let server = project.start_with_env(&[("PROVIDER_SECRET", secret)]).await;
+    let client = reqwest::Client::new();
+    let url = project.url("/hooks/shopify/customers");
+    let hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let bodies: Vec<String> = (0..6u64)
+        .map(|id| shopify_customer(id).to_string())
+        .collect();
+    let requests: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(n, body)| {
+            let mut request = sign.clone();
+            request["body"] = body.as_str().into();
+            if n == 5 && dated {
+                request["timestamp"] = hour_ago.into();
+            }
+            request
+        })
+        .collect();
+    let signed = sign_as_providers(&requests);
+    let mut stored = HashSet::new();
+    for n in [0usize, 1, 2, 3] {
+        let (status, answer) = post_signed(&client, &url, bodies[n].clone(), &signed[n]).await;
+        assert_eq!(status, 202, "{sign}: request {n}: {answer}");
+        stored.extend(accepted_ids(&answer));
+    }
+    // The headers of request 4 with another customer's body.
+    let (status, answer) =
+        post_signed(&client, &url, shopify_customer(104).to_string(), &signed[4]).await;
+    assert_eq!(
+        status, 401,
+        "{sign}: a body changed after signing: {answer}"
+    );
+    let why = answer["error"].as_str().unwrap();
+    assert!(why.contains("does not match the body"), "{sign}: {why}");
+    let (status, answer) = post_signed(&client, &url, bodies[4].clone(), &[]).await;
+    assert_eq!(status, 401, "{sign}: unsigned: {answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("header is missing"),
+        "{sign}: {answer}"
+    );
+    let (status, answer) = post_signed(&client, &url, bodies[5].clone(), &signed[5]).await;
+    if dated {
+        assert_eq!(status, 401, "{sign}: signed an hour ago: {answer}");
+        let why = answer["error"].as_str().unwrap();
+        assert!(why.contains("beyond the 300 s tolerance"), "{sign}: {why}");
+    } else {
+        assert_eq!(status, 202, "{sign}: request 5: {answer}");
+        stored.extend(accepted_ids(&answer));
+    }
+    eventually(project, "the stored events in the table", || {
+        id_counts(&project.table_dir()).len() >= stored.len()
+    })
+    .await;
+    let counts = id_counts(&project.table_dir());
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "{sign}: each once: {counts:?}"
+    );
+    assert_eq!(
+        counts.into_keys().collect::<HashSet<_>>(),
+        stored,
+        "{sign}: exactly the accepted events"
+    );
+    assert!(
+        !project.log().contains(secret),
+        "{sign}: the secret never reaches the log"
+    );
+    assert!(server.terminate().success(), "{}", project.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_signatures_made_by_stripes_own_sdk_are_verified() {
+    let project = Project::new();
+    // Stripe's key is the whole whsec_ text, not its base64 decoding.
+    let secret = "whsec_5f8a0c2e9d41b7a3c6e2f0d18b9a4c7e";
+    provider_signed_posts(
+        &project,
+        "scheme = \"stripe\"",
+        secret,
+        json!({"scheme": "stripe", "secret": secret}),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_v3_signatures_made_by_hubspots_own_sdk_are_verified() {
+    let project = Project::new();
+    let secret = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+    // HubSpot signs the URL it called: behind a TLS-terminating proxy,
+    // https and the Host header (tributary takes https when no
+    // X-Forwarded-Proto says otherwise).
+    let uri = format!("https://127.0.0.1:{}/hooks/shopify/customers", project.port);
+    provider_signed_posts(
+        &project,
+        "scheme = \"hubspot-v3\"",
+        secret,
+        json!({"scheme": "hubspot-v3", "secret": secret, "method": "POST", "uri": uri}),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopify_signatures_made_as_shopify_documents_them_are_verified() {
+    let project = Project::new();
+    let secret = "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";
+    provider_signed_posts(
+        &project,
+        "scheme = \"shopify\"",
+        secret,
+        json!({"scheme": "shopify", "secret": secret}),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_hmac_signatures_in_hex_and_base64_are_verified() {
+    let secret = "a generic sender's secret";
+    let project = Project::new();
+    provider_signed_posts(
+        &project,
+        "scheme = \"hmac\", header = \"X-Signature\", prefix = \"sha256=\"",
+        secret,
+        json!({"scheme": "hmac", "secret": secret, "header": "X-Signature", "prefix": "sha256=", "encoding": "hex"}),
+        false,
+    )
+    .await;
+    let project = Project::new();
+    provider_signed_posts(
+        &project,
+        "scheme = \"hmac\", header = \"X-Webhook-Signature\", encoding = \"base64\"",
+        secret,
+        json!({"scheme": "hmac", "secret": secret, "header": "X-Webhook-Signature", "encoding": "base64"}),
+        false,
+    )
+    .await;
+}
+
+#[test]
+fn the_signing_helper_names_scripts_test_when_an_sdk_is_missing() {
+    // `-S`: no site-packages, so neither SDK can be imported.
+    let out = run_provider_sign(
+        &["-S"],
+        &[json!({"scheme": "shopify", "secret": "s", "body": "{}"})],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stdout.is_empty(), "nothing signed: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("scripts/test") && stderr.contains("stripe"),
         "{stderr}"
     );
 }

@@ -11,7 +11,7 @@ use crate::config::validate::{positive_duration, Errors};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVerify {
-    /// `shopify`, `github`, `stripe`, `slack`, `standard-webhooks`, `hubspot-v3` or `hmac`.
+    /// `shopify`, `github`, `stripe`, `slack`, `zoom`, `standard-webhooks`, `hubspot-v3` or `hmac`.
     pub scheme: Option<String>,
     /// Env var(s) of the secret(s); several for rotation.
     pub secret_env: Option<OneOrMany>,
@@ -51,6 +51,8 @@ pub enum VerifyScheme {
     Stripe,
     /// `X-Slack-Signature` v0.
     Slack,
+    /// `x-zm-signature` v0 (Slack's scheme under Zoom's header names).
+    Zoom,
     /// `webhook-*` / `svix-*`.
     StandardWebhooks,
     /// `X-HubSpot-Signature-v3`.
@@ -97,6 +99,7 @@ pub(in crate::config) fn validate(raw: &RawVerify, e: &mut Errors<'_>) -> Option
         "github" => Some(VerifyScheme::Github),
         "stripe" => Some(VerifyScheme::Stripe),
         "slack" => Some(VerifyScheme::Slack),
+        "zoom" => Some(VerifyScheme::Zoom),
         "standard-webhooks" | "svix" => Some(VerifyScheme::StandardWebhooks),
         "hubspot-v3" => Some(VerifyScheme::HubspotV3),
         "hmac" => {
@@ -127,11 +130,11 @@ pub(in crate::config) fn validate(raw: &RawVerify, e: &mut Errors<'_>) -> Option
             })
         }
         "" => {
-            e.push("source.verify.scheme", "missing", "add scheme = \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
+            e.push("source.verify.scheme", "missing", "add scheme = \"shopify\", \"github\", \"stripe\", \"slack\", \"zoom\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
             None
         }
         other => {
-            e.push("source.verify.scheme", format!("unknown scheme \"{other}\""), "use \"shopify\", \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
+            e.push("source.verify.scheme", format!("unknown scheme \"{other}\""), "use \"shopify\", \"github\", \"stripe\", \"slack\", \"zoom\", \"standard-webhooks\", \"hubspot-v3\" or \"hmac\"");
             None
         }
     };

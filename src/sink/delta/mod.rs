@@ -173,12 +173,12 @@ impl DeltaSink {
         let table_schema = state.snapshot().arrow_schema();
         let table_partitions = state.metadata().partition_columns().to_vec();
         if table_partitions != spec.partition_by {
-            warn!(table = %url, table_partition_by = ?table_partitions, sink_partition_by = ?spec.partition_by, "The table exists with other partition columns; they are kept (partition_by applies to new tables).");
+            warn!(table = %url, table_partition_by = %table_partitions.join(","), sink_partition_by = %spec.partition_by.join(","), "The table exists with other partition columns; they are kept (partition_by applies to new tables).");
         }
         let version = txn(&table, &app_id).await.map_err(&table_err)?;
         let resume = version.map(after);
         let record_schema = record_schema(&table_schema, schema, spec.add_columns, &url);
-        info!(table = %url, version = ?table.version(), txn = ?version, "Opened Delta table.");
+        info!(table = %url, version = table.version(), txn = version, "Opened Delta table.");
         let upkeep = upkeep::State::default();
         // What an earlier run wrote last may not be on disk yet if it was killed.
         let synced = table.version().and_then(|v| v.checked_sub(10));

@@ -120,7 +120,7 @@ pub async fn run(
         match checkpoints::create_checkpoint(&table, None).await {
             Ok(()) => {
                 state.commits = 0;
-                info!(table = %url, version = ?table.version(), "Wrote checkpoint.");
+                info!(table = %url, version = table.version(), "Wrote checkpoint.");
             }
             Err(e) => {
                 warn!(table = %url, error = %e, "Checkpoint failed; trying again after the next commit.")
@@ -155,7 +155,7 @@ async fn compact(
         let (target, min) = (spec.target_file_size, spec.compact_min_files);
         match compact::small_files(table.clone(), target, min, props.clone()).await {
             Ok(Some(done)) => {
-                info!(table = %url, files_removed = done.removed, files_added = done.added, version = ?done.table.version(), "Compacted small files.");
+                info!(table = %url, files_removed = done.removed, files_added = done.added, version = done.table.version(), "Compacted small files.");
                 state.removed = true;
                 return done.table;
             }

@@ -318,8 +318,13 @@ mod tests {
         assert_eq!(header(&headers, "webhook-id"), "id");
     }
 
+    /// Ed25519 is deterministic: the seed [7; 32] signs `msg_1.1700000000.{}`
+    /// as Python's `cryptography` 48.0.0 does
+    /// (`Ed25519PrivateKey.from_private_bytes(bytes([7] * 32)).sign(…)`), and
+    /// its public key is the one `cryptography` derives. The HTTPS sink's
+    /// integration tests verify live v1a signatures with `cryptography` too.
     #[test]
-    fn ed25519_signatures_verify_with_the_public_key() {
+    fn ed25519_signatures_match_an_independent_implementation() {
         let seed = [7u8; 32];
         let signer = Signer::standard_webhooks(&[
             format!("whsk_{}", BASE64.encode(seed)),
@@ -328,12 +333,30 @@ mod tests {
         .unwrap();
         let headers = signer.headers("msg_1", 1_700_000_000, b"{}");
         let signatures: Vec<&str> = header(&headers, "webhook-signature").split(' ').collect();
-        assert!(signatures[0].starts_with("v1a,") && signatures[1].starts_with("v1,"));
-        let public = BASE64.decode(&signer.public_keys()[0]).unwrap();
-        let sig = BASE64.decode(&signatures[0][4..]).unwrap();
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
-            .verify(b"msg_1.1700000000.{}", &sig)
-            .unwrap();
+        assert_eq!(
+            signatures[0],
+            "v1a,QESuo8ZerNypqBlsdXnXgdlWogCEhcYyDeVpCjcMwSL9wMoLAq3x5/ZSQ6hLeASal5lascFaA1CLQwBYX6gYDA=="
+        );
+        assert!(signatures[1].starts_with("v1,"));
+        assert_eq!(
+            signer.public_keys(),
+            ["6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]
+        );
+        // The seed followed by its public key (64 bytes) is the same key.
+        let mut pair = seed.to_vec();
+        pair.extend(
+            BASE64
+                .decode("6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=")
+                .unwrap(),
+        );
+        let again = Signer::standard_webhooks(&[format!("whsk_{}", BASE64.encode(&pair))]).unwrap();
+        assert_eq!(
+            header(
+                &again.headers("msg_1", 1_700_000_000, b"{}"),
+                "webhook-signature"
+            ),
+            signatures[0]
+        );
         assert!(Signer::standard_webhooks(&["plain".into()]).is_err());
         assert!(Signer::standard_webhooks(&["whsk_AAAA".into()]).is_err());
     }

@@ -50,7 +50,8 @@ impl Backoff {
         if error.kind() != ErrorKind::Transient {
             return Err(error.into());
         }
-        let error = crate::error::chain(&error);
+        // On one line: S3 answers arrive as multi-line XML.
+        let error = crate::sink::storage::one_line(&crate::error::chain(&error));
         let wait = crate::http_retry::full_jitter(self.tries, RETRY_MIN, RETRY_MAX);
         warn!(pipeline = %self.pipeline, sink = %self.sink, error = %error, retry_in_ms = wait.as_millis() as u64, "{}; retrying.", self.what);
         self.health.failed(&format!("{}: {error}", self.what));

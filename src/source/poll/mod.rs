@@ -13,6 +13,7 @@
 //! runs.
 
 pub mod client;
+pub mod health;
 pub mod oauth1;
 pub mod page;
 pub mod schedule;
@@ -26,13 +27,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::buffer::{AppendError, Appender, Log};
 use crate::config::spec::{PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event, RecordKind};
 use client::Client;
+use health::PollHealth;
 use state::{PageRef, PollState, RunState};
 
 /// Why a poll run failed. A failed run leaves the cursor where it was; the
@@ -82,6 +84,8 @@ pub struct Poller {
     stop: CancellationToken,
     /// `buffer.max_bytes`: a page waits while the log holds this much.
     max_buffer: u64,
+    /// How the runs go, for the admin API; shared with it through [`Poller::health`].
+    health: Arc<PollHealth>,
 }
 
 impl Poller {
@@ -126,7 +130,13 @@ impl Poller {
             state,
             reader,
             stop,
+            health: Arc::default(),
         })
+    }
+
+    /// How the runs go (`run_forever` reports into it), for the admin API.
+    pub fn health(&self) -> Arc<PollHealth> {
+        self.health.clone()
     }
 
     /// The state as loaded or as the last append left it.
@@ -135,9 +145,22 @@ impl Poller {
     }
 
     /// Runs on schedule until shutdown; a failed run is logged and counted,
-    /// and tried again at the next tick.
+    /// and tried again at the next tick. A credential that is not set fails
+    /// every run until tributary is started with it: that is said once, at
+    /// WARN (and shown by the admin API from the start), not at each run.
     pub async fn run_forever(mut self) {
-        let mut failures = 0u64;
+        let unset = self
+            .spec
+            .secret_envs()
+            .into_iter()
+            .find(|name| std::env::var_os(name).is_none())
+            .map(|name| PollError::Secret(name.to_string()));
+        let mut unset_said = false;
+        if let Some(e) = unset {
+            self.health.failed(&e.to_string());
+            warn!(pipeline = %self.pipeline, error = %e, "The poll source has no credentials: its runs fail until tributary is started with them; the other pipelines run.");
+            unset_said = true;
+        }
         // After a failure or a run cut at max_pages: wait for the tick after this start.
         let mut wait_from: Option<DateTime<Utc>> = None;
         loop {
@@ -170,14 +193,27 @@ impl Poller {
             let clock = Instant::now();
             match self.poll(&mut |_| {}).await {
                 Ok(run) => {
+                    self.health.succeeded();
                     wait_from = self.state.run.is_some().then_some(started);
                     info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, millis = clock.elapsed().as_millis() as u64, cursor = %self.state.cursor.as_ref().map(page::text).unwrap_or_default(), "Poll run finished.");
                 }
                 Err(PollError::Stopped) => return,
                 Err(e) => {
-                    failures += 1;
                     wait_from = Some(started);
-                    error!(pipeline = %self.pipeline, failures, error = %crate::error::chain(&e), "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
+                    let why = crate::error::chain(&e);
+                    let failures = self.health.failed(&why);
+                    match e {
+                        PollError::Secret(_) if unset_said => {
+                            debug!(pipeline = %self.pipeline, failures, error = %why, "Poll run failed: a credential is not set.");
+                        }
+                        PollError::Secret(_) => {
+                            unset_said = true;
+                            warn!(pipeline = %self.pipeline, error = %why, "The poll source has no credentials: its runs fail until tributary is started with them; the other pipelines run.");
+                        }
+                        _ => {
+                            error!(pipeline = %self.pipeline, failures, error = %why, "Poll run failed; the cursor stays where it was, pages already stored are kept, and the run resumes at the next tick.");
+                        }
+                    }
                 }
             }
         }

@@ -8,10 +8,13 @@
 //! `server.body_timeout`; `429` + `Retry-After` beyond `rate_limit`; `401` when `verify` is set and the provider's signature is
 //! missing, wrong or stale (checked on the raw body before any parsing);
 //! `503` + `Retry-After` when the pipeline's buffer is at its byte limit or
-//! cannot be written.
+//! cannot be written; `200` to a provider's registration handshake (Slack's
+//! `url_verification`, Zoom's `endpoint.url_validation`) once its signature
+//! verified, which is not stored ([`handshake`]).
 
 pub mod body;
 pub mod dedupe;
+pub mod handshake;
 pub mod verify;
 
 use axum::body::Body;
@@ -29,6 +32,7 @@ use crate::config::units::format_size;
 use crate::event::{now_us, Event, RecordKind};
 use body::Format;
 use dedupe::Dedupe;
+use handshake::Handshake;
 
 /// Seconds a client is asked to wait when the buffer is full or failing.
 const RETRY_AFTER_SECS: &str = "1";
@@ -206,37 +210,51 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             )
         }
     };
-    if let Some(verifier) = &route.verifier {
-        let text = |name| {
-            head.headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-        };
-        let path = head.uri.path_and_query().map_or("", |p| p.as_str());
-        let url = format!(
-            "{}://{}{path}",
-            text(header::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https"),
-            text(header::HOST).unwrap_or("")
-        );
-        let now = chrono::Utc::now().timestamp();
-        // A MAC over a large body takes milliseconds: off the async workers.
-        // Only then are the headers copied (the blocking task owns them).
-        let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
-            check_signature(verifier, &head.headers, &url, &bytes, now)
-        } else {
-            let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
-            tokio::task::spawn_blocking(move || {
-                check_signature(&verifier, &headers, &url, &body, now)
-            })
-            .await
-            .unwrap_or(Err(verify::Rejected::Unfinished))
-        };
-        if let Err(reason) = verdict {
-            debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
-            return error(
-                StatusCode::UNAUTHORIZED,
-                format!("signature verification failed: {reason}"),
+    let signed = match &route.verifier {
+        None => None,
+        Some(verifier) => {
+            let text = |name| {
+                head.headers
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+            };
+            let path = head.uri.path_and_query().map_or("", |p| p.as_str());
+            let url = format!(
+                "{}://{}{path}",
+                text(header::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https"),
+                text(header::HOST).unwrap_or("")
             );
+            let now = chrono::Utc::now().timestamp();
+            // A MAC over a large body takes milliseconds: off the async workers.
+            // Only then are the headers copied (the blocking task owns them).
+            let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
+                check_signature(verifier, &head.headers, &url, &bytes, now)
+            } else {
+                let (verifier, headers, body) =
+                    (verifier.clone(), head.headers.clone(), bytes.clone());
+                tokio::task::spawn_blocking(move || {
+                    check_signature(&verifier, &headers, &url, &body, now)
+                })
+                .await
+                .unwrap_or(Err(verify::Rejected::Unfinished))
+            };
+            match verdict {
+                Ok(with) => Some((verifier, with)),
+                Err(reason) => {
+                    debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        format!("signature verification failed: {reason}"),
+                    );
+                }
+            }
+        }
+    };
+    // A provider checking the URL before it subscribes: answered, not stored.
+    if let Some((verifier, with)) = signed {
+        if let Some(handshake) = Handshake::of(verifier.scheme(), &bytes) {
+            debug!(pipeline = %route.pipeline, "Answered the provider's registration handshake.");
+            return (StatusCode::OK, Json(handshake.answer(verifier, with))).into_response();
         }
     }
     let payloads = match body::split(&bytes, format) {
@@ -353,7 +371,7 @@ fn check_signature(
     url: &str,
     body: &[u8],
     now: i64,
-) -> Result<(), verify::Rejected> {
+) -> Result<verify::SignedWith, verify::Rejected> {
     verifier.verify(&verify::Signed {
         headers,
         method: "POST",

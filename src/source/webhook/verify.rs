@@ -10,6 +10,7 @@
 //! | `github` | `X-Hub-Signature-256` | body | `sha256=` hex |
 //! | `stripe` | `Stripe-Signature: t=…,v1=…` | `t.body` (key = the whole `whsec_` text) | hex |
 //! | `slack` | `X-Slack-Signature`, `X-Slack-Request-Timestamp` | `v0:ts:body` | `v0=` hex |
+//! | `zoom` | `x-zm-signature`, `x-zm-request-timestamp` | `v0:ts:body` | `v0=` hex |
 //! | `standard-webhooks` | `webhook-*` or `svix-*` id/timestamp/signature | `id.ts.body` (key = base64 after `whsec_`) | `v1,` base64 |
 //! | `hubspot-v3` | `X-HubSpot-Signature-v3`, `X-HubSpot-Request-Timestamp` (ms) | method + URL + body + ts | base64 |
 //! | `hmac` | configurable | body | hex or base64, optional prefix |
@@ -21,6 +22,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ring::hmac;
 
+#[cfg(test)]
+use crate::config::source::verify::DEFAULT_TOLERANCE;
 use crate::config::spec::{VerifyScheme, VerifySpec};
 
 /// Most signatures one header may offer. Providers send one, or two while a
@@ -108,6 +111,11 @@ pub enum Rejected {
     },
 }
 
+/// Which of a verifier's secrets signed a request (while a secret rotates,
+/// either may): a provider's handshake answer is signed with the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedWith(usize);
+
 /// A source's verifier, keys read from the environment when it starts.
 pub struct Verifier {
     scheme: VerifyScheme,
@@ -157,8 +165,35 @@ impl Verifier {
         })
     }
 
-    /// Checks a request; `Err` says why it is refused (for a 401 body).
-    pub fn verify(&self, r: &Signed<'_>) -> Result<(), Rejected> {
+    /// A verifier of `scheme` with `secrets` as they are (tests).
+    #[cfg(test)]
+    pub(crate) fn with_secrets(scheme: VerifyScheme, secrets: &[&str]) -> Self {
+        Self {
+            scheme,
+            keys: secrets
+                .iter()
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
+                .collect(),
+            tolerance: DEFAULT_TOLERANCE,
+        }
+    }
+
+    /// The provider's scheme.
+    pub fn scheme(&self) -> &VerifyScheme {
+        &self.scheme
+    }
+
+    /// HMAC-SHA256 of `message` under the secret that signed a request.
+    pub fn mac(&self, with: SignedWith, message: &[u8]) -> hmac::Tag {
+        let key = self
+            .keys
+            .get(with.0)
+            .expect("a SignedWith names a key of the verifier that checked the request");
+        hmac::sign(key, message)
+    }
+
+    /// Checks a request: which secret signed it, or why it is refused (for a 401 body).
+    pub fn verify(&self, r: &Signed<'_>) -> Result<SignedWith, Rejected> {
         let header = |name: &str| -> Result<&str, Rejected> {
             r.headers
                 .get(name)
@@ -208,16 +243,21 @@ impl Verifier {
             }
             VerifyScheme::Slack => {
                 let ts = header("x-slack-request-timestamp")?;
-                self.fresh(parse_ts(ts, "X-Slack-Request-Timestamp")?, r.now)?;
-                let hex =
-                    header("x-slack-signature")?
-                        .strip_prefix("v0=")
-                        .ok_or(Rejected::Prefix {
-                            header: "X-Slack-Signature",
-                            prefix: "v0=",
-                        })?;
-                let given = decode_hex(hex, "X-Slack-Signature")?;
-                self.check(&[given], &[b"v0:", ts.as_bytes(), b":", r.body])
+                let signature = header("x-slack-signature")?;
+                self.v0(
+                    r,
+                    (ts, "X-Slack-Request-Timestamp"),
+                    (signature, "X-Slack-Signature"),
+                )
+            }
+            VerifyScheme::Zoom => {
+                let ts = header("x-zm-request-timestamp")?;
+                let signature = header("x-zm-signature")?;
+                self.v0(
+                    r,
+                    (ts, "x-zm-request-timestamp"),
+                    (signature, "x-zm-signature"),
+                )
             }
             VerifyScheme::StandardWebhooks => {
                 // Svix sends the same three headers under svix-* names.
@@ -277,20 +317,38 @@ impl Verifier {
     /// Whether any given signature matches any key: each key's MAC over the
     /// message (its parts in order) is computed once, then compared with
     /// every candidate in constant time.
-    fn check(&self, given: &[Vec<u8>], message: &[&[u8]]) -> Result<(), Rejected> {
-        let ok = self.keys.iter().any(|key| {
-            let mut mac = hmac::Context::with_key(key);
-            for part in message {
-                mac.update(part);
-            }
-            let mac = mac.sign();
-            given.iter().any(|g| constant_time_eq(mac.as_ref(), g))
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(Rejected::Mismatch)
-        }
+    fn check(&self, given: &[Vec<u8>], message: &[&[u8]]) -> Result<SignedWith, Rejected> {
+        self.keys
+            .iter()
+            .position(|key| {
+                let mut mac = hmac::Context::with_key(key);
+                for part in message {
+                    mac.update(part);
+                }
+                let mac = mac.sign();
+                given.iter().any(|g| constant_time_eq(mac.as_ref(), g))
+            })
+            .map(SignedWith)
+            .ok_or(Rejected::Mismatch)
+    }
+
+    /// Slack's scheme, which Zoom shares: the timestamp header's value
+    /// within the tolerance, and the signature header `v0=` + hex HMAC of
+    /// `v0:timestamp:body`. Each value comes with its header's name for
+    /// the reasons.
+    fn v0(
+        &self,
+        r: &Signed<'_>,
+        (ts, ts_header): (&str, &'static str),
+        (signature, signature_header): (&str, &'static str),
+    ) -> Result<SignedWith, Rejected> {
+        self.fresh(parse_ts(ts, ts_header)?, r.now)?;
+        let hex = signature.strip_prefix("v0=").ok_or(Rejected::Prefix {
+            header: signature_header,
+            prefix: "v0=",
+        })?;
+        let given = decode_hex(hex, signature_header)?;
+        self.check(&[given], &[b"v0:", ts.as_bytes(), b":", r.body])
     }
 
     fn fresh(&self, ts: i64, now: i64) -> Result<(), Rejected> {

@@ -188,6 +188,11 @@ impl Server {
         Self { child }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no flush, no clean-up.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");

@@ -1,9 +1,14 @@
 """A receiver for the HTTPS sink's POSTs that verifies every signature with
 libraries we did not write: the Standard Webhooks reference library
-(`standardwebhooks`), `cryptography` (RSA PKCS#1 v1.5 SHA-256), Python's
-`hmac`. Appends one JSON line per request to OUT:
+(`standardwebhooks`, v1 HMAC signatures), `cryptography` (Ed25519 for
+Standard Webhooks' v1a signatures, which the reference library does not
+check; RSA PKCS#1 v1.5 SHA-256), Python's `hmac`. Appends one JSON line per
+request to OUT once it is answered:
 
   {"id": webhook-id, "verified": bool, "status": answered, "body": text}
+
+and, as soon as a request has arrived (before any slow_ms wait), its
+webhook-id as one line to OUT + ".arrived".
 
 Answers from CONTROL (a JSON file, re-read on every request):
   {"answers": [500, 429, ...]}   statuses for the next requests, in order
@@ -15,11 +20,20 @@ to CONTROL starts the lists afresh.
 
 Usage: receiver.py PORT OUT CONTROL SCHEME KEY [URL]
   with RECEIVER_TLS=CERT_PEM:KEY_PEM in the environment: HTTPS with that certificate
-  SCHEME standard-webhooks: KEY = the whsec_ secret
+  SCHEME standard-webhooks: KEY = space-separated keys, each a whsec_ secret
+       (a v1 signature must verify, by the reference library) or a whpk_
+       public key (a v1a signature must verify: Ed25519 over
+       "{webhook-id}.{webhook-timestamp}.{body}", timestamp within 5 minutes,
+       as the Standard Webhooks specification writes it); a request is
+       verified when every key verifies one of its signatures
   SCHEME rsa-sha256: KEY = path of the public key PEM; URL = the sink's url
   SCHEME hmac-sha256: KEY = the secret (header X-Signature, prefix sha256=, hex)
        receiver.py --gen-rsa PRIVATE_PEM PUBLIC_PEM   writes a 2048-bit key pair
+       receiver.py --gen-ed25519   prints a new Ed25519 key pair as Standard
+           Webhooks serialises it: "whsk_<base64 32-byte seed>" and
+           "whpk_<base64 32-byte public key>", one a line
 """
+import base64
 import hashlib
 import hmac
 import json
@@ -40,18 +54,61 @@ if sys.argv[1] == "--gen-rsa":
         f.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     sys.exit(0)
 
+if sys.argv[1] == "--gen-ed25519":
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    seed = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    print("whsk_" + base64.b64encode(seed).decode())
+    print("whpk_" + base64.b64encode(public).decode())
+    sys.exit(0)
+
 port, out_path, control_path, scheme, key = sys.argv[1:6]
 url = sys.argv[6] if len(sys.argv) > 6 else ""
 lock = threading.Lock()
 used = {"answers": 0, "reset": 0}
 
 if scheme == "standard-webhooks":
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from standardwebhooks.webhooks import Webhook
 
-    webhook = Webhook(key)
+    # The reference library's tolerance, which the v1a check keeps too.
+    TOLERANCE_SECONDS = 5 * 60
+
+    def ed25519_check(public_key):
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key[len("whpk_"):]))
+
+        def check(headers, body):
+            msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+            if abs(time.time() - int(timestamp)) > TOLERANCE_SECONDS:
+                raise ValueError("webhook-timestamp outside the tolerance")
+            signed = f"{msg_id}.{timestamp}.".encode() + body
+            for entry in headers["webhook-signature"].split(" "):
+                version, _, signature = entry.partition(",")
+                if version != "v1a":
+                    continue
+                try:
+                    public.verify(base64.b64decode(signature), signed)
+                    return
+                except InvalidSignature:
+                    pass
+            raise ValueError("no v1a signature verifies with " + public_key)
+
+        return check
+
+    def hmac_check(secret):
+        webhook = Webhook(secret)
+        return lambda headers, body: webhook.verify(body, headers)
+
+    checks = [ed25519_check(k) if k.startswith("whpk_") else hmac_check(k) for k in key.split()]
 
     def verify(headers, body):
-        webhook.verify(body, headers)
+        for check in checks:
+            check(headers, body)
 
 elif scheme == "rsa-sha256":
     from cryptography.hazmat.primitives import hashes, serialization
@@ -114,6 +171,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.close()
             return
+        with lock:
+            with open(out_path + ".arrived", "a") as f:
+                f.write(f"{self.headers.get('webhook-id')}\n")
         if c.get("slow_ms"):
             time.sleep(c["slow_ms"] / 1000)
         try:

@@ -156,13 +156,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Signatures made outside this crate: Stripe's by stripe-python 16.1.0
+/// (`stripe.WebhookSignature.generate_signature_header(body, secret,
+/// timestamp=1700000000)`), HubSpot's by hubspot-api-client 12.0.0
+/// (`Signature.get_signature(secret, body, "v3", http_uri, "POST",
+/// timestamp)`), Shopify's and the generic one by Python's `hmac` as their
+/// documentation writes them (Shopify's SDK has no webhook signing).
+/// tests/it/support/provider_sign.py makes them the same way at run time.
 #[test]
 fn shopify_stripe_hubspot_and_generic_hmac() {
     let body = r#"{"id": 820982911946154508, "email": "jon@example.com"}"#;
-    let sig = BASE64.encode(mac(b"shpss_secret", body.as_bytes()));
     accepts_and_rejects(
         &verifier(VerifyScheme::Shopify, "shpss_secret"),
-        &[("x-shopify-hmac-sha256", &sig)],
+        &[(
+            "x-shopify-hmac-sha256",
+            "DkzU+6wYyLJ0yk4V9T3cTRhKPK8UgIEYvOondEE3qQ4=",
+        )],
         body,
         0,
         false,
@@ -170,9 +179,8 @@ fn shopify_stripe_hubspot_and_generic_hmac() {
 
     // Stripe: the whole whsec_ text is the key; several v1 entries during a rotation.
     let secret = "whsec_test_secret";
-    let t = "1700000000";
-    let good = hex(&mac(secret.as_bytes(), format!("{t}.{body}").as_bytes()));
-    let header = format!("t={t},v1={},v1={good},v0=ignored", "00".repeat(32));
+    let good = "8f7a90f6edd713b509a965ef1e30c010dfdebceb33a81a418be16f75d1913cb1";
+    let header = format!("t=1700000000,v1={},v1={good},v0=ignored", "00".repeat(32));
     accepts_and_rejects(
         &verifier(VerifyScheme::Stripe, secret),
         &[("stripe-signature", &header)],
@@ -182,14 +190,14 @@ fn shopify_stripe_hubspot_and_generic_hmac() {
     );
 
     // HubSpot v3: method + URL + body + the millisecond timestamp.
-    let ms = "1700000000123";
-    let signed = format!("POSThttps://example.com/hook{body}{ms}");
-    let sig = BASE64.encode(mac(b"hs-secret", signed.as_bytes()));
     accepts_and_rejects(
         &verifier(VerifyScheme::HubspotV3, "hs-secret"),
         &[
-            ("x-hubspot-request-timestamp", ms),
-            ("x-hubspot-signature-v3", &sig),
+            ("x-hubspot-request-timestamp", "1700000000123"),
+            (
+                "x-hubspot-signature-v3",
+                "AS+AJpbSAsUAqetoxSm11Am0e5jXMc6lL1CpBlcZkWo=",
+            ),
         ],
         body,
         1_700_000_000,
@@ -201,10 +209,12 @@ fn shopify_stripe_hubspot_and_generic_hmac() {
         prefix: "sha256=".into(),
         base64: false,
     };
-    let sig = format!("sha256={}", hex(&mac(b"k", body.as_bytes())));
     accepts_and_rejects(
         &verifier(generic, "k"),
-        &[("x-signature", &sig)],
+        &[(
+            "x-signature",
+            "sha256=8459bddfb89fa168ccd159feaea464163e08435af271e2201a776b80fbc5ea90",
+        )],
         body,
         0,
         false,
@@ -249,4 +259,47 @@ fn malformed_headers_get_a_reason_and_never_a_panic() {
         .unwrap_err()
         .to_string();
     assert!(why.contains("sha256="), "{why}");
+}
+
+#[test]
+fn zoom_signs_like_slack_under_its_own_headers_and_names_the_secret_used() {
+    // Zoom's documented url_validation request; its signature made as Zoom's docs say.
+    let body = r#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
+    let ts = "1654503849";
+    let sig = format!(
+        "v0={}",
+        hex(&mac(b"zoom-secret", format!("v0:{ts}:{body}").as_bytes()))
+    );
+    let pairs = [
+        ("x-zm-request-timestamp", ts),
+        ("x-zm-signature", sig.as_str()),
+    ];
+    let v = verifier(VerifyScheme::Zoom, "zoom-secret");
+    accepts_and_rejects(&v, &pairs, body, 1_654_503_849, true);
+    // The helper's verifier holds an old secret first: the new one signed.
+    let with = v
+        .verify(&Signed {
+            headers: &headers(&pairs),
+            method: "POST",
+            url: "https://example.com/hook",
+            body: body.as_bytes(),
+            now: 1_654_503_849,
+        })
+        .unwrap();
+    assert_eq!(with, SignedWith(1));
+    // Slack's headers do not verify a Zoom request.
+    let slack = [
+        ("x-slack-request-timestamp", ts),
+        ("x-slack-signature", sig.as_str()),
+    ];
+    let why = v
+        .verify(&Signed {
+            headers: &headers(&slack),
+            method: "POST",
+            url: "https://example.com/hook",
+            body: body.as_bytes(),
+            now: 1_654_503_849,
+        })
+        .unwrap_err();
+    assert_eq!(why, Rejected::Missing("x-zm-request-timestamp".into()));
 }
