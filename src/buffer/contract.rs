@@ -59,14 +59,30 @@ pub trait LogStore: Send + Sync {
     /// The recorded progress of `sink`.
     fn sink_state(&self, sink: &str) -> SinkState;
     /// Records that `sink` is about to write `range` (see [`super::ledger`]).
+    /// An error wrapping [`Fenced`] says another writer holds the sink's
+    /// progress now: the caller stops writing (trying again cannot succeed).
     fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()>;
     /// Records that `sink` holds everything below `offset`; what every
-    /// consumer passed may then go.
+    /// consumer passed may then go. May fail with [`Fenced`], as `begin`.
     fn commit(&self, sink: &str, offset: u64) -> io::Result<()>;
     /// Bytes the log holds.
     fn disk_bytes(&self) -> u64;
     /// See [`LogAppend::is_full`].
     fn is_full(&self, max_bytes: u64) -> bool;
+}
+
+/// Another writer recorded the sink's progress since this one read it (a
+/// replicated log's writer that was paused past its lease): this writer lost
+/// the sink's part of the log and must stop writing it.
+#[derive(Debug, thiserror::Error)]
+#[error("another writer recorded the progress of {0} since this one read it: this node lost the partition and stops writing it")]
+pub struct Fenced(pub String);
+
+impl Fenced {
+    /// Whether `e` is a [`Fenced`] refusal.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Fenced>())
+    }
 }
 
 /// One reader of a log, as a log implements it.

@@ -60,7 +60,7 @@ use ledger::{sync_dir, Ledger, SinkState};
 use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
-pub use contract::{Appender, Deduped, Log, LogAppend, LogRead, LogStore, Reader};
+pub use contract::{Appender, Deduped, Fenced, Log, LogAppend, LogRead, LogStore, Reader};
 
 /// Append requests waiting for the writer thread. Bounded so that a stalled
 /// disk pushes back on the HTTP handlers (they await a slot) instead of

@@ -526,6 +526,9 @@ impl Running {
                 .map_err(|e| SinkError::Ledger(std::io::Error::other(e)))?;
             match done {
                 Ok(()) => return Ok(()),
+                // Another writer holds the progress now: trying again cannot
+                // succeed, and stopping gives the partition back.
+                Err(e) if crate::buffer::Fenced::is(&e) => return Err(SinkError::Ledger(e)),
                 Err(e) => backoff.pause(LedgerWrite(e)).await?,
             }
         }

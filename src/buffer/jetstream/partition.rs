@@ -7,7 +7,10 @@
 //! revision this node read or last wrote. A node that was paused past its
 //! lease finds, when it wakes, that the next owner has written the key: its
 //! `begin` fails before it uploads a range the next owner did not record, and
-//! its `commit` fails, so its runner stops without moving the progress. A
+//! its `commit` fails ([`Fenced`]), so its runner stops without moving the
+//! progress. If the woken writer wrote first, the next owner is the one
+//! refused: it stops, gives the lease back, and whoever takes it next reads
+//! the progress anew. A
 //! range it had recorded before the pause is one the next owner re-flushes
 //! under the same object names with the same rows, so an upload that slips
 //! through after the wake-up rewrites identical rows.
@@ -20,6 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -27,9 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{decode, Pipeline};
-use crate::buffer::contract::{LogRead, LogStore};
+use crate::buffer::contract::{Fenced, LogRead, LogStore};
 use crate::buffer::ledger::SinkState;
 use crate::event::Event;
+
+/// The header of a KV message that deletes or purges its key.
+const KV_OPERATION: &str = "KV-Operation";
 
 /// One (sink, partition) of a pipeline, as the log of that sink's runner.
 pub struct PartitionLog {
@@ -56,20 +63,26 @@ impl PartitionLog {
         stop: CancellationToken,
     ) -> io::Result<Self> {
         let key = pipeline.key(sink, partition);
-        let recorded = pipeline
-            .cluster
-            .progress
-            .entry(key.as_str())
-            .await
-            .map_err(io::Error::other)?;
-        let (mut state, revision): (SinkState, u64) = match recorded {
-            Some(entry) if entry.operation == kv::Operation::Put => (
-                serde_json::from_slice(&entry.value).map_err(io::Error::other)?,
-                entry.revision,
-            ),
-            Some(entry) => (SinkState::default(), entry.revision),
-            None => (SinkState::default(), 0),
-        };
+        // From the stream's leader, not a replica's direct get (what the KV
+        // client's `entry` does): a lagging replica's older revision would
+        // fence this writer at its first write.
+        let progress = &pipeline.cluster.progress;
+        let subject = format!("{}{key}", progress.prefix);
+        let (mut state, revision): (SinkState, u64) =
+            match progress.stream.get_last_raw_message_by_subject(&subject).await {
+                // A deleted or purged key carries its operation in a header.
+                Ok(message) if message.headers.get(KV_OPERATION).is_some() => {
+                    (SinkState::default(), message.sequence)
+                }
+                Ok(message) => (
+                    serde_json::from_slice(&message.payload).map_err(io::Error::other)?,
+                    message.sequence,
+                ),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                    (SinkState::default(), 0)
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            };
         let mut stream = pipeline.streams[partition as usize].clone();
         let info = stream.info().await.map_err(io::Error::other)?;
         let last = info.state.last_sequence;
@@ -106,12 +119,7 @@ impl PartitionLog {
         let body = Bytes::from(serde_json::to_vec(state).map_err(io::Error::other)?);
         let progress = &self.pipeline.cluster.progress;
         let seen = self.state.lock().expect("progress lock").1;
-        let fenced = || {
-            io::Error::other(format!(
-                "another node wrote the progress of {} since this node read it: this node lost the partition and stops writing it",
-                self.key
-            ))
-        };
+        let fenced = || io::Error::other(Fenced(self.key.clone()));
         let written = if seen == 0 {
             progress
                 .create(self.key.as_str(), body)

@@ -64,6 +64,18 @@ async fn stream_messages(nats: &Nats) -> u64 {
     total
 }
 
+/// Waits until every message of the pipeline's streams is purged.
+async fn wait_until_purged(nats: &Nats) {
+    let started = Instant::now();
+    while stream_messages(nats).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stream was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Six dead letters, replayed after the schema was fixed, are six rows:
 /// each replay record is its own message (they all had the nil id, so the
 /// duplicate window kept one and replay deleted the rest).
@@ -146,14 +158,7 @@ async fn a_sink_added_to_an_idle_pipeline_reads_and_lets_the_stream_purge() {
         first.iter().all(|id| counts.contains_key(id))
     })
     .await;
-    let started = Instant::now();
-    while stream_messages(&nats).await > 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the stream was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_purged(&nats).await;
     assert!(server.terminate().success());
     // A second sink, on an idle pipeline.
     let file = project.path().join("pipelines/shopify_customers.toml");
@@ -234,14 +239,7 @@ async fn a_retry_after_every_server_restarted_is_still_a_duplicate() {
         acked.iter().all(|id| counts.contains_key(id))
     })
     .await;
-    let started = Instant::now();
-    while stream_messages(&nats).await > 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the stream was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_purged(&nats).await;
     server.kill9();
     for i in 0..3 {
         nats.kill9(i);
@@ -280,54 +278,7 @@ async fn a_node_writing_parquet_paused_past_its_leases_is_fenced_when_it_wakes()
     let nodes: Vec<Project> = (0..2)
         .map(|_| node_of(&nats, lake.path(), &parquet_tail(6, "")))
         .collect();
-    let paused = nodes[0].start().await;
-    let other = nodes[1].start().await;
-    let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let loading = tokio::spawn(load(targets.clone(), 900, 4, acked.clone()));
-    let started = Instant::now();
-    while !(nodes[0]
-        .log()
-        .contains("This node now writes the partition")
-        && nodes[1]
-            .log()
-            .contains("This node now writes the partition")
-        && acked.lock().unwrap().len() >= 1000)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "both nodes never wrote"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    paused.signal("STOP");
-    targets.lock().unwrap().remove(0);
-    let started = Instant::now();
-    loop {
-        let rows = partitions(&nodes[1]).await;
-        let owners: HashSet<String> = rows
-            .iter()
-            .filter_map(|r| r["owner"].as_str().map(String::from))
-            .collect();
-        if rows.len() == 6
-            && owners.len() == 1
-            && nodes[1]
-                .log()
-                .contains(&format!("node={}", owners.iter().next().unwrap()))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the other node never took every partition: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    paused.signal("CONT");
-    targets.lock().unwrap().push(hook(&nodes[0]));
-    loading.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), 4500, "every request was acknowledged");
+    let (servers, acked) = pause_a_writer_past_its_leases(&nodes).await;
     let table = table_dir(lake.path());
     let started = Instant::now();
     loop {
@@ -343,10 +294,7 @@ async fn a_node_writing_parquet_paused_past_its_leases_is_fenced_when_it_wakes()
     }
     // Let the woken node do whatever it still would (upload, commit).
     eventually(&nodes[0], "the paused node noticed it lost its partitions", || {
-        let woke = nodes[0].log();
-        woke.contains("Another node holds the partition's lease now")
-            || woke.contains("Cannot renew the partition's lease in time")
-            || woke.contains("this node lost the partition")
+        noticed_it_lost_its_partitions(&nodes[0])
     })
     .await;
     let counts = duckdb_id_counts(&table);
@@ -358,5 +306,5 @@ async fn a_node_writing_parquet_paused_past_its_leases_is_fenced_when_it_wakes()
         "{} events in the files were never acknowledged",
         counts.len() - acked.len()
     );
-    drop((paused, other));
+    drop(servers);
 }

@@ -17,8 +17,15 @@ use crate::support::*;
 // the Parquet write fence.
 mod durability;
 
+/// One cluster test at a time: each runs three nats-servers and two or
+/// three nodes under load, and two of them at once on two cores starve
+/// JetStream's acks past their timeout (a 503 for an event that was stored).
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Three nats-servers with JetStream, clustered on loopback.
 struct Nats {
+    /// Held while the cluster runs (see [`ONE_CLUSTER_AT_A_TIME`]).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
     servers: Vec<Option<Child>>,
     pub urls: Vec<String>,
     monitors: Vec<u16>,
@@ -31,9 +38,13 @@ impl Nats {
     /// the full suite's load): a cluster that does not become healthy is
     /// started again on other ports, up to three times.
     async fn start() -> Self {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
         for attempt in 1..=3 {
             match Self::try_start(attempt == 3).await {
-                Some(nats) => return nats,
+                Some(mut nats) => {
+                    nats._turn = Some(turn);
+                    return nats;
+                }
                 None => eprintln!(
                     "the nats-servers did not become healthy (attempt {attempt}); trying other ports"
                 ),
@@ -78,6 +89,7 @@ impl Nats {
             servers.push(Some(child));
         }
         let nats = Self {
+            _turn: None,
             servers,
             urls: ports
                 .iter()
@@ -814,11 +826,11 @@ async fn the_https_sink_delivers_every_acknowledged_event_across_a_node_kill() {
 /// A node paused (SIGSTOP) longer than its leases while it writes: the other
 /// node takes its partitions over and resumes from the table; when the paused
 /// node wakes up mid-flush it must not write a row twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
-    let nats = Nats::start().await;
-    let lake = tempfile::tempdir().unwrap();
-    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+/// Two nodes write while clients post 4,500 events to both; the first is
+/// paused (SIGSTOP) past its leases until the second holds every partition,
+/// then woken. Returns both servers once every request was acknowledged,
+/// and the acknowledged ids.
+async fn pause_a_writer_past_its_leases(nodes: &[Project]) -> ([Server; 2], HashSet<String>) {
     let paused = nodes[0].start().await;
     let other = nodes[1].start().await;
     let targets = Arc::new(Mutex::new(nodes.iter().map(hook).collect::<Vec<_>>()));
@@ -873,6 +885,24 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
         4500,
         "every request was acknowledged in the end"
     );
+    ([paused, other], acked)
+}
+
+/// Whether `project`'s log says it stopped writing partitions it lost: its
+/// lease renewal or its next ledger write was refused.
+fn noticed_it_lost_its_partitions(project: &Project) -> bool {
+    let log = project.log();
+    log.contains("Another node holds the partition's lease now")
+        || log.contains("Cannot renew the partition's lease in time")
+        || log.contains("this node lost the partition")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
+    let nats = Nats::start().await;
+    let lake = tempfile::tempdir().unwrap();
+    let nodes: Vec<Project> = (0..2).map(|_| node(&nats, lake.path())).collect();
+    let (servers, acked) = pause_a_writer_past_its_leases(&nodes).await;
     wait_for_table(&table_dir(lake.path()), &acked, &[&nodes[0], &nodes[1]]).await;
     let seen = assert_every_acked_once(table_dir(lake.path()).to_str().unwrap(), &acked);
     // Beyond the acknowledged: at most the requests the paused node held when
@@ -886,13 +916,10 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
     // renewal or its next ledger write is refused (whichever comes first;
     // a Delta commit refused by the table's txn may come before either).
     eventually(&nodes[0], "the paused node noticed it lost its partitions", || {
-        let woke = nodes[0].log();
-        woke.contains("Another node holds the partition's lease now")
-            || woke.contains("Cannot renew the partition's lease in time")
-            || woke.contains("this node lost the partition")
+        noticed_it_lost_its_partitions(&nodes[0])
     })
     .await;
-    drop((paused, other));
+    drop(servers);
 }
 
 /// `schema = "infer"` with a Parquet and a Delta sink written by six
