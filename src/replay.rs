@@ -412,6 +412,9 @@ mod tests {
         assert_ne!(id, record_id("dl-1.parquet", "delta", b), "another event");
         assert_ne!(id, record_id("dl-1.parquet", "parquet", a), "another sink");
         assert_ne!(id, record_id("dl-2.parquet", "delta", a), "a later file");
-        assert_ne!(id, a, "never the event's own id (its message is stored already)");
+        assert_ne!(
+            id, a,
+            "never the event's own id (its message is stored already)"
+        );
     }
 }

@@ -183,7 +183,11 @@ async fn rolled_segments_are_preallocated_and_reopen_cleanly() {
         assert!(preallocated, "a new segment is the zero-filled spare");
         let data: u64 = segments(dir.path())
             .iter()
-            .map(|&base| std::fs::metadata(segment::path(&log_dir, base)).unwrap().len())
+            .map(|&base| {
+                std::fs::metadata(segment::path(&log_dir, base))
+                    .unwrap()
+                    .len()
+            })
             .sum();
         assert!(
             log.disk_bytes() < data,

@@ -18,7 +18,6 @@
 use arrow_schema::{DataType, Field, Fields};
 use serde_json::{Map, Number, Value};
 
-
 /// Why `object` (a record) cannot be stored as it is under `fields`: the
 /// first number a decoder would change, with its JSON pointer; `None` when
 /// every number is stored exactly.
@@ -135,11 +134,7 @@ mod tests {
                 "lines",
                 DataType::List(Arc::new(Field::new(
                     "item",
-                    DataType::Struct(Fields::from(vec![Field::new(
-                        "qty",
-                        DataType::Int64,
-                        true,
-                    )])),
+                    DataType::Struct(Fields::from(vec![Field::new("qty", DataType::Int64, true)])),
                     true,
                 ))),
                 true,
@@ -164,8 +159,14 @@ mod tests {
     fn integers_fit_integer_columns_and_fractions_do_not() {
         assert_eq!(check(r#"{"count": 9223372036854775807}"#), None);
         assert_eq!(check(r#"{"count": -9223372036854775808}"#), None);
-        assert!(check(r#"{"count": 9223372036854775808}"#).is_some(), "beyond i64");
-        assert!(check(r#"{"count": 1e19}"#).is_some(), "beyond i64, as a fraction");
+        assert!(
+            check(r#"{"count": 9223372036854775808}"#).is_some(),
+            "beyond i64"
+        );
+        assert!(
+            check(r#"{"count": 1e19}"#).is_some(),
+            "beyond i64, as a fraction"
+        );
         for written in ["2.0", "1e3", "1.0000000000000000001", "4503599627370496.5"] {
             assert!(
                 check(&format!(r#"{{"count": {written}}}"#)).is_some(),
@@ -177,10 +178,21 @@ mod tests {
     #[test]
     fn an_integer_a_double_rounds_does_not_fit_a_number_column() {
         assert_eq!(check(r#"{"price": 9007199254740992}"#), None, "2^53");
-        assert!(check(r#"{"price": 9007199254740993}"#).is_some(), "2^53 + 1");
+        assert!(
+            check(r#"{"price": 9007199254740993}"#).is_some(),
+            "2^53 + 1"
+        );
         assert!(check(r#"{"price": -9007199254740993}"#).is_some());
-        assert_eq!(check(r#"{"price": 1152921504606846976}"#), None, "2^60 is exact");
+        assert_eq!(
+            check(r#"{"price": 1152921504606846976}"#),
+            None,
+            "2^60 is exact"
+        );
         assert_eq!(check(r#"{"price": 116.47000000812113}"#), None);
-        assert_eq!(check(r#"{"price": "text", "other": 2.5}"#), None, "left to the decoder");
+        assert_eq!(
+            check(r#"{"price": "text", "other": 2.5}"#),
+            None,
+            "left to the decoder"
+        );
     }
 }

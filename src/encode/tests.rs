@@ -257,9 +257,17 @@ fn a_fraction_in_a_declared_integer_column_is_a_dead_letter_not_a_cut_number() {
     assert_eq!(counts.iter().collect::<Vec<_>>(), [Some(3), Some(4)]);
     let reasons: Vec<&str> = out.dead.iter().map(|d| d.reason.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(reasons[0].contains("/orders_count: 2.7 is not an integer"), "{}", reasons[0]);
+    assert!(
+        reasons[0].contains("/orders_count: 2.7 is not an integer"),
+        "{}",
+        reasons[0]
+    );
     assert!(reasons[1].contains("/orders_count: -0.5"), "{}", reasons[1]);
-    assert!(reasons[2].contains("/total: 9007199254740993"), "{}", reasons[2]);
+    assert!(
+        reasons[2].contains("/total: 9007199254740993"),
+        "{}",
+        reasons[2]
+    );
 }
 
 #[test]
@@ -267,9 +275,15 @@ fn under_inference_a_fraction_after_integers_keeps_its_value() {
     let encoder = numbers_encoder(true);
     let first = encoder.encode(&[event(r#"{"orders_count": 2}"#)]);
     let encoder = encoder.with_record_schema(first.grown.expect("grew"));
-    let out = encoder.encode(&[event(r#"{"orders_count": 2.7}"#), event(r#"{"orders_count": -0.5}"#)]);
+    let out = encoder.encode(&[
+        event(r#"{"orders_count": 2.7}"#),
+        event(r#"{"orders_count": -0.5}"#),
+    ]);
     assert!(out.dead.is_empty(), "{:?}", out.dead);
-    let schema = out.grown.clone().unwrap_or_else(|| encoder.record_schema().clone());
+    let schema = out
+        .grown
+        .clone()
+        .unwrap_or_else(|| encoder.record_schema().clone());
     let column = out.batch.column_by_name("orders_count").unwrap();
     let kept: Vec<String> = match schema.field_with_name("orders_count").unwrap().data_type() {
         DataType::Float64 => column
@@ -278,11 +292,18 @@ fn under_inference_a_fraction_after_integers_keeps_its_value() {
             .map(|v| format!("{v:?}"))
             .collect(),
         _ => {
-            let extra = out.batch.column_by_name("_extra").unwrap().as_string::<i32>();
+            let extra = out
+                .batch
+                .column_by_name("_extra")
+                .unwrap()
+                .as_string::<i32>();
             extra.iter().map(|v| format!("{v:?}")).collect()
         }
     };
-    assert!(kept[0].contains("2.7") && kept[1].contains("-0.5"), "{kept:?}");
+    assert!(
+        kept[0].contains("2.7") && kept[1].contains("-0.5"),
+        "{kept:?}"
+    );
 }
 
 #[test]
@@ -290,7 +311,10 @@ fn a_record_that_fit_the_old_schema_is_refitted_when_the_flush_grows_it() {
     let encoder = Encoder::new(Arc::new(Schema::empty()), "", "webhook:/x").inferring(true);
     let first = encoder.encode(&[event(r#"{"a": 1}"#)]);
     let encoder = encoder.with_record_schema(first.grown.expect("grew"));
-    let out = encoder.encode(&[event(r#"{"a": 2, "b": {}}"#), event(r#"{"a": 3, "b": "x"}"#)]);
+    let out = encoder.encode(&[
+        event(r#"{"a": 2, "b": {}}"#),
+        event(r#"{"a": 3, "b": "x"}"#),
+    ]);
     assert!(out.dead.is_empty(), "{:?}", out.dead);
     assert_eq!(out.batch.num_rows(), 2);
     let b = out.batch.column_by_name("b").unwrap().as_string::<i32>();
@@ -354,11 +378,25 @@ fn every_number_round_trips_bit_exactly() {
         let out = declared(&events);
         assert!(out.dead.is_empty(), "{:?}", out.dead.first());
         assert_eq!(out.batch.num_rows(), events.len());
-        let totals = out.batch.column_by_name("total").unwrap().as_primitive::<Float64Type>();
+        let totals = out
+            .batch
+            .column_by_name("total")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         for (i, &v) in doubles.iter().enumerate() {
-            assert_eq!(totals.value(i).to_bits(), v.to_bits(), "{} came back as {}", text(v), totals.value(i));
+            assert_eq!(
+                totals.value(i).to_bits(),
+                v.to_bits(),
+                "{} came back as {}",
+                text(v),
+                totals.value(i)
+            );
         }
-        let counts = out.batch.column_by_name("orders_count").unwrap().as_primitive::<Int64Type>();
+        let counts = out
+            .batch
+            .column_by_name("orders_count")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         for (i, &v) in integers.iter().enumerate() {
             assert_eq!(counts.value(doubles.len() + i), v);
         }
@@ -366,21 +404,46 @@ fn every_number_round_trips_bit_exactly() {
     // Inferred: a column of doubles, and doubles kept in `_extra` under a
     // text column.
     let encoder = Encoder::new(Arc::new(Schema::empty()), "", "webhook:/x").inferring(true);
-    let events: Vec<Event> = doubles.iter().map(|&v| event(&format!(r#"{{"v": {}, "w": "t"}}"#, text(v)))).collect();
+    let events: Vec<Event> = doubles
+        .iter()
+        .map(|&v| event(&format!(r#"{{"v": {}, "w": "t"}}"#, text(v))))
+        .collect();
     let out = encoder.encode(&events);
     assert!(out.dead.is_empty());
-    let values = out.batch.column_by_name("v").unwrap().as_primitive::<Float64Type>();
+    let values = out
+        .batch
+        .column_by_name("v")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     for (i, &v) in doubles.iter().enumerate() {
-        assert_eq!(values.value(i).to_bits(), v.to_bits(), "inferred {}", text(v));
+        assert_eq!(
+            values.value(i).to_bits(),
+            v.to_bits(),
+            "inferred {}",
+            text(v)
+        );
     }
     let encoder = encoder.with_record_schema(out.grown.expect("grew"));
-    let events: Vec<Event> = doubles.iter().map(|&v| event(&format!(r#"{{"w": {}}}"#, text(v)))).collect();
+    let events: Vec<Event> = doubles
+        .iter()
+        .map(|&v| event(&format!(r#"{{"w": {}}}"#, text(v))))
+        .collect();
     let out = encoder.encode(&events);
     assert!(out.dead.is_empty());
-    let extra = out.batch.column_by_name("_extra").unwrap().as_string::<i32>();
+    let extra = out
+        .batch
+        .column_by_name("_extra")
+        .unwrap()
+        .as_string::<i32>();
     for (i, &v) in doubles.iter().enumerate() {
         let kept: serde_json::Value = serde_json::from_str(extra.value(i)).unwrap();
         let back = kept["/w"].as_f64().unwrap();
-        assert_eq!(back.to_bits(), v.to_bits(), "_extra kept {} as {}", text(v), extra.value(i));
+        assert_eq!(
+            back.to_bits(),
+            v.to_bits(),
+            "_extra kept {} as {}",
+            text(v),
+            extra.value(i)
+        );
     }
 }

@@ -115,7 +115,10 @@ async fn concurrent_posts_land_exactly_once_in_parquet() {
         })
         .collect();
     assert_eq!(segments.len(), 1, "{segments:?}");
-    assert!(segments[0] > 0, "the log never rolled past its first segment");
+    assert!(
+        segments[0] > 0,
+        "the log never rolled past its first segment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,13 +179,30 @@ async fn no_request_is_acknowledged_while_its_sync_fails() {
         .build()
         .unwrap();
     let url = project.url("/hooks/shopify/customers");
-    let before = client.post(&url).json(&shopify_customer(1)).send().await.unwrap();
+    let before = client
+        .post(&url)
+        .json(&shopify_customer(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(before.status(), 202, "acknowledged while syncs work");
 
     let pid = server.pid();
     let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync,fsync"])
-        .args(["-e", "inject=fdatasync,fsync:error=EIO", "-p", &pid.to_string()])
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fdatasync,fsync",
+        ])
+        .args([
+            "-e",
+            "inject=fdatasync,fsync:error=EIO",
+            "-p",
+            &pid.to_string(),
+        ])
         .stdin(Stdio::null())
         .spawn()
         .expect("strace (scripts/test installs it)");
@@ -191,8 +211,8 @@ async fn no_request_is_acknowledged_while_its_sync_fails() {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .all(|task| {
-                let status =
-                    std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+                let status = std::fs::read_to_string(task.unwrap().path().join("status"))
+                    .unwrap_or_default();
                 status.contains(&format!("TracerPid:\t{}", strace.id()))
             })
     };

@@ -57,7 +57,12 @@ fn read(project: &Project, name: &str) -> (Vec<Value>, Vec<Value>) {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut read: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut rows = |key: &str| read[key].as_array_mut().map(std::mem::take).unwrap_or_default();
+    let mut rows = |key: &str| {
+        read[key]
+            .as_array_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    };
     (rows("parquet"), rows("delta"))
 }
 
@@ -258,8 +263,7 @@ async fn a_fraction_for_a_declared_integer_is_a_dead_letter_with_its_reason() {
     let ids = accepted_ids(&response.json().await.unwrap());
     let dead_dir = project.path().join("lake/_dead_letters/shopify_customers");
     eventually(&project, "the good row and two dead letters", || {
-        id_counts(&project.table_dir()).contains_key(&ids[0])
-            && id_counts(&dead_dir).len() == 2
+        id_counts(&project.table_dir()).contains_key(&ids[0]) && id_counts(&dead_dir).len() == 2
     })
     .await;
     let rows = id_counts(&project.table_dir());
@@ -269,7 +273,10 @@ async fn a_fraction_for_a_declared_integer_is_a_dead_letter_with_its_reason() {
         .flat_map(|batch| {
             use arrow_array::cast::AsArray;
             let reasons = batch.column_by_name("reason").unwrap().as_string::<i32>();
-            reasons.iter().map(|r| r.unwrap().to_string()).collect::<Vec<_>>()
+            reasons
+                .iter()
+                .map(|r| r.unwrap().to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
     assert!(

@@ -540,16 +540,14 @@ impl JetStreamAppender {
             _ => None,
         };
         let known = match delivered {
-            Some(store) => {
-                futures::future::try_join_all(keys.iter().map(|key| async move {
-                    store
-                        .get(delivered_key(key))
-                        .await
-                        .map(|found| found.is_some())
-                }))
-                .await
-                .map_err(unavailable)?
-            }
+            Some(store) => futures::future::try_join_all(keys.iter().map(|key| async move {
+                store
+                    .get(delivered_key(key))
+                    .await
+                    .map(|found| found.is_some())
+            }))
+            .await
+            .map_err(unavailable)?,
             None => vec![false; keys.len()],
         };
         let mut acks = Vec::with_capacity(rows.len());

@@ -68,21 +68,24 @@ impl PartitionLog {
         // fence this writer at its first write.
         let progress = &pipeline.cluster.progress;
         let subject = format!("{}{key}", progress.prefix);
-        let (mut state, revision): (SinkState, u64) =
-            match progress.stream.get_last_raw_message_by_subject(&subject).await {
-                // A deleted or purged key carries its operation in a header.
-                Ok(message) if message.headers.get(KV_OPERATION).is_some() => {
-                    (SinkState::default(), message.sequence)
-                }
-                Ok(message) => (
-                    serde_json::from_slice(&message.payload).map_err(io::Error::other)?,
-                    message.sequence,
-                ),
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                    (SinkState::default(), 0)
-                }
-                Err(e) => return Err(io::Error::other(e)),
-            };
+        let (mut state, revision): (SinkState, u64) = match progress
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            // A deleted or purged key carries its operation in a header.
+            Ok(message) if message.headers.get(KV_OPERATION).is_some() => {
+                (SinkState::default(), message.sequence)
+            }
+            Ok(message) => (
+                serde_json::from_slice(&message.payload).map_err(io::Error::other)?,
+                message.sequence,
+            ),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                (SinkState::default(), 0)
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        };
         let mut stream = pipeline.streams[partition as usize].clone();
         let info = stream.info().await.map_err(io::Error::other)?;
         let last = info.state.last_sequence;

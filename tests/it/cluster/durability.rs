@@ -293,13 +293,20 @@ async fn a_node_writing_parquet_paused_past_its_leases_is_fenced_when_it_wakes()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Let the woken node do whatever it still would (upload, commit).
-    eventually(&nodes[0], "the paused node noticed it lost its partitions", || {
-        noticed_it_lost_its_partitions(&nodes[0])
-    })
+    eventually(
+        &nodes[0],
+        "the paused node noticed it lost its partitions",
+        || noticed_it_lost_its_partitions(&nodes[0]),
+    )
     .await;
     let counts = duckdb_id_counts(&table);
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "{} events twice, e.g. {:?}", twice.len(), twice.first());
+    assert!(
+        twice.is_empty(),
+        "{} events twice, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
     assert!(acked.iter().all(|id| counts.contains_key(id)));
     assert!(
         counts.len() - acked.len() <= 4 * 5,

@@ -915,9 +915,11 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
     // The woken node stops writing what it lost: it says so once its lease
     // renewal or its next ledger write is refused (whichever comes first;
     // a Delta commit refused by the table's txn may come before either).
-    eventually(&nodes[0], "the paused node noticed it lost its partitions", || {
-        noticed_it_lost_its_partitions(&nodes[0])
-    })
+    eventually(
+        &nodes[0],
+        "the paused node noticed it lost its partitions",
+        || noticed_it_lost_its_partitions(&nodes[0]),
+    )
     .await;
     drop(servers);
 }
