@@ -2,9 +2,13 @@
 //! arrival time that every sink carries into its rows. The buffer stores events;
 //! the encoder turns them into rows.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::warn;
 use uuid::Uuid;
 
 /// What a log record is. Written on disk with every record, so recovery and
@@ -19,7 +23,7 @@ pub enum RecordKind {
     PollState = 1,
     /// The delivery ids of a webhook append, for dedupe after a restart.
     DedupeIds = 2,
-    /// A dead letter re-fed to the sinks that refused it (see [`crate::replay`]).
+    /// A dead letter re-fed to the sinks that refused it (see [`wrap`]).
     Replay = 3,
 }
 
@@ -127,4 +131,146 @@ pub fn topic_of(value: &str) -> Arc<str> {
 /// Microseconds since the Unix epoch, UTC.
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+// Replayed dead letters. A dead letter belongs to one sink: the others stored
+// the event fine. So a replayed event goes into the log wrapped in a state
+// record addressed to the sinks that dead-lettered it, `{"replay": {"sinks":
+// [...], "id": ..., "received_at_us": ..., "event": <the original JSON>}}`.
+// Those sinks unwrap it into the original event (same `_event_id`, same
+// `_received_at`, same bytes); every other sink skips it like any state
+// record. `crate::replay` writes these records; every sink reads them here.
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    replay: Replayed<'a>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Replayed<'a> {
+    #[serde(borrow)]
+    sinks: Vec<Cow<'a, str>>,
+    id: Uuid,
+    received_at_us: i64,
+    #[serde(borrow)]
+    event: &'a RawValue,
+    /// The routing value the event was received with, if any.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    topic: Option<Cow<'a, str>>,
+}
+
+/// The log record that replays `event` (raw JSON) to `sinks`; `record` is
+/// the record's own id (see [`record_id`]), `id` the event's.
+pub fn wrap(
+    record: Uuid,
+    id: Uuid,
+    received_at_us: i64,
+    event: &RawValue,
+    topic: Option<&str>,
+    sinks: &[&str],
+) -> Event {
+    let envelope = Envelope {
+        replay: Replayed {
+            sinks: sinks.iter().map(|s| Cow::Borrowed(*s)).collect(),
+            id,
+            received_at_us,
+            event,
+            topic: topic.map(Cow::Borrowed),
+        },
+    };
+    let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
+    debug_assert!(payload.starts_with(REPLAY_PREFIX));
+    Event {
+        id: record,
+        ..Event::record(RecordKind::Replay, Bytes::from(payload))
+    }
+}
+
+/// The id of the record that replays event `id` from dead-letter file
+/// `file` to `sink`: the same every time that dead letter is replayed, and
+/// another for every other dead letter.
+pub fn record_id(file: &str, sink: &str, id: Uuid) -> Uuid {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{file}\n{sink}\n{id}").as_bytes(),
+    );
+    let bytes: [u8; 16] = digest.as_ref()[..16]
+        .try_into()
+        .expect("a SHA-256 digest has 32 bytes");
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// The original event if `event` replays one to `sink`; otherwise `event` as it is.
+pub fn unwrap_for(sink: &str, event: Event) -> Event {
+    if !event.is_replay() {
+        return event;
+    }
+    match serde_json::from_slice::<Envelope<'_>>(&event.payload) {
+        Ok(envelope) if envelope.replay.sinks.iter().any(|s| s == sink) => Event {
+            id: envelope.replay.id,
+            received_at_us: envelope.replay.received_at_us,
+            kind: RecordKind::Event,
+            payload: Bytes::copy_from_slice(envelope.replay.event.get().as_bytes()),
+            topic: envelope
+                .replay
+                .topic
+                .map(|t| std::sync::Arc::from(t.as_ref())),
+        },
+        Ok(_) => event,
+        Err(e) => {
+            warn!(sink, error = %e, "Skipping an unreadable replay record.");
+            event
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_record_unwraps_for_its_sink_only() {
+        let raw: &RawValue =
+            serde_json::from_str(r#"{"customers": {"id": 7, "note": "ü"}}"#).unwrap();
+        let id = Uuid::now_v7();
+        let own = record_id("dl-1.parquet", "delta", id);
+        let record = wrap(own, id, 42, raw, Some("push"), &["delta"]);
+        assert!(record.is_state() && record.is_replay());
+        assert_eq!(record.id, own, "the record carries its own id");
+        let other = unwrap_for("parquet", record.clone());
+        assert!(other.is_state(), "another sink skips it");
+        let mine = unwrap_for("delta", record);
+        assert_eq!(mine.id, id);
+        assert_eq!(mine.received_at_us, 42);
+        assert_eq!(
+            &mine.payload[..],
+            raw.get().as_bytes(),
+            "the original bytes"
+        );
+        assert_eq!(mine.topic.as_deref(), Some("push"), "and its routing value");
+        // Plain events and other state records pass through.
+        let plain = Event::new(Bytes::from_static(b"{}"));
+        assert_eq!(unwrap_for("delta", plain.clone()), plain);
+        let state = Event::record(
+            crate::event::RecordKind::DedupeIds,
+            Bytes::from_static(b"{\"dedupe\":[]}"),
+        );
+        assert!(!state.is_replay());
+    }
+
+    #[test]
+    fn each_dead_letter_replays_under_an_id_of_its_own() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let id = record_id("dl-1.parquet", "delta", a);
+        assert!(!id.is_nil());
+        assert_eq!(id, record_id("dl-1.parquet", "delta", a), "again: the same");
+        assert_ne!(id, record_id("dl-1.parquet", "delta", b), "another event");
+        assert_ne!(id, record_id("dl-1.parquet", "parquet", a), "another sink");
+        assert_ne!(id, record_id("dl-2.parquet", "delta", a), "a later file");
+        assert_ne!(
+            id, a,
+            "never the event's own id (its message is stored already)"
+        );
+    }
 }

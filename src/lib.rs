@@ -51,14 +51,16 @@
 //! # Modules
 //! * [`config`] — TOML and JSON Schema files → validated, fully defaulted specs.
 //! * [`schema`] — JSON Schema → Arrow schema.
-//! * [`event`] — the unit the log stores, and its record kinds.
+//! * [`event`] — the unit the log stores, its record kinds, and the envelope
+//!   of a replayed dead letter that every sink unwraps.
 //! * [`buffer`] — the log contract, and the durable, append-only segment log:
 //!   group commit, recovery, per-consumer progress.
 //! * [`source`] — triggers: the webhook receiver (body, verify, dedupe) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
 //! * [`sink`] — storage, batch policy, table sinks (Parquet, Delta) behind one
 //!   trait and one runner, routing, the HTTPS sink, and each sink's health as
-//!   the admin API shows it.
+//!   the admin API shows it; below every kind, the offset-named Parquet files
+//!   (`sink/files.rs`) and the dead-letter files (`sink/dead_letters.rs`).
 //! * [`http_retry`] — the one retry policy of every outbound HTTP call.
 //! * [`replay`] — dead letters back into the log.
 //! * [`pipeline`] — wires each pipeline: source → log → one task per sink.

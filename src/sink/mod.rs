@@ -6,7 +6,9 @@
 //! [`table_sink`] is the one place that maps a sink kind to its code.
 
 pub mod batch;
+pub mod dead_letters;
 pub mod delta;
+pub mod files;
 pub mod health;
 pub mod https;
 pub mod parquet;
@@ -41,6 +43,16 @@ pub enum SinkError {
     /// Writing to the Delta table failed.
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
+    /// The table holds offsets this pipeline's log never assigned.
+    #[error("table {table} already holds log offsets up to {resume}, but this pipeline's log ends at {log_end}; the log was replaced while the table was unreachable. Stop tributary, move data/<pipeline> aside, and start again with the table reachable")]
+    AheadOfLog {
+        /// The table.
+        table: String,
+        /// The first offset after what the table holds.
+        resume: u64,
+        /// The log's next offset.
+        log_end: u64,
+    },
     /// An HTTPS sink cannot work as configured (its client cannot be built).
     #[error("HTTPS sink {sink}: {problem}")]
     Setup {
@@ -119,7 +131,7 @@ impl Classify for SinkError {
             | SinkError::Start { .. }
             | SinkError::WriteSchema(_)
             | SinkError::NoAnswer(_) => ErrorKind::Internal,
-            SinkError::Disabled { .. } => ErrorKind::Permanent,
+            SinkError::Disabled { .. } | SinkError::AheadOfLog { .. } => ErrorKind::Permanent,
             SinkError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -144,4 +156,24 @@ pub fn table_sink(
         )))),
         SinkSpec::Https(_) => None,
     }
+}
+
+/// Lowers the calling blocking-pool thread's scheduling priority (nice +10)
+/// before CPU-heavy conversion. Acknowledging webhooks is the latency users
+/// see, so it wins the CPU; conversion takes what is left, and the durable
+/// buffer absorbs the difference (a full buffer answers 503). Linux applies
+/// `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only.
+pub(crate) fn background_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            // SAFETY: setpriority takes no pointers; it only changes this thread's nice value.
+            #[cfg(target_os = "linux")]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+        }
+    });
 }

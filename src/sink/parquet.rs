@@ -1,173 +1,23 @@
-//! The Parquet sink's files: a flush's rows split into hive-style partitions
+//! The Parquet sink: a flush's rows split into hive-style partitions
 //! (`col=value/…`), each written as one zstd Parquet file whose name derives
-//! from the flush's offset range, so a replay after a crash rewrites the same
-//! objects instead of adding new ones.
+//! from the flush's offset range ([`super::files`]), so a replay after a
+//! crash rewrites the same objects instead of adding new ones.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow_array::{RecordBatch, UInt32Array};
-use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use arrow_schema::ArrowError;
+use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::errors::ParquetError;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use parquet::file::properties::WriterProperties;
 use tracing::info;
 
+use super::files::{end_offset, files, writer_properties};
 use super::table::{routed_tables, Opened, Table, TableSink, Written, UNROUTED};
 use super::{SinkError, Storage, StorageError};
 use crate::config::spec::ParquetSinkSpec;
 use crate::encode::Encoder;
-
-/// Hive's value for a null partition key (what Spark, Trino and DuckDB expect).
-pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
-
-/// Characters escaped in partition values: path separators, `=`, `%` and the
-/// characters Hive escapes, so every value round-trips through a path.
-const PARTITION_ESCAPES: &AsciiSet = &CONTROLS
-    .add(b'/')
-    .add(b'\\')
-    .add(b'=')
-    .add(b'%')
-    .add(b'"')
-    .add(b'#')
-    .add(b'?')
-    .add(b'*')
-    .add(b':')
-    .add(b'[')
-    .add(b']')
-    .add(b'{')
-    .add(b'}')
-    .add(b'^')
-    .add(b' ');
-
-/// Writer settings shared by every file: zstd, page statistics so engines can
-/// skip row groups and pages, and no dictionary encoding. Webhook records are
-/// mostly high-cardinality strings (ids, emails, names, timestamps); on the
-/// Shopify benchmark a dictionary made files 25% larger and writing 18% slower
-/// than plain values under zstd, which also squeezes the few repetitive columns.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// File name of the rows of offsets `range` (inclusive last offset, so the
-/// name reads like the range it holds).
-pub fn file_name(prefix: &str, range: &Range<u64>) -> String {
-    format!(
-        "{prefix}{:020}-{:020}.parquet",
-        range.start,
-        range.end.saturating_sub(1)
-    )
-}
-
-/// The offset after the last one a file named by [`file_name`] holds, if
-/// `path` (any directories before it) names one such file.
-pub fn end_offset(path: &str) -> Option<u64> {
-    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let (rest, last) = name.rsplit_once('-')?;
-    let (_, first) = rest.rsplit_once('-')?;
-    if first.len() != 20 || last.len() != 20 {
-        return None;
-    }
-    first.parse::<u64>().ok()?;
-    last.parse::<u64>().ok()?.checked_add(1)
-}
-
-/// Splits `batch` by the values of `partition_by` and serialises each part;
-/// returns `(relative path, bytes)` pairs. Partition columns are left out of
-/// the files (their values are in the path), as hive-style readers expect.
-pub fn files(
-    batch: &RecordBatch,
-    partition_by: &[String],
-    range: &Range<u64>,
-    props: &WriterProperties,
-) -> Result<Vec<(String, Bytes)>, ParquetError> {
-    files_named(batch, partition_by, "part-", range, props)
-}
-
-/// [`files`], each named `<prefix><first>-<last>.parquet`.
-fn files_named(
-    batch: &RecordBatch,
-    partition_by: &[String],
-    prefix: &str,
-    range: &Range<u64>,
-    props: &WriterProperties,
-) -> Result<Vec<(String, Bytes)>, ParquetError> {
-    let name = file_name(prefix, range);
-    if partition_by.is_empty() {
-        return Ok(vec![(name, serialise(batch, props)?)]);
-    }
-    let keys = partition_keys(batch, partition_by)?;
-    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (row, key) in keys.iter().enumerate() {
-        groups.entry(key.as_str()).or_default().push(row as u32);
-    }
-    let keep: Vec<usize> = (0..batch.num_columns())
-        .filter(|i| !partition_by.contains(batch.schema().field(*i).name()))
-        .collect();
-    let mut out = Vec::with_capacity(groups.len());
-    for (dir, rows) in groups {
-        let part = if rows.len() == batch.num_rows() {
-            batch.clone()
-        } else {
-            arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))?
-        };
-        let part = part.project(&keep)?;
-        out.push((format!("{dir}/{name}"), serialise(&part, props)?));
-    }
-    Ok(out)
-}
-
-/// The `col=value/col=value` directory of every row.
-fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<String>, ArrowError> {
-    let mut keys = vec![String::new(); batch.num_rows()];
-    let options = FormatOptions::default();
-    for column in partition_by {
-        let array = batch.column_by_name(column).ok_or_else(|| {
-            ArrowError::SchemaError(format!("partition column {column} is not in the batch"))
-        })?;
-        let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
-        for (row, key) in keys.iter_mut().enumerate() {
-            if !key.is_empty() {
-                key.push('/');
-            }
-            key.push_str(column);
-            key.push('=');
-            if array.is_null(row) {
-                key.push_str(NULL_PARTITION);
-            } else {
-                let value = formatter.value(row).to_string();
-                key.extend(utf8_percent_encode(&value, PARTITION_ESCAPES));
-            }
-        }
-    }
-    Ok(keys)
-}
-
-/// One Parquet file in memory.
-pub fn serialise(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes, ParquetError> {
-    // Compressed Parquet is rarely above a third of the Arrow data; start there
-    // so the output buffer seldom has to grow and copy.
-    let capacity = batch.get_array_memory_size() / 3;
-    let mut writer = ArrowWriter::try_new(
-        Vec::with_capacity(capacity),
-        batch.schema(),
-        Some(props.clone()),
-    )?;
-    writer.write(batch)?;
-    Ok(Bytes::from(writer.into_inner()?))
-}
 
 /// Where a Parquet sink with `schema = "infer"` keeps the record schema its
 /// files use (Arrow's JSON form), relative to the table's location. Written
@@ -327,8 +177,8 @@ impl Table for ParquetTable {
                 self.prefix.clone(),
             );
             let made = tokio::task::spawn_blocking(move || {
-                super::runner::background_priority();
-                files_named(&batch_, &partition_by, &prefix, &range_, &props)
+                super::background_priority();
+                files(&batch_, &partition_by, &prefix, &range_, &props)
             })
             .await
             .map_err(|source| SinkError::Task {
@@ -353,9 +203,7 @@ impl Table for ParquetTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Date32Array, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[tokio::test]
     async fn an_inferred_schema_is_kept_and_reloaded_per_table() {
@@ -393,61 +241,5 @@ mod tests {
         );
         let opened = sink.open("push", &declared, 0).await.unwrap();
         assert_eq!(opened.encoder.record_schema().field(0).name(), "n");
-    }
-
-    #[test]
-    fn file_names_give_back_their_offsets() {
-        let name = file_name("part-", &(100..103));
-        assert_eq!(end_offset(&format!("a=1/{name}")), Some(103));
-        assert_eq!(end_offset(&file_name("sink-name-", &(0..1))), Some(1));
-        assert_eq!(end_offset("part-1-2.parquet"), None);
-        assert_eq!(end_offset("_delta_log/00000000000000000001.json"), None);
-    }
-
-    #[test]
-    fn splits_by_partition_and_names_by_offsets() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("_received_date", DataType::Date32, false),
-            Field::new("shop", DataType::Utf8, true),
-            Field::new("n", DataType::Int64, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Date32Array::from(vec![19675, 19676, 19675])),
-                Arc::new(StringArray::from(vec![Some("a/b"), None, Some("a/b")])),
-                Arc::new(Int64Array::from(vec![1, 2, 3])),
-            ],
-        )
-        .unwrap();
-        let partition_by = vec!["_received_date".to_string(), "shop".to_string()];
-        let files = files(&batch, &partition_by, &(100..103), &writer_properties()).unwrap();
-        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "_received_date=2023-11-14/shop=a%2Fb/part-00000000000000000100-00000000000000000102.parquet",
-                "_received_date=2023-11-15/shop=__HIVE_DEFAULT_PARTITION__/part-00000000000000000100-00000000000000000102.parquet",
-            ]
-        );
-        let reader = ParquetRecordBatchReaderBuilder::try_new(files[0].1.clone())
-            .unwrap()
-            .build()
-            .unwrap();
-        let rows: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
-        assert_eq!(
-            rows[0].num_columns(),
-            1,
-            "partition columns live in the path only"
-        );
-        assert_eq!(
-            rows[0]
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values(),
-            &[1, 3]
-        );
     }
 }

@@ -18,20 +18,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
-use super::delta::DeltaError;
 use super::table::{Router, Table, TableSink, UNROUTED};
-use super::{parquet, SinkError, Storage};
+use super::{dead_letters, SinkError, Storage};
 use crate::buffer::Log;
-use crate::encode::{dead_letter, DeadLetter, Encoded, Encoder};
+use crate::encode::{DeadLetter, Encoded, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
-use crate::replay;
 use crate::sink::health::SinkHealth;
 
 mod backoff;
 mod convert;
 use backoff::Backoff;
-pub(super) use convert::background_priority;
 use convert::{encode, Job};
 
 /// Longest wait for a table's upkeep when the log closes (shutdown's grace
@@ -168,7 +165,11 @@ impl Running {
                         info!(pipeline = %me.pipeline, sink = %me.sink, first, end, "The log closed during the re-flush; its next writer re-flushes the range.");
                         return Ok(());
                     }
-                    events.extend(chunk.into_iter().map(|e| replay::unwrap_for(&me.sink, e)));
+                    events.extend(
+                        chunk
+                            .into_iter()
+                            .map(|e| crate::event::unwrap_for(&me.sink, e)),
+                    );
                 }
                 self.flush(first..end, events).await?;
                 next = end;
@@ -215,7 +216,7 @@ impl Running {
                     let events = reader.read(batch.room().clamp(1, READ_CHUNK)).await.map_err(SinkError::Log)?;
                     for event in events {
                         // A replayed dead letter becomes its event again for this sink.
-                        batch.push(replay::unwrap_for(&self.config.sink, event));
+                        batch.push(crate::event::unwrap_for(&self.config.sink, event));
                         if batch.is_full() {
                             let (range, events) = batch.take();
                             // Events after this batch, read or not yet.
@@ -276,12 +277,11 @@ impl Running {
         let me = &self.config;
         if let Some(resume) = opened.resume {
             if resume > me.log.end() {
-                return Err(DeltaError::AheadOfLog {
+                return Err(SinkError::AheadOfLog {
                     table: opened.table.describe(),
                     resume,
                     log_end: me.log.end(),
-                }
-                .into());
+                });
             }
         }
         if name != UNROUTED {
@@ -433,14 +433,10 @@ impl Running {
         let me = &self.config;
         let dead_count = dead.len();
         if !dead.is_empty() {
-            let batch = dead_letter::batch(&me.pipeline, &me.sink, &dead);
-            let prefix = match me.partition {
-                None => format!("{}-", me.sink),
-                Some(p) => format!("{}-p{p}-", me.sink),
-            };
-            let name = parquet::file_name(&prefix, &range);
-            let body = tokio::task::spawn_blocking(move || {
-                parquet::serialise(&batch, &parquet::writer_properties())
+            let (pipeline, sink, partition) = (me.pipeline.clone(), me.sink.clone(), me.partition);
+            let offsets = range.clone();
+            let (name, body) = tokio::task::spawn_blocking(move || {
+                dead_letters::file(&pipeline, &sink, partition, &offsets, &dead)
             })
             .await
             .map_err(|source| SinkError::Task {

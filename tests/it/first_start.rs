@@ -194,7 +194,7 @@ async fn a_bucket_made_after_the_first_start_holds_objects_named_from_offset_zer
     let ids: std::collections::HashSet<String> = rows.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(ids, acked);
     for (location, _) in &rows {
-        let end = tributary::sink::parquet::end_offset(location).expect("named by offsets");
+        let end = tributary::sink::files::end_offset(location).expect("named by offsets");
         assert!(end < 1_000, "{location} is named from the clock");
     }
 }

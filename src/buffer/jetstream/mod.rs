@@ -524,7 +524,7 @@ impl JetStreamAppender {
                 (0..rows.len()).map(|i| format!("{}#{i}", ids[0])).collect()
             }
             // An event's own id; a replayed dead letter's record id (made
-            // from its file, sink and event: see `crate::replay::record_id`).
+            // from its file, sink and event: see `crate::event::record_id`).
             _ => rows
                 .iter()
                 .map(|e| match e.kind {

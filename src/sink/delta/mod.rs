@@ -40,7 +40,7 @@ use parquet::file::properties::WriterProperties;
 use tracing::{info, warn};
 use url::Url;
 
-use super::{parquet as files, Storage, StorageError};
+use super::{files, Storage, StorageError};
 use crate::config::spec::DeltaSinkSpec;
 use crate::config::Location;
 use crate::error::{Classify, ErrorKind};
@@ -61,16 +61,6 @@ pub enum DeltaError {
         /// What delta-rs said.
         #[source]
         source: Box<DeltaTableError>,
-    },
-    /// The table holds offsets this pipeline's log never assigned.
-    #[error("Delta table {table} already holds log offsets up to {resume}, but this pipeline's log ends at {log_end}; the log was replaced while the table was unreachable. Stop tributary, move data/<pipeline> aside, and start again with the table reachable")]
-    AheadOfLog {
-        /// The table's URL.
-        table: String,
-        /// The first offset after the table's txn.
-        resume: u64,
-        /// The log's next offset.
-        log_end: u64,
     },
     /// Another writer commits with this sink's app id.
     #[error("Delta table {table}: app id {app_id} is at offset {txn}, beyond this sink's {last}: another process writes with the same pipeline and sink name. Give each writer's sink a unique name = \"…\"")]
@@ -94,7 +84,7 @@ impl Classify for DeltaError {
         match self {
             DeltaError::Storage(e) => e.kind(),
             DeltaError::Task(_) => ErrorKind::Internal,
-            DeltaError::AheadOfLog { .. } | DeltaError::SharedAppId { .. } => ErrorKind::Permanent,
+            DeltaError::SharedAppId { .. } => ErrorKind::Permanent,
             DeltaError::Table { source, .. } => match source.as_ref() {
                 // The same batch would fail the same way again: stop the sink
                 // loudly (its events stay in the log) instead of retrying forever.
@@ -537,7 +527,7 @@ fn table_runtime() -> tokio::runtime::Handle {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("delta")
-                .on_thread_start(super::runner::background_priority)
+                .on_thread_start(super::background_priority)
                 .enable_all()
                 .build()
                 .expect("the Delta runtime starts")

@@ -25,10 +25,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{parquet, SinkError, Storage};
+use super::{dead_letters, SinkError, Storage};
 use crate::buffer::Log;
 use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
-use crate::encode::dead_letter::{self, DeadLetter};
+use crate::encode::DeadLetter;
 use crate::event::Event;
 use crate::http_retry::{classify, excerpt, full_jitter, Class};
 use client::Client;
@@ -198,7 +198,7 @@ impl HttpsRunner {
                     let events = reader.read(READ_CHUNK).await.map_err(SinkError::Log)?;
                     for (i, event) in events.into_iter().enumerate() {
                         let offset = first + i as u64;
-                        let event = crate::replay::unwrap_for(&name, event);
+                        let event = crate::event::unwrap_for(&name, event);
                         if event.is_state() {
                             done.insert(offset);
                         } else {
@@ -291,17 +291,13 @@ impl HttpsRunner {
         event: &Event,
         reason: String,
     ) -> Result<(), SinkError> {
-        let batch = dead_letter::batch(
+        let (name, body) = dead_letters::file(
             &self.pipeline,
             &self.spec.name,
+            self.partition,
+            &(offset..offset + 1),
             &[DeadLetter::new(event, reason)],
-        );
-        let body = parquet::serialise(&batch, &parquet::writer_properties())?;
-        let prefix = match self.partition {
-            None => format!("{}-", self.spec.name),
-            Some(p) => format!("{}-p{p}-", self.spec.name),
-        };
-        let name = parquet::file_name(&prefix, &(offset..offset + 1));
+        )?;
         let mut wait = Duration::from_millis(100);
         loop {
             match self.dead_letters.put(&name, body.clone()).await {

@@ -18,7 +18,7 @@ pub(super) struct Job {
 
 /// Encodes each job's events, setting aside rows that cannot be written.
 pub(super) fn encode(jobs: Vec<Job>) -> Result<Vec<(String, Encoded)>, SinkError> {
-    background_priority();
+    crate::sink::background_priority();
     jobs.into_iter()
         .map(|job| {
             let mut encoded = job.encoder.encode(&job.events);
@@ -75,24 +75,4 @@ fn set_aside_unfit_rows(
     encoded.batch =
         arrow_select::filter::filter_record_batch(&encoded.batch, &mask).map_err(arrow)?;
     Ok(())
-}
-
-/// Lowers the calling blocking-pool thread's scheduling priority (nice +10)
-/// before CPU-heavy conversion. Acknowledging webhooks is the latency users
-/// see, so it wins the CPU; conversion takes what is left, and the durable
-/// buffer absorbs the difference (a full buffer answers 503). Linux applies
-/// `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only.
-pub(in crate::sink) fn background_priority() {
-    thread_local! {
-        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    LOWERED.with(|lowered| {
-        if !lowered.replace(true) {
-            // SAFETY: setpriority takes no pointers; it only changes this thread's nice value.
-            #[cfg(target_os = "linux")]
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-            }
-        }
-    });
 }
