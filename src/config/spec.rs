@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
-
-use crate::sink::batch::BatchPolicy;
 
 /// Everything `tributary run` needs.
 #[derive(Debug, Clone)]
@@ -224,6 +223,17 @@ impl std::fmt::Display for Location {
             Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
+}
+
+/// Flush limits (`[batch]`); any one reached closes the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// Most events in one flush.
+    pub max_events: usize,
+    /// Most raw payload bytes in one flush.
+    pub max_bytes: u64,
+    /// Longest wait of the first event in a batch.
+    pub max_age: Duration,
 }
 
 #[cfg(test)]

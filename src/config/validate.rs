@@ -12,11 +12,10 @@ use arrow_schema::Schema;
 
 use super::raw::{RawGlobal, RawPipeline, RawSink, RawSize, RawSource};
 use super::sink;
-use super::spec::{GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
+use super::spec::{BatchPolicy, GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
 use crate::schema;
-use crate::sink::batch::BatchPolicy;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -10,16 +10,8 @@ use tokio::time::Instant;
 
 use crate::event::Event;
 
-/// Flush limits; any one reached closes the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchPolicy {
-    /// Most events in one flush.
-    pub max_events: usize,
-    /// Most raw payload bytes in one flush.
-    pub max_bytes: u64,
-    /// Longest wait of the first event in a batch.
-    pub max_age: Duration,
-}
+/// The flush limits, as `[batch]` configures them.
+pub use crate::config::spec::BatchPolicy;
 
 /// Events gathered for the next flush, with the log range they cover.
 #[derive(Debug)]
