@@ -4,7 +4,6 @@
 //! still flushes on time.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -83,6 +82,7 @@ impl Batch {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::time::Duration;
 
     fn policy() -> BatchPolicy {
         BatchPolicy {
