@@ -171,6 +171,21 @@ impl AdminClient {
         response.json().await.map_err(ClientError::Answer)
     }
 
+    /// `method path` with `body` (as JSON) if any; the answer's JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.send(request).await?;
+        response.json().await.map_err(ClientError::Answer)
+    }
+
     /// `POST /api/pipelines/{name}/replay`; `progress` sees each progress
     /// line; returns the final result.
     pub async fn replay(

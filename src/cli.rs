@@ -72,6 +72,82 @@ pub enum Command {
     /// changes nothing, or updates its URL. Credentials from the environment
     /// (GITHUB_TOKEN, STRIPE_API_KEY, SHOPIFY_ACCESS_TOKEN, or --token-env).
     Register(RegisterArgs),
+    /// Manage the connections of a pipeline with `[connections]` (one per
+    /// end-user account) through the running server's admin API, or print a
+    /// new key to seal their credentials with (`keygen`). Credentials are read
+    /// from a file or standard input, never from the command line.
+    Connections(ConnectionsArgs),
+}
+
+/// `tributary connections`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ConnectionsAction,
+}
+
+/// `tributary connections …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConnectionsAction {
+    /// Print a new key for TRIBUTARY_SECRET_KEY (base64 of 32 random bytes).
+    Keygen,
+    /// List a pipeline's connections (no credential values).
+    List(ConnectionsPipeline),
+    /// Add a connection: `--credentials-file FILE` (or `-` for standard
+    /// input) holds a JSON object of its credential fields.
+    Add(ConnectionsAdd),
+    /// Show one connection.
+    Show(ConnectionsOne),
+    /// Pause a connection: no runs until it is resumed.
+    Pause(ConnectionsOne),
+    /// Resume a paused connection.
+    Resume(ConnectionsOne),
+    /// Remove a connection: its credentials are deleted; its webhook URL answers 410.
+    Remove(ConnectionsOne),
+}
+
+/// A pipeline of the running server.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsPipeline {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// One connection of a pipeline.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsOne {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The connection's id.
+    pub id: String,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `tributary connections add`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsAdd {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The connection's id (1 to 128 letters, digits, `.`, `_`, `-`).
+    pub id: String,
+    /// A JSON object of the credential fields, e.g. {"token": "…"}; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// A param the pipeline's URL, query or headers use (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `tributary register`.

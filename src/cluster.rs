@@ -31,13 +31,11 @@ use crate::buffer::{Log, LogRead, LogStore};
 use crate::event::Event;
 use crate::shutdown::Shutdown;
 use crate::sink::health::SinkHealth;
-use crate::sink::task::SinkTask;
 
 pub mod poll;
 pub mod schema;
 
-/// Makes the runner of one unit on the log it is given.
-pub type MakeTask = Arc<dyn Fn(Log, u32) -> SinkTask + Send + Sync>;
+pub use crate::sink::MakeTask;
 
 /// One sink of one pipeline: its units are its partitions.
 pub struct SinkUnits {
@@ -192,7 +190,7 @@ async fn own(
         }
     };
     info!(pipeline = %pipeline, sink = %name, partition, node = %cluster.node, "This node now writes the partition.");
-    let task = (sink.make)(Log::new(Arc::new(log)), partition);
+    let task = (sink.make)(Log::new(Arc::new(log)), Some(partition));
     let mut runner = tokio::spawn(task.run());
     let mut giving_up = false;
     // This unit is the one `balance.releasing` stands for.

@@ -32,9 +32,14 @@
 //!
 //! # Plug-in points
 //! * A table sink implements [`sink::table::TableSink`] and
-//!   [`sink::table::Table`], with one arm in [`sink::table_sink`] and its
-//!   config in `config/sink/<kind>.rs`.
-//! * A source is built in [`source::build`], its config in `config/source/`.
+//!   [`sink::table::Table`] (including how it is placed on a JetStream
+//!   partition and read by `sql`), with one arm in [`sink::plan`]; its config
+//!   is `config/sink/<kind>.rs`, implementing [`config::SinkKind`], with one
+//!   arm in each of `config/sink/mod.rs`'s `RawSink`, `SinkSpec`, `validate`
+//!   and `kind` (2 src files besides the two new ones, none silent).
+//! * A source is built in [`source::build`]; its config in `config/source/`
+//!   implements [`config::SourceKind`] (whether one node leads it on
+//!   JetStream, its dedupe window, its secrets).
 //! * A log implements the contract in [`buffer`] (`LogStore`, `LogRead`,
 //!   `LogAppend`); the segment log is the embedded one.
 //!
@@ -67,6 +72,8 @@
 //! * [`server`] — the accept loop, TLS, webhook routes and the admin API.
 //! * [`admin_client`] — the client of the admin API (`tributary status`, `replay`).
 //! * [`sql`] — `tributary sql`: every table, queried with the built-in DataFusion.
+//! * [`connections`] — end-user accounts of a `[connections]` pipeline:
+//!   sealed credentials in an fsynced store, managed through the admin API.
 //! * [`telemetry`], [`shutdown`], [`error`], [`cli`] — metrics, the cancellation
 //!   tree, error classes, the command line.
 
@@ -75,6 +82,7 @@ pub mod buffer;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod encode;
 pub mod error;
 pub mod event;

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             Ok(config) => register(&config, args),
             Err(errors) => print_config_errors(&errors),
         },
+        Command::Connections(args) => connections(args.action),
     }
 }
 
@@ -448,6 +449,151 @@ fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
             );
             for problem in done["problems"].as_array().into_iter().flatten() {
                 println!("  note: {}", problem.as_str().unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tributary connections`.
+fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
+    use reqwest::Method;
+    use serde_json::{json, Value};
+    use tributary::cli::ConnectionsAction as A;
+    let (config, method, path, body, json_out) = match action {
+        A::Keygen => {
+            return match tributary::connections::seal::Keys::generate() {
+                Ok(key) => {
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        A::List(a) => (
+            a.config,
+            Method::GET,
+            format!("/api/pipelines/{}/connections", a.pipeline),
+            None,
+            a.json,
+        ),
+        A::Add(a) => {
+            let credentials: Value = match &a.credentials_file {
+                None => json!({}),
+                Some(file) => {
+                    let text = if file.as_os_str() == "-" {
+                        let mut text = String::new();
+                        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                            .map(|_| text)
+                    } else {
+                        std::fs::read_to_string(file)
+                    };
+                    let parsed = text
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()));
+                    match parsed {
+                        Ok(value) if value.is_object() => value,
+                        // Never echo the file: it holds secrets.
+                        Ok(_) => {
+                            eprintln!("error: --credentials-file {}: not a JSON object of credential fields, e.g. {{\"token\": \"…\"}}", file.display());
+                            return ExitCode::from(2);
+                        }
+                        Err(e) => {
+                            eprintln!("error: --credentials-file {}: {e}", file.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            let mut params = serde_json::Map::new();
+            for p in &a.params {
+                let Some((name, value)) = p.split_once('=') else {
+                    eprintln!("error: --param {p:?} is not NAME=VALUE");
+                    return ExitCode::from(2);
+                };
+                params.insert(name.to_string(), json!(value));
+            }
+            (
+                a.config,
+                Method::POST,
+                format!("/api/pipelines/{}/connections", a.pipeline),
+                Some(json!({ "id": a.id, "credentials": credentials, "params": params })),
+                true,
+            )
+        }
+        A::Show(a) => (
+            a.config,
+            Method::GET,
+            format!("/api/pipelines/{}/connections/{}", a.pipeline, a.id),
+            None,
+            true,
+        ),
+        A::Pause(a) => (
+            a.config,
+            Method::PATCH,
+            format!("/api/pipelines/{}/connections/{}", a.pipeline, a.id),
+            Some(json!({ "state": "paused" })),
+            true,
+        ),
+        A::Resume(a) => (
+            a.config,
+            Method::PATCH,
+            format!("/api/pipelines/{}/connections/{}", a.pipeline, a.id),
+            Some(json!({ "state": "active" })),
+            true,
+        ),
+        A::Remove(a) => (
+            a.config,
+            Method::DELETE,
+            format!("/api/pipelines/{}/connections/{}", a.pipeline, a.id),
+            None,
+            true,
+        ),
+    };
+    let config = match config::load(&config.paths()) {
+        Ok(config) => config,
+        Err(errors) => return print_config_errors(&errors),
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        let client = tributary::admin_client::AdminClient::new(&config.global)?;
+        client.call(method, &path, body.as_ref()).await
+    });
+    match result {
+        Ok(answer) if json_out => {
+            println!("{answer:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            let list = answer["connections"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            println!(
+                "{:<32} {:<13} {:<24} CREATED",
+                "ID", "STATE", "CREDENTIAL FIELDS"
+            );
+            for c in list {
+                let fields: Vec<&str> = c["credential_fields"]
+                    .as_array()
+                    .map(|f| f.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<32} {:<13} {:<24} {}",
+                    c["id"].as_str().unwrap_or(""),
+                    c["state"].as_str().unwrap_or(""),
+                    fields.join(","),
+                    c["created_at"].as_str().unwrap_or("")
+                );
             }
             ExitCode::SUCCESS
         }

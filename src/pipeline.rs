@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use crate::buffer;
 use crate::buffer::jetstream::Cluster;
-use crate::config::{Config, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
+use crate::config::{Config, GlobalSpec, PipelineSpec, SourceSpec};
 use crate::encode::Encoder;
 use crate::server::{
     self,
@@ -17,10 +17,8 @@ use crate::server::{
 };
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::health::SinkHealth;
-use crate::sink::https::HttpsRunner;
-use crate::sink::runner::Runner;
 use crate::sink::table::TableSink;
-use crate::sink::{parquet, SinkError, Storage, StorageError};
+use crate::sink::{parquet, MakeTask, Placement, SinkContext, SinkError, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::PollError;
 
@@ -76,15 +74,17 @@ pub enum RunError {
         #[source]
         source: crate::source::SourceError,
     },
-    /// An HTTPS sink cannot sign as configured (e.g. its secret is not set).
-    #[error("sink {sink} of pipeline {pipeline}: {source}")]
-    Signing {
+    /// A sink cannot be built as configured (its storage cannot be set up,
+    /// an HTTPS sink's secret is not set).
+    #[error("sink {sink} of pipeline {pipeline}")]
+    Sink {
         /// Pipeline name.
         pipeline: String,
         /// Sink name.
         sink: String,
         /// What is wrong and the fix.
-        source: crate::sink::https::signing::SigningError,
+        #[source]
+        source: SinkError,
     },
     /// `tributary poll` named no pipeline there is.
     #[error("no pipeline is named {name}; the pipelines are: {}", names.join(", "))]
@@ -99,11 +99,23 @@ pub enum RunError {
         "pipeline {0} is fed by a webhook, not polled; `tributary poll` runs poll sources only"
     )]
     NotPolled(String),
+    /// `tributary poll` of a connections pipeline.
+    #[error("pipeline {0} takes connections, and polling each connection is not built yet")]
+    PollConnections(String),
     /// `tributary poll` with the log on JetStream.
     #[error(
         "the log is on JetStream (log.type = \"jetstream\"): pipeline {0} is polled by the node that holds its poll lease, on schedule; `tributary poll` runs a poll on the file log only"
     )]
     PollOnCluster(String),
+    /// A pipeline's connections cannot be opened.
+    #[error("the connections of pipeline {pipeline}")]
+    Connections {
+        /// Pipeline name.
+        pipeline: String,
+        /// What went wrong.
+        #[source]
+        source: crate::connections::store::StoreError,
+    },
     /// The TLS files cannot serve.
     #[error("the HTTP server cannot start: {0}")]
     Tls(#[source] crate::server::TlsError),
@@ -177,52 +189,16 @@ pub async fn build(
         source,
     })?;
     let (encoder, dead_letters) = encoder_and_dead_letters(spec, global)?;
-    let mut runners = Vec::new();
-    let mut health = Vec::new();
-    let mut probes = Vec::new();
-    for sink in &spec.sinks {
-        let sink_health = Arc::new(SinkHealth::default());
-        health.push((sink.name().to_string(), sink_health.clone()));
-        let storage_error = |source: StorageError| RunError::Storage {
-            pipeline: spec.name.clone(),
-            sink: sink.name().to_string(),
-            source: Box::new(source),
-        };
-        if let SinkSpec::Https(h) = sink {
-            let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|source| {
-                RunError::Signing {
-                    pipeline: spec.name.clone(),
-                    sink: h.name.clone(),
-                    source,
-                }
-            })?;
-            runners.push(SinkTask::Https(HttpsRunner {
-                signer: Arc::new(signer),
-                pipeline: spec.name.clone(),
-                spec: h.clone(),
-                log: log.clone(),
-                dead_letters: dead_letters.clone(),
-                abandon: shutdown.abandon.clone(),
-                health: sink_health,
-                partition: None,
-            }));
-            continue;
-        }
-        let tables = crate::sink::table_sink(sink, spec)
-            .expect("every sink but HTTPS writes tables")
-            .map_err(storage_error)?;
-        if let Some(location) = sink.location() {
-            let storage = Storage::new(location, sink.storage_options()).map_err(storage_error)?;
-            probes.push((sink.name().to_string(), storage));
-        }
-        runners.push(SinkTask::Columnar(table_runner(
-            spec,
-            (&log, &encoder, &dead_letters, shutdown),
-            sink.name(),
-            tables,
-            sink_health,
-        )));
-    }
+    let sinks = build_sinks(
+        spec,
+        (&log, &encoder, &dead_letters, shutdown),
+        Placement::Local,
+    )?;
+    let runners = sinks
+        .made
+        .iter()
+        .map(|made| (made.make)(log.clone(), None))
+        .collect();
     let source = crate::source::build(
         spec,
         global,
@@ -238,9 +214,9 @@ pub async fn build(
     })?;
     let view = PipelineView {
         name: spec.name.clone(),
-        source: crate::source::kind(&spec.source),
-        sinks: health,
-        probes,
+        source: spec.source.kind().type_tag(),
+        sinks: sinks.health(),
+        probes: sinks.probes,
         log: log.clone(),
         appender,
         dead_letters,
@@ -252,6 +228,7 @@ pub async fn build(
             crate::source::Source::Poll(poller) => Some(poller.health()),
             crate::source::Source::Webhook { .. } => None,
         },
+        connections: connections(spec, &dir)?,
     };
     Ok(Built {
         source,
@@ -262,35 +239,91 @@ pub async fn build(
     })
 }
 
-/// The pipeline's encoder, and the one store of its dead letters (every
-/// sink and the replay share it).
-/// The table-sink runner of `sink` on `log` with the pipeline's encoder and
-/// dead-letter storage (on a JetStream log: the template of its partitions).
-fn table_runner(
+/// The connections of `spec`, if it takes them: opened from its data
+/// directory, sealed with `TRIBUTARY_SECRET_KEY`.
+fn connections(
+    spec: &PipelineSpec,
+    dir: &std::path::Path,
+) -> Result<Option<Arc<crate::connections::store::Store>>, RunError> {
+    if spec.connections.is_none() {
+        return Ok(None);
+    }
+    let error = |source| RunError::Connections {
+        pipeline: spec.name.clone(),
+        source,
+    };
+    let keys = crate::connections::seal::Keys::from_env()
+        .map_err(|e| error(crate::connections::store::StoreError::Seal(e)))?;
+    let store = crate::connections::store::Store::open(
+        dir,
+        &spec.name,
+        Arc::new(keys),
+        crate::connections::Fields::of(&spec.source),
+    )
+    .map_err(error)?;
+    Ok(Some(Arc::new(store)))
+}
+
+/// A pipeline's sinks, built.
+struct Sinks {
+    /// Each sink's name, maker of its runner(s), and health.
+    made: Vec<Made>,
+    /// The storage of each sink that writes to storage, for the admin API.
+    probes: Vec<(String, Storage)>,
+}
+
+struct Made {
+    sink: String,
+    make: MakeTask,
+    health: Arc<SinkHealth>,
+}
+
+impl Sinks {
+    fn health(&self) -> Vec<(String, Arc<SinkHealth>)> {
+        self.made
+            .iter()
+            .map(|m| (m.sink.clone(), m.health.clone()))
+            .collect()
+    }
+}
+
+/// Builds every sink of `spec` for `placement`, on the pipeline's log,
+/// encoder and dead letters; starts nothing.
+fn build_sinks(
     spec: &PipelineSpec,
     (log, encoder, dead_letters, shutdown): (&buffer::Log, &Arc<Encoder>, &Storage, &Shutdown),
-    sink: &str,
-    tables: Box<dyn TableSink>,
-    health: Arc<SinkHealth>,
-) -> Runner {
-    Runner {
-        pipeline: spec.name.clone(),
-        sink: sink.to_string(),
-        log: log.clone(),
-        encoder: encoder.clone(),
-        declared: spec
-            .route
-            .as_ref()
-            .map(|r| r.declared.clone())
-            .unwrap_or_default(),
-        policy: spec.batch,
-        tables,
-        route: spec.route.clone(),
-        dead_letters: dead_letters.clone(),
-        abandon: shutdown.abandon.clone(),
-        health,
-        partition: None,
+    placement: Placement,
+) -> Result<Sinks, RunError> {
+    let mut sinks = Sinks {
+        made: Vec::new(),
+        probes: Vec::new(),
+    };
+    for sink in &spec.sinks {
+        let health = Arc::new(SinkHealth::default());
+        let context = SinkContext {
+            pipeline: spec,
+            log,
+            encoder,
+            dead_letters,
+            abandon: &shutdown.abandon,
+            health: health.clone(),
+            placement: placement.clone(),
+        };
+        let built = crate::sink::build(sink, &context).map_err(|source| RunError::Sink {
+            pipeline: spec.name.clone(),
+            sink: sink.name().to_string(),
+            source,
+        })?;
+        if let Some(probe) = built.probe {
+            sinks.probes.push((sink.name().to_string(), probe));
+        }
+        sinks.made.push(Made {
+            sink: sink.name().to_string(),
+            make: built.make,
+            health,
+        });
     }
+    Ok(sinks)
 }
 
 /// " of pipeline NAME", or nothing for the connection every pipeline shares.
@@ -302,6 +335,8 @@ fn of_pipeline(name: &str) -> String {
     }
 }
 
+/// The pipeline's encoder, and the one store of its dead letters (every
+/// sink and the replay share it).
 fn encoder_and_dead_letters(
     spec: &PipelineSpec,
     global: &GlobalSpec,
@@ -451,6 +486,9 @@ pub async fn poll_once(
     if !matches!(spec.source, SourceSpec::Poll(_)) {
         return Err(RunError::NotPolled(pipeline.to_string()));
     }
+    if spec.connections.is_some() {
+        return Err(RunError::PollConnections(pipeline.to_string()));
+    }
     if matches!(config.global.log, crate::config::log::LogSpec::JetStream(_)) {
         return Err(RunError::PollOnCluster(pipeline.to_string()));
     }
@@ -537,6 +575,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             ));
         }
         match built.source.source {
+            // Connections are managed, but their polls and webhooks are not built yet.
+            _ if spec.connections.is_some() => {
+                error!(pipeline = %spec.name, "This pipeline takes connections: they can be added, listed, paused and removed through the admin API, but polling each connection and its webhooks are not built yet, so its source does not run.");
+            }
             crate::source::Source::Webhook { path, route } => {
                 routes.insert(path, *route);
             }

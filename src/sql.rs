@@ -20,21 +20,15 @@ use std::io::Write;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::DataType;
 use deltalake::datafusion::datasource::empty::EmptyTable;
-use deltalake::datafusion::datasource::file_format::parquet::ParquetFormat;
-use deltalake::datafusion::datasource::listing::ListingOptions;
 use deltalake::datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
 use deltalake::datafusion::sql::sqlparser::tokenizer::{
     Location as TextLocation, Token, TokenWithSpan, Tokenizer,
 };
-use url::Url;
 
-use crate::config::{Config, Location, SinkSpec};
-use crate::sink::delta::DeltaTables;
+use crate::config::{Config, Location};
 use crate::sink::table::UNROUTED;
-use crate::sink::Storage;
 
 /// How `sql` prints results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,38 +74,7 @@ pub enum SqlError {
 }
 
 /// Why a table cannot be opened for queries.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The Delta table cannot be read.
-    #[error("{}", crate::error::chain(.0))]
-    Delta(#[source] crate::sink::delta::DeltaError),
-    /// The Parquet files' storage cannot be used.
-    #[error("{}", crate::error::chain(.0))]
-    Storage(#[source] crate::sink::StorageError),
-    /// DataFusion cannot register the files or the table.
-    #[error("{0}")]
-    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
-    /// delta-rs cannot give a table provider.
-    #[error("{0}")]
-    DeltaTable(#[from] deltalake::DeltaTableError),
-    /// A local directory that cannot be resolved.
-    #[error("{}: {source}", path.display())]
-    Dir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A path that is no URL.
-    #[error("{} is not a directory path", .0.display())]
-    NotDirPath(std::path::PathBuf),
-    /// An S3 location whose storage is local (Storage::new never gives one).
-    #[error("an s3 location without an object store")]
-    NoStore,
-    /// A bucket or prefix that makes no URL.
-    #[error("{0}")]
-    Url(#[from] url::ParseError),
-}
+pub use crate::sink::table::ReadError as OpenError;
 
 /// A table registered in the session, for `\d` and messages.
 #[derive(Debug, Clone)]
@@ -132,20 +95,17 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
     for pipeline in &config.pipelines {
         let mut first = true;
         for sink in &pipeline.sinks {
-            let (kind, location, options, partition_by) = match sink {
-                SinkSpec::Parquet(p) => {
-                    ("parquet", &p.location, &p.storage, p.partition_by.clone())
-                }
-                SinkSpec::Delta(d) => ("delta", &d.location, &d.storage, Vec::new()),
-                SinkSpec::Https(_) => continue,
+            let (Some(location), kind) = (sink.location(), sink.kind().type_tag()) else {
+                continue;
+            };
+            let sink_tables = match crate::sink::table_sink(sink, pipeline) {
+                Some(Ok(tables)) => tables,
+                Some(Err(e)) => return Err(table_error(&pipeline.name, location, e)),
+                None => continue,
             };
             let tables: Vec<String> = if pipeline.route.is_some() {
                 // The sink itself knows which routed tables exist.
-                match crate::sink::table_sink(sink, pipeline) {
-                    Some(Ok(tables)) => tables.existing().await.unwrap_or_default(),
-                    Some(Err(e)) => return Err(table_error(&pipeline.name, location, e)),
-                    None => Vec::new(),
-                }
+                sink_tables.existing().await.unwrap_or_default()
             } else {
                 vec![UNROUTED.to_string()]
             };
@@ -159,14 +119,7 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
                 } else {
                     location.join(&table)
                 };
-                let opened = match sink {
-                    SinkSpec::Delta(d) => {
-                        let tables = DeltaTables::new(&pipeline.name, d, pipeline.route.is_some());
-                        delta(&ctx, &tables, &table).await
-                    }
-                    _ => parquet(&ctx, &at, options, &partition_by).await,
-                };
-                match opened {
+                match sink_tables.sql_table(&ctx, &table).await {
                     Ok(Some(provider)) => {
                         for name in names {
                             ctx.register_table(name.as_str(), provider.clone())?;
@@ -196,18 +149,19 @@ pub async fn session(config: &Config) -> Result<(SessionContext, Vec<Registered>
             .join("_dead_letters")
             .join(&pipeline.name);
         let name = sql_name(&[&pipeline.name, "dead_letters"]);
-        let provider: Provider = match parquet(&ctx, &dead, &Default::default(), &[]).await {
-            Ok(Some(provider)) => provider,
-            // No dead letter yet: the documented name answers, with no rows.
-            Ok(None) => Arc::new(EmptyTable::new(crate::encode::dead_letter::schema())),
-            Err(problem) => {
-                return Err(SqlError::Table {
-                    table: name,
-                    location: dead.to_string(),
-                    problem: Box::new(problem),
-                })
-            }
-        };
+        let provider =
+            match crate::sink::parquet::listing(&ctx, &dead, &Default::default(), &[]).await {
+                Ok(Some(provider)) => provider,
+                // No dead letter yet: the documented name answers, with no rows.
+                Ok(None) => Arc::new(EmptyTable::new(crate::encode::dead_letter::schema())) as _,
+                Err(problem) => {
+                    return Err(SqlError::Table {
+                        table: name,
+                        location: dead.to_string(),
+                        problem: Box::new(problem),
+                    })
+                }
+            };
         ctx.register_table(name.as_str(), provider)?;
         registered.push(Registered {
             name,
@@ -234,66 +188,6 @@ fn sql_name(parts: &[&str]) -> String {
         .copied()
         .collect::<Vec<_>>()
         .join("_")
-}
-
-type Provider = Arc<dyn deltalake::datafusion::catalog::TableProvider>;
-
-/// The Delta table `name` of `tables`, if it exists.
-async fn delta(
-    ctx: &SessionContext,
-    tables: &DeltaTables,
-    name: &str,
-) -> Result<Option<Provider>, OpenError> {
-    let Some(table) = tables.read(name).await.map_err(OpenError::Delta)? else {
-        return Ok(None);
-    };
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().await?;
-    Ok(Some(provider))
-}
-
-/// The Parquet files under `location` as one hive-partitioned table, if any.
-async fn parquet(
-    ctx: &SessionContext,
-    location: &Location,
-    options: &std::collections::BTreeMap<String, String>,
-    partition_by: &[String],
-) -> Result<Option<Provider>, OpenError> {
-    let storage = Storage::new(location, options).map_err(OpenError::Storage)?;
-    let names = storage.list().await.unwrap_or_default();
-    if !names.iter().any(|n| n.ends_with(".parquet")) {
-        return Ok(None);
-    }
-    let url = match (location, &storage) {
-        (Location::Local(dir), _) => {
-            let dir = dir.canonicalize().map_err(|source| OpenError::Dir {
-                path: dir.clone(),
-                source,
-            })?;
-            Url::from_directory_path(&dir).map_err(|()| OpenError::NotDirPath(dir.clone()))?
-        }
-        (Location::S3 { bucket, prefix }, Storage::Object { store, .. }) => {
-            let root = Url::parse(&format!("s3://{bucket}/"))?;
-            ctx.register_object_store(&root, store.clone());
-            Url::parse(&format!("s3://{bucket}/{}/", prefix.trim_matches('/')))?
-        }
-        (Location::S3 { .. }, Storage::Local(_)) => return Err(OpenError::NoStore),
-    };
-    let listing = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(
-            partition_by
-                .iter()
-                .map(|c| (c.clone(), DataType::Utf8))
-                .collect(),
-        );
-    let path = deltalake::datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())?;
-    let schema = listing.infer_schema(&ctx.state(), &path).await?;
-    let config = deltalake::datafusion::datasource::listing::ListingTableConfig::new(path)
-        .with_listing_options(listing)
-        .with_schema(schema);
-    let table = deltalake::datafusion::datasource::listing::ListingTable::try_new(config)?;
-    Ok(Some(Arc::new(table)))
 }
 
 /// What a query may do: read. No DDL (`CREATE …`, `DROP …`), no DML

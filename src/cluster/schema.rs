@@ -20,8 +20,9 @@ use futures::future::BoxFuture;
 use tracing::info;
 
 use crate::encode::{infer, Encoder};
-use crate::sink::table::{Opened, Table, TableSink, Written, UNROUTED};
+use crate::sink::table::{Opened, ReadError, SqlTable, Table, TableSink, Written, UNROUTED};
 use crate::sink::SinkError;
+use deltalake::datafusion::prelude::SessionContext;
 
 /// A table sink whose tables agree on their inferred schemas (see the module notes).
 pub struct AgreedSchemas {
@@ -104,6 +105,22 @@ impl TableSink for AgreedSchemas {
 
     fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>> {
         self.inner.end_offset()
+    }
+
+    fn placed(&self, partition: Option<u32>) -> Box<dyn TableSink> {
+        Box::new(AgreedSchemas {
+            inner: self.inner.placed(partition),
+            kv: self.kv.clone(),
+            prefix: self.prefix.clone(),
+        })
+    }
+
+    fn sql_table<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>> {
+        self.inner.sql_table(ctx, name)
     }
 }
 

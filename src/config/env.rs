@@ -8,10 +8,12 @@
 use std::path::Path;
 
 use super::log::LogSpec;
-use super::{Config, ConfigError, SinkSpec, SourceSpec};
+use super::{Config, ConfigError};
 
 /// What `run` does without a webhook's, sink's or the server's variable.
 const RUN_REFUSES: &str = "`tributary run` does not start without it";
+/// What the connections' key is for.
+const SEALS: &str = "connections' credentials are sealed with it (`tributary connections keygen` prints one); `tributary run` does not start without it";
 /// What `run` does without a poll source's credential.
 const POLL_FAILS: &str =
     "until it is, the pipeline's poll runs fail (`tributary run` starts the other pipelines)";
@@ -46,33 +48,23 @@ pub fn unset(config: &Config, is_set: impl Fn(&str) -> bool) -> Vec<ConfigError>
         }
     }
     for p in &config.pipelines {
-        match &p.source {
-            SourceSpec::Webhook(w) => {
-                for var in w.verify.iter().flat_map(|v| &v.secret_envs) {
-                    need(&p.file, "source.verify.secret_env".into(), var, RUN_REFUSES);
-                }
-            }
-            SourceSpec::Poll(poll) => {
-                for var in poll.secret_envs() {
-                    need(&p.file, "source.auth".into(), var, POLL_FAILS);
-                }
-            }
+        if p.connections.is_some() {
+            let var = crate::connections::seal::KEY_ENV;
+            need(&p.file, "connections".into(), var, SEALS);
+        }
+        // A webhook without its secret does not start; a poll source
+        // starts and fails each run.
+        let fails = if p.source.kind().needs_leader() {
+            POLL_FAILS
+        } else {
+            RUN_REFUSES
+        };
+        for (key, var) in p.source.kind().secret_envs() {
+            need(&p.file, format!("source.{key}"), var, fails);
         }
         for (i, sink) in p.sinks.iter().enumerate() {
-            for (key, var) in sink.storage_options() {
-                if key.ends_with("_env") {
-                    need(
-                        &p.file,
-                        format!("sink[{i}].storage.{key}"),
-                        var,
-                        RUN_REFUSES,
-                    );
-                }
-            }
-            if let SinkSpec::Https(h) = sink {
-                for var in h.signing.secret_envs() {
-                    need(&p.file, format!("sink[{i}].signing"), var, RUN_REFUSES);
-                }
+            for (key, var) in sink.kind().secret_envs() {
+                need(&p.file, format!("sink[{i}].{key}"), var, RUN_REFUSES);
             }
         }
     }

@@ -29,15 +29,6 @@ fn table(pairs: Vec<(&str, Value)>) -> Value {
     Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-/// A spec as `check --explain` prints it (its `Serialize` form), with its `type`.
-fn tagged<T: serde::Serialize>(ty: &str, spec: &T) -> Value {
-    let mut value = Value::try_from(spec).unwrap_or_else(|e| text(format!("cannot show: {e}")));
-    if let Value::Table(t) = &mut value {
-        t.insert("type".into(), text(ty));
-    }
-    value
-}
-
 fn location(l: &Location) -> Value {
     match l {
         Location::Local(p) => text(p.display()),
@@ -158,6 +149,11 @@ fn pipeline(p: &PipelineSpec) -> Table {
         "sink".into(),
         Value::Array(p.sinks.iter().map(sink).collect()),
     );
+    if let Some(connections) = &p.connections {
+        if let Ok(value) = Value::try_from(connections) {
+            t.insert("connections".into(), value);
+        }
+    }
     if let Some(route) = &p.route {
         // Derived from the spec itself: nothing to keep in step by hand.
         if let Ok(value) = Value::try_from(route) {
@@ -168,17 +164,10 @@ fn pipeline(p: &PipelineSpec) -> Table {
 }
 
 fn source(source: &SourceSpec) -> Value {
-    match source {
-        SourceSpec::Webhook(w) => tagged("webhook", w),
-        SourceSpec::Poll(p) => tagged("poll", p.as_ref()),
-    }
+    source.kind().explain()
 }
 
 fn sink(sink: &SinkSpec) -> Value {
-    match sink {
-        // Derived from the specs: a new key cannot be forgotten here.
-        SinkSpec::Parquet(p) => tagged("parquet", p),
-        SinkSpec::Delta(d) => tagged("delta", d),
-        SinkSpec::Https(h) => tagged("https", h),
-    }
+    // Derived from the specs: a new key cannot be forgotten here.
+    sink.kind().explain()
 }

@@ -4,6 +4,7 @@
 //! [`check`] also asks the environment for every variable the files name
 //! ([`env`]).
 
+pub mod connections;
 pub mod env;
 pub mod explain;
 pub mod log;
@@ -19,7 +20,7 @@ pub mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use spec::{Config, GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
+pub use spec::{Config, GlobalSpec, Location, PipelineSpec, SinkKind, SinkSpec, SourceSpec};
 
 use raw::{RawGlobal, RawPipeline};
 

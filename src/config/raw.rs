@@ -82,19 +82,11 @@ pub struct RawPipeline {
     pub log: Option<super::log::RawPipelineLog>,
     /// One table per event type.
     pub route: Option<super::route::RawRoute>,
+    /// One connection per end-user account, added at run time.
+    pub connections: Option<super::connections::RawConnections>,
     /// Where the events go; at least one.
     #[serde(default)]
     pub sink: Vec<RawSink>,
-}
-
-/// `[source]`, tagged by `type`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum RawSource {
-    /// Events POSTed to a path of the HTTP server.
-    Webhook(Box<RawWebhook>),
-    /// Cron-scheduled REST pulls.
-    Poll(Box<RawPoll>),
 }
 
 pub use super::source::dedupe::{RawDedupe, RawDedupeTable};
@@ -103,6 +95,7 @@ pub use super::source::poll::{
 };
 pub use super::source::verify::RawVerify;
 pub use super::source::webhook::RawWebhook;
+pub use super::source::RawSource;
 
 /// `[batch]`: a flush happens when any limit is reached.
 #[derive(Debug, Default, Deserialize)]
@@ -124,19 +117,8 @@ pub struct RawBuffer {
     pub max_bytes: Option<RawSize>,
 }
 
-/// One `[[sink]]`, tagged by `type`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum RawSink {
-    /// Parquet files in hive-style partitions.
-    Parquet(RawParquetSink),
-    /// Delta Lake table.
-    Delta(RawDeltaSink),
-    /// Signed HTTPS POST per event.
-    Https(RawHttpsSink),
-}
-
 pub use super::sink::https::{RawHttpsSink, RawSigning};
+pub use super::sink::RawSink;
 
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]

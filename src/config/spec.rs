@@ -2,7 +2,6 @@
 //! Every value here has passed validation; nothing is optional that a runtime
 //! path would have to unwrap.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,30 +64,11 @@ pub struct PipelineSpec {
     pub sinks: Vec<SinkSpec>,
     /// One table per event type, if routed.
     pub route: Option<super::route::RouteSpec>,
+    /// `[connections]`: one connection per end-user account, if on.
+    pub connections: Option<super::connections::ConnectionsSpec>,
 }
 
-/// A trigger.
-#[derive(Debug, Clone)]
-pub enum SourceSpec {
-    /// Events POSTed to a path.
-    Webhook(WebhookSpec),
-    /// Scheduled REST pulls.
-    Poll(Box<PollSpec>),
-}
-
-impl SourceSpec {
-    /// The value of the `_source` column.
-    pub fn label(&self) -> String {
-        match self {
-            SourceSpec::Webhook(w) => format!("webhook:{}", w.path),
-            SourceSpec::Poll(p) => {
-                let mut url = p.url.clone();
-                url.set_query(None);
-                format!("poll:{url}")
-            }
-        }
-    }
-}
+pub use super::source::{SourceKind, SourceSpec};
 
 pub use super::source::dedupe::{DedupeBy, DedupeSpec};
 pub use super::source::poll::{
@@ -98,50 +78,10 @@ pub use super::source::poll::{
 pub use super::source::verify::{VerifyScheme, VerifySpec};
 pub use super::source::webhook::WebhookSpec;
 
-/// A sink.
-#[derive(Debug, Clone)]
-pub enum SinkSpec {
-    /// Parquet files.
-    Parquet(ParquetSinkSpec),
-    /// A Delta Lake table.
-    Delta(DeltaSinkSpec),
-    /// A signed POST per event.
-    Https(HttpsSinkSpec),
-}
-
-impl SinkSpec {
-    /// The sink's name, unique within its pipeline.
-    pub fn name(&self) -> &str {
-        match self {
-            SinkSpec::Parquet(p) => &p.name,
-            SinkSpec::Delta(d) => &d.name,
-            SinkSpec::Https(h) => &h.name,
-        }
-    }
-
-    /// The object-store settings of a table sink (empty for HTTPS).
-    pub fn storage_options(&self) -> &BTreeMap<String, String> {
-        static NONE: BTreeMap<String, String> = BTreeMap::new();
-        match self {
-            SinkSpec::Parquet(p) => &p.storage,
-            SinkSpec::Delta(d) => &d.storage,
-            SinkSpec::Https(_) => &NONE,
-        }
-    }
-
-    /// Where the sink writes in storage (none for an HTTPS sink).
-    pub fn location(&self) -> Option<&Location> {
-        match self {
-            SinkSpec::Parquet(p) => Some(&p.location),
-            SinkSpec::Delta(d) => Some(&d.location),
-            SinkSpec::Https(_) => None,
-        }
-    }
-}
-
 pub use super::sink::delta::DeltaSinkSpec;
 pub use super::sink::https::{HttpsSinkSpec, KeySource, SigningSpec};
 pub use super::sink::parquet::ParquetSinkSpec;
+pub use super::sink::{SinkKind, SinkSpec};
 
 /// A place in storage.
 #[derive(Debug, Clone, PartialEq, Eq)]

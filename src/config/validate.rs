@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use arrow_schema::Schema;
 
-use super::raw::{RawGlobal, RawPipeline, RawSink, RawSize, RawSource};
+use super::raw::{RawGlobal, RawPipeline, RawSize, RawSource};
 use super::sink;
-use super::spec::{BatchPolicy, GlobalSpec, Location, PipelineSpec, SinkSpec, SourceSpec};
+use super::spec::{BatchPolicy, GlobalSpec, Location, PipelineSpec, SinkSpec};
 use super::units::{parse_duration, parse_size};
 use super::ConfigError;
 use crate::schema;
@@ -135,11 +135,11 @@ pub fn pipelines(
             );
             continue;
         }
-        if let SourceSpec::Webhook(w) = &spec.source {
-            if let Some(other) = paths.insert(w.path.clone(), file.clone()) {
+        if let Some(path) = spec.source.kind().http_path() {
+            if let Some(other) = paths.insert(path.to_string(), file.clone()) {
                 e.push(
                     "source.path",
-                    format!("\"{}\" is also used by {}", w.path, other.display()),
+                    format!("\"{path}\" is also used by {}", other.display()),
                     "give each webhook source its own path",
                 );
                 continue;
@@ -202,9 +202,20 @@ fn pipeline(
             }
         }
     }
-    let source = source(raw.source.as_ref(), e);
+    let connections = raw
+        .connections
+        .as_ref()
+        .and_then(|c| super::connections::validate(c, e));
+    if connections.is_some() && !matches!(global.log, super::log::LogSpec::File) {
+        e.push(
+            "connections",
+            "connections are kept in this node's data directory; on a JetStream log (where every node must see them) they are not built yet",
+            "keep the file log for a connections pipeline (remove [log] type = \"jetstream\" from tributary.toml), or remove [connections]",
+        );
+    }
+    let source = super::source::validate(raw.source.as_ref(), raw.connections.is_some(), e);
     let route = raw.route.as_ref().and_then(|r| {
-        let webhook = matches!(raw.source, Some(RawSource::Webhook(_)));
+        let webhook = raw.source.as_ref().is_some_and(RawSource::is_sent);
         super::route::route(r, webhook, schemas, root, e)
     });
     let batch = batch(raw, e);
@@ -239,15 +250,7 @@ fn pipeline(
             primary_key: &primary_key,
             root,
         });
-        let spec = match raw_sink {
-            RawSink::Parquet(p) => table
-                .and_then(|t| sink::parquet::validate(&t, &key, p, e))
-                .map(SinkSpec::Parquet),
-            RawSink::Delta(d) => table
-                .and_then(|t| sink::delta::validate(&t, &key, d, e))
-                .map(SinkSpec::Delta),
-            RawSink::Https(h) => sink::https::validate(&key, h, root, e).map(SinkSpec::Https),
-        };
+        let spec = sink::validate(raw_sink, table, &key, root, e);
         if let Some(spec) = spec {
             if let Some(other) = sinks
                 .iter()
@@ -289,6 +292,7 @@ fn pipeline(
         partitions,
         sinks,
         route,
+        connections,
     })
 }
 
@@ -356,22 +360,6 @@ pub(super) fn schema_file(
             }
         },
     }
-}
-
-fn source(raw: Option<&RawSource>, e: &mut Errors<'_>) -> Option<SourceSpec> {
-    let raw = match raw {
-        None => {
-            e.push(
-                "source",
-                "missing",
-                "add a [source] table with type = \"webhook\" and path = \"/hooks/…\", or type = \"poll\" and url = \"https://…\"",
-            );
-            return None;
-        }
-        Some(RawSource::Poll(p)) => return super::source::poll::source(p, e),
-        Some(RawSource::Webhook(w)) => w,
-    };
-    super::source::webhook::validate(raw, e).map(SourceSpec::Webhook)
 }
 
 fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {

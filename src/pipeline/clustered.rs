@@ -7,13 +7,12 @@ use std::sync::Arc;
 use super::{encoder_and_dead_letters, Built, RunError};
 use crate::buffer;
 use crate::buffer::jetstream::Cluster;
-use crate::config::{GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
+use crate::cluster::schema::AgreedSchemas;
+use crate::config::{GlobalSpec, PipelineSpec};
 use crate::server::admin::PipelineView;
 use crate::shutdown::Shutdown;
-use crate::sink::health::SinkHealth;
-use crate::sink::https::HttpsRunner;
-use crate::sink::task::SinkTask;
-use crate::sink::Storage;
+use crate::sink::table::TableSink;
+use crate::sink::{Placement, WrapTables};
 
 /// Builds the pipeline on `cluster`; starts nothing.
 pub(super) async fn build(
@@ -22,10 +21,7 @@ pub(super) async fn build(
     shutdown: &Shutdown,
     cluster: &Arc<Cluster>,
 ) -> Result<Built, RunError> {
-    let dedupe_window = match &spec.source {
-        SourceSpec::Webhook(w) => w.dedupe.as_ref().map(|d| d.window),
-        SourceSpec::Poll(_) => None,
-    };
+    let dedupe_window = spec.source.kind().dedupe_window();
     let streams = cluster
         .pipeline(spec, dedupe_window)
         .await
@@ -39,111 +35,28 @@ pub(super) async fn build(
     let log = buffer::Log::new(Arc::new(crate::cluster::ClusterView(streams.clone())));
     let (encoder, dead_letters) = encoder_and_dead_letters(spec, global)?;
     // With an inferred schema, a table's writers agree on it in JetStream.
-    let agree = spec.infer_schema.then(|| cluster.progress().clone());
-    let mut units = Vec::new();
-    let mut health = Vec::new();
-    let mut probes = Vec::new();
-    for sink in &spec.sinks {
-        let sink_health = Arc::new(SinkHealth::default());
-        health.push((sink.name().to_string(), sink_health.clone()));
-        let make: crate::cluster::MakeTask = match sink {
-            SinkSpec::Https(h) => {
-                let signer = crate::sink::https::signer(&h.signing, &h.url).map_err(|source| {
-                    RunError::Signing {
-                        pipeline: spec.name.clone(),
-                        sink: h.name.clone(),
-                        source,
-                    }
-                })?;
-                let (signer, pipeline, h) = (Arc::new(signer), spec.name.clone(), h.clone());
-                let (dead_letters, abandon, health) = (
-                    dead_letters.clone(),
-                    shutdown.abandon.clone(),
-                    sink_health.clone(),
-                );
-                Arc::new(move |log, partition| {
-                    SinkTask::Https(HttpsRunner {
-                        signer: signer.clone(),
-                        pipeline: pipeline.clone(),
-                        spec: h.clone(),
-                        log,
-                        dead_letters: dead_letters.clone(),
-                        abandon: abandon.clone(),
-                        health: health.clone(),
-                        partition: Some(partition),
-                    })
-                })
-            }
-            SinkSpec::Delta(d) => {
-                if let Some(location) = sink.location() {
-                    let storage =
-                        Storage::new(location, sink.storage_options()).map_err(|source| {
-                            RunError::Storage {
-                                pipeline: spec.name.clone(),
-                                sink: d.name.clone(),
-                                source: Box::new(source),
-                            }
-                        })?;
-                    probes.push((d.name.clone(), storage));
-                }
-                let template = super::table_runner(
-                    spec,
-                    (&log, &encoder, &dead_letters, shutdown),
-                    &d.name,
-                    Box::new(crate::sink::delta::DeltaTables::new(
-                        &spec.name,
-                        d,
-                        spec.route.is_some(),
-                    )),
-                    sink_health.clone(),
-                );
-                let template = Arc::new(template);
-                let d = d.clone();
-                let agree = agree.clone();
-                Arc::new(move |log, partition| {
-                    // The txn app id of a partition: tributary/<pipeline>/<sink>/<partition>.
-                    let mut own = d.clone();
-                    own.name = format!("{}/{partition}", d.name);
-                    let tables = crate::sink::delta::DeltaTables::new(
-                        &template.pipeline,
-                        &own,
-                        template.route.is_some(),
-                    );
-                    let tables = agreed(Box::new(tables), &agree, &template.pipeline, &d.name);
-                    SinkTask::Columnar(template.on_partition(log, partition, tables))
-                })
-            }
-            SinkSpec::Parquet(p) => {
-                let tables = crate::sink::parquet::ParquetSink::new(p, spec.route.is_some())
-                    .map_err(|source| RunError::Storage {
-                        pipeline: spec.name.clone(),
-                        sink: p.name.clone(),
-                        source: Box::new(source),
-                    })?;
-                probes.push((p.name.clone(), tables.storage().clone()));
-                let template = Arc::new(super::table_runner(
-                    spec,
-                    (&log, &encoder, &dead_letters, shutdown),
-                    &p.name,
-                    Box::new(tables.clone()),
-                    sink_health.clone(),
-                ));
-                let agree = agree.clone();
-                Arc::new(move |log, partition| {
-                    // Files named by partition: offsets repeat across partitions.
-                    let tables = Box::new(tables.clone().in_partition(partition));
-                    let tables = agreed(tables, &agree, &template.pipeline, &template.sink);
-                    SinkTask::Columnar(template.on_partition(log, partition, tables))
-                })
-            }
-        };
-        units.push(crate::cluster::SinkUnits {
+    let agree = spec.infer_schema.then(|| {
+        let (kv, pipeline) = (cluster.progress().clone(), spec.name.clone());
+        Arc::new(move |tables, sink: &str| {
+            Box::new(AgreedSchemas::new(tables, kv.clone(), &pipeline, sink)) as Box<dyn TableSink>
+        }) as WrapTables
+    });
+    let sinks = super::build_sinks(
+        spec,
+        (&log, &encoder, &dead_letters, shutdown),
+        Placement::Partitioned { tables: agree },
+    )?;
+    let health = sinks.health();
+    let units = sinks
+        .made
+        .into_iter()
+        .map(|made| crate::cluster::SinkUnits {
             pipeline: streams.clone(),
-            sink: sink.name().to_string(),
-            make,
-            health: sink_health,
-        });
-    }
+            sink: made.sink,
+            make: made.make,
+            health: made.health,
+        })
+        .collect();
     // The poller's side copy of its state, apart from a file log's.
     let dir = global.data_dir.join(&spec.name).join("jetstream");
     std::fs::create_dir_all(&dir).map_err(|source| RunError::Buffer {
@@ -166,9 +79,9 @@ pub(super) async fn build(
     })?;
     let view = PipelineView {
         name: spec.name.clone(),
-        source: crate::source::kind(&spec.source),
+        source: spec.source.kind().type_tag(),
         sinks: health,
-        probes,
+        probes: sinks.probes,
         log,
         appender,
         dead_letters,
@@ -178,9 +91,14 @@ pub(super) async fn build(
         cluster: Some(streams.clone()),
         // The poll source runs where its lease is held, with its own poller.
         poll: None,
+        // `check` refuses [connections] on a JetStream log.
+        connections: None,
     };
-    let poll_leader =
-        matches!(spec.source, SourceSpec::Poll(_)).then(|| crate::cluster::poll::PollLeader {
+    let poll_leader = spec
+        .source
+        .kind()
+        .needs_leader()
+        .then(|| crate::cluster::poll::PollLeader {
             spec: spec.clone(),
             pipeline: streams.clone(),
             appender: view.appender.clone(),
@@ -194,22 +112,4 @@ pub(super) async fn build(
         poll_leader,
         view,
     })
-}
-
-/// `tables`, agreeing on inferred schemas through `kv` when there is one.
-fn agreed(
-    tables: Box<dyn crate::sink::table::TableSink>,
-    kv: &Option<async_nats::jetstream::kv::Store>,
-    pipeline: &str,
-    sink: &str,
-) -> Box<dyn crate::sink::table::TableSink> {
-    match kv {
-        Some(kv) => Box::new(crate::cluster::schema::AgreedSchemas::new(
-            tables,
-            kv.clone(),
-            pipeline,
-            sink,
-        )),
-        None => tables,
-    }
 }

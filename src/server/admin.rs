@@ -73,6 +73,8 @@ pub struct PipelineView {
     pub cluster: Option<Arc<crate::buffer::jetstream::Pipeline>>,
     /// How its poll source's runs go, if it polls (on this node).
     pub poll: Option<Arc<crate::source::poll::health::PollHealth>>,
+    /// Its connections, with `[connections]`.
+    pub connections: Option<Arc<crate::connections::store::Store>>,
 }
 
 /// How long `/readyz` waits for a sink's storage to answer.
@@ -97,7 +99,7 @@ pub fn api(admin: Arc<Admin>) -> Router {
 /// The refusal of a request without the admin token, when one is
 /// configured; when none is, of a request a web page or another machine
 /// could have made (see [`open_refusal`]).
-fn refusal(
+pub(super) fn refusal(
     admin: &Admin,
     method: &Method,
     headers: &HeaderMap,

@@ -8,6 +8,7 @@
 //! `admin.token_env`, the admin API requires `Authorization: Bearer <token>`.
 
 pub mod admin;
+pub mod connections;
 mod listen;
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
         .layer(DefaultBodyLimit::disable())
         .with_state(routes);
     match admin {
-        Some(admin) => admin::api(admin).merge(webhooks),
+        Some(admin) => api(admin).merge(webhooks),
         None => webhooks,
     }
 }
@@ -49,7 +50,7 @@ pub fn admin_router(admin: Arc<admin::Admin>) -> Router {
     let page = Router::new()
         .route("/", get(admin::status_page))
         .with_state(admin.clone());
-    admin::api(admin)
+    api(admin)
         .merge(page)
         .route("/healthz", get(healthz))
         .fallback(|| async {
@@ -58,6 +59,11 @@ pub fn admin_router(admin: Arc<admin::Admin>) -> Router {
                 "this is the admin listener; webhooks are received on `listen`",
             )
         })
+}
+
+/// Every admin API route.
+fn api(admin: Arc<admin::Admin>) -> Router {
+    admin::api(admin.clone()).merge(connections::routes().with_state(admin))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

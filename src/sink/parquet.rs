@@ -14,10 +14,20 @@ use parquet::file::properties::WriterProperties;
 use tracing::info;
 
 use super::files::{end_offset, files, writer_properties};
-use super::table::{routed_tables, Opened, Table, TableSink, Written, UNROUTED};
+use super::table::{
+    routed_tables, Opened, ReadError, SqlTable, Table, TableSink, Written, UNROUTED,
+};
 use super::{SinkError, Storage, StorageError};
 use crate::config::spec::ParquetSinkSpec;
+use crate::config::Location;
 use crate::encode::Encoder;
+use arrow_schema::DataType;
+use deltalake::datafusion::datasource::file_format::parquet::ParquetFormat;
+use deltalake::datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use deltalake::datafusion::prelude::SessionContext;
+use url::Url;
 
 /// Where a Parquet sink with `schema = "infer"` keeps the record schema its
 /// files use (Arrow's JSON form), relative to the table's location. Written
@@ -47,18 +57,6 @@ impl ParquetSink {
             routed,
             prefix: "part-".into(),
         })
-    }
-
-    /// The sink writing partition `partition` of a JetStream log: its files
-    /// are named `part-p<partition>-<first>-<last>.parquet`.
-    pub fn in_partition(mut self, partition: u32) -> Self {
-        self.prefix = format!("part-p{partition}-");
-        self
-    }
-
-    /// The storage of the sink's location (what the admin API probes).
-    pub fn storage(&self) -> &Storage {
-        &self.storage
     }
 
     async fn open_table(&self, name: &str, encoder: &Encoder) -> Result<Opened, SinkError> {
@@ -125,6 +123,75 @@ impl TableSink for ParquetSink {
                 .unwrap_or(0))
         })
     }
+
+    /// On partition N of a JetStream log, files are named
+    /// `part-pN-<first>-<last>.parquet`.
+    fn placed(&self, partition: Option<u32>) -> Box<dyn TableSink> {
+        let mut placed = self.clone();
+        if let Some(partition) = partition {
+            placed.prefix = format!("part-p{partition}-");
+        }
+        Box::new(placed)
+    }
+
+    fn sql_table<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>> {
+        Box::pin(async move {
+            let location = if name == UNROUTED {
+                self.spec.location.clone()
+            } else {
+                self.spec.location.join(name)
+            };
+            listing(ctx, &location, &self.spec.storage, &self.spec.partition_by).await
+        })
+    }
+}
+
+/// The Parquet files under `location` as one hive-partitioned table whose
+/// partition columns read as text, if there are any files.
+pub async fn listing(
+    ctx: &SessionContext,
+    location: &Location,
+    options: &std::collections::BTreeMap<String, String>,
+    partition_by: &[String],
+) -> Result<Option<SqlTable>, ReadError> {
+    let storage = Storage::new(location, options).map_err(ReadError::Storage)?;
+    let names = storage.list().await.unwrap_or_default();
+    if !names.iter().any(|n| n.ends_with(".parquet")) {
+        return Ok(None);
+    }
+    let url = match (location, &storage) {
+        (Location::Local(dir), _) => {
+            let dir = dir.canonicalize().map_err(|source| ReadError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            Url::from_directory_path(&dir).map_err(|()| ReadError::NotDirPath(dir.clone()))?
+        }
+        (Location::S3 { bucket, prefix }, Storage::Object { store, .. }) => {
+            let root = Url::parse(&format!("s3://{bucket}/"))?;
+            ctx.register_object_store(&root, store.clone());
+            Url::parse(&format!("s3://{bucket}/{}/", prefix.trim_matches('/')))?
+        }
+        (Location::S3 { .. }, Storage::Local(_)) => return Err(ReadError::NoStore),
+    };
+    let listing = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(
+            partition_by
+                .iter()
+                .map(|c| (c.clone(), DataType::Utf8))
+                .collect(),
+        );
+    let path = ListingTableUrl::parse(url.as_str())?;
+    let schema = listing.infer_schema(&ctx.state(), &path).await?;
+    let config = ListingTableConfig::new(path)
+        .with_listing_options(listing)
+        .with_schema(schema);
+    Ok(Some(Arc::new(ListingTable::try_new(config)?)))
 }
 
 /// One table of a Parquet sink.

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::{Batch, BatchPolicy};
 use super::table::{Router, Table, TableSink, UNROUTED};
-use super::{dead_letters, SinkError, Storage};
+use super::{dead_letters, MakeTask, Placement, SinkContext, SinkError, Storage};
 use crate::buffer::Log;
 use crate::encode::{DeadLetter, Encoded, Encoder};
 use crate::error::{Classify, ErrorKind};
@@ -81,26 +81,57 @@ struct Running {
     router: Option<Router>,
 }
 
-impl Runner {
-    /// This runner's sink on `partition` of a JetStream log: reading `log`,
-    /// writing `tables`.
-    pub fn on_partition(&self, log: Log, partition: u32, tables: Box<dyn TableSink>) -> Runner {
-        Runner {
-            pipeline: self.pipeline.clone(),
-            sink: self.sink.clone(),
-            log,
-            encoder: self.encoder.clone(),
-            declared: self.declared.clone(),
-            policy: self.policy,
-            tables,
-            route: self.route.clone(),
-            dead_letters: self.dead_letters.clone(),
-            abandon: self.abandon.clone(),
-            health: self.health.clone(),
-            partition: Some(partition),
+/// The maker of a table sink's runners: on the file log a runner of
+/// `tables` itself; on a JetStream partition a runner of `tables` placed on
+/// it ([`TableSink::placed`]) and wrapped as the log backend asks.
+pub fn make(sink: &str, tables: Box<dyn TableSink>, ctx: &SinkContext<'_>) -> MakeTask {
+    let spec = ctx.pipeline;
+    let template = Runner {
+        pipeline: spec.name.clone(),
+        sink: sink.to_string(),
+        log: ctx.log.clone(),
+        encoder: ctx.encoder.clone(),
+        declared: spec
+            .route
+            .as_ref()
+            .map(|r| r.declared.clone())
+            .unwrap_or_default(),
+        policy: spec.batch,
+        tables,
+        route: spec.route.clone(),
+        dead_letters: ctx.dead_letters.clone(),
+        abandon: ctx.abandon.clone(),
+        health: ctx.health.clone(),
+        partition: None,
+    };
+    let wrap = match &ctx.placement {
+        Placement::Local => None,
+        Placement::Partitioned { tables } => tables.clone(),
+    };
+    Arc::new(move |log, partition| {
+        let mut tables = template.tables.placed(partition);
+        if let Some(wrap) = &wrap {
+            tables = wrap(tables, &template.sink);
         }
-    }
+        Runner {
+            pipeline: template.pipeline.clone(),
+            sink: template.sink.clone(),
+            log,
+            encoder: template.encoder.clone(),
+            declared: template.declared.clone(),
+            policy: template.policy,
+            tables,
+            route: template.route.clone(),
+            dead_letters: template.dead_letters.clone(),
+            abandon: template.abandon.clone(),
+            health: template.health.clone(),
+            partition,
+        }
+        .into()
+    })
+}
 
+impl Runner {
     /// Runs until the log closes; flushes what it holds on the way out.
     pub async fn run(self) -> Result<(), SinkError> {
         let state = self.log.sink_state(&self.sink);

@@ -2,7 +2,7 @@
 //! Parquet files ([`super::parquet::ParquetSink`]) and Delta tables
 //! ([`super::delta::DeltaTables`]) implement [`TableSink`]; one runner
 //! ([`super::runner::Runner`]) drives either. A new kind of table (Iceberg,
-//! say) implements these two traits and adds one arm to [`super::build`].
+//! say) implements these two traits and adds one arm to [`super::plan`].
 //!
 //! A sink writes one table, or with `[route]` one table per event type
 //! ([`Router`]): each routed table lives under the sink's location in a
@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
+use deltalake::datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 
 use super::SinkError;
@@ -43,6 +44,56 @@ pub trait TableSink: Send + Sync {
     /// The offset after the highest one any of this sink's tables holds (0
     /// if none): where a new log must start if the old one was lost.
     fn end_offset(&self) -> BoxFuture<'_, Result<u64, SinkError>>;
+
+    /// This sink as written by the reader of `partition` of a JetStream log
+    /// (its own file names, its own Delta txn id: offsets repeat across
+    /// partitions), or by the file log's one reader (`None`: itself).
+    fn placed(&self, partition: Option<u32>) -> Box<dyn TableSink>;
+
+    /// Table `name` ([`UNROUTED`] or a routed table's) as a table SQL can
+    /// read through `ctx`, or `None` while nothing is written to it.
+    fn sql_table<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>>;
+}
+
+/// A table as DataFusion reads it.
+pub type SqlTable = std::sync::Arc<dyn deltalake::datafusion::catalog::TableProvider>;
+
+/// Why a table cannot be opened for queries.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The Delta table cannot be read.
+    #[error("{}", crate::error::chain(.0))]
+    Delta(#[source] super::delta::DeltaError),
+    /// The Parquet files' storage cannot be used.
+    #[error("{}", crate::error::chain(.0))]
+    Storage(#[source] super::StorageError),
+    /// DataFusion cannot register the files or the table.
+    #[error("{0}")]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    /// delta-rs cannot give a table provider.
+    #[error("{0}")]
+    DeltaTable(#[from] deltalake::DeltaTableError),
+    /// A local directory that cannot be resolved.
+    #[error("{}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A path that is no URL.
+    #[error("{} is not a directory path", .0.display())]
+    NotDirPath(std::path::PathBuf),
+    /// An S3 location whose storage is local (Storage::new never gives one).
+    #[error("an s3 location without an object store")]
+    NoStore,
+    /// A bucket or prefix that makes no URL.
+    #[error("{0}")]
+    Url(#[from] url::ParseError),
 }
 
 /// An open table and how to encode its rows.

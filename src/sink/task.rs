@@ -1,7 +1,12 @@
-//! A sink's runner as one task: columnar (Parquet, Delta) or HTTPS.
+//! A sink's runner as one task: columnar (Parquet, Delta) or HTTPS, and the
+//! maker of the HTTPS sink's runners.
 
+use std::sync::Arc;
+
+use crate::config::spec::HttpsSinkSpec;
 use crate::sink::https::HttpsRunner;
 use crate::sink::runner::Runner;
+use crate::sink::{MakeTask, SinkContext, SinkError};
 
 /// A sink's runner.
 pub enum SinkTask {
@@ -9,6 +14,12 @@ pub enum SinkTask {
     Columnar(Runner),
     /// HTTPS: a signed POST per event.
     Https(HttpsRunner),
+}
+
+impl From<Runner> for SinkTask {
+    fn from(runner: Runner) -> Self {
+        SinkTask::Columnar(runner)
+    }
 }
 
 impl SinkTask {
@@ -53,4 +64,28 @@ impl SinkTask {
             }
         }
     }
+}
+
+/// The maker of an HTTPS sink's runner (on the file log or a JetStream
+/// partition); its signer is built now, so a missing secret stops start-up.
+pub fn https(spec: &HttpsSinkSpec, ctx: &SinkContext<'_>) -> Result<MakeTask, SinkError> {
+    let signer = Arc::new(crate::sink::https::signer(&spec.signing, &spec.url)?);
+    let (pipeline, spec) = (ctx.pipeline.name.clone(), spec.clone());
+    let (dead_letters, abandon, health) = (
+        ctx.dead_letters.clone(),
+        ctx.abandon.clone(),
+        ctx.health.clone(),
+    );
+    Ok(Arc::new(move |log, partition| {
+        SinkTask::Https(HttpsRunner {
+            signer: signer.clone(),
+            pipeline: pipeline.clone(),
+            spec: spec.clone(),
+            log,
+            dead_letters: dead_letters.clone(),
+            abandon: abandon.clone(),
+            health: health.clone(),
+            partition,
+        })
+    }))
 }

@@ -59,17 +59,9 @@ pub enum SourceError {
 /// The log consumers a source adds besides the sinks (a webhook's dedupe
 /// journal), so the log keeps what they have not read.
 pub fn consumers(spec: &SourceSpec) -> Vec<String> {
-    match spec {
-        SourceSpec::Webhook(w) if w.dedupe.is_some() => vec![dedupe::CONSUMER.to_string()],
-        SourceSpec::Webhook(_) | SourceSpec::Poll(_) => Vec::new(),
-    }
-}
-
-/// The kind of source, as the admin API names it.
-pub fn kind(spec: &SourceSpec) -> &'static str {
-    match spec {
-        SourceSpec::Webhook(_) => "webhook",
-        SourceSpec::Poll(_) => "poll",
+    match spec.kind().dedupe_window() {
+        Some(_) => vec![dedupe::CONSUMER.to_string()],
+        None => Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 // Configuration files: the shipped examples pass, broken ones explain themselves.
 mod check;
 mod cluster;
+mod connections;
 // Webhook → log → Parquet: every acknowledged event exactly once, read by two readers.
 mod ingest;
 // kill -9 at random moments while clients post: nothing acknowledged lost or duplicated.

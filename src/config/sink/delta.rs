@@ -209,3 +209,21 @@ fn target_size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> u64 {
         None => DEFAULT_TARGET_FILE_SIZE,
     }
 }
+
+impl super::SinkKind for DeltaSinkSpec {
+    fn type_tag(&self) -> &'static str {
+        "delta"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn location(&self) -> Option<&super::Location> {
+        Some(&self.location)
+    }
+    fn storage_options(&self) -> &BTreeMap<String, String> {
+        &self.storage
+    }
+    fn explain(&self) -> toml::Value {
+        super::explained("delta", self)
+    }
+}

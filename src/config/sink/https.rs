@@ -386,3 +386,22 @@ fn signing(key: &str, raw: &RawSigning, root: &Path, e: &mut Errors<'_>) -> Opti
         }
     }
 }
+
+impl super::SinkKind for HttpsSinkSpec {
+    fn type_tag(&self) -> &'static str {
+        "https"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn secret_envs(&self) -> Vec<(String, &str)> {
+        self.signing
+            .secret_envs()
+            .into_iter()
+            .map(|var| ("signing".to_string(), var))
+            .collect()
+    }
+    fn explain(&self) -> toml::Value {
+        super::explained("https", self)
+    }
+}

@@ -1,7 +1,10 @@
-//! The table sinks' configuration, one file per kind ([`parquet`],
-//! [`delta`]): each holds its raw TOML form, its typed spec (which
+//! The sinks' configuration, one file per kind ([`parquet`], [`delta`],
+//! [`https`]): each holds its raw TOML form, its typed spec (which
 //! `check --explain` prints through `Serialize`), its defaults and its
-//! checks. This file holds what they share: name, uri, partition_by, storage.
+//! checks. This file holds the kinds' registry in the config: the tagged
+//! [`RawSink`], the [`SinkSpec`] enum, the one `validate` and `kind` match
+//! over them, the [`SinkKind`] trait every spec answers, and what the table
+//! sinks share (name, uri, partition_by, storage).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +22,122 @@ use crate::schema::METADATA_COLUMNS;
 pub mod delta;
 pub mod https;
 pub mod parquet;
+
+use delta::{DeltaSinkSpec, RawDeltaSink};
+use https::{HttpsSinkSpec, RawHttpsSink};
+use parquet::{ParquetSinkSpec, RawParquetSink};
+
+/// One `[[sink]]`, tagged by `type`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawSink {
+    /// Parquet files in hive-style partitions.
+    Parquet(RawParquetSink),
+    /// Delta Lake table.
+    Delta(RawDeltaSink),
+    /// Signed HTTPS POST per event.
+    Https(RawHttpsSink),
+}
+
+/// A sink.
+#[derive(Debug, Clone)]
+pub enum SinkSpec {
+    /// Parquet files.
+    Parquet(ParquetSinkSpec),
+    /// A Delta Lake table.
+    Delta(DeltaSinkSpec),
+    /// A signed POST per event.
+    Https(HttpsSinkSpec),
+}
+
+impl SinkSpec {
+    /// What the sink's kind answers about it: the one `match` over sink
+    /// kinds in the config.
+    pub fn kind(&self) -> &dyn SinkKind {
+        match self {
+            SinkSpec::Parquet(p) => p,
+            SinkSpec::Delta(d) => d,
+            SinkSpec::Https(h) => h,
+        }
+    }
+
+    /// The sink's name, unique within its pipeline.
+    pub fn name(&self) -> &str {
+        self.kind().name()
+    }
+
+    /// The object-store settings of a table sink (empty for HTTPS).
+    pub fn storage_options(&self) -> &BTreeMap<String, String> {
+        self.kind().storage_options()
+    }
+
+    /// Where the sink writes in storage (none for an HTTPS sink).
+    pub fn location(&self) -> Option<&Location> {
+        self.kind().location()
+    }
+}
+
+/// Checks one `[[sink]]` (`key` is `sink[i]`); a table sink needs what
+/// `table` tells of its pipeline (none when the pipeline's name is wrong).
+pub(super) fn validate(
+    raw: &RawSink,
+    table: Option<Table<'_>>,
+    key: &str,
+    root: &Path,
+    e: &mut Errors<'_>,
+) -> Option<SinkSpec> {
+    match raw {
+        RawSink::Parquet(p) => table
+            .and_then(|t| parquet::validate(&t, key, p, e))
+            .map(SinkSpec::Parquet),
+        RawSink::Delta(d) => table
+            .and_then(|t| delta::validate(&t, key, d, e))
+            .map(SinkSpec::Delta),
+        RawSink::Https(h) => https::validate(key, h, root, e).map(SinkSpec::Https),
+    }
+}
+
+/// What every sink kind answers from its config alone. Each kind's spec
+/// implements it in its own file; [`super::SinkSpec::kind`] is the one
+/// `match` over kinds in `config/` (parsing aside), and
+/// [`crate::sink::plan`] the one that builds. Questions a kind may not need
+/// have defaults.
+pub trait SinkKind: Send + Sync {
+    /// The value of its `type` key.
+    fn type_tag(&self) -> &'static str;
+    /// The sink's name, unique within its pipeline.
+    fn name(&self) -> &str;
+    /// Where it writes in storage (none for a sink that writes no tables).
+    fn location(&self) -> Option<&Location> {
+        None
+    }
+    /// Its object-store settings.
+    fn storage_options(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        &NONE
+    }
+    /// The env vars its secrets come from, each with the key that names it
+    /// (relative to the sink's table); by default the `storage` table's `*_env` keys.
+    fn secret_envs(&self) -> Vec<(String, &str)> {
+        self.storage_options()
+            .iter()
+            .filter(|(key, _)| key.ends_with("_env"))
+            .map(|(key, var)| (format!("storage.{key}"), var.as_str()))
+            .collect()
+    }
+    /// Its keys as `check --explain` prints them.
+    fn explain(&self) -> toml::Value;
+}
+
+/// `spec` as `check --explain` prints it (its `Serialize` form), with its `type`.
+pub(crate) fn explained<T: serde::Serialize>(ty: &str, spec: &T) -> toml::Value {
+    let mut value = toml::Value::try_from(spec)
+        .unwrap_or_else(|e| toml::Value::String(format!("cannot show: {e}")));
+    if let toml::Value::Table(t) = &mut value {
+        t.insert("type".into(), toml::Value::String(ty.to_string()));
+    }
+    value
+}
 
 /// Object-store keys a `storage` table may set; credentials only through `*_env`.
 const STORAGE_KEYS: [&str; 7] = [

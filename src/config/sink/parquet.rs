@@ -65,3 +65,21 @@ pub(in crate::config) fn validate(
         storage: c.storage,
     })
 }
+
+impl super::SinkKind for ParquetSinkSpec {
+    fn type_tag(&self) -> &'static str {
+        "parquet"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn location(&self) -> Option<&super::Location> {
+        Some(&self.location)
+    }
+    fn storage_options(&self) -> &BTreeMap<String, String> {
+        &self.storage
+    }
+    fn explain(&self) -> toml::Value {
+        super::explained("parquet", self)
+    }
+}

@@ -137,3 +137,28 @@ pub(in crate::config) fn validate(raw: &RawWebhook, e: &mut Errors<'_>) -> Optio
         dedupe,
     })
 }
+
+impl super::SourceKind for WebhookSpec {
+    fn type_tag(&self) -> &'static str {
+        "webhook"
+    }
+    fn label(&self) -> String {
+        format!("webhook:{}", self.path)
+    }
+    fn secret_envs(&self) -> Vec<(String, &str)> {
+        self.verify
+            .iter()
+            .flat_map(|v| &v.secret_envs)
+            .map(|var| ("verify.secret_env".to_string(), var.as_str()))
+            .collect()
+    }
+    fn http_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+    fn dedupe_window(&self) -> Option<std::time::Duration> {
+        self.dedupe.as_ref().map(|d| d.window)
+    }
+    fn explain(&self) -> toml::Value {
+        crate::config::sink::explained("webhook", self)
+    }
+}

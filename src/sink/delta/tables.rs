@@ -11,9 +11,10 @@ use crate::config::spec::DeltaSinkSpec;
 use crate::config::Location;
 use crate::encode::Encoder;
 use crate::sink::table::{
-    routed_tables, Opened as TableOpened, Table, TableSink, Written, UNROUTED,
+    routed_tables, Opened as TableOpened, ReadError, SqlTable, Table, TableSink, Written, UNROUTED,
 };
 use crate::sink::{SinkError, Storage};
+use deltalake::datafusion::prelude::SessionContext;
 
 /// The Delta sink: one table at its location, or (routed) one table per
 /// route value at `<location>/<table>`, each with its own txn app id.
@@ -127,6 +128,30 @@ impl TableSink for DeltaTables {
                 end = end.max(resume.unwrap_or(0));
             }
             Ok(end)
+        })
+    }
+
+    /// On partition N of a JetStream log, the txn app id is
+    /// `tributary/<pipeline>/<sink>/N` (per table: `…/<sink>/N/<table>`).
+    fn placed(&self, partition: Option<u32>) -> Box<dyn TableSink> {
+        let mut spec = self.spec.clone();
+        if let Some(partition) = partition {
+            spec.name = format!("{}/{partition}", spec.name);
+        }
+        Box::new(DeltaTables::new(&self.pipeline, &spec, self.routed))
+    }
+
+    fn sql_table<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>> {
+        Box::pin(async move {
+            let Some(table) = self.read(name).await.map_err(ReadError::Delta)? else {
+                return Ok(None);
+            };
+            table.update_datafusion_session(&ctx.state())?;
+            Ok(Some(table.table_provider().await?))
         })
     }
 }

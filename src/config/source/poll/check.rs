@@ -10,7 +10,12 @@ use crate::config::units::parse_duration;
 use crate::config::validate::{size, Errors};
 
 /// Validates a poll source.
-pub(in crate::config) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<SourceSpec> {
+/// With `connections`, per-user secrets come from each connection, not the environment.
+pub(in crate::config) fn source(
+    raw: &RawPoll,
+    connections: bool,
+    e: &mut Errors<'_>,
+) -> Option<SourceSpec> {
     let start = e.list.len();
     let schedule = schedule(raw, e);
     let jitter = duration(raw.jitter.as_deref(), "source.jitter", Duration::ZERO, e);
@@ -122,7 +127,7 @@ pub(in crate::config) fn source(raw: &RawPoll, e: &mut Errors<'_>) -> Option<Sou
     }
     let auth = match &raw.auth {
         None => Some(AuthSpec::None),
-        Some(a) => auth(a, allow_http, e),
+        Some(a) => auth(a, allow_http, connections, e),
     };
     let records = raw.records.clone().unwrap_or_default();
     if !(records.is_empty() || records.starts_with('/')) {
@@ -278,13 +283,43 @@ fn env_name(value: &Option<String>, key: &str, e: &mut Errors<'_>) -> Option<Str
     }
 }
 
-fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec> {
+fn auth(
+    raw: &RawAuth,
+    allow_http: bool,
+    connections: bool,
+    e: &mut Errors<'_>,
+) -> Option<AuthSpec> {
+    // A per-user secret: from the env var the key names, or in a
+    // connections pipeline from each connection (the key must be absent).
+    let user = |value: &Option<String>, key: &str, e: &mut Errors<'_>| {
+        if !connections {
+            return env_name(value, key, e);
+        }
+        if value.is_some() {
+            let field = key
+                .rsplit('.')
+                .next()
+                .unwrap_or(key)
+                .trim_end_matches("_env");
+            e.push(
+                key,
+                "a connections pipeline takes this secret from each connection",
+                format!("remove {key}; each connection gives \"{field}\" in its credentials"),
+            );
+            return None;
+        }
+        Some(String::new())
+    };
     match raw {
         RawAuth::Bearer(b) => Some(AuthSpec::Bearer {
-            token_env: env_name(&b.token_env, "source.auth.token_env", e)?,
+            token_env: user(&b.token_env, "source.auth.token_env", e)?,
         }),
         RawAuth::Basic(b) => {
             let username = match (&b.username, &b.username_env) {
+                (None, None) if connections => Some(Secret::Env(String::new())),
+                (_, Some(_)) if connections => {
+                    user(&b.username_env, "source.auth.username_env", e).map(Secret::Env)
+                }
                 (Some(u), None) => Some(Secret::Plain(u.clone())),
                 (None, Some(_)) => {
                     env_name(&b.username_env, "source.auth.username_env", e).map(Secret::Env)
@@ -298,14 +333,14 @@ fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec>
                     None
                 }
             };
-            let password_env = env_name(&b.password_env, "source.auth.password_env", e);
+            let password_env = user(&b.password_env, "source.auth.password_env", e);
             Some(AuthSpec::Basic {
                 username: username?,
                 password_env: password_env?,
             })
         }
         RawAuth::ApiKey(k) => {
-            let key_env = env_name(&k.key_env, "source.auth.key_env", e);
+            let key_env = user(&k.key_env, "source.auth.key_env", e);
             let place = match (&k.header, &k.query) {
                 (Some(h), None)
                     if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok() =>
@@ -343,6 +378,11 @@ fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec>
             let client_secret_env =
                 env_name(&o.client_secret_env, "source.auth.client_secret_env", e);
             let refresh_token_env = match &o.refresh_token_env {
+                None if connections => Some(String::new()),
+                Some(_) if connections => {
+                    user(&o.refresh_token_env, "source.auth.refresh_token_env", e)?;
+                    None
+                }
                 None => None,
                 Some(_) => Some(env_name(
                     &o.refresh_token_env,
@@ -362,8 +402,8 @@ fn auth(raw: &RawAuth, allow_http: bool, e: &mut Errors<'_>) -> Option<AuthSpec>
             let consumer_key_env = env_name(&o.consumer_key_env, "source.auth.consumer_key_env", e);
             let consumer_secret_env =
                 env_name(&o.consumer_secret_env, "source.auth.consumer_secret_env", e);
-            let token_env = env_name(&o.token_env, "source.auth.token_env", e);
-            let token_secret_env = env_name(&o.token_secret_env, "source.auth.token_secret_env", e);
+            let token_env = user(&o.token_env, "source.auth.token_env", e);
+            let token_secret_env = user(&o.token_secret_env, "source.auth.token_secret_env", e);
             let signature_method = match o.signature_method.as_deref() {
                 None => Some(SignatureMethod::HmacSha256),
                 Some(m) if m.eq_ignore_ascii_case("HMAC-SHA256") => {

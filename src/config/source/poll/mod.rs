@@ -220,7 +220,8 @@ pub struct PollSpec {
 impl PollSpec {
     /// The env vars this source reads its secrets from.
     pub fn secret_envs(&self) -> Vec<&str> {
-        match &self.auth {
+        // Empty: a connections pipeline's per-user secret, from each connection.
+        let mut envs = match &self.auth {
             AuthSpec::None => vec![],
             AuthSpec::Bearer { token_env } => vec![token_env.as_str()],
             AuthSpec::Basic {
@@ -253,7 +254,9 @@ impl PollSpec {
                 token_env.as_str(),
                 token_secret_env.as_str(),
             ],
-        }
+        };
+        envs.retain(|name| !name.is_empty());
+        envs
     }
 }
 
@@ -493,3 +496,26 @@ pub const PAGE_TOKEN: &str = "{page_token}";
 
 mod check;
 pub(in crate::config) use check::source;
+
+impl crate::config::source::SourceKind for PollSpec {
+    fn type_tag(&self) -> &'static str {
+        "poll"
+    }
+    fn label(&self) -> String {
+        let mut url = self.url.clone();
+        url.set_query(None);
+        format!("poll:{url}")
+    }
+    fn secret_envs(&self) -> Vec<(String, &str)> {
+        PollSpec::secret_envs(self)
+            .into_iter()
+            .map(|var| ("auth".to_string(), var))
+            .collect()
+    }
+    fn needs_leader(&self) -> bool {
+        true
+    }
+    fn explain(&self) -> toml::Value {
+        crate::config::sink::explained("poll", self)
+    }
+}

@@ -1,0 +1,146 @@
+//! Connections: one end-user account of one pipeline (a customer's HubSpot
+//! portal, Shopify shop, NetSuite account). The pipeline is the template; a
+//! connection brings its own id (chosen by the user's app), credentials,
+//! params and state (`active`, `paused`, `needs_reauth`, or `removed`).
+//!
+//! A pipeline opts in with `[connections]`. Its connections are kept by a
+//! [`store::Store`] (one file per pipeline, replaced atomically and fsynced
+//! before any answer), with credentials sealed ([`seal`]) under
+//! `TRIBUTARY_SECRET_KEY`. They are managed at run time through the admin
+//! API (`/api/pipelines/{pipeline}/connections…`) and `tributary
+//! connections`. No answer, log line or error holds a credential value: only
+//! field names leave the store unsealed, and only [`store::Store::credentials`]
+//! opens them.
+//!
+//! What a connection's source is given ([`Fields`]): per-user auth fields are
+//! named like the auth's keys without `_env` (bearer `token`; basic
+//! `username`, `password`; api_key `key`; oauth2 `refresh_token`, and
+//! optionally `access_token` and `expires_at`; oauth1 `token`,
+//! `token_secret`), and app-level ones may be overridden (oauth2
+//! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`;
+//! a webhook's `verify_secret`).
+
+pub mod seal;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::spec::{AuthSpec, SourceSpec};
+
+/// A connection's credentials, by field name.
+pub type Credentials = BTreeMap<String, String>;
+
+/// A connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Runs on schedule; its webhooks are stored.
+    Active,
+    /// Does not run; its webhooks are still stored (resuming loses nothing).
+    Paused,
+    /// Its credentials were refused; it does not run until they are replaced.
+    NeedsReauth,
+    /// Removed: its webhook URL answers 410 Gone.
+    Removed,
+}
+
+/// The credential fields a pipeline's connections take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// Every connection must give these.
+    pub required: Vec<String>,
+    /// A connection may give these.
+    pub optional: Vec<String>,
+}
+
+impl Fields {
+    /// The fields `source` takes from each connection.
+    pub fn of(source: &SourceSpec) -> Fields {
+        let (required, optional): (&[&str], &[&str]) = match source {
+            SourceSpec::Webhook(_) => (&[], &["verify_secret"]),
+            SourceSpec::Poll(p) => match &p.auth {
+                AuthSpec::None => (&[], &[]),
+                AuthSpec::Bearer { .. } => (&["token"], &[]),
+                AuthSpec::Basic { .. } => (&["username", "password"], &[]),
+                AuthSpec::ApiKey { .. } => (&["key"], &[]),
+                AuthSpec::Oauth2 { .. } => (
+                    &["refresh_token"],
+                    &["access_token", "expires_at", "client_id", "client_secret"],
+                ),
+                AuthSpec::Oauth1 { .. } => (
+                    &["token", "token_secret"],
+                    &["consumer_key", "consumer_secret"],
+                ),
+            },
+        };
+        Fields {
+            required: required.iter().map(|s| s.to_string()).collect(),
+            optional: optional.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Checks that `credentials` give every required field (when `whole`)
+    /// and no unknown one, and no empty value; names fields, never values.
+    pub fn check(&self, credentials: &Credentials, whole: bool) -> Result<(), store::StoreError> {
+        let mut problems = Vec::new();
+        let missing: Vec<&str> = self
+            .required
+            .iter()
+            .filter(|f| whole && !credentials.contains_key(*f))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("missing credential fields: {}", missing.join(", ")));
+        }
+        let unknown: Vec<String> = credentials
+            .keys()
+            .filter(|k| !self.required.contains(k) && !self.optional.contains(k))
+            .map(|k| printable(k))
+            .collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = self
+                .required
+                .iter()
+                .chain(&self.optional)
+                .map(String::as_str)
+                .collect();
+            problems.push(format!(
+                "unknown credential fields: {}; this pipeline's connections take {}",
+                unknown.join(", "),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        let empty: Vec<&str> = credentials
+            .iter()
+            .filter(|(k, v)| v.is_empty() && self.required.contains(k))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !empty.is_empty() {
+            problems.push(format!("empty credential fields: {}", empty.join(", ")));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(store::StoreError::Invalid(problems.join("; ")))
+        }
+    }
+}
+
+/// Whether `id` may name a connection: `[A-Za-z0-9._-]{1,128}`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `text` cut to 64 characters with control characters escaped, for messages.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().take(64).flat_map(char::escape_debug).collect()
+}

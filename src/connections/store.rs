@@ -1,0 +1,555 @@
+//! A pipeline's connections on disk: `<data_dir>/<pipeline>/connections.json`,
+//! replaced whole on every change (written to a temporary file, fsynced,
+//! renamed over the old one, the directory fsynced), so a crash leaves the
+//! old file or the new one, never a mix. An answer to a change is given only
+//! after that.
+//!
+//! Credentials are stored sealed ([`super::seal`]), bound to
+//! `<pipeline>/<id>`; nothing else in the file is secret. A removed
+//! connection stays as a tombstone without credentials, so its webhook URL
+//! can answer 410 Gone and its id is not taken again by mistake.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::seal::{Keys, SealError};
+use super::{Credentials, Fields, State};
+
+/// The store's file, under the pipeline's data directory.
+pub const FILE: &str = "connections.json";
+
+/// Why a connection could not be stored or found.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection has the id.
+    #[error("pipeline {pipeline} has no connection {id}")]
+    NotFound {
+        /// The pipeline.
+        pipeline: String,
+        /// The id.
+        id: String,
+    },
+    /// The connection was removed.
+    #[error("connection {id} of pipeline {pipeline} was removed")]
+    Removed {
+        /// The pipeline.
+        pipeline: String,
+        /// The id.
+        id: String,
+    },
+    /// The id is taken.
+    #[error("pipeline {pipeline} already has a connection {id}; change it with PATCH, or remove it first")]
+    Exists {
+        /// The pipeline.
+        pipeline: String,
+        /// The id.
+        id: String,
+    },
+    /// The request is not a valid connection; what is wrong and the fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// Sealing or opening credentials failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The file could not be read or written.
+    #[error("connections file {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not one tributary wrote.
+    #[error(
+        "connections file {path} is not one tributary wrote ({message}); restore it from a backup"
+    )]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What serde said.
+        message: String,
+    },
+}
+
+/// One connection as the file holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    state: State,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    /// The names of its credential fields (never their values).
+    #[serde(default)]
+    credential_fields: Vec<String>,
+    /// The credentials, sealed; none once removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    connections: Vec<Stored>,
+}
+
+/// A connection as the admin API shows it: no credential values.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct View {
+    /// Its id.
+    pub id: String,
+    /// `active`, `paused`, `needs_reauth` or `removed`.
+    pub state: State,
+    /// Its params.
+    pub params: BTreeMap<String, String>,
+    /// The names of its credential fields.
+    pub credential_fields: Vec<String>,
+    /// When it was added (RFC 3339, UTC).
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+impl From<&Stored> for View {
+    fn from(s: &Stored) -> Self {
+        View {
+            id: s.id.clone(),
+            state: s.state,
+            params: s.params.clone(),
+            credential_fields: s.credential_fields.clone(),
+            created_at: s.created_at.clone(),
+            updated_at: s.updated_at.clone(),
+        }
+    }
+}
+
+/// A new connection, as the admin API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct New {
+    /// Its id (`[A-Za-z0-9._-]{1,128}`).
+    pub id: String,
+    /// Its credentials, by field name.
+    #[serde(default)]
+    pub credentials: Credentials,
+    /// Its params, by name.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// A change to a connection, as the admin API takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    /// `active` or `paused`.
+    pub state: Option<State>,
+    /// New credentials (all fields; a connection in `needs_reauth` becomes `active`).
+    pub credentials: Option<Credentials>,
+    /// New params (all of them).
+    pub params: Option<BTreeMap<String, String>>,
+}
+
+/// One pipeline's connections.
+pub struct Store {
+    pipeline: String,
+    path: PathBuf,
+    keys: Arc<Keys>,
+    fields: Fields,
+    connections: Mutex<BTreeMap<String, Stored>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pipeline", &self.pipeline)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The connections of `pipeline` kept in `dir` (created if missing),
+    /// sealed with `keys`; `fields` are the credential fields its source takes.
+    pub fn open(
+        dir: &Path,
+        pipeline: &str,
+        keys: Arc<Keys>,
+        fields: Fields,
+    ) -> Result<Store, StoreError> {
+        let path = dir.join(FILE);
+        let io_error = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_error)?;
+        let file: File = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => File::default(),
+            Err(e) => return Err(io_error(e)),
+        };
+        Ok(Store {
+            pipeline: pipeline.to_string(),
+            keys,
+            fields,
+            connections: Mutex::new(
+                file.connections
+                    .into_iter()
+                    .map(|c| (c.id.clone(), c))
+                    .collect(),
+            ),
+            path,
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The credential fields this pipeline's connections take.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// Every connection not removed, by id.
+    pub fn list(&self) -> Vec<View> {
+        let connections = self.lock();
+        connections
+            .values()
+            .filter(|c| c.state != State::Removed)
+            .map(View::from)
+            .collect()
+    }
+
+    /// The connection `id`: removed ones too (their state says so).
+    pub fn get(&self, id: &str) -> Result<View, StoreError> {
+        let connections = self.lock();
+        connections
+            .get(id)
+            .map(View::from)
+            .ok_or_else(|| self.not_found(id))
+    }
+
+    /// Adds `new`, durably.
+    pub fn add(&self, new: New) -> Result<View, StoreError> {
+        if !super::valid_id(&new.id) {
+            return Err(StoreError::Invalid(format!(
+                "\"{}\" is not a connection id: use 1 to 128 letters, digits, '.', '_' or '-' (e.g. your customer's id)",
+                super::printable(&new.id)
+            )));
+        }
+        self.fields.check(&new.credentials, true)?;
+        let mut connections = self.lock();
+        if connections.contains_key(&new.id) {
+            return Err(StoreError::Exists {
+                pipeline: self.pipeline.clone(),
+                id: new.id,
+            });
+        }
+        let now = now();
+        let stored = Stored {
+            credentials: Some(self.seal(&new.id, &new.credentials)?),
+            credential_fields: new.credentials.keys().cloned().collect(),
+            id: new.id.clone(),
+            state: State::Active,
+            params: new.params,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let view = View::from(&stored);
+        let mut next = connections.clone();
+        next.insert(new.id, stored);
+        self.write(&next)?;
+        *connections = next;
+        Ok(view)
+    }
+
+    /// Changes the connection `id` as `patch` says, durably.
+    pub fn patch(&self, id: &str, patch: Patch) -> Result<View, StoreError> {
+        if patch.state == Some(State::Removed) || patch.state == Some(State::NeedsReauth) {
+            return Err(StoreError::Invalid(
+                "state may be set to \"active\" or \"paused\"; remove a connection with DELETE, and new credentials end needs_reauth".into(),
+            ));
+        }
+        if let Some(credentials) = &patch.credentials {
+            self.fields.check(credentials, true)?;
+        }
+        let mut connections = self.lock();
+        let mut next = connections.clone();
+        let stored = self.live(&mut next, id)?;
+        if let Some(credentials) = &patch.credentials {
+            stored.credentials = Some(self.seal(id, credentials)?);
+            stored.credential_fields = credentials.keys().cloned().collect();
+            if stored.state == State::NeedsReauth {
+                stored.state = State::Active;
+            }
+        }
+        if let Some(params) = patch.params {
+            stored.params = params;
+        }
+        if let Some(state) = patch.state {
+            stored.state = state;
+        }
+        stored.updated_at = now();
+        let view = View::from(&*stored);
+        self.write(&next)?;
+        *connections = next;
+        Ok(view)
+    }
+
+    /// Removes the connection `id`: its credentials are dropped, a tombstone stays.
+    pub fn remove(&self, id: &str) -> Result<View, StoreError> {
+        let mut connections = self.lock();
+        let mut next = connections.clone();
+        let stored = self.live(&mut next, id)?;
+        stored.state = State::Removed;
+        stored.credentials = None;
+        stored.credential_fields.clear();
+        stored.updated_at = now();
+        let view = View::from(&*stored);
+        self.write(&next)?;
+        *connections = next;
+        Ok(view)
+    }
+
+    /// The credentials of connection `id`, opened.
+    pub fn credentials(&self, id: &str) -> Result<Credentials, StoreError> {
+        let sealed = {
+            let mut connections = self.lock();
+            let stored = self.live(&mut connections, id)?;
+            stored.credentials.clone().unwrap_or_default()
+        };
+        let plain = self.keys.open(&sealed, &context(&self.pipeline, id))?;
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Seals every connection's credentials again under the current key;
+    /// returns how many were sealed under another one.
+    pub fn rekey(&self) -> Result<usize, StoreError> {
+        let mut connections = self.lock();
+        let mut next = connections.clone();
+        let mut changed = 0;
+        for stored in next.values_mut() {
+            let Some(sealed) = &stored.credentials else {
+                continue;
+            };
+            if Keys::key_of(sealed) == Some(self.keys.current_id()) {
+                continue;
+            }
+            let context = context(&self.pipeline, &stored.id);
+            let plain = self.keys.open(sealed, &context)?;
+            stored.credentials = Some(self.keys.seal(&plain, &context)?);
+            changed += 1;
+        }
+        if changed > 0 {
+            self.write(&next)?;
+            *connections = next;
+        }
+        Ok(changed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Stored>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn not_found(&self, id: &str) -> StoreError {
+        StoreError::NotFound {
+            pipeline: self.pipeline.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// The connection `id` in `connections`, if it is not removed.
+    fn live<'a>(
+        &self,
+        connections: &'a mut BTreeMap<String, Stored>,
+        id: &str,
+    ) -> Result<&'a mut Stored, StoreError> {
+        match connections.get_mut(id) {
+            None => Err(self.not_found(id)),
+            Some(s) if s.state == State::Removed => Err(StoreError::Removed {
+                pipeline: self.pipeline.clone(),
+                id: id.to_string(),
+            }),
+            Some(s) => Ok(s),
+        }
+    }
+
+    fn seal(&self, id: &str, credentials: &Credentials) -> Result<String, StoreError> {
+        let plain = serde_json::to_vec(credentials).expect("a map of strings serialises");
+        Ok(self.keys.seal(&plain, &context(&self.pipeline, id))?)
+    }
+
+    /// Replaces the file with `connections`: temporary file, fsync, rename, directory fsync.
+    fn write(&self, connections: &BTreeMap<String, Stored>) -> Result<(), StoreError> {
+        let io_error = |source| StoreError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let file = File {
+            version: 1,
+            connections: connections.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("the file serialises");
+        let tmp = self.path.with_extension("json.tmp");
+        let mut out = fs::File::create(&tmp).map_err(io_error)?;
+        out.write_all(&bytes).map_err(io_error)?;
+        out.sync_all().map_err(io_error)?;
+        drop(out);
+        fs::rename(&tmp, &self.path).map_err(io_error)?;
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a connection's sealed credentials are bound to.
+fn context(pipeline: &str, id: &str) -> String {
+    format!("{pipeline}/{id}")
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        let keys = Keys::new(&KEY, "").unwrap();
+        Store::open(
+            dir,
+            "crm",
+            Arc::new(keys),
+            Fields {
+                required: vec!["token".into()],
+                optional: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn new(id: &str, token: &str) -> New {
+        New {
+            id: id.into(),
+            credentials: [("token".to_string(), token.to_string())].into(),
+            params: [("shop".to_string(), "acme".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn connections_survive_a_reopen_with_their_credentials_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.add(new("acme", "tok-acme-123")).unwrap();
+        s.add(new("globex", "tok-globex-456")).unwrap();
+        assert!(matches!(
+            s.add(new("acme", "x")),
+            Err(StoreError::Exists { .. })
+        ));
+        s.patch(
+            "globex",
+            Patch {
+                state: Some(State::Paused),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        drop(s);
+        let bytes = fs::read(dir.path().join(FILE)).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("tok-acme-123") && !text.contains("tok-globex-456"),
+            "{text}"
+        );
+        let s = store(dir.path());
+        let ids: Vec<_> = s.list().into_iter().map(|v| (v.id, v.state)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("acme".into(), State::Active),
+                ("globex".into(), State::Paused)
+            ]
+        );
+        assert_eq!(s.credentials("acme").unwrap()["token"], "tok-acme-123");
+        assert_eq!(s.get("acme").unwrap().credential_fields, vec!["token"]);
+    }
+
+    #[test]
+    fn a_removed_connection_keeps_a_tombstone_without_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.add(new("acme", "tok-acme-123")).unwrap();
+        s.remove("acme").unwrap();
+        assert!(s.list().is_empty());
+        assert_eq!(s.get("acme").unwrap().state, State::Removed);
+        assert!(matches!(
+            s.credentials("acme"),
+            Err(StoreError::Removed { .. })
+        ));
+        assert!(matches!(s.remove("acme"), Err(StoreError::Removed { .. })));
+        assert!(matches!(s.get("nope"), Err(StoreError::NotFound { .. })));
+        let text = fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(!text.contains("\"credentials\""), "{text}");
+    }
+
+    #[test]
+    fn bad_ids_and_credentials_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let e = s.add(new("a b", "t")).unwrap_err().to_string();
+        assert!(e.contains("not a connection id"), "{e}");
+        let mut missing = new("acme", "t");
+        missing.credentials.clear();
+        let e = s.add(missing).unwrap_err().to_string();
+        assert!(e.contains("token"), "{e}");
+        let mut unknown = new("acme", "t");
+        unknown
+            .credentials
+            .insert("tokne".into(), "v-secret".into());
+        let e = s.add(unknown).unwrap_err().to_string();
+        assert!(e.contains("tokne") && !e.contains("v-secret"), "{e}");
+    }
+
+    #[test]
+    fn rekey_seals_again_under_the_current_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.add(new("acme", "tok-acme-123")).unwrap();
+        drop(s);
+        let newer = Keys::generate().unwrap();
+        let keys = Arc::new(Keys::new(&newer, KEY).unwrap());
+        let fields = Fields {
+            required: vec!["token".into()],
+            optional: vec![],
+        };
+        let s = Store::open(dir.path(), "crm", keys, fields.clone()).unwrap();
+        assert_eq!(s.rekey().unwrap(), 1);
+        assert_eq!(s.rekey().unwrap(), 0);
+        drop(s);
+        let only_new = Arc::new(Keys::new(&newer, "").unwrap());
+        let s = Store::open(dir.path(), "crm", only_new, fields).unwrap();
+        assert_eq!(s.credentials("acme").unwrap()["token"], "tok-acme-123");
+    }
+}
