@@ -57,6 +57,10 @@ pub struct Event {
     /// kept with the event because the body does not carry it; at most
     /// [`MAX_TOPIC_BYTES`].
     pub topic: Option<Arc<str>>,
+    /// The connection (end-user account) it came from, in a pipeline with
+    /// `[connections]`: `_connection` in its row. On a poll-state record,
+    /// the connection whose cursor it holds.
+    pub connection: Option<Arc<str>>,
 }
 
 impl Event {
@@ -68,7 +72,14 @@ impl Event {
             kind: RecordKind::Event,
             payload,
             topic: None,
+            connection: None,
         }
+    }
+
+    /// This record tagged with the connection it came from.
+    pub fn with_connection(mut self, connection: Option<&Arc<str>>) -> Self {
+        self.connection = connection.cloned();
+        self
     }
 
     /// This event with the routing value `topic` (cut to [`MAX_TOPIC_BYTES`]
@@ -88,6 +99,7 @@ impl Event {
             kind,
             payload,
             topic: None,
+            connection: None,
         }
     }
 
@@ -158,6 +170,9 @@ struct Replayed<'a> {
     /// The routing value the event was received with, if any.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     topic: Option<Cow<'a, str>>,
+    /// The connection the event came from, if any.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    connection: Option<Cow<'a, str>>,
 }
 
 /// The log record that replays `event` (raw JSON) to `sinks`; `record` is
@@ -167,7 +182,7 @@ pub fn wrap(
     id: Uuid,
     received_at_us: i64,
     event: &RawValue,
-    topic: Option<&str>,
+    (topic, connection): (Option<&str>, Option<&str>),
     sinks: &[&str],
 ) -> Event {
     let envelope = Envelope {
@@ -177,6 +192,7 @@ pub fn wrap(
             received_at_us,
             event,
             topic: topic.map(Cow::Borrowed),
+            connection: connection.map(Cow::Borrowed),
         },
     };
     let payload = serde_json::to_vec(&envelope).expect("an envelope serialises");
@@ -216,6 +232,10 @@ pub fn unwrap_for(sink: &str, event: Event) -> Event {
                 .replay
                 .topic
                 .map(|t| std::sync::Arc::from(t.as_ref())),
+            connection: envelope
+                .replay
+                .connection
+                .map(|c| std::sync::Arc::from(c.as_ref())),
         },
         Ok(_) => event,
         Err(e) => {
@@ -235,7 +255,7 @@ mod tests {
             serde_json::from_str(r#"{"customers": {"id": 7, "note": "ü"}}"#).unwrap();
         let id = Uuid::now_v7();
         let own = record_id("dl-1.parquet", "delta", id);
-        let record = wrap(own, id, 42, raw, Some("push"), &["delta"]);
+        let record = wrap(own, id, 42, raw, (Some("push"), Some("acme")), &["delta"]);
         assert!(record.is_state() && record.is_replay());
         assert_eq!(record.id, own, "the record carries its own id");
         let other = unwrap_for("parquet", record.clone());
@@ -249,6 +269,11 @@ mod tests {
             "the original bytes"
         );
         assert_eq!(mine.topic.as_deref(), Some("push"), "and its routing value");
+        assert_eq!(
+            mine.connection.as_deref(),
+            Some("acme"),
+            "and its connection"
+        );
         // Plain events and other state records pass through.
         let plain = Event::new(Bytes::from_static(b"{}"));
         assert_eq!(unwrap_for("delta", plain.clone()), plain);

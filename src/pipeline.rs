@@ -100,7 +100,7 @@ pub enum RunError {
     )]
     NotPolled(String),
     /// `tributary poll` of a connections pipeline.
-    #[error("pipeline {0} takes connections, and polling each connection is not built yet")]
+    #[error("pipeline {0} takes connections: `tributary run` polls each of them on schedule; `tributary poll` of one connection is not built yet")]
     PollConnections(String),
     /// `tributary poll` with the log on JetStream.
     #[error(
@@ -212,6 +212,11 @@ pub async fn build(
         pipeline: spec.name.clone(),
         source,
     })?;
+    let store = connections(spec, &dir)?;
+    let mut source = source;
+    if let crate::source::Source::Webhook { route, .. } = &mut source.source {
+        route.connections = store.clone();
+    }
     let view = PipelineView {
         name: spec.name.clone(),
         source: spec.source.kind().type_tag(),
@@ -225,10 +230,12 @@ pub async fn build(
         dedupe: source.dedupe.clone(),
         cluster: None,
         poll: match &source.source {
+            // A connections pipeline's runs are each connection's (its API entry).
+            crate::source::Source::Poll(_) if spec.connections.is_some() => None,
             crate::source::Source::Poll(poller) => Some(poller.health()),
             crate::source::Source::Webhook { .. } => None,
         },
-        connections: connections(spec, &dir)?,
+        connections: store,
     };
     Ok(Built {
         source,
@@ -343,7 +350,8 @@ fn encoder_and_dead_letters(
 ) -> Result<(Arc<Encoder>, Storage), RunError> {
     let encoder = Arc::new(
         Encoder::new(spec.schema.clone(), &spec.record_path, &spec.source.label())
-            .inferring(spec.infer_schema),
+            .inferring(spec.infer_schema)
+            .with_connections(spec.connections.is_some()),
     );
     let dead_letters_at = global.lake.join("_dead_letters").join(&spec.name);
     let dead_letters = Storage::new(&dead_letters_at, &Default::default()).map_err(|source| {
@@ -566,6 +574,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         };
         let built = build(spec, &config.global, &shutdown, floor, cluster.as_ref()).await?;
         units.extend(built.units);
+        let connections = match (&built.view.connections, &spec.source) {
+            (Some(store), SourceSpec::Poll(poll)) => Some(crate::connections::polling::Runner {
+                pipeline: spec.clone(),
+                spec: (**poll).clone(),
+                store: store.clone(),
+                appender: built.view.appender.clone(),
+                log: built.view.log.clone(),
+                dir: config.global.data_dir.join(&spec.name),
+                stop: shutdown.stop.clone(),
+            }),
+            _ => None,
+        };
         views.push(built.view);
         if let (Some(cluster), Some(leader)) = (&cluster, built.poll_leader) {
             shutdown.tasks.spawn(crate::cluster::poll::lead(
@@ -575,15 +595,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             ));
         }
         match built.source.source {
-            // Connections are managed, but their polls and webhooks are not built yet.
-            _ if spec.connections.is_some() => {
-                error!(pipeline = %spec.name, "This pipeline takes connections: they can be added, listed, paused and removed through the admin API, but polling each connection and its webhooks are not built yet, so its source does not run.");
-            }
             crate::source::Source::Webhook { path, route } => {
                 routes.insert(path, *route);
             }
             // On JetStream the poll leader runs its own poller.
             crate::source::Source::Poll(_) if cluster.is_some() => {}
+            // One poller per connection instead of the pipeline's own.
+            crate::source::Source::Poll(_) if connections.is_some() => {
+                if let Some(runner) = connections {
+                    shutdown.tasks.spawn(runner.run());
+                }
+            }
             // It ends on shutdown, dropping its appender, which closes the log.
             crate::source::Source::Poll(poller) => {
                 shutdown.tasks.spawn(poller.run_forever());

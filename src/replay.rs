@@ -240,6 +240,8 @@ fn select(
     };
     // Written since routing: the header value the event came with.
     let topics = column("topic");
+    // Written since connections: the connection the event came from.
+    let connections = column("connection");
     let mut events = Vec::new();
     let mut mask = Vec::with_capacity(batch.num_rows());
     let mut problems = Vec::new();
@@ -268,8 +270,11 @@ fn select(
         match parsed {
             Ok((id, raw)) => {
                 let topic = topics.filter(|t| t.is_valid(row)).map(|t| t.value(row));
+                let connection = connections
+                    .filter(|c| c.is_valid(row))
+                    .map(|c| c.value(row));
                 let record = record_id(file, sink, id);
-                events.push(wrap(record, id, at, raw, topic, &[sink]));
+                events.push(wrap(record, id, at, raw, (topic, connection), &[sink]));
                 mask.push(true);
             }
             Err(e) => {

@@ -17,7 +17,17 @@ use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use serde_json::{Map, Value};
 
 /// Names of the metadata columns every row carries, in table order.
-pub const METADATA_COLUMNS: [&str; 4] = ["_event_id", "_received_at", "_received_date", "_source"];
+pub const METADATA_COLUMNS: [&str; 5] = [
+    "_event_id",
+    "_received_at",
+    "_received_date",
+    "_source",
+    "_connection",
+];
+
+/// The metadata column of a `[connections]` pipeline that names the
+/// connection (end-user account) each row came from.
+pub const CONNECTION_COLUMN: &str = METADATA_COLUMNS[4];
 
 /// The JSON Schema type names besides `null`.
 const TYPES: [&str; 6] = ["string", "integer", "number", "boolean", "object", "array"];
@@ -89,9 +99,10 @@ pub fn from_json_schema(doc: &Value) -> Result<Schema, Vec<SchemaError>> {
     }
 }
 
-/// The Arrow fields of the metadata columns.
-pub fn metadata_fields() -> Vec<Field> {
-    vec![
+/// The Arrow fields of the metadata columns; `_connection` only in a
+/// pipeline with `[connections]`.
+pub fn metadata_fields(connections: bool) -> Vec<Field> {
+    let mut fields = vec![
         Field::new("_event_id", DataType::Utf8, false),
         Field::new(
             "_received_at",
@@ -100,12 +111,16 @@ pub fn metadata_fields() -> Vec<Field> {
         ),
         Field::new("_received_date", DataType::Date32, false),
         Field::new("_source", DataType::Utf8, false),
-    ]
+    ];
+    if connections {
+        fields.push(Field::new(CONNECTION_COLUMN, DataType::Utf8, false));
+    }
+    fields
 }
 
 /// The full table schema: metadata columns first, then the record columns.
-pub fn table_schema(record: &Schema) -> Schema {
-    let mut fields = metadata_fields();
+pub fn table_schema(record: &Schema, connections: bool) -> Schema {
+    let mut fields = metadata_fields(connections);
     fields.extend(record.fields().iter().map(|f| f.as_ref().clone()));
     Schema::new(fields)
 }
@@ -487,7 +502,7 @@ mod tests {
     #[test]
     fn table_schema_puts_metadata_first() {
         let record = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
-        let names: Vec<String> = table_schema(&record)
+        let names: Vec<String> = table_schema(&record, false)
             .fields()
             .iter()
             .map(|f| f.name().clone())

@@ -6,6 +6,7 @@
 //! replicated one) implements [`LogStore`], [`LogRead`] and [`LogAppend`]
 //! and hands out these handles, and no source or sink changes.
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -56,6 +57,12 @@ pub trait LogStore: Send + Sync {
     fn end(&self) -> u64;
     /// The newest poll-state record and its offset, if the log holds one.
     fn last_state(&self) -> io::Result<Option<(u64, Bytes)>>;
+    /// The newest poll-state record of each connection the log holds, with
+    /// its offset (a `[connections]` pipeline; none on a log that keeps no
+    /// connections). Reads every segment: asked once, at start.
+    fn connection_states(&self) -> io::Result<HashMap<Arc<str>, (u64, Bytes)>> {
+        Ok(HashMap::new())
+    }
     /// The recorded progress of `sink`.
     fn sink_state(&self, sink: &str) -> SinkState;
     /// Records that `sink` is about to write `range` (see [`super::ledger`]).
@@ -163,6 +170,11 @@ impl Log {
     /// The newest poll-state record and its offset, if any.
     pub fn last_state(&self) -> io::Result<Option<(u64, Bytes)>> {
         self.0.last_state()
+    }
+
+    /// The newest poll-state record of each connection, with its offset.
+    pub fn connection_states(&self) -> io::Result<HashMap<Arc<str>, (u64, Bytes)>> {
+        self.0.connection_states()
     }
 
     /// The recorded progress of `sink`.

@@ -218,7 +218,7 @@ pub fn open(options: Options) -> io::Result<(Appender, Log)> {
         end = end.max(floor);
         create_segment(&log_dir, end)?;
         bases.push(end);
-    } else if tail.format != segment::Format::V3 {
+    } else if tail.format != segment::Format::V4 {
         // Appends go on in the current format, in a segment of their own.
         if tail.last_records == 0 {
             let empty = bases.pop().expect("a last segment");
@@ -326,6 +326,33 @@ impl LogStore for FileLog {
 
     fn last_state(&self) -> io::Result<Option<(u64, bytes::Bytes)>> {
         FileLog::last_state(self)
+    }
+
+    fn connection_states(
+        &self,
+    ) -> io::Result<std::collections::HashMap<Arc<str>, (u64, bytes::Bytes)>> {
+        let segments = self
+            .shared
+            .segments
+            .lock()
+            .expect("segment list lock")
+            .clone();
+        let mut states = std::collections::HashMap::new();
+        for base in segments {
+            let scan = match segment::scan(&segment::path(&self.shared.log_dir, base)) {
+                Ok(scan) => scan,
+                // Deleted meanwhile: every consumer had passed it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // Only appends that ended (what recovery keeps).
+            for (connection, (index, payload)) in scan.connection_states {
+                if index < scan.whole.0 {
+                    states.insert(connection, (base + index, payload));
+                }
+            }
+        }
+        Ok(states)
     }
 
     fn sink_state(&self, sink: &str) -> SinkState {

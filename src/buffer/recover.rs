@@ -71,7 +71,7 @@ pub(super) fn tail(log_dir: &Path, bases: &[u64]) -> io::Result<Tail> {
         return Ok(Tail {
             end: 0,
             poll_state: None,
-            format: segment::Format::V3,
+            format: segment::Format::V4,
             last_records: 0,
         });
     };

@@ -5,16 +5,20 @@
 //! `{base:020}.log`, and holds:
 //!
 //! ```text
-//! magic "TRBLOG\0\x03" (8 bytes)
+//! magic "TRBLOG\0\x04" (8 bytes)
 //! record*: len u32 LE | crc32c u32 LE | body (len bytes)
 //! body:    flags u8 | event id (16 bytes, UUID) | received_at µs i64 LE
-//!          | topic len u8 | topic (UTF-8) | payload (JSON bytes)
+//!          | topic len u8 | topic (UTF-8) | connection len u8
+//!          | connection (UTF-8) | payload (JSON bytes)
 //! flags:   bits 0-6 the record's kind (RecordKind), bit 7 set on the last record of its append
 //! ```
 //!
 //! The topic is the routing value a request header gave (`[route] header`),
-//! empty when there is none. Format 2 (`TRBLOG\0\x02`, no topic) is read too
-//! and, like format 1, continued in a new segment.
+//! empty when there is none; the connection is the end-user account the event
+//! came from in a pipeline with `[connections]` (at most 128 bytes), empty
+//! otherwise. Formats 3 (`TRBLOG\0\x03`, no connection) and 2
+//! (`TRBLOG\0\x02`, no topic) are read too and, like format 1, continued in
+//! a new segment.
 //!
 //! Every record says on disk what it is and whether its append ended with it,
 //! so recovery cuts a torn append whole (a power cut can keep part of one
@@ -39,7 +43,9 @@ use uuid::Uuid;
 use crate::event::{Event, RecordKind, DEDUPE_PREFIX, REPLAY_PREFIX};
 
 /// Identifies a tributary log segment and its format version (the one written).
-pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x03";
+pub const MAGIC: [u8; 8] = *b"TRBLOG\0\x04";
+/// Format 3: records without a connection (read, never written).
+const MAGIC_V3: [u8; 8] = *b"TRBLOG\0\x03";
 /// Format 2: records without a topic (read, never written).
 const MAGIC_V2: [u8; 8] = *b"TRBLOG\0\x02";
 /// Format 1: records without a flags byte (read, never written).
@@ -50,6 +56,10 @@ pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 pub const RECORD_HEADER_LEN: usize = 8;
 /// Flags + event id + received_at + topic length, before the topic.
 const BODY_FIXED_LEN: usize = 26;
+/// The fixed part in format 4: that, and the connection's length.
+const BODY_FIXED_LEN_V4: usize = BODY_FIXED_LEN + 1;
+/// Longest connection id kept with an event.
+const MAX_CONNECTION_BYTES: usize = 128;
 /// Flags + event id + received_at, before the payload, in format 2.
 const BODY_FIXED_LEN_V2: usize = 25;
 /// Event id + received_at, before the payload, in format 1.
@@ -59,7 +69,10 @@ const END_OF_APPEND: u8 = 0x80;
 // A record's body must stay within MAX_BODY_LEN, or a reader would take it
 // for corruption.
 const _: () = assert!(
-    crate::event::MAX_PAYLOAD_BYTES + BODY_FIXED_LEN + crate::event::MAX_TOPIC_BYTES
+    crate::event::MAX_PAYLOAD_BYTES
+        + BODY_FIXED_LEN_V4
+        + crate::event::MAX_TOPIC_BYTES
+        + MAX_CONNECTION_BYTES
         <= MAX_BODY_LEN as usize
 );
 /// Largest body accepted when reading; anything larger is corruption.
@@ -90,8 +103,10 @@ pub enum Format {
     V1,
     /// Records that carry their kind and the end of their append.
     V2,
-    /// Records that also carry a topic (the one written).
+    /// Records that also carry a topic.
     V3,
+    /// Records that also carry a connection (the one written).
+    V4,
 }
 
 impl Format {
@@ -100,6 +115,7 @@ impl Format {
             Format::V1 => BODY_FIXED_LEN_V1,
             Format::V2 => BODY_FIXED_LEN_V2,
             Format::V3 => BODY_FIXED_LEN,
+            Format::V4 => BODY_FIXED_LEN_V4,
         }
     }
 }
@@ -110,6 +126,8 @@ fn read_magic(r: &mut impl Read, path: &Path) -> io::Result<Format> {
     let format = if !read_exact_or_eof(r, &mut magic)? {
         None
     } else if magic == MAGIC {
+        Some(Format::V4)
+    } else if magic == MAGIC_V3 {
         Some(Format::V3)
     } else if magic == MAGIC_V2 {
         Some(Format::V2)
@@ -134,7 +152,10 @@ fn read_magic(r: &mut impl Read, path: &Path) -> io::Result<Format> {
 pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
     let topic = event.topic.as_deref().unwrap_or("").as_bytes();
     let topic = &topic[..topic.len().min(crate::event::MAX_TOPIC_BYTES)];
-    let body_len = BODY_FIXED_LEN + topic.len() + event.payload.len();
+    // Connection ids are checked to be at most 128 ASCII bytes when added.
+    let connection = event.connection.as_deref().unwrap_or("").as_bytes();
+    let connection = &connection[..connection.len().min(MAX_CONNECTION_BYTES)];
+    let body_len = BODY_FIXED_LEN_V4 + topic.len() + connection.len() + event.payload.len();
     let start = out.len();
     out.reserve(RECORD_HEADER_LEN + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -145,6 +166,8 @@ pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&event.received_at_us.to_le_bytes());
     out.push(topic.len() as u8);
     out.extend_from_slice(topic);
+    out.push(connection.len() as u8);
+    out.extend_from_slice(connection);
     out.extend_from_slice(&event.payload);
     let crc = crc32c::crc32c(&out[start + RECORD_HEADER_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -155,7 +178,7 @@ pub fn encode(event: &Event, end_of_append: bool, out: &mut Vec<u8>) {
 /// kind is unknown (written by a newer version).
 fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
     let (kind, end, fixed) = match format {
-        Format::V2 | Format::V3 => (
+        Format::V2 | Format::V3 | Format::V4 => (
             RecordKind::from_byte(body[0] & !END_OF_APPEND)?,
             body[0] & END_OF_APPEND != 0,
             &body[1..BODY_FIXED_LEN_V2],
@@ -164,17 +187,26 @@ fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
     };
     let id = Uuid::from_bytes(fixed[..16].try_into().expect("16 bytes of id"));
     let received_at_us = i64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes of time"));
-    let (topic, start) = match format {
-        Format::V3 => {
-            let len = body[BODY_FIXED_LEN - 1] as usize;
-            let topic = body.get(BODY_FIXED_LEN..BODY_FIXED_LEN + len)?;
-            let topic = std::str::from_utf8(topic).ok()?;
-            (
-                (!topic.is_empty()).then(|| std::sync::Arc::from(topic)),
-                BODY_FIXED_LEN + len,
-            )
+    // A length byte and that many bytes of UTF-8 at `at`; empty is none.
+    let text = |at: usize| -> Option<(Option<std::sync::Arc<str>>, usize)> {
+        let len = *body.get(at)? as usize;
+        let text = std::str::from_utf8(body.get(at + 1..at + 1 + len)?).ok()?;
+        Some((
+            (!text.is_empty()).then(|| std::sync::Arc::from(text)),
+            at + 1 + len,
+        ))
+    };
+    let (topic, connection, start) = match format {
+        Format::V3 | Format::V4 => {
+            let (topic, next) = text(BODY_FIXED_LEN - 1)?;
+            if format == Format::V4 {
+                let (connection, next) = text(next)?;
+                (topic, connection, next)
+            } else {
+                (topic, None, next)
+            }
         }
-        _ => (None, format.fixed_len()),
+        _ => (None, None, format.fixed_len()),
     };
     let payload = Bytes::from(body).slice(start..);
     // Format 1 marked every non-event with a nil id and told them apart by payload.
@@ -190,6 +222,7 @@ fn decode_body(body: Vec<u8>, format: Format) -> Option<(Event, bool)> {
         kind,
         payload,
         topic,
+        connection,
     };
     Some((event, end))
 }
@@ -270,8 +303,11 @@ pub struct Scan {
     /// Records, and bytes from the start of the file, up to and including
     /// the last record that ended its append: what a torn append is cut to.
     pub whole: (u64, u64),
-    /// The last poll-state record: its index in the segment and its payload.
+    /// The last poll-state record of no connection: its index in the
+    /// segment and its payload.
     pub last_poll_state: Option<(u64, Bytes)>,
+    /// The last poll-state record of each connection, likewise.
+    pub connection_states: std::collections::HashMap<std::sync::Arc<str>, (u64, Bytes)>,
 }
 
 /// Scans a whole segment file, validating every record.
@@ -288,13 +324,20 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
         format,
         whole: (0, HEADER_LEN),
         last_poll_state: None,
+        connection_states: Default::default(),
     };
     loop {
         match read_record(&mut r, format)? {
             Next::Record(event, n, end) => {
                 scan.valid_len += n;
                 if event.kind == RecordKind::PollState {
-                    scan.last_poll_state = Some((scan.records, event.payload));
+                    match event.connection {
+                        None => scan.last_poll_state = Some((scan.records, event.payload)),
+                        Some(connection) => {
+                            scan.connection_states
+                                .insert(connection, (scan.records, event.payload));
+                        }
+                    }
                 }
                 scan.records += 1;
                 if end {

@@ -344,3 +344,60 @@ async fn a_log_is_full_only_while_a_consumer_is_behind() {
         "everything consumed: the active segment's bytes do not count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connections_newest_state_is_found_across_segments_and_a_torn_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: the states of one connection land in several.
+    let options = options(dir.path(), 64 << 10);
+    let state = |connection: &str, text: &str| {
+        Event::record(RecordKind::PollState, Bytes::from(text.to_string()))
+            .with_connection(Some(&Arc::from(connection)))
+    };
+    {
+        let (appender, _log) = open(options.clone()).unwrap();
+        for round in 0..40 {
+            for connection in ["acme", "globex"] {
+                let mut page: Vec<Event> = events(30, connection)
+                    .into_iter()
+                    .map(|e| e.with_connection(Some(&Arc::from(connection))))
+                    .collect();
+                page.push(state(connection, &format!("\"{connection}-{round}\"")));
+                appender.append(page).await.unwrap();
+            }
+        }
+        // The pipeline's own (untagged) state stays apart.
+        appender
+            .append(vec![state_plain("\"plain\"")])
+            .await
+            .unwrap();
+    }
+    assert!(segments(dir.path()).len() > 2, "spread over segments");
+    // A torn append of acme's next page: its state must not count.
+    let mut torn = events(1, "acme");
+    torn.push(state("acme", "\"acme-torn\""));
+    tear_append(dir.path(), &torn);
+    let (_appender, log) = open(options).unwrap();
+    let states = log.connection_states().unwrap();
+    let text = |c: &str| {
+        states
+            .get(c)
+            .map(|(_, p)| String::from_utf8_lossy(p).to_string())
+    };
+    assert_eq!(text("acme").as_deref(), Some("\"acme-39\""));
+    assert_eq!(text("globex").as_deref(), Some("\"globex-39\""));
+    assert_eq!(states.len(), 2);
+    assert_eq!(
+        log.last_state().unwrap().map(|(_, p)| p),
+        Some(Bytes::from_static(b"\"plain\""))
+    );
+    // The offsets are those of the records.
+    let (offset, _) = states["globex"].clone();
+    let record = read_all(&log, offset).await.remove(0);
+    assert_eq!(record.connection.as_deref(), Some("globex"));
+    assert_eq!(record.kind, RecordKind::PollState);
+}
+
+fn state_plain(text: &str) -> Event {
+    Event::record(RecordKind::PollState, Bytes::from(text.to_string()))
+}

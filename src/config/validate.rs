@@ -247,6 +247,7 @@ fn pipeline(
             pipeline: n,
             schema: known,
             infer: infer_schema,
+            connections: raw.connections.is_some(),
             primary_key: &primary_key,
             root,
         });

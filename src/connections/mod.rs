@@ -17,11 +17,12 @@
 //! `username`, `password`; api_key `key`; oauth2 `refresh_token`, and
 //! optionally `access_token` and `expires_at`; oauth1 `token`,
 //! `token_secret`), and app-level ones may be overridden (oauth2
-//! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`;
-//! a webhook's `verify_secret`).
+//! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`).
 
+pub mod polling;
 pub mod seal;
 pub mod store;
+pub mod template;
 
 use std::collections::BTreeMap;
 
@@ -53,13 +54,16 @@ pub struct Fields {
     pub required: Vec<String>,
     /// A connection may give these.
     pub optional: Vec<String>,
+    /// The params its source's templates use: every connection gives them.
+    pub params: Vec<String>,
 }
 
 impl Fields {
     /// The fields `source` takes from each connection.
     pub fn of(source: &SourceSpec) -> Fields {
         let (required, optional): (&[&str], &[&str]) = match source {
-            SourceSpec::Webhook(_) => (&[], &["verify_secret"]),
+            // A per-connection verify secret is not built yet: none taken.
+            SourceSpec::Webhook(_) => (&[], &[]),
             SourceSpec::Poll(p) => match &p.auth {
                 AuthSpec::None => (&[], &[]),
                 AuthSpec::Bearer { .. } => (&["token"], &[]),
@@ -75,9 +79,42 @@ impl Fields {
                 ),
             },
         };
+        let mut params = Vec::new();
+        if let SourceSpec::Poll(p) = source {
+            let mut texts: Vec<String> = p.url_template.iter().cloned().collect();
+            texts.extend(p.query.iter().map(|(_, v)| v.clone()));
+            texts.extend(p.headers.iter().map(|(_, v)| v.clone()));
+            texts.extend(p.body.iter().map(|b| b.to_string()));
+            for text in texts {
+                for name in template::params(&text) {
+                    if !params.contains(&name) {
+                        params.push(name);
+                    }
+                }
+            }
+        }
         Fields {
             required: required.iter().map(|s| s.to_string()).collect(),
             optional: optional.iter().map(|s| s.to_string()).collect(),
+            params,
+        }
+    }
+
+    /// Checks that `params` give every param the source uses.
+    pub fn check_params(&self, params: &BTreeMap<String, String>) -> Result<(), store::StoreError> {
+        let missing: Vec<&str> = self
+            .params
+            .iter()
+            .filter(|p| !params.contains_key(*p))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(store::StoreError::Invalid(format!(
+                "missing params: {} (the pipeline's source uses {{params.NAME}} for each)",
+                missing.join(", ")
+            )))
         }
     }
 

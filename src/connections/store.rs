@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::seal::{Keys, SealError};
 use super::{Credentials, Fields, State};
+use crate::source::poll::health::PollHealth;
 
 /// The store's file, under the pipeline's data directory.
 pub const FILE: &str = "connections.json";
@@ -92,6 +93,9 @@ struct Stored {
     credentials: Option<String>,
     created_at: String,
     updated_at: String,
+    /// Why it needs new credentials (kept across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -101,7 +105,7 @@ struct File {
 }
 
 /// A connection as the admin API shows it: no credential values.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize)]
 pub struct View {
     /// Its id.
     pub id: String,
@@ -113,8 +117,14 @@ pub struct View {
     pub credential_fields: Vec<String>,
     /// When it was added (RFC 3339, UTC).
     pub created_at: String,
-    /// When it last changed.
+    /// When it last changed (through the API, or to `needs_reauth`).
     pub updated_at: String,
+    /// Why it is `needs_reauth`: the API's answer that refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How its poll runs go, once one has ended since the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<crate::source::poll::health::PollSnapshot>,
 }
 
 impl From<&Stored> for View {
@@ -126,6 +136,8 @@ impl From<&Stored> for View {
             credential_fields: s.credential_fields.clone(),
             created_at: s.created_at.clone(),
             updated_at: s.updated_at.clone(),
+            error: s.error.clone(),
+            last_run: None,
         }
     }
 }
@@ -163,6 +175,10 @@ pub struct Store {
     keys: Arc<Keys>,
     fields: Fields,
     connections: Mutex<BTreeMap<String, Stored>>,
+    /// Bumped after every change is durable, for the connections' runner.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// How each connection's poll runs go (shared with its poller).
+    health: Mutex<BTreeMap<String, Arc<PollHealth>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -208,7 +224,92 @@ impl Store {
                     .collect(),
             ),
             path,
+            changes: tokio::sync::watch::Sender::new(0),
+            health: Mutex::default(),
         })
+    }
+
+    /// Wakes on every change (a connection added, changed or removed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Where connection `id`'s poll runs are reported.
+    pub fn health_of(&self, id: &str) -> Arc<PollHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// `view` with how its runs go.
+    fn with_health(&self, mut view: View) -> View {
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.last_run = health
+            .get(&view.id)
+            .map(|h| h.snapshot())
+            .filter(|s| s.state != crate::source::poll::health::PollRuns::Waiting);
+        view
+    }
+
+    /// The connections that run now, with their params.
+    pub fn active(&self) -> Vec<View> {
+        let connections = self.lock();
+        connections
+            .values()
+            .filter(|c| c.state == State::Active)
+            .map(View::from)
+            .collect()
+    }
+
+    /// Marks connection `id` as refused by the API: it runs no more until
+    /// its credentials are replaced.
+    pub fn needs_reauth(&self, id: &str, why: &str) -> Result<View, StoreError> {
+        self.change(id, |stored| {
+            if stored.state == State::Active {
+                stored.state = State::NeedsReauth;
+                stored.error = Some(why.to_string());
+                stored.updated_at = now();
+            }
+            Ok(())
+        })
+    }
+
+    /// Keeps the refresh token an OAuth endpoint rotated for connection
+    /// `id` (sealed, fsynced) before the new access token is used. Not a
+    /// change the connection's runner restarts for (`updated_at` stays).
+    pub fn keep_refresh_token(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        let mut credentials = self.credentials(id)?;
+        credentials.insert("refresh_token".into(), token.to_string());
+        let sealed = self.seal(id, &credentials)?;
+        self.change(id, |stored| {
+            stored.credentials = Some(sealed);
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Applies `edit` to the live connection `id`, durably.
+    fn change(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut Stored) -> Result<(), StoreError>,
+    ) -> Result<View, StoreError> {
+        let mut connections = self.lock();
+        let mut next = connections.clone();
+        let stored = self.live(&mut next, id)?;
+        edit(stored)?;
+        let view = View::from(&*stored);
+        self.write(&next)?;
+        *connections = next;
+        drop(connections);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(view)
     }
 
     /// The pipeline's name.
@@ -223,21 +324,33 @@ impl Store {
 
     /// Every connection not removed, by id.
     pub fn list(&self) -> Vec<View> {
-        let connections = self.lock();
-        connections
-            .values()
-            .filter(|c| c.state != State::Removed)
-            .map(View::from)
-            .collect()
+        let views: Vec<View> = {
+            let connections = self.lock();
+            connections
+                .values()
+                .filter(|c| c.state != State::Removed)
+                .map(View::from)
+                .collect()
+        };
+        views.into_iter().map(|v| self.with_health(v)).collect()
     }
 
     /// The connection `id`: removed ones too (their state says so).
     pub fn get(&self, id: &str) -> Result<View, StoreError> {
-        let connections = self.lock();
-        connections
-            .get(id)
-            .map(View::from)
-            .ok_or_else(|| self.not_found(id))
+        let view = {
+            let connections = self.lock();
+            connections
+                .get(id)
+                .map(View::from)
+                .ok_or_else(|| self.not_found(id))?
+        };
+        Ok(self.with_health(view))
+    }
+
+    /// Whether connection `id` exists and is not removed (for webhooks: a
+    /// look-up, no copy).
+    pub fn state_of(&self, id: &str) -> Option<State> {
+        self.lock().get(id).map(|c| c.state)
     }
 
     /// Adds `new`, durably.
@@ -249,6 +362,7 @@ impl Store {
             )));
         }
         self.fields.check(&new.credentials, true)?;
+        self.fields.check_params(&new.params)?;
         let mut connections = self.lock();
         if connections.contains_key(&new.id) {
             return Err(StoreError::Exists {
@@ -265,12 +379,15 @@ impl Store {
             params: new.params,
             created_at: now.clone(),
             updated_at: now,
+            error: None,
         };
         let view = View::from(&stored);
         let mut next = connections.clone();
         next.insert(new.id, stored);
         self.write(&next)?;
         *connections = next;
+        drop(connections);
+        self.changes.send_modify(|n| *n += 1);
         Ok(view)
     }
 
@@ -284,42 +401,45 @@ impl Store {
         if let Some(credentials) = &patch.credentials {
             self.fields.check(credentials, true)?;
         }
-        let mut connections = self.lock();
-        let mut next = connections.clone();
-        let stored = self.live(&mut next, id)?;
-        if let Some(credentials) = &patch.credentials {
-            stored.credentials = Some(self.seal(id, credentials)?);
-            stored.credential_fields = credentials.keys().cloned().collect();
-            if stored.state == State::NeedsReauth {
-                stored.state = State::Active;
+        if let Some(params) = &patch.params {
+            self.fields.check_params(params)?;
+        }
+        let sealed = match &patch.credentials {
+            Some(credentials) => Some(self.seal(id, credentials)?),
+            None => None,
+        };
+        self.change(id, |stored| {
+            if let (Some(credentials), Some(sealed)) = (&patch.credentials, sealed) {
+                stored.credentials = Some(sealed);
+                stored.credential_fields = credentials.keys().cloned().collect();
+                if stored.state == State::NeedsReauth {
+                    stored.state = State::Active;
+                }
+                stored.error = None;
             }
-        }
-        if let Some(params) = patch.params {
-            stored.params = params;
-        }
-        if let Some(state) = patch.state {
-            stored.state = state;
-        }
-        stored.updated_at = now();
-        let view = View::from(&*stored);
-        self.write(&next)?;
-        *connections = next;
-        Ok(view)
+            if let Some(params) = patch.params {
+                stored.params = params;
+            }
+            if let Some(state) = patch.state {
+                // A connection waiting for credentials stays so until they come.
+                if !(stored.state == State::NeedsReauth && patch.credentials.is_none()) {
+                    stored.state = state;
+                }
+            }
+            stored.updated_at = now();
+            Ok(())
+        })
     }
 
     /// Removes the connection `id`: its credentials are dropped, a tombstone stays.
     pub fn remove(&self, id: &str) -> Result<View, StoreError> {
-        let mut connections = self.lock();
-        let mut next = connections.clone();
-        let stored = self.live(&mut next, id)?;
-        stored.state = State::Removed;
-        stored.credentials = None;
-        stored.credential_fields.clear();
-        stored.updated_at = now();
-        let view = View::from(&*stored);
-        self.write(&next)?;
-        *connections = next;
-        Ok(view)
+        self.change(id, |stored| {
+            stored.state = State::Removed;
+            stored.credentials = None;
+            stored.credential_fields.clear();
+            stored.updated_at = now();
+            Ok(())
+        })
     }
 
     /// The credentials of connection `id`, opened.
@@ -443,6 +563,7 @@ mod tests {
             Fields {
                 required: vec!["token".into()],
                 optional: vec![],
+                params: vec![],
             },
         )
         .unwrap()
@@ -543,6 +664,7 @@ mod tests {
         let fields = Fields {
             required: vec!["token".into()],
             optional: vec![],
+            params: vec![],
         };
         let s = Store::open(dir.path(), "crm", keys, fields.clone()).unwrap();
         assert_eq!(s.rekey().unwrap(), 1);

@@ -23,6 +23,8 @@ pub struct DeadLetter {
     pub raw: bytes::Bytes,
     /// The routing value it was received with (a request header's), if any.
     pub topic: Option<std::sync::Arc<str>>,
+    /// The connection it came from, in a pipeline with `[connections]`.
+    pub connection: Option<std::sync::Arc<str>>,
 }
 
 impl DeadLetter {
@@ -34,6 +36,7 @@ impl DeadLetter {
             reason: reason.into(),
             raw: event.payload.clone(),
             topic: event.topic.clone(),
+            connection: event.connection.clone(),
         }
     }
 }
@@ -52,6 +55,7 @@ pub fn schema() -> SchemaRef {
         Field::new("reason", DataType::Utf8, false),
         Field::new("raw", DataType::Utf8, false),
         Field::new("topic", DataType::Utf8, true),
+        Field::new("connection", DataType::Utf8, true),
     ]))
 }
 
@@ -80,6 +84,9 @@ pub fn batch(pipeline: &str, sink: &str, dead: &[DeadLetter]) -> RecordBatch {
         )),
         Arc::new(StringArray::from_iter(
             dead.iter().map(|d| d.topic.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            dead.iter().map(|d| d.connection.as_deref()),
         )),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns match the dead-letter schema")

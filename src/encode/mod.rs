@@ -42,6 +42,8 @@ pub struct Encoder {
     infer: bool,
     /// A declared column holds JSON text ([`infer::JSON_TEXT`]).
     json_text: bool,
+    /// `[connections]`: rows carry `_connection`.
+    connections: bool,
 }
 
 /// What one flush produced.
@@ -61,13 +63,23 @@ impl Encoder {
     /// `record_path` in each event, labelled `source` in `_source`.
     pub fn new(record_schema: SchemaRef, record_path: &str, source: &str) -> Self {
         Self {
-            table_schema: Arc::new(schema::table_schema(&record_schema)),
+            table_schema: Arc::new(schema::table_schema(&record_schema, false)),
             json_text: infer::has_json_text(record_schema.fields()),
             record_schema,
             record_path: pointer::tokens(record_path),
             source: source.to_string(),
             infer: false,
+            connections: false,
         }
+    }
+
+    /// This encoder for a pipeline with `[connections]` (rows then carry
+    /// `_connection`), or not.
+    pub fn with_connections(mut self, connections: bool) -> Self {
+        self.connections = connections;
+        let record_schema = self.record_schema.clone();
+        self.table_schema = Arc::new(schema::table_schema(&record_schema, connections));
+        self
     }
 
     /// This encoder, inferring the schema (`schema = "infer"`: the record
@@ -87,12 +99,13 @@ impl Encoder {
             record_schema
         };
         Self {
-            table_schema: Arc::new(schema::table_schema(&record_schema)),
+            table_schema: Arc::new(schema::table_schema(&record_schema, self.connections)),
             json_text: infer::has_json_text(record_schema.fields()),
             record_schema,
             record_path: self.record_path.clone(),
             source: self.source.clone(),
             infer: self.infer,
+            connections: self.connections,
         }
     }
 
@@ -383,6 +396,12 @@ impl Encoder {
             Arc::new(date),
             Arc::new(source),
         ];
+        if self.connections {
+            // Every event of a connections pipeline is received for one.
+            arrays.push(Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.connection.as_deref().unwrap_or("")),
+            )));
+        }
         arrays.extend(columns.columns().iter().cloned());
         RecordBatch::try_new(self.table_schema.clone(), arrays)
             .expect("metadata and decoded columns match the table schema")

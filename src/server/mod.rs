@@ -71,9 +71,18 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Response {
-    match routes.get(request.uri().path()) {
-        Some(route) => {
-            let response = webhook::receive(route, request).await;
+    let path = request.uri().path();
+    // `<path>/<connection>` on a pipeline with `[connections]`.
+    let found = match routes.get(path) {
+        Some(route) => Some((route, None)),
+        None => path
+            .rsplit_once('/')
+            .and_then(|(prefix, id)| Some((routes.get(prefix)?, Some(id.to_string()))))
+            .filter(|(route, _)| route.connections.is_some()),
+    };
+    match found {
+        Some((route, connection)) => {
+            let response = webhook::receive(route, request, connection.as_deref()).await;
             let status = response.status();
             if status == StatusCode::ACCEPTED {
                 route.metrics.accepted.increment(1);

@@ -118,6 +118,8 @@ pub async fn build(
                     Some(RouteBy::Header(h)) => Some(h.clone()),
                     _ => None,
                 },
+                // Set by the pipeline once its connections are open.
+                connections: None,
             };
             Ok(Built {
                 source: Source::Webhook {

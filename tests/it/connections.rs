@@ -268,6 +268,37 @@ fn check_names_each_connections_mistake() {
     );
     assert!(text.contains("connections.max_concurrent_runs"), "{text}");
 
+    // Placeholders outside a connections pipeline; a bad param name in one.
+    project.write(
+        "pipelines/crm.toml",
+        &CRM.replace(
+            "https://api.example.com/v3/contacts",
+            "https://{params.shop}.example.com/v3/contacts",
+        )
+        .replace("[connections]\nmax_concurrent_runs = 4\n", ""),
+    );
+    let out = project.command(&["check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("source.url") && text.contains("[connections]"),
+        "{text}"
+    );
+    project.write(
+        "pipelines/crm.toml",
+        &CRM.replace(
+            "https://api.example.com/v3/contacts",
+            "https://{params.shop id}.example.com/v3/contacts",
+        ),
+    );
+    let out = project.command(&["check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("{params.shop id} is not a param name"),
+        "{text}"
+    );
+
     // Without the key that seals the credentials.
     project.write("pipelines/crm.toml", CRM);
     let out = project.command(&["check"]);
@@ -278,4 +309,341 @@ fn check_names_each_connections_mistake() {
         text.contains("TRIBUTARY_SECRET_KEY") && text.contains("keygen"),
         "{text}"
     );
+}
+
+/// A webhook pipeline for every shop of a Shopify app: one connection per shop.
+const SHOPS: &str = r#"name = "shops"
+schema = "schemas/shopify_customer.json"
+record_path = "/customers"
+primary_key = ["id"]
+
+[source]
+type = "webhook"
+path = "/hooks/shops"
+
+[connections]
+
+[batch]
+max_age = "200ms"
+
+[[sink]]
+type = "parquet"
+partition_by = ["_connection"]
+
+[[sink]]
+type = "delta"
+uri = "lake/shops_delta"
+"#;
+
+/// Runs `script` with `args` in Python and parses what it prints.
+fn python_json(script: &str, args: &[&str]) -> Value {
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `_connection` → rows, in the Parquet sink (DuckDB, hive partitions) and
+/// the Delta table (delta-rs), each engine in its own process.
+fn rows_by_connection(project: &Project) -> Value {
+    let parquet = python_json(
+        r#"
+import json, sys, duckdb
+try:
+    rows = dict(duckdb.sql("SELECT _connection, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall())
+except duckdb.IOException:
+    rows = {}  # no file yet
+print(json.dumps(rows))
+"#,
+        &[project.table_dir_of("shops").to_str().unwrap()],
+    );
+    let delta = python_json(
+        r#"
+import json, os, sys
+from deltalake import DeltaTable
+rows = {}
+log = os.path.join(sys.argv[1], "_delta_log")
+if os.path.isdir(log) and os.listdir(log):
+    for c in DeltaTable(sys.argv[1]).to_pyarrow_table().column("_connection").to_pylist():
+        rows[c] = rows.get(c, 0) + 1
+print(json.dumps(rows))
+"#,
+        &[project.path().join("lake/shops_delta").to_str().unwrap()],
+    );
+    json!({"parquet": parquet, "delta": delta})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_posts_to_its_own_url_and_its_rows_carry_it() {
+    let project = Project::new();
+    project.write("pipelines/shops.toml", SHOPS);
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    for id in ["acme", "globex", "initech"] {
+        let added = client
+            .post(project.url("/api/pipelines/shops/connections"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(json!({"id": id}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201, "{id}");
+    }
+    let hook = |path: &str, first: u64, n: u64| {
+        let events: Vec<Value> = (first..first + n).map(shopify_customer).collect();
+        client.post(project.url(path)).json(&events).send()
+    };
+    assert_eq!(hook("/hooks/shops/acme", 1, 2).await.unwrap().status(), 202);
+    assert_eq!(
+        hook("/hooks/shops/globex", 10, 3).await.unwrap().status(),
+        202
+    );
+    // A paused connection's events are still stored.
+    let paused = client
+        .patch(project.url("/api/pipelines/shops/connections/globex"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"state": "paused"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+    assert_eq!(
+        hook("/hooks/shops/globex", 20, 1).await.unwrap().status(),
+        202
+    );
+    // Unknown → 404, removed → 410 (providers stop), no connection → 404.
+    let unknown = hook("/hooks/shops/hooli", 30, 1).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let message: Value = unknown.json().await.unwrap();
+    assert!(
+        message["error"].as_str().unwrap().contains("hooli"),
+        "{message}"
+    );
+    client
+        .delete(project.url("/api/pipelines/shops/connections/initech"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hook("/hooks/shops/initech", 40, 1).await.unwrap().status(),
+        410
+    );
+    let bare = hook("/hooks/shops", 50, 1).await.unwrap();
+    assert_eq!(bare.status(), 404);
+    let message: Value = bare.json().await.unwrap();
+    assert!(
+        message["error"]
+            .as_str()
+            .unwrap()
+            .contains("/<connection id>"),
+        "{message}"
+    );
+
+    let want = json!({"acme": 2, "globex": 4});
+    let mut seen = Value::Null;
+    eventually(&project, "both sinks hold every accepted event", || {
+        seen = rows_by_connection(&project);
+        seen["parquet"] == want && seen["delta"] == want
+    })
+    .await;
+    // The Parquet sink is partitioned by connection: one directory each.
+    let dirs: std::collections::BTreeSet<String> = parquet_files(&project.table_dir_of("shops"))
+        .iter()
+        .map(|f| {
+            f.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        dirs.into_iter().collect::<Vec<_>>(),
+        vec!["_connection=acme", "_connection=globex"],
+        "{seen}"
+    );
+}
+
+fn tributary_key(project: &Project) -> String {
+    let key = project.command(&["connections", "keygen"]);
+    assert!(key.status.success(), "{key:?}");
+    String::from_utf8(key.stdout).unwrap().trim().to_string()
+}
+
+/// A pipeline polling every connection's own account of the fake API.
+fn accounts_pipeline(project: &Project, api: &crate::support::accounts::Accounts) {
+    project.write(
+        "pipelines/crm.toml",
+        &format!(
+            r#"name = "crm"
+schema = "infer"
+
+[source]
+type = "poll"
+url = "{url}"
+allow_http = true
+every = "1s"
+jitter = "300ms"
+records = "/results"
+cursor = {{ field = "updated_at", param = "updated_after" }}
+paginate = {{ type = "cursor", next = "/paging/next/after", param = "after" }}
+auth = {{ type = "bearer" }}
+
+[connections]
+max_concurrent_runs = 4
+
+[batch]
+max_age = "200ms"
+
+[[sink]]
+type = "parquet"
+partition_by = ["_connection"]
+"#,
+            url = api.url()
+        ),
+    );
+}
+
+/// (connection, id) → rows, read by DuckDB.
+fn rows_by_account(project: &Project) -> std::collections::HashMap<String, usize> {
+    let script = r#"
+import json, sys, duckdb
+try:
+    rows = duckdb.sql("SELECT _connection || '/' || CAST(id AS VARCHAR), count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall()
+except duckdb.IOException:
+    rows = []
+print(json.dumps(dict(rows)))
+"#;
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, project.table_dir_of("crm").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_polls_its_own_account_once_each_across_kill_9() {
+    let api = crate::support::accounts::Accounts::start().await;
+    let project = Project::new();
+    accounts_pipeline(&project, &api);
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let accounts: Vec<String> = (0..20).map(|i| format!("acct-{i:02}")).collect();
+    for a in &accounts {
+        api.add(a, &format!("tok-{a}-s3cr3t"), 12);
+    }
+    let server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    // Added while running; one of them with a token the API has revoked.
+    for a in &accounts {
+        let token = if a == "acct-13" {
+            "tok-revoked-s3cr3t".to_string()
+        } else {
+            format!("tok-{a}-s3cr3t")
+        };
+        let added = client
+            .post(project.url("/api/pipelines/crm/connections"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(json!({"id": a, "credentials": {"token": token}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201, "{a}");
+    }
+    // Killed while connections are mid-run.
+    eventually(&project, "some rows", || {
+        !rows_by_account(&project).is_empty()
+    })
+    .await;
+    server.kill9();
+    // As after a power cut that lost the unsynced copies of the cursors:
+    // each connection's cursor must come back from the log itself.
+    let side = project.path().join("data/crm/connections");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&side).unwrap().flatten() {
+        if std::fs::remove_file(entry.path().join("source.json")).is_ok() {
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "the cursors' copies are where documented");
+    for a in accounts.iter().take(5) {
+        api.grow(a, 7);
+    }
+    let _server = project.start_with_env(&env).await;
+    let expected: std::collections::HashMap<String, usize> = accounts
+        .iter()
+        .filter(|a| *a != "acct-13")
+        .flat_map(|a| {
+            let n = if accounts[..5].contains(a) { 19 } else { 12 };
+            (1..=n).map(move |i| (format!("{a}/{i}"), 1))
+        })
+        .collect();
+    let mut seen = Default::default();
+    eventually(&project, "every record of every account", || {
+        seen = rows_by_account(&project);
+        seen.len() >= expected.len()
+    })
+    .await;
+    assert_eq!(seen, expected, "each record once, each with its connection");
+
+    // The revoked one waits for new credentials; the others were not held up.
+    let revoked: Value = client
+        .get(project.url("/api/pipelines/crm/connections/acct-13"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["state"], "needs_reauth", "{revoked}");
+    // Why, kept across the restart; never the token.
+    let why = revoked["error"].as_str().unwrap_or("");
+    assert!(why.contains("401") && !why.contains("s3cr3t"), "{revoked}");
+    let asked = api.requests("acct-13");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(api.requests("acct-13"), asked, "no more runs for it");
+    // New credentials: it runs again and catches up.
+    let patched = client
+        .patch(project.url("/api/pipelines/crm/connections/acct-13"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"credentials": {"token": "tok-acct-13-s3cr3t"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(patched["state"], "active");
+    eventually(&project, "the re-authorised account's records", || {
+        rows_by_account(&project).contains_key("acct-13/12")
+    })
+    .await;
+
+    // Each account resumed from its own cursor: the grown ones fetched
+    // only their new records after the restart (no duplicates above), and
+    // no token is in plaintext under the project.
+    for (path, bytes) in every_file(project.path()) {
+        assert!(
+            !holds(&bytes, "s3cr3t"),
+            "a token in plaintext in {}",
+            path.display()
+        );
+    }
 }

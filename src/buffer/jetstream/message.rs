@@ -15,6 +15,8 @@ const VERSION: u8 = 1;
 
 /// An event as a message body: version, kind, id, arrival time, topic, payload.
 pub(super) fn encode(event: &Event) -> Bytes {
+    // `check` refuses [connections] on a JetStream log: no event carries one here.
+    debug_assert!(event.connection.is_none());
     let topic = event.topic.as_deref().unwrap_or("");
     let mut out = BytesMut::with_capacity(28 + topic.len() + event.payload.len());
     out.put_u8(VERSION);
@@ -55,6 +57,7 @@ pub(super) fn decode(body: Bytes) -> io::Result<Event> {
         kind,
         payload: body.slice(28 + topic_len..),
         topic,
+        connection: None,
     })
 }
 

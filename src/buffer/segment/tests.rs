@@ -8,6 +8,7 @@ fn event(n: u8) -> Event {
         kind: RecordKind::Event,
         payload: Bytes::from(format!("{{\"n\":{n}}}")),
         topic: None,
+        connection: None,
     }
 }
 
@@ -116,6 +117,8 @@ fn every_record_keeps_its_kind_and_the_end_of_its_append() {
         .map(|&kind| Event {
             kind,
             topic: (kind == RecordKind::Event).then(|| "push".into()),
+            connection: matches!(kind, RecordKind::Event | RecordKind::Replay)
+                .then(|| "acme-01".into()),
             ..event(7)
         })
         .collect();
@@ -124,7 +127,7 @@ fn every_record_keeps_its_kind_and_the_end_of_its_append() {
     }
     File::create(&p).unwrap().write_all(&bytes).unwrap();
     let s = scan(&p).unwrap();
-    assert_eq!((s.records, s.format, s.whole.0), (4, Format::V3, 2));
+    assert_eq!((s.records, s.format, s.whole.0), (4, Format::V4, 2));
     assert_eq!(s.last_poll_state, Some((1, records[1].payload.clone())));
     let mut r = SegmentReader::open(dir.path(), 0, 0).unwrap();
     for e in &records {
@@ -139,6 +142,34 @@ fn every_record_keeps_its_kind_and_the_end_of_its_append() {
     unknown[body - 4..body].copy_from_slice(&crc.to_le_bytes());
     File::create(&p).unwrap().write_all(&unknown).unwrap();
     assert_eq!(scan(&p).unwrap().torn, Some("unknown record kind"));
+}
+
+#[test]
+fn a_format_3_segment_is_read_without_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(dir.path(), 0);
+    let mut bytes = MAGIC_V3.to_vec();
+    // flags, id, received_at, topic "push", payload: format 3's body.
+    let mut body = vec![0x80u8];
+    body.extend_from_slice(&[9; 16]);
+    body.extend_from_slice(&5i64.to_le_bytes());
+    body.push(4);
+    body.extend_from_slice(b"push");
+    body.extend_from_slice(b"{\"a\":1}");
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    File::create(&p).unwrap().write_all(&bytes).unwrap();
+    let s = scan(&p).unwrap();
+    assert_eq!((s.records, s.format, s.torn), (1, Format::V3, None));
+    let read = SegmentReader::open(dir.path(), 0, 0)
+        .unwrap()
+        .read()
+        .unwrap();
+    assert_eq!(
+        (read.topic.as_deref(), read.connection, &read.payload[..]),
+        (Some("push"), None, &b"{\"a\":1}"[..])
+    );
 }
 
 #[test]

@@ -127,7 +127,11 @@ pub(in crate::config) fn validate(
                     "add primary_key = [\"id\"] (the columns that identify a record) at the top of the pipeline file",
                 );
             }
-            Some(t.primary_key.to_vec())
+            // Each connection's records are its own: ids repeat across accounts.
+            let account = t
+                .connections
+                .then(|| crate::schema::CONNECTION_COLUMN.to_string());
+            Some(account.into_iter().chain(t.primary_key.to_vec()).collect())
         }
         Some(other) => {
             e.push(

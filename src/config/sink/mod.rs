@@ -156,6 +156,8 @@ pub struct Table<'a> {
     pub schema: Option<&'a Schema>,
     /// `schema = "infer"`: no record column is known before events arrive.
     pub infer: bool,
+    /// `[connections]`: rows carry `_connection`.
+    pub connections: bool,
     pub primary_key: &'a [String],
     pub root: &'a Path,
 }
@@ -203,6 +205,16 @@ pub(super) fn common(
     for (i, column) in partition_by.iter().enumerate() {
         let at = format!("{key}.partition_by[{i}]");
         if column == "_received_date" || column == "_source" {
+            continue;
+        }
+        if column == crate::schema::CONNECTION_COLUMN {
+            if !t.connections {
+                e.push(
+                    at,
+                    "\"_connection\" is a column of connections pipelines only",
+                    "add a [connections] table, or partition by _received_date",
+                );
+            }
             continue;
         }
         if METADATA_COLUMNS.contains(&column.as_str()) {

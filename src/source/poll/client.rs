@@ -5,7 +5,7 @@
 //! exponentially with full jitter, any other 4xx fails the run at once.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -149,6 +149,9 @@ where
     }
 }
 
+/// Keeps a rotated refresh token durably; the error says why it could not.
+pub type KeepRefresh = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// An OAuth access token and when to renew it.
 struct Token {
     value: String,
@@ -158,6 +161,12 @@ struct Token {
 /// The HTTP client of one poll source.
 pub struct Client {
     http: reqwest::Client,
+    /// A connection's credentials (by field name), which take the place of
+    /// the auth's env vars; none outside a `[connections]` pipeline.
+    credentials: Option<std::collections::BTreeMap<String, String>>,
+    /// Keeps a refresh token the endpoint rotated (a connection's store,
+    /// sealed and fsynced) before the access token that came with it is used.
+    keep_refresh: Option<KeepRefresh>,
     /// Std mutexes: held for a copy, never across an await.
     token: Mutex<Option<Token>>,
     /// A refresh token the endpoint rotated (it replaces the env var's).
@@ -198,9 +207,42 @@ impl Client {
             .map_err(|e| PollError::Request(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             http,
+            credentials: None,
+            keep_refresh: None,
             token: Mutex::new(None),
             refresh_token: Mutex::new(None),
         })
+    }
+
+    /// This client with a connection's credentials: each secret comes from
+    /// the field named like its auth key without `_env` (`token`,
+    /// `password`, `client_id`, …) when the connection gives it, else from
+    /// the pipeline's env var (app-level secrets).
+    pub fn with_credentials(
+        mut self,
+        credentials: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// This client keeping each rotated refresh token with `keep` first.
+    pub fn keeping_refresh_tokens(mut self, keep: KeepRefresh) -> Self {
+        self.keep_refresh = Some(keep);
+        self
+    }
+
+    /// The secret `field` of the connection, or from env var `name`.
+    fn secret(&self, name: &str, field: &str) -> Result<String, PollError> {
+        if let Some(credentials) = &self.credentials {
+            if let Some(value) = credentials.get(field) {
+                return Ok(value.clone());
+            }
+            if name.is_empty() {
+                return Err(PollError::MissingCredential(field.to_string()));
+            }
+        }
+        env(name)
     }
 
     /// Fetches `request` with authentication, the size cap and retries.
@@ -227,7 +269,7 @@ impl Client {
         match &spec.auth {
             AuthSpec::None => {}
             AuthSpec::Bearer { token_env } => {
-                let token = env(token_env)?;
+                let token = self.secret(token_env, "token")?;
                 builder_headers.insert(
                     AUTHORIZATION,
                     header(&format!("Bearer {token}"), token_env)?,
@@ -239,12 +281,12 @@ impl Client {
             } => {
                 let user = match username {
                     Secret::Plain(u) => u.clone(),
-                    Secret::Env(name) => env(name)?,
+                    Secret::Env(name) => self.secret(name, "username")?,
                 };
-                basic = Some((user, env(password_env)?));
+                basic = Some((user, self.secret(password_env, "password")?));
             }
             AuthSpec::ApiKey { key_env, place } => {
-                let key = env(key_env)?;
+                let key = self.secret(key_env, "key")?;
                 match place {
                     KeyPlace::Header(name) => {
                         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -276,9 +318,14 @@ impl Client {
                 signature_method,
             } => {
                 // Signed last, over the final URL; every try gets its own nonce.
-                let (consumer_key, consumer_secret) =
-                    (env(consumer_key_env)?, env(consumer_secret_env)?);
-                let (token, token_secret) = (env(token_env)?, env(token_secret_env)?);
+                let (consumer_key, consumer_secret) = (
+                    self.secret(consumer_key_env, "consumer_key")?,
+                    self.secret(consumer_secret_env, "consumer_secret")?,
+                );
+                let (token, token_secret) = (
+                    self.secret(token_env, "token")?,
+                    self.secret(token_secret_env, "token_secret")?,
+                );
                 let creds = oauth1::Credentials {
                     consumer_key: &consumer_key,
                     consumer_secret: &consumer_secret,
@@ -360,15 +407,18 @@ impl Client {
             unreachable!("called for oauth2 only");
         };
         let mut form = vec![
-            ("client_id", env(client_id_env)?),
-            ("client_secret", env(client_secret_env)?),
+            ("client_id", self.secret(client_id_env, "client_id")?),
+            (
+                "client_secret",
+                self.secret(client_secret_env, "client_secret")?,
+            ),
         ];
         match refresh_token_env {
             Some(name) => {
                 let rotated = self.refresh_token.lock().expect("token lock").clone();
                 let refresh = match rotated {
                     Some(r) => r,
-                    None => env(name)?,
+                    None => self.secret(name, "refresh_token")?,
                 };
                 form.push(("grant_type", "refresh_token".into()));
                 form.push(("refresh_token", refresh));
@@ -426,7 +476,17 @@ impl Client {
         });
         let lifetime = Duration::from_secs(expires_in.unwrap_or(3600));
         let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
-        if answer.refresh_token.is_some() {
+        if let Some(rotated) = &answer.refresh_token {
+            // The old refresh token may be spent now: the new one is kept
+            // durably before the access token is used, or the run fails
+            // (and the next one retries with the old one, or the new one).
+            if let Some(keep) = &self.keep_refresh {
+                keep(rotated).map_err(|e| {
+                    TokenFailure::Fail(PollError::Request(why(format!(
+                        "the rotated refresh token could not be stored: {e}"
+                    ))))
+                })?;
+            }
             *self.refresh_token.lock().expect("token lock") = answer.refresh_token;
         }
         *self.token.lock().expect("token lock") = Some(Token {

@@ -44,6 +44,9 @@ pub enum PollError {
     /// A secret's env var is not set.
     #[error("env var {0} is not set; export it with the secret (secrets are only read from the environment)")]
     Secret(String),
+    /// A connection lacks a credential field its pipeline's auth needs.
+    #[error("the connection has no \"{0}\" credential; PATCH its credentials with it")]
+    MissingCredential(String),
     /// The request failed after its retries, or the response was unusable.
     #[error("{0}")]
     Request(String),
@@ -69,6 +72,24 @@ pub enum PollError {
     Stopped,
 }
 
+impl PollError {
+    /// Whether the API refused the credentials themselves (a 401 or 403
+    /// that a token renewal did not cure, an OAuth `invalid_grant`), or a
+    /// connection lacks one: a connection then needs new credentials.
+    pub fn refuses_credentials(&self) -> bool {
+        match self {
+            PollError::MissingCredential(_) => true,
+            PollError::Rejected(why) => {
+                why.contains("invalid_grant")
+                    || why
+                        .split(": ")
+                        .any(|part| part.starts_with("401 ") || part.starts_with("403 "))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// How often a poll waiting for room in a full buffer looks again.
 const BUFFER_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -86,6 +107,25 @@ pub struct Poller {
     max_buffer: u64,
     /// How the runs go, for the admin API; shared with it through [`Poller::health`].
     health: Arc<PollHealth>,
+    /// The connection this poller runs for, in a `[connections]` pipeline.
+    connection: Option<Arc<str>>,
+    /// Runs in flight across the pipeline's connections
+    /// (`connections.max_concurrent_runs`); a run holds one.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// What a connection's poller is given besides the pipeline's.
+pub struct ConnectionRun {
+    /// The connection's id.
+    pub id: Arc<str>,
+    /// Its credentials, by field name.
+    pub credentials: std::collections::BTreeMap<String, String>,
+    /// Keeps a rotated OAuth refresh token in the connection's store.
+    pub keep_refresh: Option<client::KeepRefresh>,
+    /// The pipeline's run permits.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Where its runs are reported.
+    pub health: Arc<PollHealth>,
 }
 
 impl Poller {
@@ -99,8 +139,54 @@ impl Poller {
         dir: &Path,
         stop: CancellationToken,
     ) -> Result<Self, PollError> {
-        let side = state::side_path(dir);
-        let (state, offset) = state::load(&side, log.last_state().map_err(PollError::State)?);
+        let in_log = log.last_state().map_err(PollError::State)?;
+        Self::with_state(
+            pipeline,
+            spec,
+            (appender, &state::side_path(dir), in_log),
+            Client::new(spec)?,
+            stop,
+        )
+    }
+
+    /// The poller of one connection of a `[connections]` pipeline: `spec`
+    /// with its params filled in, its own state (the side copy in `dir`, the
+    /// connection's directory, and `in_log`, its newest state record), its
+    /// records and state tagged with its id.
+    pub fn for_connection(
+        pipeline: &PipelineSpec,
+        spec: &PollSpec,
+        (appender, dir, in_log): (Appender, &Path, Option<(u64, Bytes)>),
+        connection: ConnectionRun,
+        stop: CancellationToken,
+    ) -> Result<Self, PollError> {
+        std::fs::create_dir_all(dir).map_err(PollError::State)?;
+        let mut client = Client::new(spec)?.with_credentials(connection.credentials);
+        if let Some(keep) = connection.keep_refresh {
+            client = client.keeping_refresh_tokens(keep);
+        }
+        let mut poller = Self::with_state(
+            pipeline,
+            spec,
+            (appender, &state::side_path(dir), in_log),
+            client,
+            stop,
+        )?;
+        poller.connection = Some(connection.id);
+        poller.permits = Some(connection.permits);
+        poller.health = connection.health;
+        Ok(poller)
+    }
+
+    fn with_state(
+        pipeline: &PipelineSpec,
+        spec: &PollSpec,
+        (appender, side, in_log): (Appender, &Path, Option<(u64, Bytes)>),
+        client: Client,
+        stop: CancellationToken,
+    ) -> Result<Self, PollError> {
+        let side = side.to_path_buf();
+        let (state, offset) = state::load(&side, in_log);
         if let Some(offset) = offset {
             // The log's copy may be newer than the side file; make them agree.
             state::save(&side, offset, &state, true).map_err(PollError::State)?;
@@ -122,7 +208,7 @@ impl Poller {
         };
         Ok(Self {
             pipeline: pipeline.name.clone(),
-            client: Client::new(spec)?,
+            client,
             spec: Arc::new(spec.clone()),
             appender,
             side,
@@ -131,6 +217,8 @@ impl Poller {
             reader,
             stop,
             health: Arc::default(),
+            connection: None,
+            permits: None,
         })
     }
 
@@ -148,11 +236,23 @@ impl Poller {
     /// and tried again at the next tick. A credential that is not set fails
     /// every run until tributary is started with it: that is said once, at
     /// WARN (and shown by the admin API from the start), not at each run.
-    pub async fn run_forever(mut self) {
+    pub async fn run_forever(self) {
+        self.run_schedule().await;
+    }
+
+    /// [`Poller::run_forever`] for a connection: returns `true` when it
+    /// ended because the API refused the connection's credentials.
+    pub async fn run_connection(self) -> bool {
+        self.run_schedule().await
+    }
+
+    async fn run_schedule(mut self) -> bool {
         let unset = self
             .spec
             .secret_envs()
             .into_iter()
+            // A connection's credentials may stand in for the pipeline's.
+            .filter(|_| self.connection.is_none())
             .find(|name| std::env::var_os(name).is_none())
             .map(|name| PollError::Secret(name.to_string()));
         let mut unset_said = false;
@@ -178,7 +278,7 @@ impl Poller {
             };
             let Some(due) = due else {
                 info!(pipeline = %self.pipeline, "The schedule has no further runs.");
-                return;
+                return false;
             };
             let mut wait = (due - now).to_std().unwrap_or_default();
             // A new pipeline's first run and a resumed run start at once.
@@ -187,8 +287,16 @@ impl Poller {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => return false,
             }
+            // A connection's run waits for one of the pipeline's run permits.
+            let _permit = match self.permits.clone() {
+                None => None,
+                Some(permits) => tokio::select! {
+                    permit = permits.acquire_owned() => permit.ok(),
+                    _ = self.stop.cancelled() => return false,
+                },
+            };
             let started = Utc::now();
             let clock = Instant::now();
             match self.poll(&mut |_| {}).await {
@@ -197,7 +305,14 @@ impl Poller {
                     wait_from = self.state.run.is_some().then_some(started);
                     info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, millis = clock.elapsed().as_millis() as u64, cursor = %self.state.cursor.as_ref().map(page::text).unwrap_or_default(), "Poll run finished.");
                 }
-                Err(PollError::Stopped) => return,
+                Err(PollError::Stopped) => return false,
+                // A connection whose credentials are refused stops until new ones come.
+                Err(e) if self.connection.is_some() && e.refuses_credentials() => {
+                    let why = crate::error::chain(&e);
+                    self.health.failed(&why);
+                    warn!(pipeline = %self.pipeline, connection = %self.connection.as_deref().unwrap_or(""), error = %why, "The API refused this connection's credentials; it does not run again until they are replaced (PATCH its credentials).");
+                    return true;
+                }
                 Err(e) => {
                     wait_from = Some(started);
                     let why = crate::error::chain(&e);
@@ -280,7 +395,8 @@ impl Poller {
                 durable(
                     &self.appender,
                     &self.side,
-                    vec![Event::record(RecordKind::PollState, Bytes::from(payload))],
+                    vec![Event::record(RecordKind::PollState, Bytes::from(payload))
+                        .with_connection(self.connection.as_ref())],
                     &state,
                     (self.max_buffer, &self.stop),
                 )
@@ -358,10 +474,14 @@ impl Poller {
                         kind: RecordKind::Event,
                         payload,
                         topic: None,
+                        connection: self.connection.clone(),
                     })
                     .collect();
                 let payload = serde_json::to_vec(&state).expect("the state serialises");
-                events.push(Event::record(RecordKind::PollState, Bytes::from(payload)));
+                events.push(
+                    Event::record(RecordKind::PollState, Bytes::from(payload))
+                        .with_connection(self.connection.as_ref()),
+                );
                 durable(
                     &self.appender,
                     &self.side,

@@ -63,6 +63,9 @@ pub struct Route {
     /// `[route] header`: the (lower-case) request header whose value is kept
     /// with every event of the request, for routing to a table.
     pub topic_header: Option<String>,
+    /// `[connections]`: events are POSTed to `<path>/<connection>`, for a
+    /// connection of this store.
+    pub connections: Option<Arc<crate::connections::store::Store>>,
 }
 
 /// The Prometheus counters of one webhook path.
@@ -133,8 +136,42 @@ fn retry_later(message: String) -> Response {
     response
 }
 
+/// The connection a request is for: none on a pipeline without
+/// `[connections]`; on one with, the connection its path names, which must
+/// exist (404) and not be removed (410, which tells a provider to stop). A
+/// paused connection's events are stored: resuming loses nothing.
+fn admit_connection(route: &Route, connection: Option<&str>) -> Result<Option<Arc<str>>, Response> {
+    let Some(store) = &route.connections else {
+        return Ok(None);
+    };
+    let Some(id) = connection else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {} takes connections: POST each account's events to this path followed by /<connection id>", route.pipeline),
+        ));
+    };
+    match store.state_of(id) {
+        Some(crate::connections::State::Removed) => Err(error(
+            StatusCode::GONE,
+            format!(
+                "connection {id} of pipeline {} was removed; its events are no longer accepted",
+                route.pipeline
+            ),
+        )),
+        Some(_) => Ok(Some(Arc::from(id))),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pipeline {} has no connection {}; add it through the admin API first",
+                route.pipeline,
+                crate::connections::printable(id)
+            ),
+        )),
+    }
+}
+
 /// Handles one request to a webhook path.
-pub async fn receive(route: &Route, request: Request<Body>) -> Response {
+pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&str>) -> Response {
     if request.method() != Method::POST {
         let mut response = error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -148,6 +185,10 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
+    let connection = match admit_connection(route, connection) {
+        Ok(connection) => connection,
+        Err(refused) => return refused,
+    };
     if let Some(limiter) = &route.limiter {
         if let Err(wait) = limiter.take() {
             let mut response = error(
@@ -289,6 +330,7 @@ pub async fn receive(route: &Route, request: Request<Body>) -> Response {
         kind: RecordKind::Event,
         payload,
         topic: topic.clone(),
+        connection: connection.clone(),
     };
     let Some(dedupe) = &route.dedupe else {
         let events: Vec<Event> = payloads.into_iter().map(make).collect();

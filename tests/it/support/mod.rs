@@ -12,6 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+pub mod accounts;
 mod delta;
 pub mod fake_api;
 pub mod fault_proxy;

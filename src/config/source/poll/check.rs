@@ -20,6 +20,7 @@ pub(in crate::config) fn source(
     let schedule = schedule(raw, e);
     let jitter = duration(raw.jitter.as_deref(), "source.jitter", Duration::ZERO, e);
     let allow_http = raw.allow_http.unwrap_or(false);
+    let mut url_template = None;
     let url = match raw.url.as_deref() {
         None => {
             e.push(
@@ -28,6 +29,27 @@ pub(in crate::config) fn source(
                 "add url = \"https://api.example.com/v1/items\"",
             );
             None
+        }
+        Some(text) if crate::connections::template::holds_placeholders(text) => {
+            if !connections {
+                e.push(
+                    "source.url",
+                    "{connection} and {params.NAME} are filled in per connection",
+                    "add a [connections] table, or write the URL without them",
+                );
+                None
+            } else {
+                match crate::connections::template::check(text) {
+                    Ok(example) => {
+                        url_template = Some(text.to_string());
+                        endpoint(&example, allow_http, "source.url", e)
+                    }
+                    Err(problem) => {
+                        e.push("source.url", problem, "write {connection} or {params.NAME} with NAME of letters, digits and _");
+                        None
+                    }
+                }
+            }
         }
         Some(text) => endpoint(text, allow_http, "source.url", e),
     };
@@ -176,6 +198,7 @@ pub(in crate::config) fn source(
         schedule: schedule?,
         jitter,
         url: url?,
+        url_template,
         post,
         body,
         headers,

@@ -184,6 +184,11 @@ pub struct PollSpec {
     /// The endpoint.
     #[serde(serialize_with = "display")]
     pub url: url::Url,
+    /// In a `[connections]` pipeline, the URL as written when it holds
+    /// `{connection}` or `{params.NAME}` (filled in per connection; `url`
+    /// then holds it with placeholders for checking only).
+    #[serde(skip)]
+    pub url_template: Option<String>,
     /// POST with `body` instead of GET.
     #[serde(rename = "method", serialize_with = "method")]
     pub post: bool,

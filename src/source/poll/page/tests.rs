@@ -12,6 +12,7 @@ fn spec(paginate: Paginate) -> PollSpec {
         schedule: Schedule::Every(Duration::from_secs(60)),
         jitter: Duration::ZERO,
         url: url::Url::parse("https://api.example.com/v1/items?fixed=1").unwrap(),
+        url_template: None,
         post: false,
         body: None,
         headers: vec![],

@@ -1,0 +1,248 @@
+//! Polling every active connection of a `[connections]` pipeline: one
+//! poller per connection, each on the pipeline's schedule (its `jitter`
+//! spreads their starts), with its own cursor, its own credentials and its
+//! params filled into the request; `connections.max_concurrent_runs` bounds
+//! the runs in flight, and one connection's failures (401, 429, 5xx,
+//! timeouts) never hold another's run.
+//!
+//! A connection's cursor travels in the pipeline's log like a plain poll
+//! source's, in the same append as its records, tagged with its id; a copy
+//! goes to `<data_dir>/<pipeline>/connections/<id>/source.json`. At start the
+//! newer of the two wins, so each connection resumes from its own cursor
+//! after a crash.
+//!
+//! The runner follows the store: a connection added or resumed starts, one
+//! paused, removed or refused stops (its run ends where its last durable
+//! page left it), one whose credentials or params change starts again with
+//! them. A 401 or 403 that a token renewal does not cure, an OAuth
+//! `invalid_grant` or a missing credential sets `needs_reauth`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::store::{Store, View};
+use super::template;
+use crate::buffer::{Appender, Log};
+use crate::config::spec::{PipelineSpec, PollSpec};
+use crate::source::poll::{ConnectionRun, Poller};
+
+/// The runner of one pipeline's connections.
+pub struct Runner {
+    /// The pipeline.
+    pub pipeline: PipelineSpec,
+    /// Its poll source (with templates).
+    pub spec: PollSpec,
+    /// Its connections.
+    pub store: Arc<Store>,
+    /// Its log.
+    pub appender: Appender,
+    /// Its log, for the connections' last states.
+    pub log: Log,
+    /// `<data_dir>/<pipeline>`.
+    pub dir: PathBuf,
+    /// Shutdown.
+    pub stop: CancellationToken,
+}
+
+/// A connection's poller as the runner keeps it.
+struct Running {
+    /// When the connection last changed: a newer one restarts it.
+    updated_at: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// `spec` with connection `id`'s params filled in.
+pub fn expand(
+    spec: &PollSpec,
+    id: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<PollSpec, String> {
+    let mut spec = spec.clone();
+    if let Some(text) = spec.url_template.take() {
+        let filled = template::fill(&text, id, params, true)?;
+        spec.url = url::Url::parse(&filled).map_err(|e| format!("the URL {filled}: {e}"))?;
+    }
+    for (_, value) in spec.query.iter_mut() {
+        *value = template::fill(value, id, params, false)?;
+    }
+    for (_, value) in spec.headers.iter_mut() {
+        *value = template::fill(value, id, params, false)?;
+    }
+    if let Some(body) = spec.body.as_mut() {
+        fill_json(body, id, params)?;
+    }
+    Ok(spec)
+}
+
+fn fill_json(
+    value: &mut serde_json::Value,
+    id: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    match value {
+        serde_json::Value::String(s) => *s = template::fill(s, id, params, false)?,
+        serde_json::Value::Array(items) => {
+            for item in items {
+                fill_json(item, id, params)?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for item in map.values_mut() {
+                fill_json(item, id, params)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Runner {
+    /// Runs until shutdown; returns once every connection's poller ended.
+    pub async fn run(self) {
+        let limit = self
+            .pipeline
+            .connections
+            .as_ref()
+            .map_or(16, |c| c.max_concurrent_runs) as usize;
+        let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+        // Each connection's newest state record in the log, read once.
+        let log = self.log.clone();
+        let mut in_log: HashMap<Arc<str>, (u64, Bytes)> = match tokio::task::spawn_blocking(
+            move || log.connection_states(),
+        )
+        .await
+        {
+            Ok(Ok(states)) => states,
+            Ok(Err(e)) => {
+                error!(pipeline = %self.pipeline.name, error = %e, "Cannot read the connections' cursors from the log; no connection polls until the next start.");
+                return;
+            }
+            Err(e) => {
+                error!(pipeline = %self.pipeline.name, error = %e, "Reading the connections' cursors failed.");
+                return;
+            }
+        };
+        let mut changes = self.store.subscribe();
+        let mut running: HashMap<String, Running> = HashMap::new();
+        loop {
+            changes.mark_unchanged();
+            let active: HashMap<String, View> = self
+                .store
+                .active()
+                .into_iter()
+                .map(|v| (v.id.clone(), v))
+                .collect();
+            // Stop what no longer runs, or changed (it starts again below).
+            running.retain(|id, r| {
+                let keep = !r.task.is_finished()
+                    && active.get(id).is_some_and(|v| v.updated_at == r.updated_at);
+                if !keep {
+                    r.stop.cancel();
+                }
+                keep
+            });
+            for (id, view) in &active {
+                if running.contains_key(id) {
+                    continue;
+                }
+                let key: Arc<str> = Arc::from(id.as_str());
+                if let Some(started) = self.start(&key, view, in_log.remove(&key), &permits) {
+                    running.insert(id.clone(), started);
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = self.stop.cancelled() => break,
+                // A poller that ended by itself (refused credentials) is
+                // looked at again on the next change.
+            }
+        }
+        for (_, r) in running {
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+    }
+
+    /// Starts connection `view`'s poller; `None` (logged) if it cannot run.
+    fn start(
+        &self,
+        id: &Arc<str>,
+        view: &View,
+        in_log: Option<(u64, Bytes)>,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) -> Option<Running> {
+        let name = &self.pipeline.name;
+        let fail = |why: String| {
+            let health = self.store.health_of(id);
+            health.failed(&why);
+            warn!(pipeline = %name, connection = %id, error = %why, "This connection cannot run.");
+        };
+        let spec = match expand(&self.spec, id, &view.params) {
+            Ok(spec) => spec,
+            Err(why) => {
+                fail(why);
+                return None;
+            }
+        };
+        let credentials = match self.store.credentials(id) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(crate::error::chain(&e));
+                return None;
+            }
+        };
+        let keep = {
+            let (store, id) = (self.store.clone(), id.clone());
+            Arc::new(move |token: &str| {
+                store
+                    .keep_refresh_token(&id, token)
+                    .map_err(|e| crate::error::chain(&e))
+            }) as crate::source::poll::client::KeepRefresh
+        };
+        let stop = self.stop.child_token();
+        let connection = ConnectionRun {
+            id: id.clone(),
+            credentials,
+            keep_refresh: Some(keep),
+            permits: permits.clone(),
+            health: self.store.health_of(id),
+        };
+        let dir = self.dir.join("connections").join(id.as_ref());
+        let poller = match Poller::for_connection(
+            &self.pipeline,
+            &spec,
+            (self.appender.clone(), &dir, in_log),
+            connection,
+            stop.clone(),
+        ) {
+            Ok(poller) => poller,
+            Err(e) => {
+                fail(crate::error::chain(&e));
+                return None;
+            }
+        };
+        let (store, id_text) = (self.store.clone(), id.to_string());
+        let health = self.store.health_of(id);
+        let task = tokio::spawn(async move {
+            if poller.run_connection().await {
+                // It ended because the API refused its credentials.
+                let why = health.snapshot().last_error.unwrap_or_default();
+                if let Err(e) = store.needs_reauth(&id_text, &why) {
+                    warn!(connection = %id_text, error = %crate::error::chain(&e), "Cannot mark the connection as needing new credentials.");
+                }
+            }
+        });
+        info!(pipeline = %name, connection = %id, "Connection polling.");
+        Some(Running {
+            updated_at: view.updated_at.clone(),
+            stop,
+            task,
+        })
+    }
+}
