@@ -122,6 +122,17 @@ impl TableSink for AgreedSchemas {
     ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>> {
         self.inner.sql_table(ctx, name)
     }
+
+    fn can_purge(&self) -> Result<(), String> {
+        self.inner.can_purge()
+    }
+
+    fn purge<'a>(
+        &'a self,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<crate::sink::table::Purged, SinkError>> {
+        self.inner.purge(connection)
+    }
 }
 
 /// A table that records its grown schema in the shared key first.

@@ -20,6 +20,7 @@
 //! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`).
 
 pub mod polling;
+pub mod purge;
 pub mod seal;
 pub mod store;
 pub mod template;

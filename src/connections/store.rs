@@ -168,6 +168,31 @@ pub struct Patch {
     pub params: Option<BTreeMap<String, String>>,
 }
 
+/// Most failing connections a summary lists (all are counted).
+const SUMMARY_FAILING: usize = 20;
+
+/// A pipeline's connections at a glance.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// How many are in each state.
+    pub states: BTreeMap<&'static str, usize>,
+    /// Failing ones (at most 20), with their errors.
+    pub failing: Vec<Failing>,
+    /// How many are failing in all.
+    pub failing_total: usize,
+}
+
+/// A failing connection.
+#[derive(Debug, Serialize)]
+pub struct Failing {
+    /// Its id.
+    pub id: String,
+    /// `active` (its last run failed) or `needs_reauth`.
+    pub state: &'static str,
+    /// The error.
+    pub error: String,
+}
+
 /// One pipeline's connections.
 pub struct Store {
     pipeline: String,
@@ -255,6 +280,49 @@ impl Store {
             .map(|h| h.snapshot())
             .filter(|s| s.state != crate::source::poll::health::PollRuns::Waiting);
         view
+    }
+
+    /// Counts by state, and the failing connections (refused, or whose last
+    /// run failed) with their errors: the status page's and `/metrics`' view.
+    pub fn summary(&self) -> Summary {
+        let views = {
+            let connections = self.lock();
+            connections.values().map(View::from).collect::<Vec<_>>()
+        };
+        let mut summary = Summary::default();
+        for state in ["active", "paused", "needs_reauth", "removed"] {
+            summary.states.insert(state, 0);
+        }
+        for view in views {
+            let state = match view.state {
+                State::Active => "active",
+                State::Paused => "paused",
+                State::NeedsReauth => "needs_reauth",
+                State::Removed => "removed",
+            };
+            *summary.states.entry(state).or_default() += 1;
+            let view = self.with_health(view);
+            let error = match (view.state, &view.error, &view.last_run) {
+                (State::NeedsReauth, error, _) => Some(error.clone().unwrap_or_default()),
+                (State::Active, _, Some(run))
+                    if run.state == crate::source::poll::health::PollRuns::Failing =>
+                {
+                    run.last_error.clone()
+                }
+                _ => None,
+            };
+            if let Some(error) = error {
+                if summary.failing.len() < SUMMARY_FAILING {
+                    summary.failing.push(Failing {
+                        id: view.id,
+                        state,
+                        error,
+                    });
+                }
+                summary.failing_total += 1;
+            }
+        }
+        summary
     }
 
     /// The connections that run now, with their params.

@@ -301,10 +301,19 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
             "failures": s.failures,
         })
     });
+    let connections = p.connections.as_ref().map(|store| {
+        let summary = store.summary();
+        for (state, n) in &summary.states {
+            metrics::gauge!("tributary_connections", "pipeline" => p.name.clone(), "state" => *state)
+                .set(*n as f64);
+        }
+        json!(summary)
+    });
     json!({
         "name": p.name,
         "source": p.source,
         "poll": poll,
+        "connections": connections,
         "partitions": partitions,
         "log": {
             "end_offset": end,

@@ -211,11 +211,7 @@ async fn remove(
     let purge = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .any(|(k, v)| k == "purge" && v != "false");
     if purge {
-        // Refused before anything changes, so a retry without it still works.
-        return webhook::error(
-            StatusCode::NOT_IMPLEMENTED,
-            "?purge=true is not built yet: rows do not carry their connection yet, so none can be deleted by it; DELETE without ?purge removes the connection and keeps its rows",
-        );
+        return purge_connection(&admin, &name, &id, store).await;
     }
     let connection = id.clone();
     let answer = blocking(store, StatusCode::OK, move |s| s.remove(&connection)).await;
@@ -223,4 +219,59 @@ async fn remove(
         tracing::info!(pipeline = %name, connection = %id, "Connection removed.");
     }
     answer
+}
+
+/// `DELETE …?purge=true`: removes the connection (if it is not already) and
+/// deletes its rows, dead letters and cursor (see [`crate::connections::purge`]).
+async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>) -> Response {
+    use crate::connections::purge::{self, PurgeError};
+    let (Some(config), Some(view)) = (
+        admin.config.as_ref(),
+        admin.pipelines.iter().find(|p| p.name == name),
+    ) else {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        );
+    };
+    let Some(spec) = config.pipelines.iter().find(|p| p.name == name) else {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        );
+    };
+    // Refused before anything changes.
+    if let Some(why) = purge::refusal(spec) {
+        return webhook::error(StatusCode::CONFLICT, format!("cannot purge: {why}"));
+    }
+    let connection = id.to_string();
+    let removed = tokio::task::spawn_blocking(move || match store.remove(&connection) {
+        Err(StoreError::Removed { .. }) => store.get(&connection),
+        other => other,
+    })
+    .await;
+    let view_of = match removed {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return refused(e),
+        Err(e) => return webhook::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let dir = config.global.data_dir.join(name);
+    match purge::purge(spec, (&view.log, &view.dead_letters), &dir, id).await {
+        Ok(report) => {
+            tracing::info!(pipeline = %name, connection = %id, purged = ?report, "Connection removed and its data purged.");
+            Json(json!({ "connection": view_of, "purged": report })).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                PurgeError::Refused(_) => StatusCode::CONFLICT,
+                PurgeError::Behind { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                PurgeError::Sink { .. } | PurgeError::DeadLetters(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            let why = crate::error::chain(&e);
+            tracing::warn!(pipeline = %name, connection = %id, error = %why, "A purge did not finish; the connection is removed, and the purge can be repeated.");
+            webhook::error(status, format!("the connection is removed, but the purge did not finish: {why}; repeat the request"))
+        }
+    }
 }

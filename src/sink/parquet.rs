@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::files::{end_offset, files, writer_properties};
 use super::table::{
-    routed_tables, Opened, ReadError, SqlTable, Table, TableSink, Written, UNROUTED,
+    routed_tables, Opened, Purged, ReadError, SqlTable, Table, TableSink, Written, UNROUTED,
 };
 use super::{SinkError, Storage, StorageError};
 use crate::config::spec::ParquetSinkSpec;
@@ -132,6 +132,42 @@ impl TableSink for ParquetSink {
             placed.prefix = format!("part-p{partition}-");
         }
         Box::new(placed)
+    }
+
+    fn can_purge(&self) -> Result<(), String> {
+        if self
+            .spec
+            .partition_by
+            .iter()
+            .any(|c| c == crate::schema::CONNECTION_COLUMN)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "Parquet sink {} is not partitioned by _connection, so one connection's rows share files with others'; add \"_connection\" to its partition_by (new files only), or purge those rows with your own tool",
+                self.spec.name
+            ))
+        }
+    }
+
+    /// Deletes every file under a `_connection=<id>` directory, at any depth
+    /// of the partitions, in every table of the sink.
+    fn purge<'a>(&'a self, connection: &'a str) -> BoxFuture<'a, Result<Purged, SinkError>> {
+        Box::pin(async move {
+            let segment = format!("{}={connection}", crate::schema::CONNECTION_COLUMN);
+            let mut files = 0;
+            for name in self.storage.list().await? {
+                let relative = self.storage.relative(&name);
+                if relative.split('/').any(|part| part == segment) {
+                    self.storage.delete(&name).await?;
+                    files += 1;
+                }
+            }
+            Ok(Purged {
+                rows: None,
+                files: Some(files),
+            })
+        })
     }
 
     fn sql_table<'a>(

@@ -57,6 +57,30 @@ pub trait TableSink: Send + Sync {
         ctx: &'a SessionContext,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<SqlTable>, ReadError>>;
+
+    /// Whether this sink can delete one connection's rows; if not, why
+    /// and the fix (asked before a purge deletes anything anywhere).
+    fn can_purge(&self) -> Result<(), String> {
+        Err("this kind of sink cannot delete one connection's rows".into())
+    }
+
+    /// Deletes every row of `connection` from every table of the sink;
+    /// returns how many rows (or, where rows are not counted, files) went.
+    fn purge<'a>(&'a self, connection: &'a str) -> BoxFuture<'a, Result<Purged, SinkError>> {
+        let _ = connection;
+        Box::pin(async { Err(SinkError::Internal("purge of a sink that cannot".into())) })
+    }
+}
+
+/// What a purge deleted from one sink.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Purged {
+    /// Rows deleted (Delta: counted before the delete commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Files deleted (Parquet: the connection's partition directories).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
 }
 
 /// A table as DataFusion reads it.

@@ -379,7 +379,20 @@ print(json.dumps(rows))
 "#,
         &[project.path().join("lake/shops_delta").to_str().unwrap()],
     );
-    json!({"parquet": parquet, "delta": delta})
+    let duckdb_delta = python_json(
+        r#"
+import json, os, sys, duckdb, duckdb_ext
+log = os.path.join(sys.argv[1], "_delta_log")
+rows = {}
+if os.path.isdir(log) and os.listdir(log):
+    con = duckdb.connect(config={"extension_directory": list(duckdb_ext.__path__)[0] + "/extensions", "autoinstall_known_extensions": False})
+    con.execute("LOAD delta")
+    rows = dict(con.execute("SELECT _connection, count(*) FROM delta_scan(?) GROUP BY 1", [sys.argv[1]]).fetchall())
+print(json.dumps(rows))
+"#,
+        &[project.path().join("lake/shops_delta").to_str().unwrap()],
+    );
+    json!({"parquet": parquet, "delta": delta, "duckdb_delta": duckdb_delta})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +467,7 @@ async fn each_connection_posts_to_its_own_url_and_its_rows_carry_it() {
     let mut seen = Value::Null;
     eventually(&project, "both sinks hold every accepted event", || {
         seen = rows_by_connection(&project);
-        seen["parquet"] == want && seen["delta"] == want
+        seen["parquet"] == want && seen["delta"] == want && seen["duckdb_delta"] == want
     })
     .await;
     // The Parquet sink is partitioned by connection: one directory each.
@@ -617,6 +630,32 @@ async fn every_connection_polls_its_own_account_once_each_across_kill_9() {
     // Why, kept across the restart; never the token.
     let why = revoked["error"].as_str().unwrap_or("");
     assert!(why.contains("401") && !why.contains("s3cr3t"), "{revoked}");
+    // The pipeline's view counts connections by state and lists the failing
+    // one with its error; /metrics counts them (no per-connection labels).
+    let pipelines: Value = client
+        .get(project.url("/api/pipelines"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let summary = &pipelines["pipelines"][0]["connections"];
+    assert_eq!(summary["states"]["needs_reauth"], 1, "{summary}");
+    assert_eq!(summary["states"]["active"], 19, "{summary}");
+    assert_eq!(summary["failing"][0]["id"], "acct-13", "{summary}");
+    let metrics = client
+        .get(project.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tributary_connections{pipeline=\"crm\",state=\"needs_reauth\"} 1"),
+        "{metrics}"
+    );
     let asked = api.requests("acct-13");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(api.requests("acct-13"), asked, "no more runs for it");
@@ -646,4 +685,151 @@ async fn every_connection_polls_its_own_account_once_each_across_kill_9() {
             path.display()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_deletes_exactly_one_accounts_rows_dead_letters_and_cursor() {
+    let project = Project::new();
+    project.write("pipelines/shops.toml", SHOPS);
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    for id in ["acme", "globex"] {
+        let added = client
+            .post(project.url("/api/pipelines/shops/connections"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(json!({"id": id}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201);
+    }
+    for (id, first, n) in [("acme", 1, 3), ("globex", 10, 2), ("acme", 20, 2)] {
+        let events: Vec<Value> = (first..first + n).map(shopify_customer).collect();
+        let answer = client
+            .post(project.url(&format!("/hooks/shops/{id}")))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    // A dead letter of each (an id that is no integer).
+    for id in ["acme", "globex"] {
+        let bad = json!({"customers": {"id": "not-a-number"}});
+        let answer = client
+            .post(project.url(&format!("/hooks/shops/{id}")))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    let want = json!({"acme": 5, "globex": 2});
+    eventually(&project, "every event in both sinks", || {
+        let seen = rows_by_connection(&project);
+        seen["parquet"] == want && seen["delta"] == want
+    })
+    .await;
+
+    let purged = client
+        .delete(project.url("/api/pipelines/shops/connections/acme?purge=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let purged: Value = purged.json().await.unwrap();
+    assert_eq!(purged["connection"]["state"], "removed", "{purged}");
+    assert_eq!(purged["purged"]["sinks"]["delta"]["rows"], 5, "{purged}");
+    assert!(
+        purged["purged"]["sinks"]["parquet"]["files"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{purged}"
+    );
+    // Two dead letters (one per sink) of acme's bad event.
+    assert_eq!(purged["purged"]["dead_letters"], 2, "{purged}");
+
+    // Read back by delta-rs, DuckDB (its Delta reader and Parquet): only globex is left.
+    let left = json!({"globex": 2});
+    let seen = rows_by_connection(&project);
+    assert_eq!(seen["delta"], left, "{seen}");
+    assert_eq!(seen["duckdb_delta"], left, "{seen}");
+    assert_eq!(seen["parquet"], left, "{seen}");
+    let dead = python_json(
+        r#"
+import json, sys, duckdb
+print(json.dumps(dict(duckdb.sql("SELECT connection, count(*) FROM read_parquet(?) GROUP BY 1", params=[sys.argv[1] + "/*.parquet"]).fetchall())))
+"#,
+        &[project
+            .path()
+            .join("lake/_dead_letters/shops")
+            .to_str()
+            .unwrap()],
+    );
+    assert_eq!(dead, json!({"globex": 2}));
+    // Its webhook URL now answers 410; a second purge finds nothing left.
+    let gone = client
+        .post(project.url("/hooks/shops/acme"))
+        .json(&json!([shopify_customer(99)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 410);
+    let again: Value = client
+        .delete(project.url("/api/pipelines/shops/connections/acme?purge=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["purged"]["sinks"]["delta"]["rows"], 0, "{again}");
+    assert_eq!(again["purged"]["dead_letters"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_a_sink_cannot_do_is_refused_before_anything_changes() {
+    let project = Project::new();
+    project.write(
+        "pipelines/shops.toml",
+        &SHOPS.replace(
+            "partition_by = [\"_connection\"]",
+            "partition_by = [\"_received_date\"]",
+        ),
+    );
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    client
+        .post(project.url("/api/pipelines/shops/connections"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"id": "acme"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let refused = client
+        .delete(project.url("/api/pipelines/shops/connections/acme?purge=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let message: Value = refused.json().await.unwrap();
+    let message = message["error"].as_str().unwrap();
+    assert!(
+        message.contains("parquet") && message.contains("partition_by"),
+        "{message}"
+    );
+    let still: Value = client
+        .get(project.url("/api/pipelines/shops/connections/acme"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["state"], "active", "nothing changed: {still}");
 }

@@ -11,7 +11,8 @@ use crate::config::spec::DeltaSinkSpec;
 use crate::config::Location;
 use crate::encode::Encoder;
 use crate::sink::table::{
-    routed_tables, Opened as TableOpened, ReadError, SqlTable, Table, TableSink, Written, UNROUTED,
+    routed_tables, Opened as TableOpened, Purged, ReadError, SqlTable, Table, TableSink, Written,
+    UNROUTED,
 };
 use crate::sink::{SinkError, Storage};
 use deltalake::datafusion::prelude::SessionContext;
@@ -139,6 +140,49 @@ impl TableSink for DeltaTables {
             spec.name = format!("{}/{partition}", spec.name);
         }
         Box::new(DeltaTables::new(&self.pipeline, &spec, self.routed))
+    }
+
+    fn can_purge(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// One delete commit per table, `_connection = <id>`, after counting
+    /// the rows it deletes.
+    fn purge<'a>(&'a self, connection: &'a str) -> BoxFuture<'a, Result<Purged, SinkError>> {
+        Box::pin(async move {
+            let names = if self.routed {
+                self.tables().await?
+            } else {
+                vec![UNROUTED.to_string()]
+            };
+            let mut rows = 0;
+            for name in names {
+                let Some(table) = self.read(&name).await? else {
+                    continue;
+                };
+                let (_, url, _) = builder(&self.spec_of(&name))?;
+                let id = connection.to_string();
+                rows += run_on(&table_runtime(), &url, async move {
+                    use deltalake::datafusion::prelude::{col, lit};
+                    let matching = || col(crate::schema::CONNECTION_COLUMN).eq(lit(id.clone()));
+                    let ctx = SessionContext::new();
+                    let count = ctx
+                        .read_table(table.table_provider().await?)?
+                        .filter(matching())?
+                        .count()
+                        .await?;
+                    if count > 0 {
+                        table.delete().with_predicate(matching()).await?;
+                    }
+                    Ok(count as u64)
+                })
+                .await?;
+            }
+            Ok(Purged {
+                rows: Some(rows),
+                files: None,
+            })
+        })
     }
 
     fn sql_table<'a>(
