@@ -256,6 +256,10 @@ pub struct ReplayArgs {
 pub struct PollArgs {
     /// The pipeline's name (its `name` key).
     pub pipeline: String,
+    /// In a pipeline with `[connections]`: poll this connection only (by
+    /// default every active one, one after another).
+    #[arg(long, value_name = "ID")]
+    pub connection: Option<String>,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             Err(errors) => print_config_errors(&errors),
         },
         Command::Poll(args) => match config::load(&args.config.paths()) {
-            Ok(config) => poll(config, &args.pipeline),
+            Ok(config) => poll(config, &args.pipeline, args.connection.as_deref()),
             Err(errors) => print_config_errors(&errors),
         },
         Command::Status(args) => match config::load(&args.config.paths()) {
@@ -305,7 +305,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// `tributary poll`: one run with a progress bar on stderr (a plain line per
 /// page when stderr is not a terminal), then a summary on stdout.
-fn poll(config: Config, pipeline: &str) -> ExitCode {
+fn poll(config: Config, pipeline: &str, connection: Option<&str>) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -330,7 +330,7 @@ fn poll(config: Config, pipeline: &str) -> ExitCode {
     };
     let result = runtime.block_on(tributary::pipeline::poll_once(
         config,
-        pipeline,
+        (pipeline, connection),
         Shutdown::default(),
         &mut progress,
     ));

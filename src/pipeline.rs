@@ -100,7 +100,7 @@ pub enum RunError {
     )]
     NotPolled(String),
     /// `tributary poll` of a connections pipeline.
-    #[error("pipeline {0} takes connections: `tributary run` polls each of them on schedule; `tributary poll` of one connection is not built yet")]
+    #[error("pipeline {0} takes no connections (it has no [connections] table): run `tributary poll {0}` without --connection")]
     PollConnections(String),
     /// `tributary poll` with the log on JetStream.
     #[error(
@@ -479,9 +479,12 @@ fn spawn_runners(pipeline: &str, runners: Vec<SinkTask>, shutdown: &Shutdown) {
 /// the foreground, then its sinks flush what it fetched. `progress` sees the
 /// run after each durable page. No HTTP server starts; the pipeline's data
 /// directory is locked, so `tributary run` must not be running it.
+/// In a pipeline with `[connections]`, each active connection (or the one
+/// named) runs once, one after another; the result adds their pages and
+/// records, and the first failure is returned after the others ran.
 pub async fn poll_once(
     config: Config,
-    pipeline: &str,
+    (pipeline, connection): (&str, Option<&str>),
     shutdown: Shutdown,
     progress: &mut (dyn FnMut(&RunState) + Send),
 ) -> Result<RunState, RunError> {
@@ -494,7 +497,7 @@ pub async fn poll_once(
     if !matches!(spec.source, SourceSpec::Poll(_)) {
         return Err(RunError::NotPolled(pipeline.to_string()));
     }
-    if spec.connections.is_some() {
+    if connection.is_some() && spec.connections.is_none() {
         return Err(RunError::PollConnections(pipeline.to_string()));
     }
     if matches!(config.global.log, crate::config::log::LogSpec::JetStream(_)) {
@@ -502,6 +505,39 @@ pub async fn poll_once(
     }
     let floor = offset_floor(spec, &config.global).await?;
     let built = build(spec, &config.global, &shutdown, floor, None).await?;
+    if let Some(store) = built.view.connections.clone() {
+        let SourceSpec::Poll(poll) = &spec.source else {
+            return Err(RunError::NotPolled(pipeline.to_string()));
+        };
+        let parts = (built.view.appender.clone(), built.view.log.clone());
+        // Every appender must go for the log to close and the sinks to end:
+        // the view's, and the pipeline's own poller's (connections poll instead).
+        drop(built.view);
+        drop(built.source);
+        spawn_runners(&spec.name, built.runners, &shutdown);
+        let stop = shutdown.stop.clone();
+        tokio::spawn(async move {
+            Shutdown::signal().await;
+            stop.cancel();
+        });
+        let dir = config.global.data_dir.join(&spec.name);
+        let result = crate::connections::polling::once(
+            spec,
+            poll,
+            (&store, parts, &dir),
+            connection,
+            shutdown.stop.clone(),
+            progress,
+        )
+        .await;
+        if !shutdown.drain(GRACE).await {
+            warn!(grace_secs = GRACE.as_secs(), "Some sinks did not finish flushing in time; their events stay in the log for the next start.");
+        }
+        return result.map_err(|source| RunError::Poll {
+            pipeline: pipeline.to_string(),
+            source,
+        });
+    }
     // The view holds an appender; the log must close once the poller is done.
     drop(built.view);
     spawn_runners(&spec.name, built.runners, &shutdown);

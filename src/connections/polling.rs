@@ -29,7 +29,8 @@ use super::store::{Store, View};
 use super::template;
 use crate::buffer::{Appender, Log};
 use crate::config::spec::{PipelineSpec, PollSpec};
-use crate::source::poll::{ConnectionRun, Poller};
+use crate::source::poll::state::RunState;
+use crate::source::poll::{ConnectionRun, PollError, Poller};
 
 /// The runner of one pipeline's connections.
 pub struct Runner {
@@ -102,6 +103,111 @@ fn fill_json(
     Ok(())
 }
 
+/// `tributary poll` of a connections pipeline: one run of each active
+/// connection (or of `only`), one after another; their pages and records
+/// added up. A connection that fails is logged and the others run; the
+/// first failure is returned at the end.
+pub async fn once(
+    pipeline: &PipelineSpec,
+    spec: &PollSpec,
+    (store, (appender, log), dir): (&Arc<Store>, (Appender, Log), &std::path::Path),
+    only: Option<&str>,
+    stop: CancellationToken,
+    progress: &mut (dyn FnMut(&RunState) + Send),
+) -> Result<RunState, PollError> {
+    let connections: Vec<View> = match only {
+        None => store.active(),
+        Some(id) => match store.get(id) {
+            Ok(view) if view.state == super::State::Active => vec![view],
+            Ok(view) => {
+                return Err(PollError::Request(format!(
+                "connection {id} is {:?}, not active: resume it (or give it new credentials) first",
+                view.state
+            )))
+            }
+            Err(e) => return Err(PollError::Request(crate::error::chain(&e))),
+        },
+    };
+    let mut in_log = log.connection_states().map_err(PollError::State)?;
+    let http = crate::source::poll::client::http(spec)?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let mut total: Option<RunState> = None;
+    let mut first_error = None;
+    for view in connections {
+        let id: Arc<str> = Arc::from(view.id.as_str());
+        let run = async {
+            let spec = expand(spec, &id, &view.params).map_err(PollError::Request)?;
+            let credentials = store
+                .credentials(&id)
+                .map_err(|e| PollError::Request(crate::error::chain(&e)))?;
+            let connection = ConnectionRun {
+                id: id.clone(),
+                credentials,
+                keep_refresh: Some(keep_refresh(store, &id)),
+                permits: permits.clone(),
+                http: http.clone(),
+                health: store.health_of(&id),
+            };
+            let mut poller = Poller::for_connection(
+                pipeline,
+                &spec,
+                (
+                    appender.clone(),
+                    &dir.join("connections").join(id.as_ref()),
+                    in_log.remove(&id),
+                ),
+                connection,
+                stop.clone(),
+            )?;
+            poller.poll(progress).await
+        };
+        match run.await {
+            Ok(run) => {
+                info!(pipeline = %pipeline.name, connection = %id, pages = run.pages, records = run.records, "Polled a connection.");
+                total = Some(match total {
+                    None => run,
+                    Some(mut sum) => {
+                        sum.pages += run.pages;
+                        sum.records += run.records;
+                        sum
+                    }
+                });
+            }
+            Err(PollError::Stopped) => return Err(PollError::Stopped),
+            Err(e) => {
+                let why = crate::error::chain(&e);
+                if e.refuses_credentials() {
+                    let _ = store.needs_reauth(&id, &why);
+                }
+                error!(pipeline = %pipeline.name, connection = %id, error = %why, "The connection's poll failed.");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(appender);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total.unwrap_or_else(|| RunState {
+            started_us: crate::event::now_us(),
+            lower: None,
+            max_seen: None,
+            next: crate::source::poll::state::PageRef::First,
+            pages: 0,
+            records: 0,
+        })),
+    }
+}
+
+/// Keeps a connection's rotated refresh token in its store.
+fn keep_refresh(store: &Arc<Store>, id: &Arc<str>) -> crate::source::poll::client::KeepRefresh {
+    let (store, id) = (store.clone(), id.clone());
+    Arc::new(move |token: &str| {
+        store
+            .keep_refresh_token(&id, token)
+            .map_err(|e| crate::error::chain(&e))
+    })
+}
+
 impl Runner {
     /// Runs until shutdown; returns once every connection's poller ended.
     pub async fn run(self) {
@@ -111,6 +217,14 @@ impl Runner {
             .as_ref()
             .map_or(16, |c| c.max_concurrent_runs) as usize;
         let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+        // One HTTP client for every connection: its pool and TLS roots are shared.
+        let http = match crate::source::poll::client::http(&self.spec) {
+            Ok(http) => http,
+            Err(e) => {
+                error!(pipeline = %self.pipeline.name, error = %e, "No connection polls.");
+                return;
+            }
+        };
         // Each connection's newest state record in the log, read once.
         let log = self.log.clone();
         let mut in_log: HashMap<Arc<str>, (u64, Bytes)> = match tokio::task::spawn_blocking(
@@ -152,7 +266,9 @@ impl Runner {
                     continue;
                 }
                 let key: Arc<str> = Arc::from(id.as_str());
-                if let Some(started) = self.start(&key, view, in_log.remove(&key), &permits) {
+                if let Some(started) =
+                    self.start(&key, view, in_log.remove(&key), (&permits, &http))
+                {
                     running.insert(id.clone(), started);
                 }
             }
@@ -175,7 +291,7 @@ impl Runner {
         id: &Arc<str>,
         view: &View,
         in_log: Option<(u64, Bytes)>,
-        permits: &Arc<tokio::sync::Semaphore>,
+        (permits, http): (&Arc<tokio::sync::Semaphore>, &reqwest::Client),
     ) -> Option<Running> {
         let name = &self.pipeline.name;
         let fail = |why: String| {
@@ -197,20 +313,14 @@ impl Runner {
                 return None;
             }
         };
-        let keep = {
-            let (store, id) = (self.store.clone(), id.clone());
-            Arc::new(move |token: &str| {
-                store
-                    .keep_refresh_token(&id, token)
-                    .map_err(|e| crate::error::chain(&e))
-            }) as crate::source::poll::client::KeepRefresh
-        };
+        let keep = keep_refresh(&self.store, id);
         let stop = self.stop.child_token();
         let connection = ConnectionRun {
             id: id.clone(),
             credentials,
             keep_refresh: Some(keep),
             permits: permits.clone(),
+            http: http.clone(),
             health: self.store.health_of(id),
         };
         let dir = self.dir.join("connections").join(id.as_ref());

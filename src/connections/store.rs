@@ -1,8 +1,14 @@
-//! A pipeline's connections on disk: `<data_dir>/<pipeline>/connections.json`,
-//! replaced whole on every change (written to a temporary file, fsynced,
-//! renamed over the old one, the directory fsynced), so a crash leaves the
-//! old file or the new one, never a mix. An answer to a change is given only
-//! after that.
+//! A pipeline's connections on disk, in `<data_dir>/<pipeline>/`:
+//! `connections.json`, a snapshot, and `connections.journal`, one JSON line
+//! per change since (the changed connection whole). A change is appended to
+//! the journal and fsynced before it is answered: one small write, however
+//! many connections there are. On open the journal is replayed over the
+//! snapshot (a torn last line, never acknowledged, is dropped) and both are
+//! folded into a new snapshot; the same happens when the journal outgrows
+//! the snapshot. A snapshot is replaced whole (temporary file, fsync,
+//! rename, directory fsync), so a crash leaves the old one or the new one;
+//! replaying a journal over a snapshot that already holds it changes
+//! nothing.
 //!
 //! Credentials are stored sealed ([`super::seal`]), bound to
 //! `<pipeline>/<id>`; nothing else in the file is secret. A removed
@@ -21,8 +27,13 @@ use super::seal::{Keys, SealError};
 use super::{Credentials, Fields, State};
 use crate::source::poll::health::PollHealth;
 
-/// The store's file, under the pipeline's data directory.
+/// The store's snapshot, under the pipeline's data directory.
 pub const FILE: &str = "connections.json";
+/// Its journal of changes since the snapshot.
+pub const JOURNAL: &str = "connections.journal";
+/// The journal is folded into the snapshot beyond this many lines (or as
+/// many as there are connections, if more).
+const JOURNAL_LINES: usize = 1024;
 
 /// Why a connection could not be stored or found.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +210,7 @@ pub struct Store {
     path: PathBuf,
     keys: Arc<Keys>,
     fields: Fields,
-    connections: Mutex<BTreeMap<String, Stored>>,
+    connections: Mutex<Inner>,
     /// Bumped after every change is durable, for the connections' runner.
     changes: tokio::sync::watch::Sender<u64>,
     /// How each connection's poll runs go (shared with its poller).
@@ -212,6 +223,20 @@ impl std::fmt::Debug for Store {
             .field("pipeline", &self.pipeline)
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// The connections and the journal they are appended to.
+struct Inner {
+    map: BTreeMap<String, Stored>,
+    journal: fs::File,
+    lines: usize,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = BTreeMap<String, Stored>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
     }
 }
 
@@ -238,20 +263,54 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => File::default(),
             Err(e) => return Err(io_error(e)),
         };
-        Ok(Store {
+        let mut map: BTreeMap<String, Stored> = file
+            .connections
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        let journal_path = dir.join(JOURNAL);
+        let journal = match fs::read(&journal_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_error(e)),
+        };
+        let mut lines = journal.split(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Stored>(line) {
+                Ok(stored) => {
+                    map.insert(stored.id.clone(), stored);
+                }
+                // The last line, cut by a crash before its fsync: never acknowledged.
+                Err(_) if lines.peek().is_none() => {}
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        path: journal_path.display().to_string(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        let store = Store {
             pipeline: pipeline.to_string(),
             keys,
             fields,
-            connections: Mutex::new(
-                file.connections
-                    .into_iter()
-                    .map(|c| (c.id.clone(), c))
-                    .collect(),
-            ),
+            connections: Mutex::new(Inner {
+                map,
+                journal: open_journal(&journal_path).map_err(io_error)?,
+                lines: 0,
+            }),
             path,
             changes: tokio::sync::watch::Sender::new(0),
             health: Mutex::default(),
-        })
+        };
+        if !journal.is_empty() {
+            let mut inner = store.lock();
+            store.compact(&mut inner)?;
+        }
+        Ok(store)
     }
 
     /// Wakes on every change (a connection added, changed or removed).
@@ -369,15 +428,57 @@ impl Store {
         edit: impl FnOnce(&mut Stored) -> Result<(), StoreError>,
     ) -> Result<View, StoreError> {
         let mut connections = self.lock();
-        let mut next = connections.clone();
-        let stored = self.live(&mut next, id)?;
-        edit(stored)?;
-        let view = View::from(&*stored);
-        self.write(&next)?;
-        *connections = next;
+        let mut stored = self.live(&mut connections.map, id)?.clone();
+        edit(&mut stored)?;
+        let view = View::from(&stored);
+        self.commit(&mut connections, stored)?;
         drop(connections);
         self.changes.send_modify(|n| *n += 1);
         Ok(view)
+    }
+
+    /// Makes `stored` durable (a journal line, fsynced), then current.
+    fn commit(&self, inner: &mut Inner, stored: Stored) -> Result<(), StoreError> {
+        let io_error = |source| StoreError::Io {
+            path: self.journal_path().display().to_string(),
+            source,
+        };
+        let mut line = serde_json::to_vec(&stored).expect("a connection serialises");
+        line.push(b'\n');
+        inner.journal.write_all(&line).map_err(io_error)?;
+        inner.journal.sync_data().map_err(io_error)?;
+        inner.map.insert(stored.id.clone(), stored);
+        inner.lines += 1;
+        if inner.lines > JOURNAL_LINES.max(inner.map.len()) {
+            // The change is durable already: a failed fold is retried later.
+            if let Err(e) = self.compact(inner) {
+                tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal into a snapshot; it keeps growing until this works.");
+            }
+        }
+        Ok(())
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.path.with_file_name(JOURNAL)
+    }
+
+    /// Folds the journal into a new snapshot, then empties it.
+    fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        self.write(&inner.map)?;
+        let io_error = |source| StoreError::Io {
+            path: self.journal_path().display().to_string(),
+            source,
+        };
+        let journal = self.journal_path();
+        let tmp = journal.with_extension("journal.tmp");
+        fs::File::create(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error)?;
+        fs::rename(&tmp, &journal).map_err(io_error)?;
+        sync_dir(&journal).map_err(io_error)?;
+        inner.journal = open_journal(&journal).map_err(io_error)?;
+        inner.lines = 0;
+        Ok(())
     }
 
     /// The pipeline's name.
@@ -450,10 +551,7 @@ impl Store {
             error: None,
         };
         let view = View::from(&stored);
-        let mut next = connections.clone();
-        next.insert(new.id, stored);
-        self.write(&next)?;
-        *connections = next;
+        self.commit(&mut connections, stored)?;
         drop(connections);
         self.changes.send_modify(|n| *n += 1);
         Ok(view)
@@ -501,20 +599,26 @@ impl Store {
 
     /// Removes the connection `id`: its credentials are dropped, a tombstone stays.
     pub fn remove(&self, id: &str) -> Result<View, StoreError> {
-        self.change(id, |stored| {
+        let view = self.change(id, |stored| {
             stored.state = State::Removed;
             stored.credentials = None;
             stored.credential_fields.clear();
             stored.updated_at = now();
             Ok(())
-        })
+        })?;
+        // Its sealed credentials must not linger in the journal's older lines.
+        let mut inner = self.lock();
+        if let Err(e) = self.compact(&mut inner) {
+            tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal; a removed connection's sealed credentials stay in it until this works.");
+        }
+        Ok(view)
     }
 
     /// The credentials of connection `id`, opened.
     pub fn credentials(&self, id: &str) -> Result<Credentials, StoreError> {
         let sealed = {
             let mut connections = self.lock();
-            let stored = self.live(&mut connections, id)?;
+            let stored = self.live(&mut connections.map, id)?;
             stored.credentials.clone().unwrap_or_default()
         };
         let plain = self.keys.open(&sealed, &context(&self.pipeline, id))?;
@@ -528,9 +632,8 @@ impl Store {
     /// returns how many were sealed under another one.
     pub fn rekey(&self) -> Result<usize, StoreError> {
         let mut connections = self.lock();
-        let mut next = connections.clone();
-        let mut changed = 0;
-        for stored in next.values_mut() {
+        let mut resealed = Vec::new();
+        for stored in connections.values() {
             let Some(sealed) = &stored.credentials else {
                 continue;
             };
@@ -539,17 +642,18 @@ impl Store {
             }
             let context = context(&self.pipeline, &stored.id);
             let plain = self.keys.open(sealed, &context)?;
+            let mut stored = stored.clone();
             stored.credentials = Some(self.keys.seal(&plain, &context)?);
-            changed += 1;
+            resealed.push(stored);
         }
-        if changed > 0 {
-            self.write(&next)?;
-            *connections = next;
+        let changed = resealed.len();
+        for stored in resealed {
+            self.commit(&mut connections, stored)?;
         }
         Ok(changed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Stored>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -600,12 +704,21 @@ impl Store {
         out.sync_all().map_err(io_error)?;
         drop(out);
         fs::rename(&tmp, &self.path).map_err(io_error)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_error)?;
-        }
+        sync_dir(&self.path).map_err(io_error)?;
         Ok(())
+    }
+}
+
+/// The journal at `path`, opened to append (created if missing).
+fn open_journal(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Fsyncs the directory holding `path` (a rename in it is then durable).
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 
@@ -666,7 +779,8 @@ mod tests {
         )
         .unwrap();
         drop(s);
-        let bytes = fs::read(dir.path().join(FILE)).unwrap();
+        let mut bytes = fs::read(dir.path().join(FILE)).unwrap_or_default();
+        bytes.extend(fs::read(dir.path().join(JOURNAL)).unwrap_or_default());
         let text = String::from_utf8_lossy(&bytes);
         assert!(
             !text.contains("tok-acme-123") && !text.contains("tok-globex-456"),
@@ -719,6 +833,60 @@ mod tests {
             .insert("tokne".into(), "v-secret".into());
         let e = s.add(unknown).unwrap_err().to_string();
         assert!(e.contains("tokne") && !e.contains("v-secret"), "{e}");
+    }
+
+    #[test]
+    fn changes_go_to_a_journal_that_a_torn_line_and_a_fold_leave_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for i in 0..10 {
+            s.add(new(&format!("c{i}"), "tok")).unwrap();
+        }
+        assert!(!dir.path().join(FILE).exists(), "changes go to the journal");
+        // Folded once the journal outgrows the limit.
+        for i in 0..=JOURNAL_LINES {
+            let state = if i % 2 == 0 {
+                State::Paused
+            } else {
+                State::Active
+            };
+            let patch = Patch {
+                state: Some(state),
+                ..Default::default()
+            };
+            s.patch("c1", patch).unwrap();
+        }
+        let snapshot = fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(snapshot.contains("\"c9\""));
+        s.remove("c3").unwrap();
+        drop(s);
+        // A crash cut the next change mid-line.
+        let mut journal = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL))
+            .unwrap();
+        journal
+            .write_all(b"{\"id\":\"c5\",\"state\":\"pau")
+            .unwrap();
+        drop(journal);
+        let s = store(dir.path());
+        assert_eq!(s.list().len(), 9);
+        assert_eq!(
+            s.get("c1").unwrap().state,
+            State::Paused,
+            "the last change before the tear"
+        );
+        assert_eq!(s.get("c3").unwrap().state, State::Removed);
+        assert_eq!(
+            s.get("c5").unwrap().state,
+            State::Active,
+            "the torn change never happened"
+        );
+        // Opening folded the journal: it is empty, the snapshot whole.
+        assert_eq!(fs::read(dir.path().join(JOURNAL)).unwrap().len(), 0);
+        s.add(new("later", "tok")).unwrap();
+        drop(s);
+        assert!(store(dir.path()).get("later").is_ok());
     }
 
     #[test]

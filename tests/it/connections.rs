@@ -833,3 +833,180 @@ async fn a_purge_a_sink_cannot_do_is_refused_before_anything_changes() {
         .unwrap();
     assert_eq!(still["state"], "active", "nothing changed: {still}");
 }
+
+/// `scripts/bench connections`: many connections on one node, every = "1m"
+/// with a minute's jitter, one page of 10 records each from the fake API.
+/// Prints the time to add them through the API (16 clients), runs started
+/// in a minute (after a minute of warm-up), the start delay histogram, RSS
+/// and CPU. Figures only; nothing timed is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench connections"]
+async fn bench_connections() {
+    let n: usize = std::env::var("BENCH_CONNECTIONS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let window: u64 = std::env::var("BENCH_CONNECTIONS_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let api = crate::support::accounts::Accounts::start().await;
+    let project = Project::new();
+    accounts_pipeline(&project, &api);
+    let pipeline = std::fs::read_to_string(project.path().join("pipelines/crm.toml"))
+        .unwrap()
+        .replace("every = \"1s\"", "every = \"1m\"")
+        .replace("jitter = \"300ms\"", "jitter = \"1m\"")
+        .replace("max_concurrent_runs = 4", "max_concurrent_runs = 16")
+        .replace("max_age = \"200ms\"", "max_age = \"5s\"");
+    project.write("pipelines/crm.toml", &pipeline);
+    let ids: Vec<String> = (0..n).map(|i| format!("c{i:05}")).collect();
+    for id in &ids {
+        api.add(id, &format!("tok-{id}"), 10);
+    }
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str()), ("RUST_LOG", "warn")];
+    let server = project.start_with_env(&env).await;
+    let pid = server.pid();
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(n.div_ceil(16)) {
+        let (client, url, chunk) = (
+            client.clone(),
+            project.url("/api/pipelines/crm/connections"),
+            chunk.to_vec(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                let body = json!({"id": id, "credentials": {"token": format!("tok-{id}")}});
+                let answer = client
+                    .post(&url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let added = started.elapsed();
+    // Warm-up: the first runs spread over the jitter.
+    tokio::time::sleep(std::time::Duration::from_secs(window)).await;
+    let requests = |api: &crate::support::accounts::Accounts| -> u64 {
+        ids.iter().map(|id| api.requests(id)).sum()
+    };
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    };
+    let runs = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("tributary_poll_runs_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    let scrape = || async {
+        client
+            .get(project.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (requests_before, runs_before, cpu_before) =
+        (requests(&api), runs(&scrape().await), cpu(pid));
+    tokio::time::sleep(std::time::Duration::from_secs(window)).await;
+    let (requests_after, runs_after, cpu_after) = (requests(&api), runs(&scrape().await), cpu(pid));
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .to_string();
+    let metrics = scrape().await;
+    let delays: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tributary_connection_run_delay_seconds_bucket"))
+        .map(|l| l.to_string())
+        .collect();
+    println!(
+        "connections bench: {n} connections added in {:.1} s ({:.0}/s); runs ended in {window} s: {} (per minute: {:.0}; API requests {}); CPU {:.1} s over {window} s ({:.1}% of a core); {rss}",
+        added.as_secs_f64(),
+        n as f64 / added.as_secs_f64(),
+        runs_after - runs_before,
+        (runs_after - runs_before) as f64 * 60.0 / window as f64,
+        requests_after - requests_before,
+        cpu_after - cpu_before,
+        (cpu_after - cpu_before) * 100.0 / window as f64,
+    );
+    println!(
+        "connections bench: start delay buckets (cumulative): {}",
+        delays.join(" | ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tributary_poll_runs_each_connection_once_or_the_one_named() {
+    let api = crate::support::accounts::Accounts::start().await;
+    let project = Project::new();
+    accounts_pipeline(&project, &api);
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    for a in ["acct-01", "acct-02"] {
+        let added = client
+            .post(project.url("/api/pipelines/crm/connections"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(json!({"id": a, "credentials": {"token": format!("tok-{a}")}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201);
+    }
+    // The accounts do not exist yet at the API: runs fail (404), nothing stored.
+    assert!(server.terminate().success());
+    for a in ["acct-01", "acct-02"] {
+        api.add(a, &format!("tok-{a}"), 12);
+    }
+    let one = project.command_with_env(&["poll", "crm", "--connection", "acct-01"], &env);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let said = String::from_utf8_lossy(&one.stdout).to_string();
+    assert!(said.contains("12 records"), "{said}");
+    let all = project.command_with_env(&["poll", "crm"], &env);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    let said = String::from_utf8_lossy(&all.stdout).to_string();
+    // acct-01 resumes from its cursor (nothing new); acct-02 fetches its 12.
+    assert!(said.contains("12 records"), "{said}");
+    let rows = rows_by_account(&project);
+    let expected: std::collections::HashMap<String, usize> = ["acct-01", "acct-02"]
+        .iter()
+        .flat_map(|a| (1..=12).map(move |i| (format!("{a}/{i}"), 1)))
+        .collect();
+    assert_eq!(rows, expected);
+    let wrong = project.command_with_env(&["poll", "crm", "--connection", "nope"], &env);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("no connection nope"));
+}

@@ -196,22 +196,19 @@ impl From<PollError> for TokenFailure {
 impl Client {
     /// A client with the source's timeout.
     pub fn new(spec: &PollSpec) -> Result<Self, PollError> {
-        // Redirects are not followed: a 3xx could send the credentials (an
-        // API key header, a query key, a token request's client secret) to
-        // another host or over plain HTTP.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(spec.timeout)
-            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| PollError::Request(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self {
+        Ok(Self::on(http(spec)?))
+    }
+
+    /// A client on `http` (one HTTP client, its connections and TLS roots
+    /// shared by every connection of a pipeline).
+    pub fn on(http: reqwest::Client) -> Self {
+        Self {
             http,
             credentials: None,
             keep_refresh: None,
             token: Mutex::new(None),
             refresh_token: Mutex::new(None),
-        })
+        }
     }
 
     /// This client with a connection's credentials: each secret comes from
@@ -502,6 +499,18 @@ fn too_large(spec: &PollSpec) -> PollError {
         "the response is larger than source.max_response ({}); ask for smaller pages or raise max_response",
         crate::config::units::format_size(spec.max_response)
     ))
+}
+
+/// The HTTP client of `spec`'s requests. Redirects are not followed: a 3xx
+/// could send the credentials (an API key header, a query key, a token
+/// request's client secret) to another host or over plain HTTP.
+pub fn http(spec: &PollSpec) -> Result<reqwest::Client, PollError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(spec.timeout)
+        .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| PollError::Request(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A secret from the environment.

@@ -124,6 +124,8 @@ pub struct ConnectionRun {
     pub keep_refresh: Option<client::KeepRefresh>,
     /// The pipeline's run permits.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// The pipeline's HTTP client (shared: one pool, one set of TLS roots).
+    pub http: reqwest::Client,
     /// Where its runs are reported.
     pub health: Arc<PollHealth>,
 }
@@ -161,7 +163,7 @@ impl Poller {
         stop: CancellationToken,
     ) -> Result<Self, PollError> {
         std::fs::create_dir_all(dir).map_err(PollError::State)?;
-        let mut client = Client::new(spec)?.with_credentials(connection.credentials);
+        let mut client = Client::on(connection.http).with_credentials(connection.credentials);
         if let Some(keep) = connection.keep_refresh {
             client = client.keeping_refresh_tokens(keep);
         }
@@ -263,6 +265,7 @@ impl Poller {
         }
         // After a failure or a run cut at max_pages: wait for the tick after this start.
         let mut wait_from: Option<DateTime<Utc>> = None;
+        let mut first = true;
         loop {
             let now = Utc::now();
             let due = match wait_from {
@@ -281,10 +284,19 @@ impl Poller {
                 return false;
             };
             let mut wait = (due - now).to_std().unwrap_or_default();
-            // A new pipeline's first run and a resumed run start at once.
-            if self.state.run.is_none() && self.state.last_run_us.is_some() {
+            if self.connection.is_some() {
+                // A connection's runs keep the phase its first one drew (at
+                // start, also after a restart), so many connections on one
+                // schedule stay spread out and each still runs every tick.
+                if first && self.state.run.is_none() {
+                    wait += schedule::jitter(self.spec.jitter);
+                }
+            } else if self.state.run.is_none() && self.state.last_run_us.is_some() {
+                // A new pipeline's first run and a resumed run start at once.
                 wait += schedule::jitter(self.spec.jitter);
             }
+            first = false;
+            let planned = std::time::Instant::now() + wait;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return false,
@@ -297,6 +309,11 @@ impl Poller {
                     _ = self.stop.cancelled() => return false,
                 },
             };
+            if self.connection.is_some() {
+                // How late the run starts (waiting for a run permit, a busy runtime).
+                metrics::histogram!("tributary_connection_run_delay_seconds", "pipeline" => self.pipeline.clone())
+                    .record(Instant::now().saturating_duration_since(planned).as_secs_f64());
+            }
             let started = Utc::now();
             let clock = Instant::now();
             match self.poll(&mut |_| {}).await {
