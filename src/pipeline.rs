@@ -261,13 +261,21 @@ fn connections(
     };
     let keys = crate::connections::seal::Keys::from_env()
         .map_err(|e| error(crate::connections::store::StoreError::Seal(e)))?;
+    let notifier = match spec.connections.as_ref().and_then(|c| c.notify.as_ref()) {
+        None => None,
+        Some(n) => Some(Arc::new(
+            crate::connections::notify::Notifier::new(&spec.name, &n.url, &n.secret_env)
+                .map_err(|e| error(crate::connections::store::StoreError::Invalid(e)))?,
+        )),
+    };
     let store = crate::connections::store::Store::open(
         dir,
         &spec.name,
         Arc::new(keys),
         crate::connections::Fields::of(&spec.source),
     )
-    .map_err(error)?;
+    .map_err(error)?
+    .notifying(notifier);
     Ok(Some(Arc::new(store)))
 }
 

@@ -16,6 +16,18 @@ pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 16;
 pub struct RawConnections {
     /// Most poll runs in flight at once across the pipeline's connections.
     pub max_concurrent_runs: Option<u32>,
+    /// Where your app hears about its connections.
+    pub notify: Option<RawNotify>,
+}
+
+/// `[connections] notify`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// The app's URL.
+    pub url: Option<String>,
+    /// Env var holding the `whsec_` secret the POSTs are signed with.
+    pub secret_env: Option<String>,
 }
 
 /// `[connections]`, defaulted.
@@ -23,6 +35,19 @@ pub struct RawConnections {
 pub struct ConnectionsSpec {
     /// Most poll runs in flight at once across the pipeline's connections.
     pub max_concurrent_runs: u32,
+    /// Where your app hears about its connections, if anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
+}
+
+/// `[connections] notify`, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifySpec {
+    /// The app's URL (https, or http to this machine).
+    #[serde(serialize_with = "crate::config::source::poll::display")]
+    pub url: url::Url,
+    /// Env var holding the signing secret.
+    pub secret_env: String,
 }
 
 /// Checks `[connections]`.
@@ -38,7 +63,55 @@ pub(super) fn validate(raw: &RawConnections, e: &mut Errors<'_>) -> Option<Conne
         );
         return None;
     }
+    let notify = match &raw.notify {
+        None => None,
+        Some(n) => Some(notify(n, e)?),
+    };
     Some(ConnectionsSpec {
         max_concurrent_runs: max,
+        notify,
+    })
+}
+
+fn notify(raw: &RawNotify, e: &mut Errors<'_>) -> Option<NotifySpec> {
+    let url = match raw.url.as_deref().map(url::Url::parse) {
+        None => {
+            e.push(
+                "connections.notify.url",
+                "missing",
+                "add url = \"https://your-app.example.com/tributary/events\"",
+            );
+            None
+        }
+        Some(Ok(u)) if u.scheme() == "https" => Some(u),
+        Some(Ok(u))
+            if u.scheme() == "http"
+                && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")) =>
+        {
+            Some(u)
+        }
+        Some(_) => {
+            e.push(
+                "connections.notify.url",
+                "is not an https URL",
+                "use https:// (plain http only to 127.0.0.1 or localhost)",
+            );
+            None
+        }
+    };
+    let secret_env = match raw.secret_env.as_deref() {
+        Some(name) if !name.is_empty() && !name.contains(['=', '\0']) => Some(name.to_string()),
+        _ => {
+            e.push(
+                "connections.notify.secret_env",
+                "missing or not an env var name",
+                "name the env var holding a whsec_ secret (Standard Webhooks), e.g. secret_env = \"NOTIFY_SECRET\"",
+            );
+            None
+        }
+    };
+    Some(NotifySpec {
+        url: url?,
+        secret_env: secret_env?,
     })
 }

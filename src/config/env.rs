@@ -48,9 +48,13 @@ pub fn unset(config: &Config, is_set: impl Fn(&str) -> bool) -> Vec<ConfigError>
         }
     }
     for p in &config.pipelines {
-        if p.connections.is_some() {
+        if let Some(connections) = &p.connections {
             let var = crate::connections::seal::KEY_ENV;
             need(&p.file, "connections".into(), var, SEALS);
+            if let Some(notify) = &connections.notify {
+                let key = "connections.notify.secret_env".into();
+                need(&p.file, key, &notify.secret_env, RUN_REFUSES);
+            }
         }
         // A webhook without its secret does not start; a poll source
         // starts and fails each run.

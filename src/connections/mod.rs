@@ -19,6 +19,7 @@
 //! `token_secret`), and app-level ones may be overridden (oauth2
 //! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`).
 
+pub mod notify;
 pub mod polling;
 pub mod purge;
 pub mod seal;

@@ -147,6 +147,7 @@ pub async fn once(
                 permits: permits.clone(),
                 http: http.clone(),
                 health: store.health_of(&id),
+                events: Some(events(store, &id)),
             };
             let mut poller = Poller::for_connection(
                 pipeline,
@@ -196,6 +197,12 @@ pub async fn once(
             records: 0,
         })),
     }
+}
+
+/// Passes a connection's run events to its store's notifier.
+fn events(store: &Arc<Store>, id: &Arc<str>) -> crate::source::poll::RunEvents {
+    let (store, id) = (store.clone(), id.clone());
+    Arc::new(move |kind, data| store.notify(kind, &id, data))
 }
 
 /// Keeps a connection's rotated refresh token in its store.
@@ -322,6 +329,7 @@ impl Runner {
             permits: permits.clone(),
             http: http.clone(),
             health: self.store.health_of(id),
+            events: Some(events(&self.store, id)),
         };
         let dir = self.dir.join("connections").join(id.as_ref());
         let poller = match Poller::for_connection(

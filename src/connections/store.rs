@@ -215,6 +215,8 @@ pub struct Store {
     changes: tokio::sync::watch::Sender<u64>,
     /// How each connection's poll runs go (shared with its poller).
     health: Mutex<BTreeMap<String, Arc<PollHealth>>>,
+    /// Tells the app about its connections, if `[connections] notify` is set.
+    notifier: Option<Arc<super::notify::Notifier>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -305,12 +307,26 @@ impl Store {
             path,
             changes: tokio::sync::watch::Sender::new(0),
             health: Mutex::default(),
+            notifier: None,
         };
         if !journal.is_empty() {
             let mut inner = store.lock();
             store.compact(&mut inner)?;
         }
         Ok(store)
+    }
+
+    /// This store telling the app about its connections through `notifier`.
+    pub fn notifying(mut self, notifier: Option<Arc<super::notify::Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Sends event `kind` about `connection` to the app, if it listens.
+    pub fn notify(&self, kind: &'static str, connection: &str, data: serde_json::Value) {
+        if let Some(notifier) = &self.notifier {
+            notifier.send(kind, connection, data);
+        }
     }
 
     /// Wakes on every change (a connection added, changed or removed).
@@ -397,14 +413,24 @@ impl Store {
     /// Marks connection `id` as refused by the API: it runs no more until
     /// its credentials are replaced.
     pub fn needs_reauth(&self, id: &str, why: &str) -> Result<View, StoreError> {
-        self.change(id, |stored| {
+        let mut changed = false;
+        let view = self.change(id, |stored| {
             if stored.state == State::Active {
                 stored.state = State::NeedsReauth;
                 stored.error = Some(why.to_string());
                 stored.updated_at = now();
+                changed = true;
             }
             Ok(())
-        })
+        })?;
+        if changed {
+            self.notify(
+                "connection.needs_reauth",
+                id,
+                serde_json::json!({ "error": why }),
+            );
+        }
+        Ok(view)
     }
 
     /// Keeps the refresh token an OAuth endpoint rotated for connection

@@ -214,9 +214,11 @@ async fn remove(
         return purge_connection(&admin, &name, &id, store).await;
     }
     let connection = id.clone();
+    let notify = store.clone();
     let answer = blocking(store, StatusCode::OK, move |s| s.remove(&connection)).await;
     if answer.status() == StatusCode::OK {
         tracing::info!(pipeline = %name, connection = %id, "Connection removed.");
+        notify.notify("connection.removed", &id, json!({ "purged": null }));
     }
     answer
 }
@@ -259,6 +261,9 @@ async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>
     match purge::purge(spec, (&view.log, &view.dead_letters), &dir, id).await {
         Ok(report) => {
             tracing::info!(pipeline = %name, connection = %id, purged = ?report, "Connection removed and its data purged.");
+            if let Some(store) = &view.connections {
+                store.notify("connection.removed", id, json!({ "purged": report }));
+            }
             Json(json!({ "connection": view_of, "purged": report })).into_response()
         }
         Err(e) => {

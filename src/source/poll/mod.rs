@@ -112,6 +112,8 @@ pub struct Poller {
     /// Runs in flight across the pipeline's connections
     /// (`connections.max_concurrent_runs`); a run holds one.
     permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// Hears about a connection's runs.
+    events: Option<RunEvents>,
 }
 
 /// What a connection's poller is given besides the pipeline's.
@@ -128,7 +130,13 @@ pub struct ConnectionRun {
     pub http: reqwest::Client,
     /// Where its runs are reported.
     pub health: Arc<PollHealth>,
+    /// Told `connection.backfill_done` and `connection.failing` (see
+    /// [`crate::connections::notify`]).
+    pub events: Option<RunEvents>,
 }
+
+/// Hears about a connection's runs: an event type and its data.
+pub type RunEvents = Arc<dyn Fn(&'static str, serde_json::Value) + Send + Sync>;
 
 impl Poller {
     /// The poller of `pipeline`, its state loaded from the log (`log`) and
@@ -176,6 +184,7 @@ impl Poller {
         )?;
         poller.connection = Some(connection.id);
         poller.permits = Some(connection.permits);
+        poller.events = connection.events;
         poller.health = connection.health;
         Ok(poller)
     }
@@ -221,6 +230,7 @@ impl Poller {
             health: Arc::default(),
             connection: None,
             permits: None,
+            events: None,
         })
     }
 
@@ -319,6 +329,19 @@ impl Poller {
             match self.poll(&mut |_| {}).await {
                 Ok(run) => {
                     self.health.succeeded();
+                    // A first run (no lower bound) of an incremental source has
+                    // fetched everything there was.
+                    if let Some(events) = &self.events {
+                        if self.spec.cursor.is_some()
+                            && run.lower.is_none()
+                            && self.state.run.is_none()
+                        {
+                            events(
+                                "connection.backfill_done",
+                                serde_json::json!({ "records": run.records, "pages": run.pages }),
+                            );
+                        }
+                    }
                     wait_from = self.state.run.is_some().then_some(started);
                     info!(pipeline = %self.pipeline, pages = run.pages, records = run.records, millis = clock.elapsed().as_millis() as u64, cursor = %self.state.cursor.as_ref().map(page::text).unwrap_or_default(), "Poll run finished.");
                 }
@@ -334,6 +357,12 @@ impl Poller {
                     wait_from = Some(started);
                     let why = crate::error::chain(&e);
                     let failures = self.health.failed(&why);
+                    if let (Some(events), 3) = (&self.events, failures) {
+                        events(
+                            "connection.failing",
+                            serde_json::json!({ "error": why, "failures": failures }),
+                        );
+                    }
                     match e {
                         PollError::Secret(_) if unset_said => {
                             debug!(pipeline = %self.pipeline, failures, error = %why, "Poll run failed: a credential is not set.");

@@ -2,6 +2,13 @@
 //! has its own contacts at `/accounts/{account}/contacts`, behind its own
 //! bearer token, paged 5 at a time with an `after` token, filtered by
 //! `updated_after` (exclusive). Tokens can be revoked, and records added.
+//!
+//! An OAuth2 account (`add_oauth`) is reached with access tokens from
+//! `POST /oauth/token` (refresh-token grant, client `app-id`/`app-secret`),
+//! which live one second and come with a new refresh token each time: the
+//! old refresh token is spent once an access token issued with the new one
+//! is used (until then a client that lost the new one may use the old one
+//! again); a spent one answers `invalid_grant`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +28,14 @@ struct Inner {
     accounts: HashMap<String, (String, u64)>,
     /// Requests answered, per account.
     requests: HashMap<String, u64>,
+    /// Refresh token → account, for OAuth accounts.
+    refresh: HashMap<String, String>,
+    /// Access token → (account, expiry, the refresh token it replaced).
+    access: HashMap<String, (String, std::time::Instant, Option<String>)>,
+    /// Tokens issued so far (for unique names).
+    issued: u64,
+    /// `invalid_grant` answers.
+    spent: u64,
 }
 
 /// The running fake.
@@ -34,6 +49,7 @@ impl Accounts {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/accounts/{account}/contacts", get(contacts))
+            .route("/oauth/token", axum::routing::post(token))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -53,6 +69,32 @@ impl Accounts {
             .unwrap()
             .accounts
             .insert(account.to_string(), (token.to_string(), records));
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.address)
+    }
+
+    /// Adds OAuth account `account` whose first refresh token is `refresh`.
+    pub fn add_oauth(&self, account: &str, refresh: &str, records: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner
+            .accounts
+            .insert(account.to_string(), (String::new(), records));
+        inner
+            .refresh
+            .insert(refresh.to_string(), account.to_string());
+    }
+
+    /// `invalid_grant` answers so far (a spent refresh token was used).
+    pub fn spent_refused(&self) -> u64 {
+        self.inner.lock().unwrap().spent
+    }
+
+    /// Refresh tokens issued so far.
+    pub fn issued(&self) -> u64 {
+        self.inner.lock().unwrap().issued
     }
 
     /// Adds `n` newer contacts to `account`.
@@ -87,8 +129,28 @@ async fn contacts(
     };
     let sent = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if sent != Some(format!("Bearer {token}").as_str()) {
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bearer = sent.strip_prefix("Bearer ").unwrap_or("");
+    let allowed = if token.is_empty() {
+        // OAuth: a live access token of this account; its first use spends
+        // the refresh token it replaced.
+        match inner.access.get_mut(bearer) {
+            Some((owner, expires, replaced))
+                if *owner == account && *expires > std::time::Instant::now() =>
+            {
+                if let Some(old) = replaced.take() {
+                    inner.refresh.remove(&old);
+                }
+                true
+            }
+            _ => false,
+        }
+    } else {
+        bearer == token
+    };
+    if !allowed {
         return (
             StatusCode::UNAUTHORIZED,
             "{\"message\":\"invalid or revoked token\"}",
@@ -124,6 +186,41 @@ async fn contacts(
     (
         [(header::CONTENT_TYPE, "application/json")],
         format!("{{\"results\":[{}]{paging}}}", page.join(",")),
+    )
+        .into_response()
+}
+
+async fn token(State(inner): State<Arc<Mutex<Inner>>>, body: String) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let mut inner = inner.lock().unwrap();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if field("client_id") != "app-id" || field("client_secret") != "app-secret" {
+        return (StatusCode::UNAUTHORIZED, "{\"error\":\"invalid_client\"}").into_response();
+    }
+    let old = field("refresh_token").to_string();
+    if field("grant_type") != "refresh_token" || !inner.refresh.contains_key(&old) {
+        inner.spent += 1;
+        return (StatusCode::BAD_REQUEST, "{\"error\":\"invalid_grant\"}").into_response();
+    }
+    let account = inner.refresh[&old].clone();
+    inner.issued += 1;
+    let n = inner.issued;
+    let (refresh, access) = (
+        format!("rt-{account}-{n}-s3cr3t"),
+        format!("at-{account}-{n}-s3cr3t"),
+    );
+    inner.refresh.insert(refresh.clone(), account.clone());
+    let expires = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    inner
+        .access
+        .insert(access.clone(), (account, expires, Some(old)));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            "{{\"access_token\":\"{access}\",\"expires_in\":1,\"refresh_token\":\"{refresh}\"}}"
+        ),
     )
         .into_response()
 }
