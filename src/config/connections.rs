@@ -18,6 +18,16 @@ pub struct RawConnections {
     pub max_concurrent_runs: Option<u32>,
     /// Where your app hears about its connections.
     pub notify: Option<RawNotify>,
+    /// How a webhook sent to the source's own path names its connection.
+    pub attribute: Option<RawAttribute>,
+}
+
+/// `[connections] attribute`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttribute {
+    /// A request header whose value is one of a connection's `match` values.
+    pub header: Option<String>,
 }
 
 /// `[connections] notify`.
@@ -38,6 +48,10 @@ pub struct ConnectionsSpec {
     /// Where your app hears about its connections, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifySpec>,
+    /// The request header (lower case) that names a webhook's connection by
+    /// one of its `match` values, on the source's own path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribute_header: Option<String>,
 }
 
 /// `[connections] notify`, checked.
@@ -50,8 +64,12 @@ pub struct NotifySpec {
     pub secret_env: String,
 }
 
-/// Checks `[connections]`.
-pub(super) fn validate(raw: &RawConnections, e: &mut Errors<'_>) -> Option<ConnectionsSpec> {
+/// Checks `[connections]`; `webhook` says whether the source is one.
+pub(super) fn validate(
+    raw: &RawConnections,
+    webhook: bool,
+    e: &mut Errors<'_>,
+) -> Option<ConnectionsSpec> {
     let max = raw
         .max_concurrent_runs
         .unwrap_or(DEFAULT_MAX_CONCURRENT_RUNS);
@@ -67,9 +85,34 @@ pub(super) fn validate(raw: &RawConnections, e: &mut Errors<'_>) -> Option<Conne
         None => None,
         Some(n) => Some(notify(n, e)?),
     };
+    let attribute_header = match raw.attribute.as_ref().map(|a| a.header.as_deref()) {
+        None => None,
+        Some(_) if !webhook => {
+            e.push(
+                "connections.attribute",
+                "only a webhook source's requests can be attributed",
+                "remove attribute; a poll source runs each connection itself",
+            );
+            return None;
+        }
+        Some(Some(h))
+            if !h.is_empty() && reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok() =>
+        {
+            Some(h.to_ascii_lowercase())
+        }
+        Some(_) => {
+            e.push(
+                "connections.attribute.header",
+                "missing or not a header name",
+                "write attribute = { header = \"X-Shopify-Shop-Domain\" }",
+            );
+            return None;
+        }
+    };
     Some(ConnectionsSpec {
         max_concurrent_runs: max,
         notify,
+        attribute_header,
     })
 }
 

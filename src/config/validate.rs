@@ -202,10 +202,10 @@ fn pipeline(
             }
         }
     }
-    let connections = raw
-        .connections
-        .as_ref()
-        .and_then(|c| super::connections::validate(c, e));
+    let connections = raw.connections.as_ref().and_then(|c| {
+        let webhook = raw.source.as_ref().is_some_and(RawSource::is_sent);
+        super::connections::validate(c, webhook, e)
+    });
     if connections.is_some() && !matches!(global.log, super::log::LogSpec::File) {
         e.push(
             "connections",

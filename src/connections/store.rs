@@ -107,6 +107,9 @@ struct Stored {
     /// Why it needs new credentials (kept across restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The values that attribute a webhook to it (`[connections] attribute`).
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -133,6 +136,9 @@ pub struct View {
     /// Why it is `needs_reauth`: the API's answer that refused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The values that attribute a webhook to it.
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<String>,
     /// How its poll runs go, once one has ended since the start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<crate::source::poll::health::PollSnapshot>,
@@ -148,6 +154,7 @@ impl From<&Stored> for View {
             created_at: s.created_at.clone(),
             updated_at: s.updated_at.clone(),
             error: s.error.clone(),
+            matches: s.matches.clone(),
             last_run: None,
         }
     }
@@ -165,6 +172,10 @@ pub struct New {
     /// Its params, by name.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Values that attribute a webhook to it (a shop's domain, a portal
+    /// id), with `[connections] attribute`.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<String>,
 }
 
 /// A change to a connection, as the admin API takes it.
@@ -177,6 +188,9 @@ pub struct Patch {
     pub credentials: Option<Credentials>,
     /// New params (all of them).
     pub params: Option<BTreeMap<String, String>>,
+    /// New attribution values (all of them).
+    #[serde(rename = "match")]
+    pub matches: Option<Vec<String>>,
 }
 
 /// Most failing connections a summary lists (all are counted).
@@ -231,6 +245,8 @@ impl std::fmt::Debug for Store {
 /// The connections and the journal they are appended to.
 struct Inner {
     map: BTreeMap<String, Stored>,
+    /// Attribution value → connection id.
+    by_match: std::collections::HashMap<String, String>,
     journal: fs::File,
     lines: usize,
 }
@@ -300,6 +316,10 @@ impl Store {
             keys,
             fields,
             connections: Mutex::new(Inner {
+                by_match: map
+                    .values()
+                    .flat_map(|c| c.matches.iter().map(|m| (m.clone(), c.id.clone())))
+                    .collect(),
                 map,
                 journal: open_journal(&journal_path).map_err(io_error)?,
                 lines: 0,
@@ -473,6 +493,14 @@ impl Store {
         line.push(b'\n');
         inner.journal.write_all(&line).map_err(io_error)?;
         inner.journal.sync_data().map_err(io_error)?;
+        if let Some(old) = inner.map.get(&stored.id) {
+            for m in old.matches.clone() {
+                inner.by_match.remove(&m);
+            }
+        }
+        for m in &stored.matches {
+            inner.by_match.insert(m.clone(), stored.id.clone());
+        }
         inner.map.insert(stored.id.clone(), stored);
         inner.lines += 1;
         if inner.lines > JOURNAL_LINES.max(inner.map.len()) {
@@ -542,6 +570,29 @@ impl Store {
         Ok(self.with_health(view))
     }
 
+    /// The connection a webhook's attribution value names, with its state.
+    pub fn by_match(&self, value: &str) -> Option<(String, State)> {
+        let inner = self.lock();
+        let id = inner.by_match.get(value)?;
+        inner.map.get(id).map(|c| (c.id.clone(), c.state))
+    }
+
+    /// Refuses attribution values another connection holds.
+    fn check_matches(&self, inner: &Inner, id: &str, matches: &[String]) -> Result<(), StoreError> {
+        for m in matches {
+            if m.is_empty() {
+                return Err(StoreError::Invalid("an empty match value".into()));
+            }
+            if let Some(other) = inner.by_match.get(m).filter(|o| *o != id) {
+                return Err(StoreError::Invalid(format!(
+                    "match value {} is already connection {other}'s; a webhook must name one connection",
+                    super::printable(m)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether connection `id` exists and is not removed (for webhooks: a
     /// look-up, no copy).
     pub fn state_of(&self, id: &str) -> Option<State> {
@@ -565,6 +616,7 @@ impl Store {
                 id: new.id,
             });
         }
+        self.check_matches(&connections, &new.id, &new.matches)?;
         let now = now();
         let stored = Stored {
             credentials: Some(self.seal(&new.id, &new.credentials)?),
@@ -575,6 +627,7 @@ impl Store {
             created_at: now.clone(),
             updated_at: now,
             error: None,
+            matches: new.matches,
         };
         let view = View::from(&stored);
         self.commit(&mut connections, stored)?;
@@ -596,6 +649,9 @@ impl Store {
         if let Some(params) = &patch.params {
             self.fields.check_params(params)?;
         }
+        if let Some(matches) = &patch.matches {
+            self.check_matches(&self.lock(), id, matches)?;
+        }
         let sealed = match &patch.credentials {
             Some(credentials) => Some(self.seal(id, credentials)?),
             None => None,
@@ -611,6 +667,9 @@ impl Store {
             }
             if let Some(params) = patch.params {
                 stored.params = params;
+            }
+            if let Some(matches) = patch.matches {
+                stored.matches = matches;
             }
             if let Some(state) = patch.state {
                 // A connection waiting for credentials stays so until they come.
@@ -783,6 +842,7 @@ mod tests {
             id: id.into(),
             credentials: [("token".to_string(), token.to_string())].into(),
             params: [("shop".to_string(), "acme".to_string())].into(),
+            matches: vec![],
         }
     }
 

@@ -120,6 +120,10 @@ pub async fn build(
                 },
                 // Set by the pipeline once its connections are open.
                 connections: None,
+                attribute_header: spec
+                    .connections
+                    .as_ref()
+                    .and_then(|c| c.attribute_header.clone()),
             };
             Ok(Built {
                 source: Source::Webhook {

@@ -1187,3 +1187,100 @@ async fn the_app_hears_about_its_connections_in_signed_posts() {
     );
     assert!(!needs.to_string().contains("tok-revoked"), "{needs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_app_level_url_attributes_each_webhook_by_a_header() {
+    let project = Project::new();
+    project.write(
+        "pipelines/shops.toml",
+        &SHOPS.replace(
+            "[connections]\n",
+            "[connections]\nattribute = { header = \"X-Shopify-Shop-Domain\" }\n",
+        ),
+    );
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    add(
+        &project,
+        "shops",
+        json!({"id": "acme", "match": ["acme.myshopify.com"]}),
+    )
+    .await;
+    add(
+        &project,
+        "shops",
+        json!({"id": "globex", "match": ["globex.myshopify.com"]}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // A match value is one connection's only.
+    let taken = client
+        .post(project.url("/api/pipelines/shops/connections"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"id": "copycat", "match": ["acme.myshopify.com"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 400);
+    let shop = |domain: Option<&'static str>, first: u64| {
+        let mut request = client
+            .post(project.url("/hooks/shops"))
+            .json(&[shopify_customer(first)]);
+        if let Some(domain) = domain {
+            request = request.header("X-Shopify-Shop-Domain", domain);
+        }
+        request.send()
+    };
+    assert_eq!(
+        shop(Some("acme.myshopify.com"), 1).await.unwrap().status(),
+        202
+    );
+    assert_eq!(
+        shop(Some("globex.myshopify.com"), 2)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        shop(Some("globex.myshopify.com"), 3)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let unknown = shop(Some("hooli.myshopify.com"), 4).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(shop(None, 5).await.unwrap().status(), 400);
+    client
+        .delete(project.url("/api/pipelines/shops/connections/globex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shop(Some("globex.myshopify.com"), 6)
+            .await
+            .unwrap()
+            .status(),
+        410
+    );
+    // The path form works as well.
+    assert_eq!(
+        client
+            .post(project.url("/hooks/shops/acme"))
+            .json(&[shopify_customer(7)])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let want = json!({"acme": 2, "globex": 2});
+    let mut seen = Value::Null;
+    eventually(&project, "the attributed rows", || {
+        seen = rows_by_connection(&project);
+        seen["parquet"] == want && seen["delta"] == want
+    })
+    .await;
+}

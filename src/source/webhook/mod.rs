@@ -66,6 +66,9 @@ pub struct Route {
     /// `[connections]`: events are POSTed to `<path>/<connection>`, for a
     /// connection of this store.
     pub connections: Option<Arc<crate::connections::store::Store>>,
+    /// `[connections] attribute`: on `<path>` itself, this header's value is
+    /// one of a connection's `match` values.
+    pub attribute_header: Option<String>,
 }
 
 /// The Prometheus counters of one webhook path.
@@ -140,15 +143,48 @@ fn retry_later(message: String) -> Response {
 /// `[connections]`; on one with, the connection its path names, which must
 /// exist (404) and not be removed (410, which tells a provider to stop). A
 /// paused connection's events are stored: resuming loses nothing.
-fn admit_connection(route: &Route, connection: Option<&str>) -> Result<Option<Arc<str>>, Response> {
+fn admit_connection(
+    route: &Route,
+    connection: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Arc<str>>, Response> {
     let Some(store) = &route.connections else {
         return Ok(None);
     };
     let Some(id) = connection else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("pipeline {} takes connections: POST each account's events to this path followed by /<connection id>", route.pipeline),
-        ));
+        let value = route
+            .attribute_header
+            .as_deref()
+            .map(|h| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim));
+        return match value {
+            None => Err(error(
+                StatusCode::NOT_FOUND,
+                format!("pipeline {} takes connections: POST each account's events to this path followed by /<connection id>", route.pipeline),
+            )),
+            Some(None) => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "pipeline {} names a webhook's connection by its {} header, which this request lacks",
+                    route.pipeline,
+                    route.attribute_header.as_deref().unwrap_or("")
+                ),
+            )),
+            Some(Some(value)) => match store.by_match(value) {
+                Some((id, crate::connections::State::Removed)) => Err(error(
+                    StatusCode::GONE,
+                    format!("connection {id} of pipeline {} was removed; its events are no longer accepted", route.pipeline),
+                )),
+                Some((id, _)) => Ok(Some(Arc::from(id.as_str()))),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no connection of pipeline {} has the match value {}; add it to the connection's \"match\" values",
+                        route.pipeline,
+                        crate::connections::printable(value)
+                    ),
+                )),
+            },
+        };
     };
     match store.state_of(id) {
         Some(crate::connections::State::Removed) => Err(error(
@@ -185,7 +221,7 @@ pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let connection = match admit_connection(route, connection) {
+    let connection = match admit_connection(route, connection, request.headers()) {
         Ok(connection) => connection,
         Err(refused) => return refused,
     };
