@@ -73,7 +73,8 @@
 //! * [`admin_client`] — the client of the admin API (`tributary status`, `replay`).
 //! * [`sql`] — `tributary sql`: every table, queried with the built-in DataFusion.
 //! * [`connections`] — end-user accounts of a `[connections]` pipeline:
-//!   sealed credentials in an fsynced store, managed through the admin API.
+//!   sealed credentials in a journaled store managed through the admin API,
+//!   one poller per connection, templates, purge and notifications.
 //! * [`telemetry`], [`shutdown`], [`error`], [`cli`] — metrics, the cancellation
 //!   tree, error classes, the command line.
 

@@ -135,31 +135,18 @@ pub async fn once(
     let mut first_error = None;
     for view in connections {
         let id: Arc<str> = Arc::from(view.id.as_str());
+        let made = Made {
+            pipeline,
+            spec,
+            store,
+            appender: &appender,
+            dir,
+        };
+        let shared = (&permits, &http);
         let run = async {
-            let spec = expand(spec, &id, &view.params).map_err(PollError::Request)?;
-            let credentials = store
-                .credentials(&id)
-                .map_err(|e| PollError::Request(crate::error::chain(&e)))?;
-            let connection = ConnectionRun {
-                id: id.clone(),
-                credentials,
-                keep_refresh: Some(keep_refresh(store, &id)),
-                permits: permits.clone(),
-                http: http.clone(),
-                health: store.health_of(&id),
-                events: Some(events(store, &id)),
-            };
-            let mut poller = Poller::for_connection(
-                pipeline,
-                &spec,
-                (
-                    appender.clone(),
-                    &dir.join("connections").join(id.as_ref()),
-                    in_log.remove(&id),
-                ),
-                connection,
-                stop.clone(),
-            )?;
+            let mut poller = made
+                .poller(&view, in_log.remove(&id), shared, stop.clone())
+                .map_err(PollError::Request)?;
             poller.poll(progress).await
         };
         match run.await {
@@ -298,50 +285,22 @@ impl Runner {
         id: &Arc<str>,
         view: &View,
         in_log: Option<(u64, Bytes)>,
-        (permits, http): (&Arc<tokio::sync::Semaphore>, &reqwest::Client),
+        shared: (&Arc<tokio::sync::Semaphore>, &reqwest::Client),
     ) -> Option<Running> {
         let name = &self.pipeline.name;
-        let fail = |why: String| {
-            let health = self.store.health_of(id);
-            health.failed(&why);
-            warn!(pipeline = %name, connection = %id, error = %why, "This connection cannot run.");
-        };
-        let spec = match expand(&self.spec, id, &view.params) {
-            Ok(spec) => spec,
-            Err(why) => {
-                fail(why);
-                return None;
-            }
-        };
-        let credentials = match self.store.credentials(id) {
-            Ok(c) => c,
-            Err(e) => {
-                fail(crate::error::chain(&e));
-                return None;
-            }
-        };
-        let keep = keep_refresh(&self.store, id);
         let stop = self.stop.child_token();
-        let connection = ConnectionRun {
-            id: id.clone(),
-            credentials,
-            keep_refresh: Some(keep),
-            permits: permits.clone(),
-            http: http.clone(),
-            health: self.store.health_of(id),
-            events: Some(events(&self.store, id)),
+        let made = Made {
+            pipeline: &self.pipeline,
+            spec: &self.spec,
+            store: &self.store,
+            appender: &self.appender,
+            dir: &self.dir,
         };
-        let dir = self.dir.join("connections").join(id.as_ref());
-        let poller = match Poller::for_connection(
-            &self.pipeline,
-            &spec,
-            (self.appender.clone(), &dir, in_log),
-            connection,
-            stop.clone(),
-        ) {
+        let poller = match made.poller(view, in_log, shared, stop.clone()) {
             Ok(poller) => poller,
-            Err(e) => {
-                fail(crate::error::chain(&e));
+            Err(why) => {
+                self.store.health_of(id).failed(&why);
+                warn!(pipeline = %name, connection = %id, error = %why, "This connection cannot run.");
                 return None;
             }
         };
@@ -362,5 +321,52 @@ impl Runner {
             stop,
             task,
         })
+    }
+}
+
+/// What a connection's poller is made from: the pipeline's pieces.
+struct Made<'a> {
+    pipeline: &'a PipelineSpec,
+    spec: &'a PollSpec,
+    store: &'a Arc<Store>,
+    appender: &'a Appender,
+    dir: &'a std::path::Path,
+}
+
+impl Made<'_> {
+    /// Connection `view`'s poller: its params filled into the spec, its
+    /// credentials opened, its state from `in_log` and its side copy; the
+    /// error says why it cannot run.
+    fn poller(
+        &self,
+        view: &View,
+        in_log: Option<(u64, Bytes)>,
+        (permits, http): (&Arc<tokio::sync::Semaphore>, &reqwest::Client),
+        stop: CancellationToken,
+    ) -> Result<Poller, String> {
+        let id: Arc<str> = Arc::from(view.id.as_str());
+        let spec = expand(self.spec, &id, &view.params)?;
+        let credentials = self
+            .store
+            .credentials(&id)
+            .map_err(|e| crate::error::chain(&e))?;
+        let connection = ConnectionRun {
+            id: id.clone(),
+            credentials,
+            keep_refresh: Some(keep_refresh(self.store, &id)),
+            permits: permits.clone(),
+            http: http.clone(),
+            health: self.store.health_of(&id),
+            events: Some(events(self.store, &id)),
+        };
+        let dir = self.dir.join("connections").join(id.as_ref());
+        Poller::for_connection(
+            self.pipeline,
+            &spec,
+            (self.appender.clone(), &dir, in_log),
+            connection,
+            stop,
+        )
+        .map_err(|e| crate::error::chain(&e))
     }
 }
