@@ -96,6 +96,19 @@ pub fn api(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
+/// Whether a request declares a JSON body: what a state-changing admin
+/// request must do (a cross-site form cannot without a preflight).
+pub(super) fn sent_as_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
 /// The refusal of a request without the admin token, when one is
 /// configured; when none is, of a request a web page or another machine
 /// could have made (see [`open_refusal`]).
@@ -625,15 +638,7 @@ async fn replay_dead_letters(
     if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
         return refused;
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            t.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !json {
+    if !sent_as_json(&headers) {
         return webhook::error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a replay request must be sent with Content-Type: application/json (`tributary replay` does)",

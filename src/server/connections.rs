@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::json;
 
-use super::admin::{refusal, Admin};
+use super::admin::{refusal, sent_as_json, Admin};
 use super::Peer;
 use crate::connections::store::{New, Patch, Store, StoreError};
 use crate::source::webhook;
@@ -63,15 +63,7 @@ fn store(
 
 /// The JSON body, if it is one: a 415 or 400 otherwise.
 fn body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Response> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            t.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !json {
+    if !sent_as_json(headers) {
         return Err(webhook::error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the connection as Content-Type: application/json",
