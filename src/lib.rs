@@ -60,12 +60,14 @@
 //!   of a replayed dead letter that every sink unwraps.
 //! * [`buffer`] — the log contract, and the durable, append-only segment log:
 //!   group commit, recovery, per-consumer progress.
-//! * [`source`] — triggers: the webhook receiver (body, verify, dedupe) and the poll source.
+//! * [`source`] — triggers: the webhook receiver (body, dedupe, handshake) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
 //! * [`sink`] — storage, batch policy, table sinks (Parquet, Delta) behind one
 //!   trait and one runner, routing, the HTTPS sink, and each sink's health as
 //!   the admin API shows it; below every kind, the offset-named Parquet files
 //!   (`sink/files.rs`) and the dead-letter files (`sink/dead_letters.rs`).
+//! * [`signature`] — webhook signatures both ways: signing the HTTPS sink's
+//!   POSTs, verifying a provider's; what a shared scheme signs is written once.
 //! * [`http_retry`] — the one retry policy of every outbound HTTP call.
 //! * [`replay`] — dead letters back into the log.
 //! * [`pipeline`] — wires each pipeline: source → log → one task per sink.
@@ -94,6 +96,7 @@ pub mod replay;
 pub mod schema;
 pub mod server;
 pub mod shutdown;
+pub mod signature;
 pub mod sink;
 pub mod source;
 pub mod sql;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::sink::https::signing::Signer;
+use crate::signature::sign::Signer;
 
 /// Sends a pipeline's connection events to the app's URL.
 pub struct Notifier {

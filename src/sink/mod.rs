@@ -68,7 +68,7 @@ pub enum SinkError {
     },
     /// An HTTPS sink cannot sign as configured (e.g. its secret is not set).
     #[error(transparent)]
-    Signing(#[from] https::signing::SigningError),
+    Signing(#[from] crate::signature::sign::SigningError),
     /// An HTTPS sink cannot work as configured (its client cannot be built).
     #[error("HTTPS sink {sink}: {problem}")]
     Setup {

@@ -47,7 +47,7 @@ pub struct Built {
 pub enum SourceError {
     /// It cannot start as configured (a verification secret is not set).
     #[error(transparent)]
-    Secret(#[from] webhook::verify::SecretError),
+    Secret(#[from] crate::signature::verify::SecretError),
     /// The poll source's state could not be kept.
     #[error(transparent)]
     Poll(#[from] poll::PollError),
@@ -79,7 +79,7 @@ pub async fn build(
         SourceSpec::Webhook(w) => {
             let verifier = match &w.verify {
                 None => None,
-                Some(v) => Some(Arc::new(webhook::verify::Verifier::new(v)?)),
+                Some(v) => Some(Arc::new(crate::signature::verify::Verifier::new(v)?)),
             };
             let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
             let clustered = matches!(global.log, crate::config::log::LogSpec::JetStream(_));

@@ -13,7 +13,6 @@
 //!   or dead-lettered; a restart resumes there (at-least-once).
 
 pub mod client;
-pub mod signing;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,9 +30,9 @@ use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
 use crate::encode::DeadLetter;
 use crate::event::Event;
 use crate::http_retry::{classify, excerpt, full_jitter, Class};
+use crate::signature::sign::{Signer, SigningError};
 use client::Client;
 pub use client::SetupError;
-use signing::{Signer, SigningError};
 
 use crate::sink::health::SinkHealth;
 

@@ -11,8 +11,8 @@
 
 use serde_json::{json, Value};
 
-use super::verify::{SignedWith, Verifier};
 use crate::config::spec::VerifyScheme;
+use crate::signature::verify::{SignedWith, Verifier};
 
 /// Largest body read as a possible handshake. The providers' handshakes are
 /// a few hundred bytes; a larger body is an event, and is not parsed twice.
@@ -82,7 +82,7 @@ mod tests {
     use axum::http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::source::webhook::verify::Signed;
+    use crate::signature::verify::Signed;
 
     fn hmac_hex(secret: &str, message: &[u8]) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());

@@ -15,7 +15,6 @@
 pub mod body;
 pub mod dedupe;
 pub mod handshake;
-pub mod verify;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -30,6 +29,7 @@ use std::sync::Arc;
 use crate::buffer::Appender;
 use crate::config::units::format_size;
 use crate::event::{now_us, Event, RecordKind};
+use crate::signature::verify;
 use body::Format;
 use dedupe::Dedupe;
 use handshake::Handshake;

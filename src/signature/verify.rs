@@ -1,4 +1,4 @@
-//! Provider signatures on inbound webhooks, checked on the raw body before
+//! Verifying: provider signatures on inbound webhooks, checked on the raw body before
 //! anything parses it. Each key's MAC is computed once per request, however
 //! many candidate signatures a header carries (at most [`MAX_CANDIDATES`]),
 //! and compared with each in constant time; a failure's reason names what is
@@ -21,6 +21,8 @@ use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ring::hmac;
+
+use super::constant_time_eq;
 
 #[cfg(test)]
 use crate::config::source::verify::DEFAULT_TOLERANCE;
@@ -141,27 +143,43 @@ pub struct Signed<'a> {
 impl Verifier {
     /// The verifier `spec` asks for; an unset env var or unusable secret is an error.
     pub fn new(spec: &VerifySpec) -> Result<Self, SecretError> {
-        let mut keys = Vec::new();
-        for name in &spec.secret_envs {
-            let secret = std::env::var(name).map_err(|_| SecretError::Unset(name.clone()))?;
-            let bytes = match spec.scheme {
-                VerifyScheme::StandardWebhooks => {
-                    let b64 = secret.strip_prefix("whsec_").unwrap_or(&secret);
-                    BASE64
-                        .decode(b64.trim())
-                        .map_err(|source| SecretError::NotBase64 {
-                            name: name.clone(),
+        let secrets = spec
+            .secret_envs
+            .iter()
+            .map(|name| {
+                let secret = std::env::var(name).map_err(|_| SecretError::Unset(name.clone()))?;
+                Ok((name.as_str(), secret))
+            })
+            .collect::<Result<Vec<_>, SecretError>>()?;
+        Self::from_secrets(&spec.scheme, spec.tolerance, &secrets)
+    }
+
+    /// The verifier of `scheme` with `secrets`, each with the name of the
+    /// env var it came from (for the error).
+    pub fn from_secrets(
+        scheme: &VerifyScheme,
+        tolerance: Duration,
+        secrets: &[(&str, String)],
+    ) -> Result<Self, SecretError> {
+        let keys = secrets
+            .iter()
+            .map(|(name, secret)| {
+                let bytes = match scheme {
+                    VerifyScheme::StandardWebhooks => {
+                        super::whsec_key(secret).map_err(|source| SecretError::NotBase64 {
+                            name: name.to_string(),
                             source,
                         })?
-                }
-                _ => secret.into_bytes(),
-            };
-            keys.push(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
-        }
+                    }
+                    _ => secret.as_bytes().to_vec(),
+                };
+                Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+            })
+            .collect::<Result<_, SecretError>>()?;
         Ok(Self {
-            scheme: spec.scheme.clone(),
+            scheme: scheme.clone(),
             keys,
-            tolerance: spec.tolerance,
+            tolerance,
         })
     }
 
@@ -280,7 +298,9 @@ impl Verifier {
                         part: "v1, signature",
                     });
                 }
-                self.check(&given, &[id.as_bytes(), b".", ts.as_bytes(), b".", r.body])
+                let message =
+                    super::standard_webhooks_message(id.as_bytes(), ts.as_bytes(), r.body);
+                self.check(&given, &message)
             }
             VerifyScheme::HubspotV3 => {
                 let ts = header("x-hubspot-request-timestamp")?;
@@ -369,12 +389,6 @@ fn candidate(given: &[Vec<u8>], what: &'static str) -> Result<(), Rejected> {
     Ok(())
 }
 
-/// Equality whose time depends on the lengths only, never on where the
-/// bytes first differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
-}
-
 fn parse_ts(text: &str, what: &'static str) -> Result<i64, Rejected> {
     text.trim()
         .parse()
@@ -388,15 +402,7 @@ fn decode_b64(text: &str, what: &str) -> Result<Vec<u8>, Rejected> {
 }
 
 fn decode_hex(text: &str, what: &str) -> Result<Vec<u8>, Rejected> {
-    let not_hex = || Rejected::NotHex(what.to_string());
-    let text = text.trim();
-    if text.len() % 2 != 0 || !text.is_ascii() {
-        return Err(not_hex());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| not_hex()))
-        .collect()
+    super::unhex(text).ok_or_else(|| Rejected::NotHex(what.to_string()))
 }
 
 #[cfg(test)]

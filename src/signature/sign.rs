@@ -1,4 +1,4 @@
-//! Signatures of the HTTPS sink's POSTs, computed over the exact body bytes.
+//! Signing: the HTTPS sink's (and connection notifications') POSTs, computed over the exact body bytes.
 //!
 //! * `standard-webhooks`: `webhook-id`, `webhook-timestamp`, and
 //!   `webhook-signature: v1,<base64 HMAC-SHA256(key, id.timestamp.body)>` for a
@@ -11,6 +11,8 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+
+use super::hex;
 use hyper::http::HeaderName;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
@@ -98,10 +100,8 @@ impl Signer {
         let keys = secrets
             .iter()
             .map(|s| {
-                if let Some(b64) = s.strip_prefix("whsec_") {
-                    let key = BASE64
-                        .decode(b64.trim())
-                        .map_err(SigningError::WhsecBase64)?;
+                if s.starts_with("whsec_") {
+                    let key = super::whsec_key(s).map_err(SigningError::WhsecBase64)?;
                     Ok(SwKey::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &key)))
                 } else if let Some(b64) = s.strip_prefix("whsk_") {
                     let key = BASE64
@@ -162,7 +162,8 @@ impl Signer {
         match self {
             Signer::StandardWebhooks(keys) => {
                 let timestamp = timestamp.to_string();
-                let parts = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
+                let parts =
+                    super::standard_webhooks_message(id.as_bytes(), timestamp.as_bytes(), body);
                 let signatures: Vec<String> = keys
                     .iter()
                     .map(|k| match k {
@@ -252,23 +253,13 @@ fn header_name(name: &str) -> Result<HeaderName, SigningError> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| SigningError::HeaderName(name.to_string()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fixtures() -> serde_json::Value {
         // A copy of ../shared/fixtures/signatures.json (the providers' published vectors).
-        serde_json::from_str(include_str!("../../../tests/fixtures/signatures.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/fixtures/signatures.json")).unwrap()
     }
 
     fn header<'a>(headers: &'a [(HeaderName, String)], name: &str) -> &'a str {

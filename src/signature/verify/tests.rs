@@ -4,7 +4,7 @@ use super::*;
 
 fn fixtures() -> serde_json::Value {
     // A copy of ../shared/fixtures/signatures.json (the providers' published vectors).
-    serde_json::from_str(include_str!("../../../../tests/fixtures/signatures.json")).unwrap()
+    serde_json::from_str(include_str!("../../../tests/fixtures/signatures.json")).unwrap()
 }
 
 fn verifier(scheme: VerifyScheme, secret: &str) -> Verifier {
