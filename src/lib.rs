@@ -54,7 +54,9 @@
 //!   them ([`replay`]); not the re-flush of a pending range after a crash.
 //!
 //! # Modules
-//! * [`config`] — TOML and JSON Schema files → validated, fully defaulted specs.
+//! * [`config`] — TOML and JSON Schema files → validated, fully defaulted specs;
+//!   each component's file stands on `config/check.rs` alone, and
+//!   `check --explain` prints the specs' own `Serialize` form.
 //! * [`schema`] — JSON Schema → Arrow schema.
 //! * [`event`] — the unit the log stores, its record kinds, and the envelope
 //!   of a replayed dead letter that every sink unwraps.

@@ -25,6 +25,16 @@ pub const METADATA_COLUMNS: [&str; 5] = [
     "_connection",
 ];
 
+/// Field metadata marking a declared column that holds any JSON value as
+/// its JSON text (a schema field without one type: `{}`, a type list,
+/// `oneOf`/`anyOf`).
+pub const JSON_TEXT: &str = "tributary.json_text";
+
+/// Whether the column holds JSON text (see [`JSON_TEXT`]).
+pub fn is_json_text(field: &Field) -> bool {
+    field.metadata().contains_key(JSON_TEXT)
+}
+
 /// The metadata column of a `[connections]` pipeline that names the
 /// connection (end-user account) each row came from.
 pub const CONNECTION_COLUMN: &str = METADATA_COLUMNS[4];
@@ -360,14 +370,11 @@ fn any_json(obj: &Map<String, Value>) -> Option<bool> {
 }
 
 /// A field; one that holds JSON text is marked so in its metadata
-/// ([`crate::encode::infer::JSON_TEXT`]).
+/// ([`JSON_TEXT`]).
 fn field(name: &str, data_type: DataType, nullable: bool, json: bool) -> Field {
     let field = Field::new(name, data_type, nullable);
     if json {
-        let marker = [(
-            crate::encode::infer::JSON_TEXT.to_string(),
-            "true".to_string(),
-        )];
+        let marker = [(JSON_TEXT.to_string(), "true".to_string())];
         field.with_metadata(marker.into_iter().collect())
     } else {
         field
@@ -440,7 +447,7 @@ mod tests {
             }
         });
         let schema = from_json_schema(&doc).unwrap();
-        let json = crate::encode::infer::is_json_text;
+        let json = is_json_text;
         for name in ["anything", "described", "either", "maybe", "choice", "some"] {
             let f = schema.field_with_name(name).unwrap();
             assert_eq!(f.data_type(), &DataType::Utf8, "{name}");

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Errors;
+use super::check::Errors;
 
 /// Runs in flight at once across a pipeline's connections, by default.
 pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 16;
@@ -58,7 +58,7 @@ pub struct ConnectionsSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct NotifySpec {
     /// The app's URL (https, or http to this machine).
-    #[serde(serialize_with = "crate::config::source::poll::display")]
+    #[serde(serialize_with = "crate::config::check::shown::display")]
     pub url: url::Url,
     /// Env var holding the signing secret.
     pub secret_env: String,

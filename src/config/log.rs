@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::validate::{positive_duration, Errors};
+use super::check::{positive_duration, Errors};
 
 /// `[log]` in `tributary.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -40,7 +40,8 @@ pub struct RawPipelineLog {
 }
 
 /// Where the pipelines' logs live.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum LogSpec {
     /// Segment files under `data_dir` (the embedded default).
     #[default]
@@ -50,21 +51,25 @@ pub enum LogSpec {
 }
 
 /// `[log] type = "jetstream"`, defaulted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JetStreamSpec {
     /// Server URLs.
     pub servers: Vec<String>,
     /// Copies of each stream and bucket.
     pub replicas: usize,
     /// A partition's owner must renew within this.
+    #[serde(serialize_with = "super::check::shown::duration")]
     pub lease: Duration,
     /// This node's name (a random suffix per process makes its id).
     pub node: String,
     /// Env vars of the credentials, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_env: Option<String>,
     /// See `user_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// Env var of a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
 }
 

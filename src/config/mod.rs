@@ -4,6 +4,7 @@
 //! [`check`] also asks the environment for every variable the files name
 //! ([`env`]).
 
+pub mod check;
 pub mod connections;
 pub mod env;
 pub mod explain;
@@ -17,61 +18,15 @@ pub mod spec;
 pub mod units;
 pub mod validate;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use spec::{Config, GlobalSpec, Location, PipelineSpec, SinkKind, SinkSpec, SourceSpec};
+pub use check::{ConfigError, Location};
+pub use spec::{Config, GlobalSpec, PipelineSpec, SinkKind, SinkSpec, SourceSpec};
 
 use raw::{RawGlobal, RawPipeline};
 
 /// File name of the global settings, looked up in the current directory.
 pub const GLOBAL_FILE: &str = "tributary.toml";
-
-/// One problem in the configuration: file, key, what is wrong and the fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file that holds the problem.
-    pub file: PathBuf,
-    /// Dotted key (`sink[0].uri`), a schema location, or `line L, column C`.
-    pub key: String,
-    /// What is wrong.
-    pub problem: String,
-    /// How to fix it (may be empty when the problem says it all).
-    pub fix: String,
-}
-
-impl ConfigError {
-    /// Builds an error.
-    pub fn new(
-        file: &Path,
-        key: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            key: key.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
-        }
-        write!(f, "{}", self.problem)?;
-        if !self.fix.is_empty() {
-            write!(f, "; {}", self.fix)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Where to look for the files.
 #[derive(Debug, Clone, Default)]
@@ -167,7 +122,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
-    let mut schemas = validate::SchemaDocs::new();
+    let mut schemas = check::SchemaDocs::new();
     for (_, raw) in &raws {
         let routed = raw.route.iter().flat_map(route::schema_files);
         for name in raw
@@ -182,7 +137,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
             let doc = std::fs::read_to_string(&path)
-                .map_err(validate::SchemaDocError::from)
+                .map_err(check::SchemaDocError::from)
                 .and_then(|text| Ok(serde_json::from_str(&text)?));
             schemas.insert(path, doc);
         }

@@ -28,38 +28,6 @@ pub struct RawGlobal {
     pub log: Option<super::log::RawLog>,
 }
 
-/// `[server]` in `tributary.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    /// Longest a client may take to send a request's headers (and a TLS handshake).
-    pub header_timeout: Option<String>,
-    /// Longest a client may take to send a request's body.
-    pub body_timeout: Option<String>,
-    /// Most connections open at once on each listener.
-    pub max_connections: Option<u64>,
-}
-
-/// `[tls]` in `tributary.toml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    /// PEM certificate chain, leaf first.
-    pub cert: Option<String>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: Option<String>,
-}
-
-/// `[admin]` in `tributary.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    /// A separate address for the admin endpoints (plain HTTP); default: on `listen`.
-    pub listen: Option<String>,
-    /// Env var holding a bearer token the admin API requires.
-    pub token_env: Option<String>,
-}
-
 /// One `pipelines/*.toml` file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,38 +88,10 @@ pub struct RawBuffer {
 pub use super::sink::https::{RawHttpsSink, RawSigning};
 pub use super::sink::RawSink;
 
-/// A string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    /// One.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    /// As a list.
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
+pub use super::check::{OneOrMany, RawSize};
+pub use super::server::{RawAdmin, RawServer, RawTls};
 pub use super::sink::delta::RawDeltaSink;
 pub use super::sink::parquet::RawParquetSink;
-
-/// A size: a string with a unit (`"64MiB"`) or a plain number of bytes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RawSize {
-    /// A number of bytes.
-    Bytes(u64),
-    /// A number and a unit.
-    Text(String),
-}
 
 /// Parses one TOML file into its raw mirror; a serde error becomes a
 /// `ConfigError` at `line L, column C` with a fix.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 
-use super::validate::{Errors, SchemaDocs};
+use super::check::{Errors, SchemaDocs};
 
 /// Default `route.max_tables`.
 pub const DEFAULT_MAX_TABLES: usize = 100;
@@ -173,7 +173,7 @@ pub(super) fn route(
             );
             continue;
         }
-        if let Some(schema) = super::validate::schema_file(file, &key, schemas, root, e) {
+        if let Some(schema) = super::check::schema_file(file, &key, schemas, root, e) {
             declared.insert(table.clone(), schema);
         }
     }

@@ -3,10 +3,11 @@
 //! path would have to unwrap.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use arrow_schema::SchemaRef;
+use serde::{Serialize, Serializer};
 
 /// Everything `tributary run` needs.
 #[derive(Debug, Clone)]
@@ -17,18 +18,23 @@ pub struct Config {
     pub pipelines: Vec<PipelineSpec>,
 }
 
-/// `tributary.toml`, defaulted.
-#[derive(Debug, Clone)]
+/// `tributary.toml`, defaulted; its `Serialize` form is what
+/// `check --explain` prints.
+#[derive(Debug, Clone, Serialize)]
 pub struct GlobalSpec {
     /// The file it came from (`tributary.toml` also when there is none), for messages.
+    #[serde(skip)]
     pub file: PathBuf,
     /// Address of the HTTP server.
+    #[serde(serialize_with = "super::check::shown::display")]
     pub listen: SocketAddr,
     /// Durable buffer and sink progress live here.
     pub data_dir: PathBuf,
     /// Default location of tables and of the dead letters.
+    #[serde(serialize_with = "super::check::shown::location")]
     pub lake: Location,
     /// Connection limits, TLS and the admin endpoints.
+    #[serde(flatten)]
     pub server: ServerSpec,
     /// Where the pipelines' logs live.
     pub log: super::log::LogSpec,
@@ -36,15 +42,18 @@ pub struct GlobalSpec {
 
 pub use super::server::ServerSpec;
 
-/// One pipeline, defaulted.
-#[derive(Debug, Clone)]
+/// One pipeline, defaulted; its `Serialize` form is what `check --explain`
+/// prints.
+#[derive(Debug, Clone, Serialize)]
 pub struct PipelineSpec {
     /// Unique name.
     pub name: String,
     /// The file it came from, for messages.
+    #[serde(skip)]
     pub file: PathBuf,
     /// Arrow schema of the record columns (without the `_` metadata columns);
     /// empty with `schema = "infer"`.
+    #[serde(rename = "schema_columns", serialize_with = "columns")]
     pub schema: SchemaRef,
     /// `schema = "infer"`: columns are added as new record fields appear.
     pub infer_schema: bool,
@@ -53,19 +62,53 @@ pub struct PipelineSpec {
     /// Columns that identify a record.
     pub primary_key: Vec<String>,
     /// The trigger.
+    #[serde(serialize_with = "source")]
     pub source: SourceSpec,
     /// Flush policy of the columnar sinks.
     pub batch: BatchPolicy,
     /// Disk the log may use before the source answers 503.
+    #[serde(rename = "buffer", serialize_with = "buffer")]
     pub buffer_max_bytes: u64,
     /// Streams the events are spread over on a JetStream log (`[log] partitions`).
+    #[serde(rename = "log", serialize_with = "log_partitions")]
     pub partitions: u32,
     /// Where the events go.
+    #[serde(rename = "sink", serialize_with = "sinks")]
     pub sinks: Vec<SinkSpec>,
     /// One table per event type, if routed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<super::route::RouteSpec>,
     /// `[connections]`: one connection per end-user account, if on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<super::connections::ConnectionsSpec>,
+}
+
+fn columns<S: Serializer>(schema: &SchemaRef, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(schema.fields().iter().map(|f| f.name()))
+}
+
+fn source<S: Serializer>(source: &SourceSpec, s: S) -> Result<S::Ok, S::Error> {
+    source.kind().explain().serialize(s)
+}
+
+fn sinks<S: Serializer>(sinks: &[SinkSpec], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(sinks.iter().map(|sink| sink.kind().explain()))
+}
+
+fn buffer<S: Serializer>(max_bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let mut t = toml::Table::new();
+    t.insert(
+        "max_bytes".into(),
+        super::check::format_size(*max_bytes).into(),
+    );
+    t.serialize(s)
+}
+
+/// Used on a JetStream log only.
+fn log_partitions<S: Serializer>(partitions: &u32, s: S) -> Result<S::Ok, S::Error> {
+    let mut t = toml::Table::new();
+    t.insert("partitions".into(), i64::from(*partitions).into());
+    t.serialize(s)
 }
 
 pub use super::source::{SourceKind, SourceSpec};
@@ -78,101 +121,22 @@ pub use super::source::poll::{
 pub use super::source::verify::{VerifyScheme, VerifySpec};
 pub use super::source::webhook::WebhookSpec;
 
+pub use super::check::Location;
 pub use super::sink::delta::DeltaSinkSpec;
 pub use super::sink::https::{HttpsSinkSpec, KeySource, SigningSpec};
 pub use super::sink::parquet::ParquetSinkSpec;
 pub use super::sink::{SinkKind, SinkSpec};
 
-/// A place in storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A directory on local disk.
-    Local(PathBuf),
-    /// A prefix in an S3-compatible bucket.
-    S3 {
-        /// Bucket name.
-        bucket: String,
-        /// Key prefix without leading or trailing `/` (may be empty).
-        prefix: String,
-    },
-}
-
-impl Location {
-    /// This location with `name` appended as a sub-directory.
-    pub fn join(&self, name: &str) -> Location {
-        match self {
-            Location::Local(p) => Location::Local(p.join(name)),
-            Location::S3 { bucket, prefix } => Location::S3 {
-                bucket: bucket.clone(),
-                prefix: if prefix.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{prefix}/{name}")
-                },
-            },
-        }
-    }
-
-    /// Parses a storage location: `s3://bucket/prefix`, `file:///abs/dir` or a path
-    /// (relative to `root`). Errors carry (problem, fix).
-    pub fn parse(text: &str, root: &Path) -> Result<Location, (String, String)> {
-        if let Some((scheme, rest)) = text.split_once("://") {
-            return match scheme {
-                "s3" | "s3a" => {
-                    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                    if bucket.is_empty() {
-                        return Err((
-                            format!("\"{text}\" names no bucket"),
-                            "write s3://bucket/prefix".into(),
-                        ));
-                    }
-                    Ok(Location::S3 {
-                        bucket: bucket.to_string(),
-                        prefix: prefix.trim_matches('/').to_string(),
-                    })
-                }
-                "file" => {
-                    if !rest.starts_with('/') {
-                        return Err((
-                            format!("\"{text}\" is not an absolute file URL"),
-                            "write file:///absolute/path or a plain path".into(),
-                        ));
-                    }
-                    Ok(Location::Local(PathBuf::from(rest)))
-                }
-                other => Err((
-                    format!("unknown scheme \"{other}\""),
-                    "expected s3://, file:// or a path".into(),
-                )),
-            };
-        }
-        if text.is_empty() {
-            return Err((
-                "is empty".into(),
-                "write a path, file:// or s3:// location".into(),
-            ));
-        }
-        Ok(Location::Local(root.join(text)))
-    }
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
-        }
-    }
-}
-
 /// Flush limits (`[batch]`); any one reached closes the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BatchPolicy {
     /// Most events in one flush.
     pub max_events: usize,
     /// Most raw payload bytes in one flush.
+    #[serde(serialize_with = "super::check::shown::size")]
     pub max_bytes: u64,
     /// Longest wait of the first event in a batch.
+    #[serde(serialize_with = "super::check::shown::duration")]
     pub max_age: Duration,
 }
 

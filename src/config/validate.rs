@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use arrow_schema::Schema;
 
-use super::raw::{RawGlobal, RawPipeline, RawSize, RawSource};
+use super::check::{
+    parse_duration, schema_file, size, valid_name, ConfigError, Errors, Location, SchemaDocs,
+};
+use super::raw::{RawGlobal, RawPipeline, RawSource};
 use super::sink;
-use super::spec::{BatchPolicy, GlobalSpec, Location, PipelineSpec, SinkSpec};
-use super::units::{parse_duration, parse_size};
-use super::ConfigError;
-use crate::schema;
+use super::spec::{BatchPolicy, GlobalSpec, PipelineSpec, SinkSpec};
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -29,38 +29,6 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
 pub const DEFAULT_BUFFER_BYTES: u64 = 1 << 30;
 /// Smallest `buffer.max_bytes`: a few segments must fit.
 pub const MIN_BUFFER_BYTES: u64 = 64 << 10;
-
-/// A parsed schema document, by the path the pipeline named.
-pub type SchemaDocs = HashMap<PathBuf, Result<serde_json::Value, SchemaDocError>>;
-
-/// Why a schema file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SchemaDocError {
-    /// It cannot be read.
-    #[error("{0}")]
-    Read(#[from] std::io::Error),
-    /// It is not JSON.
-    #[error("not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Collects errors for one file.
-pub(super) struct Errors<'a> {
-    pub(super) file: &'a Path,
-    pub(super) list: &'a mut Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    pub(super) fn push(
-        &mut self,
-        key: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
-        self.list
-            .push(ConfigError::new(self.file, key, problem, fix));
-    }
-}
 
 /// Validates the global file; a wrong value is reported and replaced by its
 /// default so that the pipelines can still be checked against something.
@@ -88,7 +56,13 @@ pub fn global(
             Location::Local(root.join("lake"))
         },
     );
-    let server = super::server::server(raw, root, &mut e);
+    let server = super::server::server(
+        raw.server.as_ref(),
+        raw.tls.as_ref(),
+        raw.admin.as_ref(),
+        root,
+        &mut e,
+    );
     if server.admin_listen == Some(listen) {
         e.push(
             "admin.listen",
@@ -243,7 +217,7 @@ fn pipeline(
     for (i, raw_sink) in raw.sink.iter().enumerate() {
         let key = format!("sink[{i}]");
         let table = name.as_deref().map(|n| sink::Table {
-            global,
+            lake: &global.lake,
             pipeline: n,
             schema: known,
             infer: infer_schema,
@@ -297,16 +271,6 @@ fn pipeline(
     })
 }
 
-pub(super) fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
-}
-
 /// Resolves `schema` and converts the document it names.
 fn record_schema(
     raw: &RawPipeline,
@@ -326,41 +290,6 @@ fn record_schema(
         return Some(Arc::new(Schema::empty()));
     }
     schema_file(path, "schema", schemas, root, e)
-}
-
-/// The record schema in the JSON Schema file `path` (named at `key`).
-pub(super) fn schema_file(
-    path: &str,
-    key: &str,
-    schemas: &SchemaDocs,
-    root: &Path,
-    e: &mut Errors<'_>,
-) -> Option<Arc<Schema>> {
-    let resolved = root.join(path);
-    match schemas.get(&resolved) {
-        None => {
-            e.push(
-                key,
-                format!("{} was not read", resolved.display()),
-                "check the path",
-            );
-            None
-        }
-        Some(Err(problem)) => {
-            e.push(key, format!("cannot use {}: {problem}", resolved.display()), "fix the path (relative paths start at the directory of tributary.toml) or the file's JSON");
-            None
-        }
-        Some(Ok(doc)) => match schema::from_json_schema(doc) {
-            Ok(s) => Some(Arc::new(s)),
-            Err(problems) => {
-                for p in problems {
-                    e.list
-                        .push(ConfigError::new(&resolved, p.key, p.message, ""));
-                }
-                None
-            }
-        },
-    }
 }
 
 fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
@@ -408,40 +337,6 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
 
 /// A duration above zero at `key`, or `default` when unset; a bad or zero
 /// value is reported (with `example` as the fix) and replaced by `default`.
-pub(super) fn positive_duration(
-    text: Option<&str>,
-    key: &str,
-    default: Duration,
-    example: &str,
-    e: &mut Errors<'_>,
-) -> Duration {
-    match text.map(parse_duration) {
-        None => default,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            e.push(key, "must be above zero", format!("set e.g. \"{example}\""));
-            default
-        }
-        Some(Err(problem)) => {
-            e.push(key, problem.to_string(), "");
-            default
-        }
-    }
-}
-
-pub(super) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
-    match raw {
-        RawSize::Bytes(n) => Some(*n),
-        RawSize::Text(t) => match parse_size(t) {
-            Ok(n) => Some(n),
-            Err(problem) => {
-                e.push(key, problem.to_string(), "");
-                None
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

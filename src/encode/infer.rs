@@ -341,15 +341,7 @@ pub fn with_extra(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// Field metadata marking a declared column that holds any JSON value as
-/// its JSON text (a schema field without one type: `{}`, a type list,
-/// `oneOf`/`anyOf`).
-pub const JSON_TEXT: &str = "tributary.json_text";
-
-/// Whether the column holds JSON text (see [`JSON_TEXT`]).
-pub fn is_json_text(field: &Field) -> bool {
-    field.metadata().contains_key(JSON_TEXT)
-}
+pub use crate::schema::{is_json_text, JSON_TEXT};
 
 /// Whether any column, at any depth, holds JSON text.
 pub fn has_json_text(fields: &Fields) -> bool {

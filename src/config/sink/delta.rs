@@ -6,10 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{common, Table};
-use crate::config::raw::RawSize;
-use crate::config::spec::Location;
-use crate::config::units::parse_duration;
-use crate::config::validate::{size, Errors};
+use crate::config::check::{parse_duration, size, Errors, Location, RawSize};
 
 /// Default `checkpoint_interval`.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
@@ -56,12 +53,18 @@ pub struct DeltaSinkSpec {
     /// Unique within the pipeline; names its progress and its `txn` app id.
     pub name: String,
     /// The table's location.
-    #[serde(rename = "uri", serialize_with = "super::location")]
+    #[serde(
+        rename = "uri",
+        serialize_with = "crate::config::check::shown::location"
+    )]
     pub location: Location,
     /// Partition columns of a new table (an existing table keeps its own).
     pub partition_by: Vec<String>,
     /// Object-store settings, keys as object_store names them.
-    #[serde(rename = "storage_keys", serialize_with = "super::keys")]
+    #[serde(
+        rename = "storage_keys",
+        serialize_with = "crate::config::check::shown::keys"
+    )]
     pub storage: BTreeMap<String, String>,
     /// Append every row, or upsert on these key columns (`mode = "merge"`).
     #[serde(rename = "mode", serialize_with = "mode")]
@@ -72,12 +75,12 @@ pub struct DeltaSinkSpec {
     /// A checkpoint every this many commits.
     pub checkpoint_interval: u64,
     /// Size compaction aims for, in bytes.
-    #[serde(serialize_with = "super::size")]
+    #[serde(serialize_with = "crate::config::check::shown::size")]
     pub target_file_size: u64,
     /// Compact once this many files are below half the target (0 = never).
     pub compact_min_files: u64,
     /// How long vacuum keeps the files a commit removed.
-    #[serde(serialize_with = "super::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub vacuum_retention: Duration,
 }
 
@@ -228,6 +231,6 @@ impl super::SinkKind for DeltaSinkSpec {
         &self.storage
     }
     fn explain(&self) -> toml::Value {
-        super::explained("delta", self)
+        crate::config::check::shown::explained("delta", self)
     }
 }

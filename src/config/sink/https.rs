@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::config::raw::OneOrMany;
-use crate::config::validate::{positive_duration, valid_name, Errors};
+use crate::config::check::{positive_duration, valid_name, Errors, OneOrMany};
 
 /// `[[sink]]` with `type = "https"`.
 #[derive(Debug, Deserialize)]
@@ -67,10 +66,10 @@ pub struct HttpsSinkSpec {
     /// Deliveries in flight at once.
     pub concurrency: usize,
     /// Longest wait for one answer.
-    #[serde(serialize_with = "super::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub timeout: Duration,
     /// How long an event is retried before it becomes a dead letter.
-    #[serde(serialize_with = "super::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub max_retry_duration: Duration,
     /// One at a time, in log order.
     pub ordered: bool,
@@ -402,6 +401,6 @@ impl super::SinkKind for HttpsSinkSpec {
             .collect()
     }
     fn explain(&self) -> toml::Value {
-        super::explained("https", self)
+        crate::config::check::shown::explained("https", self)
     }
 }

@@ -8,15 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use arrow_schema::{DataType, Schema};
 
-use serde::Serializer;
-
-use super::spec::{GlobalSpec, Location};
-use super::units::format_size;
-use super::validate::{valid_name, Errors};
+use super::check::{valid_name, Errors, Location};
 use crate::schema::METADATA_COLUMNS;
 
 pub mod delta;
@@ -129,16 +124,6 @@ pub trait SinkKind: Send + Sync {
     fn explain(&self) -> toml::Value;
 }
 
-/// `spec` as `check --explain` prints it (its `Serialize` form), with its `type`.
-pub(crate) fn explained<T: serde::Serialize>(ty: &str, spec: &T) -> toml::Value {
-    let mut value = toml::Value::try_from(spec)
-        .unwrap_or_else(|e| toml::Value::String(format!("cannot show: {e}")));
-    if let toml::Value::Table(t) = &mut value {
-        t.insert("type".into(), toml::Value::String(ty.to_string()));
-    }
-    value
-}
-
 /// Object-store keys a `storage` table may set; credentials only through `*_env`.
 const STORAGE_KEYS: [&str; 7] = [
     "endpoint",
@@ -151,7 +136,8 @@ const STORAGE_KEYS: [&str; 7] = [
 ];
 /// What a sink's checks need to know about its pipeline.
 pub struct Table<'a> {
-    pub global: &'a GlobalSpec,
+    /// The default location of tables (`tributary.toml`'s `lake`).
+    pub lake: &'a Location,
     pub pipeline: &'a str,
     pub schema: Option<&'a Schema>,
     /// `schema = "infer"`: no record column is known before events arrive.
@@ -190,7 +176,7 @@ pub(super) fn common(
         );
     }
     let location = match uri {
-        None => Some(t.global.lake.join(t.pipeline)),
+        None => Some(t.lake.join(t.pipeline)),
         Some(uri) => match Location::parse(uri, t.root) {
             Ok(l) => Some(l),
             Err((problem, fix)) => {
@@ -290,26 +276,4 @@ fn partitionable(t: &DataType) -> bool {
         t,
         DataType::Utf8 | DataType::Int64 | DataType::Boolean | DataType::Date32
     )
-}
-
-/// `check --explain`'s forms of the spec fields.
-pub(super) fn location<S: Serializer>(l: &Location, s: S) -> Result<S::Ok, S::Error> {
-    match l {
-        Location::Local(p) => s.collect_str(&p.display()),
-        Location::S3 { .. } => s.collect_str(l),
-    }
-}
-
-/// The storage keys set (their values may name credentials' variables only,
-/// but print the keys alone).
-pub(super) fn keys<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(m.keys())
-}
-
-pub(in crate::config) fn size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_size(*n))
-}
-
-pub(in crate::config) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
 }

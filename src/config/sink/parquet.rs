@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{common, Table};
-use crate::config::spec::Location;
-use crate::config::validate::Errors;
+use crate::config::check::{Errors, Location};
 
 /// `[[sink]]` with `type = "parquet"`.
 #[derive(Debug, Deserialize)]
@@ -28,12 +27,18 @@ pub struct ParquetSinkSpec {
     /// Unique within the pipeline; names its progress file.
     pub name: String,
     /// Where the files go.
-    #[serde(rename = "uri", serialize_with = "super::location")]
+    #[serde(
+        rename = "uri",
+        serialize_with = "crate::config::check::shown::location"
+    )]
     pub location: Location,
     /// Hive-style partition columns, outermost first.
     pub partition_by: Vec<String>,
     /// Object-store settings, keys as object_store names them.
-    #[serde(rename = "storage_keys", serialize_with = "super::keys")]
+    #[serde(
+        rename = "storage_keys",
+        serialize_with = "crate::config::check::shown::keys"
+    )]
     pub storage: BTreeMap<String, String>,
 }
 
@@ -80,6 +85,6 @@ impl super::SinkKind for ParquetSinkSpec {
         &self.storage
     }
     fn explain(&self) -> toml::Value {
-        super::explained("parquet", self)
+        crate::config::check::shown::explained("parquet", self)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::verify::VerifyScheme;
-use crate::config::validate::{positive_duration, Errors};
+use crate::config::check::{positive_duration, Errors};
 
 /// `source.dedupe`: `false`, `true`, or a table.
 #[derive(Debug, Deserialize)]
@@ -37,7 +37,7 @@ pub struct DedupeSpec {
     #[serde(flatten)]
     pub by: DedupeBy,
     /// How long an id is remembered (also across restarts).
-    #[serde(serialize_with = "crate::config::sink::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub window: Duration,
 }
 

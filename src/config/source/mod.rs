@@ -14,7 +14,7 @@ pub mod webhook;
 use poll::{PollSpec, RawPoll};
 use webhook::{RawWebhook, WebhookSpec};
 
-use super::validate::Errors;
+use super::check::Errors;
 
 /// `[source]`, tagged by `type`.
 #[derive(Debug, serde::Deserialize)]

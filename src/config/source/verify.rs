@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::config::raw::OneOrMany;
-use crate::config::validate::{positive_duration, Errors};
+use crate::config::check::{positive_duration, Errors, OneOrMany};
 
 /// `source.verify` of a webhook.
 #[derive(Debug, Deserialize)]
@@ -35,7 +34,7 @@ pub struct VerifySpec {
     #[serde(rename = "secret_env")]
     pub secret_envs: Vec<String>,
     /// How far a signed timestamp may be from now.
-    #[serde(serialize_with = "crate::config::sink::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub tolerance: Duration,
 }
 

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::dedupe::{DedupeSpec, RawDedupe};
 use super::verify::{RawVerify, VerifySpec};
-use crate::config::raw::RawSize;
-use crate::config::validate::{size, Errors};
+use crate::config::check::{size, Errors, RawSize};
 
 /// Default `source.max_body`: 10 MiB, enough for Shopify's and GitHub's largest payloads.
 pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
@@ -36,7 +35,7 @@ pub struct WebhookSpec {
     /// URL path, starting with `/`.
     pub path: String,
     /// Largest accepted body in bytes.
-    #[serde(serialize_with = "crate::config::sink::size")]
+    #[serde(serialize_with = "crate::config::check::shown::size")]
     pub max_body: u64,
     /// Provider signature verification, if configured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +158,6 @@ impl super::SourceKind for WebhookSpec {
         self.dedupe.as_ref().map(|d| d.window)
     }
     fn explain(&self) -> toml::Value {
-        crate::config::sink::explained("webhook", self)
+        crate::config::check::shown::explained("webhook", self)
     }
 }

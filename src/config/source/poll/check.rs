@@ -5,9 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::*;
-use crate::config::spec::SourceSpec;
-use crate::config::units::parse_duration;
-use crate::config::validate::{size, Errors};
+use crate::config::check::{parse_duration, size, Errors};
+use crate::config::source::SourceSpec;
 
 /// Validates a poll source.
 /// With `connections`, per-user secrets come from each connection, not the environment.

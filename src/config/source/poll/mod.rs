@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::config::raw::RawSize;
+use crate::config::check::RawSize;
 
 /// `[source]` with `type = "poll"`.
 #[derive(Debug, Default, Deserialize)]
@@ -179,10 +179,10 @@ pub struct PollSpec {
     #[serde(flatten)]
     pub schedule: Schedule,
     /// Up to this much random delay before each scheduled run.
-    #[serde(serialize_with = "crate::config::sink::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub jitter: Duration,
     /// The endpoint.
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "crate::config::check::shown::display")]
     pub url: url::Url,
     /// In a `[connections]` pipeline, the URL as written when it holds
     /// `{connection}` or `{params.NAME}` (filled in per connection; `url`
@@ -202,10 +202,10 @@ pub struct PollSpec {
     #[serde(skip)]
     pub query: Vec<(String, String)>,
     /// Longest wait for one response.
-    #[serde(serialize_with = "crate::config::sink::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub timeout: Duration,
     /// Largest accepted response body in bytes.
-    #[serde(serialize_with = "crate::config::sink::size")]
+    #[serde(serialize_with = "crate::config::check::shown::size")]
     pub max_response: u64,
     /// Retries of a failing request before the run fails.
     pub max_retries: u32,
@@ -269,10 +269,16 @@ impl PollSpec {
 #[derive(Debug, Clone, Serialize)]
 pub enum Schedule {
     /// A cron expression with seconds.
-    #[serde(rename = "schedule", serialize_with = "display")]
+    #[serde(
+        rename = "schedule",
+        serialize_with = "crate::config::check::shown::display"
+    )]
     Cron(Box<cron::Schedule>),
     /// A fixed interval.
-    #[serde(rename = "every", serialize_with = "crate::config::sink::duration")]
+    #[serde(
+        rename = "every",
+        serialize_with = "crate::config::check::shown::duration"
+    )]
     Every(Duration),
 }
 
@@ -306,7 +312,7 @@ pub enum AuthSpec {
     /// OAuth 2 token endpoint.
     Oauth2 {
         /// The token endpoint.
-        #[serde(serialize_with = "display")]
+        #[serde(serialize_with = "crate::config::check::shown::display")]
         token_url: url::Url,
         /// Env var of the client id.
         client_id_env: String,
@@ -390,7 +396,7 @@ pub struct CursorSpec {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "json_text")]
     pub start: Option<serde_json::Value>,
     /// How far back from the lower bound each run starts.
-    #[serde(serialize_with = "crate::config::sink::duration")]
+    #[serde(serialize_with = "crate::config::check::shown::duration")]
     pub lookback: Duration,
 }
 
@@ -466,13 +472,6 @@ pub struct PageLimit {
     pub limit_param: String,
 }
 
-pub(crate) fn display<T: std::fmt::Display, S: Serializer>(
-    value: &T,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
-
 fn method<S: Serializer>(post: &bool, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(if *post { "POST" } else { "GET" })
 }
@@ -524,6 +523,6 @@ impl crate::config::source::SourceKind for PollSpec {
         true
     }
     fn explain(&self) -> toml::Value {
-        crate::config::sink::explained("poll", self)
+        crate::config::check::shown::explained("poll", self)
     }
 }
