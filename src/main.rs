@@ -33,61 +33,95 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).init(),
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
-    match cli.command {
-        // `--explain` shows the files' effective settings; a plain check also
-        // names, as errors, the environment variables they need that are unset.
-        Command::Check(args) => match if args.explain {
-            config::load(&args.config.paths())
-        } else {
-            config::check(&args.config.paths())
-        } {
-            Ok(config) => {
-                if args.explain {
-                    print!("{}", config::explain::explain(&config));
-                    return ExitCode::SUCCESS;
-                }
-                println!("ok: {} pipeline(s) valid", config.pipelines.len());
-                if config.global.server.admin_token_env.is_none() {
-                    println!("  note: no admin.token_env: /metrics, /api/… and /readyz's reasons answer only requests from this machine (loopback)");
-                }
-                for p in &config.pipelines {
-                    println!(
-                        "  {} ({}): {} sink(s)",
-                        p.name,
-                        p.file.display(),
-                        p.sinks.len()
-                    );
-                }
-                ExitCode::SUCCESS
+    // The one place an error is printed: its chain once, then the exit code.
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(Failure::Config(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
             }
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Run(args) => match config::load(&args.paths()) {
-            Ok(config) => run(config),
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Poll(args) => match config::load(&args.config.paths()) {
-            Ok(config) => poll(config, &args.pipeline, args.connection.as_deref()),
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Status(args) => match config::load(&args.config.paths()) {
-            Ok(config) => status(&config, args.json),
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Replay(args) => match config::load(&args.config.paths()) {
-            Ok(config) => replay(&config, &args),
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Sql(args) => match config::load(&args.config.paths()) {
-            Ok(config) => sql(&config, &args),
-            Err(errors) => print_config_errors(&errors),
-        },
-        Command::Register(args) => match config::load(&args.config.paths()) {
-            Ok(config) => register(&config, args),
-            Err(errors) => print_config_errors(&errors),
-        },
+            eprintln!(
+                "{} configuration error(s); nothing was started",
+                errors.len()
+            );
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {}", tributary::error::chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {}", tributary::error::chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why a command stopped, as the edge in [`main`] prints it.
+enum Failure {
+    /// The configuration files have errors, each with its fix (exit 2).
+    Config(Vec<config::ConfigError>),
+    /// The command line, or something it names, is wrong (exit 2).
+    Usage(anyhow::Error),
+    /// The command ran and failed (exit 1).
+    Failed(anyhow::Error),
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Failed(e.into())
+}
+
+fn load(paths: &config::Paths) -> Result<Config, Failure> {
+    config::load(paths).map_err(Failure::Config)
+}
+
+/// One function per command.
+fn dispatch(command: Command) -> Outcome {
+    match command {
+        Command::Check(args) => check(&args),
+        Command::Run(args) => run(load(&args.paths())?),
+        Command::Poll(args) => poll(
+            load(&args.config.paths())?,
+            &args.pipeline,
+            args.connection.as_deref(),
+        ),
+        Command::Status(args) => status(&load(&args.config.paths())?, args.json),
+        Command::Replay(args) => replay(&load(&args.config.paths())?, &args),
+        Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
+        Command::Register(args) => register(&load(&args.config.paths())?, args),
         Command::Connections(args) => connections(args.action),
     }
+}
+
+/// `tributary check`: `--explain` shows the files' effective settings; a
+/// plain check also names, as errors, the environment variables they need
+/// that are unset.
+fn check(args: &tributary::cli::CheckArgs) -> Outcome {
+    let paths = args.config.paths();
+    if args.explain {
+        print!("{}", config::explain::explain(&load(&paths)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config::check(&paths).map_err(Failure::Config)?;
+    println!("ok: {} pipeline(s) valid", config.pipelines.len());
+    if config.global.server.admin_token_env.is_none() {
+        println!("  note: no admin.token_env: /metrics, /api/… and /readyz's reasons answer only requests from this machine (loopback)");
+    }
+    for p in &config.pipelines {
+        println!(
+            "  {} ({}): {} sink(s)",
+            p.name,
+            p.file.display(),
+            p.sinks.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Each line of `text` indented by two spaces.
@@ -96,18 +130,17 @@ fn indent(text: &str) -> String {
 }
 
 /// `tributary register`.
-fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
+fn register(config: &Config, args: tributary::cli::RegisterArgs) -> Outcome {
     use tributary::register::{self, RegisterError};
     let pipelines: Vec<&tributary::config::PipelineSpec> = match &args.pipeline {
         Some(name) => match config.pipelines.iter().find(|p| &p.name == name) {
             Some(p) => vec![p],
             None => {
                 let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
-                eprintln!(
-                    "error: no pipeline named {name} (there are: {})",
+                return Err(usage(anyhow::anyhow!(
+                    "no pipeline named {name} (there are: {})",
                     names.join(", ")
-                );
-                return ExitCode::from(2);
+                )));
             }
         },
         None => config
@@ -118,11 +151,9 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
     };
     if pipelines.is_empty() {
         println!("no webhook pipeline verifies with github, stripe or shopify: nothing to list");
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
+    let runtime = runtime()?;
     if args.pipeline.is_none() {
         // --list over every pipeline, one section each; a pipeline whose
         // provider needs a flag that is missing says so and the rest go on.
@@ -146,11 +177,11 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
                 }
             }
         }
-        return if failed {
+        return Ok(if failed {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
-        };
+        });
     }
     let pipeline = pipelines[0];
     let request = register::Request {
@@ -167,54 +198,41 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> ExitCode {
     match runtime.block_on(register::register(pipeline, &request)) {
         Ok(out) => {
             print!("{out}");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e @ (RegisterError::Usage(_) | RegisterError::Env { .. })) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e @ (RegisterError::Usage(_) | RegisterError::Env { .. })) => Err(usage(e)),
+        Err(e) => Err(failed(e)),
     }
 }
 
 /// `tributary sql`: one query, or one per `;` (as SQL reads it) from standard input.
-fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
+fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> Outcome {
     use std::io::{BufRead, Write};
     use tributary::sql;
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
+    let runtime = runtime()?;
     if args.format == sql::Format::Parquet && args.output.is_none() {
-        eprintln!("error: --format parquet writes a file: add --output FILE");
-        return ExitCode::from(2);
+        return Err(usage(anyhow::anyhow!(
+            "--format parquet writes a file: add --output FILE"
+        )));
     }
     runtime.block_on(async {
-        let (ctx, tables) = match sql::session(config).await {
-            Ok(session) => session,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let (ctx, tables) = sql::session(config).await.map_err(failed)?;
         let mut out: Box<dyn Write> = match &args.output {
             None => Box::new(std::io::stdout().lock()),
             Some(path) => match std::fs::File::create(path) {
                 Ok(file) => Box::new(std::io::BufWriter::new(file)),
                 Err(e) => {
-                    eprintln!("error: cannot create {}: {e}", path.display());
-                    return ExitCode::FAILURE;
+                    let e =
+                        anyhow::Error::from(e).context(format!("cannot create {}", path.display()));
+                    return Err(failed(e));
                 }
             },
         };
         match &args.query {
             Some(query) => {
-                if let Err(e) = sql::answer(&ctx, query, args.format, &mut out).await {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                sql::answer(&ctx, query, args.format, &mut out)
+                    .await
+                    .map_err(failed)?;
             }
             None => {
                 // Each query runs as soon as its `;` is read; a failing one
@@ -254,7 +272,8 @@ fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
                     text = rest.to_string();
                     for query in queries {
                         if let Err(e) = sql::answer(&ctx, &query, args.format, &mut out).await {
-                            eprintln!("error: {e}");
+                            // Reported as at a prompt; the next query still runs.
+                            eprintln!("error: {}", tributary::error::chain(&e));
                             failed = true;
                         }
                     }
@@ -262,53 +281,32 @@ fn sql(config: &Config, args: &tributary::cli::SqlArgs) -> ExitCode {
                 }
                 if !text.trim().is_empty() {
                     if let Err(e) = sql::answer(&ctx, text.trim(), args.format, &mut out).await {
-                        eprintln!("error: {e}");
+                        eprintln!("error: {}", tributary::error::chain(&e));
                         failed = true;
                     }
                 }
                 if failed {
-                    return ExitCode::FAILURE;
+                    return Ok(ExitCode::FAILURE);
                 }
             }
         }
-        if let Err(e) = out.flush() {
-            eprintln!("error: cannot write the result: {e}");
-            return ExitCode::FAILURE;
-        }
-        ExitCode::SUCCESS
+        out.flush()
+            .map_err(|e| failed(anyhow::Error::from(e).context("cannot write the result")))?;
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-fn print_config_errors(errors: &[config::ConfigError]) -> ExitCode {
-    for e in errors {
-        eprintln!("{e}");
-    }
-    eprintln!(
-        "{} configuration error(s); nothing was started",
-        errors.len()
-    );
-    ExitCode::from(2)
-}
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            None
-        }
-    }
+        .map_err(|e| failed(anyhow::Error::from(e).context("cannot start the async runtime")))
 }
 
 /// `tributary poll`: one run with a progress bar on stderr (a plain line per
 /// page when stderr is not a terminal), then a summary on stdout.
-fn poll(config: Config, pipeline: &str, connection: Option<&str>) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
+fn poll(config: Config, pipeline: &str, connection: Option<&str>) -> Outcome {
+    let runtime = runtime()?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
@@ -335,89 +333,60 @@ fn poll(config: Config, pipeline: &str, connection: Option<&str>) -> ExitCode {
         &mut progress,
     ));
     bar.finish_and_clear();
-    match result {
-        Ok(run) => {
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "polled {pipeline}: {} pages, {} records in {secs:.1} s ({:.0} records/s)",
-                run.pages,
-                run.records,
-                run.records as f64 / secs.max(1e-3)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
-            ExitCode::FAILURE
-        }
-    }
+    let run = result.map_err(failed)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "polled {pipeline}: {} pages, {} records in {secs:.1} s ({:.0} records/s)",
+        run.pages,
+        run.records,
+        run.records as f64 / secs.max(1e-3)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-fn run(config: Config) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let served = runtime.block_on(async {
-        // Before anything starts: a `systemctl reload` must not end the service.
-        Shutdown::ignore_hangups();
-        tributary::pipeline::run(config, Shutdown::default()).await
-    });
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
-            ExitCode::FAILURE
-        }
-    }
+fn run(config: Config) -> Outcome {
+    let runtime = runtime()?;
+    runtime
+        .block_on(async {
+            // Before anything starts: a `systemctl reload` must not end the service.
+            Shutdown::ignore_hangups();
+            tributary::pipeline::run(config, Shutdown::default()).await
+        })
+        .map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tributary status`: the admin API's view as a table (or its JSON).
-fn status(config: &Config, json: bool) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let result = runtime.block_on(async {
-        tributary::admin_client::AdminClient::new(&config.global)?
-            .pipelines()
-            .await
-    });
-    match result {
-        Ok(value) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(value) => {
-            print!("{}", tributary::admin_client::table(&value));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+fn status(config: &Config, json: bool) -> Outcome {
+    let runtime = runtime()?;
+    let value = runtime
+        .block_on(async {
+            tributary::admin_client::AdminClient::new(&config.global)?
+                .pipelines()
+                .await
+        })
+        .map_err(failed)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        print!("{}", tributary::admin_client::table(&value));
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tributary replay`: re-feeds dead letters through the running server,
 /// with a progress bar on a terminal and a summary on stdout.
-fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let since_us = match args
+fn replay(config: &Config, args: &ReplayArgs) -> Outcome {
+    let runtime = runtime()?;
+    let since_us = args
         .since
         .as_deref()
         .map(tributary::admin_client::parse_since)
-    {
-        Some(Err(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-        Some(Ok(us)) => Some(us),
-        None => None,
-    };
+        .transpose()
+        .map_err(usage)?;
     let filter = tributary::replay::Filter {
         since_us,
         reason: args.reason.clone(),
@@ -441,41 +410,27 @@ fn replay(config: &Config, args: &ReplayArgs) -> ExitCode {
             .await
     });
     bar.finish_and_clear();
-    match result {
-        Ok(done) => {
-            println!(
-                "replayed {} dead letter(s) of {} from {} file(s); {} left in place",
-                done["replayed"], args.pipeline, done["files"], done["kept"]
-            );
-            for problem in done["problems"].as_array().into_iter().flatten() {
-                println!("  note: {}", problem.as_str().unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    let done = result.map_err(failed)?;
+    println!(
+        "replayed {} dead letter(s) of {} from {} file(s); {} left in place",
+        done["replayed"], args.pipeline, done["files"], done["kept"]
+    );
+    for problem in done["problems"].as_array().into_iter().flatten() {
+        println!("  note: {}", problem.as_str().unwrap_or_default());
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tributary connections`.
-fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
+fn connections(action: tributary::cli::ConnectionsAction) -> Outcome {
     use reqwest::Method;
     use serde_json::{json, Value};
     use tributary::cli::ConnectionsAction as A;
     let (config, method, path, body, json_out) = match action {
         A::Keygen => {
-            return match tributary::connections::seal::Keys::generate() {
-                Ok(key) => {
-                    println!("{key}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            let key = tributary::connections::seal::Keys::generate().map_err(failed)?;
+            println!("{key}");
+            return Ok(ExitCode::SUCCESS);
         }
         A::List(a) => (
             a.config,
@@ -502,12 +457,13 @@ fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
                         Ok(value) if value.is_object() => value,
                         // Never echo the file: it holds secrets.
                         Ok(_) => {
-                            eprintln!("error: --credentials-file {}: not a JSON object of credential fields, e.g. {{\"token\": \"…\"}}", file.display());
-                            return ExitCode::from(2);
+                            return Err(usage(anyhow::anyhow!("--credentials-file {}: not a JSON object of credential fields, e.g. {{\"token\": \"…\"}}", file.display())));
                         }
                         Err(e) => {
-                            eprintln!("error: --credentials-file {}: {e}", file.display());
-                            return ExitCode::from(2);
+                            return Err(usage(anyhow::anyhow!(
+                                "--credentials-file {}: {e}",
+                                file.display()
+                            )));
                         }
                     }
                 }
@@ -515,8 +471,7 @@ fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
             let mut params = serde_json::Map::new();
             for p in &a.params {
                 let Some((name, value)) = p.split_once('=') else {
-                    eprintln!("error: --param {p:?} is not NAME=VALUE");
-                    return ExitCode::from(2);
+                    return Err(usage(anyhow::anyhow!("--param {p:?} is not NAME=VALUE")));
                 };
                 params.insert(name.to_string(), json!(value));
             }
@@ -557,23 +512,17 @@ fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
             true,
         ),
     };
-    let config = match config::load(&config.paths()) {
-        Ok(config) => config,
-        Err(errors) => return print_config_errors(&errors),
-    };
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let result = runtime.block_on(async {
-        let client = tributary::admin_client::AdminClient::new(&config.global)?;
-        client.call(method, &path, body.as_ref()).await
-    });
-    match result {
-        Ok(answer) if json_out => {
-            println!("{answer:#}");
-            ExitCode::SUCCESS
-        }
-        Ok(answer) => {
+    let config = load(&config.paths())?;
+    let runtime = runtime()?;
+    let answer = runtime
+        .block_on(async {
+            let client = tributary::admin_client::AdminClient::new(&config.global)?;
+            client.call(method, &path, body.as_ref()).await
+        })
+        .map_err(failed)?;
+    match answer {
+        answer if json_out => println!("{answer:#}"),
+        answer => {
             let list = answer["connections"]
                 .as_array()
                 .cloned()
@@ -595,11 +544,7 @@ fn connections(action: tributary::cli::ConnectionsAction) -> ExitCode {
                     c["created_at"].as_str().unwrap_or("")
                 );
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -106,6 +106,8 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
+/// A duration above zero at `key`, or `default` when unset; a bad or zero
+/// value is reported (with `example` as the fix) and replaced by `default`.
 pub(crate) fn positive_duration(
     text: Option<&str>,
     key: &str,
@@ -127,6 +129,7 @@ pub(crate) fn positive_duration(
     }
 }
 
+/// A size at `key` in bytes; a bad unit is reported.
 pub(crate) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> {
     match raw {
         RawSize::Bytes(n) => Some(*n),
@@ -333,5 +336,43 @@ pub mod shown {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.collect_str(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn locations() {
+        let root = Path::new("/srv/t");
+        assert_eq!(
+            Location::parse("lake", root).unwrap(),
+            Location::Local("/srv/t/lake".into())
+        );
+        assert_eq!(
+            Location::parse("file:///x/y", root).unwrap(),
+            Location::Local("/x/y".into())
+        );
+        assert_eq!(
+            Location::parse("s3://b/p/q/", root).unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        let (problem, fix) = Location::parse("s4://b", root).unwrap_err();
+        assert_eq!(problem, "unknown scheme \"s4\"");
+        assert!(fix.contains("s3://"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("shopify_customers"));
+        assert!(valid_name("a-1"));
+        assert!(!valid_name("Shop"));
+        assert!(!valid_name("_x"));
+        assert!(!valid_name(""));
     }
 }

@@ -139,31 +139,3 @@ pub struct BatchPolicy {
     #[serde(serialize_with = "super::check::shown::duration")]
     pub max_age: Duration,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations() {
-        let root = Path::new("/srv/t");
-        assert_eq!(
-            Location::parse("lake", root).unwrap(),
-            Location::Local("/srv/t/lake".into())
-        );
-        assert_eq!(
-            Location::parse("file:///x/y", root).unwrap(),
-            Location::Local("/x/y".into())
-        );
-        assert_eq!(
-            Location::parse("s3://b/p/q/", root).unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
-            }
-        );
-        let (problem, fix) = Location::parse("s4://b", root).unwrap_err();
-        assert_eq!(problem, "unknown scheme \"s4\"");
-        assert!(fix.contains("s3://"));
-    }
-}

@@ -334,19 +334,3 @@ fn batch(raw: &RawPipeline, e: &mut Errors<'_>) -> Option<BatchPolicy> {
         max_age,
     })
 }
-
-/// A duration above zero at `key`, or `default` when unset; a bad or zero
-/// value is reported (with `example` as the fix) and replaced by `default`.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(valid_name("shopify_customers"));
-        assert!(valid_name("a-1"));
-        assert!(!valid_name("Shop"));
-        assert!(!valid_name("_x"));
-        assert!(!valid_name(""));
-    }
-}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Request, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -82,7 +82,9 @@ async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Respo
     };
     match found {
         Some((route, connection)) => {
-            let response = webhook::receive(route, request, connection.as_deref()).await;
+            let response = webhook::receive(route, request, connection.as_deref())
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
             let status = response.status();
             if status == StatusCode::ACCEPTED {
                 route.metrics.accepted.increment(1);

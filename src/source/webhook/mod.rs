@@ -15,6 +15,7 @@
 pub mod body;
 pub mod dedupe;
 pub mod handshake;
+pub mod refusal;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -27,15 +28,13 @@ use uuid::Uuid;
 use std::sync::Arc;
 
 use crate::buffer::Appender;
-use crate::config::units::format_size;
 use crate::event::{now_us, Event, RecordKind};
 use crate::signature::verify;
 use body::Format;
 use dedupe::Dedupe;
 use handshake::Handshake;
+pub use refusal::Refusal;
 
-/// Seconds a client is asked to wait when the buffer is full or failing.
-const RETRY_AFTER_SECS: &str = "1";
 /// Bodies up to this size are verified on the async worker (a MAC over
 /// 64 KiB takes tens of microseconds); larger ones on the blocking pool.
 const INLINE_VERIFY_BYTES: usize = 64 << 10;
@@ -130,135 +129,65 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn retry_later(message: String) -> Response {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECS),
-    );
-    response
-}
-
 /// The connection a request is for: none on a pipeline without
-/// `[connections]`; on one with, the connection its path names, which must
-/// exist (404) and not be removed (410, which tells a provider to stop). A
-/// paused connection's events are stored: resuming loses nothing.
+/// `[connections]`; on one with, the connection its path names (or its
+/// attribution header matches), which must exist (404) and not be removed
+/// (410, which tells a provider to stop). A paused connection's events are
+/// stored: resuming loses nothing.
 fn admit_connection(
     route: &Route,
     connection: Option<&str>,
     headers: &axum::http::HeaderMap,
-) -> Result<Option<Arc<str>>, Response> {
+) -> Result<Option<Arc<str>>, Refusal> {
+    use crate::connections::{printable, State};
     let Some(store) = &route.connections else {
         return Ok(None);
     };
-    let Some(id) = connection else {
-        let value = route
-            .attribute_header
-            .as_deref()
-            .map(|h| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim));
-        return match value {
-            None => Err(error(
-                StatusCode::NOT_FOUND,
-                format!("pipeline {} takes connections: POST each account's events to this path followed by /<connection id>", route.pipeline),
-            )),
-            Some(None) => Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "pipeline {} names a webhook's connection by its {} header, which this request lacks",
-                    route.pipeline,
-                    route.attribute_header.as_deref().unwrap_or("")
-                ),
-            )),
-            Some(Some(value)) => match store.by_match(value) {
-                Some((id, crate::connections::State::Removed)) => Err(error(
-                    StatusCode::GONE,
-                    format!("connection {id} of pipeline {} was removed; its events are no longer accepted", route.pipeline),
-                )),
-                Some((id, _)) => Ok(Some(Arc::from(id.as_str()))),
-                None => Err(error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no connection of pipeline {} has the match value {}; add it to the connection's \"match\" values",
-                        route.pipeline,
-                        crate::connections::printable(value)
-                    ),
-                )),
-            },
-        };
+    let pipeline = || route.pipeline.clone();
+    let (id, state) = match (connection, route.attribute_header.as_deref()) {
+        (Some(id), _) => (id.to_string(), store.state_of(id)),
+        (None, None) => {
+            return Err(Refusal::NoConnection {
+                pipeline: pipeline(),
+            })
+        }
+        (None, Some(header)) => {
+            let value = headers
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .ok_or_else(|| Refusal::NoAttribute {
+                    pipeline: pipeline(),
+                    header: header.to_string(),
+                })?;
+            let (id, state) = store.by_match(value).ok_or_else(|| Refusal::UnknownMatch {
+                pipeline: pipeline(),
+                value: printable(value),
+            })?;
+            (id, Some(state))
+        }
     };
-    match store.state_of(id) {
-        Some(crate::connections::State::Removed) => Err(error(
-            StatusCode::GONE,
-            format!(
-                "connection {id} of pipeline {} was removed; its events are no longer accepted",
-                route.pipeline
-            ),
-        )),
-        Some(_) => Ok(Some(Arc::from(id))),
-        None => Err(error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pipeline {} has no connection {}; add it through the admin API first",
-                route.pipeline,
-                crate::connections::printable(id)
-            ),
-        )),
+    match state {
+        Some(State::Removed) => Err(Refusal::RemovedConnection {
+            pipeline: pipeline(),
+            id,
+        }),
+        Some(_) => Ok(Some(Arc::from(id.as_str()))),
+        None => Err(Refusal::UnknownConnection {
+            pipeline: pipeline(),
+            id: printable(&id),
+        }),
     }
 }
 
-/// Handles one request to a webhook path.
-pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&str>) -> Response {
-    if request.method() != Method::POST {
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{} is not accepted here; send events with POST",
-                request.method()
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
-    let connection = match admit_connection(route, connection, request.headers()) {
-        Ok(connection) => connection,
-        Err(refused) => return refused,
-    };
-    if let Some(limiter) = &route.limiter {
-        if let Err(wait) = limiter.take() {
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("pipeline {} accepts at most {} requests per second on this path (source.rate_limit); retry after {wait} s", route.pipeline, limiter.rate),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return response;
-        }
-    }
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than this source's max_body of {}; send fewer events per request or raise source.max_body", format_size(route.max_body)),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.max_body) {
-        return too_large();
-    }
-    if route.appender.is_full(route.max_buffer) {
-        warn!(pipeline = %route.pipeline, "Buffer full; answering 503.");
-        return retry_later(format!(
-            "the buffer of pipeline {} is full ({}) because its sinks are behind; retry later",
-            route.pipeline,
-            format_size(route.max_buffer)
-        ));
-    }
+/// Handles one request to a webhook path: admit → read → verify → parse →
+/// store, each step's refusal answered as [`Refusal`] says.
+pub async fn receive(
+    route: &Route,
+    request: Request<Body>,
+    connection: Option<&str>,
+) -> Result<Response, Refusal> {
+    let connection = admit(route, &request, connection)?;
     let format = Format::from_content_type(
         request
             .headers()
@@ -267,92 +196,15 @@ pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&
     );
     // The head stays for a signature check, which also covers headers and URL.
     let (head, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, route.max_body as usize);
-    let Ok(read) = tokio::time::timeout(route.body_timeout, read).await else {
-        return error(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the body did not arrive within server.body_timeout ({}); send it faster or raise the limit",
-                humantime::format_duration(route.body_timeout)
-            ),
-        );
-    };
-    let bytes = match read {
-        Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
-        }
-    };
-    let signed = match &route.verifier {
-        None => None,
-        Some(verifier) => {
-            let text = |name| {
-                head.headers
-                    .get(name)
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-            };
-            let path = head.uri.path_and_query().map_or("", |p| p.as_str());
-            let url = format!(
-                "{}://{}{path}",
-                text(header::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https"),
-                text(header::HOST).unwrap_or("")
-            );
-            let now = chrono::Utc::now().timestamp();
-            // A MAC over a large body takes milliseconds: off the async workers.
-            // Only then are the headers copied (the blocking task owns them).
-            let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
-                check_signature(verifier, &head.headers, &url, &bytes, now)
-            } else {
-                let (verifier, headers, body) =
-                    (verifier.clone(), head.headers.clone(), bytes.clone());
-                tokio::task::spawn_blocking(move || {
-                    check_signature(&verifier, &headers, &url, &body, now)
-                })
-                .await
-                .unwrap_or(Err(verify::Rejected::Unfinished))
-            };
-            match verdict {
-                Ok(with) => Some((verifier, with)),
-                Err(reason) => {
-                    debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        format!("signature verification failed: {reason}"),
-                    );
-                }
-            }
-        }
-    };
-    // A provider checking the URL before it subscribes: answered, not stored.
-    if let Some((verifier, with)) = signed {
+    let bytes = read(route, body).await?;
+    if let Some((verifier, with)) = verify(route, &head, &bytes).await? {
+        // A provider checking the URL before it subscribes: answered, not stored.
         if let Some(handshake) = Handshake::of(verifier.scheme(), &bytes) {
             debug!(pipeline = %route.pipeline, "Answered the provider's registration handshake.");
-            return (StatusCode::OK, Json(handshake.answer(verifier, with))).into_response();
+            return Ok((StatusCode::OK, Json(handshake.answer(verifier, with))).into_response());
         }
     }
-    let payloads = match body::split(&bytes, format) {
-        Ok(p) => p,
-        Err(e) => {
-            // A body that parses is taken whatever its declared type (curl -d
-            // sends form encoding); one that does not, under a type that is not
-            // JSON, gets that named.
-            let declared = head
-                .headers
-                .get(header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            if let Some(declared) = declared.filter(|t| !t.to_ascii_lowercase().contains("json")) {
-                return error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("the body is declared as {declared} and is not JSON; send JSON events with Content-Type: application/json, or NDJSON with application/x-ndjson ({e})"),
-                );
-            }
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-    };
+    let payloads = parse(&head.headers, &bytes, format)?;
     let received_at_us = now_us();
     let topic: Option<Arc<str>> = route
         .topic_header
@@ -373,18 +225,33 @@ pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&
         let accepted = accepted_body(events.iter().map(|e| &e.id), None);
         let count = events.len() as u64;
         if !events.is_empty() {
-            if let Err(e) = route.appender.append(events).await {
-                return append_failed(route, e);
-            }
+            route
+                .appender
+                .append(events)
+                .await
+                .map_err(|e| append_failed(route, e))?;
         }
         route.metrics.events.increment(count);
         route.metrics.bytes.increment(bytes.len() as u64);
-        return accepted_response(accepted);
+        return Ok(accepted_response(accepted));
     };
-    let ids = match dedupe.ids(&head.headers, &payloads) {
-        Ok(ids) => ids,
-        Err(too_long) => return error(StatusCode::BAD_REQUEST, too_long.to_string()),
-    };
+    let request = (&head.headers, bytes.len(), received_at_us);
+    store_deduped(route, dedupe, request, payloads, make).await
+}
+
+/// Stores a request's events with `source.dedupe` on: events whose delivery
+/// id was stored before are answered, not stored again; the ids travel in
+/// the same durable append as the events.
+async fn store_deduped(
+    route: &Route,
+    dedupe: &Arc<Dedupe>,
+    (headers, body_len, received_at_us): (&axum::http::HeaderMap, usize, i64),
+    payloads: Vec<bytes::Bytes>,
+    make: impl Fn(bytes::Bytes) -> Event,
+) -> Result<Response, Refusal> {
+    let ids = dedupe
+        .ids(headers, &payloads)
+        .map_err(|too_long| Refusal::BadBody(too_long.to_string()))?;
     let claim = dedupe.claim(&ids, payloads.len(), received_at_us).await;
     let repeats = claim.fresh.iter().filter(|f| !**f).count();
     let mut events: Vec<Event> = payloads
@@ -399,7 +266,7 @@ pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&
     if duplicate {
         debug!(pipeline = %route.pipeline, "A repeated delivery id; answering 202 without storing.");
         dedupe.settle(claim, true, received_at_us);
-        return accepted_response(accepted);
+        return Ok(accepted_response(accepted));
     }
     // The ids travel in the same durable append as the events. The append and
     // its settling run on their own task: a client that hangs up cannot leave
@@ -412,34 +279,141 @@ pub async fn receive(route: &Route, request: Request<Body>, connection: Option<&
         dedupe.settle(claim, result.is_ok(), received_at_us);
         result
     })
-    .await;
-    match stored {
-        Ok(Ok((range, dropped))) => {
-            // The range includes the ids' state record.
-            route.metrics.events.increment(range.end - range.start - 1);
-            route.metrics.bytes.increment(bytes.len() as u64);
-            if !dropped.iter().any(|d| *d) {
-                return accepted_response(accepted);
-            }
-            // A replicated log held some already (a retry another node
-            // stored): they were not stored again, and are answered so.
-            let kept: Vec<&Uuid> = ids
-                .iter()
-                .zip(&dropped)
-                .filter(|(_, d)| !**d)
-                .map(|(id, _)| id)
-                .collect();
-            let again = ids.len() - kept.len();
-            debug!(pipeline = %route.pipeline, duplicates = again, "The log's duplicate window dropped events another node stored.");
-            let duplicate = kept.is_empty();
-            accepted_response(accepted_body(
-                kept.into_iter(),
-                Some((repeats + again, duplicate)),
-            ))
-        }
-        Ok(Err(e)) => append_failed(route, e),
-        Err(_) => append_failed(route, crate::buffer::AppendError::Closed),
+    .await
+    .unwrap_or(Err(crate::buffer::AppendError::Closed));
+    let (range, dropped) = stored.map_err(|e| append_failed(route, e))?;
+    // The range includes the ids' state record.
+    route.metrics.events.increment(range.end - range.start - 1);
+    route.metrics.bytes.increment(body_len as u64);
+    if !dropped.iter().any(|d| *d) {
+        return Ok(accepted_response(accepted));
     }
+    // A replicated log held some already (a retry another node stored): they
+    // were not stored again, and are answered so.
+    let kept: Vec<&Uuid> = ids
+        .iter()
+        .zip(&dropped)
+        .filter(|(_, d)| !**d)
+        .map(|(id, _)| id)
+        .collect();
+    let again = ids.len() - kept.len();
+    debug!(pipeline = %route.pipeline, duplicates = again, "The log's duplicate window dropped events another node stored.");
+    let duplicate = kept.is_empty();
+    Ok(accepted_response(accepted_body(
+        kept.into_iter(),
+        Some((repeats + again, duplicate)),
+    )))
+}
+
+/// What is refused before the body is read: another method, a connection
+/// that is not there, a rate beyond the limit, a declared length over
+/// `max_body`, a full buffer.
+fn admit(
+    route: &Route,
+    request: &Request<Body>,
+    connection: Option<&str>,
+) -> Result<Option<Arc<str>>, Refusal> {
+    if request.method() != Method::POST {
+        return Err(Refusal::Method(request.method().clone()));
+    }
+    let connection = admit_connection(route, connection, request.headers())?;
+    if let Some(limiter) = &route.limiter {
+        limiter.take().map_err(|wait| Refusal::RateLimited {
+            pipeline: route.pipeline.clone(),
+            rate: limiter.rate,
+            wait,
+        })?;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body) {
+        return Err(Refusal::TooLarge(route.max_body));
+    }
+    if route.appender.is_full(route.max_buffer) {
+        warn!(pipeline = %route.pipeline, "Buffer full; answering 503.");
+        return Err(Refusal::BufferFull {
+            pipeline: route.pipeline.clone(),
+            max_bytes: route.max_buffer,
+        });
+    }
+    Ok(connection)
+}
+
+/// The whole body, within `max_body` and `server.body_timeout`.
+async fn read(route: &Route, body: Body) -> Result<bytes::Bytes, Refusal> {
+    let read = axum::body::to_bytes(body, route.max_body as usize);
+    match tokio::time::timeout(route.body_timeout, read).await {
+        Err(_) => Err(Refusal::BodyTimeout(route.body_timeout)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(Refusal::TooLarge(route.max_body)),
+        Ok(Err(e)) => Err(Refusal::Unreadable(e.to_string())),
+    }
+}
+
+/// The provider's signature on the raw body, if `verify` is set: the
+/// verifier and which of its secrets signed.
+async fn verify<'r>(
+    route: &'r Route,
+    head: &axum::http::request::Parts,
+    bytes: &bytes::Bytes,
+) -> Result<Option<(&'r Arc<verify::Verifier>, verify::SignedWith)>, Refusal> {
+    let Some(verifier) = &route.verifier else {
+        return Ok(None);
+    };
+    let text = |name| {
+        head.headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let path = head.uri.path_and_query().map_or("", |p| p.as_str());
+    let url = format!(
+        "{}://{}{path}",
+        text(header::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https"),
+        text(header::HOST).unwrap_or("")
+    );
+    let now = chrono::Utc::now().timestamp();
+    // A MAC over a large body takes milliseconds: off the async workers.
+    // Only then are the headers copied (the blocking task owns them).
+    let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
+        check_signature(verifier, &head.headers, &url, bytes, now)
+    } else {
+        let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || check_signature(&verifier, &headers, &url, &body, now))
+            .await
+            .unwrap_or(Err(verify::Rejected::Unfinished))
+    };
+    match verdict {
+        Ok(with) => Ok(Some((verifier, with))),
+        Err(reason) => {
+            debug!(pipeline = %route.pipeline, reason = %reason, "Signature check failed; answering 401.");
+            Err(Refusal::Signature(reason))
+        }
+    }
+}
+
+/// The body's events. A body that parses is taken whatever its declared
+/// type (curl -d sends form encoding); one that does not, under a type that
+/// is not JSON, gets that named.
+fn parse(
+    headers: &axum::http::HeaderMap,
+    bytes: &bytes::Bytes,
+    format: Format,
+) -> Result<Vec<bytes::Bytes>, Refusal> {
+    body::split(bytes, format).map_err(|e| {
+        let declared = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        match declared.filter(|t| !t.to_ascii_lowercase().contains("json")) {
+            Some(declared) => Refusal::NotJson {
+                declared,
+                reason: e.to_string(),
+            },
+            None => Refusal::BadBody(e.to_string()),
+        }
+    })
 }
 
 /// The verdict of `verifier` on a POST of `body` to `url` with `headers`.
@@ -459,22 +433,13 @@ fn check_signature(
     })
 }
 
-fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Response {
+fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Refusal {
     warn!(pipeline = %route.pipeline, error = %crate::error::chain(&e), "Append failed; answering 503.");
-    let message = match e {
-        // Some events of the request may be stored already (their publishes
-        // were acknowledged before one failed): a retry with the same
-        // delivery id is stored once within the streams' duplicate window.
-        crate::buffer::AppendError::Cluster(_) => format!(
-            "the JetStream cluster did not acknowledge every event of this request in pipeline {} (no quorum, or no server reachable); retry later",
-            route.pipeline
-        ),
-        _ => format!(
-            "the events could not be made durable in pipeline {}; nothing was stored, retry later",
-            route.pipeline
-        ),
-    };
-    retry_later(message)
+    let pipeline = route.pipeline.clone();
+    match e {
+        crate::buffer::AppendError::Cluster(_) => Refusal::NotAcknowledged { pipeline },
+        _ => Refusal::NotDurable { pipeline },
+    }
 }
 
 fn accepted_response(body: String) -> Response {
