@@ -40,8 +40,10 @@
 //! * A source is built in [`source::build`]; its config in `config/source/`
 //!   implements [`config::SourceKind`] (whether one node leads it on
 //!   JetStream, its dedupe window, its secrets).
-//! * A log implements the contract in [`buffer`] (`LogStore`, `LogRead`,
-//!   `LogAppend`); the segment log is the embedded one.
+//! * A log implements the contract in [`log`] (`LogStore`, `LogRead`,
+//!   `LogAppend`) in a folder of its own under `log/`, with one arm in
+//!   [`log::Backend::open`] and its config in `config/log.rs`; the segment
+//!   log is the embedded one, `log/jetstream/` the replicated one.
 //!
 //! # Glossary
 //! * **event** — one JSON value received by a source, with its id and arrival time.
@@ -60,8 +62,9 @@
 //! * [`schema`] — JSON Schema → Arrow schema.
 //! * [`event`] — the unit the log stores, its record kinds, and the envelope
 //!   of a replayed dead letter that every sink unwraps.
-//! * [`buffer`] — the log contract, and the durable, append-only segment log:
-//!   group commit, recovery, per-consumer progress.
+//! * [`log`] — the log contract, the durable, append-only segment log
+//!   (group commit, recovery, per-consumer progress), and in `log/jetstream/`
+//!   the replicated log with its leases, poll leader and agreed schemas.
 //! * [`source`] — triggers: the webhook receiver (body, dedupe, handshake) and the poll source.
 //! * [`encode`] — events → Arrow record batch plus dead letters.
 //! * [`sink`] — storage, batch policy, table sinks (Parquet, Delta) behind one
@@ -83,15 +86,14 @@
 //!   tree, error classes, the command line.
 
 pub mod admin_client;
-pub mod buffer;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod encode;
 pub mod error;
 pub mod event;
 pub mod http_retry;
+pub mod log;
 pub mod pipeline;
 pub mod register;
 pub mod replay;

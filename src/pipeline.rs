@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::buffer;
-use crate::buffer::jetstream::Cluster;
 use crate::config::{Config, GlobalSpec, PipelineSpec, SourceSpec};
 use crate::encode::Encoder;
+use crate::log;
+use crate::log::jetstream::Cluster;
 use crate::server::{
     self,
     admin::{Admin, PipelineView},
@@ -129,7 +129,7 @@ pub enum RunError {
         pipeline: String,
         /// What went wrong.
         #[source]
-        source: crate::buffer::jetstream::ClusterError,
+        source: crate::log::jetstream::ClusterError,
     },
     /// The HTTP server could not bind or failed.
     #[error("HTTP server on {listen} failed")]
@@ -149,9 +149,9 @@ pub struct Built {
     /// One runner per sink (file log).
     pub runners: Vec<SinkTask>,
     /// On a JetStream log: each sink's partitions, run where their lease is held.
-    pub units: Vec<crate::cluster::SinkUnits>,
+    pub units: Vec<crate::log::jetstream::leases::SinkUnits>,
     /// On a JetStream log: the poll source, run where its lease is held.
-    pub poll_leader: Option<crate::cluster::poll::PollLeader>,
+    pub poll_leader: Option<crate::log::jetstream::poll_leader::PollLeader>,
     /// What the admin API sees of it.
     pub view: PipelineView,
 }
@@ -172,7 +172,7 @@ pub async fn build(
     if let Some(cluster) = cluster {
         return clustered::build(spec, global, shutdown, cluster).await;
     }
-    let options = buffer::Options {
+    let options = log::Options {
         dir: dir.clone(),
         segment_bytes: (spec.buffer_max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
         sinks: spec
@@ -183,7 +183,7 @@ pub async fn build(
             .collect(),
         floor,
     };
-    let (appender, log) = buffer::open(options).map_err(|source| RunError::Buffer {
+    let (appender, log) = log::open(options).map_err(|source| RunError::Buffer {
         pipeline: spec.name.clone(),
         dir: dir.display().to_string(),
         source,
@@ -306,7 +306,7 @@ impl Sinks {
 /// encoder and dead letters; starts nothing.
 fn build_sinks(
     spec: &PipelineSpec,
-    (log, encoder, dead_letters, shutdown): (&buffer::Log, &Arc<Encoder>, &Storage, &Shutdown),
+    (log, encoder, dead_letters, shutdown): (&log::Log, &Arc<Encoder>, &Storage, &Shutdown),
     placement: Placement,
 ) -> Result<Sinks, RunError> {
     let mut sinks = Sinks {
@@ -599,15 +599,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     };
     let listen = listener.local_addr().unwrap_or(config.global.listen);
 
-    let cluster = match &config.global.log {
-        crate::config::log::LogSpec::File => None,
-        crate::config::log::LogSpec::JetStream(js) => Some(Cluster::connect(js).await.map_err(
-            |source| RunError::Cluster {
-                pipeline: String::new(),
-                source,
-            },
-        )?),
-    };
+    let backend = log::Backend::open(&config.global.log)
+        .await
+        .map_err(|source| RunError::Cluster {
+            pipeline: String::new(),
+            source,
+        })?;
+    let cluster = backend.cluster();
     let mut routes = HashMap::new();
     let mut views = Vec::new();
     let mut units = Vec::new();
@@ -616,7 +614,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             None => offset_floor(spec, &config.global).await?,
             Some(_) => 0,
         };
-        let built = build(spec, &config.global, &shutdown, floor, cluster.as_ref()).await?;
+        let built = build(spec, &config.global, &shutdown, floor, cluster).await?;
         units.extend(built.units);
         let connections = match (&built.view.connections, &spec.source) {
             (Some(store), SourceSpec::Poll(poll)) => Some(crate::connections::polling::Runner {
@@ -631,12 +629,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             _ => None,
         };
         views.push(built.view);
-        if let (Some(cluster), Some(leader)) = (&cluster, built.poll_leader) {
-            shutdown.tasks.spawn(crate::cluster::poll::lead(
-                cluster.clone(),
-                leader,
-                shutdown.clone(),
-            ));
+        if let (Some(cluster), Some(leader)) = (cluster, built.poll_leader) {
+            shutdown
+                .tasks
+                .spawn(crate::log::jetstream::poll_leader::lead(
+                    cluster.clone(),
+                    leader,
+                    shutdown.clone(),
+                ));
         }
         match built.source.source {
             crate::source::Source::Webhook { path, route } => {
@@ -660,8 +660,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         }
         spawn_runners(&spec.name, built.runners, &shutdown);
     }
-    if let Some(cluster) = &cluster {
-        crate::cluster::start(cluster.clone(), units, &shutdown);
+    if let Some(cluster) = cluster {
+        crate::log::jetstream::leases::start(cluster.clone(), units, &shutdown);
     }
     let admin = Arc::new(Admin {
         token,

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::buffer::Appender;
 use crate::event::{record_id, wrap, Event};
+use crate::log::Appender;
 use crate::sink::{files, Storage};
 
 /// Which dead letters to replay.
@@ -79,7 +79,7 @@ pub enum ReplayError {
     },
     /// The log refused the replayed events.
     #[error("cannot append the replayed events to the log")]
-    Append(#[source] crate::buffer::AppendError),
+    Append(#[source] crate::log::AppendError),
     /// A fully replayed file cannot be deleted.
     #[error("replayed {name} but cannot delete it")]
     Delete {

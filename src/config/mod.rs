@@ -21,7 +21,7 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 pub use check::{ConfigError, Location};
-pub use spec::{Config, GlobalSpec, PipelineSpec, SinkKind, SinkSpec, SourceSpec};
+pub use spec::{Config, GlobalSpec, PipelineSpec, SinkKind, SinkSpec, SourceKind, SourceSpec};
 
 use raw::{RawGlobal, RawPipeline};
 

@@ -27,8 +27,8 @@ use tracing::{error, info, warn};
 
 use super::store::{Store, View};
 use super::template;
-use crate::buffer::{Appender, Log};
 use crate::config::spec::{PipelineSpec, PollSpec};
+use crate::log::{Appender, Log};
 use crate::source::poll::state::RunState;
 use crate::source::poll::{ConnectionRun, PollError, Poller};
 

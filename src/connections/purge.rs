@@ -27,8 +27,8 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::buffer::Log;
 use crate::config::PipelineSpec;
+use crate::log::Log;
 use crate::sink::table::Purged;
 use crate::sink::{files, Plan, SinkError, Storage};
 

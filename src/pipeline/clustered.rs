@@ -1,14 +1,14 @@
 //! [`super::build`] on a JetStream log: the pipeline's streams, an appender
 //! that publishes to them, and per sink the maker of its runner on one
-//! partition (run where its lease is held, see [`crate::cluster`]).
+//! partition (run where its lease is held, see [`crate::log::jetstream::leases`]).
 
 use std::sync::Arc;
 
 use super::{encoder_and_dead_letters, Built, RunError};
-use crate::buffer;
-use crate::buffer::jetstream::Cluster;
-use crate::cluster::schema::AgreedSchemas;
 use crate::config::{GlobalSpec, PipelineSpec};
+use crate::log;
+use crate::log::jetstream::schemas::AgreedSchemas;
+use crate::log::jetstream::Cluster;
 use crate::server::admin::PipelineView;
 use crate::shutdown::Shutdown;
 use crate::sink::table::TableSink;
@@ -29,10 +29,10 @@ pub(super) async fn build(
             pipeline: spec.name.clone(),
             source,
         })?;
-    let appender = buffer::Appender::new(Arc::new(buffer::jetstream::JetStreamAppender(
+    let appender = log::Appender::new(Arc::new(log::jetstream::JetStreamAppender(streams.clone())));
+    let log = log::Log::new(Arc::new(crate::log::jetstream::leases::ClusterView(
         streams.clone(),
     )));
-    let log = buffer::Log::new(Arc::new(crate::cluster::ClusterView(streams.clone())));
     let (encoder, dead_letters) = encoder_and_dead_letters(spec, global)?;
     // With an inferred schema, a table's writers agree on it in JetStream.
     let agree = spec.infer_schema.then(|| {
@@ -50,7 +50,7 @@ pub(super) async fn build(
     let units = sinks
         .made
         .into_iter()
-        .map(|made| crate::cluster::SinkUnits {
+        .map(|made| crate::log::jetstream::leases::SinkUnits {
             pipeline: streams.clone(),
             sink: made.sink,
             make: made.make,
@@ -94,17 +94,17 @@ pub(super) async fn build(
         // `check` refuses [connections] on a JetStream log.
         connections: None,
     };
-    let poll_leader = spec
-        .source
-        .kind()
-        .needs_leader()
-        .then(|| crate::cluster::poll::PollLeader {
-            spec: spec.clone(),
-            pipeline: streams.clone(),
-            appender: view.appender.clone(),
-            log: view.log.clone(),
-            dir,
-        });
+    let poll_leader =
+        spec.source
+            .kind()
+            .needs_leader()
+            .then(|| crate::log::jetstream::poll_leader::PollLeader {
+                spec: spec.clone(),
+                pipeline: streams.clone(),
+                appender: view.appender.clone(),
+                log: view.log.clone(),
+                dir,
+            });
     Ok(Built {
         source,
         runners: Vec::new(),

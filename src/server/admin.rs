@@ -28,8 +28,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use super::Peer;
-use crate::buffer::{Appender, Log};
 use crate::event::now_us;
+use crate::log::{Appender, Log};
 use crate::replay;
 use crate::sink::health::{SinkHealth, SinkState};
 use crate::sink::Storage;
@@ -70,7 +70,7 @@ pub struct PipelineView {
     /// The webhook's remembered delivery ids, if it dedupes.
     pub dedupe: Option<Arc<crate::source::webhook::dedupe::Dedupe>>,
     /// Its streams, on a JetStream log.
-    pub cluster: Option<Arc<crate::buffer::jetstream::Pipeline>>,
+    pub cluster: Option<Arc<crate::log::jetstream::Pipeline>>,
     /// How its poll source's runs go, if it polls (on this node).
     pub poll: Option<Arc<crate::source::poll::health::PollHealth>>,
     /// Its connections, with `[connections]`.

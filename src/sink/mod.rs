@@ -28,10 +28,10 @@ pub mod task;
 use std::io;
 use std::sync::Arc;
 
-use crate::buffer::Log;
 use crate::config::spec::HttpsSinkSpec;
 use crate::config::{PipelineSpec, SinkSpec};
 use crate::encode::Encoder;
+use crate::log::Log;
 use crate::sink::health::SinkHealth;
 use crate::sink::task::SinkTask;
 

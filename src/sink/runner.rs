@@ -20,10 +20,10 @@ use tracing::{debug, info, warn};
 use super::batch::{Batch, BatchPolicy};
 use super::table::{Router, Table, TableSink, UNROUTED};
 use super::{dead_letters, MakeTask, Placement, SinkContext, SinkError, Storage};
-use crate::buffer::Log;
 use crate::encode::{DeadLetter, Encoded, Encoder};
 use crate::error::{Classify, ErrorKind};
 use crate::event::Event;
+use crate::log::Log;
 use crate::sink::health::SinkHealth;
 
 mod backoff;
@@ -555,7 +555,7 @@ impl Running {
                 Ok(()) => return Ok(()),
                 // Another writer holds the progress now: trying again cannot
                 // succeed, and stopping gives the partition back.
-                Err(e) if crate::buffer::Fenced::is(&e) => return Err(SinkError::Ledger(e)),
+                Err(e) if crate::log::Fenced::is(&e) => return Err(SinkError::Ledger(e)),
                 Err(e) => backoff.pause(LedgerWrite(e)).await?,
             }
         }

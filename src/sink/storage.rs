@@ -14,9 +14,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::buffer::ledger::sync_dir;
 use crate::config::Location;
 use crate::error::{Classify, ErrorKind};
+use crate::log::ledger::sync_dir;
 
 /// Why storage could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -505,7 +505,7 @@ pub fn no_such_bucket(text: &str) -> bool {
 /// parent, which may have just gained the directory).
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("object paths have a parent directory");
-    crate::buffer::ledger::create_dirs_durably(dir)?;
+    crate::log::ledger::create_dirs_durably(dir)?;
     let name = path
         .file_name()
         .expect("object paths name a file")

@@ -14,9 +14,9 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::buffer::{Appender, Log};
 use crate::config::route::RouteBy;
 use crate::config::{GlobalSpec, PipelineSpec, SourceSpec};
+use crate::log::{Appender, Log};
 use webhook::dedupe::{self, Dedupe};
 
 /// A built source.

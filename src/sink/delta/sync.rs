@@ -8,7 +8,7 @@ use std::path::Path;
 
 use percent_encoding::percent_decode_str;
 
-use crate::buffer::ledger::sync_dir;
+use crate::log::ledger::sync_dir;
 
 /// fsyncs the commits `from..=to` of the table in `dir`: each commit file,
 /// the data files it adds (and their directories), a checkpoint of that

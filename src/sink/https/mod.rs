@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{dead_letters, SinkError, Storage};
-use crate::buffer::Log;
 use crate::config::spec::{HttpsSinkSpec, KeySource, SigningSpec};
 use crate::encode::DeadLetter;
 use crate::event::Event;
 use crate::http_retry::{classify, excerpt, full_jitter, Class};
+use crate::log::Log;
 use crate::signature::sign::{Signer, SigningError};
 use client::Client;
 pub use client::SetupError;

@@ -9,11 +9,11 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 
 use super::*;
-use crate::buffer::{self, Appender};
 use crate::config::Location;
+use crate::log::{self, Appender};
 
 fn open(dir: &Path) -> (Appender, Log) {
-    buffer::open(buffer::Options {
+    log::open(log::Options {
         dir: dir.join("data"),
         segment_bytes: 1 << 20,
         sinks: vec!["parquet".into()],
@@ -102,7 +102,7 @@ async fn input_close_flushes_and_returns_with_every_batch_committed_once() {
     );
     assert_eq!(
         log.sink_state("parquet"),
-        buffer::ledger::SinkState {
+        log::ledger::SinkState {
             committed: 25,
             pending: None
         }

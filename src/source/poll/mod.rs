@@ -29,10 +29,10 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::{AppendError, Appender, Log};
 use crate::config::spec::{PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event, RecordKind};
+use crate::log::{AppendError, Appender, Log};
 use client::Client;
 use health::PollHealth;
 use state::{PageRef, PollState, RunState};

@@ -31,10 +31,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::buffer::ledger::write_atomic;
-use crate::buffer::Log;
 use crate::config::spec::{DedupeBy, DedupeSpec};
 use crate::event::{Event, RecordKind};
+use crate::log::ledger::write_atomic;
+use crate::log::Log;
 
 /// The log consumer whose progress keeps not-yet-journalled ids from deletion.
 pub const CONSUMER: &str = "_dedupe";
@@ -312,7 +312,7 @@ fn id_at(event: &[u8], pointer: &str) -> Option<String> {
 
 /// Reads the log up to `end`, passing each delivery id with its arrival time.
 async fn read_ids(
-    reader: &mut crate::buffer::Reader,
+    reader: &mut crate::log::Reader,
     end: u64,
     mut each: impl FnMut(i64, String),
 ) -> io::Result<()> {

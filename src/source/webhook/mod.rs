@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use crate::buffer::Appender;
 use crate::event::{now_us, Event, RecordKind};
+use crate::log::Appender;
 use crate::signature::verify;
 use body::Format;
 use dedupe::Dedupe;
@@ -280,7 +280,7 @@ async fn store_deduped(
         result
     })
     .await
-    .unwrap_or(Err(crate::buffer::AppendError::Closed));
+    .unwrap_or(Err(crate::log::AppendError::Closed));
     let (range, dropped) = stored.map_err(|e| append_failed(route, e))?;
     // The range includes the ids' state record.
     route.metrics.events.increment(range.end - range.start - 1);
@@ -433,11 +433,11 @@ fn check_signature(
     })
 }
 
-fn append_failed(route: &Route, e: crate::buffer::AppendError) -> Refusal {
+fn append_failed(route: &Route, e: crate::log::AppendError) -> Refusal {
     warn!(pipeline = %route.pipeline, error = %crate::error::chain(&e), "Append failed; answering 503.");
     let pipeline = route.pipeline.clone();
     match e {
-        crate::buffer::AppendError::Cluster(_) => Refusal::NotAcknowledged { pipeline },
+        crate::log::AppendError::Cluster(_) => Refusal::NotAcknowledged { pipeline },
         _ => Refusal::NotDurable { pipeline },
     }
 }

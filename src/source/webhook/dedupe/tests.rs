@@ -1,5 +1,5 @@
 use super::*;
-use crate::buffer::{self, Options};
+use crate::log::{self, Options};
 
 fn spec(by: DedupeBy) -> DedupeSpec {
     DedupeSpec {
@@ -144,7 +144,7 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
     let spec = spec(DedupeBy::Headers(vec!["x-id".into()]));
     let now = crate::event::now_us();
     {
-        let (appender, log) = buffer::open(options()).unwrap();
+        let (appender, log) = log::open(options()).unwrap();
         let d = Dedupe::new(&spec);
         assert_eq!(d.load(dir.path(), &log, now).await.unwrap().from, 0);
         for id in ["one", "two"] {
@@ -155,7 +155,7 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
         }
     }
     // Restart 1: the journal is empty, the ids come from the log.
-    let (appender, log) = buffer::open(options()).unwrap();
+    let (appender, log) = log::open(options()).unwrap();
     let d = Dedupe::new(&spec);
     let index = d.load(dir.path(), &log, now).await.unwrap();
     assert_eq!(index.from, 0);
@@ -179,7 +179,7 @@ async fn ids_survive_a_restart_from_the_log_and_then_from_the_journal() {
     assert_eq!(log.sink_state(CONSUMER).committed, 4);
     drop(log);
     // Restart 2: the journal holds them.
-    let (_appender, log) = buffer::open(options()).unwrap();
+    let (_appender, log) = log::open(options()).unwrap();
     let d = Dedupe::new(&spec);
     assert_eq!(d.load(dir.path(), &log, now).await.unwrap().from, 4);
     assert_eq!(

@@ -1,5 +1,9 @@
-//! The durable buffer: one append-only log per pipeline, the source of truth
-//! between triggers and sinks.
+//! The log: one per pipeline, the source of truth between triggers and
+//! sinks. [`contract`] is what sources and sinks see of it; [`Backend::open`]
+//! is the one place `[log]` chooses and connects a backend: this module's
+//! segment files (the embedded default), or [`jetstream`], which holds all of
+//! the replicated log (streams, leases and balance, the poll leader, agreed
+//! schemas).
 //!
 //! # On disk
 //! `<data_dir>/<pipeline>/log/{base:020}.log` segments (format in [`segment`])
@@ -35,7 +39,7 @@
 //! * **Segments go once every sink passed them.** A segment is deleted when the
 //!   lowest committed offset over all sinks reaches the next segment's base.
 
-mod contract;
+pub mod contract;
 pub mod jetstream;
 pub mod ledger;
 mod reader;
@@ -61,6 +65,33 @@ use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
 pub use contract::{Appender, Deduped, Fenced, Log, LogAppend, LogRead, LogStore, Reader};
+
+/// The backend `[log]` chose, opened.
+pub enum Backend {
+    /// Segment files under `data_dir`: each pipeline opens its own ([`open`]).
+    File,
+    /// A JetStream cluster, connected: each pipeline's streams live on it.
+    JetStream(Arc<jetstream::Cluster>),
+}
+
+impl Backend {
+    /// Opens the backend `spec` names (connects to JetStream; nothing for files).
+    pub async fn open(spec: &crate::config::log::LogSpec) -> Result<Self, jetstream::ClusterError> {
+        use crate::config::log::LogSpec;
+        Ok(match spec {
+            LogSpec::File => Backend::File,
+            LogSpec::JetStream(js) => Backend::JetStream(jetstream::Cluster::connect(js).await?),
+        })
+    }
+
+    /// The cluster, on JetStream.
+    pub fn cluster(&self) -> Option<&Arc<jetstream::Cluster>> {
+        match self {
+            Backend::File => None,
+            Backend::JetStream(cluster) => Some(cluster),
+        }
+    }
+}
 
 /// Append requests waiting for the writer thread. Bounded so that a stalled
 /// disk pushes back on the HTTP handlers (they await a slot) instead of

@@ -25,15 +25,12 @@ use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::buffer::jetstream::{Cluster, PartitionLog, Pipeline};
-use crate::buffer::ledger::SinkState;
-use crate::buffer::{Log, LogRead, LogStore};
 use crate::event::Event;
+use crate::log::jetstream::{Cluster, PartitionLog, Pipeline};
+use crate::log::ledger::SinkState;
+use crate::log::{Log, LogRead, LogStore};
 use crate::shutdown::Shutdown;
 use crate::sink::health::SinkHealth;
-
-pub mod poll;
-pub mod schema;
 
 pub use crate::sink::MakeTask;
 

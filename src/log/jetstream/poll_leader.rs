@@ -16,9 +16,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::buffer::jetstream::{Cluster, Pipeline};
-use crate::buffer::{Appender, Log};
 use crate::config::PipelineSpec;
+use crate::log::jetstream::{Cluster, Pipeline};
+use crate::log::{Appender, Log};
 use crate::shutdown::Shutdown;
 
 /// What the poll leader of one pipeline needs.

@@ -1,7 +1,7 @@
 //! The log on a NATS JetStream cluster (`[log] type = "jetstream"`): every
 //! node takes webhooks and publishes their events to the pipeline's
 //! partitions, and each (pipeline, sink, partition) is written by one node
-//! at a time, the one holding its lease ([`owner`]).
+//! at a time, the one holding its lease ([`leases`]).
 //!
 //! * A pipeline of `P` partitions has `P` streams, `TRIBUTARY_<pipeline>_<p>`
 //!   on subject `tributary.<pipeline>.<p>`, each replicated `replicas` times.
@@ -22,8 +22,12 @@
 //!   crash between the two can at worst store a retry twice, never lose one.
 //! * A sink's progress per partition (the ledger of the file log: committed
 //!   offset and pending range) lives in the KV bucket `tributary_progress`;
-//!   ownership in `tributary_leases` ([`owner`]). Messages every sink has
+//!   ownership in `tributary_leases` ([`leases`]). Messages every sink has
 //!   committed are purged from the stream.
+
+pub mod leases;
+pub mod poll_leader;
+pub mod schemas;
 
 use std::io;
 use std::ops::Range;
@@ -351,7 +355,7 @@ pub struct Pipeline {
     /// Cancelled on shutdown: appends end, readers see the log's end.
     pub closed: CancellationToken,
     /// Each unit's owner and progress, as the status task last read them.
-    pub statuses: crate::cluster::Statuses,
+    pub statuses: crate::log::jetstream::leases::Statuses,
     /// A poll source's state as its leader loaded or last stored it, with
     /// its revision in the progress bucket.
     poll_state: std::sync::Mutex<Option<(u64, Bytes)>>,
@@ -460,7 +464,7 @@ impl LogAppend for JetStreamAppender {
     fn append_deduped(
         &self,
         events: Vec<Event>,
-    ) -> BoxFuture<'_, Result<crate::buffer::Deduped, AppendError>> {
+    ) -> BoxFuture<'_, Result<crate::log::Deduped, AppendError>> {
         self.publish(events).boxed()
     }
 
@@ -492,7 +496,7 @@ impl LogAppend for JetStreamAppender {
 impl JetStreamAppender {
     /// Publishes `events` (one message each) and waits for every ack; says
     /// which the duplicate window dropped.
-    async fn publish(&self, events: Vec<Event>) -> Result<crate::buffer::Deduped, AppendError> {
+    async fn publish(&self, events: Vec<Event>) -> Result<crate::log::Deduped, AppendError> {
         let pipeline = &self.0;
         if pipeline.closed.is_cancelled() {
             return Err(AppendError::Closed);

@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{decode, Pipeline};
-use crate::buffer::contract::{Fenced, LogRead, LogStore};
-use crate::buffer::ledger::SinkState;
 use crate::event::Event;
+use crate::log::contract::{Fenced, LogRead, LogStore};
+use crate::log::ledger::SinkState;
 
 /// The header of a KV message that deletes or purges its key.
 const KV_OPERATION: &str = "KV-Operation";

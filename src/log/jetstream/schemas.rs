@@ -39,8 +39,8 @@ impl AgreedSchemas {
     pub fn new(inner: Box<dyn TableSink>, kv: kv::Store, pipeline: &str, sink: &str) -> Self {
         let prefix = format!(
             "schema.{}.{}",
-            crate::buffer::jetstream::key_safe(pipeline),
-            crate::buffer::jetstream::key_safe(sink)
+            crate::log::jetstream::key_safe(pipeline),
+            crate::log::jetstream::key_safe(sink)
         );
         Self { inner, kv, prefix }
     }
@@ -79,11 +79,7 @@ impl TableSink for AgreedSchemas {
                 return Ok(opened);
             }
             let table = if name == UNROUTED { "_" } else { name };
-            let key = format!(
-                "{}.{}",
-                self.prefix,
-                crate::buffer::jetstream::key_safe(table)
-            );
+            let key = format!("{}.{}", self.prefix, crate::log::jetstream::key_safe(table));
             if let (Some(agreed), _) = load(&self.kv, &key).await? {
                 let own = opened.encoder.record_schema();
                 let schema = infer::merge(&agreed, own).unwrap_or(agreed);
