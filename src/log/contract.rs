@@ -66,6 +66,9 @@ pub trait LogStore: Send + Sync {
     /// The recorded progress of `sink`.
     fn sink_state(&self, sink: &str) -> SinkState;
     /// Records that `sink` is about to write `range` (see [`super::ledger`]).
+    /// `begin` and `commit` block until the progress is durable (on
+    /// JetStream, until the cluster answered): call them from the blocking
+    /// pool, never on an async worker.
     /// An error wrapping [`Fenced`] says another writer holds the sink's
     /// progress now: the caller stops writing (trying again cannot succeed).
     fn begin(&self, sink: &str, range: Range<u64>) -> io::Result<()>;

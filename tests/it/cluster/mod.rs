@@ -15,6 +15,7 @@ use crate::support::*;
 
 // Replay, a sink added to an idle pipeline, dedupe across server restarts,
 // the Parquet write fence.
+mod contract;
 mod durability;
 
 /// One cluster test at a time: each runs three nats-servers and two or
