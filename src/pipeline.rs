@@ -228,7 +228,7 @@ pub async fn build(
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
-        cluster: None,
+        log_status: None,
         poll: match &source.source {
             // A connections pipeline's runs are each connection's (its API entry).
             crate::source::Source::Poll(_) if spec.connections.is_some() => None,

@@ -81,6 +81,14 @@ pub trait LogStore: Send + Sync {
     fn is_full(&self, max_bytes: u64) -> bool;
 }
 
+/// What the admin API shows of a log beyond the contract, for a log that
+/// has more to show (a replicated log's partitions: who owns each, and how
+/// far each sink is on it).
+pub trait LogStatus: Send + Sync {
+    /// One row per (sink, partition), as JSON.
+    fn partitions(&self) -> serde_json::Value;
+}
+
 /// Another writer recorded the sink's progress since this one read it (a
 /// replicated log's writer that was paused past its lease): this writer lost
 /// the sink's part of the log and must stop writing it.

@@ -64,7 +64,9 @@ use ledger::{sync_dir, Ledger, SinkState};
 use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
-pub use contract::{Appender, Deduped, Fenced, Log, LogAppend, LogRead, LogStore, Reader};
+pub use contract::{
+    Appender, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Reader,
+};
 
 /// The backend `[log]` chose, opened.
 pub enum Backend {

@@ -88,7 +88,7 @@ pub(super) async fn build(
         max_buffer: spec.buffer_max_bytes,
         replaying: Default::default(),
         dedupe: source.dedupe.clone(),
-        cluster: Some(streams.clone()),
+        log_status: Some(streams.clone()),
         // The poll source runs where its lease is held, with its own poller.
         poll: None,
         // `check` refuses [connections] on a JetStream log.

@@ -69,8 +69,8 @@ pub struct PipelineView {
     pub replaying: AtomicBool,
     /// The webhook's remembered delivery ids, if it dedupes.
     pub dedupe: Option<Arc<crate::source::webhook::dedupe::Dedupe>>,
-    /// Its streams, on a JetStream log.
-    pub cluster: Option<Arc<crate::log::jetstream::Pipeline>>,
+    /// What its log shows beyond the contract (a JetStream log's partitions).
+    pub log_status: Option<Arc<dyn crate::log::LogStatus>>,
     /// How its poll source's runs go, if it polls (on this node).
     pub poll: Option<Arc<crate::source::poll::health::PollHealth>>,
     /// Its connections, with `[connections]`.
@@ -300,10 +300,7 @@ async fn describe(p: &PipelineView) -> serde_json::Value {
     metrics::gauge!("tributary_log_bytes", &label).set(p.log.disk_bytes() as f64);
     metrics::gauge!("tributary_log_end_offset", &label).set(end as f64);
     metrics::gauge!("tributary_log_oldest_unconsumed_age_seconds", &label).set(oldest);
-    let partitions = p.cluster.as_ref().map(|c| {
-        let rows = c.statuses.lock().expect("status lock").clone();
-        json!(rows)
-    });
+    let partitions = p.log_status.as_ref().map(|status| status.partitions());
     let poll = p.poll.as_ref().map(|h| {
         let s = h.snapshot();
         json!({

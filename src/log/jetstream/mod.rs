@@ -372,6 +372,13 @@ pub struct PartitionStatus {
     pub bytes: AtomicU64,
 }
 
+impl crate::log::LogStatus for Pipeline {
+    fn partitions(&self) -> serde_json::Value {
+        let rows = self.statuses.lock().expect("status lock").clone();
+        serde_json::json!(rows)
+    }
+}
+
 impl Pipeline {
     /// Bytes its streams held when the status task last looked.
     pub fn bytes(&self) -> u64 {
