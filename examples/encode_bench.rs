@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tributary::encode::Encoder;
 use tributary::event::Event;
-use tributary::sink::parquet;
+use tributary::sink::files;
 
 const BATCH: usize = 10_000;
 
@@ -56,7 +56,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     });
     let chunks: Vec<Vec<Event>> = events.chunks(BATCH).map(|c| c.to_vec()).collect();
-    let props = parquet::writer_properties();
+    let props = files::writer_properties();
     let partition_by = vec!["_received_date".to_string()];
     std::fs::create_dir_all(out_dir).expect("out dir");
 
@@ -79,7 +79,7 @@ fn main() {
                         let first = (i * BATCH) as u64;
                         let range = first..first + chunk.len() as u64;
                         for (name, body) in
-                            parquet::files(&encoded.batch, &partition_by, &range, &props)
+                            files::files(&encoded.batch, &partition_by, "", &range, &props)
                                 .expect("parquet")
                         {
                             let path = std::path::Path::new(out_dir).join(name);
