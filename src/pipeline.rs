@@ -677,6 +677,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         let address = listener.local_addr().ok();
         info!(
             admin = address.map(tracing::field::display),
+            status_page = address.map(|a| tracing::field::display(format!("http://{a}/"))),
             "Admin endpoints on their own listener."
         );
         let app = server::admin_router(admin.clone());
@@ -693,7 +694,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         admin_task.is_none().then(|| admin.clone()),
     );
     drop(admin);
-    info!(listen = %listen, tls = tls.is_some(), pipelines = config.pipelines.len(), "Listening.");
+    let status_page = admin_task.is_none().then(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{listen}/status")
+    });
+    info!(listen = %listen, tls = tls.is_some(), pipelines = config.pipelines.len(), status_page = status_page.map(tracing::field::display), "Listening.");
 
     let stop = shutdown.stop.clone();
     tokio::spawn(async move {

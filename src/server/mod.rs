@@ -32,6 +32,8 @@ pub type Routes = Arc<HashMap<String, Route>>;
 /// The webhook paths, `/healthz`, and the admin API unless it has its own
 /// listener (`admin` is then `None`).
 pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
+    // The status page at `/` too, unless a webhook listens there.
+    let page_at_root = !routes.contains_key("/");
     let webhooks = Router::new()
         .route("/healthz", get(healthz))
         .fallback(dispatch)
@@ -39,6 +41,12 @@ pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
         .layer(DefaultBodyLimit::disable())
         .with_state(routes);
     match admin {
+        Some(admin) if page_at_root => {
+            let page = Router::new()
+                .route("/", get(admin::status_page))
+                .with_state(admin.clone());
+            api(admin).merge(page).merge(webhooks)
+        }
         Some(admin) => api(admin).merge(webhooks),
         None => webhooks,
     }

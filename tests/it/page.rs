@@ -125,6 +125,12 @@ uri = "blocked/table"
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
+    // The page is at `/` of the listener that serves the admin API, too.
+    let root = reqwest::get(project.url("/")).await.unwrap();
+    assert_eq!(root.status(), 200);
+    let page = root.text().await.unwrap();
+    let status = reqwest::get(project.url("/status")).await.unwrap();
+    assert_eq!(page, status.text().await.unwrap());
     let url = project.url("/status");
     let out = browser(&["--dump-dom", &url]);
     assert!(
