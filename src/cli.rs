@@ -77,6 +77,20 @@ pub enum Command {
     /// new key to seal their credentials with (`keygen`). Credentials are read
     /// from a file or standard input, never from the command line.
     Connections(ConnectionsArgs),
+    /// Print a shell completion script: `tributary completions bash >
+    /// /etc/bash_completion.d/tributary`, `… zsh > "${fpath[1]}/_tributary"`,
+    /// `… fish > ~/.config/fish/completions/tributary.fish`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `tributary man > /usr/local/share/man/man1/tributary.1`.
+    Man,
+}
+
+/// `tributary completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `tributary connections`.

@@ -96,6 +96,23 @@ fn dispatch(command: Command) -> Outcome {
         Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
         Command::Register(args) => register(&load(&args.config.paths())?, args),
         Command::Connections(args) => connections(args.action),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                args.shell,
+                &mut command,
+                "tributary",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map_err(|e| failed(anyhow::Error::from(e).context("cannot write the man page")))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -5,7 +5,9 @@ mod support;
 
 // Configuration files: the shipped examples pass, broken ones explain themselves.
 mod check;
+// `tributary completions` and `tributary man`.
 mod cluster;
+mod completions;
 mod connections;
 // Webhook → log → Parquet: every acknowledged event exactly once, read by two readers.
 mod ingest;
