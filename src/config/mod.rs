@@ -8,6 +8,7 @@ pub mod check;
 pub mod connections;
 pub mod env;
 pub mod explain;
+pub mod interpolate;
 pub mod log;
 pub mod raw;
 pub mod route;
@@ -54,7 +55,7 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         None => RawGlobal::default(),
         Some(file) => match std::fs::read_to_string(file) {
             Ok(text) => raw::parse_toml(file, &text).unwrap_or_else(|e| {
-                errors.push(e);
+                errors.extend(e);
                 RawGlobal::default()
             }),
             Err(e) => {
@@ -108,17 +109,17 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
     for file in files {
         let parsed = std::fs::read_to_string(&file)
             .map_err(|e| {
-                ConfigError::new(
+                vec![ConfigError::new(
                     &file,
                     "",
                     format!("cannot read: {e}"),
                     "check the file's permissions",
-                )
+                )]
             })
             .and_then(|text| raw::parse_toml::<RawPipeline>(&file, &text));
         match parsed {
             Ok(raw) => raws.push((file, raw)),
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
 

@@ -98,7 +98,8 @@ pub use super::sink::parquet::RawParquetSink;
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
     file: &Path,
     text: &str,
-) -> Result<T, ConfigError> {
+) -> Result<T, Vec<ConfigError>> {
+    let text = &super::interpolate::interpolate(file, text, |name| std::env::var(name).ok())?;
     toml::from_str(text).map_err(|err| {
         let at = err.span().map(|span| {
             let before = &text[..span.start.min(text.len())];
@@ -114,6 +115,6 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
         } else {
             "see README.md for the keys and their forms"
         };
-        ConfigError::new(file, at.unwrap_or_default(), message, fix)
+        vec![ConfigError::new(file, at.unwrap_or_default(), message, fix)]
     })
 }

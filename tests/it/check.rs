@@ -332,3 +332,68 @@ fn explain_prints_the_effective_config_with_every_default() {
     }
     assert!(!text.contains("whsec_"), "no secret values");
 }
+
+#[tokio::test]
+async fn environment_variables_fill_the_files_set_defaulted_or_named_when_unset() {
+    let project = Project::new();
+    project.write(
+        "pipelines/env.toml",
+        "name = \"env\"\nschema = \"schemas/shopify_customer.json\"\nrecord_path = \"/customers\"\n\
+         [source]\ntype = \"webhook\"\npath = \"${HOOK_PATH}\"\n\
+         [batch]\nmax_events = ${MAX_EVENTS}\nmax_age = \"${MAX_AGE:-100ms}\"\n\
+         [[sink]]\ntype = \"parquet\"\nuri = \"${LAKE:-lake}/customers\"\n",
+    );
+    // Unset, without a default: each named with its key and line; nothing starts.
+    let out = project.command(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "pipelines/env.toml: source.path (line 6): the environment variable HOOK_PATH is not set; export HOOK_PATH, or give a default: ${HOOK_PATH:-…}",
+        "pipelines/env.toml: batch.max_events (line 8): the environment variable MAX_EVENTS is not set",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("MAX_AGE") && !stderr.contains("LAKE"),
+        "{stderr}"
+    );
+
+    // Set (and defaulted): the effective config holds the values...
+    let env = [("HOOK_PATH", "/hooks/from-env"), ("MAX_EVENTS", "7")];
+    let out = project.command_with_env(&["check", "--explain"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let explained = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "path = \"/hooks/from-env\"",
+        "max_events = 7",
+        "max_age = \"100ms\"",
+    ] {
+        assert!(
+            explained.contains(expected),
+            "missing {expected:?} in:\n{explained}"
+        );
+    }
+    // ...and a running server listens where the environment said.
+    let _server = project.start_with_env(&env).await;
+    let answer = reqwest::Client::new()
+        .post(project.url("/hooks/from-env"))
+        .json(&shopify_customer(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let lake = project.path().join("lake/customers");
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&lake).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "nothing written under {}",
+            lake.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
