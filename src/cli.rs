@@ -46,6 +46,9 @@ pub enum Command {
     /// Validate tributary.toml, every pipeline and every schema, printing all
     /// errors (file, key, problem, fix); exits non-zero if there is any.
     Check(CheckArgs),
+    /// Print the effective configuration, every default filled in, as TOML
+    /// (the same as `check --explain`).
+    Explain(ConfigArgs),
     /// Run one poll of a pipeline now, in the foreground, with a progress
     /// bar; its sinks then flush what it fetched. For backfills and for
     /// trying a new pipeline. An interrupted run is resumed, not restarted.
@@ -228,6 +231,11 @@ pub struct CheckArgs {
     /// (limits, timeouts, batch settings), as TOML.
     #[arg(long)]
     pub explain: bool,
+    /// Check only these files: pipeline files, and `tributary.toml` (any
+    /// file of that name is taken as the global settings) [default: every
+    /// file of --pipelines].
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -297,6 +305,7 @@ impl ConfigArgs {
         Paths {
             config: self.config.clone(),
             pipelines: self.pipelines.clone(),
+            files: Vec::new(),
         }
     }
 }

@@ -85,6 +85,11 @@ fn load(paths: &config::Paths) -> Result<Config, Failure> {
 fn dispatch(command: Command) -> Outcome {
     match command {
         Command::Check(args) => check(&args),
+        Command::Explain(config) => check(&tributary::cli::CheckArgs {
+            explain: true,
+            files: Vec::new(),
+            config,
+        }),
         Command::Run(args) => run(load(&args.paths())?),
         Command::Poll(args) => poll(
             load(&args.config.paths())?,
@@ -120,7 +125,14 @@ fn dispatch(command: Command) -> Outcome {
 /// plain check also names, as errors, the environment variables they need
 /// that are unset.
 fn check(args: &tributary::cli::CheckArgs) -> Outcome {
-    let paths = args.config.paths();
+    let mut paths = args.config.paths();
+    for file in &args.files {
+        if file.file_name().is_some_and(|n| n == config::GLOBAL_FILE) {
+            paths.config = Some(file.clone());
+        } else {
+            paths.files.push(file.clone());
+        }
+    }
     if args.explain {
         print!("{}", config::explain::explain(&load(&paths)?));
         return Ok(ExitCode::SUCCESS);

@@ -733,6 +733,7 @@ mod tests {
         let config = crate::config::load(&crate::config::Paths {
             config: Some(dir.path().join("tributary.toml")),
             pipelines: None,
+            files: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("{e:#?}"));
         (dir, config)

@@ -86,6 +86,7 @@ mod tests {
         let config = load(&Paths {
             config: Some(root.join("tributary.toml")),
             pipelines: None,
+            files: Vec::new(),
         })
         .expect("the shipped files are valid");
         let errors: Vec<String> = unset(&config, |_| false)
@@ -146,6 +147,7 @@ signing = { scheme = "standard-webhooks", secret_env = "SIGNING_SECRET" }
         let config = load(&Paths {
             config: Some(dir.path().join("tributary.toml")),
             pipelines: None,
+            files: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("{e:#?}"));
         let errors: Vec<String> = unset(&config, |var| var == "SLACK_NEW")

@@ -183,7 +183,7 @@ fn escape_basic(value: &str, out: &mut String) {
 /// The dotted key the byte `at` of `text` belongs to (`sink[1].uri`), with
 /// its line, for a message: the last table header before it and the key
 /// its line assigns.
-fn key_at(text: &str, at: usize) -> String {
+pub(super) fn key_at(text: &str, at: usize) -> String {
     let before = &text[..at];
     let line_no = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -196,7 +196,13 @@ fn key_at(text: &str, at: usize) -> String {
     // The table the line is in, counting arrays of tables.
     let mut table = String::new();
     let mut counts: std::collections::HashMap<String, usize> = Default::default();
-    for header in text[..line_start].lines().map(str::trim) {
+    // The line itself may be the header.
+    let through = if line.trim_start().starts_with('[') {
+        line_start + line.len()
+    } else {
+        line_start
+    };
+    for header in text[..through].lines().map(str::trim) {
         if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
             let name = name.trim().to_string();
             let n = counts.entry(name.clone()).or_insert(0);

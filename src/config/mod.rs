@@ -10,6 +10,7 @@ pub mod env;
 pub mod explain;
 pub mod interpolate;
 pub mod log;
+pub mod parse;
 pub mod raw;
 pub mod route;
 mod server;
@@ -36,6 +37,8 @@ pub struct Paths {
     pub config: Option<PathBuf>,
     /// `--pipelines`: the pipeline directory; `None` uses `pipelines/` beside the config.
     pub pipelines: Option<PathBuf>,
+    /// `check FILE…`: these pipeline files instead of the directory's.
+    pub files: Vec<PathBuf>,
 }
 
 /// Reads and validates everything; returns all errors found, in file order.
@@ -78,8 +81,9 @@ pub fn load(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         .pipelines
         .clone()
         .unwrap_or_else(|| root.join("pipelines"));
-    let mut files = Vec::new();
+    let mut files = paths.files.clone();
     match std::fs::read_dir(&dir) {
+        _ if !files.is_empty() => {}
         Ok(entries) => {
             for entry in entries.flatten() {
                 let path = entry.path();

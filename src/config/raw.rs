@@ -2,11 +2,7 @@
 //! defaulted or checked yet. Required keys are `Option` so that validation can
 //! name a missing key together with its fix instead of a bare serde message.
 
-use std::path::Path;
-
 use serde::Deserialize;
-
-use super::ConfigError;
 
 /// `tributary.toml`: global settings, every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -93,28 +89,4 @@ pub use super::server::{RawAdmin, RawServer, RawTls};
 pub use super::sink::delta::RawDeltaSink;
 pub use super::sink::parquet::RawParquetSink;
 
-/// Parses one TOML file into its raw mirror; a serde error becomes a
-/// `ConfigError` at `line L, column C` with a fix.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(
-    file: &Path,
-    text: &str,
-) -> Result<T, Vec<ConfigError>> {
-    let text = &super::interpolate::interpolate(file, text, |name| std::env::var(name).ok())?;
-    toml::from_str(text).map_err(|err| {
-        let at = err.span().map(|span| {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}")
-        });
-        let message = err.message().trim().to_string();
-        let fix = if message.contains("unknown field") {
-            "remove the key or correct its spelling"
-        } else if message.contains("unknown variant") {
-            "set type to one of the values listed"
-        } else {
-            "see README.md for the keys and their forms"
-        };
-        vec![ConfigError::new(file, at.unwrap_or_default(), message, fix)]
-    })
-}
+pub use super::parse::parse_toml;

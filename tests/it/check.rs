@@ -24,6 +24,7 @@ fn every_shipped_pipeline_passes_check() {
     let config = tributary::config::load(&tributary::config::Paths {
         config: Some(root.join("tributary.toml")),
         pipelines: None,
+        files: Vec::new(),
     })
     .unwrap_or_else(|errors| {
         panic!(
@@ -64,6 +65,7 @@ fn check_names_every_unset_variable_as_an_error() {
     let config = tributary::config::load(&tributary::config::Paths {
         config: Some(root.join("tributary.toml")),
         pipelines: None,
+        files: Vec::new(),
     })
     .unwrap();
     // A fresh machine: none of the shipped credentials is set.
@@ -159,7 +161,11 @@ fn broken_configs_report_every_error_with_file_key_and_fix() {
     );
     project.write(
         "pipelines/a_typo.toml",
-        "name = \"typo\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/a\"\n[batch]\nmaxevents = 5\n",
+        "name = \"typo\"\nschema = \"schemas/shopify_customer.json\"\nrecrod_path = \"/c\"\n[source]\ntype = \"webhook\"\npth = \"/hooks/a\"\n[batch]\nmaxevents = 5\nmax_age = 5\n[[sink]]\ntype = \"parqet\"\n[[sink]]\ntype = \"delta\"\nmdoe = \"merge\"\n",
+    );
+    project.write(
+        "pipelines/d_single.toml",
+        "name = \"single\"\nschema = \"schemas/shopify_customer.json\"\n[source]\ntype = \"webhook\"\npath = \"/hooks/d\"\n[sink]\ntype = \"parquet\"\n",
     );
     project.write(
         "pipelines/b_many.toml",
@@ -203,8 +209,16 @@ type = "https"
     for expected in [
         "tributary.toml: listen: \"localhost\" is not an address; write an IP address and port",
         "tributary.toml: lake: unknown scheme \"s4\"; expected s3://, file:// or a path",
-        "pipelines/a_typo.toml: line 7, column 1: unknown field `maxevents`",
-        "remove the key or correct its spelling",
+        // Every mistake of a file at once, in file order, each at its key
+        // and line with the name meant.
+        "pipelines/a_typo.toml: recrod_path (line 3): unknown field `recrod_path`",
+        "did you mean `record_path`? (or remove the key)\npipelines/a_typo.toml: source.pth (line 6): unknown field `pth`",
+        "did you mean `path`? (or remove the key)\npipelines/a_typo.toml: batch.maxevents (line 8): unknown field `maxevents`",
+        "did you mean `max_events`? (or remove the key)\npipelines/a_typo.toml: batch.max_age (line 9): invalid type: integer `5`, expected a string",
+        "pipelines/a_typo.toml: sink[0].type (line 11): unknown variant `parqet`, expected one of `parquet`, `delta`, `https`; did you mean \"parquet\"?",
+        "pipelines/a_typo.toml: sink[1].mdoe (line 14): unknown field `mdoe`",
+        "did you mean `mode`?",
+        "pipelines/d_single.toml: sink (line 6): a single table where a list of tables is expected; write [[sink]] (two brackets) for each sink",
         "pipelines/b_many.toml: name: missing; add name = \"b_many\"",
         "pipelines/b_many.toml: record_path: \"customers\" is not a JSON pointer; start it with '/'",
         "pipelines/b_many.toml: source.path: \"hooks/b\" is not a URL path",
@@ -396,4 +410,44 @@ async fn environment_variables_fill_the_files_set_defaulted_or_named_when_unset(
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[test]
+fn check_takes_files_as_well_as_the_directory() {
+    let project = Project::new();
+    project.shopify_pipeline("", "");
+    project.write(
+        "pipelines/broken.toml",
+        "name = \"broken\"\nschema = \"nope.json\"\n",
+    );
+    // The directory: the broken file fails the check.
+    assert_eq!(project.command(&["check"]).status.code(), Some(2));
+    // One file: only it is checked.
+    let good = std::fs::read_dir(project.path().join("pipelines"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.ends_with("broken.toml"))
+        .unwrap();
+    let good = good
+        .strip_prefix(project.path())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = project.command(&["check", "tributary.toml", &good]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 1 pipeline(s) valid"));
+    let out = project.command(&["check", "pipelines/broken.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pipelines/broken.toml: source: missing"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&good), "{stderr}");
 }

@@ -167,6 +167,7 @@ async fn the_jetstream_log_keeps_the_contract() {
     let config = tributary::config::load(&tributary::config::Paths {
         config: Some(root.join("tributary.toml")),
         pipelines: None,
+        files: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("{e:?}"));
     let tributary::config::log::LogSpec::JetStream(js) = &config.global.log else {
