@@ -86,6 +86,28 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff): `tributary man > /usr/local/share/man/man1/tributary.1`.
     Man,
+    /// Print the JSON Schema (draft 2020-12) of a pipeline file or of
+    /// tributary.toml, from the types that read them, for an editor: e.g.
+    /// `tributary schema pipeline > pipeline.schema.json` and, for taplo
+    /// (Even Better TOML), `#:schema ./pipeline.schema.json` atop each file.
+    Schema(SchemaArgs),
+}
+
+/// `tributary schema`.
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Which file's schema.
+    #[arg(value_enum)]
+    pub file: SchemaFile,
+}
+
+/// The files `tributary schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFile {
+    /// A file in `pipelines/`.
+    Pipeline,
+    /// `tributary.toml`.
+    Config,
 }
 
 /// `tributary completions`.

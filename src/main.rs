@@ -81,6 +81,16 @@ fn load(paths: &config::Paths) -> Result<Config, Failure> {
     config::load(paths).map_err(Failure::Config)
 }
 
+/// Writes `text` to standard output; a reader that went away (`| head`)
+/// is not an error.
+fn print_out(text: &str) -> Outcome {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 /// One function per command.
 fn dispatch(command: Command) -> Outcome {
     match command {
@@ -111,6 +121,13 @@ fn dispatch(command: Command) -> Outcome {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schema(args) => {
+            let schema = match args.file {
+                tributary::cli::SchemaFile::Pipeline => config::pipeline_schema(),
+                tributary::cli::SchemaFile::Config => config::config_schema(),
+            };
+            print_out(&format!("{schema:#}\n"))
+        }
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command)
@@ -134,8 +151,7 @@ fn check(args: &tributary::cli::CheckArgs) -> Outcome {
         }
     }
     if args.explain {
-        print!("{}", config::explain::explain(&load(&paths)?));
-        return Ok(ExitCode::SUCCESS);
+        return print_out(&config::explain::explain(&load(&paths)?));
     }
     let config = config::check(&paths).map_err(Failure::Config)?;
     println!("ok: {} pipeline(s) valid", config.pipelines.len());

@@ -144,7 +144,7 @@ pub(crate) fn size(raw: &RawSize, key: &str, e: &mut Errors<'_>) -> Option<u64> 
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// One.
@@ -164,7 +164,7 @@ impl OneOrMany {
 }
 
 /// A size: a string with a unit (`"64MiB"`) or a plain number of bytes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RawSize {
     /// A number of bytes.

@@ -11,7 +11,7 @@ use super::check::Errors;
 pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 16;
 
 /// `[connections]` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConnections {
     /// Most poll runs in flight at once across the pipeline's connections.
@@ -23,7 +23,7 @@ pub struct RawConnections {
 }
 
 /// `[connections] attribute`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAttribute {
     /// A request header whose value is one of a connection's `match` values.
@@ -31,7 +31,7 @@ pub struct RawAttribute {
 }
 
 /// `[connections] notify`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
     /// The app's URL.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{positive_duration, Errors};
 
 /// `[log]` in `tributary.toml`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     /// `"file"` (default) or `"jetstream"`.
@@ -32,7 +32,7 @@ pub struct RawLog {
 }
 
 /// `[log]` in a pipeline file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipelineLog {
     /// Streams the pipeline's events are spread over on JetStream.

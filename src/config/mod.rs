@@ -170,3 +170,14 @@ pub fn check(paths: &Paths) -> Result<Config, Vec<ConfigError>> {
         Err(unset)
     }
 }
+
+/// The JSON Schema (draft 2020-12) of a pipeline file, derived from the
+/// types that read it: every key with its doc, no other key.
+pub fn pipeline_schema() -> serde_json::Value {
+    schemars::schema_for!(raw::RawPipeline).to_value()
+}
+
+/// The JSON Schema of `tributary.toml`.
+pub fn config_schema() -> serde_json::Value {
+    schemars::schema_for!(raw::RawGlobal).to_value()
+}

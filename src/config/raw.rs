@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 /// `tributary.toml`: global settings, every key optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGlobal {
     /// Address of the HTTP server (webhooks and `/healthz`), e.g. `"127.0.0.1:8080"`.
@@ -25,7 +25,7 @@ pub struct RawGlobal {
 }
 
 /// One `pipelines/*.toml` file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
     /// Pipeline name: lower-case letters, digits, `_` and `-`; names its data and tables.
@@ -62,7 +62,7 @@ pub use super::source::webhook::RawWebhook;
 pub use super::source::RawSource;
 
 /// `[batch]`: a flush happens when any limit is reached.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBatch {
     /// Most events in one flush.
@@ -74,7 +74,7 @@ pub struct RawBatch {
 }
 
 /// `[buffer]`: the durable log of this pipeline.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBuffer {
     /// Disk the log may use before webhooks are answered 503, e.g. `"1GiB"`.

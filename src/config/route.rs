@@ -27,7 +27,7 @@ pub const DEFAULT_TABLE: &str = "other";
 pub const MAX_TABLE_NAME: usize = 64;
 
 /// `[route]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// A request header whose value names the table (webhook sources).

@@ -9,7 +9,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// `[server]` in `tributary.toml`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     /// Longest a client may take to send a request's headers (and a TLS handshake).
@@ -21,7 +21,7 @@ pub struct RawServer {
 }
 
 /// `[tls]` in `tributary.toml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// PEM certificate chain, leaf first.
@@ -31,7 +31,7 @@ pub struct RawTls {
 }
 
 /// `[admin]` in `tributary.toml`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// A separate address for the admin endpoints (plain HTTP); default: on `listen`.

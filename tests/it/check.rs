@@ -451,3 +451,94 @@ fn check_takes_files_as_well_as_the_directory() {
     );
     assert!(!stderr.contains(&good), "{stderr}");
 }
+
+/// Validates each TOML file against a JSON Schema with Python's
+/// `jsonschema` (a validator we did not write); prints one line per file:
+/// `ok` or the first problem.
+const VALIDATE: &str = r#"
+import json, sys, tomllib, jsonschema
+schema = json.load(open(sys.argv[1]))
+validator = jsonschema.Draft202012Validator(schema)
+validator.check_schema(schema)
+for path in sys.argv[2:]:
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    print(path, "ok" if not errors else "error: " + errors[0].message)
+"#;
+
+fn validate(schema: &str, files: &[std::path::PathBuf]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let schema_file = dir.path().join("schema.json");
+    std::fs::write(&schema_file, schema).unwrap();
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", VALIDATE, schema_file.to_str().unwrap()])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jsonschema (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_json_schemas_take_every_shipped_file_and_refuse_a_misspelt_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |file: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["schema", file])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pipeline = run("pipeline");
+    let schema: serde_json::Value = serde_json::from_str(&pipeline).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    // Every key has its doc.
+    assert!(
+        schema["properties"]["record_path"]["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{schema:#}"
+    );
+    let mut files: Vec<_> = std::fs::read_dir(root.join("pipelines"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let broken = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "misspelt.toml",
+            "name = \"x\"\nschema = \"infer\"\n[batch]\nmax_evnets = 5\n",
+        ),
+        (
+            "wrong_type.toml",
+            "name = \"x\"\nschema = \"infer\"\n[[sink]]\ntype = \"parqet\"\n",
+        ),
+    ] {
+        std::fs::write(broken.path().join(name), text).unwrap();
+        files.push(broken.path().join(name));
+    }
+    let lines = validate(&pipeline, &files);
+    assert_eq!(lines.len(), files.len());
+    for (file, line) in files.iter().zip(&lines) {
+        let shipped = file.starts_with(root);
+        assert_eq!(line.ends_with(" ok"), shipped, "{line}");
+    }
+    let lines = validate(&run("config"), &[root.join("tributary.toml")]);
+    assert!(lines[0].ends_with(" ok"), "{lines:?}");
+}

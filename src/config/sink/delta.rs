@@ -22,7 +22,7 @@ pub const DEFAULT_VACUUM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600
 const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(3600);
 
 /// `[[sink]]` with `type = "delta"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDeltaSink {
     /// Sink name, unique in the pipeline; defaults to the type.
@@ -32,6 +32,7 @@ pub struct RawDeltaSink {
     /// Partition columns of a new table.
     pub partition_by: Option<Vec<String>>,
     /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub storage: Option<BTreeMap<String, toml::Value>>,
     /// `"append"` (default) or `"merge"` (upsert on `primary_key`).
     pub mode: Option<String>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::config::check::{positive_duration, valid_name, Errors, OneOrMany};
 
 /// `[[sink]]` with `type = "https"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpsSink {
     /// Sink name, unique in the pipeline; defaults to the type.
@@ -32,7 +32,7 @@ pub struct RawHttpsSink {
 }
 
 /// `signing` of an HTTPS sink.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSigning {
     /// `"standard-webhooks"` (default), `"rsa-sha256"` or `"hmac-sha256"`.

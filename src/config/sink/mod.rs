@@ -23,7 +23,7 @@ use https::{HttpsSinkSpec, RawHttpsSink};
 use parquet::{ParquetSinkSpec, RawParquetSink};
 
 /// One `[[sink]]`, tagged by `type`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RawSink {
     /// Parquet files in hive-style partitions.

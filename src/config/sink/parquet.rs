@@ -8,7 +8,7 @@ use super::{common, Table};
 use crate::config::check::{Errors, Location};
 
 /// `[[sink]]` with `type = "parquet"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawParquetSink {
     /// Sink name, unique in the pipeline; defaults to the type.
@@ -18,6 +18,7 @@ pub struct RawParquetSink {
     /// Columns whose values name the hive-style directories.
     pub partition_by: Option<Vec<String>>,
     /// Object-store settings (`endpoint`, `region`, `allow_http`, `*_env` credentials).
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub storage: Option<BTreeMap<String, toml::Value>>,
 }
 

@@ -9,7 +9,7 @@ use super::verify::VerifyScheme;
 use crate::config::check::{positive_duration, Errors};
 
 /// `source.dedupe`: `false`, `true`, or a table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RawDedupe {
     /// `true` (the scheme's delivery id) or `false` (off).
@@ -19,7 +19,7 @@ pub enum RawDedupe {
 }
 
 /// `source.dedupe = { … }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDedupeTable {
     /// Request header carrying the delivery id.

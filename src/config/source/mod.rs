@@ -17,7 +17,7 @@ use webhook::{RawWebhook, WebhookSpec};
 use super::check::Errors;
 
 /// `[source]`, tagged by `type`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RawSource {
     /// Events POSTed to a path of the HTTP server.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::config::check::{positive_duration, Errors, OneOrMany};
 
 /// `source.verify` of a webhook.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawVerify {
     /// `shopify`, `github`, `stripe`, `slack`, `zoom`, `standard-webhooks`, `hubspot-v3` or `hmac`.

@@ -14,7 +14,7 @@ pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/api", "/status"];
 
 /// `[source]` with `type = "webhook"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
     /// URL path that receives the POSTs, e.g. `"/hooks/shopify/customers"`.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::config::check::RawSize;
 
 /// `[source]` with `type = "poll"`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoll {
     /// Cron expression with seconds, e.g. `"0 */5 * * * *"`.
@@ -24,6 +24,7 @@ pub struct RawPoll {
     /// `"GET"` (default) or `"POST"`.
     pub method: Option<String>,
     /// JSON body of a POST (a TOML table); strings may hold `{cursor}` and `{page_token}`.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub body: Option<toml::Table>,
     /// Extra request headers.
     pub headers: Option<BTreeMap<String, String>>,
@@ -50,7 +51,7 @@ pub struct RawPoll {
 }
 
 /// `source.auth`, tagged by `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RawAuth {
     /// `Authorization: Bearer <token>`.
@@ -66,7 +67,7 @@ pub enum RawAuth {
 }
 
 /// `auth.type = "oauth1"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOauth1 {
     /// Env var holding the consumer key.
@@ -84,7 +85,7 @@ pub struct RawOauth1 {
 }
 
 /// `auth.type = "bearer"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBearer {
     /// Env var holding the token.
@@ -92,7 +93,7 @@ pub struct RawBearer {
 }
 
 /// `auth.type = "basic"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBasic {
     /// The user name (not a secret).
@@ -104,7 +105,7 @@ pub struct RawBasic {
 }
 
 /// `auth.type = "api_key"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
     /// Env var holding the key.
@@ -116,7 +117,7 @@ pub struct RawApiKey {
 }
 
 /// `auth.type = "oauth2"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOauth2 {
     /// The token endpoint.
@@ -132,7 +133,7 @@ pub struct RawOauth2 {
 }
 
 /// `source.cursor`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCursor {
     /// Record field (name or JSON pointer) whose largest value is the next lower bound.
@@ -140,13 +141,14 @@ pub struct RawCursor {
     /// Query parameter that carries the lower bound.
     pub param: Option<String>,
     /// Lower bound of the first run.
+    #[schemars(with = "Option<serde_json::Value>")]
     pub start: Option<toml::Value>,
     /// Go back this far from the lower bound, for late updates, e.g. `"5m"`.
     pub lookback: Option<String>,
 }
 
 /// `source.paginate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPaginate {
     /// `"cursor"`, `"link"`, `"offset"`, `"page"` or `"none"`.
