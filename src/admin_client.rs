@@ -171,6 +171,25 @@ impl AdminClient {
         response.json().await.map_err(ClientError::Answer)
     }
 
+    /// Follows `pipeline`'s tap: each NDJSON line to `line`, until the
+    /// server ends the stream.
+    pub async fn tap(&self, pipeline: &str, line: &mut dyn FnMut(&str)) -> Result<(), ClientError> {
+        let request = self.request(
+            reqwest::Method::GET,
+            &format!("/api/pipelines/{pipeline}/tap"),
+        );
+        let mut response = self.send(request).await?;
+        let mut pending = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(ClientError::Answer)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                line(String::from_utf8_lossy(&text).trim_end());
+            }
+        }
+        Ok(())
+    }
+
     /// `method path` with `body` (as JSON) if any; the answer's JSON.
     pub async fn call(
         &self,

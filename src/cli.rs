@@ -80,6 +80,11 @@ pub enum Command {
     /// new key to seal their credentials with (`keygen`). Credentials are read
     /// from a file or standard input, never from the command line.
     Connections(ConnectionsArgs),
+    /// Print a pipeline's events as they are acknowledged, one JSON object
+    /// per line (id, received time, connection, topic, body), until Ctrl-C.
+    /// Reads through the running server's admin API; the pipeline does not
+    /// wait for it.
+    Tap(TapArgs),
     /// Print a shell completion script: `tributary completions bash >
     /// /etc/bash_completion.d/tributary`, `… zsh > "${fpath[1]}/_tributary"`,
     /// `… fish > ~/.config/fish/completions/tributary.fish`.
@@ -108,6 +113,16 @@ pub enum SchemaFile {
     Pipeline,
     /// `tributary.toml`.
     Config,
+}
+
+/// `tributary tap`.
+#[derive(Debug, Clone, Args)]
+pub struct TapArgs {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `tributary completions`.

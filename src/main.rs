@@ -111,6 +111,7 @@ fn dispatch(command: Command) -> Outcome {
         Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
         Command::Register(args) => register(&load(&args.config.paths())?, args),
         Command::Connections(args) => connections(args.action),
+        Command::Tap(args) => tap(&load(&args.config.paths())?, &args.pipeline),
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
@@ -463,6 +464,29 @@ fn replay(config: &Config, args: &ReplayArgs) -> Outcome {
     for problem in done["problems"].as_array().into_iter().flatten() {
         println!("  note: {}", problem.as_str().unwrap_or_default());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tributary tap`: the admin API's tap, a line each, until Ctrl-C or the
+/// server stops.
+fn tap(config: &Config, pipeline: &str) -> Outcome {
+    use std::io::Write;
+    let runtime = runtime()?;
+    runtime
+        .block_on(async {
+            let client = tributary::admin_client::AdminClient::new(&config.global)?;
+            let mut out = std::io::stdout();
+            // Line by line, so `tap | jq` sees each event at once.
+            let mut print = |line: &str| {
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            };
+            let follow = client.tap(pipeline, &mut print);
+            tokio::select! {
+                result = follow => result,
+                () = Shutdown::signal() => Ok(()),
+            }
+        })
+        .map_err(failed)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod connections;
 mod listen;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::sync::Arc;

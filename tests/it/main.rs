@@ -37,6 +37,8 @@ mod corpus;
 mod providers;
 // `tributary sql`: the rows DuckDB and delta-rs read, in every output format; bad queries exit 1.
 mod sql;
+// `tributary tap`.
+mod tap;
 // The status page in headless Chromium: a healthy and a failing sink, as the admin API reports them.
 mod page;
 // The admin API without a token: Host and Origin checked (DNS rebinding, cross-site POSTs); probes and webhooks untouched.

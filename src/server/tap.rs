@@ -1,0 +1,108 @@
+//! `GET /api/pipelines/{name}/tap`: a pipeline's events as NDJSON, each
+//! once it is durable in the log (acknowledged), from the moment the tap
+//! starts, until the client goes away or the pipeline stops.
+//!
+//! A line is `{"id": …, "received_at": …, "connection": …, "topic": …,
+//! "body": <the event's JSON>}`. The tap is a reader of the log like a
+//! sink, but records no progress: it never holds segments back and never
+//! slows an append. A reader that falls so far behind that the segment it
+//! reads is deleted skips to the end and says so in a line
+//! `{"skipped_to": offset}`. Under the admin API's rules (token or
+//! loopback). On a JetStream log, where each node holds some partitions,
+//! a tap is refused with the reason.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::json;
+
+use super::admin::{refusal, Admin};
+use super::Peer;
+use crate::event::{Event, RecordKind};
+use crate::log::Reader;
+use crate::source::webhook;
+
+/// Most events read at once.
+const READ: usize = 256;
+
+/// The tap of pipeline `name`.
+pub async fn tap(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    method: Method,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
+        return refused;
+    }
+    let Some(p) = admin.pipelines.iter().find(|p| p.name == name) else {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        );
+    };
+    if p.log_status.is_some() {
+        return webhook::error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("pipeline {name} is on a JetStream log, whose partitions live on several nodes: tap works on the file log only (yet)"),
+        );
+    }
+    let log = p.log.clone();
+    let reader = log.reader(log.end());
+    let stream = futures::stream::unfold((log, reader), |(log, mut reader)| async move {
+        loop {
+            if !reader.wait().await {
+                return None;
+            }
+            match reader.read(READ).await {
+                Ok(events) => {
+                    let lines: String = events.iter().filter_map(line).collect();
+                    if !lines.is_empty() {
+                        return Some((Ok::<_, std::io::Error>(Bytes::from(lines)), (log, reader)));
+                    }
+                }
+                // The segment went (every sink passed it): on from the end.
+                Err(_) => {
+                    let end = log.end();
+                    let skipped = json!({ "skipped_to": end }).to_string() + "\n";
+                    let reader: Reader = log.reader(end);
+                    return Some((Ok(Bytes::from(skipped)), (log, reader)));
+                }
+            }
+        }
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// An event's NDJSON line; none for records that are not events.
+fn line(event: &Event) -> Option<String> {
+    // A replayed dead letter is in the log in its envelope: not shown again.
+    if event.kind != RecordKind::Event {
+        return None;
+    }
+    let body = serde_json::from_slice::<&serde_json::value::RawValue>(&event.payload).ok();
+    let received_at =
+        chrono::DateTime::from_timestamp_micros(event.received_at_us).map(|t| t.to_rfc3339());
+    let mut line = json!({
+        "id": event.id.hyphenated().to_string(),
+        "received_at": received_at,
+        "connection": event.connection.as_deref(),
+        "topic": event.topic.as_deref(),
+        "body": body,
+    })
+    .to_string();
+    line.push('\n');
+    Some(line)
+}

@@ -1,0 +1,70 @@
+//! `tributary tap`: a pipeline's events as they are acknowledged, from a
+//! real server, to a real `tributary tap` process.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_prints_each_event_acknowledged_after_it_started() {
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"100ms\"", "");
+    let _server = project.start().await;
+    // Before the tap: not shown.
+    let before = post_customers(&project, 0, 1, 3).await;
+
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["tap", "shopify_customers"])
+        .current_dir(project.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = tap.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
+        }
+    });
+    // The tap shows what is acknowledged once it runs: post until it shows one.
+    let started = Instant::now();
+    let mut first = 100;
+    let shown = loop {
+        post_customers(&project, first, 1, 1).await;
+        first += 1;
+        if let Ok(line) = seen.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the tap showed nothing"
+        );
+    };
+    assert!(shown["body"]["customers"]["id"].is_u64(), "{shown}");
+    // Then every event, each once, with its id, time and body.
+    let posted = post_customers(&project, 1000, 4, 5).await;
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < posted.len() && Instant::now() < deadline {
+        let Ok(line) = seen.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let id = line["id"].as_str().unwrap().to_string();
+        assert!(
+            !before.contains(&id),
+            "an event from before the tap: {line}"
+        );
+        if posted.contains(&id) {
+            assert!(line["received_at"].as_str().is_some(), "{line}");
+            assert!(line["body"]["customers"]["email"].is_string(), "{line}");
+            assert!(got.insert(id), "shown twice: {line}");
+        }
+    }
+    assert_eq!(got, posted);
+    tap.kill().unwrap();
+    tap.wait().unwrap();
+}
