@@ -138,7 +138,7 @@ fn fix_for(message: &str, unknown: Option<&str>, at: Option<&str>) -> String {
             );
         }
     }
-    "see README.md for the keys and their forms".into()
+    "see docs/configuration.md for the keys and their forms".into()
 }
 
 /// The text between `prefix` and the next backtick.

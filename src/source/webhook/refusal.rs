@@ -1,5 +1,5 @@
 //! Why a webhook request is refused, and the answer each reason gets: the
-//! status table of the README's "HTTP answers" lives here and nowhere else.
+//! status table of docs/operations.md's "HTTP answers" lives here and nowhere else.
 //! Every answer is JSON `{"error": "…"}` whose message names what is wrong
 //! and what to do; `405` adds `Allow`, `429` and `503` add `Retry-After`.
 //! A message never holds a secret or the body.
