@@ -42,7 +42,7 @@ pub enum Command {
     ///
     /// Events are answered 202 only after they are fsynced to the log under
     /// `data_dir`; sinks then write them to `lake` (or each sink's `uri`).
-    Run(ConfigArgs),
+    Run(RunArgs),
     /// Validate tributary.toml, every pipeline and every schema, printing all
     /// errors (file, key, problem, fix); exits non-zero if there is any.
     Check(CheckArgs),
@@ -113,6 +113,18 @@ pub enum SchemaFile {
     Pipeline,
     /// `tributary.toml`.
     Config,
+}
+
+/// `tributary run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Where the configuration is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Reload the configuration when tributary.toml, a pipeline file or a
+    /// schema changes (SIGHUP always reloads it).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `tributary tap`.

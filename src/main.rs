@@ -100,7 +100,14 @@ fn dispatch(command: Command) -> Outcome {
             files: Vec::new(),
             config,
         }),
-        Command::Run(args) => run(load(&args.paths())?),
+        Command::Run(args) => {
+            let paths = args.config.paths();
+            let reload = tributary::pipeline::Reload {
+                paths: paths.clone(),
+                watch: args.watch,
+            };
+            run(load(&paths)?, reload)
+        }
         Command::Poll(args) => poll(
             load(&args.config.paths())?,
             &args.pipeline,
@@ -390,14 +397,14 @@ fn poll(config: Config, pipeline: &str, connection: Option<&str>) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(config: Config) -> Outcome {
+fn run(config: Config, reload: tributary::pipeline::Reload) -> Outcome {
     let runtime = runtime()?;
     runtime
-        .block_on(async {
-            // Before anything starts: a `systemctl reload` must not end the service.
-            Shutdown::ignore_hangups();
-            tributary::pipeline::run(config, Shutdown::default()).await
-        })
+        .block_on(tributary::pipeline::run(
+            config,
+            Some(reload),
+            Shutdown::default(),
+        ))
         .map_err(failed)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! per sink; and `run`, which starts them all with the HTTP server and stops
 //! them in order on a signal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
@@ -14,6 +14,7 @@ use crate::log::jetstream::Cluster;
 use crate::server::{
     self,
     admin::{Admin, PipelineView},
+    Slot,
 };
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::health::SinkHealth;
@@ -21,8 +22,11 @@ use crate::sink::table::TableSink;
 use crate::sink::{parquet, MakeTask, Placement, SinkContext, SinkError, Storage, StorageError};
 use crate::source::poll::state::RunState;
 use crate::source::poll::PollError;
+pub use reload::Reload;
+use reload::{hangups, ignore_hangups, start_one, Reloader};
 
 mod clustered;
+pub mod reload;
 
 /// Segment size bounds: small enough that a small `buffer.max_bytes` still
 /// spans several segments (so consumed ones can be freed), large enough that
@@ -572,8 +576,16 @@ pub async fn poll_once(
 }
 
 /// Runs every pipeline until SIGTERM/SIGINT (or `shutdown.stop`), then stops
-/// accepting, lets the sinks flush what the logs hold, and returns.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+/// accepting, lets the sinks flush what the logs hold, and returns. With
+/// `reload`, SIGHUP (and with `watch`, a changed file) reloads the
+/// configuration ([`reload`]).
+pub async fn run(
+    config: Config,
+    reload: Option<Reload>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    // Before anything starts: SIGHUP's default action ends the process.
+    let hangups = hangups();
     let metrics = crate::telemetry::install();
     let settings = &config.global.server;
     let tls = match &settings.tls {
@@ -609,26 +621,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let mut routes = HashMap::new();
     let mut views = Vec::new();
     let mut units = Vec::new();
+    let mut running = BTreeMap::new();
     for spec in &config.pipelines {
-        let floor = match cluster {
-            None => offset_floor(spec, &config.global).await?,
-            Some(_) => 0,
-        };
-        let built = build(spec, &config.global, &shutdown, floor, cluster).await?;
+        // On the file log each pipeline runs on its own, and a reload can
+        // stop, start or restart it without touching the others.
+        if cluster.is_none() {
+            let (one, route) = start_one(spec, &config.global, &shutdown).await?;
+            if let Some((path, route)) = route {
+                routes.insert(path, Slot::Live(route));
+            }
+            views.push(one.view.clone());
+            running.insert(spec.name.clone(), one);
+            continue;
+        }
+        let built = build(spec, &config.global, &shutdown, 0, cluster).await?;
         units.extend(built.units);
-        let connections = match (&built.view.connections, &spec.source) {
-            (Some(store), SourceSpec::Poll(poll)) => Some(crate::connections::polling::Runner {
-                pipeline: spec.clone(),
-                spec: (**poll).clone(),
-                store: store.clone(),
-                appender: built.view.appender.clone(),
-                log: built.view.log.clone(),
-                dir: config.global.data_dir.join(&spec.name),
-                stop: shutdown.stop.clone(),
-            }),
-            _ => None,
-        };
-        views.push(built.view);
+        views.push(Arc::new(built.view));
         if let (Some(cluster), Some(leader)) = (cluster, built.poll_leader) {
             shutdown
                 .tasks
@@ -638,22 +646,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
                     shutdown.clone(),
                 ));
         }
-        match built.source.source {
-            crate::source::Source::Webhook { path, route } => {
-                routes.insert(path, *route);
-            }
-            // On JetStream the poll leader runs its own poller.
-            crate::source::Source::Poll(_) if cluster.is_some() => {}
-            // One poller per connection instead of the pipeline's own.
-            crate::source::Source::Poll(_) if connections.is_some() => {
-                if let Some(runner) = connections {
-                    shutdown.tasks.spawn(runner.run());
-                }
-            }
-            // It ends on shutdown, dropping its appender, which closes the log.
-            crate::source::Source::Poll(poller) => {
-                shutdown.tasks.spawn(poller.run_forever());
-            }
+        // On JetStream the poll leader runs its own poller.
+        if let crate::source::Source::Webhook { path, route } = built.source.source {
+            routes.insert(path, Slot::Live(Arc::new(*route)));
         }
         for task in built.source.tasks {
             shutdown.tasks.spawn(task);
@@ -665,10 +660,35 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     }
     let admin = Arc::new(Admin {
         token,
-        pipelines: views,
+        pipelines: server::Swap::new(views),
         metrics,
-        config: Some(Arc::new(config.clone())),
+        config: server::Swap::new(Some(Arc::new(config.clone()))),
     });
+    let routes: server::Routes = Arc::new(server::Swap::new(routes));
+    let reloader = match (reload, cluster) {
+        (Some(reload), None) => Some(tokio::spawn(
+            Reloader {
+                reload,
+                global: config.global.clone(),
+                root: shutdown.clone(),
+                routes: routes.clone(),
+                admin: admin.clone(),
+                running,
+            }
+            .run(hangups),
+        )),
+        (Some(_), Some(_)) => {
+            tokio::spawn(ignore_hangups(
+                hangups,
+                "a JetStream log's pipelines are not reloaded yet",
+            ));
+            None
+        }
+        (None, _) => {
+            tokio::spawn(ignore_hangups(hangups, "this run does not reload"));
+            None
+        }
+    };
     let limits = server::Limits {
         header_timeout: settings.header_timeout,
         max_connections: settings.max_connections,
@@ -689,10 +709,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             shutdown.stop.clone(),
         ))
     });
-    let app = server::router(
-        Arc::new(routes),
-        admin_task.is_none().then(|| admin.clone()),
-    );
+    let app = server::router(routes, admin_task.is_none().then(|| admin.clone()));
     drop(admin);
     let status_page = admin_task.is_none().then(|| {
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -709,6 +726,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     // The routes (and with them every Appender) drop when the server returns,
     // which closes the logs; the runners then flush and end.
     let served = server::serve(listener, app, limits, tls, shutdown.stop.clone()).await;
+    // The reloader holds the routes and the pipelines too: it ends on the
+    // stop, and with it the last handles on the logs.
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     if let Some(task) = admin_task {
         if let Ok(Err(e)) = task.await {
             warn!(error = %e, "The admin listener failed.");

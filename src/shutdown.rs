@@ -4,7 +4,8 @@
 //! closes, flushing on the way. A grace deadline bounds the wait and names what
 //! did not finish; since the buffer is durable and sinks are idempotent, an
 //! unfinished task loses nothing — it resumes from its offset at the next start.
-//! SIGHUP does not stop `tributary run`: it is logged and ignored.
+//! SIGHUP does not stop `tributary run`: it reloads the configuration
+//! (`pipeline::reload`).
 
 use std::time::Duration;
 
@@ -49,22 +50,13 @@ impl Shutdown {
         }
     }
 
-    /// Keeps SIGHUP from ending the process, which is its default: `systemctl
-    /// reload` sends it, and tributary cannot reload its configuration yet.
-    /// Each one is logged and otherwise ignored. Call it inside the runtime,
-    /// before anything starts: a SIGHUP before it still ends the process.
-    pub fn ignore_hangups() {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        tracing::warn!("SIGHUP received, but tributary cannot reload its configuration yet; it goes on with the one it started with. Restart it to apply changes.");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot catch SIGHUP; one would end the process.");
-            }
+    /// A stop and tasks of their own (one pipeline's, which a reload stops
+    /// alone): cancelled with these, drained on their own.
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            stop: self.stop.child_token(),
+            abandon: self.abandon.child_token(),
+            tasks: TaskTracker::new(),
         }
     }
 

@@ -21,7 +21,7 @@ pub fn explain(config: &Config) -> String {
 
 /// TOML text of a spec, by way of a `toml::Value` (which orders plain
 /// keys before tables, as TOML needs).
-fn as_toml<T: serde::Serialize>(spec: &T) -> String {
+pub fn as_toml<T: serde::Serialize>(spec: &T) -> String {
     toml::Value::try_from(spec)
         .and_then(|v| toml::to_string(&v))
         .unwrap_or_else(|e| format!("# cannot show: {e}\n"))

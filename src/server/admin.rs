@@ -39,12 +39,23 @@ use crate::source::webhook;
 pub struct Admin {
     /// The bearer token `/metrics` and `/api/…` require, if any.
     pub token: Option<String>,
-    /// Every pipeline.
-    pub pipelines: Vec<PipelineView>,
+    /// Every pipeline (replaced on a reload).
+    pub pipelines: super::Swap<Vec<Arc<PipelineView>>>,
     /// Renders the metrics page.
     pub metrics: PrometheusHandle,
     /// The configuration, for reading tables (`/api/pipelines/{name}/sample`).
-    pub config: Option<Arc<crate::config::Config>>,
+    pub config: super::Swap<Option<Arc<crate::config::Config>>>,
+}
+
+impl Admin {
+    /// The pipeline named `name`.
+    pub fn pipeline(&self, name: &str) -> Option<Arc<PipelineView>> {
+        self.pipelines
+            .load()
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+    }
 }
 
 /// One pipeline as the admin API sees it.
@@ -380,7 +391,7 @@ async fn pipelines(
         return refused;
     }
     let mut list = Vec::new();
-    for p in &admin.pipelines {
+    for p in admin.pipelines.load().iter() {
         list.push(describe(p).await);
     }
     Json(json!({ "pipelines": list })).into_response()
@@ -394,7 +405,7 @@ async fn metrics_page(
     if let Some(refused) = metrics_refusal(&admin, &headers, peer.as_deref()) {
         return refused;
     }
-    for p in &admin.pipelines {
+    for p in admin.pipelines.load().iter() {
         describe(p).await;
     }
     // Histograms are kept in buckets drained here (no background upkeep task).
@@ -420,7 +431,7 @@ async fn readyz(
     headers: HeaderMap,
 ) -> Response {
     let mut problems = Vec::new();
-    for p in &admin.pipelines {
+    for p in admin.pipelines.load().iter() {
         if p.appender.is_closed() {
             problems.push(format!("pipeline {}: its log is closed to appends", p.name));
         } else if let Err(e) = p.appender.writable() {
@@ -472,7 +483,7 @@ async fn readyz(
     };
     let ready = problems.is_empty();
     // A failing poll source is listed, but leaves the node ready: webhooks still work.
-    for p in &admin.pipelines {
+    for p in admin.pipelines.load().iter() {
         let Some(s) = p.poll.as_ref().map(|h| h.snapshot()) else {
             continue;
         };
@@ -571,7 +582,7 @@ async fn pipeline_session(
     if let Some(refused) = refusal(admin, method, headers, peer) {
         return Err(refused);
     }
-    let Some(config) = admin.config.as_ref() else {
+    let Some(config) = admin.config.load().as_ref().clone() else {
         return Err(webhook::error(
             StatusCode::NOT_FOUND,
             "no tables to read here",
@@ -655,25 +666,20 @@ async fn replay_dead_letters(
             }
         }
     };
-    let Some(index) = admin.pipelines.iter().position(|p| p.name == name) else {
+    let Some(p) = admin.pipeline(&name) else {
         return webhook::error(
             StatusCode::NOT_FOUND,
             format!("no pipeline is named {name}"),
         );
     };
-    if admin.pipelines[index]
-        .replaying
-        .swap(true, Ordering::SeqCst)
-    {
+    if p.replaying.swap(true, Ordering::SeqCst) {
         return webhook::error(
             StatusCode::CONFLICT,
             format!("a replay of pipeline {name} is already under way"),
         );
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let admin = admin.clone();
     tokio::spawn(async move {
-        let p = &admin.pipelines[index];
         let sinks: Vec<String> = p.sinks.iter().map(|(s, _)| s.clone()).collect();
         let line = |value: serde_json::Value| value.to_string() + "\n";
         let mut progress = |done: &replay::Progress| {

@@ -47,7 +47,7 @@ fn store(
     if let Some(refused) = refusal(admin, method, headers, peer) {
         return Err(refused);
     }
-    let Some(pipeline) = admin.pipelines.iter().find(|p| p.name == name) else {
+    let Some(pipeline) = admin.pipeline(name) else {
         return Err(webhook::error(
             StatusCode::NOT_FOUND,
             format!("no pipeline is named {name}"),
@@ -219,10 +219,8 @@ async fn remove(
 /// deletes its rows, dead letters and cursor (see [`crate::connections::purge`]).
 async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>) -> Response {
     use crate::connections::purge::{self, PurgeError};
-    let (Some(config), Some(view)) = (
-        admin.config.as_ref(),
-        admin.pipelines.iter().find(|p| p.name == name),
-    ) else {
+    let (Some(config), Some(view)) = (admin.config.load().as_ref().clone(), admin.pipeline(name))
+    else {
         return webhook::error(
             StatusCode::NOT_FOUND,
             format!("no pipeline is named {name}"),

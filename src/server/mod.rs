@@ -27,14 +27,45 @@ pub use listen::{bind, serve, tls_acceptor, Limits, Peer, TlsError};
 
 use crate::source::webhook::{self, Route};
 
-/// Webhook routes by exact path.
-pub type Routes = Arc<HashMap<String, Route>>;
+/// A value replaced whole (the webhook routes, the admin API's pipelines,
+/// on a reload): readers take the current one and never wait for a writer
+/// longer than a pointer copy.
+pub struct Swap<T>(std::sync::RwLock<Arc<T>>);
+
+impl<T> Swap<T> {
+    /// Holds `value`.
+    pub fn new(value: T) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(value)))
+    }
+
+    /// The current value.
+    pub fn load(&self) -> Arc<T> {
+        self.0.read().expect("swap lock").clone()
+    }
+
+    /// Replaces the value; readers that took the old one keep it.
+    pub fn store(&self, value: T) {
+        *self.0.write().expect("swap lock") = Arc::new(value);
+    }
+}
+
+/// What answers a webhook path.
+#[derive(Clone)]
+pub enum Slot {
+    /// The pipeline's route.
+    Live(Arc<Route>),
+    /// The pipeline is restarting after a reload: `503` + `Retry-After`.
+    Restarting(String),
+}
+
+/// Webhook routes by exact path, replaced whole on a reload.
+pub type Routes = Arc<Swap<HashMap<String, Slot>>>;
 
 /// The webhook paths, `/healthz`, and the admin API unless it has its own
 /// listener (`admin` is then `None`).
 pub fn router(routes: Routes, admin: Option<Arc<admin::Admin>>) -> Router {
     // The status page at `/` too, unless a webhook listens there.
-    let page_at_root = !routes.contains_key("/");
+    let page_at_root = !routes.load().contains_key("/");
     let webhooks = Router::new()
         .route("/healthz", get(healthz))
         .fallback(dispatch)
@@ -81,16 +112,28 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Response {
     let path = request.uri().path();
+    let routes = routes.load();
     // `<path>/<connection>` on a pipeline with `[connections]`.
     let found = match routes.get(path) {
-        Some(route) => Some((route, None)),
+        Some(slot) => Some((slot, None)),
         None => path
             .rsplit_once('/')
             .and_then(|(prefix, id)| Some((routes.get(prefix)?, Some(id.to_string()))))
-            .filter(|(route, _)| route.connections.is_some()),
+            .filter(|(slot, _)| matches!(slot, Slot::Live(route) if route.connections.is_some())),
     };
     match found {
-        Some((route, connection)) => {
+        Some((Slot::Restarting(pipeline), _)) => {
+            let mut response = webhook::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("pipeline {pipeline} is restarting after a configuration reload; retry in a moment"),
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
+        Some((Slot::Live(route), connection)) => {
             let response = webhook::receive(route, request, connection.as_deref())
                 .await
                 .unwrap_or_else(IntoResponse::into_response);

@@ -40,7 +40,7 @@ pub async fn tap(
     if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
         return refused;
     }
-    let Some(p) = admin.pipelines.iter().find(|p| p.name == name) else {
+    let Some(p) = admin.pipeline(&name) else {
         return webhook::error(
             StatusCode::NOT_FOUND,
             format!("no pipeline is named {name}"),

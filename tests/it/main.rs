@@ -43,7 +43,7 @@ mod tap;
 mod page;
 // The admin API without a token: Host and Origin checked (DNS rebinding, cross-site POSTs); probes and webhooks untouched.
 mod admin_guard;
-// What an operator meets: SIGHUP logged and ignored; JSON log fields are plain values.
+// What an operator meets: SIGHUP reloads the configuration; JSON log fields are plain values.
 mod ops;
 // A fresh machine's first start: poll credentials missing, a sink's credential unset, a bucket not made yet.
 mod first_start;

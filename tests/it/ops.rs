@@ -1,34 +1,163 @@
 //! The process as an operator meets it: SIGHUP (what `systemctl reload`
-//! sends) is logged and ignored until reload exists, and JSON log lines hold
-//! plain values (a number, or no field), never Rust's debug text.
+//! sends) reloads the configuration while webhooks are served, losing and
+//! doubling nothing; JSON log lines hold plain values (a number, or no
+//! field), never Rust's debug text.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::*;
 
+/// A webhook pipeline `name` of Shopify customers, `max_age` as given.
+fn hook_pipeline(name: &str, max_age: &str) -> String {
+    format!(
+        "name = \"{name}\"\nschema = \"schemas/shopify_customer.json\"\nrecord_path = \"/customers\"\n\
+         [source]\ntype = \"webhook\"\npath = \"/hooks/{name}\"\n[batch]\nmax_age = \"{max_age}\"\n\
+         [[sink]]\ntype = \"parquet\"\n"
+    )
+}
+
+/// Posts one customer at a time to `/hooks/{name}` until `stop`; the ids
+/// answered 202, and every other status seen.
+async fn keep_posting(url: String, stop: Arc<AtomicBool>) -> (HashSet<String>, Vec<u16>) {
+    let client = reqwest::Client::new();
+    let (mut acked, mut refused) = (HashSet::new(), Vec::new());
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let response = client
+            .post(&url)
+            .json(&shopify_customer(i))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 => acked.extend(accepted_ids(&response.json().await.unwrap())),
+            other => refused.push(other),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (acked, refused)
+}
+
+async fn pipeline_names(project: &Project) -> Vec<String> {
+    let body: Value = reqwest::get(project.url("/api/pipelines"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_is_logged_and_the_server_goes_on() {
+async fn sighup_reloads_the_pipelines_while_webhooks_are_served_and_loses_or_doubles_nothing() {
     let project = Project::new();
-    project.shopify_pipeline("max_age = \"100ms\"", "");
+    for name in ["keep", "change", "drop"] {
+        project.write(
+            &format!("pipelines/{name}.toml"),
+            &hook_pipeline(name, "100ms"),
+        );
+    }
     let server = project.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = ["keep", "change", "drop"]
+        .into_iter()
+        .map(|name| {
+            let url = project.url(&format!("/hooks/{name}"));
+            tokio::spawn(keep_posting(url, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A broken file: the reload is refused, the running configuration kept.
+    project.write("pipelines/broken.toml", "name = \"broken\"\n[source]\n");
     server.signal("HUP");
-    eventually(&project, "the SIGHUP log line", || {
-        project.log().contains("SIGHUP received")
+    eventually(&project, "the refused reload", || {
+        project.log().contains("the running one is kept")
     })
     .await;
+    assert_eq!(pipeline_names(&project).await, ["change", "drop", "keep"]);
+    std::fs::remove_file(project.path().join("pipelines/broken.toml")).unwrap();
+
+    // One pipeline changes, one goes, one comes.
+    project.write("pipelines/change.toml", &hook_pipeline("change", "250ms"));
+    std::fs::remove_file(project.path().join("pipelines/drop.toml")).unwrap();
+    project.write("pipelines/add.toml", &hook_pipeline("add", "100ms"));
+    server.signal("HUP");
+    eventually(&project, "the reload", || {
+        project.log().contains("Configuration reloaded.")
+    })
+    .await;
+    assert_eq!(pipeline_names(&project).await, ["add", "change", "keep"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let added = post_customers_to(&project, "/hooks/add", 3).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for poster in posters {
+        results.push(poster.await.unwrap());
+    }
+    let [(keep, keep_refused), (change, change_refused), (drop, drop_refused)] =
+        <[_; 3]>::try_from(results).unwrap();
+    // The untouched pipeline was served throughout; the changed one answered
+    // 503 while it restarted, and 202 again after; the removed one 404.
+    assert!(keep_refused.is_empty(), "{keep_refused:?}");
     assert!(
-        project.log().contains("Restart it to apply changes"),
-        "{}",
-        project.log()
+        change_refused.iter().all(|s| *s == 503),
+        "{change_refused:?}"
     );
-    // Still serving: an event posted after the signal is stored.
-    let acked = post_customers(&project, 1, 1, 1).await;
-    assert_eq!(project.health().await, 200);
+    assert!(drop_refused.iter().all(|s| *s == 404), "{drop_refused:?}");
+    assert!(
+        !drop_refused.is_empty(),
+        "the removed pipeline's path never answered 404"
+    );
+
     assert!(server.terminate().success(), "{}", project.log());
-    let stored: HashSet<String> = event_ids(&project.table_dir()).into_iter().collect();
-    assert_eq!(stored, acked);
+    // Every acknowledged event once in its table, nothing else.
+    for (name, acked) in [
+        ("keep", keep),
+        ("change", change),
+        ("drop", drop),
+        ("add", added),
+    ] {
+        let dir = project.path().join("lake").join(name);
+        let counts = duckdb_id_counts(&dir);
+        assert!(!acked.is_empty(), "{name}: nothing was acknowledged");
+        let stored: HashSet<String> = counts.keys().cloned().collect();
+        assert_eq!(stored, acked, "{name}: stored and acknowledged differ");
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "{name}: a row twice: {counts:?}"
+        );
+    }
+}
+
+/// Posts `n` customers to `path`, one per request; the ids answered 202.
+async fn post_customers_to(project: &Project, path: &str, n: u64) -> HashSet<String> {
+    let client = reqwest::Client::new();
+    let mut acked = HashSet::new();
+    for i in 0..n {
+        let response = client
+            .post(project.url(path))
+            .json(&shopify_customer(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        acked.extend(accepted_ids(&response.json().await.unwrap()));
+    }
+    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,4 +203,36 @@ async fn json_log_fields_hold_plain_values() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_watch_reloads_when_a_pipeline_file_appears() {
+    let project = Project::new();
+    project.write("pipelines/first.toml", &hook_pipeline("first", "100ms"));
+    let log = std::fs::File::create(project.path().join("run.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["run", "--watch"])
+        .current_dir(project.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server::adopt(child);
+    eventually(&project, "the server", || {
+        project.log().contains("Listening.")
+    })
+    .await;
+    project.write("pipelines/second.toml", &hook_pipeline("second", "100ms"));
+    eventually(&project, "the reload", || {
+        project.log().contains("Configuration reloaded.")
+    })
+    .await;
+    assert_eq!(pipeline_names(&project).await, ["first", "second"]);
+    let acked = post_customers_to(&project, "/hooks/second", 2).await;
+    assert!(server.terminate().success(), "{}", project.log());
+    let stored: HashSet<String> = event_ids(&project.path().join("lake/second"))
+        .into_iter()
+        .collect();
+    assert_eq!(stored, acked);
 }

@@ -3,11 +3,11 @@ use super::*;
 fn admin(token: Option<&str>) -> Admin {
     Admin {
         token: token.map(str::to_string),
-        pipelines: Vec::new(),
+        pipelines: crate::server::Swap::new(Vec::new()),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle(),
-        config: None,
+        config: crate::server::Swap::new(None),
     }
 }
 
