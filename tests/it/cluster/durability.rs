@@ -293,12 +293,7 @@ async fn a_node_writing_parquet_paused_past_its_leases_is_fenced_when_it_wakes()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Let the woken node do whatever it still would (upload, commit).
-    eventually(
-        &nodes[0],
-        "the paused node noticed it lost its partitions",
-        || noticed_it_lost_its_partitions(&nodes[0]),
-    )
-    .await;
+    super::wait_until_the_woken_node_noticed(&nodes[0], &servers[0]).await;
     let counts = duckdb_id_counts(&table);
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(

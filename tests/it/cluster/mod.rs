@@ -898,6 +898,42 @@ fn noticed_it_lost_its_partitions(project: &Project) -> bool {
         || log.contains("this node lost the partition")
 }
 
+/// Waits (a hang guard of 60 s, not a timing assertion: the suite loads
+/// both cores) until the woken node `server` of `project` says it stopped
+/// writing what it lost. If it never does, the failure says whether the
+/// process runs at all (its state in /proc: `T` is still stopped) and
+/// which of its threads wait where, besides its log: one full-suite run
+/// (2026-12-07) saw a woken node log nothing more, and this is what it
+/// would take to tell why.
+async fn wait_until_the_woken_node_noticed(project: &Project, server: &Server) {
+    let started = Instant::now();
+    while !noticed_it_lost_its_partitions(project) {
+        if started.elapsed() > Duration::from_secs(60) {
+            let pid = server.pid();
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|t| {
+                    let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    let wchan = fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+                    format!(
+                        "{} {wchan}",
+                        stat.split(' ').take(3).collect::<Vec<_>>().join(" ")
+                    )
+                })
+                .collect();
+            panic!(
+                "the woken node never said it lost its partitions; /proc/{pid}/stat: {state}\nthreads:\n{}\nlog:\n{}",
+                threads.join("\n"),
+                project.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
     let nats = Nats::start().await;
@@ -916,12 +952,7 @@ async fn a_node_paused_past_its_leases_is_fenced_when_it_wakes() {
     // The woken node stops writing what it lost: it says so once its lease
     // renewal or its next ledger write is refused (whichever comes first;
     // a Delta commit refused by the table's txn may come before either).
-    eventually(
-        &nodes[0],
-        "the paused node noticed it lost its partitions",
-        || noticed_it_lost_its_partitions(&nodes[0]),
-    )
-    .await;
+    wait_until_the_woken_node_noticed(&nodes[0], &servers[0]).await;
     drop(servers);
 }
 
