@@ -347,16 +347,21 @@ type = "delta"
 uri = "lake/shops_delta"
 "#;
 
-/// Runs `script` with `args` in Python and parses what it prints. A reader
-/// that aborts ("terminate called without an active exception", seen from
-/// the Delta readers now and then) is run again, twice at most.
+/// Runs `script` with `args` in Python and parses what it prints. The
+/// script ends with `os._exit` once its output is flushed: the Delta
+/// readers' native threads, still joinable when the interpreter tears down,
+/// made it abort after printing ("terminate called without an active
+/// exception"; three times in a row in one full-suite run). A reader that
+/// aborts anyway is run again, twice at most.
 fn python_json(script: &str, args: &[&str]) -> Value {
     let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script =
+        format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
     let mut tries = 0;
     loop {
         let out = std::process::Command::new(&python)
             .arg("-c")
-            .arg(script)
+            .arg(&script)
             .args(args)
             .output()
             .unwrap();
