@@ -102,10 +102,7 @@ fn dispatch(command: Command) -> Outcome {
         }),
         Command::Run(args) => {
             let paths = args.config.paths();
-            let reload = tributary::pipeline::Reload {
-                paths: paths.clone(),
-                watch: args.watch,
-            };
+            let reload = tributary::pipeline::Reload::new(paths.clone(), args.watch);
             run(load(&paths)?, reload)
         }
         Command::Poll(args) => poll(

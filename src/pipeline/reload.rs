@@ -43,9 +43,22 @@ const REOPEN_FOR: Duration = Duration::from_secs(10);
 pub struct Reload {
     /// The files, as `run` was given them.
     pub paths: Paths,
-    /// Also reload when a file changes (`run --watch`).
-    pub watch: bool,
+    /// With `run --watch`: the files as they were before the configuration
+    /// was read, so a change made while the run starts is not missed.
+    seen: Option<Vec<FileState>>,
 }
+
+impl Reload {
+    /// Reloads from `paths`; with `watch`, also when a file changes. Call it
+    /// before reading the configuration.
+    pub fn new(paths: Paths, watch: bool) -> Self {
+        let seen = watch.then(|| files(&paths));
+        Self { paths, seen }
+    }
+}
+
+/// A file of the configuration: its path, modification time and length.
+type FileState = (PathBuf, Option<SystemTime>, u64);
 
 /// One pipeline running on the file log: what stops it.
 pub(super) struct Running {
@@ -140,7 +153,7 @@ impl Reloader {
     /// Reloads on each SIGHUP (and changed file, with `--watch`) until the
     /// run stops; then lets go of every pipeline it holds.
     pub(super) async fn run(mut self, mut hangups: Option<Signal>) {
-        let mut seen = self.reload.watch.then(|| files(&self.reload.paths));
+        let mut seen = self.reload.seen.take();
         let mut tick = tokio::time::interval(WATCH_EVERY);
         loop {
             tokio::select! {
@@ -319,7 +332,7 @@ async fn hangup(hangups: &mut Option<Signal>) -> Option<()> {
 
 /// Each file of the configuration with its modification time and length:
 /// `tributary.toml`, the pipeline files and the schemas beside them.
-fn files(paths: &Paths) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+fn files(paths: &Paths) -> Vec<FileState> {
     let config = paths
         .config
         .clone()

@@ -122,17 +122,10 @@ async fn dispatch(State(routes): State<Routes>, request: Request<Body>) -> Respo
             .filter(|(slot, _)| matches!(slot, Slot::Live(route) if route.connections.is_some())),
     };
     match found {
-        Some((Slot::Restarting(pipeline), _)) => {
-            let mut response = webhook::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("pipeline {pipeline} is restarting after a configuration reload; retry in a moment"),
-            );
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            response
+        Some((Slot::Restarting(pipeline), _)) => webhook::Refusal::Restarting {
+            pipeline: pipeline.clone(),
         }
+        .into_response(),
         Some((Slot::Live(route), connection)) => {
             let response = webhook::receive(route, request, connection.as_deref())
                 .await

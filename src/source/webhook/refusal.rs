@@ -109,6 +109,12 @@ pub enum Refusal {
         /// The pipeline.
         pipeline: String,
     },
+    /// `503`: the pipeline is restarting after a configuration reload.
+    #[error("pipeline {pipeline} is restarting after a configuration reload; retry in a moment")]
+    Restarting {
+        /// The pipeline.
+        pipeline: String,
+    },
     /// `503`: a JetStream cluster did not acknowledge every event; some
     /// may be stored (a retry with the same delivery id is stored once).
     #[error("the JetStream cluster did not acknowledge every event of this request in pipeline {pipeline} (no quorum, or no server reachable); retry later")]
@@ -137,7 +143,8 @@ impl Refusal {
             Refusal::NotJson { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::BufferFull { .. }
             | Refusal::NotDurable { .. }
-            | Refusal::NotAcknowledged { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::NotAcknowledged { .. }
+            | Refusal::Restarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -155,7 +162,8 @@ impl IntoResponse for Refusal {
             }
             Refusal::BufferFull { .. }
             | Refusal::NotDurable { .. }
-            | Refusal::NotAcknowledged { .. } => {
+            | Refusal::NotAcknowledged { .. }
+            | Refusal::Restarting { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             _ => {}
