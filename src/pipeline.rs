@@ -156,6 +156,9 @@ pub struct Built {
     pub units: Vec<crate::log::jetstream::leases::SinkUnits>,
     /// On a JetStream log: the poll source, run where its lease is held.
     pub poll_leader: Option<crate::log::jetstream::poll_leader::PollLeader>,
+    /// On a JetStream log: a connections pipeline's pollers, each shard of
+    /// them run where its lease is held.
+    pub connections: Option<crate::connections::cluster::Connections>,
     /// What the admin API sees of it.
     pub view: PipelineView,
 }
@@ -246,6 +249,7 @@ pub async fn build(
         runners,
         units: Vec::new(),
         poll_leader: None,
+        connections: None,
         view,
     })
 }
@@ -256,6 +260,36 @@ fn connections(
     spec: &PipelineSpec,
     dir: &std::path::Path,
 ) -> Result<Option<Arc<crate::connections::store::Store>>, RunError> {
+    let Some((keys, notifier)) = sealing(spec)? else {
+        return Ok(None);
+    };
+    let store = crate::connections::store::Store::open(
+        dir,
+        &spec.name,
+        keys,
+        crate::connections::Fields::of(&spec.source),
+    )
+    .map_err(|source| RunError::Connections {
+        pipeline: spec.name.clone(),
+        source,
+    })?
+    .notifying(notifier);
+    Ok(Some(Arc::new(store)))
+}
+
+/// What a connections pipeline's store needs besides its backend: the
+/// keys from `TRIBUTARY_SECRET_KEY` and the app's notifier, if any; `None`
+/// for a pipeline without `[connections]`.
+#[allow(clippy::type_complexity)]
+fn sealing(
+    spec: &PipelineSpec,
+) -> Result<
+    Option<(
+        Arc<crate::connections::seal::Keys>,
+        Option<Arc<crate::connections::notify::Notifier>>,
+    )>,
+    RunError,
+> {
     if spec.connections.is_none() {
         return Ok(None);
     }
@@ -272,15 +306,7 @@ fn connections(
                 .map_err(|e| error(crate::connections::store::StoreError::Invalid(e)))?,
         )),
     };
-    let store = crate::connections::store::Store::open(
-        dir,
-        &spec.name,
-        Arc::new(keys),
-        crate::connections::Fields::of(&spec.source),
-    )
-    .map_err(error)?
-    .notifying(notifier);
-    Ok(Some(Arc::new(store)))
+    Ok(Some((Arc::new(keys), notifier)))
 }
 
 /// A pipeline's sinks, built.
@@ -621,6 +647,7 @@ pub async fn run(
     let mut routes = HashMap::new();
     let mut views = Vec::new();
     let mut units = Vec::new();
+    let mut connection_shards = Vec::new();
     let mut running = BTreeMap::new();
     for spec in &config.pipelines {
         // On the file log each pipeline runs on its own, and a reload can
@@ -636,6 +663,7 @@ pub async fn run(
         }
         let built = build(spec, &config.global, &shutdown, 0, cluster).await?;
         units.extend(built.units);
+        connection_shards.extend(built.connections);
         views.push(Arc::new(built.view));
         if let (Some(cluster), Some(leader)) = (cluster, built.poll_leader) {
             shutdown
@@ -657,6 +685,7 @@ pub async fn run(
     }
     if let Some(cluster) = cluster {
         crate::log::jetstream::leases::start(cluster.clone(), units, &shutdown);
+        crate::connections::cluster::start(cluster.clone(), connection_shards, &shutdown);
     }
     let admin = Arc::new(Admin {
         token,

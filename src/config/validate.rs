@@ -180,13 +180,6 @@ fn pipeline(
         let webhook = raw.source.as_ref().is_some_and(RawSource::is_sent);
         super::connections::validate(c, webhook, e)
     });
-    if connections.is_some() && !matches!(global.log, super::log::LogSpec::File) {
-        e.push(
-            "connections",
-            "connections are kept in this node's data directory; on a JetStream log (where every node must see them) they are not built yet",
-            "keep the file log for a connections pipeline (remove [log] type = \"jetstream\" from tributary.toml), or remove [connections]",
-        );
-    }
     let source = super::source::validate(raw.source.as_ref(), raw.connections.is_some(), e);
     let route = raw.route.as_ref().and_then(|r| {
         let webhook = raw.source.as_ref().is_some_and(RawSource::is_sent);

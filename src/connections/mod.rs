@@ -4,9 +4,9 @@
 //! params and state (`active`, `paused`, `needs_reauth`, or `removed`).
 //!
 //! A pipeline opts in with `[connections]`. Its connections are kept by a
-//! [`store::Store`] (one file per pipeline, replaced atomically and fsynced
-//! before any answer), with credentials sealed ([`seal`]) under
-//! `TRIBUTARY_SECRET_KEY`. They are managed at run time through the admin
+//! [`store::Store`] (on the file log a [`journal`], fsynced before any
+//! answer; on a JetStream log a KV [`bucket`] every node watches), with
+//! credentials sealed ([`seal`]) under `TRIBUTARY_SECRET_KEY`. They are managed at run time through the admin
 //! API (`/api/pipelines/{pipeline}/connections…`) and `tributary
 //! connections`. No answer, log line or error holds a credential value: only
 //! field names leave the store unsealed, and only [`store::Store::credentials`]
@@ -19,11 +19,15 @@
 //! `token_secret`), and app-level ones may be overridden (oauth2
 //! `client_id`, `client_secret`; oauth1 `consumer_key`, `consumer_secret`).
 
+pub mod bucket;
+pub mod cluster;
+mod journal;
 pub mod notify;
 pub mod polling;
 pub mod purge;
 pub mod seal;
 pub mod store;
+mod stored;
 pub mod template;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,10 @@
 //! newer of the two wins, so each connection resumes from its own cursor
 //! after a crash.
 //!
+//! On a JetStream log, a runner polls one shard of the connections (see
+//! [`super::cluster`]) and loads each connection's cursor from the cluster
+//! when it starts it.
+//!
 //! The runner follows the store: a connection added or resumed starts, one
 //! paused, removed or refused stops (its run ends where its last durable
 //! page left it), one whose credentials or params change starts again with
@@ -33,6 +37,7 @@ use crate::source::poll::state::RunState;
 use crate::source::poll::{ConnectionRun, PollError, Poller};
 
 /// The runner of one pipeline's connections.
+#[derive(Clone)]
 pub struct Runner {
     /// The pipeline.
     pub pipeline: PipelineSpec,
@@ -48,7 +53,35 @@ pub struct Runner {
     pub dir: PathBuf,
     /// Shutdown.
     pub stop: CancellationToken,
+    /// On a JetStream log: the shard of the connections it polls.
+    pub shard: Option<Shard>,
 }
+
+/// The connections one runner polls on a JetStream log, and where their
+/// cursors are kept.
+#[derive(Clone)]
+pub struct Shard {
+    /// This shard.
+    pub index: u32,
+    /// Of how many.
+    pub of: u32,
+    /// The pipeline's streams, which keep each connection's cursor.
+    pub cursors: Arc<crate::log::jetstream::Pipeline>,
+}
+
+impl Shard {
+    /// The shard connection `id` belongs to, of `of`.
+    pub fn of_id(id: &str, of: u32) -> u32 {
+        crc32c::crc32c(id.as_bytes()) % of.max(1)
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        Shard::of_id(id, self.of) == self.index
+    }
+}
+
+/// How long a connection whose cursor could not be read waits to try again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A connection's poller as the runner keeps it.
 struct Running {
@@ -219,13 +252,12 @@ impl Runner {
                 return;
             }
         };
-        // Each connection's newest state record in the log, read once.
+        // Each connection's newest state record in the log, read once (on
+        // JetStream, each one's from the cluster as it starts).
         let log = self.log.clone();
-        let mut in_log: HashMap<Arc<str>, (u64, Bytes)> = match tokio::task::spawn_blocking(
-            move || log.connection_states(),
-        )
-        .await
-        {
+        let read = tokio::task::spawn_blocking(move || log.connection_states());
+        let mut in_log: HashMap<Arc<str>, (u64, Bytes)> = match read.await {
+            Ok(Ok(_)) if self.shard.is_some() => HashMap::new(),
             Ok(Ok(states)) => states,
             Ok(Err(e)) => {
                 error!(pipeline = %self.pipeline.name, error = %e, "Cannot read the connections' cursors from the log; no connection polls until the next start.");
@@ -244,6 +276,7 @@ impl Runner {
                 .store
                 .active()
                 .into_iter()
+                .filter(|v| self.shard.as_ref().is_none_or(|s| s.holds(&v.id)))
                 .map(|v| (v.id.clone(), v))
                 .collect();
             // Stop what no longer runs, or changed (it starts again below).
@@ -255,20 +288,31 @@ impl Runner {
                 }
                 keep
             });
+            let mut retry = false;
             for (id, view) in &active {
                 if running.contains_key(id) {
                     continue;
                 }
                 let key: Arc<str> = Arc::from(id.as_str());
-                if let Some(started) =
-                    self.start(&key, view, in_log.remove(&key), (&permits, &http))
-                {
+                let state = match &self.shard {
+                    None => in_log.remove(&key),
+                    Some(shard) => match shard.cursors.load_connection_state(&key).await {
+                        Ok(state) => state,
+                        Err(e) => {
+                            warn!(pipeline = %self.pipeline.name, connection = %id, error = %e, "Cannot read the connection's cursor from JetStream; trying again in 5 s.");
+                            retry = true;
+                            continue;
+                        }
+                    },
+                };
+                if let Some(started) = self.start(&key, view, state, (&permits, &http)) {
                     running.insert(id.clone(), started);
                 }
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(RETRY), if retry => {}
                 // A poller that ended by itself (refused credentials) is
                 // looked at again on the next change.
             }

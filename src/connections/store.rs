@@ -1,122 +1,29 @@
-//! A pipeline's connections on disk, in `<data_dir>/<pipeline>/`:
-//! `connections.json`, a snapshot, and `connections.journal`, one JSON line
-//! per change since (the changed connection whole). A change is appended to
-//! the journal and fsynced before it is answered: one small write, however
-//! many connections there are. On open the journal is replayed over the
-//! snapshot (a torn last line, never acknowledged, is dropped) and both are
-//! folded into a new snapshot; the same happens when the journal outgrows
-//! the snapshot. A snapshot is replaced whole (temporary file, fsync,
-//! rename, directory fsync), so a crash leaves the old one or the new one;
-//! replaying a journal over a snapshot that already holds it changes
-//! nothing.
+//! A pipeline's connections, as every node sees them: kept by a backend,
+//! the file log's [`super::journal`] (fsynced before an answer) or a
+//! JetStream log's [`super::bucket`] (acknowledged by a quorum before an
+//! answer), with every change made durable there before it is current here.
 //!
 //! Credentials are stored sealed ([`super::seal`]), bound to
-//! `<pipeline>/<id>`; nothing else in the file is secret. A removed
+//! `<pipeline>/<id>`; nothing else a connection holds is secret. A removed
 //! connection stays as a tombstone without credentials, so its webhook URL
 //! can answer 410 Gone and its id is not taken again by mistake.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::seal::{Keys, SealError};
+use super::bucket::Bucket;
+use super::journal::Journal;
+use super::seal::Keys;
 use super::{Credentials, Fields, State};
 use crate::source::poll::health::PollHealth;
 
-/// The store's snapshot, under the pipeline's data directory.
-pub const FILE: &str = "connections.json";
-/// Its journal of changes since the snapshot.
-pub const JOURNAL: &str = "connections.journal";
-/// The journal is folded into the snapshot beyond this many lines (or as
-/// many as there are connections, if more).
-const JOURNAL_LINES: usize = 1024;
-
-/// Why a connection could not be stored or found.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No connection has the id.
-    #[error("pipeline {pipeline} has no connection {id}")]
-    NotFound {
-        /// The pipeline.
-        pipeline: String,
-        /// The id.
-        id: String,
-    },
-    /// The connection was removed.
-    #[error("connection {id} of pipeline {pipeline} was removed")]
-    Removed {
-        /// The pipeline.
-        pipeline: String,
-        /// The id.
-        id: String,
-    },
-    /// The id is taken.
-    #[error("pipeline {pipeline} already has a connection {id}; change it with PATCH, or remove it first")]
-    Exists {
-        /// The pipeline.
-        pipeline: String,
-        /// The id.
-        id: String,
-    },
-    /// The request is not a valid connection; what is wrong and the fix.
-    #[error("{0}")]
-    Invalid(String),
-    /// Sealing or opening credentials failed.
-    #[error(transparent)]
-    Seal(#[from] SealError),
-    /// The file could not be read or written.
-    #[error("connections file {path}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// The file is not one tributary wrote.
-    #[error(
-        "connections file {path} is not one tributary wrote ({message}); restore it from a backup"
-    )]
-    Corrupt {
-        /// The file.
-        path: String,
-        /// What serde said.
-        message: String,
-    },
-}
-
-/// One connection as the file holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    state: State,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-    /// The names of its credential fields (never their values).
-    #[serde(default)]
-    credential_fields: Vec<String>,
-    /// The credentials, sealed; none once removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    credentials: Option<String>,
-    created_at: String,
-    updated_at: String,
-    /// Why it needs new credentials (kept across restarts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// The values that attribute a webhook to it (`[connections] attribute`).
-    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
-    matches: Vec<String>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct File {
-    version: u32,
-    connections: Vec<Stored>,
-}
+pub use super::journal::{FILE, JOURNAL};
+pub use super::stored::StoreError;
+use super::stored::{Stored, RETRIES};
 
 /// A connection as the admin API shows it: no credential values.
 #[derive(Debug, Clone, Serialize)]
@@ -221,10 +128,17 @@ pub struct Failing {
 /// One pipeline's connections.
 pub struct Store {
     pipeline: String,
-    path: PathBuf,
     keys: Arc<Keys>,
     fields: Fields,
+    /// The connections as this node sees them: held only to read or apply.
     connections: Mutex<Inner>,
+    /// Where they are kept: held across a whole change (one at a time on
+    /// this node), so readers never wait for a write.
+    backend: Mutex<Backend>,
+    /// Whether the backend is a bucket (a change then waits on the network).
+    clustered: bool,
+    /// Where the connections are kept, for messages.
+    place: String,
     /// Bumped after every change is durable, for the connections' runner.
     changes: tokio::sync::watch::Sender<u64>,
     /// How each connection's poll runs go (shared with its poller).
@@ -237,18 +151,54 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("pipeline", &self.pipeline)
-            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-/// The connections and the journal they are appended to.
+/// The connections as this node sees them.
 struct Inner {
     map: BTreeMap<String, Stored>,
     /// Attribution value → connection id.
     by_match: std::collections::HashMap<String, String>,
-    journal: fs::File,
-    lines: usize,
+    /// On a bucket: the revision of each connection this node saw.
+    revisions: std::collections::HashMap<String, u64>,
+}
+
+/// Where a store keeps its connections.
+enum Backend {
+    /// The file log's snapshot and journal.
+    Files(Journal),
+    /// A JetStream log's KV bucket.
+    Bucket(Box<Bucket>),
+}
+
+impl Inner {
+    /// Makes `stored` current here (it is durable already).
+    fn apply(&mut self, stored: Stored) {
+        if let Some(old) = self.map.get(&stored.id) {
+            for m in &old.matches {
+                if self.by_match.get(m) == Some(&stored.id) {
+                    self.by_match.remove(m);
+                }
+            }
+        }
+        for m in &stored.matches {
+            self.by_match.insert(m.clone(), stored.id.clone());
+        }
+        self.map.insert(stored.id.clone(), stored);
+    }
+
+    /// Applies `stored`, at `revision` of a bucket, if this node saw no
+    /// newer one; whether it did.
+    fn applied(&mut self, revision: u64, stored: Stored) -> bool {
+        let seen = self.revisions.entry(stored.id.clone()).or_default();
+        if revision <= *seen {
+            return false;
+        }
+        *seen = revision;
+        self.apply(stored);
+        true
+    }
 }
 
 impl std::ops::Deref for Inner {
@@ -267,51 +217,62 @@ impl Store {
         keys: Arc<Keys>,
         fields: Fields,
     ) -> Result<Store, StoreError> {
-        let path = dir.join(FILE);
-        let io_error = |source| StoreError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(io_error)?;
-        let file: File = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => File::default(),
-            Err(e) => return Err(io_error(e)),
-        };
-        let mut map: BTreeMap<String, Stored> = file
-            .connections
-            .into_iter()
-            .map(|c| (c.id.clone(), c))
-            .collect();
-        let journal_path = dir.join(JOURNAL);
-        let journal = match fs::read(&journal_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io_error(e)),
-        };
-        let mut lines = journal.split(|b| *b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            if line.is_empty() {
-                continue;
+        let (map, journal) = Journal::open(dir)?;
+        Ok(Store::with(
+            pipeline,
+            keys,
+            fields,
+            map,
+            Backend::Files(journal),
+        ))
+    }
+
+    /// The connections of `pipeline` in the JetStream bucket `kv`, loaded
+    /// whole; every change any node makes to them is applied here until
+    /// the store is dropped.
+    pub async fn open_bucket(
+        kv: async_nats::jetstream::kv::Store,
+        pipeline: &str,
+        keys: Arc<Keys>,
+        fields: Fields,
+        notifier: Option<Arc<super::notify::Notifier>>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let bucket = Bucket::new(kv.clone(), tokio::runtime::Handle::current());
+        let store = Arc::new(
+            Store::with(
+                pipeline,
+                keys,
+                fields,
+                BTreeMap::new(),
+                Backend::Bucket(Box::new(bucket)),
+            )
+            .notifying(notifier),
+        );
+        let weak = Arc::downgrade(&store);
+        let apply: super::bucket::Apply = Box::new(move |change| match (weak.upgrade(), change) {
+            (None, _) => false,
+            (Some(store), Some((revision, stored))) => {
+                store.applied(revision, stored);
+                true
             }
-            match serde_json::from_slice::<Stored>(line) {
-                Ok(stored) => {
-                    map.insert(stored.id.clone(), stored);
-                }
-                // The last line, cut by a crash before its fsync: never acknowledged.
-                Err(_) if lines.peek().is_none() => {}
-                Err(e) => {
-                    return Err(StoreError::Corrupt {
-                        path: journal_path.display().to_string(),
-                        message: e.to_string(),
-                    })
-                }
-            }
-        }
-        let store = Store {
+            (Some(_), None) => true,
+        });
+        super::bucket::watch(kv, apply).await?;
+        Ok(store)
+    }
+
+    fn with(
+        pipeline: &str,
+        keys: Arc<Keys>,
+        fields: Fields,
+        map: BTreeMap<String, Stored>,
+        backend: Backend,
+    ) -> Store {
+        let (clustered, place) = match &backend {
+            Backend::Files(journal) => (false, journal.place()),
+            Backend::Bucket(bucket) => (true, bucket.place()),
+        };
+        Store {
             pipeline: pipeline.to_string(),
             keys,
             fields,
@@ -321,19 +282,24 @@ impl Store {
                     .flat_map(|c| c.matches.iter().map(|m| (m.clone(), c.id.clone())))
                     .collect(),
                 map,
-                journal: open_journal(&journal_path).map_err(io_error)?,
-                lines: 0,
+                revisions: Default::default(),
             }),
-            path,
+            backend: Mutex::new(backend),
+            clustered,
+            place,
             changes: tokio::sync::watch::Sender::new(0),
             health: Mutex::default(),
             notifier: None,
-        };
-        if !journal.is_empty() {
-            let mut inner = store.lock();
-            store.compact(&mut inner)?;
         }
-        Ok(store)
+    }
+
+    /// Applies `stored`, at `revision` of the bucket, if it is newer than
+    /// what this node saw (a change made on any node, seen by the watch).
+    fn applied(&self, revision: u64, stored: Stored) {
+        let applied = self.lock().applied(revision, stored);
+        if applied {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// This store telling the app about its connections through `notifier`.
@@ -457,82 +423,101 @@ impl Store {
     /// `id` (sealed, fsynced) before the new access token is used. Not a
     /// change the connection's runner restarts for (`updated_at` stays).
     pub fn keep_refresh_token(&self, id: &str, token: &str) -> Result<(), StoreError> {
-        let mut credentials = self.credentials(id)?;
-        credentials.insert("refresh_token".into(), token.to_string());
-        let sealed = self.seal(id, &credentials)?;
+        // Opened from the newest value (on a bucket, another node may have
+        // changed the connection meanwhile).
         self.change(id, |stored| {
-            stored.credentials = Some(sealed);
+            let sealed = stored.credentials.as_deref().unwrap_or_default();
+            let plain = self.keys.open(sealed, &context(&self.pipeline, id))?;
+            let mut credentials: Credentials =
+                serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt {
+                    path: format!("the credentials of connection {id}"),
+                    message: e.to_string(),
+                })?;
+            credentials.insert("refresh_token".into(), token.to_string());
+            stored.credentials = Some(self.seal(id, &credentials)?);
             Ok(())
         })
         .map(|_| ())
     }
 
-    /// Applies `edit` to the live connection `id`, durably.
+    /// Applies `edit` to the live connection `id`, durably. On a bucket,
+    /// a change another node made first is read and `edit` applied again.
     fn change(
         &self,
         id: &str,
-        edit: impl FnOnce(&mut Stored) -> Result<(), StoreError>,
+        mut edit: impl FnMut(&mut Stored) -> Result<(), StoreError>,
     ) -> Result<View, StoreError> {
-        let mut connections = self.lock();
-        let mut stored = self.live(&mut connections.map, id)?.clone();
-        edit(&mut stored)?;
-        let view = View::from(&stored);
-        self.commit(&mut connections, stored)?;
-        drop(connections);
-        self.changes.send_modify(|n| *n += 1);
-        Ok(view)
-    }
-
-    /// Makes `stored` durable (a journal line, fsynced), then current.
-    fn commit(&self, inner: &mut Inner, stored: Stored) -> Result<(), StoreError> {
-        let io_error = |source| StoreError::Io {
-            path: self.journal_path().display().to_string(),
-            source,
-        };
-        let mut line = serde_json::to_vec(&stored).expect("a connection serialises");
-        line.push(b'\n');
-        inner.journal.write_all(&line).map_err(io_error)?;
-        inner.journal.sync_data().map_err(io_error)?;
-        if let Some(old) = inner.map.get(&stored.id) {
-            for m in old.matches.clone() {
-                inner.by_match.remove(&m);
+        self.exclusive(|backend| {
+            for _ in 0..RETRIES {
+                let (mut stored, seen) = {
+                    let mut connections = self.lock();
+                    let seen = connections.revisions.get(id).copied();
+                    (self.live(&mut connections.map, id)?.clone(), seen)
+                };
+                edit(&mut stored)?;
+                let view = View::from(&stored);
+                if self.commit(backend, stored, seen)? {
+                    self.changes.send_modify(|n| *n += 1);
+                    return Ok(view);
+                }
             }
-        }
-        for m in &stored.matches {
-            inner.by_match.insert(m.clone(), stored.id.clone());
-        }
-        inner.map.insert(stored.id.clone(), stored);
-        inner.lines += 1;
-        if inner.lines > JOURNAL_LINES.max(inner.map.len()) {
-            // The change is durable already: a failed fold is retried later.
-            if let Err(e) = self.compact(inner) {
-                tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal into a snapshot; it keeps growing until this works.");
-            }
-        }
-        Ok(())
+            Err(StoreError::Contended(id.to_string()))
+        })
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.path.with_file_name(JOURNAL)
-    }
-
-    /// Folds the journal into a new snapshot, then empties it.
-    fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        self.write(&inner.map)?;
-        let io_error = |source| StoreError::Io {
-            path: self.journal_path().display().to_string(),
-            source,
+    /// Runs `change` with the backend to itself. On a bucket it waits on
+    /// the network: off the runtime's workers, so that the tasks it waits
+    /// for (the cluster connection's) and readers keep running.
+    fn exclusive<T>(&self, change: impl FnOnce(&mut Backend) -> T) -> T {
+        let run = || {
+            let mut backend = self
+                .backend
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            change(&mut backend)
         };
-        let journal = self.journal_path();
-        let tmp = journal.with_extension("journal.tmp");
-        fs::File::create(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_error)?;
-        fs::rename(&tmp, &journal).map_err(io_error)?;
-        sync_dir(&journal).map_err(io_error)?;
-        inner.journal = open_journal(&journal).map_err(io_error)?;
-        inner.lines = 0;
-        Ok(())
+        if self.clustered {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
+    }
+
+    /// Makes `stored` durable, then current. On a bucket, `seen` is the
+    /// revision this node last saw of it: false (and the newer value made
+    /// current) if another node changed it since.
+    fn commit(
+        &self,
+        backend: &mut Backend,
+        stored: Stored,
+        seen: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        match backend {
+            Backend::Files(journal) => {
+                journal.append(&stored)?;
+                let mut connections = self.lock();
+                connections.apply(stored);
+                if journal.is_long(connections.map.len()) {
+                    // The change is durable already: a failed fold is retried later.
+                    if let Err(e) = journal.fold(&connections.map) {
+                        tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal into a snapshot; it keeps growing until this works.");
+                    }
+                }
+                Ok(true)
+            }
+            Backend::Bucket(bucket) => match bucket.write(&stored, seen)? {
+                Some(revision) => {
+                    self.lock().applied(revision, stored);
+                    Ok(true)
+                }
+                None => {
+                    if let Some((revision, newer)) = bucket.read(&stored.id)? {
+                        self.lock().applied(revision, newer);
+                    }
+                    Ok(false)
+                }
+            },
+        }
     }
 
     /// The pipeline's name.
@@ -609,14 +594,20 @@ impl Store {
         }
         self.fields.check(&new.credentials, true)?;
         self.fields.check_params(&new.params)?;
-        let mut connections = self.lock();
-        if connections.contains_key(&new.id) {
-            return Err(StoreError::Exists {
-                pipeline: self.pipeline.clone(),
-                id: new.id,
-            });
+        self.exclusive(|backend| self.add_to(backend, new))
+    }
+
+    fn add_to(&self, backend: &mut Backend, new: New) -> Result<View, StoreError> {
+        {
+            let connections = self.lock();
+            if connections.contains_key(&new.id) {
+                return Err(StoreError::Exists {
+                    pipeline: self.pipeline.clone(),
+                    id: new.id,
+                });
+            }
+            self.check_matches(&connections, &new.id, &new.matches)?;
         }
-        self.check_matches(&connections, &new.id, &new.matches)?;
         let now = now();
         let stored = Stored {
             credentials: Some(self.seal(&new.id, &new.credentials)?),
@@ -630,8 +621,13 @@ impl Store {
             matches: new.matches,
         };
         let view = View::from(&stored);
-        self.commit(&mut connections, stored)?;
-        drop(connections);
+        if !self.commit(backend, stored, None)? {
+            // Another node added it first.
+            return Err(StoreError::Exists {
+                pipeline: self.pipeline.clone(),
+                id: new.id,
+            });
+        }
         self.changes.send_modify(|n| *n += 1);
         Ok(view)
     }
@@ -657,19 +653,19 @@ impl Store {
             None => None,
         };
         self.change(id, |stored| {
-            if let (Some(credentials), Some(sealed)) = (&patch.credentials, sealed) {
-                stored.credentials = Some(sealed);
+            if let (Some(credentials), Some(sealed)) = (&patch.credentials, &sealed) {
+                stored.credentials = Some(sealed.clone());
                 stored.credential_fields = credentials.keys().cloned().collect();
                 if stored.state == State::NeedsReauth {
                     stored.state = State::Active;
                 }
                 stored.error = None;
             }
-            if let Some(params) = patch.params {
-                stored.params = params;
+            if let Some(params) = &patch.params {
+                stored.params = params.clone();
             }
-            if let Some(matches) = patch.matches {
-                stored.matches = matches;
+            if let Some(matches) = &patch.matches {
+                stored.matches = matches.clone();
             }
             if let Some(state) = patch.state {
                 // A connection waiting for credentials stays so until they come.
@@ -691,11 +687,15 @@ impl Store {
             stored.updated_at = now();
             Ok(())
         })?;
-        // Its sealed credentials must not linger in the journal's older lines.
-        let mut inner = self.lock();
-        if let Err(e) = self.compact(&mut inner) {
-            tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal; a removed connection's sealed credentials stay in it until this works.");
-        }
+        // Its sealed credentials must not linger in the journal's older
+        // lines (a bucket keeps one value per key).
+        self.exclusive(|backend| {
+            if let Backend::Files(journal) = backend {
+                if let Err(e) = journal.fold(&self.lock().map) {
+                    tracing::warn!(pipeline = %self.pipeline, error = %crate::error::chain(&e), "Cannot fold the connections' journal; a removed connection's sealed credentials stay in it until this works.");
+                }
+            }
+        });
         Ok(view)
     }
 
@@ -708,34 +708,42 @@ impl Store {
         };
         let plain = self.keys.open(&sealed, &context(&self.pipeline, id))?;
         serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt {
-            path: self.path.display().to_string(),
+            path: self.place.clone(),
             message: e.to_string(),
         })
     }
 
     /// Seals every connection's credentials again under the current key;
-    /// returns how many were sealed under another one.
+    /// returns how many were sealed under another one (on a bucket, one
+    /// another node changed meanwhile is left: run it again).
     pub fn rekey(&self) -> Result<usize, StoreError> {
-        let mut connections = self.lock();
-        let mut resealed = Vec::new();
-        for stored in connections.values() {
-            let Some(sealed) = &stored.credentials else {
-                continue;
-            };
-            if Keys::key_of(sealed) == Some(self.keys.current_id()) {
-                continue;
+        self.exclusive(|backend| {
+            let mut resealed = Vec::new();
+            {
+                let connections = self.lock();
+                for stored in connections.values() {
+                    let Some(sealed) = &stored.credentials else {
+                        continue;
+                    };
+                    if Keys::key_of(sealed) == Some(self.keys.current_id()) {
+                        continue;
+                    }
+                    let context = context(&self.pipeline, &stored.id);
+                    let plain = self.keys.open(sealed, &context)?;
+                    let mut stored = stored.clone();
+                    stored.credentials = Some(self.keys.seal(&plain, &context)?);
+                    let seen = connections.revisions.get(&stored.id).copied();
+                    resealed.push((stored, seen));
+                }
             }
-            let context = context(&self.pipeline, &stored.id);
-            let plain = self.keys.open(sealed, &context)?;
-            let mut stored = stored.clone();
-            stored.credentials = Some(self.keys.seal(&plain, &context)?);
-            resealed.push(stored);
-        }
-        let changed = resealed.len();
-        for stored in resealed {
-            self.commit(&mut connections, stored)?;
-        }
-        Ok(changed)
+            let mut changed = 0;
+            for (stored, seen) in resealed {
+                if self.commit(backend, stored, seen)? {
+                    changed += 1;
+                }
+            }
+            Ok(changed)
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -771,40 +779,6 @@ impl Store {
         let plain = serde_json::to_vec(credentials).expect("a map of strings serialises");
         Ok(self.keys.seal(&plain, &context(&self.pipeline, id))?)
     }
-
-    /// Replaces the file with `connections`: temporary file, fsync, rename, directory fsync.
-    fn write(&self, connections: &BTreeMap<String, Stored>) -> Result<(), StoreError> {
-        let io_error = |source| StoreError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
-        let file = File {
-            version: 1,
-            connections: connections.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).expect("the file serialises");
-        let tmp = self.path.with_extension("json.tmp");
-        let mut out = fs::File::create(&tmp).map_err(io_error)?;
-        out.write_all(&bytes).map_err(io_error)?;
-        out.sync_all().map_err(io_error)?;
-        drop(out);
-        fs::rename(&tmp, &self.path).map_err(io_error)?;
-        sync_dir(&self.path).map_err(io_error)?;
-        Ok(())
-    }
-}
-
-/// The journal at `path`, opened to append (created if missing).
-fn open_journal(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new().create(true).append(true).open(path)
-}
-
-/// Fsyncs the directory holding `path` (a rename in it is then durable).
-fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 /// What a connection's sealed credentials are bound to.
@@ -819,6 +793,8 @@ fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::io::Write;
 
     fn store(dir: &Path) -> Store {
         let keys = Keys::new(&KEY, "").unwrap();
@@ -930,7 +906,7 @@ mod tests {
         }
         assert!(!dir.path().join(FILE).exists(), "changes go to the journal");
         // Folded once the journal outgrows the limit.
-        for i in 0..=JOURNAL_LINES {
+        for i in 0..=super::super::journal::JOURNAL_LINES {
             let state = if i % 2 == 0 {
                 State::Paused
             } else {

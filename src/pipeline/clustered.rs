@@ -1,6 +1,8 @@
 //! [`super::build`] on a JetStream log: the pipeline's streams, an appender
 //! that publishes to them, and per sink the maker of its runner on one
-//! partition (run where its lease is held, see [`crate::log::jetstream::leases`]).
+//! partition (run where its lease is held, see [`crate::log::jetstream::leases`]);
+//! a connections pipeline's connections in their bucket, and its pollers
+//! (each shard run where its lease is held, see [`crate::connections::cluster`]).
 
 use std::sync::Arc;
 
@@ -64,7 +66,7 @@ pub(super) async fn build(
         dir: dir.display().to_string(),
         source,
     })?;
-    let source = crate::source::build(
+    let mut source = crate::source::build(
         spec,
         global,
         &dir,
@@ -77,6 +79,35 @@ pub(super) async fn build(
         pipeline: spec.name.clone(),
         source,
     })?;
+    let store = match super::sealing(spec)? {
+        None => None,
+        Some((keys, notifier)) => {
+            let error = |source| RunError::Connections {
+                pipeline: spec.name.clone(),
+                source,
+            };
+            let unavailable = |e: crate::log::jetstream::ClusterError| {
+                error(crate::connections::store::StoreError::Unavailable(
+                    e.to_string(),
+                ))
+            };
+            let kv = cluster
+                .connections_bucket(&spec.name)
+                .await
+                .map_err(unavailable)?;
+            let fields = crate::connections::Fields::of(&spec.source);
+            Some(
+                crate::connections::store::Store::open_bucket(
+                    kv, &spec.name, keys, fields, notifier,
+                )
+                .await
+                .map_err(error)?,
+            )
+        }
+    };
+    if let crate::source::Source::Webhook { route, .. } = &mut source.source {
+        route.connections = store.clone();
+    }
     let view = PipelineView {
         name: spec.name.clone(),
         source: spec.source.kind().type_tag(),
@@ -91,25 +122,42 @@ pub(super) async fn build(
         log_status: Some(streams.clone()),
         // The poll source runs where its lease is held, with its own poller.
         poll: None,
-        // `check` refuses [connections] on a JetStream log.
-        connections: None,
+        connections: store.clone(),
     };
-    let poll_leader =
-        spec.source
-            .kind()
-            .needs_leader()
-            .then(|| crate::log::jetstream::poll_leader::PollLeader {
-                spec: spec.clone(),
+    let connections = match (&store, &spec.source) {
+        (Some(store), crate::config::SourceSpec::Poll(poll)) => {
+            Some(crate::connections::cluster::Connections {
+                runner: crate::connections::polling::Runner {
+                    pipeline: spec.clone(),
+                    spec: (**poll).clone(),
+                    store: store.clone(),
+                    appender: view.appender.clone(),
+                    log: view.log.clone(),
+                    dir: dir.clone(),
+                    stop: shutdown.stop.clone(),
+                    shard: None,
+                },
                 pipeline: streams.clone(),
-                appender: view.appender.clone(),
-                log: view.log.clone(),
-                dir,
-            });
+            })
+        }
+        _ => None,
+    };
+    // A connections pipeline polls each connection instead of its own source.
+    let poll_leader = (spec.source.kind().needs_leader() && connections.is_none()).then(|| {
+        crate::log::jetstream::poll_leader::PollLeader {
+            spec: spec.clone(),
+            pipeline: streams.clone(),
+            appender: view.appender.clone(),
+            log: view.log.clone(),
+            dir,
+        }
+    });
     Ok(Built {
         source,
         runners: Vec::new(),
         units,
         poll_leader,
+        connections,
         view,
     })
 }

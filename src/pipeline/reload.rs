@@ -91,6 +91,7 @@ pub(super) async fn start_one(
             log: built.view.log.clone(),
             dir: global.data_dir.join(&spec.name),
             stop: shutdown.stop.clone(),
+            shard: None,
         }),
         _ => None,
     };

@@ -100,7 +100,6 @@ pub fn api(admin: Arc<Admin>) -> Router {
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/{name}/replay", post(replay_dead_letters))
         .route("/api/pipelines/{name}/sample", get(sample))
-        .route("/api/pipelines/{name}/tap", get(super::tap::tap))
         .route(
             "/api/pipelines/{name}/dead_letters",
             get(dead_letter_reasons),

@@ -85,7 +85,8 @@ fn refused(error: StoreError) -> Response {
         StoreError::Removed { .. } => StatusCode::GONE,
         StoreError::Exists { .. } => StatusCode::CONFLICT,
         StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-        StoreError::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Io { .. } | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Contended(_) => StatusCode::CONFLICT,
         StoreError::Seal(_) | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() {
@@ -233,6 +234,12 @@ async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>
         );
     };
     // Refused before anything changes.
+    if view.log_status.is_some() {
+        return webhook::error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("cannot purge: purging a connection's rows is not built for a JetStream log yet; remove the connection without ?purge, then delete its rows in the tables (every row holds it in _connection, e.g. DELETE FROM <table> WHERE _connection = '{id}' in an engine that writes Delta)"),
+        );
+    }
     if let Some(why) = purge::refusal(spec) {
         return webhook::error(StatusCode::CONFLICT, format!("cannot purge: {why}"));
     }

@@ -103,7 +103,9 @@ pub fn admin_router(admin: Arc<admin::Admin>) -> Router {
 
 /// Every admin API route.
 fn api(admin: Arc<admin::Admin>) -> Router {
-    admin::api(admin.clone()).merge(connections::routes().with_state(admin))
+    admin::api(admin.clone())
+        .merge(tap::routes().with_state(admin.clone()))
+        .merge(connections::routes().with_state(admin))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -17,7 +17,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
+use axum::routing::get;
+use axum::{Extension, Router};
 use serde_json::json;
 
 use super::admin::{refusal, Admin};
@@ -28,6 +29,11 @@ use crate::source::webhook;
 
 /// Most events read at once.
 const READ: usize = 256;
+
+/// The tap route.
+pub fn routes() -> Router<Arc<Admin>> {
+    Router::new().route("/api/pipelines/{name}/tap", get(tap))
+}
 
 /// The tap of pipeline `name`.
 pub async fn tap(

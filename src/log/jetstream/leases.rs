@@ -110,6 +110,7 @@ async fn heartbeat(cluster: Arc<Cluster>, balance: Arc<Balance>, stop: Cancellat
                 live += 1;
             }
             balance.live.store(live.max(1), Ordering::Relaxed);
+            cluster.set_live_nodes(live);
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}

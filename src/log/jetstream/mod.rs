@@ -20,6 +20,13 @@
 //!   live for the dedupe window: a publish first asks it, and an id found
 //!   there is a duplicate. The id is put there after the publish's ack, so a
 //!   crash between the two can at worst store a retry twice, never lose one.
+//! * A poll source's cursor is in the KV bucket `tributary_progress` under
+//!   `<pipeline>._poll`, a connection's under `<pipeline>._poll.<id>`: it is
+//!   stored after the page's records were acknowledged, revision-checked,
+//!   and the page's message ids are made from it (see
+//!   [`poll_leader`] and [`crate::connections::cluster`]).
+//! * A `[connections]` pipeline's connections are in the KV bucket
+//!   `tributary_connections_<pipeline>` ([`crate::connections::bucket`]).
 //! * A sink's progress per partition (the ledger of the file log: committed
 //!   offset and pending range) lives in the KV bucket `tributary_progress`;
 //!   ownership in `tributary_leases` ([`leases`]). Messages every sink has
@@ -114,6 +121,8 @@ pub struct Cluster {
     nodes: kv::Store,
     /// This process's id in leases: the node name and a random suffix.
     pub node: String,
+    /// How many nodes keep a heartbeat (this one included), as last counted.
+    live: std::sync::atomic::AtomicUsize,
     /// The settings.
     pub spec: JetStreamSpec,
 }
@@ -189,6 +198,7 @@ impl Cluster {
             progress,
             nodes,
             node,
+            live: std::sync::atomic::AtomicUsize::new(1),
             spec: spec.clone(),
         }))
     }
@@ -253,7 +263,33 @@ impl Cluster {
             closed: CancellationToken::new(),
             statuses: Default::default(),
             poll_state: Default::default(),
+            connection_states: Default::default(),
         }))
+    }
+
+    /// The KV bucket of `pipeline`'s connections (made if missing).
+    pub async fn connections_bucket(&self, pipeline: &str) -> Result<kv::Store, ClusterError> {
+        ensure_bucket(
+            &self.js,
+            kv::Config {
+                bucket: format!("tributary_connections_{}", key_safe(pipeline)),
+                history: 1,
+                num_replicas: self.spec.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// How many nodes keep a heartbeat, this one included, as last counted.
+    pub fn live_nodes(&self) -> usize {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Records how many nodes keep a heartbeat (the heartbeat counts them).
+    pub(crate) fn set_live_nodes(&self, live: usize) {
+        self.live.store(live.max(1), Ordering::Relaxed);
     }
 
     /// The leases bucket.
@@ -359,6 +395,9 @@ pub struct Pipeline {
     /// A poll source's state as its leader loaded or last stored it, with
     /// its revision in the progress bucket.
     poll_state: std::sync::Mutex<Option<(u64, Bytes)>>,
+    /// Each connection's cursor as its poller's node loaded or last stored
+    /// it, with its revision in the progress bucket.
+    connection_states: std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, Bytes)>>,
     /// With dedupe: the delivery ids published within the dedupe window.
     delivered: Option<kv::Store>,
 }
@@ -454,6 +493,69 @@ impl Pipeline {
         Ok(stored)
     }
 
+    /// The key of connection `id`'s cursor in the progress bucket.
+    fn connection_key(&self, id: &str) -> String {
+        format!("{}.{}", self.poll_key(), id_key(id))
+    }
+
+    /// Reads connection `id`'s cursor from the progress bucket, with its
+    /// revision (the node that starts polling it does, first).
+    pub async fn load_connection_state(
+        &self,
+        id: &Arc<str>,
+    ) -> Result<Option<(u64, Bytes)>, ClusterError> {
+        let entry = self
+            .cluster
+            .progress
+            .entry(self.connection_key(id))
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("the cursor of connection {id} of {}", self.name),
+                message: e.to_string(),
+            })?;
+        let state = entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (e.revision, e.value));
+        let mut states = self.connection_states.lock().expect("state lock");
+        match &state {
+            Some(state) => states.insert(id.clone(), state.clone()),
+            None => states.remove(id),
+        };
+        Ok(state)
+    }
+
+    /// Stores connection `id`'s cursor `payload` if the stored one is still
+    /// the one this node last saw; returns its revision.
+    async fn store_connection_state(
+        &self,
+        id: &Arc<str>,
+        payload: Bytes,
+    ) -> Result<u64, AppendError> {
+        let key = self.connection_key(id);
+        let seen = self
+            .connection_states
+            .lock()
+            .expect("state lock")
+            .get(id)
+            .map(|(revision, _)| *revision);
+        let progress = &self.cluster.progress;
+        let stored = match seen {
+            Some(revision) => progress
+                .update(&key, payload.clone(), revision)
+                .await
+                .map_err(unavailable)?,
+            None => progress
+                .create(&key, payload.clone())
+                .await
+                .map_err(unavailable)?,
+        };
+        self.connection_states
+            .lock()
+            .expect("state lock")
+            .insert(id.clone(), (stored, payload));
+        Ok(stored)
+    }
+
     /// The key of `sink`'s lease and progress on `partition`.
     pub fn key(&self, sink: &str, partition: u32) -> String {
         format!("{}.{}.{partition}", key_safe(&self.name), key_safe(sink))
@@ -510,18 +612,29 @@ impl JetStreamAppender {
         }
         let count = events.len() as u64;
         let ids = delivery_ids(&events);
-        // A poll page: stored after its records, their ids made from it.
+        // A poll page: stored after its records, their ids made from it
+        // (and from its connection's id: two accounts' cursors may match).
         let poll_state = events
             .last()
             .filter(|e| e.kind == RecordKind::PollState)
             .map(|e| e.payload.clone());
+        let connection = events
+            .last()
+            .filter(|e| e.kind == RecordKind::PollState)
+            .and_then(|e| e.connection.clone());
         let mut rows = events
             .into_iter()
             .filter(|e| !matches!(e.kind, RecordKind::DedupeIds | RecordKind::PollState))
             .collect::<Vec<_>>();
         let keys: Vec<String> = match (&ids, &poll_state) {
             (_, Some(state)) => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, state);
+                let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+                if let Some(id) = &connection {
+                    digest.update(id.as_bytes());
+                    digest.update(b"\0");
+                }
+                digest.update(state);
+                let digest = digest.finish();
                 let page: String = digest.as_ref()[..12]
                     .iter()
                     .map(|b| format!("{b:02x}"))
@@ -601,7 +714,10 @@ impl JetStreamAppender {
         if let Some(state) = poll_state {
             // The offsets end at the state's revision: the poller's side
             // copy of the state is then ordered with the stored one.
-            let revision = pipeline.store_poll_state(state).await?;
+            let revision = match &connection {
+                Some(id) => pipeline.store_connection_state(id, state).await?,
+                None => pipeline.store_poll_state(state).await?,
+            };
             return Ok((
                 (revision + 1).saturating_sub(count)..revision + 1,
                 duplicates,
@@ -646,6 +762,12 @@ fn stream_name(pipeline: &str, p: u32) -> String {
 /// The subject of `pipeline`'s partition `p`.
 fn subject(pipeline: &str, p: u32) -> String {
     format!("tributary.{pipeline}.{p}")
+}
+
+/// A connection id as KV key tokens: ids are `[A-Za-z0-9._-]`, and a key's
+/// `.` separates tokens, which may not be empty, so `.` is written `=2E`.
+pub(crate) fn id_key(id: &str) -> String {
+    id.replace('.', "=2E")
 }
 
 /// `name` with what a KV key or subject token cannot hold replaced.

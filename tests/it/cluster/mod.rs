@@ -16,6 +16,8 @@ use crate::support::*;
 // Replay, a sink added to an idle pipeline, dedupe across server restarts,
 // the Parquet write fence.
 mod contract;
+// Connections in a KV bucket, polled per shard where its lease is held.
+mod connections;
 mod durability;
 
 /// One cluster test at a time: each runs three nats-servers and two or
