@@ -171,6 +171,11 @@ pub enum ConnectionsAction {
     Resume(ConnectionsOne),
     /// Remove a connection: its credentials are deleted; its webhook URL answers 410.
     Remove(ConnectionsOne),
+    /// Seal every connection's credentials again under the current
+    /// TRIBUTARY_SECRET_KEY (after a rotation: run the server with the new
+    /// key, the old one in TRIBUTARY_SECRET_KEY_OLD, then rekey; the old
+    /// key can then go).
+    Rekey(ConnectionsPipeline),
 }
 
 /// A pipeline of the running server.

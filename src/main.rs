@@ -584,6 +584,13 @@ fn connections(action: tributary::cli::ConnectionsAction) -> Outcome {
             None,
             true,
         ),
+        A::Rekey(a) => (
+            a.config,
+            Method::POST,
+            format!("/api/pipelines/{}/rekey", a.pipeline),
+            None,
+            true,
+        ),
     };
     let config = load(&config.paths())?;
     let runtime = runtime()?;

@@ -5,7 +5,10 @@
 //!   `{"id", "credentials": {…}, "params": {…}}` → 201 and the connection;
 //!   409 if the id exists, 400 naming missing or unknown credential fields;
 //! * `GET|PATCH|DELETE /api/pipelines/{pipeline}/connections/{id}`; PATCH
-//!   takes `{"state": "active"|"paused"}`, new `credentials` or `params`.
+//!   takes `{"state": "active"|"paused"}`, new `credentials` or `params`;
+//! * `POST /api/pipelines/{pipeline}/rekey` seals every connection's
+//!   credentials again under the current `TRIBUTARY_SECRET_KEY` →
+//!   `{"resealed": n}` (then the old key can leave `TRIBUTARY_SECRET_KEY_OLD`).
 //!
 //! Bodies must be `application/json` (a cross-site form cannot send that
 //! without a preflight). Every change is fsynced before its answer; answers
@@ -34,6 +37,7 @@ pub fn routes() -> Router<Arc<Admin>> {
             "/api/pipelines/{name}/connections/{id}",
             get(show).patch(change).delete(remove),
         )
+        .route("/api/pipelines/{name}/rekey", axum::routing::post(rekey))
 }
 
 /// The request's store, or the answer that refuses it.
@@ -142,6 +146,27 @@ async fn add(
         tracing::info!(pipeline = %name, connection = %id, "Connection added.");
     }
     answer
+}
+
+async fn rekey(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    method: Method,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    let store = match store(&admin, &name, &method, &headers, peer.as_deref()) {
+        Ok(store) => store,
+        Err(refused) => return refused,
+    };
+    match tokio::task::spawn_blocking(move || store.rekey()).await {
+        Ok(Ok(resealed)) => {
+            tracing::info!(pipeline = %name, resealed, "Connections' credentials sealed again under the current key.");
+            Json(json!({ "resealed": resealed })).into_response()
+        }
+        Ok(Err(e)) => refused(e),
+        Err(e) => webhook::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn show(

@@ -1261,3 +1261,62 @@ async fn one_app_level_url_attributes_each_webhook_by_a_header() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_seals_every_credential_again_so_the_old_key_can_go() {
+    let api = crate::support::accounts::Accounts::start().await;
+    let project = Project::new();
+    accounts_pipeline(&project, &api);
+    let old = tributary_key(&project);
+    let new = tributary_key(&project);
+    for a in ["acct-a", "acct-b"] {
+        api.add(a, &format!("tok-{a}-s3cr3t"), 3);
+    }
+    let server = project
+        .start_with_env(&[("TRIBUTARY_SECRET_KEY", old.as_str())])
+        .await;
+    for a in ["acct-a", "acct-b"] {
+        add(
+            &project,
+            "crm",
+            json!({"id": a, "credentials": {"token": format!("tok-{a}-s3cr3t")}}),
+        )
+        .await;
+    }
+    eventually(&project, "both accounts' records", || {
+        rows_by_account(&project).len() == 6
+    })
+    .await;
+    server.kill9();
+    // Rotated: the new key seals, the old one still opens; rekey moves
+    // every credential to the new key.
+    let rotated = [
+        ("TRIBUTARY_SECRET_KEY", new.as_str()),
+        ("TRIBUTARY_SECRET_KEY_OLD", old.as_str()),
+    ];
+    let server = project.start_with_env(&rotated).await;
+    let rekeyed = project.command_with_env(&["connections", "rekey", "crm"], &rotated);
+    assert!(rekeyed.status.success(), "{rekeyed:?}");
+    let answer: Value = serde_json::from_slice(&rekeyed.stdout).unwrap();
+    assert_eq!(answer["resealed"], 2, "{answer}");
+    let again = project.command_with_env(&["connections", "rekey", "crm"], &rotated);
+    let answer: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(answer["resealed"], 0, "{answer}");
+    server.kill9();
+    // Only the new key now: every connection still polls with its token.
+    for a in ["acct-a", "acct-b"] {
+        api.grow(a, 2);
+    }
+    let _server = project
+        .start_with_env(&[("TRIBUTARY_SECRET_KEY", new.as_str())])
+        .await;
+    eventually(&project, "the records added after the rekey", || {
+        rows_by_account(&project).len() == 10
+    })
+    .await;
+    let list: Value = get_json(&project.url("/api/pipelines/crm/connections")).await;
+    for c in list["connections"].as_array().unwrap() {
+        assert_eq!(c["state"], "active", "{c}");
+    }
+    assert_nowhere_under(&project, &["s3cr3t"]);
+}
