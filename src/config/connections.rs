@@ -28,6 +28,9 @@ pub struct RawConnections {
 pub struct RawAttribute {
     /// A request header whose value is one of a connection's `match` values.
     pub header: Option<String>,
+    /// A JSON pointer into each event (e.g. `/portalId`) whose value, a
+    /// string or number, is one of a connection's `match` values.
+    pub pointer: Option<String>,
 }
 
 /// `[connections] notify`.
@@ -52,6 +55,10 @@ pub struct ConnectionsSpec {
     /// one of its `match` values, on the source's own path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attribute_header: Option<String>,
+    /// The JSON pointer into each event whose value names its connection
+    /// by one of its `match` values, on the source's own path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribute_pointer: Option<String>,
 }
 
 /// `[connections] notify`, checked.
@@ -85,8 +92,12 @@ pub(super) fn validate(
         None => None,
         Some(n) => Some(notify(n, e)?),
     };
-    let attribute_header = match raw.attribute.as_ref().map(|a| a.header.as_deref()) {
-        None => None,
+    let by = raw
+        .attribute
+        .as_ref()
+        .map(|a| (a.header.as_deref(), a.pointer.as_deref()));
+    let (attribute_header, attribute_pointer) = match by {
+        None => (None, None),
         Some(_) if !webhook => {
             e.push(
                 "connections.attribute",
@@ -95,16 +106,33 @@ pub(super) fn validate(
             );
             return None;
         }
-        Some(Some(h))
+        Some((Some(_), Some(_))) => {
+            e.push(
+                "connections.attribute",
+                "names both a header and a pointer",
+                "keep one: a header (the whole request is one connection's) or a pointer (each event names its own)",
+            );
+            return None;
+        }
+        Some((Some(h), None))
             if !h.is_empty() && reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok() =>
         {
-            Some(h.to_ascii_lowercase())
+            (Some(h.to_ascii_lowercase()), None)
+        }
+        Some((None, Some(p))) if p.starts_with('/') => (None, Some(p.to_string())),
+        Some((None, Some(_))) => {
+            e.push(
+                "connections.attribute.pointer",
+                "is not a JSON pointer",
+                "write attribute = { pointer = \"/portalId\" } (it starts with /, from the top of each event)",
+            );
+            return None;
         }
         Some(_) => {
             e.push(
-                "connections.attribute.header",
-                "missing or not a header name",
-                "write attribute = { header = \"X-Shopify-Shop-Domain\" }",
+                "connections.attribute",
+                "missing a header name or a pointer",
+                "write attribute = { header = \"X-Shopify-Shop-Domain\" } or attribute = { pointer = \"/portalId\" }",
             );
             return None;
         }
@@ -113,6 +141,7 @@ pub(super) fn validate(
         max_concurrent_runs: max,
         notify,
         attribute_header,
+        attribute_pointer,
     })
 }
 

@@ -124,6 +124,11 @@ pub async fn build(
                     .connections
                     .as_ref()
                     .and_then(|c| c.attribute_header.clone()),
+                attribute_pointer: spec
+                    .connections
+                    .as_ref()
+                    .and_then(|c| c.attribute_pointer.as_deref())
+                    .map(crate::encode::pointer::tokens),
             };
             Ok(Built {
                 source: Source::Webhook {

@@ -311,6 +311,24 @@ fn check_names_each_connections_mistake() {
         "{text}"
     );
 
+    // An attribution pointer that is not one; a header and a pointer both.
+    for (attribute, named) in [
+        ("{ pointer = \"portalId\" }", "connections.attribute.pointer"),
+        (
+            "{ pointer = \"/portalId\", header = \"X-Shop\" }",
+            "names both a header and a pointer",
+        ),
+    ] {
+        project.write(
+            "pipelines/crm.toml",
+            &HUBSPOT.replace("{ pointer = \"/portalId\" }", attribute),
+        );
+        let out = project.command(&["check"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains(named), "{text}");
+    }
+
     // Without the key that seals the credentials.
     project.write("pipelines/crm.toml", CRM);
     let out = project.command(&["check"]);
@@ -1319,4 +1337,122 @@ async fn rekey_seals_every_credential_again_so_the_old_key_can_go() {
         assert_eq!(c["state"], "active", "{c}");
     }
     assert_nowhere_under(&project, &["s3cr3t"]);
+}
+
+/// A HubSpot app's pipeline: one app-level URL, each event naming its
+/// account by `portalId`.
+const HUBSPOT: &str = r#"name = "hubspot"
+schema = "infer"
+
+[source]
+type = "webhook"
+path = "/hooks/hubspot"
+
+[connections]
+attribute = { pointer = "/portalId" }
+
+[batch]
+max_age = "200ms"
+
+[[sink]]
+type = "parquet"
+partition_by = ["_connection"]
+"#;
+
+/// HubSpot's published contact.creation sample (two events of portal
+/// 62515), with its portal ids replaced by `portals`, one per event.
+fn hubspot_batch(portals: &[Value]) -> Value {
+    let sample = r#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.creation","attemptNumber":0,"objectId":123,"changeSource":"CRM","changeFlag":"NEW","appId":54321},
+ {"eventId":2,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600412,"subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":123,"propertyName":"email","propertyValue":"ada@example.com","changeSource":"CRM","appId":54321}]"#;
+    let events: Vec<Value> = serde_json::from_str(sample).unwrap();
+    Value::Array(
+        portals
+            .iter()
+            .enumerate()
+            .map(|(i, portal)| {
+                let mut event = events[i % 2].clone();
+                event["eventId"] = json!(100 + i);
+                match portal {
+                    Value::Null => {
+                        event.as_object_mut().unwrap().remove("portalId");
+                    }
+                    portal => event["portalId"] = portal.clone(),
+                }
+                event
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_app_level_url_attributes_each_event_of_a_batch_by_a_pointer() {
+    let project = Project::new();
+    project.write("pipelines/hubspot.toml", HUBSPOT);
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    for (id, portal) in [("acme", "62515"), ("globex", "99001"), ("gone", "77777")] {
+        add(&project, "hubspot", json!({"id": id, "match": [portal]})).await;
+    }
+    let client = reqwest::Client::new();
+    let removed = client
+        .delete(project.url("/api/pipelines/hubspot/connections/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let post = |body: Value| {
+        let (client, url) = (client.clone(), project.url("/hooks/hubspot"));
+        async move {
+            let answer = client.post(url).json(&body).send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap())
+        }
+    };
+    // The published sample: both events are portal 62515's.
+    let (status, body) = post(hubspot_batch(&[json!(62515), json!(62515)])).await;
+    assert_eq!((status, &body["accepted"]), (202, &json!(2)), "{body}");
+    // One batch, two accounts (a number or a string names them alike).
+    let (status, body) = post(hubspot_batch(&[json!("99001"), json!(62515)])).await;
+    assert_eq!((status, &body["accepted"]), (202, &json!(2)), "{body}");
+    // A portal no connection matches: the batch is refused whole, naming it.
+    let (status, body) = post(hubspot_batch(&[json!(62515), json!(12345)])).await;
+    assert_eq!(status, 404, "{body}");
+    let why = body["error"].as_str().unwrap();
+    assert!(why.contains("12345") && why.contains("/portalId"), "{why}");
+    // An event without the value: 400, naming which.
+    let (status, body) = post(hubspot_batch(&[json!(62515), Value::Null])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("event 1"),
+        "{body}"
+    );
+    // Only a removed account's events: 410; mixed with a live one's: those
+    // of the live one are stored.
+    let (status, body) = post(hubspot_batch(&[json!(77777)])).await;
+    assert_eq!(status, 410, "{body}");
+    let (status, body) = post(hubspot_batch(&[json!(77777), json!(99001)])).await;
+    assert_eq!((status, &body["accepted"]), (202, &json!(1)), "{body}");
+    // Each row carries the connection its own event named.
+    let script = r#"
+import json, sys, duckdb
+try:
+    rows = dict(duckdb.sql("SELECT _connection || '/' || CAST(eventId AS VARCHAR), count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall())
+except duckdb.IOException:
+    rows = {}
+print(json.dumps(rows))
+"#;
+    let table = project.table_dir_of("hubspot");
+    // Sample 1: 100 and 101 acme's; batch 2: 100 globex's, 101 acme's;
+    // the last: 101 globex's (100 was the removed account's).
+    let expected = json!({"acme/100": 1, "acme/101": 2, "globex/100": 1, "globex/101": 1});
+    let mut rows = json!({});
+    for _ in 0..150 {
+        rows = python_json(script, &[table.to_str().unwrap()]);
+        if rows == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows, expected, "{}", project.log());
 }

@@ -68,6 +68,10 @@ pub struct Route {
     /// `[connections] attribute`: on `<path>` itself, this header's value is
     /// one of a connection's `match` values.
     pub attribute_header: Option<String>,
+    /// `[connections] attribute`: on `<path>` itself, the value at this
+    /// pointer (its tokens) in each event is one of a connection's `match`
+    /// values.
+    pub attribute_pointer: Option<Vec<String>>,
 }
 
 /// The Prometheus counters of one webhook path.
@@ -146,6 +150,8 @@ fn admit_connection(
     let pipeline = || route.pipeline.clone();
     let (id, state) = match (connection, route.attribute_header.as_deref()) {
         (Some(id), _) => (id.to_string(), store.state_of(id)),
+        // Each event names its own, once the body is read.
+        (None, None) if route.attribute_pointer.is_some() => return Ok(None),
         (None, None) => {
             return Err(Refusal::NoConnection {
                 pipeline: pipeline(),
@@ -205,6 +211,7 @@ pub async fn receive(
         }
     }
     let payloads = parse(&head.headers, &bytes, format)?;
+    let payloads = attribute(route, payloads, connection)?;
     let received_at_us = now_us();
     let topic: Option<Arc<str>> = route
         .topic_header
@@ -212,13 +219,13 @@ pub async fn receive(
         .and_then(|name| head.headers.get(name))
         .and_then(|v| v.to_str().ok())
         .map(|v| crate::event::topic_of(v.trim()));
-    let make = |payload| Event {
+    let make = |(payload, connection)| Event {
         id: Uuid::now_v7(),
         received_at_us,
         kind: RecordKind::Event,
         payload,
         topic: topic.clone(),
-        connection: connection.clone(),
+        connection,
     };
     let Some(dedupe) = &route.dedupe else {
         let events: Vec<Event> = payloads.into_iter().map(make).collect();
@@ -246,11 +253,12 @@ async fn store_deduped(
     route: &Route,
     dedupe: &Arc<Dedupe>,
     (headers, body_len, received_at_us): (&axum::http::HeaderMap, usize, i64),
-    payloads: Vec<bytes::Bytes>,
-    make: impl Fn(bytes::Bytes) -> Event,
+    payloads: Vec<(bytes::Bytes, Option<Arc<str>>)>,
+    make: impl Fn((bytes::Bytes, Option<Arc<str>>)) -> Event,
 ) -> Result<Response, Refusal> {
+    let bodies: Vec<bytes::Bytes> = payloads.iter().map(|(p, _)| p.clone()).collect();
     let ids = dedupe
-        .ids(headers, &payloads)
+        .ids(headers, &bodies)
         .map_err(|too_long| Refusal::BadBody(too_long.to_string()))?;
     let claim = dedupe.claim(&ids, payloads.len(), received_at_us).await;
     let repeats = claim.fresh.iter().filter(|f| !**f).count();
@@ -303,6 +311,104 @@ async fn store_deduped(
         kept.into_iter(),
         Some((repeats + again, duplicate)),
     )))
+}
+
+/// Each event with its connection: the request's, or, with `[connections]
+/// attribute.pointer` on the source's own path, the one its value at the
+/// pointer matches. A request is stored whole or refused whole: an event
+/// without a value there is `400`, a value no connection matches `404`
+/// (naming them). Events of removed connections are not stored; a request
+/// of nothing else is `410`.
+fn attribute(
+    route: &Route,
+    payloads: Vec<bytes::Bytes>,
+    connection: Option<Arc<str>>,
+) -> Result<Vec<(bytes::Bytes, Option<Arc<str>>)>, Refusal> {
+    let (Some(store), Some(pointer), None) = (
+        &route.connections,
+        route.attribute_pointer.as_deref(),
+        &connection,
+    ) else {
+        return Ok(payloads
+            .into_iter()
+            .map(|p| (p, connection.clone()))
+            .collect());
+    };
+    use crate::connections::{printable, State};
+    let pointer_text = || format!("/{}", pointer.join("/"));
+    let mut found: std::collections::HashMap<String, Option<(Arc<str>, State)>> =
+        Default::default();
+    let mut unknown = Vec::new();
+    let mut events = Vec::with_capacity(payloads.len());
+    let mut removed = Vec::new();
+    for (index, payload) in payloads.into_iter().enumerate() {
+        let value = match crate::encode::pointer::value(&payload, pointer) {
+            Ok(Ok(raw)) => match serde_json::from_slice::<serde_json::Value>(raw) {
+                Ok(serde_json::Value::String(s)) => Some(s),
+                Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return Err(Refusal::NoPointerValue {
+                pipeline: route.pipeline.clone(),
+                pointer: pointer_text(),
+                index,
+            });
+        };
+        let matched = found
+            .entry(value.clone())
+            .or_insert_with(|| {
+                store
+                    .by_match(&value)
+                    .map(|(id, state)| (Arc::from(id.as_str()), state))
+            })
+            .clone();
+        match matched {
+            None => {
+                if !unknown.contains(&value) {
+                    unknown.push(value);
+                }
+            }
+            Some((id, State::Removed)) => {
+                if !removed.contains(&id) {
+                    removed.push(id);
+                }
+            }
+            Some((id, _)) => events.push((payload, Some(id))),
+        }
+    }
+    if !unknown.is_empty() {
+        let shown: Vec<String> = unknown.iter().take(5).map(|v| printable(v)).collect();
+        return Err(Refusal::UnknownMatch {
+            pipeline: route.pipeline.clone(),
+            value: format!(
+                "{} (at {} in {} of the request's events)",
+                shown.join(", "),
+                pointer_text(),
+                if unknown.len() > 5 {
+                    "some"
+                } else {
+                    "one or more"
+                }
+            ),
+        });
+    }
+    if events.is_empty() && !removed.is_empty() {
+        return Err(Refusal::RemovedConnection {
+            pipeline: route.pipeline.clone(),
+            id: removed
+                .iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    if !removed.is_empty() {
+        tracing::info!(pipeline = %route.pipeline, removed = ?removed, "Events of removed connections were not stored (the others of the request were).");
+    }
+    Ok(events)
 }
 
 /// What is refused before the body is read: another method, a connection

@@ -36,7 +36,18 @@ pub enum Refusal {
         /// `[connections] attribute.header`.
         header: String,
     },
-    /// `404`: no connection has the attribution header's value.
+    /// `400`: an event lacks the value its connection is named by.
+    #[error("event {index} of the request (counting from 0) has no string or number at {pointer}, which names its connection in pipeline {pipeline} ([connections] attribute.pointer); nothing of the request was stored")]
+    NoPointerValue {
+        /// The pipeline.
+        pipeline: String,
+        /// `[connections] attribute.pointer`.
+        pointer: String,
+        /// Which event.
+        index: usize,
+    },
+    /// `404`: no connection has the attribution value (the header's, or an
+    /// event's at the pointer; then nothing of the request was stored).
     #[error("no connection of pipeline {pipeline} has the match value {value}; add it to the connection's \"match\" values")]
     UnknownMatch {
         /// The pipeline.
@@ -133,9 +144,10 @@ impl Refusal {
             | Refusal::UnknownMatch { .. }
             | Refusal::UnknownConnection { .. } => StatusCode::NOT_FOUND,
             Refusal::RemovedConnection { .. } => StatusCode::GONE,
-            Refusal::NoAttribute { .. } | Refusal::Unreadable(_) | Refusal::BadBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::NoAttribute { .. }
+            | Refusal::NoPointerValue { .. }
+            | Refusal::Unreadable(_)
+            | Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
