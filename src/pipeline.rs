@@ -267,7 +267,7 @@ fn connections(
         dir,
         &spec.name,
         keys,
-        crate::connections::Fields::of(&spec.source),
+        crate::connections::Fields::of(spec),
     )
     .map_err(|source| RunError::Connections {
         pipeline: spec.name.clone(),

@@ -15,7 +15,7 @@ use super::check::{
 };
 use super::raw::{RawGlobal, RawPipeline, RawSource};
 use super::sink;
-use super::spec::{BatchPolicy, GlobalSpec, PipelineSpec, SinkSpec};
+use super::spec::{BatchPolicy, GlobalSpec, PipelineSpec, SinkSpec, SourceSpec};
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -181,6 +181,16 @@ fn pipeline(
         super::connections::validate(c, webhook, e)
     });
     let source = super::source::validate(raw.source.as_ref(), raw.connections.is_some(), e);
+    if let (Some(c), Some(SourceSpec::Webhook(w))) = (&connections, &source) {
+        let shared = w.verify.as_ref().map(|v| !v.secret_envs.is_empty());
+        if c.attribute_pointer.is_some() && shared == Some(false) {
+            e.push(
+                "source.verify.secret_env",
+                "missing: with attribute = { pointer = … } the connection is known only after the body is parsed, so the signature is checked with the pipeline's secret",
+                "name the env var that holds the app's webhook secret, e.g. secret_env = \"HUBSPOT_CLIENT_SECRET\"",
+            );
+        }
+    }
     let route = raw.route.as_ref().and_then(|r| {
         let webhook = raw.source.as_ref().is_some_and(RawSource::is_sent);
         super::route::route(r, webhook, schemas, root, e)

@@ -65,11 +65,22 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// The fields `source` takes from each connection.
-    pub fn of(source: &SourceSpec) -> Fields {
+    /// The fields `pipeline`'s source takes from each connection.
+    pub fn of(pipeline: &crate::config::spec::PipelineSpec) -> Fields {
+        let source = &pipeline.source;
+        let by_pointer = pipeline
+            .connections
+            .as_ref()
+            .is_some_and(|c| c.attribute_pointer.is_some());
         let (required, optional): (&[&str], &[&str]) = match source {
-            // A per-connection verify secret is not built yet: none taken.
-            SourceSpec::Webhook(_) => (&[], &[]),
+            // A connection's own verify secret: instead of the pipeline's
+            // (required when it has none). Not with attribution by pointer,
+            // where the connection is known only once the body is parsed.
+            SourceSpec::Webhook(w) => match &w.verify {
+                Some(v) if !by_pointer && v.secret_envs.is_empty() => (&["secret"], &[]),
+                Some(_) if !by_pointer => (&[], &["secret"]),
+                _ => (&[], &[]),
+            },
             SourceSpec::Poll(p) => match &p.auth {
                 AuthSpec::None => (&[], &[]),
                 AuthSpec::Bearer { .. } => (&["token"], &[]),

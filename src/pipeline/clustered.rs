@@ -95,7 +95,7 @@ pub(super) async fn build(
                 .connections_bucket(&spec.name)
                 .await
                 .map_err(unavailable)?;
-            let fields = crate::connections::Fields::of(&spec.source);
+            let fields = crate::connections::Fields::of(spec);
             Some(
                 crate::connections::store::Store::open_bucket(
                     kv, &spec.name, keys, fields, notifier,

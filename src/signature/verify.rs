@@ -97,6 +97,9 @@ pub enum Rejected {
     /// More than [`MAX_CANDIDATES`] signatures.
     #[error("{0} offers more than {MAX_CANDIDATES} signatures; send the current one (and the previous one while a secret rotates)")]
     TooMany(&'static str),
+    /// A connection's own secret cannot be used with the scheme.
+    #[error("the connection's secret is unusable ({0}); PATCH the connection with a valid one")]
+    Unusable(String),
     /// The check itself failed to finish (its task panicked).
     #[error("the signature check did not finish")]
     Unfinished,
@@ -181,6 +184,12 @@ impl Verifier {
             keys,
             tolerance,
         })
+    }
+
+    /// A verifier of the same scheme and tolerance with `secret` alone (a
+    /// connection's own), named `name` in errors.
+    pub fn with_secret(&self, name: &str, secret: String) -> Result<Self, SecretError> {
+        Self::from_secrets(&self.scheme, self.tolerance, &[(name, secret)])
     }
 
     /// A verifier of `scheme` with `secrets` as they are (tests).

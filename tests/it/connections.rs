@@ -313,10 +313,19 @@ fn check_names_each_connections_mistake() {
 
     // An attribution pointer that is not one; a header and a pointer both.
     for (attribute, named) in [
-        ("{ pointer = \"portalId\" }", "connections.attribute.pointer"),
+        (
+            "{ pointer = \"portalId\" }",
+            "connections.attribute.pointer",
+        ),
         (
             "{ pointer = \"/portalId\", header = \"X-Shop\" }",
             "names both a header and a pointer",
+        ),
+        // By pointer, the signature is checked before any connection is
+        // known: the app's secret is needed.
+        (
+            "{ pointer = \"/portalId\" }\n\n[source.verify]\nscheme = \"hubspot-v3\"",
+            "source.verify.secret_env",
         ),
     ] {
         project.write(
@@ -1455,4 +1464,118 @@ print(json.dumps(rows))
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(rows, expected, "{}", project.log());
+}
+
+/// GitHub's `X-Hub-Signature-256` of `body` under `secret`.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_verifies_its_webhooks_with_its_own_secret() {
+    let project = Project::new();
+    // Each customer registered the repository webhook with a secret of its
+    // own: the pipeline names none.
+    project.write(
+        "pipelines/repos.toml",
+        r#"name = "repos"
+schema = "infer"
+
+[source]
+type = "webhook"
+path = "/hooks/github"
+verify = { scheme = "github" }
+
+[connections]
+
+[batch]
+max_age = "200ms"
+
+[[sink]]
+type = "parquet"
+partition_by = ["_connection"]
+"#,
+    );
+    let key = tributary_key(&project);
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    // Without the secret the pipeline leaves to each connection: 400.
+    let missing = client
+        .post(project.url("/api/pipelines/repos/connections"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"id": "nosecret"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    let why = missing.text().await.unwrap();
+    assert!(why.contains("secret"), "{why}");
+    let secrets = [
+        ("acme", "acme-hook-s3cr3t"),
+        ("globex", "globex-hook-s3cr3t"),
+    ];
+    for (id, secret) in secrets {
+        add(
+            &project,
+            "repos",
+            json!({"id": id, "credentials": {"secret": secret}}),
+        )
+        .await;
+    }
+    // A push GitHub published in its webhook examples.
+    let push = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/corpus/github/push_new_branch.json"
+    ))
+    .unwrap();
+    let post = |id: &str, secret: &str| {
+        let request = client
+            .post(project.url(&format!("/hooks/github/{id}")))
+            .header(CONTENT_TYPE, "application/json")
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", github_signature(secret, &push))
+            .body(push.clone());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post("acme", "acme-hook-s3cr3t").await, 202);
+    assert_eq!(post("globex", "globex-hook-s3cr3t").await, 202);
+    assert_eq!(
+        post("acme", "globex-hook-s3cr3t").await,
+        401,
+        "another connection's secret does not verify"
+    );
+    // A new secret: the old one no longer verifies.
+    let patched = client
+        .patch(project.url("/api/pipelines/repos/connections/acme"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"credentials": {"secret": "acme-rotated-s3cr3t"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    assert_eq!(post("acme", "acme-hook-s3cr3t").await, 401);
+    assert_eq!(post("acme", "acme-rotated-s3cr3t").await, 202);
+    let script = r#"
+import json, sys, duckdb
+try:
+    rows = dict(duckdb.sql("SELECT _connection, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall())
+except duckdb.IOException:
+    rows = {}
+print(json.dumps(rows))
+"#;
+    let table = project.table_dir_of("repos");
+    let mut rows = json!({});
+    for _ in 0..150 {
+        rows = python_json(script, &[table.to_str().unwrap()]);
+        if rows == json!({"acme": 2, "globex": 1}) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows, json!({"acme": 2, "globex": 1}), "{}", project.log());
+    assert_nowhere_under(&project, &["s3cr3t"]);
 }

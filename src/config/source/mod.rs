@@ -78,7 +78,7 @@ pub(super) fn validate(
         Some(RawSource::Poll(p)) => return poll::source(p, connections, e),
         Some(RawSource::Webhook(w)) => w,
     };
-    webhook::validate(raw, e).map(SourceSpec::Webhook)
+    webhook::validate(raw, connections, e).map(SourceSpec::Webhook)
 }
 
 /// What every source kind answers from its config alone. Each kind's spec

@@ -76,7 +76,13 @@ fn encoding<S: Serializer>(base64: &bool, s: S) -> Result<S::Ok, S::Error> {
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Validates a webhook's `verify`.
-pub(in crate::config) fn validate(raw: &RawVerify, e: &mut Errors<'_>) -> Option<VerifySpec> {
+/// With `connections`, `secret_env` may be left out: each connection then
+/// gives its own secret.
+pub(in crate::config) fn validate(
+    raw: &RawVerify,
+    connections: bool,
+    e: &mut Errors<'_>,
+) -> Option<VerifySpec> {
     let start = e.list.len();
     let scheme_name = raw.scheme.as_deref().unwrap_or("");
     let generic = scheme_name == "hmac";
@@ -141,6 +147,8 @@ pub(in crate::config) fn validate(raw: &RawVerify, e: &mut Errors<'_>) -> Option
         Some(list) if !list.to_vec().is_empty() && list.to_vec().iter().all(|n| !n.is_empty()) => {
             list.to_vec()
         }
+        // Each connection gives "secret".
+        None if connections => Vec::new(),
         _ => {
             e.push("source.verify.secret_env", "missing", "name the env var that holds the provider's webhook secret, e.g. secret_env = \"SHOPIFY_WEBHOOK_SECRET\"; several for rotation");
             Vec::new()

@@ -56,12 +56,17 @@ fn dedupe_or_off<S: Serializer>(dedupe: &Option<DedupeSpec>, s: S) -> Result<S::
     }
 }
 
-/// Checks a webhook source.
-pub(in crate::config) fn validate(raw: &RawWebhook, e: &mut Errors<'_>) -> Option<WebhookSpec> {
+/// Checks a webhook source; with `connections`, each connection may bring
+/// its own verify secret.
+pub(in crate::config) fn validate(
+    raw: &RawWebhook,
+    connections: bool,
+    e: &mut Errors<'_>,
+) -> Option<WebhookSpec> {
     let verify = raw
         .verify
         .as_ref()
-        .and_then(|v| super::verify::validate(v, e));
+        .and_then(|v| super::verify::validate(v, connections, e));
     let path = match raw.path.as_deref() {
         None => {
             e.push(

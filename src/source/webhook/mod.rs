@@ -203,11 +203,11 @@ pub async fn receive(
     // The head stays for a signature check, which also covers headers and URL.
     let (head, body) = request.into_parts();
     let bytes = read(route, body).await?;
-    if let Some((verifier, with)) = verify(route, &head, &bytes).await? {
+    if let Some((verifier, with)) = verify(route, connection.as_deref(), &head, &bytes).await? {
         // A provider checking the URL before it subscribes: answered, not stored.
         if let Some(handshake) = Handshake::of(verifier.scheme(), &bytes) {
             debug!(pipeline = %route.pipeline, "Answered the provider's registration handshake.");
-            return Ok((StatusCode::OK, Json(handshake.answer(verifier, with))).into_response());
+            return Ok((StatusCode::OK, Json(handshake.answer(&verifier, with))).into_response());
         }
     }
     let payloads = parse(&head.headers, &bytes, format)?;
@@ -460,14 +460,34 @@ async fn read(route: &Route, body: Body) -> Result<bytes::Bytes, Refusal> {
 }
 
 /// The provider's signature on the raw body, if `verify` is set: the
-/// verifier and which of its secrets signed.
-async fn verify<'r>(
-    route: &'r Route,
+/// verifier and which of its secrets signed. A connection with its own
+/// `secret` is verified with it, instead of the pipeline's.
+async fn verify(
+    route: &Route,
+    connection: Option<&str>,
     head: &axum::http::request::Parts,
     bytes: &bytes::Bytes,
-) -> Result<Option<(&'r Arc<verify::Verifier>, verify::SignedWith)>, Refusal> {
-    let Some(verifier) = &route.verifier else {
+) -> Result<Option<(Arc<verify::Verifier>, verify::SignedWith)>, Refusal> {
+    let Some(shared) = &route.verifier else {
         return Ok(None);
+    };
+    let own = match (&route.connections, connection) {
+        (Some(store), Some(id)) => store
+            .credentials(id)
+            .ok()
+            .and_then(|mut c| c.remove("secret")),
+        _ => None,
+    };
+    let verifier = match own {
+        None => shared.clone(),
+        Some(secret) => match shared.with_secret("the connection's secret", secret) {
+            Ok(own) => Arc::new(own),
+            Err(e) => {
+                return Err(Refusal::Signature(verify::Rejected::Unusable(
+                    e.to_string(),
+                )))
+            }
+        },
     };
     let text = |name| {
         head.headers
@@ -484,7 +504,7 @@ async fn verify<'r>(
     // A MAC over a large body takes milliseconds: off the async workers.
     // Only then are the headers copied (the blocking task owns them).
     let verdict = if bytes.len() <= INLINE_VERIFY_BYTES {
-        check_signature(verifier, &head.headers, &url, bytes, now)
+        check_signature(&verifier, &head.headers, &url, bytes, now)
     } else {
         let (verifier, headers, body) = (verifier.clone(), head.headers.clone(), bytes.clone());
         tokio::task::spawn_blocking(move || check_signature(&verifier, &headers, &url, &body, now))
