@@ -100,7 +100,9 @@ async fn shard_holders(leases: &async_nats::jetstream::kv::Store) -> Vec<Option<
 /// DuckDB read (a moment later: the table may have grown); empty before
 /// its first commit.
 fn rows_by_account(table: &Path) -> (HashMap<String, usize>, usize) {
-    if !table.join("_delta_log").is_dir() {
+    // Version 0 creates the inferred table with its metadata columns only;
+    // the records' columns come with the first rows.
+    if !table.join("_delta_log/00000000000000000001.json").is_file() {
         return (HashMap::new(), 0);
     }
     let view = read_delta(table.to_str().unwrap(), &[], &["_connection", "id"], &[]);
