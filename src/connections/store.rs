@@ -49,6 +49,10 @@ pub struct View {
     /// How its poll runs go, once one has ended since the start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<crate::source::poll::health::PollSnapshot>,
+    /// Records of this connection made durable (polled, or received by
+    /// webhook) since this process started, like a Prometheus counter: on
+    /// a JetStream log, those this node stored.
+    pub records_total: u64,
 }
 
 impl From<&Stored> for View {
@@ -63,6 +67,7 @@ impl From<&Stored> for View {
             error: s.error.clone(),
             matches: s.matches.clone(),
             last_run: None,
+            records_total: 0,
         }
     }
 }
@@ -336,11 +341,24 @@ impl Store {
             .health
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        view.last_run = health
-            .get(&view.id)
+        let of = health.get(&view.id);
+        view.last_run = of
             .map(|h| h.snapshot())
             .filter(|s| s.state != crate::source::poll::health::PollRuns::Waiting);
+        view.records_total = of.map_or(0, |h| h.records_total());
         view
+    }
+
+    /// Counts one durable record for each connection in `owners` (one
+    /// entry per record).
+    pub fn count<'e>(&self, owners: impl IntoIterator<Item = &'e Arc<str>>) {
+        let mut counts: std::collections::HashMap<&str, u64> = Default::default();
+        for id in owners {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (id, n) in counts {
+            self.health_of(id).add_records(n);
+        }
     }
 
     /// Counts by state, and the failing connections (refused, or whose last

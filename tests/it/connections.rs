@@ -1344,6 +1344,8 @@ async fn rekey_seals_every_credential_again_so_the_old_key_can_go() {
     let list: Value = get_json(&project.url("/api/pipelines/crm/connections")).await;
     for c in list["connections"].as_array().unwrap() {
         assert_eq!(c["state"], "active", "{c}");
+        // What this process stored of it: the two records added since.
+        assert_eq!(c["records_total"], 2, "{c}");
     }
     assert_nowhere_under(&project, &["s3cr3t"]);
 }
@@ -1464,6 +1466,11 @@ print(json.dumps(rows))
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(rows, expected, "{}", project.log());
+    // Each connection counts the events stored for it.
+    for (id, n) in [("acme", 3), ("globex", 2)] {
+        let c = get_json(&project.url(&format!("/api/pipelines/hubspot/connections/{id}"))).await;
+        assert_eq!(c["records_total"], n, "{c}");
+    }
 }
 
 /// GitHub's `X-Hub-Signature-256` of `body` under `secret`.

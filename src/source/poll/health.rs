@@ -43,6 +43,9 @@ pub struct PollHealth {
     /// A std mutex: the poller writes and the admin API reads a few fields,
     /// never across an await.
     inner: Mutex<PollSnapshot>,
+    /// Records made durable since this process started (a connection's:
+    /// its poll pages' and its webhooks' events).
+    records: std::sync::atomic::AtomicU64,
 }
 
 impl Default for PollHealth {
@@ -55,6 +58,7 @@ impl Default for PollHealth {
                 last_error_us: None,
                 failures: 0,
             }),
+            records: Default::default(),
         }
     }
 }
@@ -62,6 +66,17 @@ impl Default for PollHealth {
 impl PollHealth {
     fn update<T>(&self, change: impl FnOnce(&mut PollSnapshot) -> T) -> T {
         change(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `n` more records are durable.
+    pub fn add_records(&self, n: u64) {
+        self.records
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records made durable since this process started.
+    pub fn records_total(&self) -> u64 {
+        self.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A run succeeded.

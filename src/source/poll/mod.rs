@@ -398,10 +398,12 @@ impl Poller {
             .run
             .as_ref()
             .map_or((0, 0), |r| (r.pages, r.records));
+        let health = self.health.clone();
         let result = self
             .run_pages(&mut |run: &RunState| {
                 pages.increment(run.pages.saturating_sub(counted.0));
                 records.increment(run.records.saturating_sub(counted.1));
+                health.add_records(run.records.saturating_sub(counted.1));
                 counted = (run.pages, run.records);
                 progress(run);
             })

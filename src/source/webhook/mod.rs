@@ -231,12 +231,16 @@ pub async fn receive(
         let events: Vec<Event> = payloads.into_iter().map(make).collect();
         let accepted = accepted_body(events.iter().map(|e| &e.id), None);
         let count = events.len() as u64;
+        let owners: Vec<Arc<str>> = events.iter().filter_map(|e| e.connection.clone()).collect();
         if !events.is_empty() {
             route
                 .appender
                 .append(events)
                 .await
                 .map_err(|e| append_failed(route, e))?;
+        }
+        if let Some(store) = &route.connections {
+            store.count(&owners);
         }
         route.metrics.events.increment(count);
         route.metrics.bytes.increment(bytes.len() as u64);
@@ -280,6 +284,7 @@ async fn store_deduped(
     // its settling run on their own task: a client that hangs up cannot leave
     // an id claimed but never settled.
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let owners: Vec<Option<Arc<str>>> = events.iter().map(|e| e.connection.clone()).collect();
     events.push(claim.record());
     let (appender, dedupe) = (route.appender.clone(), dedupe.clone());
     let stored = tokio::spawn(async move {
@@ -290,6 +295,12 @@ async fn store_deduped(
     .await
     .unwrap_or(Err(crate::log::AppendError::Closed));
     let (range, dropped) = stored.map_err(|e| append_failed(route, e))?;
+    if let Some(store) = &route.connections {
+        let kept = owners
+            .iter()
+            .zip(dropped.iter().chain(std::iter::repeat(&false)));
+        store.count(kept.filter(|(_, d)| !**d).filter_map(|(o, _)| o.as_ref()));
+    }
     // The range includes the ids' state record.
     route.metrics.events.increment(range.end - range.start - 1);
     route.metrics.bytes.increment(body_len as u64);
