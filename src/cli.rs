@@ -249,8 +249,13 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
     /// The env var holding the provider API credential.
-    #[arg(long, value_name = "VAR")]
+    #[arg(long, value_name = "VAR", conflicts_with = "connection")]
     pub token_env: Option<String>,
+    /// Register for this connection of a `[connections]` pipeline: the
+    /// running server subscribes with the connection's own `api_token` (and
+    /// verify `secret`), at --url ending with `<path>/<ID>`.
+    #[arg(long, value_name = "ID", requires = "pipeline")]
+    pub connection: Option<String>,
     /// Read what exists and print the writes, without making them.
     #[arg(long)]
     pub dry_run: bool,

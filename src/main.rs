@@ -220,7 +220,7 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> Outcome {
                 ..Default::default()
             };
             match runtime.block_on(register::register(pipeline, &request)) {
-                Ok(out) => print!("{}", indent(&out)),
+                Ok(registered) => print!("{}", indent(&registered.out)),
                 Err(e) => {
                     println!("  skipped: {e}");
                     failed |= !matches!(e, RegisterError::Usage(_) | RegisterError::Env { .. });
@@ -234,6 +234,22 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> Outcome {
         });
     }
     let pipeline = pipelines[0];
+    if let Some(id) = &args.connection {
+        // The server holds the connection's credentials: it registers.
+        let body = serde_json::json!({
+            "url": args.url, "events": args.events, "repo": args.repo, "org": args.org,
+            "shop": args.shop, "api": args.api, "dry_run": args.dry_run, "list": args.list,
+        });
+        let path = format!("/api/pipelines/{}/connections/{id}/register", pipeline.name);
+        let answer = runtime
+            .block_on(async {
+                let client = tributary::admin_client::AdminClient::new(&config.global)?;
+                client.call(reqwest::Method::POST, &path, Some(&body)).await
+            })
+            .map_err(failed)?;
+        print!("{}", answer["output"].as_str().unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
     let request = register::Request {
         url: args.url,
         events: args.events,
@@ -244,10 +260,11 @@ fn register(config: &Config, args: tributary::cli::RegisterArgs) -> Outcome {
         token_env: args.token_env,
         dry_run: args.dry_run,
         list: args.list,
+        ..Default::default()
     };
     match runtime.block_on(register::register(pipeline, &request)) {
-        Ok(out) => {
-            print!("{out}");
+        Ok(registered) => {
+            print!("{}", registered.out);
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ (RegisterError::Usage(_) | RegisterError::Env { .. })) => Err(usage(e)),

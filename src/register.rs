@@ -13,6 +13,12 @@
 //! reads what exists and prints the writes it would make. Credentials come from the environment and never reach the
 //! output; Stripe's signing secret, which it returns once, is printed once
 //! with the env var to store it in and is not written to disk.
+//!
+//! For one connection of a `[connections]` pipeline (`--connection ID`) the
+//! running server registers, with the connection's own `api_token` and
+//! verify `secret` (credentials never leave the server): the URL ends with
+//! `<path>/<id>`, and a signing secret Stripe returns is kept, sealed, in
+//! the connection instead of being printed.
 
 use std::fmt::Write as _;
 
@@ -44,6 +50,23 @@ pub struct Request {
     pub dry_run: bool,
     /// Only list the subscriptions that exist.
     pub list: bool,
+    /// The API credential itself (a connection's), instead of an env var's.
+    pub token: Option<String>,
+    /// The verify secret itself (a connection's), instead of the pipeline's
+    /// `secret_env`.
+    pub secret: Option<String>,
+    /// The connection registered for: its URL is `<path>/<id>`.
+    pub connection: Option<String>,
+}
+
+/// What a registration did.
+#[derive(Debug, Default)]
+pub struct Registered {
+    /// What it printed.
+    pub out: String,
+    /// A signing secret the provider made (Stripe's, returned once), when
+    /// registering for a connection: the caller keeps it in the connection.
+    pub signing_secret: Option<String>,
 }
 
 /// Why registering failed.
@@ -125,6 +148,10 @@ struct Api {
     token: String,
     dry_run: bool,
     out: String,
+    /// Registering for a connection: a secret the provider returns is kept
+    /// here, not printed.
+    for_connection: bool,
+    signing_secret: Option<String>,
 }
 
 impl Api {
@@ -324,8 +351,8 @@ struct Sorted<'a> {
     others: Vec<&'a Value>,
 }
 
-/// Registers (or lists) `pipeline`'s subscription; returns what it printed.
-pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, RegisterError> {
+/// Registers (or lists) `pipeline`'s subscription (or its connection's).
+pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<Registered, RegisterError> {
     let SourceSpec::Webhook(webhook) = &pipeline.source else {
         return Err(RegisterError::Usage(format!(
             "pipeline {} polls; only webhook pipelines subscribe with a provider",
@@ -358,10 +385,22 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
                     "--url {url} is not https; providers deliver to public https:// addresses"
                 )));
             }
-            if !ends_with_path(url, &webhook.path) {
+            // A connection's own URL, unless webhooks name theirs otherwise.
+            let attributed = pipeline
+                .connections
+                .as_ref()
+                .is_some_and(|c| c.attribute_header.is_some() || c.attribute_pointer.is_some());
+            let path = match &req.connection {
+                Some(id) if !attributed => format!("{}/{id}", webhook.path.trim_end_matches('/')),
+                _ => webhook.path.clone(),
+            };
+            if !ends_with_path(url, &path) {
+                let whose = match &req.connection {
+                    Some(id) if !attributed => format!("connection {id}'s path"),
+                    _ => "the pipeline's path".to_string(),
+                };
                 return Err(RegisterError::Usage(format!(
-                    "--url {url} does not end with the pipeline's path {}; tributary answers only there (add the path to the URL)",
-                    webhook.path
+                    "--url {url} does not end with {whose} {path}; tributary answers only there (add the path to the URL)"
                 )));
             }
             Some(url.clone())
@@ -378,8 +417,10 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
         .token_env
         .clone()
         .unwrap_or_else(|| provider.token_env().to_string());
-    let token = std::env::var(&token_env)
-        .ok()
+    let token = req
+        .token
+        .clone()
+        .or_else(|| std::env::var(&token_env).ok())
         .filter(|t| !t.is_empty())
         .ok_or(RegisterError::Env {
         var: token_env,
@@ -429,6 +470,8 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
         token,
         dry_run: req.dry_run,
         out: String::new(),
+        for_connection: req.connection.is_some(),
+        signing_secret: None,
     };
     let secret_env = verify.secret_envs.first().cloned().unwrap_or_default();
     match provider {
@@ -456,7 +499,10 @@ pub async fn register(pipeline: &PipelineSpec, req: &Request) -> Result<String, 
         }
         Provider::Shopify => shopify::shopify(&mut api, &webhook.path, url.as_deref(), req).await?,
     }
-    Ok(api.out)
+    Ok(Registered {
+        out: api.out,
+        signing_secret: api.signing_secret,
+    })
 }
 
 fn list(api: &mut Api, lines: impl Iterator<Item = String>) {

@@ -76,11 +76,22 @@ impl Fields {
             // A connection's own verify secret: instead of the pipeline's
             // (required when it has none). Not with attribution by pointer,
             // where the connection is known only once the body is parsed.
-            SourceSpec::Webhook(w) => match &w.verify {
-                Some(v) if !by_pointer && v.secret_envs.is_empty() => (&["secret"], &[]),
-                Some(_) if !by_pointer => (&[], &["secret"]),
-                _ => (&[], &[]),
-            },
+            // And `api_token`, the provider API credential `tributary
+            // register --connection` subscribes with (a scheme it knows).
+            SourceSpec::Webhook(w) => {
+                let registers = crate::register::provider_of(pipeline).is_some();
+                match &w.verify {
+                    // `register --connection` may bring the secret (Stripe's).
+                    Some(v) if !by_pointer && v.secret_envs.is_empty() && registers => {
+                        (&[], &["secret", "api_token"])
+                    }
+                    Some(v) if !by_pointer && v.secret_envs.is_empty() => (&["secret"], &[]),
+                    Some(_) if !by_pointer && registers => (&[], &["secret", "api_token"]),
+                    Some(_) if !by_pointer => (&[], &["secret"]),
+                    _ if registers => (&[], &["api_token"]),
+                    _ => (&[], &[]),
+                }
+            }
             SourceSpec::Poll(p) => match &p.auth {
                 AuthSpec::None => (&[], &[]),
                 AuthSpec::Bearer { .. } => (&["token"], &[]),

@@ -56,7 +56,10 @@ pub(super) async fn github(
     } else {
         req.events.clone()
     };
-    let secret = std::env::var(secret_env).ok().filter(|s| !s.is_empty()).ok_or(RegisterError::Env {
+    if req.connection.is_some() && req.secret.is_none() && secret_env.is_empty() {
+        return Err(RegisterError::Usage("the connection has no \"secret\": PATCH its credentials with one of your choosing (GitHub signs with it, tributary verifies with it)".into()));
+    }
+    let secret = req.secret.clone().or_else(|| std::env::var(secret_env).ok()).filter(|s| !s.is_empty()).ok_or(RegisterError::Env {
         var: secret_env.to_string(),
         what: "the webhook secret (source.verify.secret_env): GitHub signs with it, tributary verifies with it",
     })?;

@@ -81,7 +81,13 @@ pub(super) async fn stripe(
                     pipeline.name,
                     events.join(",")
                 );
-                if let Some(secret) = created["secret"].as_str() {
+                if let (Some(secret), true) = (created["secret"].as_str(), api.for_connection) {
+                    api.signing_secret = Some(secret.to_string());
+                    let _ = writeln!(
+                        api.out,
+                        "Stripe's signing secret for it is kept, sealed, in the connection (its \"secret\"); it verifies the connection's deliveries from now on."
+                    );
+                } else if let Some(secret) = created["secret"].as_str() {
                     let _ = writeln!(
                         api.out,
                         "Stripe's signing secret for it, shown only now (tributary does not store it):\n  {secret_env}={secret}\nSet {secret_env} to it where tributary runs (source.verify.secret_env), then restart tributary."

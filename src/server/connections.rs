@@ -6,6 +6,10 @@
 //!   409 if the id exists, 400 naming missing or unknown credential fields;
 //! * `GET|PATCH|DELETE /api/pipelines/{pipeline}/connections/{id}`; PATCH
 //!   takes `{"state": "active"|"paused"}`, new `credentials` or `params`;
+//! * `POST /api/pipelines/{pipeline}/connections/{id}/register` with
+//!   `{"url", "events", "repo"|"org"|"shop", "api", "dry_run", "list"}`
+//!   subscribes the connection with its provider using its own `api_token`
+//!   and verify `secret` (see [`crate::register`]) → `{"output": …}`;
 //! * `POST /api/pipelines/{pipeline}/rekey` seals every connection's
 //!   credentials again under the current `TRIBUTARY_SECRET_KEY` →
 //!   `{"resealed": n}` (then the old key can leave `TRIBUTARY_SECRET_KEY_OLD`).
@@ -38,6 +42,10 @@ pub fn routes() -> Router<Arc<Admin>> {
             get(show).patch(change).delete(remove),
         )
         .route("/api/pipelines/{name}/rekey", axum::routing::post(rekey))
+        .route(
+            "/api/pipelines/{name}/connections/{id}/register",
+            axum::routing::post(register),
+        )
 }
 
 /// The request's store, or the answer that refuses it.
@@ -146,6 +154,103 @@ async fn add(
         tracing::info!(pipeline = %name, connection = %id, "Connection added.");
     }
     answer
+}
+
+/// What `register` takes for a connection (its credentials are the
+/// connection's own).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    url: Option<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    repo: Option<String>,
+    org: Option<String>,
+    shop: Option<String>,
+    api: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    list: bool,
+}
+
+async fn register(
+    State(admin): State<Arc<Admin>>,
+    Path((name, id)): Path<(String, String)>,
+    method: Method,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    use crate::register::RegisterError;
+    let store = match store(&admin, &name, &method, &headers, peer.as_deref()) {
+        Ok(store) => store,
+        Err(refused) => return refused,
+    };
+    let asked: Registration = match body(&headers, &bytes) {
+        Ok(asked) => asked,
+        Err(refused) => return refused,
+    };
+    let config = admin.config.load().as_ref().clone();
+    let Some(spec) = config
+        .as_ref()
+        .and_then(|c| c.pipelines.iter().find(|p| p.name == name).cloned())
+    else {
+        return webhook::error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline is named {name}"),
+        );
+    };
+    let credentials = match store.credentials(&id) {
+        Ok(credentials) => credentials,
+        Err(e) => return refused(e),
+    };
+    let Some(token) = credentials.get("api_token").cloned() else {
+        return webhook::error(
+            StatusCode::BAD_REQUEST,
+            format!("connection {id} has no api_token, the provider API credential to subscribe with; PATCH its credentials with one (and every other field it has)"),
+        );
+    };
+    let request = crate::register::Request {
+        url: asked.url,
+        events: asked.events,
+        repo: asked.repo,
+        org: asked.org,
+        shop: asked.shop,
+        api: asked.api,
+        dry_run: asked.dry_run,
+        list: asked.list,
+        token: Some(token),
+        secret: credentials.get("secret").cloned(),
+        connection: Some(id.clone()),
+        token_env: None,
+    };
+    let registered = match crate::register::register(&spec, &request).await {
+        Ok(registered) => registered,
+        Err(e @ (RegisterError::Usage(_) | RegisterError::Env { .. })) => {
+            return webhook::error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => return webhook::error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    if let Some(secret) = registered.signing_secret {
+        // The provider's new signing secret verifies this connection from now on.
+        let mut kept = credentials;
+        kept.insert("secret".into(), secret);
+        let patch = Patch {
+            credentials: Some(kept),
+            ..Default::default()
+        };
+        let connection = id.clone();
+        let stored = blocking(store, StatusCode::OK, move |s| s.patch(&connection, patch)).await;
+        if stored.status() != StatusCode::OK {
+            return webhook::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("subscribed, but the provider's signing secret could not be kept in connection {id}; roll the endpoint's secret at the provider and PATCH it into the connection's credentials as \"secret\""),
+            );
+        }
+    }
+    tracing::info!(pipeline = %name, connection = %id, dry_run = request.dry_run, "Registered a connection's webhook subscription.");
+    Json(json!({ "output": registered.out })).into_response()
 }
 
 async fn rekey(

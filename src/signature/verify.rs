@@ -98,7 +98,7 @@ pub enum Rejected {
     #[error("{0} offers more than {MAX_CANDIDATES} signatures; send the current one (and the previous one while a secret rotates)")]
     TooMany(&'static str),
     /// A connection's own secret cannot be used with the scheme.
-    #[error("the connection's secret is unusable ({0}); PATCH the connection with a valid one")]
+    #[error("the connection's secret is unusable: {0}")]
     Unusable(String),
     /// The check itself failed to finish (its task panicked).
     #[error("the signature check did not finish")]
@@ -184,6 +184,12 @@ impl Verifier {
             keys,
             tolerance,
         })
+    }
+
+    /// Whether it holds a secret (a connections pipeline may leave them all
+    /// to its connections).
+    pub fn has_secrets(&self) -> bool {
+        !self.keys.is_empty()
     }
 
     /// A verifier of the same scheme and tolerance with `secret` alone (a

@@ -579,3 +579,104 @@ async fn list_without_a_pipeline_shows_every_registrable_pipeline() {
         "{out}"
     );
 }
+
+/// A connections pipeline whose customers each registered their own
+/// repository hook: the server subscribes each connection with its own
+/// `api_token` and `secret`, at the connection's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_registers_with_its_own_token_and_secret_through_the_server() {
+    use serde_json::json;
+    let project = Project::new();
+    let fake = Fake::start(project.path()).await;
+    project.write(
+        "pipelines/repos.toml",
+        r#"name = "repos"
+schema = "infer"
+
+[source]
+type = "webhook"
+path = "/hooks/repos"
+verify = { scheme = "github" }
+
+[connections]
+
+[[sink]]
+type = "parquet"
+"#,
+    );
+    let key = project.command(&["connections", "keygen"]);
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    // No provider token in the environment: each connection brings its own.
+    let env = [("TRIBUTARY_SECRET_KEY", key.as_str())];
+    let _server = project.start_with_env(&env).await;
+    let client = reqwest::Client::new();
+    for (id, credentials) in [
+        (
+            "acme",
+            json!({"secret": "acme-hook-s3cr3t", "api_token": TOKEN}),
+        ),
+        (
+            "globex",
+            json!({"secret": "globex-hook-s3cr3t", "api_token": "not-the-token-s3cr3t"}),
+        ),
+    ] {
+        let added = client
+            .post(project.url("/api/pipelines/repos/connections"))
+            .header("content-type", "application/json")
+            .body(json!({"id": id, "credentials": credentials}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201);
+    }
+    let run = |id: &str, url: &str| {
+        let out = project.command(&[
+            "register",
+            "repos",
+            "--connection",
+            id,
+            "--url",
+            url,
+            "--repo",
+            "octo/hello",
+            "--api",
+            &fake.api,
+            "--events",
+            "push",
+        ]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run("acme", "https://hooks.example/hooks/repos/acme");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("created: GitHub hook"), "{out}");
+    let writes = fake.writes();
+    assert_eq!(writes.len(), 1);
+    let body: serde_json::Value =
+        serde_json::from_str(writes[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["config"]["url"],
+        "https://hooks.example/hooks/repos/acme"
+    );
+    assert_eq!(
+        body["config"]["secret"], "acme-hook-s3cr3t",
+        "the connection's own secret"
+    );
+    let (code, out, _) = run("acme", "https://hooks.example/hooks/repos/acme");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("unchanged:"), "{out}");
+    // Another connection's URL, or the pipeline's own: refused, naming it.
+    let (code, _, err) = run("acme", "https://hooks.example/hooks/repos");
+    assert_ne!(code, 0);
+    assert!(err.contains("/hooks/repos/acme"), "{err}");
+    // A token the provider refuses: its answer, never the token.
+    let (code, _, err) = run("globex", "https://hooks.example/hooks/repos/globex");
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && !err.contains("s3cr3t"), "{err}");
+    assert_eq!(fake.writes().len(), 1, "nothing written for globex");
+    let log = project.log();
+    assert!(!log.contains("s3cr3t") && !log.contains(TOKEN), "{log}");
+}

@@ -490,13 +490,18 @@ async fn verify(
         _ => None,
     };
     let verifier = match own {
+        None if !shared.has_secrets() => {
+            return Err(Refusal::Signature(verify::Rejected::Unusable(
+                "the connection has no secret yet: register it (tributary register --connection) or PATCH its credentials with \"secret\"".into(),
+            )))
+        }
         None => shared.clone(),
         Some(secret) => match shared.with_secret("the connection's secret", secret) {
             Ok(own) => Arc::new(own),
             Err(e) => {
-                return Err(Refusal::Signature(verify::Rejected::Unusable(
-                    e.to_string(),
-                )))
+                return Err(Refusal::Signature(verify::Rejected::Unusable(format!(
+                    "{e}; PATCH the connection with a valid one"
+                ))))
             }
         },
     };
