@@ -215,10 +215,28 @@ impl Client {
     /// the field named like its auth key without `_env` (`token`,
     /// `password`, `client_id`, …) when the connection gives it, else from
     /// the pipeline's env var (app-level secrets).
+    ///
+    /// An OAuth 2 connection that gives its current `access_token` with
+    /// `expires_at` (RFC 3339, or seconds since the epoch) uses it until
+    /// shortly before then, instead of refreshing at its first run.
     pub fn with_credentials(
         mut self,
         credentials: std::collections::BTreeMap<String, String>,
     ) -> Self {
+        if let (Some(token), Some(left)) = (
+            credentials.get("access_token"),
+            credentials
+                .get("expires_at")
+                .and_then(|at| seconds_left(at, chrono::Utc::now())),
+        ) {
+            let lifetime = Duration::from_secs(left);
+            if lifetime > TOKEN_MARGIN {
+                *self.token.get_mut().expect("token lock") = Some(Token {
+                    value: token.clone(),
+                    renew_at: Instant::now() + (lifetime - TOKEN_MARGIN),
+                });
+            }
+        }
         self.credentials = Some(credentials);
         self
     }
@@ -492,6 +510,18 @@ impl Client {
         });
         Ok(answer.access_token)
     }
+}
+
+/// Seconds from `now` until `at` (RFC 3339, or seconds since the epoch);
+/// `None` if it is neither, or past.
+fn seconds_left(at: &str, now: chrono::DateTime<chrono::Utc>) -> Option<u64> {
+    let at = match at.trim().parse::<i64>() {
+        Ok(seconds) => chrono::DateTime::from_timestamp(seconds, 0)?,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(at.trim())
+            .ok()?
+            .with_timezone(&chrono::Utc),
+    };
+    u64::try_from((at - now).num_seconds()).ok()
 }
 
 fn too_large(spec: &PollSpec) -> PollError {

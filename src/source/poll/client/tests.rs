@@ -135,3 +135,38 @@ async fn retries_give_up_after_max_retries_and_shutdown_cuts_the_wait() {
     let result = with_retries(3, false, &stop, |_| async { Ok(answer(429, Some("600"))) }).await;
     assert!(matches!(result, Err(PollError::Stopped)));
 }
+
+#[test]
+fn a_connections_access_token_is_used_until_shortly_before_it_expires() {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(seconds_left("2026-12-07T13:00:00Z", now), Some(3600));
+    assert_eq!(seconds_left("2026-12-07T14:00:00+01:00", now), Some(3600));
+    assert_eq!(
+        seconds_left(&(now.timestamp() + 90).to_string(), now),
+        Some(90)
+    );
+    assert_eq!(seconds_left("2026-12-07T11:00:00Z", now), None, "past");
+    assert_eq!(seconds_left("tomorrow", now), None);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let credentials = [
+        ("access_token".to_string(), "at-1".to_string()),
+        ("expires_at".to_string(), later),
+        ("refresh_token".to_string(), "rt-1".to_string()),
+    ];
+    let client = Client::on(reqwest::Client::new()).with_credentials(credentials.into());
+    let seeded = client.token.lock().unwrap();
+    let token = seeded.as_ref().expect("a live access token is kept");
+    assert_eq!(token.value, "at-1");
+    assert!(token.renew_at > Instant::now() + Duration::from_secs(3000));
+    drop(seeded);
+    // One about to expire is not: the first run refreshes.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc3339();
+    let credentials = [
+        ("access_token".to_string(), "at-2".to_string()),
+        ("expires_at".to_string(), soon),
+    ];
+    let client = Client::on(reqwest::Client::new()).with_credentials(credentials.into());
+    assert!(client.token.lock().unwrap().is_none());
+}
