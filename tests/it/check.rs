@@ -542,3 +542,33 @@ fn the_json_schemas_take_every_shipped_file_and_refuse_a_misspelt_key() {
     let lines = validate(&run("config"), &[root.join("tributary.toml")]);
     assert!(lines[0].ends_with(" ok"), "{lines:?}");
 }
+
+/// `docs/reference.md` is what `scripts/config_reference.py` makes from
+/// `tributary schema config|pipeline`: every key the files take, current.
+#[test]
+fn the_configuration_reference_is_generated_from_the_schema_and_current() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(root.join("scripts/config_reference.py"))
+        .arg(env!("CARGO_BIN_EXE_tributary"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let checked_in = std::fs::read_to_string(root.join("docs/reference.md")).unwrap();
+    assert!(
+        generated == checked_in,
+        "docs/reference.md is not current: run scripts/config_reference.py target/debug/tributary > docs/reference.md"
+    );
+    // It names keys of every kind, from both files.
+    for key in [
+        "`listen`",
+        "`log.servers`",
+        "`source.verify`",
+        "`sink[].partition_by`",
+        "`connections.attribute.pointer`",
+    ] {
+        assert!(generated.contains(key), "{key} is missing");
+    }
+}
