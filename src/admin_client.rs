@@ -251,6 +251,89 @@ pub fn parse_since(text: &str) -> Result<i64, ClientError> {
     Ok(crate::event::now_us() - back.as_micros() as i64)
 }
 
+/// `status --watch`'s table: per pipeline, events in per second (its log's
+/// end) and per sink events out per second (its committed offset), from
+/// `before` (the answer `elapsed` earlier; none on the first frame), with
+/// lags, dead letters and the last error.
+pub fn rates_table(before: Option<(&Value, std::time::Duration)>, now: &Value) -> String {
+    let mut rows = vec![[
+        "PIPELINE",
+        "SINK",
+        "STATE",
+        "IN/S",
+        "OUT/S",
+        "LAG",
+        "LAG_S",
+        "DEAD",
+        "LAST_ERROR",
+    ]
+    .map(String::from)];
+    let rate = |path: &dyn Fn(&Value) -> Option<u64>, pipeline: &str, sink: Option<&str>| {
+        let (then, elapsed) = before?;
+        let find = |all: &Value| -> Option<u64> {
+            let p = all["pipelines"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == pipeline)?;
+            match sink {
+                None => path(p),
+                Some(sink) => path(p["sinks"].as_array()?.iter().find(|s| s["name"] == sink)?),
+            }
+        };
+        let (a, b) = (find(then)?, find(now)?);
+        Some(b.saturating_sub(a) as f64 / elapsed.as_secs_f64().max(1e-3))
+    };
+    let shown = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.0}"));
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    for p in now["pipelines"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        let end = |p: &Value| p["log"]["end_offset"].as_u64();
+        rows.push([
+            name.to_string(),
+            "(in)".into(),
+            p["poll"]["state"].as_str().unwrap_or("").into(),
+            shown(rate(&end, name, None)),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            p["poll"]["last_error"].as_str().unwrap_or("").into(),
+        ]);
+        for s in p["sinks"].as_array().into_iter().flatten() {
+            let committed = |s: &Value| s["committed_offset"].as_u64();
+            rows.push([
+                String::new(),
+                text(&s["name"]),
+                text(&s["state"]),
+                String::new(),
+                shown(rate(&committed, name, s["name"].as_str())),
+                text(&s["lag_events"]),
+                format!("{:.1}", s["lag_seconds"].as_f64().unwrap_or(0.0)),
+                text(&s["dead_letters"]),
+                s["last_error"].as_str().unwrap_or("").into(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The status table: one line per sink, and one for each poll source (its
 /// SINK `(source)`, its LAST_COMMIT the last successful run).
 pub fn table(pipelines: &Value) -> String {

@@ -304,8 +304,23 @@ pub struct CheckArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// Print the admin API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Refresh in place, like top: events in and out per second of each
+    /// pipeline and sink, lags, dead letters and errors, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: seconds between refreshes.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "watch"
+    )]
+    pub interval: f64,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,

@@ -110,6 +110,7 @@ fn dispatch(command: Command) -> Outcome {
             &args.pipeline,
             args.connection.as_deref(),
         ),
+        Command::Status(args) if args.watch => status_watch(&load(&args.config.paths())?, &args),
         Command::Status(args) => status(&load(&args.config.paths())?, args.json),
         Command::Replay(args) => replay(&load(&args.config.paths())?, &args),
         Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
@@ -442,6 +443,45 @@ fn status(config: &Config, json: bool) -> Outcome {
         print!("{}", tributary::admin_client::table(&value));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tributary status --watch`: the rates table, refreshed in place on a
+/// terminal (one frame after another otherwise), until Ctrl-C or `--count`.
+fn status_watch(config: &Config, args: &tributary::cli::StatusArgs) -> Outcome {
+    use std::io::Write;
+    let runtime = runtime()?;
+    let client = tributary::admin_client::AdminClient::new(&config.global).map_err(failed)?;
+    let interval = std::time::Duration::from_secs_f64(args.interval.clamp(0.1, 3600.0));
+    let terminal = std::io::stdout().is_terminal();
+    let mut before: Option<(std::time::Instant, serde_json::Value)> = None;
+    let mut frames = 0u64;
+    loop {
+        let now = runtime.block_on(client.pipelines()).map_err(failed)?;
+        let at = std::time::Instant::now();
+        let table = tributary::admin_client::rates_table(
+            before
+                .as_ref()
+                .map(|(then, value)| (value, at.duration_since(*then))),
+            &now,
+        );
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Home and clear: the frame replaces the last one.
+            let _ = write!(out, "\x1b[H\x1b[2J");
+        }
+        let _ = write!(out, "{table}");
+        if !terminal {
+            let _ = writeln!(out);
+        }
+        let _ = out.flush();
+        drop(out);
+        frames += 1;
+        if args.count.is_some_and(|n| frames >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        before = Some((at, now));
+        std::thread::sleep(interval);
+    }
 }
 
 /// `tributary replay`: re-feeds dead letters through the running server,

@@ -554,7 +554,11 @@ fn the_configuration_reference_is_generated_from_the_schema_and_current() {
         .arg(env!("CARGO_BIN_EXE_tributary"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let generated = String::from_utf8(out.stdout).unwrap();
     let checked_in = std::fs::read_to_string(root.join("docs/reference.md")).unwrap();
     assert!(

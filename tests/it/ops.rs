@@ -236,3 +236,64 @@ async fn run_watch_reloads_when_a_pipeline_file_appears() {
         .collect();
     assert_eq!(stored, acked);
 }
+
+/// `tributary status --watch` refreshes a table of rates while events
+/// flow: events in per second of the pipeline, out per second of its sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_shows_events_in_and_out_per_second_while_they_flow() {
+    let project = Project::new();
+    project.write("pipelines/flow.toml", &hook_pipeline("flow", "100ms"));
+    let _server = project.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let poster = tokio::spawn(keep_posting(project.url("/hooks/flow"), stop.clone()));
+    let watch = {
+        let project_dir = project.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+                .args(["status", "--watch", "--interval", "0.5", "--count", "6"])
+                .current_dir(project_dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = watch.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = poster.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!acked.is_empty());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<&str> = text
+        .split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .collect();
+    assert_eq!(frames.len(), 6, "{text}");
+    // Not on a terminal: no screen-clearing codes, one frame after another.
+    assert!(!text.contains('\x1b'), "{text}");
+    let column = |frame: &str, first: &str, index: usize| -> Option<f64> {
+        frame
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .and_then(|l| l.split_whitespace().nth(index))
+            .and_then(|v| v.parse().ok())
+    };
+    // "flow (in) <state?> IN/S": the state is empty for a webhook, so the
+    // rate is the third word; the sink's line starts with its name.
+    let ins: Vec<f64> = frames.iter().filter_map(|f| column(f, "flow", 2)).collect();
+    let outs: Vec<f64> = frames
+        .iter()
+        .filter_map(|f| column(f, "parquet", 2))
+        .collect();
+    assert!(ins.iter().any(|r| *r > 0.0), "events in per second: {text}");
+    assert!(
+        outs.iter().any(|r| *r > 0.0),
+        "events out per second: {text}"
+    );
+    assert!(
+        frames[0].contains("IN/S") && frames[0].contains("OUT/S"),
+        "{text}"
+    );
+}
