@@ -74,6 +74,9 @@ pub enum PurgeError {
     /// The dead letters could not be read or rewritten.
     #[error("the dead letters: {0}")]
     DeadLetters(String),
+    /// The cursor kept in the cluster could not be deleted.
+    #[error("the connection's cursor in JetStream: {0}")]
+    Cursor(String),
 }
 
 /// Why `pipeline` cannot purge one connection's rows, if it cannot.
@@ -94,13 +97,19 @@ pub fn refusal(pipeline: &PipelineSpec) -> Option<String> {
 }
 
 /// Deletes connection `id`'s rows, dead letters and cursor (the connection
-/// is removed already); `dir` is the pipeline's data directory.
+/// is removed already); `dir` is the pipeline's data directory. On a
+/// JetStream log (`cluster`: its status), the log's end and the sinks'
+/// progress are read once the status was refreshed after the removal, and
+/// the cursor is deleted from the cluster.
 pub async fn purge(
     pipeline: &PipelineSpec,
-    (log, dead_letters): (&Log, &Storage),
+    (log, dead_letters, cluster): (&Log, &Storage, Option<&dyn crate::log::LogStatus>),
     dir: &Path,
     id: &str,
 ) -> Result<Report, PurgeError> {
+    if let Some(cluster) = cluster {
+        tokio::time::sleep(cluster.refresh()).await;
+    }
     settle(pipeline, log).await?;
     let mut report = Report::default();
     for sink in &pipeline.sinks {
@@ -117,6 +126,12 @@ pub async fn purge(
     report.dead_letters = purge_dead_letters(dead_letters, id).await?;
     let cursor = dir.join("connections").join(id);
     report.cursor = tokio::fs::remove_dir_all(&cursor).await.is_ok();
+    if let Some(cluster) = cluster {
+        report.cursor |= cluster
+            .forget_connection(id)
+            .await
+            .map_err(PurgeError::Cursor)?;
+    }
     Ok(report)
 }
 

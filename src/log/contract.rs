@@ -87,6 +87,16 @@ pub trait LogStore: Send + Sync {
 pub trait LogStatus: Send + Sync {
     /// One row per (sink, partition), as JSON.
     fn partitions(&self) -> serde_json::Value;
+    /// How long the status behind [`LogStore::end`] and
+    /// [`LogStore::sink_state`] may lag the log (it is read periodically):
+    /// a purge waits this long before it reads the log's end.
+    fn refresh(&self) -> std::time::Duration;
+    /// Deletes connection `id`'s cursor kept with the log (a purge);
+    /// whether there was one.
+    fn forget_connection<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<bool, String>>;
 }
 
 /// Another writer recorded the sink's progress since this one read it (a

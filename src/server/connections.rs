@@ -364,12 +364,6 @@ async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>
         );
     };
     // Refused before anything changes.
-    if view.log_status.is_some() {
-        return webhook::error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("cannot purge: purging a connection's rows is not built for a JetStream log yet; remove the connection without ?purge, then delete its rows in the tables (every row holds it in _connection, e.g. DELETE FROM <table> WHERE _connection = '{id}' in an engine that writes Delta)"),
-        );
-    }
     if let Some(why) = purge::refusal(spec) {
         return webhook::error(StatusCode::CONFLICT, format!("cannot purge: {why}"));
     }
@@ -385,7 +379,8 @@ async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>
         Err(e) => return webhook::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let dir = config.global.data_dir.join(name);
-    match purge::purge(spec, (&view.log, &view.dead_letters), &dir, id).await {
+    let cluster = view.log_status.as_deref();
+    match purge::purge(spec, (&view.log, &view.dead_letters, cluster), &dir, id).await {
         Ok(report) => {
             tracing::info!(pipeline = %name, connection = %id, purged = ?report, "Connection removed and its data purged.");
             if let Some(store) = &view.connections {
@@ -397,7 +392,7 @@ async fn purge_connection(admin: &Admin, name: &str, id: &str, store: Arc<Store>
             let status = match e {
                 PurgeError::Refused(_) => StatusCode::CONFLICT,
                 PurgeError::Behind { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                PurgeError::Sink { .. } | PurgeError::DeadLetters(_) => {
+                PurgeError::Sink { .. } | PurgeError::DeadLetters(_) | PurgeError::Cursor(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             };

@@ -280,6 +280,9 @@ pub struct UnitStatus {
     pub lag_events: u64,
 }
 
+/// How often the status task reads each partition's end and progress.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
 /// Every unit's status, as the status task last read it.
 pub type Statuses = Arc<Mutex<Vec<UnitStatus>>>;
 
@@ -320,7 +323,7 @@ async fn status(pipeline: Arc<Pipeline>, stop: CancellationToken) {
         }
         *pipeline.statuses.lock().expect("status lock") = rows;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
             _ = stop.cancelled() => return,
         }
     }

@@ -416,6 +416,37 @@ impl crate::log::LogStatus for Pipeline {
         let rows = self.statuses.lock().expect("status lock").clone();
         serde_json::json!(rows)
     }
+
+    fn refresh(&self) -> Duration {
+        // The status task reads every two seconds; one more read's time.
+        leases::STATUS_EVERY * 2
+    }
+
+    fn forget_connection<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        async move {
+            let key = self.connection_key(id);
+            let held = self
+                .cluster
+                .progress
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+            if held {
+                self.cluster
+                    .progress
+                    .purge(&key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            self.connection_states
+                .lock()
+                .expect("state lock")
+                .remove(id);
+            Ok(held)
+        }
+        .boxed()
+    }
 }
 
 impl Pipeline {

@@ -355,17 +355,27 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
         .await
         .unwrap();
     assert_eq!(revoked["state"], "needs_reauth", "{revoked}");
-    // A purge is not built on JetStream: refused, saying so, before
-    // anything changes.
+    // A purge through the survivor: that account's rows, cursor and
+    // connection are gone, every other account's rows stay.
     let purge = client
         .delete(nodes[survivor].url("/api/pipelines/crm/connections/acct-00?purge=true"))
         .send()
         .await
         .unwrap();
-    assert_eq!(purge.status(), 501);
-    let why = purge.text().await.unwrap();
-    assert!(why.contains("_connection"), "{why}");
-    let kept: serde_json::Value = client
+    let status = purge.status();
+    let report: serde_json::Value = purge.json().await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["purged"]["sinks"]["delta"]["rows"], 16, "{report}");
+    assert_eq!(report["purged"]["cursor"], true, "{report}");
+    let (after, duckdb) = rows_by_account(&table);
+    let left: HashMap<String, usize> = expected
+        .iter()
+        .filter(|(k, _)| !k.starts_with("acct-00/"))
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    assert_eq!(after, left, "exactly one account's rows are gone");
+    assert_eq!(duckdb, left.len(), "DuckDB reads the same");
+    let gone: serde_json::Value = client
         .get(nodes[survivor].url("/api/pipelines/crm/connections/acct-00"))
         .send()
         .await
@@ -373,7 +383,7 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
         .json()
         .await
         .unwrap();
-    assert_eq!(kept["state"], "active", "{kept}");
+    assert_eq!(gone["state"], "removed", "{gone}");
     // No token in plaintext on the nodes' disks nor the servers'.
     for dir in [nodes[0].path(), nodes[1].path(), nats._dir.path()] {
         let holding = files_holding(dir, b"s3cr3t");
