@@ -82,6 +82,8 @@ impl Shard {
 
 /// How long a connection whose cursor could not be read waits to try again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a runner looks at every connection again.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A connection's poller as the runner keeps it.
 struct Running {
@@ -270,57 +272,108 @@ impl Runner {
         };
         let mut changes = self.store.subscribe();
         let mut running: HashMap<String, Running> = HashMap::new();
+        let shared = (&permits, &http);
+        // The change number last followed; none: read every connection.
+        let mut seen: Option<u64> = None;
+        let mut look_again = tokio::time::Instant::now() + LOOK_AGAIN;
         loop {
-            changes.mark_unchanged();
-            let active: HashMap<String, View> = self
-                .store
-                .active()
-                .into_iter()
-                .filter(|v| self.shard.as_ref().is_none_or(|s| s.holds(&v.id)))
-                .map(|v| (v.id.clone(), v))
-                .collect();
-            // Stop what no longer runs, or changed (it starts again below).
-            running.retain(|id, r| {
-                let keep = !r.task.is_finished()
-                    && active.get(id).is_some_and(|v| v.updated_at == r.updated_at);
-                if !keep {
-                    r.stop.cancel();
-                }
-                keep
-            });
+            let now = *changes.borrow_and_update();
+            let changed = seen.and_then(|seen| self.store.changed_since(seen));
+            seen = Some(now);
             let mut retry = false;
-            for (id, view) in &active {
-                if running.contains_key(id) {
-                    continue;
-                }
-                let key: Arc<str> = Arc::from(id.as_str());
-                let state = match &self.shard {
-                    None => in_log.remove(&key),
-                    Some(shard) => match shard.cursors.load_connection_state(&key).await {
-                        Ok(state) => state,
-                        Err(e) => {
-                            warn!(pipeline = %self.pipeline.name, connection = %id, error = %e, "Cannot read the connection's cursor from JetStream; trying again in 5 s.");
-                            retry = true;
-                            continue;
+            match changed {
+                // Only the connections that changed: a burst of adds costs
+                // each one look, not one look at every connection.
+                Some(ids) => {
+                    let mut looked = std::collections::HashSet::new();
+                    for id in ids {
+                        if looked.insert(id.clone()) {
+                            let view = self.store.get(&id).ok();
+                            retry |= !self
+                                .reconcile(&id, view, &mut running, &mut in_log, shared)
+                                .await;
                         }
-                    },
-                };
-                if let Some(started) = self.start(&key, view, state, (&permits, &http)) {
-                    running.insert(id.clone(), started);
+                    }
+                }
+                None => {
+                    let mut active: HashMap<String, View> = self
+                        .store
+                        .active()
+                        .into_iter()
+                        .map(|v| (v.id.clone(), v))
+                        .collect();
+                    let ids: Vec<String> = running.keys().cloned().collect();
+                    for id in ids {
+                        let view = active.remove(&id);
+                        retry |= !self
+                            .reconcile(&id, view, &mut running, &mut in_log, shared)
+                            .await;
+                    }
+                    for (id, view) in active {
+                        retry |= !self
+                            .reconcile(&id, Some(view), &mut running, &mut in_log, shared)
+                            .await;
+                    }
                 }
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(RETRY), if retry => {}
-                // A poller that ended by itself (refused credentials) is
-                // looked at again on the next change.
+                _ = tokio::time::sleep(RETRY), if retry => seen = None,
+                // Now and then every connection is looked at again: a
+                // poller that ended by itself starts again.
+                _ = tokio::time::sleep_until(look_again) => {
+                    seen = None;
+                    look_again = tokio::time::Instant::now() + LOOK_AGAIN;
+                }
             }
         }
         for (_, r) in running {
             r.stop.cancel();
             let _ = r.task.await;
         }
+    }
+
+    /// Brings connection `id`'s poller in line with `view` (none: removed):
+    /// an active one of this runner's shard runs, with its latest
+    /// credentials and params; any other does not. False if its cursor
+    /// could not be read (try again).
+    async fn reconcile(
+        &self,
+        id: &str,
+        view: Option<View>,
+        running: &mut HashMap<String, Running>,
+        in_log: &mut HashMap<Arc<str>, (u64, Bytes)>,
+        shared: (&Arc<tokio::sync::Semaphore>, &reqwest::Client),
+    ) -> bool {
+        let view = view.filter(|v| {
+            v.state == super::State::Active && self.shard.as_ref().is_none_or(|s| s.holds(&v.id))
+        });
+        if let (Some(r), Some(v)) = (running.get(id), &view) {
+            if !r.task.is_finished() && r.updated_at == v.updated_at {
+                return true;
+            }
+        }
+        // Stopped: it no longer runs, or changed (it starts again below).
+        if let Some(r) = running.remove(id) {
+            r.stop.cancel();
+        }
+        let Some(view) = view else { return true };
+        let key: Arc<str> = Arc::from(id);
+        let state = match &self.shard {
+            None => in_log.remove(&key),
+            Some(shard) => match shard.cursors.load_connection_state(&key).await {
+                Ok(state) => state,
+                Err(e) => {
+                    warn!(pipeline = %self.pipeline.name, connection = %id, error = %e, "Cannot read the connection's cursor from JetStream; trying again in 5 s.");
+                    return false;
+                }
+            },
+        };
+        if let Some(started) = self.start(&key, &view, state, shared) {
+            running.insert(id.to_string(), started);
+        }
+        true
     }
 
     /// Starts connection `view`'s poller; `None` (logged) if it cannot run.

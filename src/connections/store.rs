@@ -23,6 +23,10 @@ use crate::source::poll::health::PollHealth;
 
 pub use super::journal::{FILE, JOURNAL};
 pub use super::stored::StoreError;
+
+/// How many changes a store remembers the ids of for its runners; a runner
+/// further behind reads every connection again.
+const RECENT: usize = 65_536;
 use super::stored::{Stored, RETRIES};
 
 /// A connection as the admin API shows it: no credential values.
@@ -146,6 +150,10 @@ pub struct Store {
     place: String,
     /// Bumped after every change is durable, for the connections' runner.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The ids of the latest changes, each with its number in `changes`,
+    /// oldest first (at most [`RECENT`]): a runner follows them one by one
+    /// instead of reading every connection at each change.
+    recent: Mutex<std::collections::VecDeque<(u64, String)>>,
     /// How each connection's poll runs go (shared with its poller).
     health: Mutex<BTreeMap<String, Arc<PollHealth>>>,
     /// Tells the app about its connections, if `[connections] notify` is set.
@@ -293,6 +301,7 @@ impl Store {
             clustered,
             place,
             changes: tokio::sync::watch::Sender::new(0),
+            recent: Mutex::default(),
             health: Mutex::default(),
             notifier: None,
         }
@@ -301,10 +310,44 @@ impl Store {
     /// Applies `stored`, at `revision` of the bucket, if it is newer than
     /// what this node saw (a change made on any node, seen by the watch).
     fn applied(&self, revision: u64, stored: Stored) {
+        let id = stored.id.clone();
         let applied = self.lock().applied(revision, stored);
         if applied {
-            self.changes.send_modify(|n| *n += 1);
+            self.changed(&id);
         }
+    }
+
+    /// Records that connection `id` changed, and wakes the runners.
+    fn changed(&self, id: &str) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let number = *self.changes.borrow() + 1;
+        recent.push_back((number, id.to_string()));
+        if recent.len() > RECENT {
+            recent.pop_front();
+        }
+        self.changes.send_replace(number);
+    }
+
+    /// The ids of the connections changed after change number `seen` (the
+    /// value [`Store::subscribe`]'s receiver had), oldest first, repeats
+    /// included; `None` if some of them are no longer remembered (read
+    /// them all again).
+    pub fn changed_since(&self, seen: u64) -> Option<Vec<String>> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let newest = *self.changes.borrow();
+        match recent.front() {
+            Some((oldest, _)) if *oldest > seen + 1 => return None,
+            None if newest > seen => return None,
+            _ => {}
+        }
+        let from = recent.partition_point(|(number, _)| *number <= seen);
+        Some(recent.range(from..).map(|(_, id)| id.clone()).collect())
     }
 
     /// This store telling the app about its connections through `notifier`.
@@ -475,7 +518,7 @@ impl Store {
                 edit(&mut stored)?;
                 let view = View::from(&stored);
                 if self.commit(backend, stored, seen)? {
-                    self.changes.send_modify(|n| *n += 1);
+                    self.changed(id);
                     return Ok(view);
                 }
             }
@@ -646,7 +689,7 @@ impl Store {
                 id: new.id,
             });
         }
-        self.changes.send_modify(|n| *n += 1);
+        self.changed(&view.id);
         Ok(view)
     }
 
@@ -967,6 +1010,36 @@ mod tests {
         s.add(new("later", "tok")).unwrap();
         drop(s);
         assert!(store(dir.path()).get("later").is_ok());
+    }
+
+    #[test]
+    fn runners_follow_the_ids_that_changed_or_read_all_when_too_far_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let seen = *s.subscribe().borrow();
+        assert_eq!(s.changed_since(seen), Some(vec![]));
+        s.add(new("acme", "t")).unwrap();
+        s.add(new("globex", "t")).unwrap();
+        s.remove("acme").unwrap();
+        assert_eq!(
+            s.changed_since(seen),
+            Some(vec!["acme".into(), "globex".into(), "acme".into()])
+        );
+        let now = *s.subscribe().borrow();
+        assert_eq!(s.changed_since(now), Some(vec![]));
+        assert_eq!(s.changed_since(now - 1), Some(vec!["acme".into()]));
+        // Beyond what is remembered: read everything again.
+        for i in 0..RECENT + 1 {
+            s.recent
+                .lock()
+                .unwrap()
+                .push_back((now + 1 + i as u64, "x".into()));
+            if s.recent.lock().unwrap().len() > RECENT {
+                s.recent.lock().unwrap().pop_front();
+            }
+        }
+        s.changes.send_replace(now + 1 + RECENT as u64);
+        assert_eq!(s.changed_since(now), None);
     }
 
     #[test]
