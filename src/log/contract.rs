@@ -97,6 +97,14 @@ pub trait LogStatus: Send + Sync {
         &'a self,
         id: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<bool, String>>;
+    /// Every event appended from now on, from every partition (a tap:
+    /// records no progress, holds nothing back).
+    fn tap(
+        &self,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<futures::stream::BoxStream<'static, crate::event::Event>, String>,
+    >;
 }
 
 /// Another writer recorded the sink's progress since this one read it (a

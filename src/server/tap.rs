@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use futures::StreamExt;
 use serde_json::json;
 
 use super::admin::{refusal, Admin};
@@ -52,11 +53,28 @@ pub async fn tap(
             format!("no pipeline is named {name}"),
         );
     };
-    if p.log_status.is_some() {
-        return webhook::error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("pipeline {name} is on a JetStream log, whose partitions live on several nodes: tap works on the file log only (yet)"),
-        );
+    if let Some(cluster) = &p.log_status {
+        // Every partition's new messages, whichever node wrote them.
+        let events = match cluster.tap().await {
+            Ok(events) => events,
+            Err(e) => {
+                return webhook::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read pipeline {name}'s partitions from JetStream: {e}"),
+                )
+            }
+        };
+        let lines = events.filter_map(|event| async move {
+            line(&event).map(|l| Ok::<_, std::io::Error>(Bytes::from(l)))
+        });
+        return (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            )],
+            Body::from_stream(lines),
+        )
+            .into_response();
     }
     let log = p.log.clone();
     let reader = log.reader(log.end());

@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -420,6 +420,32 @@ impl crate::log::LogStatus for Pipeline {
     fn refresh(&self) -> Duration {
         // The status task reads every two seconds; one more read's time.
         leases::STATUS_EVERY * 2
+    }
+
+    fn tap(&self) -> BoxFuture<'_, Result<futures::stream::BoxStream<'static, Event>, String>> {
+        async move {
+            let mut partitions = Vec::new();
+            for stream in &self.streams {
+                // An ordered consumer of its own from the stream's end: it
+                // acknowledges nothing, so it holds no message back.
+                let consumer = stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+                partitions.push(messages.filter_map(|m| async move {
+                    m.ok().and_then(|m| decode(m.message.payload.clone()).ok())
+                }));
+            }
+            let closed = self.closed.clone();
+            let all = futures::stream::select_all(partitions.into_iter().map(Box::pin))
+                .take_until(async move { closed.cancelled().await });
+            Ok(all.boxed())
+        }
+        .boxed()
     }
 
     fn forget_connection<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, String>> {

@@ -246,6 +246,35 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(posted(1, "nobody").await, 404);
+    // A tap on one node sees the events posted to the other, as acknowledged.
+    let tap = client
+        .get(nodes[1].url("/api/pipelines/shops/tap"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tap.status(), 200);
+    let mut tap = tap.bytes_stream();
+    for _ in 0..3 {
+        assert_eq!(posted(0, "acme.example").await, 202);
+    }
+    let mut seen = String::new();
+    let started = Instant::now();
+    while seen.lines().count() < 3 {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut tap))
+                .await
+                .expect("the tap sends the posted events")
+                .unwrap()
+                .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        assert!(started.elapsed() < Duration::from_secs(30), "{seen}");
+    }
+    for line in seen.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["connection"], "acme.example", "{line}");
+        assert_eq!(line["body"]["customers"]["id"], 1, "{line}");
+    }
+    drop(tap);
     let removed = client
         .delete(nodes[1].url("/api/pipelines/shops/connections/acme.example"))
         .send()
