@@ -858,7 +858,7 @@ mod tests {
     use std::io::Write;
 
     fn store(dir: &Path) -> Store {
-        let keys = Keys::new(&KEY, "").unwrap();
+        let keys = Keys::new(KEY, "").unwrap();
         Store::open(
             dir,
             "crm",

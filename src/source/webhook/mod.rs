@@ -257,8 +257,8 @@ async fn store_deduped(
     route: &Route,
     dedupe: &Arc<Dedupe>,
     (headers, body_len, received_at_us): (&axum::http::HeaderMap, usize, i64),
-    payloads: Vec<(bytes::Bytes, Option<Arc<str>>)>,
-    make: impl Fn((bytes::Bytes, Option<Arc<str>>)) -> Event,
+    payloads: Vec<Owned>,
+    make: impl Fn(Owned) -> Event,
 ) -> Result<Response, Refusal> {
     let bodies: Vec<bytes::Bytes> = payloads.iter().map(|(p, _)| p.clone()).collect();
     let ids = dedupe
@@ -324,6 +324,9 @@ async fn store_deduped(
     )))
 }
 
+/// An event's bytes and the connection it is for.
+type Owned = (bytes::Bytes, Option<Arc<str>>);
+
 /// Each event with its connection: the request's, or, with `[connections]
 /// attribute.pointer` on the source's own path, the one its value at the
 /// pointer matches. A request is stored whole or refused whole: an event
@@ -334,7 +337,7 @@ fn attribute(
     route: &Route,
     payloads: Vec<bytes::Bytes>,
     connection: Option<Arc<str>>,
-) -> Result<Vec<(bytes::Bytes, Option<Arc<str>>)>, Refusal> {
+) -> Result<Vec<Owned>, Refusal> {
     let (Some(store), Some(pointer), None) = (
         &route.connections,
         route.attribute_pointer.as_deref(),
