@@ -173,10 +173,20 @@ impl AdminClient {
 
     /// Follows `pipeline`'s tap: each NDJSON line to `line`, until the
     /// server ends the stream.
-    pub async fn tap(&self, pipeline: &str, line: &mut dyn FnMut(&str)) -> Result<(), ClientError> {
+    pub async fn tap(
+        &self,
+        pipeline: &str,
+        dead_letters: bool,
+        line: &mut dyn FnMut(&str),
+    ) -> Result<(), ClientError> {
+        let query = if dead_letters {
+            "?dead_letters=true"
+        } else {
+            ""
+        };
         let request = self.request(
             reqwest::Method::GET,
-            &format!("/api/pipelines/{pipeline}/tap"),
+            &format!("/api/pipelines/{pipeline}/tap{query}"),
         );
         let mut response = self.send(request).await?;
         let mut pending = Vec::new();

@@ -132,6 +132,11 @@ pub struct RunArgs {
 pub struct TapArgs {
     /// The pipeline.
     pub pipeline: String,
+    /// Print the pipeline's dead letters as its sinks write them (id,
+    /// received time, sink, reason, connection, topic, the raw event)
+    /// instead of its events.
+    #[arg(long)]
+    pub dead_letters: bool,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,

@@ -116,7 +116,11 @@ fn dispatch(command: Command) -> Outcome {
         Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
         Command::Register(args) => register(&load(&args.config.paths())?, args),
         Command::Connections(args) => connections(args.action),
-        Command::Tap(args) => tap(&load(&args.config.paths())?, &args.pipeline),
+        Command::Tap(args) => tap(
+            &load(&args.config.paths())?,
+            &args.pipeline,
+            args.dead_letters,
+        ),
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
@@ -530,7 +534,7 @@ fn replay(config: &Config, args: &ReplayArgs) -> Outcome {
 
 /// `tributary tap`: the admin API's tap, a line each, until Ctrl-C or the
 /// server stops.
-fn tap(config: &Config, pipeline: &str) -> Outcome {
+fn tap(config: &Config, pipeline: &str, dead_letters: bool) -> Outcome {
     use std::io::Write;
     let runtime = runtime()?;
     runtime
@@ -541,7 +545,7 @@ fn tap(config: &Config, pipeline: &str) -> Outcome {
             let mut print = |line: &str| {
                 let _ = writeln!(out, "{line}").and_then(|()| out.flush());
             };
-            let follow = client.tap(pipeline, &mut print);
+            let follow = client.tap(pipeline, dead_letters, &mut print);
             tokio::select! {
                 result = follow => result,
                 () = Shutdown::signal() => Ok(()),

@@ -108,7 +108,7 @@ pub enum ReplayError {
 
 /// Not a dead-letter file.
 #[derive(Debug, thiserror::Error)]
-enum NotDeadLetters {
+pub(crate) enum NotDeadLetters {
     #[error(transparent)]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
@@ -200,7 +200,8 @@ pub async fn run(
     Ok(done)
 }
 
-fn read(bytes: Bytes) -> Result<RecordBatch, NotDeadLetters> {
+/// The rows of a dead-letter file.
+pub(crate) fn read(bytes: Bytes) -> Result<RecordBatch, NotDeadLetters> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build())?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
     let schema = crate::encode::dead_letter::schema();

@@ -36,10 +36,11 @@ pub fn routes() -> Router<Arc<Admin>> {
     Router::new().route("/api/pipelines/{name}/tap", get(tap))
 }
 
-/// The tap of pipeline `name`.
+/// The tap of pipeline `name` (with `?dead_letters=true`: its dead letters).
 pub async fn tap(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
+    uri: axum::http::Uri,
     method: Method,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
@@ -53,6 +54,13 @@ pub async fn tap(
             format!("no pipeline is named {name}"),
         );
     };
+    let dead_letters = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "dead_letters" && v != "false");
+    if dead_letters {
+        return ndjson(Body::from_stream(
+            dead_letter_lines(p.dead_letters.clone()).await,
+        ));
+    }
     if let Some(cluster) = &p.log_status {
         // Every partition's new messages, whichever node wrote them.
         let events = match cluster.tap().await {
@@ -108,6 +116,99 @@ pub async fn tap(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// An NDJSON answer of `body`.
+fn ndjson(body: Body) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// How often a dead-letter tap looks for new files.
+const DEAD_LETTERS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The lines of every dead-letter file the sinks write from now on (the
+/// files there now are not shown): `{id, received_at, sink, reason,
+/// connection, topic, raw}`, `raw` as JSON when it is.
+async fn dead_letter_lines(
+    storage: crate::sink::Storage,
+) -> futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let known: std::collections::HashSet<String> = storage
+        .list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    futures::stream::unfold((storage, known), |(storage, mut known)| async move {
+        loop {
+            tokio::time::sleep(DEAD_LETTERS_EVERY).await;
+            let Ok(names) = storage.list().await else {
+                continue;
+            };
+            let mut lines = String::new();
+            for name in names.into_iter().filter(|n| n.ends_with(".parquet")) {
+                if known.contains(&name) {
+                    continue;
+                }
+                let Ok(bytes) = storage.get(&name).await else {
+                    // Not readable yet: looked at again next time.
+                    continue;
+                };
+                known.insert(name);
+                if let Ok(batch) = crate::replay::read(bytes) {
+                    lines.push_str(&dead_letter_rows(&batch));
+                }
+            }
+            if !lines.is_empty() {
+                return Some((Ok(Bytes::from(lines)), (storage, known)));
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A dead-letter file's rows as NDJSON lines.
+fn dead_letter_rows(batch: &arrow_array::RecordBatch) -> String {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let text = |name: &str, row: usize| {
+        batch
+            .column_by_name(name)
+            .map(|c| c.as_string::<i32>())
+            .filter(|c| !c.is_null(row))
+            .map(|c| c.value(row).to_string())
+    };
+    let at = batch
+        .column_by_name("_received_at")
+        .and_then(|c| c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>());
+    let mut out = String::new();
+    for row in 0..batch.num_rows() {
+        let raw = text("raw", row).unwrap_or_default();
+        let raw = serde_json::from_str::<serde_json::Value>(&raw).unwrap_or(json!(raw));
+        let received_at = at
+            .and_then(|at| chrono::DateTime::from_timestamp_micros(at.value(row)))
+            .map(|t| t.to_rfc3339());
+        out.push_str(
+            &json!({
+                "id": text("_event_id", row),
+                "received_at": received_at,
+                "sink": text("sink", row),
+                "reason": text("reason", row),
+                "connection": text("connection", row),
+                "topic": text("topic", row),
+                "raw": raw,
+            })
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    out
 }
 
 /// An event's NDJSON line; none for records that are not events.

@@ -68,3 +68,87 @@ async fn tap_prints_each_event_acknowledged_after_it_started() {
     tap.kill().unwrap();
     tap.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_dead_letters_prints_each_new_dead_letter_with_its_reason() {
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"100ms\"", "");
+    let _server = project.start().await;
+    let client = reqwest::Client::new();
+    let bad = |n: u64| serde_json::json!({"customers": {"id": format!("not-a-number-{n}")}});
+    // One from before the tap: not shown.
+    let answer = client
+        .post(project.url("/hooks/shopify/customers"))
+        .json(&bad(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let dead = project.path().join("lake/_dead_letters/shopify_customers");
+    eventually(&project, "the first dead letter's file", || {
+        std::fs::read_dir(&dead).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        })
+    })
+    .await;
+
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["tap", "shopify_customers", "--dead-letters"])
+        .current_dir(project.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = tap.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
+        }
+    });
+    // Give the tap its look at the files there now, then dead letters and
+    // good events.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for n in 1..=3 {
+        for body in [bad(n), shopify_customer(n)] {
+            let answer = client
+                .post(project.url("/hooks/shopify/customers"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 202);
+        }
+    }
+    let mut shown = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shown.len() < 3 && Instant::now() < deadline {
+        if let Ok(line) = seen.recv_timeout(Duration::from_millis(500)) {
+            shown.push(line);
+        }
+    }
+    let raws: HashSet<String> = shown
+        .iter()
+        .map(|l| {
+            l["raw"]["customers"]["id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let expected: HashSet<String> = (1..=3).map(|n| format!("not-a-number-{n}")).collect();
+    assert_eq!(
+        raws, expected,
+        "each new dead letter once, none from before: {shown:?}"
+    );
+    for line in &shown {
+        assert!(
+            line["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{line}"
+        );
+        assert!(line["sink"].is_string() && line["id"].is_string(), "{line}");
+    }
+    tap.kill().unwrap();
+    tap.wait().unwrap();
+}
