@@ -326,7 +326,9 @@ impl Poller {
             }
             let started = Utc::now();
             let clock = Instant::now();
-            match self.poll(&mut |_| {}).await {
+            // Boxed: a run's future (HTTP, parsing, appends) is large, and
+            // inline it would be in every idle connection's task too.
+            match Box::pin(self.poll(&mut |_| {})).await {
                 Ok(run) => {
                     self.health.succeeded();
                     // A first run (no lower bound) of an incremental source has
