@@ -284,7 +284,11 @@ async fn store_deduped(
     // its settling run on their own task: a client that hangs up cannot leave
     // an id claimed but never settled.
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let owners: Vec<Option<Arc<str>>> = events.iter().map(|e| e.connection.clone()).collect();
+    // Only a connections pipeline counts records per connection.
+    let owners: Vec<Option<Arc<str>>> = match route.connections {
+        Some(_) => events.iter().map(|e| e.connection.clone()).collect(),
+        None => Vec::new(),
+    };
     events.push(claim.record());
     let (appender, dedupe) = (route.appender.clone(), dedupe.clone());
     let stored = tokio::spawn(async move {
