@@ -70,6 +70,17 @@ pub enum ClientError {
     Since(String),
 }
 
+/// What a tap follows.
+#[derive(Debug, Clone, Copy)]
+pub enum Tap<'a> {
+    /// Each event once it is acknowledged.
+    Events,
+    /// Each event once this sink has written it.
+    Sink(&'a str),
+    /// The dead letters the sinks write.
+    DeadLetters,
+}
+
 /// The admin API's base URL and a client for it.
 pub struct AdminClient {
     base: String,
@@ -171,18 +182,21 @@ impl AdminClient {
         response.json().await.map_err(ClientError::Answer)
     }
 
-    /// Follows `pipeline`'s tap: each NDJSON line to `line`, until the
-    /// server ends the stream.
+    /// Follows `pipeline`'s tap of `what`: each NDJSON line to `line`,
+    /// until the server ends the stream.
     pub async fn tap(
         &self,
         pipeline: &str,
-        dead_letters: bool,
+        what: Tap<'_>,
         line: &mut dyn FnMut(&str),
     ) -> Result<(), ClientError> {
-        let query = if dead_letters {
-            "?dead_letters=true"
-        } else {
-            ""
+        let query = match what {
+            Tap::Events => String::new(),
+            Tap::Sink(sink) => format!(
+                "?sink={}",
+                percent_encoding::utf8_percent_encode(sink, percent_encoding::NON_ALPHANUMERIC)
+            ),
+            Tap::DeadLetters => "?dead_letters=true".to_string(),
         };
         let request = self.request(
             reqwest::Method::GET,

@@ -135,8 +135,13 @@ pub struct TapArgs {
     /// Print the pipeline's dead letters as its sinks write them (id,
     /// received time, sink, reason, connection, topic, the raw event)
     /// instead of its events.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sink")]
     pub dead_letters: bool,
+    /// Print each event once this sink has written it (in its table,
+    /// delivered, or one of its dead letters) instead of once it is
+    /// acknowledged.
+    #[arg(long, value_name = "NAME")]
+    pub sink: Option<String>,
     /// Where the configuration is.
     #[command(flatten)]
     pub config: ConfigArgs,

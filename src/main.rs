@@ -116,11 +116,15 @@ fn dispatch(command: Command) -> Outcome {
         Command::Sql(args) => sql(&load(&args.config.paths())?, &args),
         Command::Register(args) => register(&load(&args.config.paths())?, args),
         Command::Connections(args) => connections(args.action),
-        Command::Tap(args) => tap(
-            &load(&args.config.paths())?,
-            &args.pipeline,
-            args.dead_letters,
-        ),
+        Command::Tap(args) => {
+            use tributary::admin_client::Tap;
+            let what = match (&args.sink, args.dead_letters) {
+                (_, true) => Tap::DeadLetters,
+                (Some(sink), false) => Tap::Sink(sink),
+                (None, false) => Tap::Events,
+            };
+            tap(&load(&args.config.paths())?, &args.pipeline, what)
+        }
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
@@ -534,7 +538,7 @@ fn replay(config: &Config, args: &ReplayArgs) -> Outcome {
 
 /// `tributary tap`: the admin API's tap, a line each, until Ctrl-C or the
 /// server stops.
-fn tap(config: &Config, pipeline: &str, dead_letters: bool) -> Outcome {
+fn tap(config: &Config, pipeline: &str, what: tributary::admin_client::Tap) -> Outcome {
     use std::io::Write;
     let runtime = runtime()?;
     runtime
@@ -545,7 +549,7 @@ fn tap(config: &Config, pipeline: &str, dead_letters: bool) -> Outcome {
             let mut print = |line: &str| {
                 let _ = writeln!(out, "{line}").and_then(|()| out.flush());
             };
-            let follow = client.tap(pipeline, dead_letters, &mut print);
+            let follow = client.tap(pipeline, what, &mut print);
             tokio::select! {
                 result = follow => result,
                 () = Shutdown::signal() => Ok(()),

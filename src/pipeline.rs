@@ -644,48 +644,21 @@ pub async fn run(
             source,
         })?;
     let cluster = backend.cluster();
+    if let Some(cluster) = cluster {
+        crate::log::jetstream::leases::heartbeat(cluster.clone(), &shutdown);
+    }
     let mut routes = HashMap::new();
     let mut views = Vec::new();
-    let mut units = Vec::new();
-    let mut connection_shards = Vec::new();
     let mut running = BTreeMap::new();
+    // Each pipeline runs on its own: a reload can stop, start or restart it
+    // without touching the others.
     for spec in &config.pipelines {
-        // On the file log each pipeline runs on its own, and a reload can
-        // stop, start or restart it without touching the others.
-        if cluster.is_none() {
-            let (one, route) = start_one(spec, &config.global, &shutdown).await?;
-            if let Some((path, route)) = route {
-                routes.insert(path, Slot::Live(route));
-            }
-            views.push(one.view.clone());
-            running.insert(spec.name.clone(), one);
-            continue;
+        let (one, route) = start_one(spec, &config.global, &shutdown, cluster).await?;
+        if let Some((path, route)) = route {
+            routes.insert(path, Slot::Live(route));
         }
-        let built = build(spec, &config.global, &shutdown, 0, cluster).await?;
-        units.extend(built.units);
-        connection_shards.extend(built.connections);
-        views.push(Arc::new(built.view));
-        if let (Some(cluster), Some(leader)) = (cluster, built.poll_leader) {
-            shutdown
-                .tasks
-                .spawn(crate::log::jetstream::poll_leader::lead(
-                    cluster.clone(),
-                    leader,
-                    shutdown.clone(),
-                ));
-        }
-        // On JetStream the poll leader runs its own poller.
-        if let crate::source::Source::Webhook { path, route } = built.source.source {
-            routes.insert(path, Slot::Live(Arc::new(*route)));
-        }
-        for task in built.source.tasks {
-            shutdown.tasks.spawn(task);
-        }
-        spawn_runners(&spec.name, built.runners, &shutdown);
-    }
-    if let Some(cluster) = cluster {
-        crate::log::jetstream::leases::start(cluster.clone(), units, &shutdown);
-        crate::connections::cluster::start(cluster.clone(), connection_shards, &shutdown);
+        views.push(one.view.clone());
+        running.insert(spec.name.clone(), one);
     }
     let admin = Arc::new(Admin {
         token,
@@ -694,11 +667,12 @@ pub async fn run(
         config: server::Swap::new(Some(Arc::new(config.clone()))),
     });
     let routes: server::Routes = Arc::new(server::Swap::new(routes));
-    let reloader = match (reload, cluster) {
-        (Some(reload), None) => Some(tokio::spawn(
+    let reloader = match reload {
+        Some(reload) => Some(tokio::spawn(
             Reloader {
                 reload,
                 global: config.global.clone(),
+                cluster: cluster.cloned(),
                 root: shutdown.clone(),
                 routes: routes.clone(),
                 admin: admin.clone(),
@@ -706,14 +680,7 @@ pub async fn run(
             }
             .run(hangups),
         )),
-        (Some(_), Some(_)) => {
-            tokio::spawn(ignore_hangups(
-                hangups,
-                "a JetStream log's pipelines are not reloaded yet",
-            ));
-            None
-        }
-        (None, _) => {
+        None => {
             tokio::spawn(ignore_hangups(hangups, "this run does not reload"));
             None
         }

@@ -26,7 +26,6 @@
 //! stored is fetched again by its next node, whose publishes the streams'
 //! duplicate window drops.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,47 +50,28 @@ pub struct Connections {
     pub pipeline: Arc<Pipeline>,
 }
 
-/// How many shards this node holds, against its share.
-struct Share {
-    total: usize,
-    held: AtomicUsize,
-    /// A shard is being given back (one at a time).
-    giving: AtomicBool,
-}
-
-impl Share {
-    fn fair(&self, cluster: &Cluster) -> usize {
-        self.total.div_ceil(cluster.live_nodes())
-    }
-}
-
-/// Contends for every shard of every connections pipeline in `pipelines`.
-pub fn start(cluster: Arc<Cluster>, pipelines: Vec<Connections>, shutdown: &Shutdown) {
-    let share = Arc::new(Share {
-        total: pipelines.len() * SHARDS as usize,
-        held: AtomicUsize::new(0),
-        giving: AtomicBool::new(false),
-    });
-    for connections in pipelines {
-        for index in 0..SHARDS {
-            let mut runner = connections.runner.clone();
-            runner.shard = Some(Shard {
-                index,
-                of: SHARDS,
-                cursors: connections.pipeline.clone(),
-            });
-            shutdown.tasks.spawn(contend(
-                cluster.clone(),
-                runner,
-                share.clone(),
-                shutdown.clone(),
-            ));
-        }
+/// Contends for every shard of `connections` (one pipeline's) until
+/// `shutdown` (the pipeline's own on a reload): each shard counts in this
+/// node's share while its loop runs.
+pub fn start(cluster: Arc<Cluster>, connections: Connections, shutdown: &Shutdown) {
+    for index in 0..SHARDS {
+        let mut runner = connections.runner.clone();
+        runner.shard = Some(Shard {
+            index,
+            of: SHARDS,
+            cursors: connections.pipeline.clone(),
+        });
+        let member = cluster.shards.join();
+        let contend = contend(cluster.clone(), runner, shutdown.clone());
+        shutdown.tasks.spawn(async move {
+            contend.await;
+            drop(member);
+        });
     }
 }
 
 /// Contends for one shard's lease; polls its connections while it holds it.
-async fn contend(cluster: Arc<Cluster>, runner: Runner, share: Arc<Share>, shutdown: Shutdown) {
+async fn contend(cluster: Arc<Cluster>, runner: Runner, shutdown: Shutdown) {
     let index = runner.shard.as_ref().map_or(0, |s| s.index);
     let key = format!("{}._connections.{index}", key_safe(&runner.pipeline.name));
     let tick = cluster.spec.lease / 3;
@@ -102,12 +82,12 @@ async fn contend(cluster: Arc<Cluster>, runner: Runner, share: Arc<Share>, shutd
         if shutdown.stop.is_cancelled() {
             return;
         }
-        if share.held.load(Ordering::Relaxed) < share.fair(&cluster) {
+        if cluster.shards.wants(cluster.live_nodes()) {
             let node = Bytes::from(cluster.node.clone());
             if let Ok(revision) = cluster.leases().create(&key, node).await {
-                share.held.fetch_add(1, Ordering::Relaxed);
-                let gave_back = hold(&cluster, &runner, &key, revision, &share, &shutdown).await;
-                share.held.fetch_sub(1, Ordering::Relaxed);
+                let held = cluster.shards.hold();
+                let gave_back = hold(&cluster, &runner, &key, revision, &shutdown).await;
+                drop(held);
                 if gave_back {
                     // Let another node take it before trying again.
                     tokio::select! {
@@ -132,9 +112,9 @@ async fn hold(
     runner: &Runner,
     key: &str,
     mut revision: u64,
-    share: &Share,
     shutdown: &Shutdown,
 ) -> bool {
+    let share = &cluster.shards;
     let pipeline = runner.pipeline.name.clone();
     let index = runner.shard.as_ref().map_or(0, |s| s.index);
     let lease = cluster.spec.lease;
@@ -163,18 +143,16 @@ async fn hold(
                             done.cancel();
                             task.abort();
                             if giving {
-                                share.giving.store(false, Ordering::Release);
+                                share.given();
                             }
                             warn!(pipeline = %pipeline, shard = index, error = %e, "Lost the lease of a shard of the connections; stopped polling them (their next node resumes from their stored cursors).");
                             return false;
                         }
                     }
                 }
-                if !giving
-                    && share.held.load(Ordering::Relaxed) > share.fair(cluster)
-                    && !share.giving.swap(true, Ordering::AcqRel)
-                {
-                    info!(pipeline = %pipeline, shard = index, fair_share = share.fair(cluster), "Giving a shard of the connections to another node (this one holds more than its share).");
+                let live = cluster.live_nodes();
+                if !giving && share.give(live) {
+                    info!(pipeline = %pipeline, shard = index, fair_share = share.fair(live), "Giving a shard of the connections to another node (this one holds more than its share).");
                     giving = true;
                     done.cancel();
                 }
@@ -190,7 +168,7 @@ async fn hold(
         info!(key, error = %e, "The lease was not given back (it expired or moved); it lapses by itself.");
     }
     if giving {
-        share.giving.store(false, Ordering::Release);
+        share.given();
     }
     gave_back
 }

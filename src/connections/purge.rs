@@ -137,25 +137,14 @@ pub async fn purge(
 
 /// Waits until every sink has written what the log holds now.
 async fn settle(pipeline: &PipelineSpec, log: &Log) -> Result<(), PurgeError> {
-    let end = log.end();
-    let started = tokio::time::Instant::now();
-    loop {
-        let behind = pipeline.sinks.iter().find_map(|s| {
-            let committed = log.sink_state(s.name()).committed;
-            (committed < end).then(|| (s.name().to_string(), committed))
-        });
-        let Some((sink, committed)) = behind else {
-            return Ok(());
-        };
-        if started.elapsed() > SETTLE {
-            return Err(PurgeError::Behind {
-                sink,
-                committed,
-                end,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sinks: Vec<&str> = pipeline.sinks.iter().map(|s| s.name()).collect();
+    log.written(&sinks, SETTLE)
+        .await
+        .map_err(|behind| PurgeError::Behind {
+            sink: behind.sink,
+            committed: behind.committed,
+            end: behind.end,
+        })
 }
 
 /// Cuts connection `id`'s rows from every dead-letter file; returns how many.

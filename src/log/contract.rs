@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -97,10 +98,17 @@ pub trait LogStatus: Send + Sync {
         &'a self,
         id: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<bool, String>>;
+    /// From now on, this node takes every partition of the pipeline that no
+    /// node holds, past its fair share, and keeps it: the pipeline is being
+    /// removed here, and what the nodes that removed it before left in its
+    /// streams is written out by the last one.
+    fn write_out(&self);
     /// Every event appended from now on, from every partition (a tap:
-    /// records no progress, holds nothing back).
+    /// records no progress, holds nothing back); with `sink`, each once
+    /// that sink's progress on its partition passed it (as last read).
     fn tap(
         &self,
+        sink: Option<String>,
     ) -> futures::future::BoxFuture<
         '_,
         Result<futures::stream::BoxStream<'static, crate::event::Event>, String>,
@@ -230,6 +238,39 @@ impl Log {
     pub fn is_full(&self, max_bytes: u64) -> bool {
         self.0.is_full(max_bytes)
     }
+
+    /// Waits up to `within` until each of `sinks` has committed everything
+    /// the log holds now (its end when called); else says which is behind.
+    pub async fn written(&self, sinks: &[&str], within: Duration) -> Result<(), Behind> {
+        let end = self.end();
+        let started = tokio::time::Instant::now();
+        loop {
+            let behind = sinks.iter().find_map(|sink| {
+                let committed = self.sink_state(sink).committed;
+                (committed < end).then(|| Behind {
+                    sink: sink.to_string(),
+                    committed,
+                    end,
+                })
+            });
+            match behind {
+                None => return Ok(()),
+                Some(behind) if started.elapsed() > within => return Err(behind),
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// A sink that has not written everything the log held (see [`Log::written`]).
+#[derive(Debug)]
+pub struct Behind {
+    /// The sink.
+    pub sink: String,
+    /// Its committed offset.
+    pub committed: u64,
+    /// The log's end it had to reach.
+    pub end: u64,
 }
 
 /// Reads a log in order from an offset.

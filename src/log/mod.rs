@@ -65,7 +65,7 @@ use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
 pub use contract::{
-    Appender, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Reader,
+    Appender, Behind, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Reader,
 };
 
 /// The backend `[log]` chose, opened.

@@ -1,4 +1,4 @@
-//! Reloading a running server's configuration, on the file log: on SIGHUP
+//! Reloading a running server's configuration: on SIGHUP
 //! (what `systemctl reload` sends) and, with `run --watch`, when a file of
 //! the configuration changes. The files are read and checked whole first;
 //! with any error the running configuration stays, and each error is logged
@@ -16,7 +16,13 @@
 //!
 //! A change to `tributary.toml` itself (listen, TLS, admin, `data_dir`,
 //! `lake`, `[log]`) needs a restart; such a reload is refused, saying so.
-//! On a JetStream log, SIGHUP is logged and ignored.
+//!
+//! On a JetStream log the same holds for this node: a stopped pipeline lets
+//! go of the partitions and shards it held (flushed and committed first, as
+//! when a node gives one up), and a removed one first waits until its sinks
+//! wrote what its streams hold. Each node reloads its own files: reload
+//! every node (as for a rolling restart); until then the others run what
+//! they were started with.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,7 @@ use tracing::{error, info, warn};
 
 use super::{offset_floor, spawn_runners, RunError};
 use crate::config::{GlobalSpec, Paths, PipelineSpec, SourceSpec};
+use crate::log::jetstream::Cluster;
 use crate::server::admin::{Admin, PipelineView};
 use crate::server::{Routes, Slot};
 use crate::shutdown::{Shutdown, GRACE};
@@ -60,10 +67,12 @@ impl Reload {
 /// A file of the configuration: its path, modification time and length.
 type FileState = (PathBuf, Option<SystemTime>, u64);
 
-/// One pipeline running on the file log: what stops it.
+/// One running pipeline: what stops it.
 pub(super) struct Running {
     /// Its spec as text, to tell a changed one.
     fingerprint: String,
+    /// Its sinks' names.
+    sinks: Vec<String>,
     /// Its own stop and tasks (children of the run's).
     shutdown: Shutdown,
     /// Its webhook path, if it has one.
@@ -72,18 +81,25 @@ pub(super) struct Running {
     pub(super) view: Arc<PipelineView>,
 }
 
-/// Starts `spec` on the file log, with a stop and tasks of its own that the
-/// run's `root` also waits for; returns it and its webhook route, if any.
+/// Starts `spec` with a stop and tasks of its own that the run's `root`
+/// also waits for: on the file log its log, sinks and source; on a
+/// JetStream log (`cluster`) its streams, the contention for its sinks'
+/// partitions and its poller's lease (or its connections' shards), and its
+/// webhook. Returns it and its webhook route, if any.
 pub(super) async fn start_one(
     spec: &PipelineSpec,
     global: &GlobalSpec,
     root: &Shutdown,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Result<(Running, Option<(String, Arc<Route>)>), RunError> {
     let shutdown = root.child();
-    let floor = offset_floor(spec, global).await?;
-    let built = super::build(spec, global, &shutdown, floor, None).await?;
-    let connections = match (&built.view.connections, &spec.source) {
-        (Some(store), SourceSpec::Poll(poll)) => Some(crate::connections::polling::Runner {
+    let floor = match cluster {
+        Some(_) => 0,
+        None => offset_floor(spec, global).await?,
+    };
+    let built = super::build(spec, global, &shutdown, floor, cluster).await?;
+    let connections = match (&built.view.connections, &spec.source, cluster) {
+        (Some(store), SourceSpec::Poll(poll), None) => Some(crate::connections::polling::Runner {
             pipeline: spec.clone(),
             spec: (**poll).clone(),
             store: store.clone(),
@@ -95,9 +111,26 @@ pub(super) async fn start_one(
         }),
         _ => None,
     };
+    if let Some(cluster) = cluster {
+        crate::log::jetstream::leases::start(cluster.clone(), built.units, &shutdown);
+        if let Some(connections) = built.connections {
+            crate::connections::cluster::start(cluster.clone(), connections, &shutdown);
+        }
+        if let Some(leader) = built.poll_leader {
+            shutdown
+                .tasks
+                .spawn(crate::log::jetstream::poll_leader::lead(
+                    cluster.clone(),
+                    leader,
+                    shutdown.clone(),
+                ));
+        }
+    }
     let view = Arc::new(built.view);
     let route = match built.source.source {
         crate::source::Source::Webhook { path, route } => Some((path, Arc::new(*route))),
+        // On JetStream the poll leader (or each shard) runs its own poller.
+        crate::source::Source::Poll(_) if cluster.is_some() => None,
         // One poller per connection instead of the pipeline's own.
         crate::source::Source::Poll(_) if connections.is_some() => {
             if let Some(runner) = connections {
@@ -123,6 +156,7 @@ pub(super) async fn start_one(
     });
     let running = Running {
         fingerprint: fingerprint(spec),
+        sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
         shutdown,
         path: route.as_ref().map(|(path, _)| path.clone()),
         view,
@@ -140,10 +174,12 @@ fn fingerprint(spec: &PipelineSpec) -> String {
     )
 }
 
-/// The reloads of one run on the file log.
+/// The reloads of one run.
 pub(super) struct Reloader {
     pub(super) reload: Reload,
     pub(super) global: GlobalSpec,
+    /// On a JetStream log, its connection.
+    pub(super) cluster: Option<Arc<Cluster>>,
     pub(super) root: Shutdown,
     pub(super) routes: Routes,
     pub(super) admin: Arc<Admin>,
@@ -246,9 +282,20 @@ impl Reloader {
         // Stop them: sources stop, requests in flight are answered, the logs
         // close, the sinks flush what the logs hold.
         for name in &going {
-            let Some(Running { shutdown, view, .. }) = self.running.remove(*name) else {
+            let Some(Running {
+                shutdown,
+                view,
+                sinks,
+                ..
+            }) = self.running.remove(*name)
+            else {
                 continue;
             };
+            // A JetStream log keeps what its streams hold across a stop, for
+            // the pipeline's next start: a removed one writes it out first.
+            if self.cluster.is_some() && removed.contains(name) {
+                written_out(name, &view, &sinks).await;
+            }
             shutdown.stop.cancel();
             drop(view);
             if !shutdown.drain(GRACE).await {
@@ -292,13 +339,30 @@ impl Reloader {
     ) -> Result<(Running, Option<(String, Arc<Route>)>), RunError> {
         let started = std::time::Instant::now();
         loop {
-            match start_one(spec, &self.global, &self.root).await {
+            match start_one(spec, &self.global, &self.root, self.cluster.as_ref()).await {
                 Err(RunError::Buffer { .. }) if started.elapsed() < REOPEN_FOR => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 other => return other,
             }
         }
+    }
+}
+
+/// Waits (up to [`GRACE`]) until the sinks of `view`, a removed pipeline
+/// on a JetStream log whose webhook answers 404 already, wrote what its
+/// streams hold. The partitions other nodes hold are written by them; those
+/// no node holds (nodes that removed it before let them go) are taken here.
+async fn written_out(name: &str, view: &PipelineView, sinks: &[String]) {
+    if let Some(status) = &view.log_status {
+        status.write_out();
+        // The end and progress are read periodically: one read after the
+        // last request was answered.
+        tokio::time::sleep(status.refresh()).await;
+    }
+    let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+    if let Err(behind) = view.log.written(&sinks, GRACE).await {
+        warn!(pipeline = %name, sink = %behind.sink, committed = behind.committed, end = behind.end, "A removed pipeline's sink did not write what its streams hold in time: the rest stays in them, written when a node runs the pipeline again.");
     }
 }
 

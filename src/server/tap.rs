@@ -8,8 +8,12 @@
 //! slows an append. A reader that falls so far behind that the segment it
 //! reads is deleted skips to the end and says so in a line
 //! `{"skipped_to": offset}`. Under the admin API's rules (token or
-//! loopback). On a JetStream log, where each node holds some partitions,
-//! a tap is refused with the reason.
+//! loopback). On a JetStream log any node taps every partition.
+//!
+//! `?sink=NAME`: each event once that sink has written it (its committed
+//! offset passed it: in its table, delivered, or one of its dead letters),
+//! in the same lines. `?dead_letters=true`: the dead letters the sinks
+//! write from then on.
 
 use std::sync::Arc;
 
@@ -30,6 +34,8 @@ use crate::source::webhook;
 
 /// Most events read at once.
 const READ: usize = 256;
+/// How often a tap of one sink looks at the sink's progress again.
+const SINK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The tap route.
 pub fn routes() -> Router<Arc<Admin>> {
@@ -54,8 +60,29 @@ pub async fn tap(
             format!("no pipeline is named {name}"),
         );
     };
-    let dead_letters = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let dead_letters = query
+        .iter()
         .any(|(k, v)| k == "dead_letters" && v != "false");
+    let sink = query
+        .iter()
+        .find(|(k, _)| k == "sink")
+        .map(|(_, v)| v.clone());
+    if let Some(sink) = &sink {
+        if !p.sinks.iter().any(|(name, _)| name == sink) {
+            let names: Vec<&str> = p.sinks.iter().map(|(n, _)| n.as_str()).collect();
+            return webhook::error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "pipeline {name} has no sink named {sink}; its sinks: {}",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
     if dead_letters {
         return ndjson(Body::from_stream(
             dead_letter_lines(p.dead_letters.clone()).await,
@@ -63,7 +90,7 @@ pub async fn tap(
     }
     if let Some(cluster) = &p.log_status {
         // Every partition's new messages, whichever node wrote them.
-        let events = match cluster.tap().await {
+        let events = match cluster.tap(sink).await {
             Ok(events) => events,
             Err(e) => {
                 return webhook::error(
@@ -86,16 +113,25 @@ pub async fn tap(
     }
     let log = p.log.clone();
     let reader = log.reader(log.end());
-    let stream = futures::stream::unfold((log, reader), |(log, mut reader)| async move {
+    let state = (log, reader, sink);
+    let stream = futures::stream::unfold(state, |(log, mut reader, sink)| async move {
         loop {
             if !reader.wait().await {
                 return None;
             }
             match reader.read(READ).await {
                 Ok(events) => {
+                    if let Some(sink) = &sink {
+                        // Shown once the sink passed them all.
+                        let through = reader.position();
+                        while log.sink_state(sink).committed < through {
+                            tokio::time::sleep(SINK_WAIT).await;
+                        }
+                    }
                     let lines: String = events.iter().filter_map(line).collect();
                     if !lines.is_empty() {
-                        return Some((Ok::<_, std::io::Error>(Bytes::from(lines)), (log, reader)));
+                        let lines = Ok::<_, std::io::Error>(Bytes::from(lines));
+                        return Some((lines, (log, reader, sink)));
                     }
                 }
                 // The segment went (every sink passed it): on from the end.
@@ -103,7 +139,7 @@ pub async fn tap(
                     let end = log.end();
                     let skipped = json!({ "skipped_to": end }).to_string() + "\n";
                     let reader: Reader = log.reader(end);
-                    return Some((Ok(Bytes::from(skipped)), (log, reader)));
+                    return Some((Ok(Bytes::from(skipped)), (log, reader, sink)));
                 }
             }
         }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::*;
 
 /// A webhook pipeline `name` of Shopify customers, `max_age` as given.
-fn hook_pipeline(name: &str, max_age: &str) -> String {
+pub(crate) fn hook_pipeline(name: &str, max_age: &str) -> String {
     format!(
         "name = \"{name}\"\nschema = \"schemas/shopify_customer.json\"\nrecord_path = \"/customers\"\n\
          [source]\ntype = \"webhook\"\npath = \"/hooks/{name}\"\n[batch]\nmax_age = \"{max_age}\"\n\
@@ -23,7 +23,10 @@ fn hook_pipeline(name: &str, max_age: &str) -> String {
 
 /// Posts one customer at a time to `/hooks/{name}` until `stop`; the ids
 /// answered 202, and every other status seen.
-async fn keep_posting(url: String, stop: Arc<AtomicBool>) -> (HashSet<String>, Vec<u16>) {
+pub(crate) async fn keep_posting(
+    url: String,
+    stop: Arc<AtomicBool>,
+) -> (HashSet<String>, Vec<u16>) {
     let client = reqwest::Client::new();
     let (mut acked, mut refused) = (HashSet::new(), Vec::new());
     let mut i = 0;
@@ -44,7 +47,7 @@ async fn keep_posting(url: String, stop: Arc<AtomicBool>) -> (HashSet<String>, V
     (acked, refused)
 }
 
-async fn pipeline_names(project: &Project) -> Vec<String> {
+pub(crate) async fn pipeline_names(project: &Project) -> Vec<String> {
     let body: Value = reqwest::get(project.url("/api/pipelines"))
         .await
         .unwrap()
@@ -144,7 +147,7 @@ async fn sighup_reloads_the_pipelines_while_webhooks_are_served_and_loses_or_dou
 }
 
 /// Posts `n` customers to `path`, one per request; the ids answered 202.
-async fn post_customers_to(project: &Project, path: &str, n: u64) -> HashSet<String> {
+pub(crate) async fn post_customers_to(project: &Project, path: &str, n: u64) -> HashSet<String> {
     let client = reqwest::Client::new();
     let mut acked = HashSet::new();
     for i in 0..n {

@@ -152,3 +152,63 @@ async fn tap_dead_letters_prints_each_new_dead_letter_with_its_reason() {
     tap.kill().unwrap();
     tap.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_of_a_sink_prints_each_event_once_it_is_in_the_files() {
+    let project = Project::new();
+    // Batches wait up to 2 s: an event shown when acknowledged would be
+    // seen before its file.
+    project.shopify_pipeline_with(
+        "max_age = \"2s\"",
+        "",
+        "type = \"parquet\"\nname = \"files\"",
+    );
+    let _server = project.start().await;
+    let unknown = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["tap", "shopify_customers", "--sink", "nope"])
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        said.contains("no sink named nope") && said.contains("files"),
+        "{said}"
+    );
+
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["tap", "shopify_customers", "--sink", "files"])
+        .current_dir(project.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = tap.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
+        }
+    });
+    // The tap starts at the log's end when its request arrives: give it that.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let posted = post_customers(&project, 1, 4, 5).await;
+    let table = project.path().join("lake/shopify_customers");
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < posted.len() && Instant::now() < deadline {
+        let Ok(line) = seen.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let id = line["id"].as_str().unwrap().to_string();
+        // Shown only once the sink wrote it: its file is there already.
+        assert!(
+            id_counts(&table).contains_key(&id),
+            "shown before it was in the files: {line}"
+        );
+        assert!(got.insert(id), "shown twice: {line}");
+    }
+    assert_eq!(got, posted);
+    tap.kill().unwrap();
+    tap.wait().unwrap();
+}

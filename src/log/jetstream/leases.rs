@@ -8,13 +8,14 @@
 //!
 //! Balance: every node keeps a key in `tributary_nodes` alive the same way,
 //! takes leases only while it holds fewer than its fair share
-//! (`ceil(units / nodes)`), and gives one up per renewal while it holds
-//! more: a node that joins gets its share within a few lease periods. A unit
+//! (`ceil(units / nodes)`, counted over the pipelines it runs now, see
+//! [`super::share`]), and gives one up per renewal while it holds more: a
+//! node that joins gets its share within a few lease periods. A unit
 //! given up is flushed and committed first, and its next owner resumes from
 //! the Delta table's txn (or the progress bucket), so a move writes no row
 //! twice.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,35 +47,16 @@ pub struct SinkUnits {
     pub health: Arc<SinkHealth>,
 }
 
-/// How many units this node holds, against its fair share.
-struct Balance {
-    total: usize,
-    owned: AtomicUsize,
-    live: AtomicUsize,
-    /// One unit is being given up (one at a time).
-    releasing: AtomicBool,
+/// Starts the node's heartbeat, which counts the live nodes (the fair
+/// shares divide by it) until `shutdown`.
+pub fn heartbeat(cluster: Arc<Cluster>, shutdown: &Shutdown) {
+    shutdown.tasks.spawn(beat(cluster, shutdown.stop.clone()));
 }
 
-impl Balance {
-    fn fair(&self) -> usize {
-        self.total
-            .div_ceil(self.live.load(Ordering::Relaxed).max(1))
-    }
-}
-
-/// Starts the node's heartbeat, one lease loop per unit and the status task.
+/// Starts one lease loop per unit of `sinks` (one pipeline's) and the
+/// pipeline's status task, until `shutdown` (the pipeline's own on a
+/// reload): each unit counts in this node's share while its loop runs.
 pub fn start(cluster: Arc<Cluster>, sinks: Vec<SinkUnits>, shutdown: &Shutdown) {
-    let total = sinks.iter().map(|s| s.pipeline.count() as usize).sum();
-    let balance = Arc::new(Balance {
-        total,
-        owned: AtomicUsize::new(0),
-        live: AtomicUsize::new(1),
-        releasing: AtomicBool::new(false),
-    });
-    let stop = shutdown.stop.clone();
-    shutdown
-        .tasks
-        .spawn(heartbeat(cluster.clone(), balance.clone(), stop.clone()));
     let mut pipelines: Vec<Arc<Pipeline>> = Vec::new();
     for sink in sinks {
         if !pipelines.iter().any(|p| Arc::ptr_eq(p, &sink.pipeline)) {
@@ -82,22 +64,21 @@ pub fn start(cluster: Arc<Cluster>, sinks: Vec<SinkUnits>, shutdown: &Shutdown) 
         }
         let sink = Arc::new(sink);
         for partition in 0..sink.pipeline.count() {
-            shutdown.tasks.spawn(unit(
-                cluster.clone(),
-                sink.clone(),
-                partition,
-                balance.clone(),
-                shutdown.clone(),
-            ));
+            let member = cluster.partitions.join();
+            let unit = unit(cluster.clone(), sink.clone(), partition, shutdown.clone());
+            shutdown.tasks.spawn(async move {
+                unit.await;
+                drop(member);
+            });
         }
     }
     for pipeline in pipelines {
-        tokio::spawn(status(pipeline, stop.clone()));
+        tokio::spawn(status(pipeline, shutdown.stop.clone()));
     }
 }
 
 /// Keeps this node's key alive and counts the live nodes.
-async fn heartbeat(cluster: Arc<Cluster>, balance: Arc<Balance>, stop: CancellationToken) {
+async fn beat(cluster: Arc<Cluster>, stop: CancellationToken) {
     let tick = cluster.spec.lease / 3;
     loop {
         let name = Bytes::from(cluster.spec.node.clone());
@@ -109,7 +90,6 @@ async fn heartbeat(cluster: Arc<Cluster>, balance: Arc<Balance>, stop: Cancellat
             while let Some(Ok(_)) = keys.next().await {
                 live += 1;
             }
-            balance.live.store(live.max(1), Ordering::Relaxed);
             cluster.set_live_nodes(live);
         }
         tokio::select! {
@@ -121,13 +101,7 @@ async fn heartbeat(cluster: Arc<Cluster>, balance: Arc<Balance>, stop: Cancellat
 }
 
 /// Contends for one unit's lease, runs its runner while it holds it.
-async fn unit(
-    cluster: Arc<Cluster>,
-    sink: Arc<SinkUnits>,
-    partition: u32,
-    balance: Arc<Balance>,
-    shutdown: Shutdown,
-) {
+async fn unit(cluster: Arc<Cluster>, sink: Arc<SinkUnits>, partition: u32, shutdown: Shutdown) {
     let key = sink.pipeline.key(&sink.sink, partition);
     let tick = cluster.spec.lease / 3;
     // Spread the first tries so that nodes starting together share out.
@@ -137,15 +111,13 @@ async fn unit(
         if shutdown.stop.is_cancelled() {
             return;
         }
-        if balance.owned.load(Ordering::Relaxed) < balance.fair() {
+        let writing_out = sink.pipeline.writing_out.load(Ordering::Relaxed);
+        if writing_out || cluster.partitions.wants(cluster.live_nodes()) {
             let node = Bytes::from(cluster.node.clone());
             if let Ok(revision) = cluster.leases().create(&key, node).await {
-                balance.owned.fetch_add(1, Ordering::Relaxed);
-                let gave_up = own(
-                    &cluster, &sink, partition, &key, revision, &balance, &shutdown,
-                )
-                .await;
-                balance.owned.fetch_sub(1, Ordering::Relaxed);
+                let held = cluster.partitions.hold();
+                let gave_up = own(&cluster, &sink, partition, &key, revision, &shutdown).await;
+                drop(held);
                 if gave_up {
                     // Let another node take it before trying again.
                     tokio::select! {
@@ -171,7 +143,6 @@ async fn own(
     partition: u32,
     key: &str,
     mut revision: u64,
-    balance: &Balance,
     shutdown: &Shutdown,
 ) -> bool {
     let (pipeline, name) = (&sink.pipeline.name, &sink.sink);
@@ -191,11 +162,12 @@ async fn own(
     let task = (sink.make)(Log::new(Arc::new(log)), Some(partition));
     let mut runner = tokio::spawn(task.run());
     let mut giving_up = false;
-    // This unit is the one `balance.releasing` stands for.
+    // This unit is the one the share gives back.
     let mut releasing = false;
+    let share = &cluster.partitions;
     let settle = |releasing: bool| {
         if releasing {
-            balance.releasing.store(false, Ordering::Release);
+            share.given();
         }
     };
     loop {
@@ -237,11 +209,10 @@ async fn own(
                         }
                     }
                 }
-                if !giving_up
-                    && balance.owned.load(Ordering::Relaxed) > balance.fair()
-                    && !balance.releasing.swap(true, Ordering::AcqRel)
-                {
-                    info!(pipeline = %pipeline, sink = %name, partition, fair_share = balance.fair(), "Giving the partition to another node (this one holds more than its share).");
+                let live = cluster.live_nodes();
+                let writing_out = sink.pipeline.writing_out.load(Ordering::Relaxed);
+                if !giving_up && !writing_out && share.give(live) {
+                    info!(pipeline = %pipeline, sink = %name, partition, fair_share = share.fair(live), "Giving the partition to another node (this one holds more than its share).");
                     giving_up = true;
                     releasing = true;
                     done.cancel();

@@ -35,6 +35,7 @@
 pub mod leases;
 pub mod poll_leader;
 pub mod schemas;
+pub mod share;
 
 use std::io;
 use std::ops::Range;
@@ -123,6 +124,10 @@ pub struct Cluster {
     pub node: String,
     /// How many nodes keep a heartbeat (this one included), as last counted.
     live: std::sync::atomic::AtomicUsize,
+    /// This node's share of the sinks' partitions.
+    pub(crate) partitions: Arc<share::Share>,
+    /// This node's share of the connections' shards.
+    pub(crate) shards: Arc<share::Share>,
     /// The settings.
     pub spec: JetStreamSpec,
 }
@@ -199,6 +204,8 @@ impl Cluster {
             nodes,
             node,
             live: std::sync::atomic::AtomicUsize::new(1),
+            partitions: Default::default(),
+            shards: Default::default(),
             spec: spec.clone(),
         }))
     }
@@ -264,6 +271,7 @@ impl Cluster {
             statuses: Default::default(),
             poll_state: Default::default(),
             connection_states: Default::default(),
+            writing_out: Default::default(),
         }))
     }
 
@@ -400,6 +408,9 @@ pub struct Pipeline {
     connection_states: std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, Bytes)>>,
     /// With dedupe: the delivery ids published within the dedupe window.
     delivered: Option<kv::Store>,
+    /// Being removed from this node: take every free partition (see
+    /// [`crate::log::LogStatus::write_out`]).
+    pub(crate) writing_out: std::sync::atomic::AtomicBool,
 }
 
 /// The last seen end and size of one partition's stream.
@@ -411,10 +422,17 @@ pub struct PartitionStatus {
     pub bytes: AtomicU64,
 }
 
+/// How often a tap of one sink looks at the sink's progress again.
+const TAP_WAIT: Duration = Duration::from_millis(100);
+
 impl crate::log::LogStatus for Pipeline {
     fn partitions(&self) -> serde_json::Value {
         let rows = self.statuses.lock().expect("status lock").clone();
         serde_json::json!(rows)
+    }
+
+    fn write_out(&self) {
+        self.writing_out.store(true, Ordering::Relaxed);
     }
 
     fn refresh(&self) -> Duration {
@@ -422,10 +440,13 @@ impl crate::log::LogStatus for Pipeline {
         leases::STATUS_EVERY * 2
     }
 
-    fn tap(&self) -> BoxFuture<'_, Result<futures::stream::BoxStream<'static, Event>, String>> {
+    fn tap(
+        &self,
+        sink: Option<String>,
+    ) -> BoxFuture<'_, Result<futures::stream::BoxStream<'static, Event>, String>> {
         async move {
             let mut partitions = Vec::new();
-            for stream in &self.streams {
+            for (partition, stream) in self.streams.iter().enumerate() {
                 // An ordered consumer of its own from the stream's end: it
                 // acknowledges nothing, so it holds no message back.
                 let consumer = stream
@@ -436,8 +457,27 @@ impl crate::log::LogStatus for Pipeline {
                     .await
                     .map_err(|e| e.to_string())?;
                 let messages = consumer.messages().await.map_err(|e| e.to_string())?;
-                partitions.push(messages.filter_map(|m| async move {
-                    m.ok().and_then(|m| decode(m.message.payload.clone()).ok())
+                let (statuses, sink) = (self.statuses.clone(), sink.clone());
+                partitions.push(messages.filter_map(move |m| {
+                    let (statuses, sink) = (statuses.clone(), sink.clone());
+                    async move {
+                        let m = m.ok()?;
+                        if let Some(sink) = sink {
+                            let sequence = m.info().ok()?.stream_sequence;
+                            // Offsets below `committed` are in the sink.
+                            let passed = || {
+                                statuses.lock().expect("status lock").iter().any(|r| {
+                                    r.sink == sink
+                                        && r.partition as usize == partition
+                                        && r.committed >= sequence
+                                })
+                            };
+                            while !passed() {
+                                tokio::time::sleep(TAP_WAIT).await;
+                            }
+                        }
+                        decode(m.message.payload.clone()).ok()
+                    }
                 }));
             }
             let closed = self.closed.clone();

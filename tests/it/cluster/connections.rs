@@ -275,6 +275,50 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
         assert_eq!(line["body"]["customers"]["id"], 1, "{line}");
     }
     drop(tap);
+    // A tap of one sink: an unknown one is a 404 naming the sinks; `delta`
+    // shows each event once its partition's progress passed it, so the
+    // table holds it when it is shown.
+    let unknown = client
+        .get(nodes[1].url("/api/pipelines/shops/tap?sink=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let said = unknown.text().await.unwrap();
+    assert!(said.contains("delta"), "{said}");
+    let tap = client
+        .get(nodes[1].url("/api/pipelines/shops/tap?sink=delta"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tap.status(), 200);
+    let mut tap = tap.bytes_stream();
+    for _ in 0..3 {
+        assert_eq!(posted(0, "acme.example").await, 202);
+    }
+    let mut seen = String::new();
+    while seen.lines().count() < 3 {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(60), futures::StreamExt::next(&mut tap))
+                .await
+                .expect("the sink's tap sends the posted events once written")
+                .unwrap()
+                .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let shown: Vec<String> = seen
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+        .map(|id| id.trim_matches('"').to_string())
+        .collect();
+    let written = read_delta(lake.path().join("shops").to_str().unwrap(), &[], &[], &[]);
+    for id in &shown {
+        assert!(
+            written.deltalake.contains_key(id),
+            "shown by the sink's tap but not in its table: {id}"
+        );
+    }
+    drop(tap);
     let removed = client
         .delete(nodes[1].url("/api/pipelines/shops/connections/acme.example"))
         .send()

@@ -19,6 +19,8 @@ mod contract;
 // Connections in a KV bucket, polled per shard where its lease is held.
 mod connections;
 mod durability;
+// SIGHUP on each node in turn while clients post to both.
+mod reload;
 
 /// One cluster test at a time: each runs three nats-servers and two or
 /// three nodes under load, and two of them at once on two cores starve
@@ -875,7 +877,9 @@ async fn pause_a_writer_past_its_leases(nodes: &[Project]) -> ([Server; 2], Hash
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the other node never took every partition: {rows:?}"
+            "the other node never took every partition: {rows:?}\nthe other node's log:\n{}\nthe paused node's log:\n{}",
+            nodes[1].log(),
+            nodes[0].log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
