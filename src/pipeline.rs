@@ -243,6 +243,7 @@ pub async fn build(
             crate::source::Source::Webhook { .. } => None,
         },
         connections: store,
+        stop: shutdown.stop.clone(),
     };
     Ok(Built {
         source,
@@ -653,7 +654,14 @@ pub async fn run(
     // Each pipeline runs on its own: a reload can stop, start or restart it
     // without touching the others.
     for spec in &config.pipelines {
-        let (one, route) = start_one(spec, &config.global, &shutdown, cluster).await?;
+        let (one, route) = match start_one(spec, &config.global, &shutdown, cluster).await {
+            Ok(started) => started,
+            Err(e) => {
+                // What started before stops (its leases, runners, heartbeat).
+                shutdown.stop.cancel();
+                return Err(e);
+            }
+        };
         if let Some((path, route)) = route {
             routes.insert(path, Slot::Live(route));
         }

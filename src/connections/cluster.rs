@@ -51,7 +51,7 @@ pub struct Connections {
 }
 
 /// Contends for every shard of `connections` (one pipeline's) until
-/// `shutdown` (the pipeline's own on a reload): each shard counts in this
+/// `shutdown` (the pipeline's pollers' own): each shard counts in this
 /// node's share while its loop runs.
 pub fn start(cluster: Arc<Cluster>, connections: Connections, shutdown: &Shutdown) {
     for index in 0..SHARDS {

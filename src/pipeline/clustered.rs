@@ -123,6 +123,7 @@ pub(super) async fn build(
         // The poll source runs where its lease is held, with its own poller.
         poll: None,
         connections: store.clone(),
+        stop: shutdown.stop.clone(),
     };
     let connections = match (&store, &spec.source) {
         (Some(store), crate::config::SourceSpec::Poll(poll)) => {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{offset_floor, spawn_runners, RunError};
@@ -75,6 +76,9 @@ pub(super) struct Running {
     sinks: Vec<String>,
     /// Its own stop and tasks (children of the run's).
     shutdown: Shutdown,
+    /// Stops its source alone (a child of `shutdown.stop`; on the file log,
+    /// that stop itself).
+    sources: CancellationToken,
     /// Its webhook path, if it has one.
     path: Option<String>,
     /// What the admin API sees of it.
@@ -111,20 +115,31 @@ pub(super) async fn start_one(
         }),
         _ => None,
     };
+    let mut sources = shutdown.stop.clone();
     if let Some(cluster) = cluster {
         crate::log::jetstream::leases::start(cluster.clone(), built.units, &shutdown);
+        // The pollers (the poll leader, or each shard of the connections)
+        // can stop before the sinks: a removed pipeline writes out what its
+        // streams hold once nothing more comes.
+        let polling = shutdown.child();
         if let Some(connections) = built.connections {
-            crate::connections::cluster::start(cluster.clone(), connections, &shutdown);
+            crate::connections::cluster::start(cluster.clone(), connections, &polling);
         }
         if let Some(leader) = built.poll_leader {
-            shutdown
+            polling
                 .tasks
                 .spawn(crate::log::jetstream::poll_leader::lead(
                     cluster.clone(),
                     leader,
-                    shutdown.clone(),
+                    polling.clone(),
                 ));
         }
+        sources = polling.stop.clone();
+        let tasks = polling.tasks.clone();
+        shutdown.tasks.spawn(async move {
+            tasks.close();
+            tasks.wait().await;
+        });
     }
     let view = Arc::new(built.view);
     let route = match built.source.source {
@@ -158,6 +173,7 @@ pub(super) async fn start_one(
         fingerprint: fingerprint(spec),
         sinks: spec.sinks.iter().map(|s| s.name().to_string()).collect(),
         shutdown,
+        sources,
         path: route.as_ref().map(|(path, _)| path.clone()),
         view,
     };
@@ -197,17 +213,32 @@ impl Reloader {
                 () = self.root.stop.cancelled() => return,
                 Some(()) = hangup(&mut hangups) => {
                     info!("SIGHUP received: reloading the configuration.");
-                    self.reload().await;
+                    if !self.reload_or_stop().await {
+                        return;
+                    }
                 }
                 _ = tick.tick(), if seen.is_some() => {
                     let now = files(&self.reload.paths);
                     if seen.as_ref() != Some(&now) {
                         seen = Some(now);
                         info!("A configuration file changed: reloading.");
-                        self.reload().await;
+                        if !self.reload_or_stop().await {
+                            return;
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Reloads, unless the run stops meanwhile (its stop reaches every
+    /// pipeline, the ones this reload was stopping or starting too): false
+    /// then.
+    async fn reload_or_stop(&mut self) -> bool {
+        let stop = self.root.stop.clone();
+        tokio::select! {
+            () = self.reload() => true,
+            () = stop.cancelled() => false,
         }
     }
 
@@ -279,29 +310,31 @@ impl Reloader {
             .cloned()
             .collect();
         self.admin.pipelines.store(views.clone());
-        // Stop them: sources stop, requests in flight are answered, the logs
-        // close, the sinks flush what the logs hold.
-        for name in &going {
-            let Some(Running {
-                shutdown,
-                view,
-                sinks,
-                ..
-            }) = self.running.remove(*name)
-            else {
-                continue;
-            };
-            // A JetStream log keeps what its streams hold across a stop, for
-            // the pipeline's next start: a removed one writes it out first.
-            if self.cluster.is_some() && removed.contains(name) {
-                written_out(name, &view, &sinks).await;
+        // Stop them, all at once: sources stop, requests in flight are
+        // answered, the logs close, the sinks flush what the logs hold.
+        let stopping: Vec<(String, Running)> = going
+            .iter()
+            .filter_map(|name| Some(((*name).clone(), self.running.remove(*name)?)))
+            .collect();
+        let cluster = self.cluster.is_some();
+        futures::future::join_all(stopping.into_iter().map(|(name, one)| {
+            let removed = removed.contains(&name);
+            async move {
+                // A JetStream log keeps what its streams hold across a stop,
+                // for the pipeline's next start: a removed one stops its
+                // source and writes out what its streams hold first.
+                if cluster && removed {
+                    one.sources.cancel();
+                    written_out(&name, &one.view, &one.sinks).await;
+                }
+                one.shutdown.stop.cancel();
+                drop(one.view);
+                if !one.shutdown.drain(GRACE).await {
+                    warn!(pipeline = %name, grace_secs = GRACE.as_secs(), "Its sinks did not finish flushing in time; what is left stays in its log.");
+                }
             }
-            shutdown.stop.cancel();
-            drop(view);
-            if !shutdown.drain(GRACE).await {
-                warn!(pipeline = %name, grace_secs = GRACE.as_secs(), "Its sinks did not finish flushing in time; what is left stays in its log.");
-            }
-        }
+        }))
+        .await;
         // Start the changed and the new ones.
         for name in changed.iter().chain(&added) {
             match self.start(new[name.as_str()]).await {
@@ -349,9 +382,9 @@ impl Reloader {
     }
 }
 
-/// Waits (up to [`GRACE`]) until the sinks of `view`, a removed pipeline
-/// on a JetStream log whose webhook answers 404 already, wrote what its
-/// streams hold. The partitions other nodes hold are written by them; those
+/// Waits (one status refresh, then up to [`GRACE`]) until the sinks of
+/// `view`, a removed pipeline on a JetStream log whose webhook answers 404
+/// and whose pollers stopped already, wrote what its streams hold. The partitions other nodes hold are written by them; those
 /// no node holds (nodes that removed it before let them go) are taken here.
 async fn written_out(name: &str, view: &PipelineView, sinks: &[String]) {
     if let Some(status) = &view.log_status {

@@ -86,6 +86,8 @@ pub struct PipelineView {
     pub poll: Option<Arc<crate::source::poll::health::PollHealth>>,
     /// Its connections, with `[connections]`.
     pub connections: Option<Arc<crate::connections::store::Store>>,
+    /// Cancelled when it stops (a reload, or the run's end): its taps end.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// How long `/readyz` waits for a sink's storage to answer.

@@ -42,7 +42,8 @@ pub fn routes() -> Router<Arc<Admin>> {
     Router::new().route("/api/pipelines/{name}/tap", get(tap))
 }
 
-/// The tap of pipeline `name` (with `?dead_letters=true`: its dead letters).
+/// The tap of pipeline `name` (with `?sink=NAME`: of one sink; with
+/// `?dead_letters=true`: its dead letters).
 pub async fn tap(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -99,9 +100,11 @@ pub async fn tap(
                 )
             }
         };
-        let lines = events.filter_map(|event| async move {
-            line(&event).map(|l| Ok::<_, std::io::Error>(Bytes::from(l)))
-        });
+        let lines = events
+            .filter_map(|event| async move {
+                line(&event).map(|l| Ok::<_, std::io::Error>(Bytes::from(l)))
+            })
+            .take_until(p.stop.clone().cancelled_owned());
         return (
             [(
                 header::CONTENT_TYPE,
@@ -144,6 +147,9 @@ pub async fn tap(
             }
         }
     });
+    // A tap of a sink that never passes its events (stopped, say) ends
+    // with the pipeline rather than holding its log open.
+    let stream = stream.take_until(p.stop.clone().cancelled_owned());
     (
         [(
             header::CONTENT_TYPE,

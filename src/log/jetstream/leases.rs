@@ -54,8 +54,8 @@ pub fn heartbeat(cluster: Arc<Cluster>, shutdown: &Shutdown) {
 }
 
 /// Starts one lease loop per unit of `sinks` (one pipeline's) and the
-/// pipeline's status task, until `shutdown` (the pipeline's own on a
-/// reload): each unit counts in this node's share while its loop runs.
+/// pipeline's status task, until `shutdown` (the pipeline's own): each unit
+/// counts in this node's share while its loop runs.
 pub fn start(cluster: Arc<Cluster>, sinks: Vec<SinkUnits>, shutdown: &Shutdown) {
     let mut pipelines: Vec<Arc<Pipeline>> = Vec::new();
     for sink in sinks {
@@ -115,7 +115,9 @@ async fn unit(cluster: Arc<Cluster>, sink: Arc<SinkUnits>, partition: u32, shutd
         if writing_out || cluster.partitions.wants(cluster.live_nodes()) {
             let node = Bytes::from(cluster.node.clone());
             if let Ok(revision) = cluster.leases().create(&key, node).await {
-                let held = cluster.partitions.hold();
+                // One taken past the share to write a removed pipeline out
+                // does not count in it: the node's other partitions stay.
+                let held = (!writing_out).then(|| cluster.partitions.hold());
                 let gave_up = own(&cluster, &sink, partition, &key, revision, &shutdown).await;
                 drop(held);
                 if gave_up {

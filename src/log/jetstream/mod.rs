@@ -47,7 +47,6 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -267,7 +266,6 @@ impl Cluster {
             cluster: self.clone(),
             streams,
             partitions,
-            closed: CancellationToken::new(),
             statuses: Default::default(),
             poll_state: Default::default(),
             connection_states: Default::default(),
@@ -396,8 +394,6 @@ pub struct Pipeline {
     streams: Vec<stream::Stream>,
     /// What the status task last saw of each partition.
     pub partitions: Vec<PartitionStatus>,
-    /// Cancelled on shutdown: appends end, readers see the log's end.
-    pub closed: CancellationToken,
     /// Each unit's owner and progress, as the status task last read them.
     pub statuses: crate::log::jetstream::leases::Statuses,
     /// A poll source's state as its leader loaded or last stored it, with
@@ -480,9 +476,8 @@ impl crate::log::LogStatus for Pipeline {
                     }
                 }));
             }
-            let closed = self.closed.clone();
-            let all = futures::stream::select_all(partitions.into_iter().map(Box::pin))
-                .take_until(async move { closed.cancelled().await });
+            // It ends with the client (or the pipeline's stop, see the route).
+            let all = futures::stream::select_all(partitions.into_iter().map(Box::pin));
             Ok(all.boxed())
         }
         .boxed()
@@ -684,7 +679,9 @@ impl LogAppend for JetStreamAppender {
     }
 
     fn is_closed(&self) -> bool {
-        self.0.closed.is_cancelled()
+        // Appends go on until the server stops: a stopping pipeline's
+        // webhook answers the requests in flight.
+        false
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -704,9 +701,6 @@ impl JetStreamAppender {
     /// which the duplicate window dropped.
     async fn publish(&self, events: Vec<Event>) -> Result<crate::log::Deduped, AppendError> {
         let pipeline = &self.0;
-        if pipeline.closed.is_cancelled() {
-            return Err(AppendError::Closed);
-        }
         let count = events.len() as u64;
         let ids = delivery_ids(&events);
         // A poll page: stored after its records, their ids made from it
