@@ -88,6 +88,9 @@ pub trait LogStore: Send + Sync {
 pub trait LogStatus: Send + Sync {
     /// One row per (sink, partition), as JSON.
     fn partitions(&self) -> serde_json::Value;
+    /// This node as the cluster sees it, as JSON: its id, the live nodes it
+    /// counts, and its shares of partitions and shards (total, held, fair).
+    fn node(&self) -> serde_json::Value;
     /// How long the status behind [`LogStore::end`] and
     /// [`LogStore::sink_state`] may lag the log (it is read periodically):
     /// a purge waits this long before it reads the log's end.

@@ -391,11 +391,19 @@ async fn pipelines(
     if let Some(refused) = refusal(&admin, &method, &headers, peer.as_deref()) {
         return refused;
     }
+    let pipelines = admin.pipelines.load();
     let mut list = Vec::new();
-    for p in admin.pipelines.load().iter() {
+    for p in pipelines.iter() {
         list.push(describe(p).await);
     }
-    Json(json!({ "pipelines": list })).into_response()
+    // On a JetStream log: this node's id, the live nodes and its shares.
+    match pipelines
+        .iter()
+        .find_map(|p| p.log_status.as_ref().map(|s| s.node()))
+    {
+        Some(node) => Json(json!({ "pipelines": list, "node": node })).into_response(),
+        None => Json(json!({ "pipelines": list })).into_response(),
+    }
 }
 
 async fn metrics_page(

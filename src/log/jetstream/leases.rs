@@ -85,12 +85,17 @@ async fn beat(cluster: Arc<Cluster>, stop: CancellationToken) {
         if let Err(e) = cluster.nodes().put(&cluster.node, name).await {
             warn!(error = %e, "Cannot renew this node's heartbeat in JetStream.");
         }
-        if let Ok(mut keys) = cluster.nodes().keys().await {
-            let mut live = 0;
-            while let Some(Ok(_)) = keys.next().await {
-                live += 1;
+        // Bounded: a listing whose last key expires as it is read waits for
+        // the consumer's idle heartbeat to end, and this loop renews the
+        // node's own key.
+        let counted = tokio::time::timeout(tick, count_keys(cluster.nodes()))
+            .await
+            .unwrap_or_else(|_| Err("the listing took longer than a third of the lease".into()));
+        match counted {
+            Ok(live) => cluster.set_live_nodes(live),
+            Err(e) => {
+                warn!(error = %e, live_nodes = cluster.live_nodes(), "Cannot count the live nodes in JetStream; the fair shares keep the last count.")
             }
-            cluster.set_live_nodes(live);
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -98,6 +103,18 @@ async fn beat(cluster: Arc<Cluster>, stop: CancellationToken) {
         }
     }
     let _ = cluster.nodes().delete(&cluster.node).await;
+}
+
+/// How many keys `bucket` holds (a failure part way is an error, not a
+/// smaller count).
+async fn count_keys(bucket: &kv::Store) -> Result<usize, String> {
+    let mut keys = bucket.keys().await.map_err(|e| e.to_string())?;
+    let mut count = 0;
+    while let Some(key) = keys.next().await {
+        key.map_err(|e| e.to_string())?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Contends for one unit's lease, runs its runner while it holds it.

@@ -427,6 +427,17 @@ impl crate::log::LogStatus for Pipeline {
         serde_json::json!(rows)
     }
 
+    fn node(&self) -> serde_json::Value {
+        let cluster = &self.cluster;
+        let live = cluster.live_nodes();
+        serde_json::json!({
+            "id": cluster.node,
+            "live_nodes": live,
+            "partitions": cluster.partitions.status(live),
+            "shards": cluster.shards.status(live),
+        })
+    }
+
     fn write_out(&self) {
         self.writing_out.store(true, Ordering::Relaxed);
     }

@@ -57,6 +57,15 @@ impl Share {
     pub fn given(&self) {
         self.giving.store(false, Ordering::Release);
     }
+
+    /// What `/api/pipelines` shows of it with `live` nodes alive.
+    pub fn status(&self, live: usize) -> serde_json::Value {
+        serde_json::json!({
+            "total": self.total.load(Ordering::Relaxed),
+            "held": self.held.load(Ordering::Relaxed),
+            "fair": self.fair(live),
+        })
+    }
 }
 
 /// One lease counted in its kind's total (see [`Share::join`]).

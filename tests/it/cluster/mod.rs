@@ -875,12 +875,20 @@ async fn pause_a_writer_past_its_leases(nodes: &[Project]) -> ([Server; 2], Hash
         {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the other node never took every partition: {rows:?}\nthe other node's log:\n{}\nthe paused node's log:\n{}",
-            nodes[1].log(),
-            nodes[0].log()
-        );
+        if started.elapsed() > Duration::from_secs(60) {
+            let body: serde_json::Value = reqwest::get(nodes[1].url("/api/pipelines"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            panic!(
+                "the other node never took every partition: {rows:?}\nits view of itself: {}\nthe other node's log:\n{}\nthe paused node's log:\n{}",
+                body["node"],
+                nodes[1].log(),
+                nodes[0].log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     paused.signal("CONT");

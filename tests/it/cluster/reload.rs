@@ -97,6 +97,18 @@ async fn sighup_reloads_each_node_while_both_serve_and_loses_or_doubles_nothing(
         })
         .await;
         assert_eq!(pipeline_names(node).await, ["add", "change", "keep"]);
+        // The node's share counts the partitions of what it runs now: 3
+        // pipelines of 2, over 2 live nodes.
+        let body: serde_json::Value = reqwest::get(node.url("/api/pipelines"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let share = &body["node"]["partitions"];
+        assert_eq!(share["total"], 6, "{}", body["node"]);
+        assert_eq!(body["node"]["live_nodes"], 2, "{}", body["node"]);
+        assert_eq!(share["fair"], 3, "{}", body["node"]);
     }
     let mut added = post_customers_to(&nodes[0], "/hooks/add", 3).await;
     added.extend(post_customers_to(&nodes[1], "/hooks/add", 3).await);
