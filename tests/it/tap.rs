@@ -3,21 +3,18 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tap_prints_each_event_acknowledged_after_it_started() {
-    let project = Project::new();
-    project.shopify_pipeline("max_age = \"100ms\"", "");
-    let _server = project.start().await;
-    // Before the tap: not shown.
-    let before = post_customers(&project, 0, 1, 3).await;
-
+/// `tributary tap shopify_customers <args>` in `project`: the process and
+/// its lines, each parsed as JSON as it comes.
+fn start_tap(project: &Project, args: &[&str]) -> (Child, Receiver<serde_json::Value>) {
     let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["tap", "shopify_customers"])
+        .args(args)
         .current_dir(project.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -30,6 +27,18 @@ async fn tap_prints_each_event_acknowledged_after_it_started() {
             let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
         }
     });
+    (tap, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_prints_each_event_acknowledged_after_it_started() {
+    let project = Project::new();
+    project.shopify_pipeline("max_age = \"100ms\"", "");
+    let _server = project.start().await;
+    // Before the tap: not shown.
+    let before = post_customers(&project, 0, 1, 3).await;
+
+    let (mut tap, seen) = start_tap(&project, &[]);
     // The tap shows what is acknowledged once it runs: post until it shows one.
     let started = Instant::now();
     let mut first = 100;
@@ -93,20 +102,7 @@ async fn tap_dead_letters_prints_each_new_dead_letter_with_its_reason() {
     })
     .await;
 
-    let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["tap", "shopify_customers", "--dead-letters"])
-        .current_dir(project.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = tap.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
-        }
-    });
+    let (mut tap, seen) = start_tap(&project, &["--dead-letters"]);
     // Give the tap its look at the files there now, then dead letters and
     // good events.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -176,20 +172,7 @@ async fn tap_of_a_sink_prints_each_event_once_it_is_in_the_files() {
         "{said}"
     );
 
-    let mut tap = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["tap", "shopify_customers", "--sink", "files"])
-        .current_dir(project.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = tap.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(serde_json::from_str(&line).expect("each line is JSON"));
-        }
-    });
+    let (mut tap, seen) = start_tap(&project, &["--sink", "files"]);
     // The tap starts at the log's end when its request arrives: give it that.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let posted = post_customers(&project, 1, 4, 5).await;
