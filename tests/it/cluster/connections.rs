@@ -118,6 +118,33 @@ fn rows_by_account(table: &Path) -> (HashMap<String, usize>, usize) {
     (counts, view.duckdb.values().sum())
 }
 
+/// Opens the tap at `url` (a 200), runs `post`, and returns the first `n`
+/// lines the tap sends, as JSON (a hang guard of 60 s per chunk).
+async fn tap_lines(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    post: impl std::future::Future<Output = ()>,
+) -> Vec<serde_json::Value> {
+    let tap = client.get(url).send().await.unwrap();
+    assert_eq!(tap.status(), 200);
+    let mut tap = tap.bytes_stream();
+    post.await;
+    let mut seen = String::new();
+    while seen.lines().count() < n {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(60), futures::StreamExt::next(&mut tap))
+                .await
+                .unwrap_or_else(|_| panic!("the tap at {url} sent no more than: {seen}"))
+                .unwrap()
+                .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// Every file under `dir`, recursively, whose bytes hold `needle`.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -247,34 +274,16 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
     }
     assert_eq!(posted(1, "nobody").await, 404);
     // A tap on one node sees the events posted to the other, as acknowledged.
-    let tap = client
-        .get(nodes[1].url("/api/pipelines/shops/tap"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tap.status(), 200);
-    let mut tap = tap.bytes_stream();
-    for _ in 0..3 {
-        assert_eq!(posted(0, "acme.example").await, 202);
-    }
-    let mut seen = String::new();
-    let started = Instant::now();
-    while seen.lines().count() < 3 {
-        let chunk =
-            tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut tap))
-                .await
-                .expect("the tap sends the posted events")
-                .unwrap()
-                .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-        assert!(started.elapsed() < Duration::from_secs(30), "{seen}");
-    }
-    for line in seen.lines() {
-        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    let post_three = || async {
+        for _ in 0..3 {
+            assert_eq!(posted(0, "acme.example").await, 202);
+        }
+    };
+    let url = nodes[1].url("/api/pipelines/shops/tap");
+    for line in tap_lines(&client, &url, 3, post_three()).await {
         assert_eq!(line["connection"], "acme.example", "{line}");
         assert_eq!(line["body"]["customers"]["id"], 1, "{line}");
     }
-    drop(tap);
     // A tap of one sink: an unknown one is a 404 naming the sinks; `delta`
     // shows each event once its partition's progress passed it, so the
     // table holds it when it is shown.
@@ -286,30 +295,11 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
     assert_eq!(unknown.status(), 404);
     let said = unknown.text().await.unwrap();
     assert!(said.contains("delta"), "{said}");
-    let tap = client
-        .get(nodes[1].url("/api/pipelines/shops/tap?sink=delta"))
-        .send()
+    let url = nodes[1].url("/api/pipelines/shops/tap?sink=delta");
+    let shown: Vec<String> = tap_lines(&client, &url, 3, post_three())
         .await
-        .unwrap();
-    assert_eq!(tap.status(), 200);
-    let mut tap = tap.bytes_stream();
-    for _ in 0..3 {
-        assert_eq!(posted(0, "acme.example").await, 202);
-    }
-    let mut seen = String::new();
-    while seen.lines().count() < 3 {
-        let chunk =
-            tokio::time::timeout(Duration::from_secs(60), futures::StreamExt::next(&mut tap))
-                .await
-                .expect("the sink's tap sends the posted events once written")
-                .unwrap()
-                .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let shown: Vec<String> = seen
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
-        .map(|id| id.trim_matches('"').to_string())
+        .iter()
+        .map(|line| line["id"].as_str().unwrap().to_string())
         .collect();
     let written = read_delta(lake.path().join("shops").to_str().unwrap(), &[], &[], &[]);
     for id in &shown {
@@ -318,7 +308,6 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
             "shown by the sink's tap but not in its table: {id}"
         );
     }
-    drop(tap);
     let removed = client
         .delete(nodes[1].url("/api/pipelines/shops/connections/acme.example"))
         .send()
