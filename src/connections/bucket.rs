@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::stored::{StoreError, Stored};
@@ -117,9 +118,14 @@ impl Bucket {
 pub(super) type Apply = Box<dyn Fn(Option<(u64, Stored)>) -> bool + Send + Sync>;
 
 /// Loads every connection of `kv` into the store through `apply`, then,
-/// while the store lives, applies each change any node makes; returns once
-/// the load is done (the watch runs on as a task).
-pub(super) async fn watch(kv: kv::Store, apply: Apply) -> Result<(), StoreError> {
+/// until `stop` (the store's drop) and while the store lives, applies each
+/// change any node makes; returns once the load is done (the watch runs on
+/// as a task).
+pub(super) async fn watch(
+    kv: kv::Store,
+    apply: Apply,
+    stop: CancellationToken,
+) -> Result<(), StoreError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         StoreError::Unavailable(format!("JetStream bucket {}: {e}", kv.name))
     };
@@ -154,7 +160,12 @@ pub(super) async fn watch(kv: kv::Store, apply: Apply) -> Result<(), StoreError>
             }
         }
     }
-    tokio::spawn(follow(apply, kv, entries, last));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = follow(apply, kv, entries, last) => {}
+        }
+    });
     Ok(())
 }
 

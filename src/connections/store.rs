@@ -158,6 +158,9 @@ pub struct Store {
     health: Mutex<BTreeMap<String, Arc<PollHealth>>>,
     /// Tells the app about its connections, if `[connections] notify` is set.
     notifier: Option<Arc<super::notify::Notifier>>,
+    /// Ends the bucket's watch when the store goes (a reload that stops or
+    /// restarts the pipeline), so no watch outlives its pipeline.
+    _watching: Option<tokio_util::sync::DropGuard>,
 }
 
 impl std::fmt::Debug for Store {
@@ -251,16 +254,17 @@ impl Store {
         notifier: Option<Arc<super::notify::Notifier>>,
     ) -> Result<Arc<Store>, StoreError> {
         let bucket = Bucket::new(kv.clone(), tokio::runtime::Handle::current());
-        let store = Arc::new(
-            Store::with(
-                pipeline,
-                keys,
-                fields,
-                BTreeMap::new(),
-                Backend::Bucket(Box::new(bucket)),
-            )
-            .notifying(notifier),
-        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut store = Store::with(
+            pipeline,
+            keys,
+            fields,
+            BTreeMap::new(),
+            Backend::Bucket(Box::new(bucket)),
+        )
+        .notifying(notifier);
+        store._watching = Some(stop.clone().drop_guard());
+        let store = Arc::new(store);
         let weak = Arc::downgrade(&store);
         let apply: super::bucket::Apply = Box::new(move |change| match (weak.upgrade(), change) {
             (None, _) => false,
@@ -270,7 +274,7 @@ impl Store {
             }
             (Some(_), None) => true,
         });
-        super::bucket::watch(kv, apply).await?;
+        super::bucket::watch(kv, apply, stop).await?;
         Ok(store)
     }
 
@@ -304,6 +308,7 @@ impl Store {
             recent: Mutex::default(),
             health: Mutex::default(),
             notifier: None,
+            _watching: None,
         }
     }
 

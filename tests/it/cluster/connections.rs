@@ -451,4 +451,70 @@ async fn connections_are_seen_by_every_node_polled_by_one_and_moved_when_it_dies
         let holding = files_holding(dir, b"s3cr3t");
         assert!(holding.is_empty(), "a token in plaintext in {holding:?}");
     }
+    // A pipeline restarted by a reload leaves no watch of its connections
+    // behind: twice changed, `shops` ends with the one consumer of its
+    // bucket the running pipeline watches with (JetStream deletes a
+    // consumer nobody listens to 30 s after its last listener went).
+    let server = servers[survivor].as_ref().unwrap();
+    let shops = nodes[survivor].path().join("pipelines/shops.toml");
+    let first = fs::read_to_string(&shops).unwrap();
+    for max_age in ["400ms", "500ms"] {
+        let before = nodes[survivor]
+            .log()
+            .matches("Configuration reloaded.")
+            .count();
+        fs::write(
+            &shops,
+            format!("{first}\n[batch]\nmax_age = \"{max_age}\"\n"),
+        )
+        .unwrap();
+        server.signal("HUP");
+        let started = Instant::now();
+        while nodes[survivor]
+            .log()
+            .matches("Configuration reloaded.")
+            .count()
+            == before
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the reload never ended:\n{}",
+                nodes[survivor].log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let watching = bucket_consumers(&nats, "KV_tributary_connections_shops").await;
+        if watching == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the bucket of a reloaded pipeline still has {watching} consumers:\n{}",
+            nodes[survivor].log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The consumers of `stream`, the most any server of `nats` counts.
+async fn bucket_consumers(nats: &Nats, stream: &str) -> u64 {
+    let mut most = 0;
+    for monitor in &nats.monitors {
+        let url = format!("http://127.0.0.1:{monitor}/jsz?accounts=true&streams=true");
+        let Ok(answer) = reqwest::get(&url).await else {
+            continue;
+        };
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        for account in body["account_details"].as_array().into_iter().flatten() {
+            for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                if detail["name"] == stream {
+                    most = most.max(detail["state"]["consumer_count"].as_u64().unwrap_or(0));
+                }
+            }
+        }
+    }
+    most
 }
