@@ -23,10 +23,26 @@ use crate::event::Event;
 /// already stored (see [`LogAppend::append_deduped`]).
 pub type Deduped = (Range<u64>, Vec<bool>);
 
+/// An append the log has taken, in its turn, but not yet made durable: it
+/// ends with the append's offsets once they are (see [`LogAppend::submit`]).
+pub type Pending = BoxFuture<'static, Result<Range<u64>, AppendError>>;
+
 /// The write side of a log, as a log implements it.
 pub trait LogAppend: Send + Sync {
     /// Appends `events` durably, as one append; their offsets once durable.
     fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>>;
+    /// Hands `events` to the log as one append and returns once it has
+    /// taken them, in the order of calls; the [`Pending`] ends when they are
+    /// durable. A writer with several appends taken makes them durable
+    /// together (one fsync), so a caller that goes on while an append is
+    /// pending overlaps its work with the log's. The default: the whole
+    /// append, then a finished `Pending` (no overlap).
+    fn submit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Pending, AppendError>> {
+        Box::pin(async move {
+            let range = self.append(events).await?;
+            Ok(Box::pin(std::future::ready(Ok(range))) as Pending)
+        })
+    }
     /// Like [`LogAppend::append`], and says for each of `events` whether the
     /// log already held it and dropped this copy (a replicated log's own
     /// duplicate window: a provider's retry that another node stored). The
@@ -158,6 +174,13 @@ impl Appender {
     /// crash of this process (and, for the file log, a power cut).
     pub async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
         self.0.append(events).await
+    }
+
+    /// Hands `events` to the log as one append, in the order of calls; the
+    /// returned [`Pending`] ends once they are durable (see
+    /// [`LogAppend::submit`]).
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Pending, AppendError> {
+        self.0.submit(events).await
     }
 
     /// Appends `events` and says which the log dropped as already stored

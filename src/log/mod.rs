@@ -65,7 +65,8 @@ use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
 pub use contract::{
-    Appender, Behind, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Reader,
+    Appender, Behind, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Pending,
+    Reader,
 };
 
 /// The backend `[log]` chose, opened.
@@ -331,6 +332,10 @@ impl LogAppend for FileAppender {
         Box::pin(FileAppender::append(self, events))
     }
 
+    fn submit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Pending, AppendError>> {
+        Box::pin(FileAppender::submit(self, events))
+    }
+
     fn disk_bytes(&self) -> u64 {
         FileAppender::disk_bytes(self)
     }
@@ -412,6 +417,12 @@ impl LogStore for FileLog {
 impl FileAppender {
     /// Appends `events` durably; returns their offsets once they survive a power cut.
     async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
+        self.submit(events).await?.await
+    }
+
+    /// Hands `events` to the writer, behind every append handed before;
+    /// the returned future ends once the writer made them durable.
+    async fn submit(&self, events: Vec<Event>) -> Result<Pending, AppendError> {
         if let Some(big) = events
             .iter()
             .map(|e| e.payload.len())
@@ -424,7 +435,9 @@ impl FileAppender {
             .send(Append { events, reply })
             .await
             .map_err(|_| AppendError::Closed)?;
-        answer.await.map_err(|_| AppendError::Closed)?
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| AppendError::Closed)?
+        }))
     }
 
     /// Bytes the log occupies on disk.

@@ -9,8 +9,12 @@
 //! every record says on disk whether it ended its append).
 //! A restarted run resumes at the page after the last durable one. The run's
 //! last page also moves the cursor (the next run's lower bound) forward, in
-//! that same append. The next request is sent while the previous page's fsync
-//! runs.
+//! that same append. The next request is sent while the previous page is
+//! worked through, and the pages go to the log in their order without
+//! waiting for each one's fsync: up to [`PAGES_IN_FLIGHT`] wait for theirs
+//! together (the log's writer shares one fsync among them) while the run
+//! fetches on. The state held in memory, its side copy and `progress` move
+//! only as pages become durable, in order.
 
 pub mod client;
 pub mod health;
@@ -32,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::spec::{PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event, RecordKind};
-use crate::log::{AppendError, Appender, Log};
+use crate::log::{AppendError, Appender, Log, Pending};
 use client::Client;
 use health::PollHealth;
 use state::{PageRef, PollState, RunState};
@@ -92,6 +96,16 @@ impl PollError {
 
 /// How often a poll waiting for room in a full buffer looks again.
 const BUFFER_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Pages of a run handed to the log whose fsync may still be pending, at
+/// most: the log's writer makes them durable together while the next pages
+/// are fetched. Bounds what a crash makes the run fetch again (the pages
+/// handed over but not durable) and the memory they hold.
+const PAGES_IN_FLIGHT: usize = 4;
+
+/// Pages handed to the log, oldest first, each with the state it carries
+/// and the run as of that page (for `progress`).
+type InFlight = std::collections::VecDeque<(Pending, PollState, RunState)>;
 
 /// One pipeline's poll source.
 pub struct Poller {
@@ -432,7 +446,7 @@ impl Poller {
             }
             None => self.new_run(),
         };
-        let mut fetched = self.fetch(&run).await;
+        let fetched = self.fetch(&run).await;
         if resumed && run.next != PageRef::First {
             if let Err(PollError::Rejected(why)) = &fetched {
                 // A page token or link may expire while the run waits. Going
@@ -455,6 +469,47 @@ impl Poller {
                 return Err(PollError::Rejected(why.clone()));
             }
         }
+        let mut flight = InFlight::new();
+        let ended = self.pages(&mut run, fetched, &mut flight, progress).await;
+        // Whatever ended the run, every page the log took is settled first,
+        // so the state says what is durable (a next run resumes after it).
+        let mut first_error = ended.err();
+        while let Some(page) = flight.pop_front() {
+            match self.settle(page).await {
+                Ok((state, at)) => {
+                    self.state = state;
+                    progress(&at);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if run.records > 0 && run.max_seen.is_none() && self.state.run.is_none() {
+            if let Some(c) = &self.spec.cursor {
+                warn!(pipeline = %self.pipeline, field = %c.field, "No record of this run had the cursor field; the cursor stays where it was. Check source.cursor.field against the records.");
+            }
+        }
+        Ok(run)
+    }
+
+    /// Works through the run's pages from `fetched` on: each page's records
+    /// and state are handed to the log (in page order) while the next page
+    /// is fetched, and up to [`PAGES_IN_FLIGHT`] of them wait in `flight` for
+    /// their fsync, which the log's writer shares among them. Returns after
+    /// handing over the run's last page (or the `max_pages`-th); the caller
+    /// settles what is still in `flight`.
+    async fn pages(
+        &mut self,
+        run: &mut RunState,
+        mut fetched: Result<(String, client::Response), PollError>,
+        flight: &mut InFlight,
+        progress: &mut (dyn FnMut(&RunState) + Send),
+    ) -> Result<(), PollError> {
         let mut seen = HashSet::new();
         loop {
             let (url, response) = fetched?;
@@ -492,11 +547,12 @@ impl Poller {
                 warn!(pipeline = %self.pipeline, pages = run.pages, "The run reached source.max_pages; it stops here and goes on from the next page at the next tick (or the next `tributary poll`).");
             }
             // The next request goes out before this page is worked through
-            // and made durable; its state record already names that page.
+            // and handed to the log; its state record already names that page.
             let following = next.clone().filter(|_| !capped).map(|next| RunState {
                 next,
                 ..run.clone()
             });
+            let last = following.is_none();
             let work = async {
                 let records = self.reader.records(&response.body, &list, &mut seen);
                 if let Some(max) = records.max_cursor {
@@ -504,7 +560,7 @@ impl Poller {
                 }
                 run.records += records.items.len() as u64;
                 let state = match next {
-                    None => self.finished(&run),
+                    None => self.finished(run),
                     Some(next) => {
                         run.next = next;
                         PollState {
@@ -532,31 +588,40 @@ impl Poller {
                     Event::record(RecordKind::PollState, Bytes::from(payload))
                         .with_connection(self.connection.as_ref()),
                 );
-                durable(
-                    &self.appender,
-                    &self.side,
-                    events,
-                    &state,
-                    (self.max_buffer, &self.stop),
-                )
-                .await?;
-                Ok::<_, PollError>(state)
+                let pending = submit(&self.appender, events, (self.max_buffer, &self.stop)).await?;
+                flight.push_back((pending, state, run.clone()));
+                // The oldest pages past the limit must be durable before
+                // more are fetched (the run's last page is settled by the
+                // caller, with the rest).
+                let mut settled = Vec::new();
+                while !last && flight.len() > PAGES_IN_FLIGHT {
+                    let oldest = flight.pop_front().expect("more pages than the limit");
+                    settled.push(self.settle(oldest).await?);
+                }
+                Ok::<_, PollError>(settled)
             };
             let Some(following) = following else {
-                self.state = work.await?;
-                if run.records > 0 && run.max_seen.is_none() && self.state.run.is_none() {
-                    if let Some(c) = &self.spec.cursor {
-                        warn!(pipeline = %self.pipeline, field = %c.field, "No record of this run had the cursor field; the cursor stays where it was. Check source.cursor.field against the records.");
-                    }
-                }
-                progress(&run);
-                return Ok(run);
+                work.await?;
+                return Ok(());
             };
-            let (next_page, state) = tokio::join!(self.fetch(&following), work);
-            self.state = state?;
-            progress(&run);
+            let (next_page, settled) = tokio::join!(self.fetch(&following), work);
+            for (state, at) in settled? {
+                self.state = state;
+                progress(&at);
+            }
             fetched = next_page;
         }
+    }
+
+    /// Waits until `page`'s append is durable, then writes its state's side
+    /// copy; the state and the run as of that page.
+    async fn settle(
+        &self,
+        (pending, state, at): (Pending, PollState, RunState),
+    ) -> Result<(PollState, RunState), PollError> {
+        let range = pending.await.map_err(PollError::Append)?;
+        save_side_copy(&self.side, range, &state).await;
+        Ok((state, at))
     }
 
     /// The state after `run` ends: the cursor moves to the newest value it saw.
@@ -618,17 +683,30 @@ impl Poller {
 }
 
 /// Appends a page (its records, then `state`) and, once that is durable,
-/// writes the state's side copy. The log's record is the state of record: a
-/// side copy that cannot be written is only warned about. While the log
-/// holds `buffer.max_bytes` (its sinks are behind), the page waits: a poll
-/// backs off like a webhook client answered 503.
+/// writes the state's side copy (see [`submit`]).
 async fn durable(
     appender: &Appender,
     side: &Path,
     events: Vec<Event>,
     state: &PollState,
-    (max_buffer, stop): (u64, &CancellationToken),
+    limits: (u64, &CancellationToken),
 ) -> Result<(), PollError> {
+    let range = submit(appender, events, limits)
+        .await?
+        .await
+        .map_err(PollError::Append)?;
+    save_side_copy(side, range, state).await;
+    Ok(())
+}
+
+/// Hands a page (its records, then its state) to the log, in page order.
+/// While the log holds `buffer.max_bytes` (its sinks are behind), the page
+/// waits: a poll backs off like a webhook client answered 503.
+async fn submit(
+    appender: &Appender,
+    events: Vec<Event>,
+    (max_buffer, stop): (u64, &CancellationToken),
+) -> Result<Pending, PollError> {
     if appender.is_full(max_buffer) {
         warn!(
             max_bytes = max_buffer,
@@ -641,7 +719,13 @@ async fn durable(
             }
         }
     }
-    let range = appender.append(events).await.map_err(PollError::Append)?;
+    appender.submit(events).await.map_err(PollError::Append)
+}
+
+/// Writes the side copy of `state`, durable in the log at `range`. The log's
+/// record is the state of record: a side copy that cannot be written is only
+/// warned about.
+async fn save_side_copy(side: &Path, range: std::ops::Range<u64>, state: &PollState) {
     let (side, state) = (side.to_path_buf(), state.clone());
     let saved =
         tokio::task::spawn_blocking(move || state::save(&side, range.end - 1, &state, false))
@@ -651,5 +735,4 @@ async fn durable(
     if let Err(e) = saved {
         warn!(error = %e, "Cannot write the poll state copy (source.json); the state is durable in the log, but fix this before the log's segments are cleaned up.");
     }
-    Ok(())
 }
