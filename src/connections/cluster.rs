@@ -29,11 +29,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::polling::{Runner, Shard};
+use crate::log::jetstream::leases::{renew, Renewal};
 use crate::log::jetstream::{key_safe, Cluster, Pipeline};
 use crate::shutdown::Shutdown;
 
@@ -131,24 +131,24 @@ async fn hold(
         tokio::select! {
             _ = &mut task => break giving,
             _ = tokio::time::sleep(lease / 3) => {
-                let node = Bytes::from(cluster.node.clone());
-                match cluster.leases().update(key, node, revision).await {
-                    Ok(next) => {
+                let lost = match renew(cluster, key, revision, renewed).await {
+                    Renewal::Renewed(next) => {
                         revision = next;
                         renewed = Instant::now();
+                        None
                     }
-                    Err(e) => {
-                        let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                        if lost || renewed.elapsed() >= lease * 2 / 3 {
-                            done.cancel();
-                            task.abort();
-                            if giving {
-                                share.given();
-                            }
-                            warn!(pipeline = %pipeline, shard = index, error = %e, "Lost the lease of a shard of the connections; stopped polling them (their next node resumes from their stored cursors).");
-                            return false;
-                        }
+                    Renewal::Retry => None,
+                    Renewal::Taken => Some("another node holds it now".to_string()),
+                    Renewal::Late(e) => Some(e),
+                };
+                if let Some(e) = lost {
+                    done.cancel();
+                    task.abort();
+                    if giving {
+                        share.given();
                     }
+                    warn!(pipeline = %pipeline, shard = index, error = %e, "Lost the lease of a shard of the connections; stopped polling them (their next node resumes from their stored cursors).");
+                    return false;
                 }
                 let live = cluster.live_nodes();
                 if !giving && share.give(live) {

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,19 +28,54 @@ pub type Deduped = (Range<u64>, Vec<bool>);
 /// ends with the append's offsets once they are (see [`LogAppend::submit`]).
 pub type Pending = BoxFuture<'static, Result<Range<u64>, AppendError>>;
 
+/// Appends that must be stored in their order or not at all: once one of
+/// them fails, the log refuses every later one ([`AppendError::Broken`]),
+/// so none is stored after a gap. A poll run's pages are one chain: a page
+/// stored after a failed one would move its state past records never
+/// stored.
+#[derive(Clone, Debug, Default)]
+pub struct Chain(Arc<AtomicBool>);
+
+impl Chain {
+    /// A chain no append of which has failed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether an append of the chain failed.
+    pub fn is_broken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Marks the chain broken: an append of it failed.
+    pub fn set_broken(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// The write side of a log, as a log implements it.
 pub trait LogAppend: Send + Sync {
     /// Appends `events` durably, as one append; their offsets once durable.
     fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Range<u64>, AppendError>>;
-    /// Hands `events` to the log as one append and returns once it has
-    /// taken them, in the order of calls; the [`Pending`] ends when they are
-    /// durable. A writer with several appends taken makes them durable
-    /// together (one fsync), so a caller that goes on while an append is
-    /// pending overlaps its work with the log's. The default: the whole
-    /// append, then a finished `Pending` (no overlap).
-    fn submit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Pending, AppendError>> {
+    /// Hands `events` to the log as the next append of `chain` and returns
+    /// once it has taken them, in the order of calls; the [`Pending`] ends
+    /// when they are durable. A writer with several appends taken makes them
+    /// durable together (one fsync), so a caller that goes on while an
+    /// append is pending overlaps its work with the log's. The default: the
+    /// whole append, then a finished `Pending` (no overlap).
+    fn submit<'a>(
+        &'a self,
+        events: Vec<Event>,
+        chain: &'a Chain,
+    ) -> BoxFuture<'a, Result<Pending, AppendError>> {
         Box::pin(async move {
-            let range = self.append(events).await?;
+            if chain.is_broken() {
+                return Err(AppendError::Broken);
+            }
+            let range = self
+                .append(events)
+                .await
+                .inspect_err(|_| chain.set_broken())?;
             Ok(Box::pin(std::future::ready(Ok(range))) as Pending)
         })
     }
@@ -176,11 +212,11 @@ impl Appender {
         self.0.append(events).await
     }
 
-    /// Hands `events` to the log as one append, in the order of calls; the
-    /// returned [`Pending`] ends once they are durable (see
+    /// Hands `events` to the log as the next append of `chain`, in the order
+    /// of calls; the returned [`Pending`] ends once they are durable (see
     /// [`LogAppend::submit`]).
-    pub async fn submit(&self, events: Vec<Event>) -> Result<Pending, AppendError> {
-        self.0.submit(events).await
+    pub async fn submit(&self, events: Vec<Event>, chain: &Chain) -> Result<Pending, AppendError> {
+        self.0.submit(events, chain).await
     }
 
     /// Appends `events` and says which the log dropped as already stored

@@ -65,8 +65,8 @@ use reader::FileReader;
 use writer::{create_segment, prepare_spare, Writer, SPARE};
 
 pub use contract::{
-    Appender, Behind, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore, Pending,
-    Reader,
+    Appender, Behind, Chain, Deduped, Fenced, Log, LogAppend, LogRead, LogStatus, LogStore,
+    Pending, Reader,
 };
 
 /// The backend `[log]` chose, opened.
@@ -119,6 +119,10 @@ pub enum AppendError {
     /// The JetStream cluster did not acknowledge (no quorum, unreachable, full).
     #[error("JetStream did not store the events: {0}")]
     Cluster(String),
+    /// An earlier append of the same [`Chain`] failed, so this one is not
+    /// stored either (it would follow a gap).
+    #[error("an earlier append of this run failed; nothing after it is stored")]
+    Broken,
 }
 
 impl Classify for AppendError {
@@ -128,6 +132,7 @@ impl Classify for AppendError {
             AppendError::Write(_) => ErrorKind::Transient,
             AppendError::TooLarge(_) => ErrorKind::Permanent,
             AppendError::Cluster(_) => ErrorKind::Transient,
+            AppendError::Broken => ErrorKind::Transient,
         }
     }
 }
@@ -209,6 +214,9 @@ struct FileLog {
 struct Append {
     events: Vec<Event>,
     reply: oneshot::Sender<Result<Range<u64>, AppendError>>,
+    /// The chain the append belongs to, if any: the writer refuses it if an
+    /// earlier one of the chain failed, and breaks the chain if it fails.
+    chain: Option<Chain>,
 }
 
 /// Opens (recovering if needed) the file log in `options.dir` and starts its
@@ -332,8 +340,12 @@ impl LogAppend for FileAppender {
         Box::pin(FileAppender::append(self, events))
     }
 
-    fn submit(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Pending, AppendError>> {
-        Box::pin(FileAppender::submit(self, events))
+    fn submit<'a>(
+        &'a self,
+        events: Vec<Event>,
+        chain: &'a Chain,
+    ) -> BoxFuture<'a, Result<Pending, AppendError>> {
+        Box::pin(FileAppender::submit(self, events, Some(chain.clone())))
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -417,12 +429,17 @@ impl LogStore for FileLog {
 impl FileAppender {
     /// Appends `events` durably; returns their offsets once they survive a power cut.
     async fn append(&self, events: Vec<Event>) -> Result<Range<u64>, AppendError> {
-        self.submit(events).await?.await
+        self.submit(events, None).await?.await
     }
 
-    /// Hands `events` to the writer, behind every append handed before;
-    /// the returned future ends once the writer made them durable.
-    async fn submit(&self, events: Vec<Event>) -> Result<Pending, AppendError> {
+    /// Hands `events` to the writer, behind every append handed before (of
+    /// `chain`, if any); the returned future ends once the writer made them
+    /// durable.
+    async fn submit(
+        &self,
+        events: Vec<Event>,
+        chain: Option<Chain>,
+    ) -> Result<Pending, AppendError> {
         if let Some(big) = events
             .iter()
             .map(|e| e.payload.len())
@@ -432,7 +449,11 @@ impl FileAppender {
         }
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Append { events, reply })
+            .send(Append {
+                events,
+                reply,
+                chain,
+            })
             .await
             .map_err(|_| AppendError::Closed)?;
         Ok(Box::pin(async move {

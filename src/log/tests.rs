@@ -76,6 +76,39 @@ async fn concurrent_appends_get_distinct_ordered_offsets() {
     assert!(segments(dir.path()).len() > 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_is_stored_in_its_order_and_nothing_of_it_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appender, log) = open(options(dir.path(), 1 << 20)).unwrap();
+    // Pages handed over before any is durable: stored in their order.
+    let chain = Chain::new();
+    let (mut pending, mut pages) = (Vec::new(), Vec::new());
+    for page in 0..5 {
+        let batch = events(4, &format!("p{page}"));
+        pending.push(appender.submit(batch.clone(), &chain).await.unwrap());
+        pages.extend(batch);
+    }
+    let mut end = 0;
+    for p in pending {
+        let range = p.await.unwrap();
+        assert_eq!(range.start, end, "stored in the order handed over");
+        end = range.end;
+    }
+    assert_eq!(read_all(&log, 0).await, pages);
+    // Once an append of the chain failed (the writer marks it broken), its
+    // later appends are refused and not stored; appends of no chain are.
+    chain.set_broken();
+    let refused = appender
+        .submit(events(2, "late"), &chain)
+        .await
+        .unwrap()
+        .await;
+    assert!(matches!(refused, Err(AppendError::Broken)), "{refused:?}");
+    let other = appender.append(events(1, "other")).await.unwrap();
+    assert_eq!(other, end..end + 1, "the refused append took no offsets");
+    assert_eq!(log.end(), end + 1);
+}
+
 #[tokio::test]
 async fn reopen_recovers_a_torn_tail_and_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();

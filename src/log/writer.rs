@@ -1,6 +1,9 @@
 //! The log's single writer thread: group commit into the active segment,
 //! rolling to the next one (preallocated by a helper thread), and putting the
-//! segment back as it was after a failed write.
+//! segment back as it was after a failed write. Appends are written in the
+//! order they arrive; a failed one breaks its [`super::Chain`], and the
+//! writer refuses the chain's later appends (already queued or not), so a
+//! chain is stored as a prefix even when the disk recovers in between.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -34,6 +37,25 @@ pub(super) fn create_segment(log_dir: &Path, base: u64) -> io::Result<File> {
     Ok(file)
 }
 
+/// Answers `append` with `error`, breaking its chain: the writer then
+/// refuses the chain's later appends, so none is stored after this gap.
+fn fail(append: Append, error: AppendError) {
+    if let Some(chain) = &append.chain {
+        chain.set_broken();
+    }
+    let _ = append.reply.send(Err(error));
+}
+
+/// `append`, unless an earlier append of its chain failed: then it is
+/// answered [`AppendError::Broken`] here and not written.
+fn refuse_if_broken(append: Append) -> Option<Append> {
+    if append.chain.as_ref().is_some_and(|c| c.is_broken()) {
+        let _ = append.reply.send(Err(AppendError::Broken));
+        return None;
+    }
+    Some(append)
+}
+
 /// The single writer: owns the active segment.
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
@@ -53,20 +75,23 @@ impl Writer {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
+            let Some(first) = refuse_if_broken(first) else {
+                continue;
+            };
             // Roll before writing, not after, so a full segment is closed only
             // when there is something to put in the next one. A failed roll
             // (a full disk) refuses this append; the next one tries again.
             if self.size >= self.segment_bytes {
                 if let Err(e) = self.roll() {
                     error!(log = %self.shared.log_dir.display(), error = %e, "Cannot start a new log segment; appends are refused until it can be made.");
-                    let _ = first.reply.send(Err(AppendError::Write(Arc::new(e))));
+                    fail(first, AppendError::Write(Arc::new(e)));
                     continue;
                 }
             }
             group.push(first);
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
-                    Ok(more) => group.push(more),
+                    Ok(more) => group.extend(refuse_if_broken(more)),
                     Err(_) => break,
                 }
             }
@@ -103,7 +128,7 @@ impl Writer {
                     error!(log = %self.shared.log_dir.display(), error = %e, "Failed to write the log; the requests are answered with an error.");
                     let e = Arc::new(e);
                     for append in group.drain(..) {
-                        let _ = append.reply.send(Err(AppendError::Write(e.clone())));
+                        fail(append, AppendError::Write(e.clone()));
                     }
                     // Cut back to the last durable record so a later append
                     // does not follow a half-written one, and tell readers

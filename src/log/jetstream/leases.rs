@@ -82,8 +82,15 @@ async fn beat(cluster: Arc<Cluster>, stop: CancellationToken) {
     let tick = cluster.spec.lease / 3;
     loop {
         let name = Bytes::from(cluster.spec.node.clone());
-        if let Err(e) = cluster.nodes().put(&cluster.node, name).await {
-            warn!(error = %e, "Cannot renew this node's heartbeat in JetStream.");
+        // Bounded like a lease renewal: a put that never answers is a
+        // failed one, and the count below still runs.
+        match tokio::time::timeout(tick, cluster.nodes().put(&cluster.node, name)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "Cannot renew this node's heartbeat in JetStream."),
+            Err(_) => warn!(
+                waited_ms = tick.as_millis() as u64,
+                "Cannot renew this node's heartbeat in JetStream: no answer in time."
+            ),
         }
         // Bounded: a listing whose last key expires as it is read waits for
         // the consumer's idle heartbeat to end, and this loop renews the
@@ -207,25 +214,23 @@ async fn own(
                 return giving_up;
             }
             _ = tokio::time::sleep(lease / 3) => {
-                let node = Bytes::from(cluster.node.clone());
-                match cluster.leases().update(key, node, revision).await {
-                    Ok(next) => {
+                match renew(cluster, key, revision, renewed).await {
+                    Renewal::Renewed(next) => {
                         revision = next;
                         renewed = Instant::now();
                     }
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Renewal::Retry => {}
+                    Renewal::Taken => {
                         runner.abort();
                         settle(releasing);
                         warn!(pipeline = %pipeline, sink = %name, partition, "Another node holds the partition's lease now; stopped writing it.");
                         return false;
                     }
-                    Err(e) => {
-                        if renewed.elapsed() >= lease * 2 / 3 {
-                            runner.abort();
-                            settle(releasing);
-                            warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "Cannot renew the partition's lease in time; stopped writing it (its owner after the lease resumes from the table).");
-                            return false;
-                        }
+                    Renewal::Late(e) => {
+                        runner.abort();
+                        settle(releasing);
+                        warn!(pipeline = %pipeline, sink = %name, partition, error = %e, "Cannot renew the partition's lease in time; stopped writing it (its owner after the lease resumes from the table).");
+                        return false;
                     }
                 }
                 let live = cluster.live_nodes();
@@ -238,6 +243,49 @@ async fn own(
                 }
             }
         }
+    }
+}
+
+/// What one renewal of a held lease found.
+pub(crate) enum Renewal {
+    /// Renewed: the lease's new revision.
+    Renewed(u64),
+    /// Not renewed, with time left to try again at the next tick.
+    Retry,
+    /// Another node holds the lease now.
+    Taken,
+    /// Not renewed within two thirds of the lease since the last renewal
+    /// (an error, or no answer at all): the holder stops now, before the
+    /// lease can expire and be taken elsewhere.
+    Late(String),
+}
+
+/// Renews lease `key`, held at `revision` and last renewed at `renewed`.
+/// The call is bounded: it waits at most until two thirds of the lease have
+/// passed since the last renewal (and at least a sixth of the lease), so a
+/// holder whose JetStream calls hang (a connection that died unnoticed, a
+/// client out of publish permits) still stops writing in time instead of
+/// waiting on a renewal that never answers. One helper for every lease
+/// loop: partitions, connection shards, the poll leader.
+pub(crate) async fn renew(
+    cluster: &Cluster,
+    key: &str,
+    revision: u64,
+    renewed: Instant,
+) -> Renewal {
+    let lease = cluster.spec.lease;
+    let limit = lease * 2 / 3;
+    let wait = limit.saturating_sub(renewed.elapsed()).max(lease / 6);
+    let node = Bytes::from(cluster.node.clone());
+    match tokio::time::timeout(wait, cluster.leases().update(key, node, revision)).await {
+        Ok(Ok(next)) => Renewal::Renewed(next),
+        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewal::Taken,
+        Ok(Err(_)) if renewed.elapsed() < limit => Renewal::Retry,
+        Ok(Err(e)) => Renewal::Late(e.to_string()),
+        Err(_) => Renewal::Late(format!(
+            "JetStream did not answer the renewal within {} ms",
+            wait.as_millis()
+        )),
     }
 }
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::config::PipelineSpec;
+use crate::log::jetstream::leases::{renew, Renewal};
 use crate::log::jetstream::{Cluster, Pipeline};
 use crate::log::{Appender, Log};
 use crate::shutdown::Shutdown;
@@ -74,20 +75,20 @@ pub async fn lead(cluster: Arc<Cluster>, leader: PollLeader, shutdown: Shutdown)
                         tokio::select! {
                             _ = &mut task => break,
                             _ = tokio::time::sleep(tick) => {
-                                let node = Bytes::from(cluster.node.clone());
-                                match cluster.leases().update(&key, node, revision).await {
-                                    Ok(next) => {
+                                let lost = match renew(&cluster, &key, revision, renewed).await {
+                                    Renewal::Renewed(next) => {
                                         revision = next;
                                         renewed = Instant::now();
+                                        None
                                     }
-                                    Err(e) => {
-                                        let lost = e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision;
-                                        if lost || renewed.elapsed() >= cluster.spec.lease * 2 / 3 {
-                                            task.abort();
-                                            warn!(pipeline = %name, error = %e, "Lost the poll source's lease; stopped polling (the next leader resumes from the stored state).");
-                                            break;
-                                        }
-                                    }
+                                    Renewal::Retry => None,
+                                    Renewal::Taken => Some("another node holds it now".to_string()),
+                                    Renewal::Late(e) => Some(e),
+                                };
+                                if let Some(e) = lost {
+                                    task.abort();
+                                    warn!(pipeline = %name, error = %e, "Lost the poll source's lease; stopped polling (the next leader resumes from the stored state).");
+                                    break;
                                 }
                             }
                         }

@@ -30,13 +30,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::spec::{PipelineSpec, PollSpec};
 use crate::encode::pointer;
 use crate::event::{now_us, Event, RecordKind};
-use crate::log::{AppendError, Appender, Log, Pending};
+use crate::log::{AppendError, Appender, Chain, Log, Pending};
 use client::Client;
 use health::PollHealth;
 use state::{PageRef, PollState, RunState};
@@ -99,8 +100,8 @@ const BUFFER_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 
 /// Pages of a run handed to the log whose fsync may still be pending, at
 /// most: the log's writer makes them durable together while the next pages
-/// are fetched. Bounds what a crash makes the run fetch again (the pages
-/// handed over but not durable) and the memory they hold.
+/// are fetched. Bounds the memory they hold, and what a power cut makes the
+/// run fetch again (pages written but not yet synced).
 const PAGES_IN_FLIGHT: usize = 4;
 
 /// Pages handed to the log, oldest first, each with the state it carries
@@ -470,19 +471,30 @@ impl Poller {
             }
         }
         let mut flight = InFlight::new();
-        let ended = self.pages(&mut run, fetched, &mut flight, progress).await;
+        let chain = Chain::new();
+        let ended = self
+            .pages(&mut run, fetched, (&mut flight, &chain), progress)
+            .await;
         // Whatever ended the run, every page the log took is settled first,
         // so the state says what is durable (a next run resumes after it).
+        // Once a page failed, the log refuses the later ones of the chain
+        // (`AppendError::Broken`): none of them is durable, and none moves
+        // the state.
         let mut first_error = ended.err();
-        while let Some(page) = flight.pop_front() {
-            match self.settle(page).await {
-                Ok((state, at)) => {
+        let mut gap = false;
+        while let Some((pending, state, at)) = flight.pop_front() {
+            match pending.await {
+                Ok(range) if !gap => {
+                    let (state, at) = self.settle(Ok(range), state, at).await?;
                     self.state = state;
                     progress(&at);
                 }
+                Ok(_) => {
+                    error!(pipeline = %self.pipeline, "The log stored a page after one it refused; the run's state stays before the gap.");
+                }
                 Err(e) => {
-                    first_error.get_or_insert(e);
-                    break;
+                    gap = true;
+                    first_error.get_or_insert(PollError::Append(e));
                 }
             }
         }
@@ -507,7 +519,7 @@ impl Poller {
         &mut self,
         run: &mut RunState,
         mut fetched: Result<(String, client::Response), PollError>,
-        flight: &mut InFlight,
+        (flight, chain): (&mut InFlight, &Chain),
         progress: &mut (dyn FnMut(&RunState) + Send),
     ) -> Result<(), PollError> {
         let mut seen = HashSet::new();
@@ -588,38 +600,68 @@ impl Poller {
                     Event::record(RecordKind::PollState, Bytes::from(payload))
                         .with_connection(self.connection.as_ref()),
                 );
-                let pending = submit(&self.appender, events, (self.max_buffer, &self.stop)).await?;
+                let pending =
+                    submit(&self.appender, events, chain, (self.max_buffer, &self.stop)).await?;
                 flight.push_back((pending, state, run.clone()));
-                // The oldest pages past the limit must be durable before
-                // more are fetched (the run's last page is settled by the
-                // caller, with the rest).
+                // Pages the log already made durable are settled now; the
+                // oldest past the limit are waited for before more are
+                // fetched. (The caller settles what is left after the run's
+                // last page.) A failed one ends the run, after the pages
+                // settled before it moved the state.
                 let mut settled = Vec::new();
-                while !last && flight.len() > PAGES_IN_FLIGHT {
-                    let oldest = flight.pop_front().expect("more pages than the limit");
-                    settled.push(self.settle(oldest).await?);
+                loop {
+                    let must_wait = !last && flight.len() > PAGES_IN_FLIGHT;
+                    let Some((pending, _, _)) = flight.front_mut() else {
+                        break;
+                    };
+                    let range = if must_wait {
+                        pending.await
+                    } else {
+                        match pending.now_or_never() {
+                            Some(range) => range,
+                            None => break,
+                        }
+                    };
+                    let (_, state, at) = flight.pop_front().expect("the front page");
+                    match self.settle(range, state, at).await {
+                        Ok(page) => settled.push(page),
+                        Err(e) => return Ok((settled, Some(e))),
+                    }
                 }
-                Ok::<_, PollError>(settled)
+                Ok::<_, PollError>((settled, None))
             };
-            let Some(following) = following else {
-                work.await?;
-                return Ok(());
+            let (next_page, worked) = match following {
+                Some(following) => {
+                    let (next_page, worked) = tokio::join!(self.fetch(&following), work);
+                    (Some(next_page), worked)
+                }
+                None => (None, work.await),
             };
-            let (next_page, settled) = tokio::join!(self.fetch(&following), work);
-            for (state, at) in settled? {
+            let (settled, failed) = worked?;
+            for (state, at) in settled {
                 self.state = state;
                 progress(&at);
             }
-            fetched = next_page;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            match next_page {
+                Some(next_page) => fetched = next_page,
+                None => return Ok(()),
+            }
         }
     }
 
-    /// Waits until `page`'s append is durable, then writes its state's side
-    /// copy; the state and the run as of that page.
+    /// Writes the side copy of the state a page carried, once the log
+    /// answered its append with `range`; the state and the run as of that
+    /// page.
     async fn settle(
         &self,
-        (pending, state, at): (Pending, PollState, RunState),
+        range: Result<std::ops::Range<u64>, AppendError>,
+        state: PollState,
+        at: RunState,
     ) -> Result<(PollState, RunState), PollError> {
-        let range = pending.await.map_err(PollError::Append)?;
+        let range = range.map_err(PollError::Append)?;
         save_side_copy(&self.side, range, &state).await;
         Ok((state, at))
     }
@@ -691,7 +733,7 @@ async fn durable(
     state: &PollState,
     limits: (u64, &CancellationToken),
 ) -> Result<(), PollError> {
-    let range = submit(appender, events, limits)
+    let range = submit(appender, events, &Chain::new(), limits)
         .await?
         .await
         .map_err(PollError::Append)?;
@@ -705,6 +747,7 @@ async fn durable(
 async fn submit(
     appender: &Appender,
     events: Vec<Event>,
+    chain: &Chain,
     (max_buffer, stop): (u64, &CancellationToken),
 ) -> Result<Pending, PollError> {
     if appender.is_full(max_buffer) {
@@ -719,7 +762,10 @@ async fn submit(
             }
         }
     }
-    appender.submit(events).await.map_err(PollError::Append)
+    appender
+        .submit(events, chain)
+        .await
+        .map_err(PollError::Append)
 }
 
 /// Writes the side copy of `state`, durable in the log at `range`. The log's
