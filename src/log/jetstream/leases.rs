@@ -261,12 +261,15 @@ pub(crate) enum Renewal {
 }
 
 /// Renews lease `key`, held at `revision` and last renewed at `renewed`.
-/// The call is bounded: it waits at most until two thirds of the lease have
-/// passed since the last renewal (and at least a sixth of the lease), so a
-/// holder whose JetStream calls hang (a connection that died unnoticed, a
-/// client out of publish permits) still stops writing in time instead of
-/// waiting on a renewal that never answers. One helper for every lease
-/// loop: partitions, connection shards, the poll leader.
+/// The call is bounded: it waits at most until five sixths of the lease
+/// have passed since the last renewal (and at least a sixth of the lease),
+/// so a holder whose JetStream calls hang (a connection that died
+/// unnoticed, a client out of publish permits) stops writing before the
+/// lease can expire and be taken elsewhere, instead of waiting on a renewal
+/// that never answers; a slow answer within that time still renews. A
+/// renewal refused before two thirds of the lease is tried again at the
+/// next tick. One helper for every lease loop: partitions, connection
+/// shards, the poll leader.
 pub(crate) async fn renew(
     cluster: &Cluster,
     key: &str,
@@ -275,7 +278,9 @@ pub(crate) async fn renew(
 ) -> Renewal {
     let lease = cluster.spec.lease;
     let limit = lease * 2 / 3;
-    let wait = limit.saturating_sub(renewed.elapsed()).max(lease / 6);
+    let wait = (lease * 5 / 6)
+        .saturating_sub(renewed.elapsed())
+        .max(lease / 6);
     let node = Bytes::from(cluster.node.clone());
     match tokio::time::timeout(wait, cluster.leases().update(key, node, revision)).await {
         Ok(Ok(next)) => Renewal::Renewed(next),
