@@ -33,7 +33,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::polling::{Runner, Shard};
-use crate::log::jetstream::leases::{renew, Renewal};
+use crate::log::jetstream::leases::renew;
 use crate::log::jetstream::{key_safe, Cluster, Pipeline};
 use crate::shutdown::Shutdown;
 
@@ -131,17 +131,8 @@ async fn hold(
         tokio::select! {
             _ = &mut task => break giving,
             _ = tokio::time::sleep(lease / 3) => {
-                let lost = match renew(cluster, key, revision, renewed).await {
-                    Renewal::Renewed(next) => {
-                        revision = next;
-                        renewed = Instant::now();
-                        None
-                    }
-                    Renewal::Retry => None,
-                    Renewal::Taken => Some("another node holds it now".to_string()),
-                    Renewal::Late(e) => Some(e),
-                };
-                if let Some(e) = lost {
+                let renewal = renew(cluster, key, revision, renewed).await;
+                if let Some(e) = renewal.lost(&mut revision, &mut renewed) {
                     done.cancel();
                     task.abort();
                     if giving {

@@ -260,6 +260,23 @@ pub(crate) enum Renewal {
     Late(String),
 }
 
+impl Renewal {
+    /// Moves a holder's `revision` and `renewed` on if the lease was
+    /// renewed; why it is lost, if it is (the holder stops then).
+    pub(crate) fn lost(self, revision: &mut u64, renewed: &mut Instant) -> Option<String> {
+        match self {
+            Renewal::Renewed(next) => {
+                *revision = next;
+                *renewed = Instant::now();
+                None
+            }
+            Renewal::Retry => None,
+            Renewal::Taken => Some("another node holds it now".to_string()),
+            Renewal::Late(why) => Some(why),
+        }
+    }
+}
+
 /// Renews lease `key`, held at `revision` and last renewed at `renewed`.
 /// The call is bounded: it waits at most until five sixths of the lease
 /// have passed since the last renewal (and at least a sixth of the lease),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::config::PipelineSpec;
-use crate::log::jetstream::leases::{renew, Renewal};
+use crate::log::jetstream::leases::renew;
 use crate::log::jetstream::{Cluster, Pipeline};
 use crate::log::{Appender, Log};
 use crate::shutdown::Shutdown;
@@ -75,17 +75,8 @@ pub async fn lead(cluster: Arc<Cluster>, leader: PollLeader, shutdown: Shutdown)
                         tokio::select! {
                             _ = &mut task => break,
                             _ = tokio::time::sleep(tick) => {
-                                let lost = match renew(&cluster, &key, revision, renewed).await {
-                                    Renewal::Renewed(next) => {
-                                        revision = next;
-                                        renewed = Instant::now();
-                                        None
-                                    }
-                                    Renewal::Retry => None,
-                                    Renewal::Taken => Some("another node holds it now".to_string()),
-                                    Renewal::Late(e) => Some(e),
-                                };
-                                if let Some(e) = lost {
+                                let renewal = renew(&cluster, &key, revision, renewed).await;
+                                if let Some(e) = renewal.lost(&mut revision, &mut renewed) {
                                     task.abort();
                                     warn!(pipeline = %name, error = %e, "Lost the poll source's lease; stopped polling (the next leader resumes from the stored state).");
                                     break;
