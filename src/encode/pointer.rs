@@ -98,13 +98,9 @@ pub fn value<'a>(
 /// level once (the bytes at `pointers[i]`, or `None` where nothing is).
 /// Cheaper than [`value`] per pointer: no map is built, other keys are skipped.
 pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u8]>> {
-    let firsts: Vec<&str> = pointers
-        .iter()
-        .map(|p| p.first().map_or("", String::as_str))
-        .collect();
     let mut top: Vec<Option<&'a RawValue>> = vec![None; pointers.len()];
     let visitor = TopLevel {
-        keys: &firsts,
+        pointers,
         out: &mut top,
     };
     let fast = pointers.iter().all(|p| !p.is_empty())
@@ -128,9 +124,9 @@ pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u
         .collect()
 }
 
-/// Visits one object's keys, keeping the values of `keys` (borrowed keys only).
 struct TopLevel<'k, 'a> {
-    keys: &'k [&'k str],
+    /// Each pointer's first token is a top-level key.
+    pointers: &'k [Vec<String>],
     out: &'k mut [Option<&'a RawValue>],
 }
 
@@ -143,10 +139,11 @@ impl<'a> serde::de::Visitor<'a> for TopLevel<'_, 'a> {
 
     fn visit_map<M: serde::de::MapAccess<'a>>(self, mut map: M) -> Result<(), M::Error> {
         while let Some(key) = map.next_key::<&'a str>()? {
-            if self.keys.contains(&key) {
+            let wanted = |p: &Vec<String>| p.first().is_some_and(|k| k == key);
+            if self.pointers.iter().any(wanted) {
                 let found = map.next_value::<&'a RawValue>()?;
-                for (k, out) in self.keys.iter().zip(self.out.iter_mut()) {
-                    if *k == key {
+                for (p, out) in self.pointers.iter().zip(self.out.iter_mut()) {
+                    if wanted(p) {
                         *out = Some(found);
                     }
                 }

@@ -92,10 +92,12 @@ pub fn files(
     if partition_by.is_empty() {
         return Ok(vec![(name, serialise(batch, props)?)]);
     }
-    let keys = partition_keys(batch, partition_by)?;
-    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (row, key) in keys.iter().enumerate() {
-        groups.entry(key.as_str()).or_default().push(row as u32);
+    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (key, run) in partition_keys(batch, partition_by)? {
+        groups
+            .entry(key)
+            .or_default()
+            .extend(run.start as u32..run.end as u32);
     }
     let keep: Vec<usize> = (0..batch.num_columns())
         .filter(|i| !partition_by.contains(batch.schema().field(*i).name()))
@@ -113,29 +115,45 @@ pub fn files(
     Ok(out)
 }
 
-/// The `col=value/col=value` directory of every row.
-fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<String>, ArrowError> {
-    let mut keys = vec![String::new(); batch.num_rows()];
+/// The `col=value/col=value` directory of each run of rows that share it.
+fn partition_keys(
+    batch: &RecordBatch,
+    partition_by: &[String],
+) -> Result<Vec<(String, Range<usize>)>, ArrowError> {
+    let arrays = partition_by
+        .iter()
+        .map(|column| {
+            batch.column_by_name(column).cloned().ok_or_else(|| {
+                ArrowError::SchemaError(format!("partition column {column} is not in the batch"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let options = FormatOptions::default();
-    for column in partition_by {
-        let array = batch.column_by_name(column).ok_or_else(|| {
-            ArrowError::SchemaError(format!("partition column {column} is not in the batch"))
-        })?;
-        let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
-        for (row, key) in keys.iter_mut().enumerate() {
-            if !key.is_empty() {
-                key.push('/');
+    let formatters = arrays
+        .iter()
+        .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = super::partition::runs(batch, &arrays)?
+        .into_iter()
+        .map(|run| {
+            let row = run.start;
+            let mut key = String::new();
+            for ((column, array), formatter) in partition_by.iter().zip(&arrays).zip(&formatters) {
+                if !key.is_empty() {
+                    key.push('/');
+                }
+                key.push_str(column);
+                key.push('=');
+                if array.is_null(row) {
+                    key.push_str(NULL_PARTITION);
+                } else {
+                    let value = formatter.value(row).to_string();
+                    key.extend(utf8_percent_encode(&value, PARTITION_ESCAPES));
+                }
             }
-            key.push_str(column);
-            key.push('=');
-            if array.is_null(row) {
-                key.push_str(NULL_PARTITION);
-            } else {
-                let value = formatter.value(row).to_string();
-                key.extend(utf8_percent_encode(&value, PARTITION_ESCAPES));
-            }
-        }
-    }
+            (key, run)
+        })
+        .collect();
     Ok(keys)
 }
 

@@ -5,7 +5,9 @@
 //! dead letter with that reason, decided before anything is written: one
 //! such value must never make every write of its sink fail.
 
-use arrow_array::{Array, RecordBatch};
+use std::ops::Range;
+
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::ArrowError;
 
@@ -32,48 +34,65 @@ fn escaped_len(value: &str) -> usize {
         .sum()
 }
 
+/// Runs of consecutive rows of `batch` that agree on every column of
+/// `columns` (nulls agree with nulls): a flush's rows mostly share their
+/// partition values, so each run's values are formatted once, not per row.
+pub fn runs(batch: &RecordBatch, columns: &[ArrayRef]) -> Result<Vec<Range<usize>>, ArrowError> {
+    if columns.is_empty() || batch.num_rows() == 0 {
+        return Ok(vec![0..batch.num_rows()]);
+    }
+    Ok(arrow_ord::partition::partition(columns)?.ranges())
+}
+
 /// The rows of `batch` whose partition directories would not fit a path,
 /// each with the reason for its dead letter.
 pub fn unfit_rows(
     batch: &RecordBatch,
     partition_by: &[String],
 ) -> Result<Vec<(usize, String)>, ArrowError> {
-    if partition_by.is_empty() {
+    let (names, arrays): (Vec<&String>, Vec<ArrayRef>) = partition_by
+        .iter()
+        .filter_map(|c| batch.column_by_name(c).map(|a| (c, a.clone())))
+        .unzip();
+    if arrays.is_empty() {
         return Ok(Vec::new());
     }
-    let mut path_len = vec![0usize; batch.num_rows()];
-    let mut unfit: Vec<Option<String>> = vec![None; batch.num_rows()];
     let options = FormatOptions::default();
-    for column in partition_by {
-        let Some(array) = batch.column_by_name(column) else {
-            continue;
-        };
-        let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
-        for row in 0..batch.num_rows() {
-            if array.is_null(row) || unfit[row].is_some() {
+    let formatters = arrays
+        .iter()
+        .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut unfit = Vec::new();
+    for run in runs(batch, &arrays)? {
+        let row = run.start;
+        let mut path_len = 0;
+        let mut why = None;
+        for ((column, array), formatter) in names.iter().zip(&arrays).zip(&formatters) {
+            if array.is_null(row) {
                 continue;
             }
             let value = formatter.value(row).to_string();
             let segment = column.len() + 1 + escaped_len(&value);
-            path_len[row] += segment + 1;
+            path_len += segment + 1;
             if segment > MAX_SEGMENT_BYTES {
-                unfit[row] = Some(format!(
+                why = Some(format!(
                     "the partition value of {column} ({} bytes) does not fit a directory name: `{column}=value` may take {MAX_SEGMENT_BYTES} bytes once escaped; partition by a shorter column, or replay after changing partition_by",
                     value.len()
                 ));
-            } else if path_len[row] > MAX_PATH_BYTES {
-                unfit[row] = Some(format!(
+                break;
+            } else if path_len > MAX_PATH_BYTES {
+                why = Some(format!(
                     "the partition values ({}) make a path longer than {MAX_PATH_BYTES} bytes once escaped; partition by fewer or shorter columns, or replay after changing partition_by",
                     partition_by.join(", ")
                 ));
+                break;
             }
         }
+        if let Some(why) = why {
+            unfit.extend(run.map(|row| (row, why.clone())));
+        }
     }
-    Ok(unfit
-        .into_iter()
-        .enumerate()
-        .filter_map(|(row, why)| why.map(|why| (row, why)))
-        .collect())
+    Ok(unfit)
 }
 
 #[cfg(test)]
@@ -103,6 +122,29 @@ mod tests {
         assert_eq!(rows, [1, 2]);
         assert!(unfit[0].1.contains("partition value of state (300 bytes)"));
         assert!(unfit_rows(&batch, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_row_of_a_run_of_one_unfit_value_is_unfit() {
+        let long = "x".repeat(300);
+        let values = [
+            Some(long.as_str()),
+            Some(&long),
+            Some("CA"),
+            None,
+            None,
+            Some(&long),
+        ];
+        let schema = Arc::new(Schema::new(vec![Field::new("state", DataType::Utf8, true)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values.to_vec()))])
+                .unwrap();
+        let rows: Vec<usize> = unfit_rows(&batch, &["state".into()])
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(rows, [0, 1, 5]);
     }
 
     #[test]

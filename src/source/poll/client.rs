@@ -384,7 +384,10 @@ impl Client {
         {
             return Err(too_large(spec));
         }
-        let mut body = BytesMut::new();
+        // A declared length is reserved at once, so the body is not copied
+        // as it grows.
+        let declared = response.content_length().unwrap_or(0) as usize;
+        let mut body = BytesMut::with_capacity(declared);
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {

@@ -23,7 +23,6 @@ pub mod page;
 pub mod schedule;
 pub mod state;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -522,7 +521,7 @@ impl Poller {
         (flight, chain): (&mut InFlight, &Chain),
         progress: &mut (dyn FnMut(&RunState) + Send),
     ) -> Result<(), PollError> {
-        let mut seen = HashSet::new();
+        let mut seen = page::Seen::default();
         loop {
             let (url, response) = fetched?;
             let (list, signals) =

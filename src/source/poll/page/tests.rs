@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, LINK};
@@ -284,7 +283,7 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     let body = Bytes::from_static(
         br#"{"items": [{"id": 1, "updated_at": "2024-01-02T00:00:00+02:00"}, {"id":2,"updated_at":"2024-01-01T23:00:00Z"}, {"id": 1, "updated_at": "x"}]}"#,
     );
-    let mut seen = HashSet::new();
+    let mut seen = Seen::default();
     let (list, _) = reader.list(&body).unwrap();
     let records = reader.records(&body, &list, &mut seen);
     assert_eq!(records.fetched, 3);
@@ -306,7 +305,7 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     let (mixed_list, _) = plain.list(&mixed).unwrap();
     assert_eq!(
         plain
-            .records(&mixed, &mixed_list, &mut HashSet::new())
+            .records(&mixed, &mixed_list, &mut Seen::default())
             .max_cursor,
         Some(json!("2024-01-01T12:00:00Z")),
         "13:30+02:00 is 11:30Z"
@@ -332,7 +331,7 @@ fn records_are_the_original_bytes_deduplicated_with_the_largest_cursor() {
     let (list, _) = reader.list(&keyless).unwrap();
     assert_eq!(
         reader
-            .records(&keyless, &list, &mut HashSet::new())
+            .records(&keyless, &list, &mut Seen::default())
             .items
             .len(),
         4
