@@ -190,6 +190,21 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_without_rows_makes_no_partitioned_file() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_received_date", DataType::Date32, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::new_empty(schema);
+        let partition_by = vec!["_received_date".to_string()];
+        let made = files(&batch, &partition_by, "p-", &(0..1), &writer_properties()).unwrap();
+        assert!(made.is_empty());
+        assert!(crate::sink::partition::unfit_rows(&batch, &partition_by)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
     fn splits_by_partition_and_names_by_offsets() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("_received_date", DataType::Date32, false),

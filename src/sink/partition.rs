@@ -38,7 +38,10 @@ fn escaped_len(value: &str) -> usize {
 /// `columns` (nulls agree with nulls): a flush's rows mostly share their
 /// partition values, so each run's values are formatted once, not per row.
 pub fn runs(batch: &RecordBatch, columns: &[ArrayRef]) -> Result<Vec<Range<usize>>, ArrowError> {
-    if columns.is_empty() || batch.num_rows() == 0 {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    if columns.is_empty() {
         return Ok(vec![0..batch.num_rows()]);
     }
     Ok(arrow_ord::partition::partition(columns)?.ranges())
