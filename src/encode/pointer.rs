@@ -102,6 +102,7 @@ pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u
     let visitor = TopLevel {
         pointers,
         out: &mut top,
+        list: None,
     };
     let fast = pointers.iter().all(|p| !p.is_empty())
         && first_byte(json) == Some(b'{')
@@ -124,10 +125,47 @@ pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u
         .collect()
 }
 
+/// Like [`values`], with the elements of the array at the top-level key
+/// `list` split in the same pass (a page's records under `"/data"`), not in
+/// a second pass over the array. `None` where that pass cannot be taken (not
+/// an object, an escaped key, no array at `list`, a pointer into `list`): the
+/// caller then reads the document as [`values`] does.
+pub fn values_and_list<'a>(
+    json: &'a [u8],
+    list: &str,
+    pointers: &[Vec<String>],
+) -> Option<(Vec<&'a RawValue>, Vec<Option<&'a [u8]>>)> {
+    let plain = |p: &Vec<String>| p.first().is_some_and(|k| k != list);
+    if first_byte(json) != Some(b'{') || !pointers.iter().all(plain) {
+        return None;
+    }
+    let mut top: Vec<Option<&'a RawValue>> = vec![None; pointers.len()];
+    let mut elements = None;
+    let visitor = TopLevel {
+        pointers,
+        out: &mut top,
+        list: Some((list, &mut elements)),
+    };
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(json), visitor)
+        .ok()?;
+    let found = pointers
+        .iter()
+        .zip(top)
+        .map(|(pointer, found)| {
+            value(found?.get().as_bytes(), &pointer[1..])
+                .ok()
+                .and_then(Result::ok)
+        })
+        .collect();
+    Some((elements?, found))
+}
+
 struct TopLevel<'k, 'a> {
     /// Each pointer's first token is a top-level key.
     pointers: &'k [Vec<String>],
     out: &'k mut [Option<&'a RawValue>],
+    /// A top-level key whose array is split into its elements as it is read.
+    list: Option<(&'k str, &'k mut Option<Vec<&'a RawValue>>)>,
 }
 
 impl<'a> serde::de::Visitor<'a> for TopLevel<'_, 'a> {
@@ -137,8 +175,14 @@ impl<'a> serde::de::Visitor<'a> for TopLevel<'_, 'a> {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<M: serde::de::MapAccess<'a>>(self, mut map: M) -> Result<(), M::Error> {
+    fn visit_map<M: serde::de::MapAccess<'a>>(mut self, mut map: M) -> Result<(), M::Error> {
         while let Some(key) = map.next_key::<&'a str>()? {
+            if let Some((name, elements)) = &mut self.list {
+                if key == *name {
+                    **elements = Some(map.next_value::<Vec<&'a RawValue>>()?);
+                    continue;
+                }
+            }
             let wanted = |p: &Vec<String>| p.first().is_some_and(|k| k == key);
             if self.pointers.iter().any(wanted) {
                 let found = map.next_value::<&'a RawValue>()?;
@@ -206,6 +250,16 @@ mod tests {
             Some(br#"{"b": "x"}"#),
         ];
         assert_eq!(found, want);
+        // The same, with the array at "/skip" split as it is read.
+        let (list, found) = values_and_list(json, "skip", &pointers).unwrap();
+        let list: Vec<&str> = list.iter().map(|v| v.get()).collect();
+        assert_eq!(list, ["1", r#"{"c": 2}"#]);
+        assert_eq!(found, want);
+        // No such pass: no array there, no key, a pointer into the list.
+        assert!(values_and_list(json, "a", &pointers).is_none());
+        assert!(values_and_list(json, "none", &pointers).is_none());
+        assert!(values_and_list(json, "id", &pointers).is_none());
+        assert!(values_and_list(b"[1]", "a", &[]).is_none());
         // Escaped keys take the general path and still resolve.
         let escaped = br#"{"i\u0064": 8}"#;
         assert_eq!(values(escaped, &[tokens("/id")]), vec![Some(&b"8"[..])]);

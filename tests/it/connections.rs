@@ -374,39 +374,10 @@ type = "delta"
 uri = "lake/shops_delta"
 "#;
 
-/// Runs `script` with `args` in Python and parses what it prints. The
-/// script ends with `os._exit` once its output is flushed: the Delta
-/// readers' native threads, still joinable when the interpreter tears down,
-/// made it abort after printing ("terminate called without an active
-/// exception"; three times in a row in one full-suite run). A reader that
-/// aborts anyway is run again, twice at most.
-fn python_json(script: &str, args: &[&str]) -> Value {
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script =
-        format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
-    let mut tries = 0;
-    loop {
-        let out = std::process::Command::new(&python)
-            .arg("-c")
-            .arg(&script)
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() && stderr.contains("terminate called") && tries < 2 {
-            tries += 1;
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            continue;
-        }
-        assert!(out.status.success(), "{stderr}");
-        return serde_json::from_slice(&out.stdout).unwrap();
-    }
-}
-
 /// `_connection` → rows, in the Parquet sink (DuckDB, hive partitions) and
 /// the Delta table (delta-rs), each engine in its own process.
 fn rows_by_connection(project: &Project) -> Value {
-    let parquet = python_json(
+    let parquet: Value = run_inline_reader(
         r#"
 import json, sys, duckdb
 try:
@@ -417,7 +388,7 @@ print(json.dumps(rows))
 "#,
         &[project.table_dir_of("shops").to_str().unwrap()],
     );
-    let delta = python_json(
+    let delta: Value = run_inline_reader(
         r#"
 import json, os, sys
 from deltalake import DeltaTable
@@ -430,7 +401,7 @@ print(json.dumps(rows))
 "#,
         &[project.path().join("lake/shops_delta").to_str().unwrap()],
     );
-    let duckdb_delta = python_json(
+    let duckdb_delta: Value = run_inline_reader(
         r#"
 import json, os, sys, duckdb, duckdb_ext
 log = os.path.join(sys.argv[1], "_delta_log")
@@ -595,17 +566,7 @@ except duckdb.IOException:
     rows = []
 print(json.dumps(dict(rows)))
 "#;
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .args(["-c", script, project.table_dir_of("crm").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    run_inline_reader(script, &[project.table_dir_of("crm")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,7 +746,7 @@ async fn a_purge_deletes_exactly_one_accounts_rows_dead_letters_and_cursor() {
     assert_eq!(seen["delta"], left, "{seen}");
     assert_eq!(seen["duckdb_delta"], left, "{seen}");
     assert_eq!(seen["parquet"], left, "{seen}");
-    let dead = python_json(
+    let dead: Value = run_inline_reader(
         r#"
 import json, sys, duckdb
 print(json.dumps(dict(duckdb.sql("SELECT connection, count(*) FROM read_parquet(?) GROUP BY 1", params=[sys.argv[1] + "/*.parquet"]).fetchall())))
@@ -1459,7 +1420,7 @@ print(json.dumps(rows))
     let expected = json!({"acme/100": 1, "acme/101": 2, "globex/100": 1, "globex/101": 1});
     let mut rows = json!({});
     for _ in 0..150 {
-        rows = python_json(script, &[table.to_str().unwrap()]);
+        rows = run_inline_reader(script, &[table.to_str().unwrap()]);
         if rows == expected {
             break;
         }
@@ -1570,7 +1531,7 @@ print(json.dumps(rows))
     let table = project.table_dir_of("repos");
     let mut rows = json!({});
     for _ in 0..150 {
-        rows = python_json(script, &[table.to_str().unwrap()]);
+        rows = run_inline_reader(script, &[table.to_str().unwrap()]);
         if rows == json!({"acme": 2, "globex": 1}) {
             break;
         }

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -371,22 +370,5 @@ async fn real_payloads_land_whole_in_any_order_across_kill_9_and_restart() {
 }
 
 fn read_corpus(input: &Path) -> Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/it/support/read_corpus.py"
-    );
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .args([script, input.to_str().unwrap()])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test installs the readers"));
-    assert!(
-        out.status.success(),
-        "read_corpus.py failed (scripts/test installs duckdb, deltalake, polars): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.stderr.is_empty() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).expect("read_corpus.py prints JSON")
+    run_reader("read_corpus.py", &[input], &[])
 }

@@ -7,8 +7,6 @@
 //! a dead letter, never into 2.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -43,20 +41,14 @@ uri = "lake/{name}_delta"
 
 /// Both tables of pipeline `name`, read by DuckDB and delta-rs.
 fn read(project: &Project, name: &str) -> (Vec<Value>, Vec<Value>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/read_numbers.py");
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(project.table_dir_of(name))
-        .arg(project.path().join(format!("lake/{name}_delta")))
-        .output()
-        .expect("python (scripts/test installs duckdb and deltalake)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut read: Value = run_reader(
+        "read_numbers.py",
+        &[
+            project.table_dir_of(name),
+            project.path().join(format!("lake/{name}_delta")),
+        ],
+        &[],
     );
-    let mut read: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut rows = |key: &str| {
         read[key]
             .as_array_mut()

@@ -307,22 +307,34 @@ impl Reader {
     /// read once for all of them.
     pub fn list<'a>(&self, body: &'a [u8]) -> Result<(Vec<&'a RawValue>, Signals<'a>), PageError> {
         let optional = [&self.next, &self.has_more, &self.total, &self.links];
+        let signals_at: Vec<Vec<String>> = optional.iter().filter_map(|p| (*p).clone()).collect();
+        // The signals in `found`, in `optional`'s order.
+        let signals = |found: &[Option<&'a [u8]>]| {
+            let mut at = 0;
+            let mut signal = |p: &Option<Vec<String>>| {
+                p.as_ref().and_then(|_| {
+                    at += 1;
+                    found[at - 1]
+                })
+            };
+            Signals {
+                token: signal(&self.next),
+                has_more: signal(&self.has_more),
+                total: signal(&self.total),
+                links: signal(&self.links),
+            }
+        };
+        // Records under a top-level key (the usual case): split as the top
+        // level is read, in one pass over the body.
+        if let [key] = self.records.as_slice() {
+            if let Some((list, found)) = pointer::values_and_list(body, key, &signals_at) {
+                return Ok((list, signals(&found)));
+            }
+        }
         let mut pointers = vec![self.records.clone()];
-        pointers.extend(optional.iter().filter_map(|p| (*p).clone()));
+        pointers.extend(signals_at);
         let found = pointer::values(body, &pointers);
-        let mut at = 1;
-        let mut signal = |p: &Option<Vec<String>>| {
-            p.as_ref().and_then(|_| {
-                at += 1;
-                found[at - 1]
-            })
-        };
-        let signals = Signals {
-            token: signal(&self.next),
-            has_more: signal(&self.has_more),
-            total: signal(&self.total),
-            links: signal(&self.links),
-        };
+        let signals = signals(&found[1..]);
         let array = match found[0] {
             Some(bytes) => bytes,
             // Say precisely why: invalid JSON, or nothing at the pointer.

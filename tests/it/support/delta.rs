@@ -2,9 +2,8 @@
 //! `delta` extension, via `read_delta.py`) and a Delta pipeline helper.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 
-use super::Project;
+use super::{run_reader, Project};
 
 /// What the two engines saw in a table.
 #[derive(Debug, serde::Deserialize)]
@@ -53,22 +52,11 @@ pub fn read_delta(
     columns: &[&str],
     env: &[(&str, &str)],
 ) -> DeltaView {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/it/support/read_delta.py"
-    );
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .args([script, uri, &app_ids.join(","), &columns.join(",")])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test installs the readers"));
-    assert!(
-        out.status.success(),
-        "reading the Delta table failed (scripts/test installs deltalake and duckdb-ext-delta): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("read_delta.py prints JSON")
+    run_reader(
+        "read_delta.py",
+        &[uri, &app_ids.join(","), &columns.join(",")],
+        env,
+    )
 }
 
 /// The sink's committed offset, from its progress file (0 before its first commit).

@@ -16,7 +16,9 @@ pub mod accounts;
 mod delta;
 pub mod fake_api;
 pub mod fault_proxy;
+mod readers;
 pub use delta::*;
+pub use readers::*;
 
 /// The Shopify customer schema shipped in `schemas/`.
 pub const SHOPIFY_SCHEMA: &str = include_str!("../../../schemas/shopify_customer.json");
