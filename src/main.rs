@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc commits a whole arena at once on Linux by default
 /// (`arena_eager_commit = 2`); then memory freed after a flush stays in the
 /// RSS. Committed on demand instead, a sink writing a 10 M-event backlog
-/// peaks at 177 MiB instead of 258 MiB, at the same rate (`scripts/bench
+/// peaks at 179 MiB instead of 246 MiB, at the same rate (`scripts/bench
 /// backlog`). This runs from `.init_array`, before the first allocation
 /// reserves the first arena (a default set in `main` would come too late);
 /// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still decides.

@@ -119,10 +119,16 @@ pub fn values<'a>(json: &'a [u8], pointers: &[Vec<String>]) -> Vec<Option<&'a [u
                 // Escaped keys, a non-object or an empty pointer: the general path.
                 return value(json, pointer).ok().and_then(Result::ok);
             }
-            let found = found?.get().as_bytes();
-            value(found, &pointer[1..]).ok().and_then(Result::ok)
+            below(found, pointer)
         })
         .collect()
+}
+
+/// The value at `pointer` given `top`, the value at its first token.
+fn below<'a>(top: Option<&'a RawValue>, pointer: &[String]) -> Option<&'a [u8]> {
+    value(top?.get().as_bytes(), &pointer[1..])
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// Like [`values`], with the elements of the array at the top-level key
@@ -151,11 +157,7 @@ pub fn values_and_list<'a>(
     let found = pointers
         .iter()
         .zip(top)
-        .map(|(pointer, found)| {
-            value(found?.get().as_bytes(), &pointer[1..])
-                .ok()
-                .and_then(Result::ok)
-        })
+        .map(|(pointer, found)| below(found, pointer))
         .collect();
     Some((elements?, found))
 }

@@ -471,7 +471,7 @@ fn validate(schema: &str, files: &[std::path::PathBuf]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let schema_file = dir.path().join("schema.json");
     std::fs::write(&schema_file, schema).unwrap();
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = std::process::Command::new(&python)
         .args(["-c", VALIDATE, schema_file.to_str().unwrap()])
         .args(files)
@@ -548,7 +548,7 @@ fn the_json_schemas_take_every_shipped_file_and_refuse_a_misspelt_key() {
 #[test]
 fn the_configuration_reference_is_generated_from_the_schema_and_current() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = std::process::Command::new(python)
         .arg(root.join("scripts/config_reference.py"))
         .arg(env!("CARGO_BIN_EXE_tributary"))

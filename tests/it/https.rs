@@ -70,7 +70,7 @@ async fn every_event_arrives_signed_as_the_standard_webhooks_library_verifies() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_and_hmac_signatures_verify() {
     let project = Project::new();
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let (private, public) = (
         project.path().join("private.pem"),
         project.path().join("public.pem"),
@@ -178,7 +178,7 @@ async fn ed25519_signatures_verify_with_the_public_key_alone() {
 /// --gen-ed25519), as Standard Webhooks writes it: `whsk_` + the base64
 /// seed, `whpk_` + the base64 public key.
 fn ed25519_pair() -> (String, String) {
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = std::process::Command::new(&python)
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/receiver.py"),

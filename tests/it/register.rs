@@ -21,7 +21,7 @@ impl Fake {
     async fn start(dir: &std::path::Path) -> Self {
         let port = free_port();
         let log = dir.join("provider-requests.jsonl");
-        let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::support::python();
         let child = Command::new(python)
             .args([
                 concat!(

@@ -299,7 +299,7 @@ async fn stripe_events_dedupe_by_a_pointer_and_dedupe_config_errors_name_the_fix
 /// Runs `provider_sign.py` (with `python_args` before the script) on
 /// `requests`; its output as it is.
 fn run_provider_sign(python_args: &[&str], requests: &[Value]) -> std::process::Output {
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let mut child = Command::new(&python)
         .args(python_args)
         .arg(concat!(

@@ -1130,7 +1130,7 @@ fn duckdb_count(dir: &Path, sql: &str) -> i64 {
 import sys, duckdb
 print(duckdb.sql(sys.argv[2], params=[sys.argv[1] + "/**/*.parquet"]).fetchone()[0])
 "#;
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = Command::new(&python)
         .args(["-c", script, dir.to_str().unwrap(), sql])
         .output()

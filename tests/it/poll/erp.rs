@@ -27,7 +27,7 @@ impl ErpFake {
     async fn start(dir: &Path, kind: &str, records: u32, fail_every: u32) -> Self {
         let port = free_port();
         let log = dir.join(format!("{kind}-requests.jsonl"));
-        let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::support::python();
         let child = Command::new(python)
             .args([
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/erp_fake.py"),

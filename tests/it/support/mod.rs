@@ -373,7 +373,7 @@ import json, sys, duckdb
 rows = duckdb.sql("SELECT _event_id, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY 1", params=[sys.argv[1] + "/**/*.parquet"]).fetchall()
 print(json.dumps(dict(rows)))
 "#;
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = Command::new(&python)
         .args(["-c", script, dir.to_str().unwrap()])
         .output()
@@ -544,7 +544,7 @@ impl Receiver {
         );
         let (out, control) = (dir.join("deliveries.jsonl"), dir.join("control.json"));
         fs::write(&control, "{}").unwrap();
-        let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::support::python();
         let child = Command::new(&python)
             .args([
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/receiver.py"),
