@@ -554,9 +554,9 @@ pub async fn poll_once(
         drop(built.view);
         drop(built.source);
         spawn_runners(&spec.name, built.runners, &shutdown);
-        let stop = shutdown.stop.clone();
+        let (stop, signal) = (shutdown.stop.clone(), Shutdown::signal());
         tokio::spawn(async move {
-            Shutdown::signal().await;
+            signal.await;
             stop.cancel();
         });
         let dir = config.global.data_dir.join(&spec.name);
@@ -583,9 +583,9 @@ pub async fn poll_once(
     let crate::source::Source::Poll(mut poller) = built.source.source else {
         return Err(RunError::NotPolled(pipeline.to_string()));
     };
-    let stop = shutdown.stop.clone();
+    let (stop, signal) = (shutdown.stop.clone(), Shutdown::signal());
     tokio::spawn(async move {
-        Shutdown::signal().await;
+        signal.await;
         stop.cancel();
     });
     let result = poller.poll(progress).await;
@@ -721,9 +721,9 @@ pub async fn run(
     });
     info!(listen = %listen, tls = tls.is_some(), pipelines = config.pipelines.len(), status_page = status_page.map(tracing::field::display), "Listening.");
 
-    let stop = shutdown.stop.clone();
+    let (stop, signal) = (shutdown.stop.clone(), Shutdown::signal());
     tokio::spawn(async move {
-        Shutdown::signal().await;
+        signal.await;
         info!("Shutting down: no new requests; flushing sinks.");
         stop.cancel();
     });

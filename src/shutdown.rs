@@ -28,25 +28,36 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// Resolves on the first SIGTERM or SIGINT.
-    pub async fn signal() {
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+    /// Resolves on the first SIGTERM or SIGINT after the call. The signals
+    /// are taken over when this is called, not when the future is first
+    /// polled: a waiter spawned as a task may not have run yet when the
+    /// server already answers, and a SIGTERM then would kill the process
+    /// instead of stopping it (seen under load: a test's SIGTERM right after
+    /// `/healthz` answered ended the process with the signal's status).
+    pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
+        {
+            use tokio::signal::unix::{signal, Signal, SignalKind};
+            let term = signal(SignalKind::terminate()).ok();
+            let interrupt = signal(SignalKind::interrupt()).ok();
+            let first = |s: Option<Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                Err(_) => std::future::pending::<()>().await,
+            };
+            async move {
+                tokio::select! {
+                    () = first(term) => {},
+                    () = first(interrupt) => {},
+                }
             }
-        };
+        }
         #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term => {},
+        async {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 
