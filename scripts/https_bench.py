@@ -72,6 +72,19 @@ lines = open(ndjson, "rb").read().splitlines()
 ledger = f"{work}/data/forward/sinks/https.json"
 
 
+def thread_cpu(pid, name):
+    """CPU seconds (user + system) of the process's threads called `name`."""
+    ticks = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm == name:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def committed():
     try:
         return json.load(open(ledger))["committed"]
@@ -98,11 +111,18 @@ if committed() >= len(lines):
 configure(receiver)
 start_drain = time.perf_counter()
 server = start()
+ready = time.perf_counter() - start_drain
 try:
-    while committed() < len(lines):
-        time.sleep(0.01)
-    seconds = time.perf_counter() - start_drain
-    print(json.dumps({"events": len(lines), "seconds": round(seconds, 2), "ingest_seconds": round(posted, 2), "posts_per_sec": int(len(lines) / seconds)}))
+    first = None
+    while (now := committed()) < len(lines):
+        if first is None and now > 0:
+            first = (time.perf_counter(), now)
+        time.sleep(0.005)
+    end = time.perf_counter()
+    seconds = end - start_drain
+    sink_cpu = thread_cpu(server.pid, "https-https")
+    steady = int((len(lines) - first[1]) / (end - first[0])) if first else None
+    print(json.dumps({"events": len(lines), "seconds": round(seconds, 2), "ready_seconds": round(ready, 2), "ingest_seconds": round(posted, 2), "posts_per_sec": int(len(lines) / seconds), "steady_posts_per_sec": steady, "sink_thread_cpu_seconds": round(sink_cpu, 2), "sink_thread_us_per_post": round(sink_cpu * 1e6 / len(lines), 2)}))
 finally:
     server.terminate()
     server.wait()

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use futures::FutureExt as _;
 use hyper::http::{HeaderValue, StatusCode};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -159,7 +160,11 @@ impl HttpsRunner {
         let mut recorded = committed;
         let mut reader = self.log.reader(committed);
         let mut done = BTreeSet::new();
-        let mut flying: JoinSet<(u64, Event, Outcome)> = JoinSet::new();
+        // Deliveries in flight, polled by this task rather than spawned
+        // each as a task of its own: measured on the sink's benchmark, a
+        // task per delivery (spawn, schedule, join) cost ~1 µs of the
+        // thread's ~11 µs a POST.
+        let mut flying = FuturesUnordered::new();
         let mut pending: std::collections::VecDeque<(u64, Event)> = Default::default();
         let mut open = true;
         // One timer for the periodic commit, reset at each commit: a new
@@ -179,10 +184,15 @@ impl HttpsRunner {
                     break;
                 };
                 let shared = shared.clone();
-                flying.spawn(async move {
-                    let outcome = deliver(&shared, &event).await;
-                    (offset, event, outcome)
-                });
+                // A panic in a delivery ends the sink with an error, as a
+                // panicking task did, rather than unwinding its thread.
+                flying.push(
+                    std::panic::AssertUnwindSafe(async move {
+                        let outcome = deliver(&shared, &event).await;
+                        (offset, event, outcome)
+                    })
+                    .catch_unwind(),
+                );
             }
             if !open && flying.is_empty() && pending.is_empty() {
                 break;
@@ -205,8 +215,8 @@ impl HttpsRunner {
                         }
                     }
                 }
-                Some(joined) = flying.join_next(), if !flying.is_empty() => {
-                    let (offset, event, outcome) = joined.map_err(|source| SinkError::Task { what: "delivery", source })?;
+                Some(delivered) = flying.next(), if !flying.is_empty() => {
+                    let (offset, event, outcome) = delivered.map_err(|panic| SinkError::Internal(format!("a delivery panicked: {}", panic_message(&*panic))))?;
                     match outcome {
                         Outcome::Delivered => {}
                         Outcome::Dead(reason, class) => {
@@ -447,6 +457,15 @@ async fn deliver(shared: &Shared, event: &Event) -> Outcome {
         }
         tries += 1;
     }
+}
+
+/// What a caught panic said, if it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Full jitter between tries.
